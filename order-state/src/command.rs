@@ -1,0 +1,358 @@
+//! Commands that enter the Raft log, their validation, and the outcomes they produce.
+//!
+//! Every command carries the time the leader stamped on it (`at_ms`); applying a
+//! command never reads a local clock, so every replica reaches the same state.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest identifier (room, sku, buyer, idempotency key) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Largest quantity one order may ask for.
+pub const MAX_ORDER_QTY: u32 = 10_000;
+/// Largest stock one listing may hold.
+pub const MAX_STOCK: u32 = 1_000_000_000;
+/// Largest encrypted contact blob accepted, in bytes.
+pub const MAX_CONTACT_LEN: usize = 1024;
+/// Longest room title, in bytes.
+pub const MAX_TITLE_LEN: usize = 512;
+
+/// Whether a room is selling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomState {
+    Scheduled,
+    Live,
+    Ended,
+}
+
+/// Whether a listing is open for orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListingState {
+    Open,
+    Closed,
+}
+
+/// Life cycle of an order. Placed and Paid orders hold stock; Cancelled orders do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Placed,
+    Paid,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// True when the order holds stock.
+    pub fn is_live(self) -> bool {
+        !matches!(self, OrderStatus::Cancelled)
+    }
+}
+
+/// A deterministic command of the order state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    UpsertRoom {
+        room: String,
+        title: String,
+        home_region: String,
+        state: RoomState,
+    },
+    UpsertListing {
+        room: String,
+        sku: String,
+        price_cents: u64,
+        stock_total: u32,
+        per_buyer_limit: u32,
+        state: ListingState,
+    },
+    PlaceOrder {
+        room: String,
+        sku: String,
+        buyer: String,
+        qty: u32,
+        idempotency_key: String,
+        /// Buyer contact, already encrypted by the node before it entered the log.
+        contact: Vec<u8>,
+    },
+    CancelOrder {
+        order_id: u64,
+    },
+    PayOrder {
+        order_id: u64,
+    },
+    /// Pause or resume every sale of the shard (playbook tier T4 and operators).
+    SetSalesPaused {
+        paused: bool,
+        reason: String,
+    },
+}
+
+/// A command together with the leader's timestamp: the unit stored in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped {
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+/// Why a command was refused. Stable snake_case codes are the API contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    #[error("the room does not exist")]
+    RoomNotFound,
+    #[error("the room is not live")]
+    RoomNotLive,
+    #[error("the listing does not exist")]
+    ListingNotFound,
+    #[error("the listing is not on sale")]
+    NotOnSale,
+    #[error("not enough stock left")]
+    SoldOut,
+    #[error("the buyer would exceed the per-buyer limit")]
+    LimitExceeded,
+    #[error("the order does not exist")]
+    OrderNotFound,
+    #[error("the order cannot make this transition")]
+    InvalidTransition,
+    #[error("stock cannot be set below what live orders already hold")]
+    StockBelowSold,
+    #[error("sales are paused")]
+    SalesPaused,
+    #[error("the idempotency key was already used for a different order")]
+    IdempotencyKeyReused,
+    #[error("the request is invalid")]
+    InvalidRequest,
+}
+
+impl RejectCode {
+    /// The stable code used in JSON error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::RoomNotFound => "room_not_found",
+            RejectCode::RoomNotLive => "room_not_live",
+            RejectCode::ListingNotFound => "listing_not_found",
+            RejectCode::NotOnSale => "not_on_sale",
+            RejectCode::SoldOut => "sold_out",
+            RejectCode::LimitExceeded => "limit_exceeded",
+            RejectCode::OrderNotFound => "order_not_found",
+            RejectCode::InvalidTransition => "invalid_transition",
+            RejectCode::StockBelowSold => "stock_below_sold",
+            RejectCode::SalesPaused => "sales_paused",
+            RejectCode::IdempotencyKeyReused => "idempotency_key_reused",
+            RejectCode::InvalidRequest => "invalid_request",
+        }
+    }
+
+    /// Every code, for metrics and documentation.
+    pub const ALL: [RejectCode; 12] = [
+        RejectCode::RoomNotFound,
+        RejectCode::RoomNotLive,
+        RejectCode::ListingNotFound,
+        RejectCode::NotOnSale,
+        RejectCode::SoldOut,
+        RejectCode::LimitExceeded,
+        RejectCode::OrderNotFound,
+        RejectCode::InvalidTransition,
+        RejectCode::StockBelowSold,
+        RejectCode::SalesPaused,
+        RejectCode::IdempotencyKeyReused,
+        RejectCode::InvalidRequest,
+    ];
+}
+
+/// A field of a command that failed validation, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid field `{field}`: {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn check_id(field: &'static str, value: &str) -> Result<(), InvalidField> {
+    if value.is_empty() {
+        return Err(InvalidField {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(InvalidField {
+            field,
+            reason: format!("must be at most {MAX_ID_LEN} bytes, got {}", value.len()),
+        });
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(InvalidField {
+            field,
+            reason: format!("may hold only ASCII letters, digits and - _ . : (found {c:?})"),
+        });
+    }
+    Ok(())
+}
+
+impl Command {
+    /// Checks the shape of a command before it is proposed. Apply re-checks, so a
+    /// malformed entry already in the log is rejected instead of corrupting state.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        match self {
+            Command::UpsertRoom {
+                room,
+                title,
+                home_region,
+                ..
+            } => {
+                check_id("room", room)?;
+                check_id("home_region", home_region)?;
+                if title.len() > MAX_TITLE_LEN {
+                    return Err(InvalidField {
+                        field: "title",
+                        reason: format!("must be at most {MAX_TITLE_LEN} bytes"),
+                    });
+                }
+                Ok(())
+            }
+            Command::UpsertListing {
+                room,
+                sku,
+                stock_total,
+                per_buyer_limit,
+                ..
+            } => {
+                check_id("room", room)?;
+                check_id("sku", sku)?;
+                if *stock_total > MAX_STOCK {
+                    return Err(InvalidField {
+                        field: "stock",
+                        reason: format!("must be at most {MAX_STOCK}"),
+                    });
+                }
+                if *per_buyer_limit == 0 {
+                    return Err(InvalidField {
+                        field: "per_buyer_limit",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                Ok(())
+            }
+            Command::PlaceOrder {
+                room,
+                sku,
+                buyer,
+                qty,
+                idempotency_key,
+                contact,
+            } => {
+                check_id("room", room)?;
+                check_id("sku", sku)?;
+                check_id("buyer", buyer)?;
+                check_id("idempotency_key", idempotency_key)?;
+                if *qty == 0 || *qty > MAX_ORDER_QTY {
+                    return Err(InvalidField {
+                        field: "qty",
+                        reason: format!("must be between 1 and {MAX_ORDER_QTY}"),
+                    });
+                }
+                if contact.len() > MAX_CONTACT_LEN {
+                    return Err(InvalidField {
+                        field: "contact",
+                        reason: format!("must be at most {MAX_CONTACT_LEN} bytes once encrypted"),
+                    });
+                }
+                Ok(())
+            }
+            Command::CancelOrder { .. } | Command::PayOrder { .. } => Ok(()),
+            Command::SetSalesPaused { reason, .. } => {
+                if reason.len() > MAX_TITLE_LEN {
+                    return Err(InvalidField {
+                        field: "reason",
+                        reason: format!("must be at most {MAX_TITLE_LEN} bytes"),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Short name for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::UpsertRoom { .. } => "upsert_room",
+            Command::UpsertListing { .. } => "upsert_listing",
+            Command::PlaceOrder { .. } => "place_order",
+            Command::CancelOrder { .. } => "cancel_order",
+            Command::PayOrder { .. } => "pay_order",
+            Command::SetSalesPaused { .. } => "set_sales_paused",
+        }
+    }
+}
+
+/// A room as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomView {
+    pub room: String,
+    pub title: String,
+    pub home_region: String,
+    pub state: RoomState,
+}
+
+/// A listing as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingView {
+    pub room: String,
+    pub sku: String,
+    pub price_cents: u64,
+    pub stock_total: u32,
+    pub stock_left: u32,
+    pub per_buyer_limit: u32,
+    pub state: ListingState,
+}
+
+/// An order as clients see it. The contact stays encrypted; only the node that
+/// holds the key can open it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: u64,
+    pub room: String,
+    pub sku: String,
+    pub buyer: String,
+    pub qty: u32,
+    pub price_cents: u64,
+    pub status: OrderStatus,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Room(RoomView),
+    Listing(ListingView),
+    /// `replayed` is true when an idempotency key returned an earlier outcome.
+    Order {
+        order: OrderView,
+        replayed: bool,
+    },
+    SalesPaused {
+        paused: bool,
+    },
+    Rejected {
+        code: RejectCode,
+        replayed: bool,
+    },
+}
+
+impl Outcome {
+    /// Short label for metrics: the rejection code or "ok".
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Rejected { code, .. } => code.as_str(),
+            _ => "ok",
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The order state machine of one roomkeeper shard.
+//!
+//! Pure and deterministic: no clocks, no I/O, no async. The order store feeds it
+//! committed Raft log entries; tests feed it random command sequences and check
+//! every invariant of DESIGN.md after every step.
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod state;
+
+pub use command::{
+    Command, InvalidField, ListingState, ListingView, OrderStatus, OrderView, Outcome, RejectCode,
+    RoomState, RoomView, Stamped,
+};
+pub use state::{InvariantViolation, ShardState, StateSummary};

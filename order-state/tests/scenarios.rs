@@ -1,0 +1,221 @@
+//! Hand-written scenarios, one behaviour each.
+
+use roomkeeper_order_state::{
+    Command, ListingState, OrderStatus, Outcome, RejectCode, RoomState, ShardState, Stamped,
+};
+
+fn at(at_ms: u64, command: Command) -> Stamped {
+    Stamped { at_ms, command }
+}
+
+fn live_room_with_listing(stock: u32, limit: u32) -> ShardState {
+    let mut s = ShardState::new();
+    s.apply(&at(
+        1,
+        Command::UpsertRoom {
+            room: "room-1".into(),
+            title: "Flash sale".into(),
+            home_region: "eu-west".into(),
+            state: RoomState::Live,
+        },
+    ));
+    let out = s.apply(&at(
+        2,
+        Command::UpsertListing {
+            room: "room-1".into(),
+            sku: "sku-1".into(),
+            price_cents: 1999,
+            stock_total: stock,
+            per_buyer_limit: limit,
+            state: ListingState::Open,
+        },
+    ));
+    assert!(matches!(out, Outcome::Listing(_)), "{out:?}");
+    s
+}
+
+fn order(buyer: &str, key: &str, qty: u32) -> Command {
+    Command::PlaceOrder {
+        room: "room-1".into(),
+        sku: "sku-1".into(),
+        buyer: buyer.into(),
+        qty,
+        idempotency_key: key.into(),
+        contact: b"sealed".to_vec(),
+    }
+}
+
+fn code(o: &Outcome) -> Option<RejectCode> {
+    match o {
+        Outcome::Rejected { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn last_unit_sells_once_then_sold_out() {
+    let mut s = live_room_with_listing(1, 5);
+    assert!(matches!(
+        s.apply(&at(3, order("a", "k", 1))),
+        Outcome::Order { .. }
+    ));
+    assert_eq!(
+        code(&s.apply(&at(4, order("b", "k", 1)))),
+        Some(RejectCode::SoldOut)
+    );
+    assert_eq!(s.listing("room-1", "sku-1").map(|l| l.stock_left), Some(0));
+    s.check_invariants().expect("invariants");
+}
+
+#[test]
+fn per_buyer_limit_counts_live_orders_only() {
+    let mut s = live_room_with_listing(10, 2);
+    let first = s.apply(&at(3, order("a", "k1", 2)));
+    let Outcome::Order { order: o, .. } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        code(&s.apply(&at(4, order("a", "k2", 1)))),
+        Some(RejectCode::LimitExceeded)
+    );
+    s.apply(&at(
+        5,
+        Command::CancelOrder {
+            order_id: o.order_id,
+        },
+    ));
+    assert!(matches!(
+        s.apply(&at(6, order("a", "k3", 1))),
+        Outcome::Order { .. }
+    ));
+    s.check_invariants().expect("invariants");
+}
+
+#[test]
+fn time_comes_from_the_log_entry() {
+    let mut s = live_room_with_listing(10, 2);
+    let Outcome::Order { order: o, .. } = s.apply(&at(42_000, order("a", "k", 1))) else {
+        panic!()
+    };
+    assert_eq!(o.created_at_ms, 42_000);
+}
+
+#[test]
+fn cancel_returns_stock_and_paid_orders_cannot_be_cancelled() {
+    let mut s = live_room_with_listing(3, 3);
+    let Outcome::Order { order: o1, .. } = s.apply(&at(3, order("a", "k1", 1))) else {
+        panic!()
+    };
+    let Outcome::Order { order: o2, .. } = s.apply(&at(3, order("b", "k1", 2))) else {
+        panic!()
+    };
+    s.apply(&at(
+        4,
+        Command::PayOrder {
+            order_id: o2.order_id,
+        },
+    ));
+    let c = s.apply(&at(
+        5,
+        Command::CancelOrder {
+            order_id: o2.order_id,
+        },
+    ));
+    assert_eq!(code(&c), Some(RejectCode::InvalidTransition));
+    let c = s.apply(&at(
+        6,
+        Command::CancelOrder {
+            order_id: o1.order_id,
+        },
+    ));
+    let Outcome::Order { order, .. } = c else {
+        panic!("{c:?}")
+    };
+    assert_eq!(order.status, OrderStatus::Cancelled);
+    assert_eq!(s.listing("room-1", "sku-1").map(|l| l.stock_left), Some(1));
+    s.check_invariants().expect("invariants");
+}
+
+#[test]
+fn stock_cannot_drop_below_what_is_sold() {
+    let mut s = live_room_with_listing(5, 5);
+    s.apply(&at(3, order("a", "k", 3)));
+    let out = s.apply(&at(
+        4,
+        Command::UpsertListing {
+            room: "room-1".into(),
+            sku: "sku-1".into(),
+            price_cents: 1,
+            stock_total: 2,
+            per_buyer_limit: 5,
+            state: ListingState::Open,
+        },
+    ));
+    assert_eq!(code(&out), Some(RejectCode::StockBelowSold));
+}
+
+#[test]
+fn reusing_a_key_for_another_order_is_refused() {
+    let mut s = live_room_with_listing(5, 5);
+    s.apply(&at(3, order("a", "k", 1)));
+    assert_eq!(
+        code(&s.apply(&at(4, order("a", "k", 2)))),
+        Some(RejectCode::IdempotencyKeyReused)
+    );
+    assert_eq!(s.summary().orders, 1);
+}
+
+#[test]
+fn paused_sales_refuse_orders_and_resume() {
+    let mut s = live_room_with_listing(5, 5);
+    s.apply(&at(
+        3,
+        Command::SetSalesPaused {
+            paused: true,
+            reason: "quorum lost".into(),
+        },
+    ));
+    assert_eq!(
+        code(&s.apply(&at(4, order("a", "k", 1)))),
+        Some(RejectCode::SalesPaused)
+    );
+    s.apply(&at(
+        5,
+        Command::SetSalesPaused {
+            paused: false,
+            reason: String::new(),
+        },
+    ));
+    // The key's first outcome was the pause; a new key orders normally.
+    assert!(matches!(
+        s.apply(&at(6, order("a", "k2", 1))),
+        Outcome::Order { .. }
+    ));
+}
+
+#[test]
+fn malformed_commands_are_rejected_without_effect() {
+    let mut s = live_room_with_listing(5, 5);
+    let before = s.clone();
+    for bad in [
+        order("", "k", 1),
+        order("a", "k", 0),
+        order("a", "k", u32::MAX),
+        order("a b", "k", 1),
+    ] {
+        assert_eq!(
+            code(&s.apply(&at(3, bad))),
+            Some(RejectCode::InvalidRequest)
+        );
+    }
+    assert_eq!(s, before);
+}
+
+#[test]
+fn state_round_trips_through_serde() {
+    let mut s = live_room_with_listing(5, 5);
+    s.apply(&at(3, order("a", "k", 1)));
+    let json = serde_json::to_string(&s).expect("serialize");
+    let back: ShardState = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(s, back);
+}

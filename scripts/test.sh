@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): installs what the tests need on a fresh
+# Debian machine, then runs formatting, lint and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "==> missing ${need_apt[*]} (not root: the benchmark peers will be skipped loudly)"
+  fi
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo build (release binary used by the end-to-end tests)"
+cargo build --release --locked -p roomkeeper
+echo "==> cargo test"
+ROOMKEEPER_BIN="$PWD/target/release/roomkeeper" cargo test --workspace --locked -- --test-threads=2
