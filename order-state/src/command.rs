@@ -51,7 +51,7 @@ impl OrderStatus {
 
 /// A deterministic command of the order state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     UpsertRoom {
         room: String,
@@ -329,7 +329,7 @@ pub struct OrderView {
 
 /// The result of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Room(RoomView),
     Listing(ListingView),

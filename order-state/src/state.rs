@@ -449,6 +449,11 @@ impl ShardState {
         }
     }
 
+    /// Number of orders ever accepted (ids run from 1 to this).
+    pub fn order_count(&self) -> u64 {
+        self.orders.len() as u64
+    }
+
     pub fn sales_paused(&self) -> bool {
         self.sales_paused
     }

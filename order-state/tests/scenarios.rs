@@ -219,3 +219,27 @@ fn state_round_trips_through_serde() {
     let back: ShardState = serde_json::from_str(&json).expect("deserialize");
     assert_eq!(s, back);
 }
+
+#[test]
+fn commands_and_outcomes_survive_the_log_codec() {
+    // The Raft log and the node transport use postcard, which cannot decode
+    // internally tagged enums; this guards the wire shape of log entries.
+    let mut s = live_room_with_listing(5, 5);
+    let cmd = order("a", "k", 1);
+    let bytes = postcard::to_allocvec(&cmd).expect("encode command");
+    assert_eq!(
+        postcard::from_bytes::<Command>(&bytes).expect("decode command"),
+        cmd
+    );
+    let outcome = s.apply(&at(3, cmd));
+    let bytes = postcard::to_allocvec(&outcome).expect("encode outcome");
+    assert_eq!(
+        postcard::from_bytes::<Outcome>(&bytes).expect("decode outcome"),
+        outcome
+    );
+    let bytes = postcard::to_allocvec(&s).expect("encode state");
+    assert_eq!(
+        postcard::from_bytes::<ShardState>(&bytes).expect("decode state"),
+        s
+    );
+}

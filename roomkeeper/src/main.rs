@@ -1,1 +1,44 @@
-fn main() {}
+//! `roomkeeper`: one binary for every role (node, bench, demo, …), as one
+//! container image serves them all.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod node_cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "roomkeeper",
+    version,
+    about = "Keeps live-commerce rooms selling through failures"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one order-store replica (a Raft node of a shard).
+    Node(node_cmd::NodeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("ROOMKEEPER_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Node(args) => node_cmd::run(args).await,
+        }
+    })
+}

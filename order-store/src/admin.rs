@@ -1,0 +1,425 @@
+//! The admin API, on its own listener: health, readiness, metrics, Raft status,
+//! bootstrap, membership changes, leader transfer, snapshots, an invariant audit,
+//! and (only when the node was started for tests) fault injection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::async_runtime::WatchReceiver;
+use openraft::Instant as _;
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::api::bearer_matches;
+use crate::faults::FaultSettings;
+use crate::node::NodeContext;
+use crate::raft_types::{NodeId, NodeInfo};
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "message": message.to_string()})),
+    )
+        .into_response()
+}
+
+fn bad_json(r: JsonRejection) -> Response {
+    error(r.status(), "invalid_json", r.body_text())
+}
+
+/// Per-follower replication progress as the leader sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicationProgress {
+    pub matched_index: Option<u64>,
+    pub lag: u64,
+}
+
+/// The node's view of itself and its shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub region: String,
+    pub zone: String,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub millis_since_quorum_ack: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub members: BTreeMap<String, NodeInfo>,
+    pub replication: BTreeMap<String, ReplicationProgress>,
+    pub orders: u64,
+    pub sales_paused: bool,
+    pub test_faults_enabled: bool,
+}
+
+pub fn role_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Builds the status from Raft metrics and the state machine.
+pub fn status(ctx: &NodeContext) -> NodeStatus {
+    let m = ctx.raft.metrics().borrow_watched().clone();
+    let last = m.last_log_index.unwrap_or(0);
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, n)| (id.to_string(), n.clone()))
+        .collect();
+    let replication = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, matched)| {
+                    let idx = matched.as_ref().map(|l| l.index);
+                    (
+                        id.to_string(),
+                        ReplicationProgress {
+                            matched_index: idx,
+                            lag: last.saturating_sub(idx.unwrap_or(0)),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (orders, sales_paused) = ctx.sm.read(|s| (s.order_count(), s.sales_paused()));
+    NodeStatus {
+        node_id: m.id,
+        region: ctx.info.region.clone(),
+        zone: ctx.info.zone.clone(),
+        role: role_name(m.state).to_string(),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: last,
+        committed_index: m.local_committed.map_or(0, |l| l.index),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        purged_index: m.purged.map_or(0, |l| l.index),
+        millis_since_quorum_ack: m
+            .last_quorum_acked
+            .as_ref()
+            .map(|t| t.elapsed().as_millis() as u64),
+        voters,
+        learners,
+        members,
+        replication,
+        orders,
+        sales_paused,
+        test_faults_enabled: ctx.test_faults_enabled,
+    }
+}
+
+/// Builds the admin router.
+pub fn router(ctx: Arc<NodeContext>) -> Router {
+    let protected = Router::new()
+        .route("/admin/status", get(get_status))
+        .route("/admin/init", post(init))
+        .route("/admin/learners", post(add_learner))
+        .route("/admin/promote", post(promote))
+        .route("/admin/remove", post(remove))
+        .route("/admin/voters", post(replace_voters))
+        .route("/admin/transfer-leader", post(transfer_leader))
+        .route("/admin/snapshot", post(snapshot))
+        .route("/admin/invariants", get(invariants))
+        .route("/admin/faults", get(get_faults).post(set_faults))
+        .layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(ctx)
+}
+
+async fn authenticate(
+    State(ctx): State<Arc<NodeContext>>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    if let Some(token) = &ctx.admin_token {
+        if !bearer_matches(req.headers(), token) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong admin bearer token",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+async fn get_status(State(ctx): State<Arc<NodeContext>>) -> Json<NodeStatus> {
+    Json(status(&ctx))
+}
+
+async fn readyz(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let s = status(&ctx);
+    let reason = if s.voters.is_empty() && s.learners.is_empty() {
+        Some("not initialized: no membership yet")
+    } else if s.leader_id.is_none() {
+        Some("no leader known")
+    } else if s.applied_index + 1000 < s.committed_index {
+        Some("applying a backlog of committed entries")
+    } else {
+        None
+    };
+    match reason {
+        None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+        Some(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": r})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitBody {
+    members: BTreeMap<NodeId, NodeInfo>,
+}
+
+async fn init(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<InitBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    if !b.members.contains_key(&ctx.node_id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "members must include the node receiving init",
+        );
+    }
+    match ctx.raft.initialize(b.members).await {
+        Ok(()) => (StatusCode::OK, Json(json!({"initialized": true}))).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, "init_refused", e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnerBody {
+    node_id: NodeId,
+    node: NodeInfo,
+}
+
+async fn add_learner(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<LearnerBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    membership_result(ctx.raft.add_learner(b.node_id, b.node, true).await)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeIdBody {
+    node_id: NodeId,
+}
+
+async fn promote(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<NodeIdBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    let change = ChangeMembers::AddVoterIds(BTreeSet::from([b.node_id]));
+    membership_result(ctx.raft.change_membership(change, false).await)
+}
+
+async fn remove(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<NodeIdBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    let s = status(&ctx);
+    if s.voters.contains(&b.node_id) {
+        if s.voters.len() <= 1 {
+            return error(
+                StatusCode::CONFLICT,
+                "refused",
+                "cannot remove the last voter",
+            );
+        }
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([b.node_id]));
+        if let Err(e) = ctx.raft.change_membership(change, false).await {
+            return error(StatusCode::CONFLICT, "membership_change_refused", e);
+        }
+        return (StatusCode::OK, Json(status(&ctx))).into_response();
+    }
+    let change = ChangeMembers::RemoveNodes(BTreeSet::from([b.node_id]));
+    membership_result(ctx.raft.change_membership(change, false).await)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VotersBody {
+    voters: BTreeSet<NodeId>,
+}
+
+async fn replace_voters(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<VotersBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    if b.voters.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "voters must not be empty",
+        );
+    }
+    membership_result(ctx.raft.change_membership(b.voters, false).await)
+}
+
+fn membership_result<E: std::fmt::Display>(
+    r: Result<openraft::raft::ClientWriteResponse<crate::raft_types::TypeConfig>, E>,
+) -> Response {
+    match r {
+        Ok(resp) => (
+            StatusCode::OK,
+            Json(json!({"log_index": resp.log_id.index})),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::CONFLICT, "membership_change_refused", e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: NodeId,
+}
+
+async fn transfer_leader(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<TransferBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    let s = status(&ctx);
+    if s.leader_id != Some(ctx.node_id) {
+        return error(
+            StatusCode::CONFLICT,
+            "not_leader",
+            format!(
+                "leader transfer must be asked of the leader ({:?})",
+                s.leader_id
+            ),
+        );
+    }
+    if !s.voters.contains(&b.to) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("node {} is not a voter", b.to),
+        );
+    }
+    match ctx.raft.trigger().transfer_leader(b.to).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"transferring_to": b.to}))).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+async fn snapshot(State(ctx): State<Arc<NodeContext>>) -> Response {
+    match ctx.raft.trigger().snapshot().await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"snapshot": "triggered"}))).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+async fn invariants(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let applied = ctx.sm.applied_index();
+    let (result, summary) = ctx.sm.read(|s| (s.check_invariants(), s.summary()));
+    let body = match result {
+        Ok(()) => json!({"ok": true, "applied_index": applied, "summary": summary}),
+        Err(v) => {
+            json!({"ok": false, "violation": v.to_string(), "applied_index": applied, "summary": summary})
+        }
+    };
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn get_faults(State(ctx): State<Arc<NodeContext>>) -> Response {
+    if !ctx.test_faults_enabled {
+        return error(
+            StatusCode::NOT_FOUND,
+            "faults_disabled",
+            "fault hooks are off (start the node with --enable-test-faults)",
+        );
+    }
+    (StatusCode::OK, Json(ctx.faults.get())).into_response()
+}
+
+async fn set_faults(
+    State(ctx): State<Arc<NodeContext>>,
+    body: Result<Json<FaultSettings>, JsonRejection>,
+) -> Response {
+    if !ctx.test_faults_enabled {
+        return error(
+            StatusCode::NOT_FOUND,
+            "faults_disabled",
+            "fault hooks are off (start the node with --enable-test-faults)",
+        );
+    }
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(r) => return bad_json(r),
+    };
+    tracing::warn!(?b, "fault injection changed");
+    ctx.faults.set(&b);
+    (StatusCode::OK, Json(ctx.faults.get())).into_response()
+}

@@ -1,0 +1,527 @@
+//! The client API (HTTP/JSON): rooms, listings, orders. `openapi.yaml` at the
+//! crate root is its contract. Every refusal is JSON `{code, message, ...}` with
+//! a stable code; nothing malformed reaches the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use openraft::async_runtime::WatchReceiver;
+use roomkeeper_order_state::{
+    Command, InvalidField, ListingState, ListingView, OrderView, Outcome, RejectCode, RoomState,
+    RoomView,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::node::NodeContext;
+use crate::proposer::WriteError;
+use crate::transport::leader_read_index;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Staleness a follower accepts for `consistency=stale` unless the client asks otherwise.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(1);
+
+/// A refusal as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    fn invalid(e: InvalidField) -> Self {
+        let mut err = Self::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string());
+        err.field = Some(e.field);
+        err
+    }
+
+    fn rejected(code: RejectCode) -> Self {
+        let status = match code {
+            RejectCode::RoomNotFound | RejectCode::ListingNotFound | RejectCode::OrderNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            RejectCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            _ => StatusCode::CONFLICT,
+        };
+        Self::new(status, code.as_str(), code.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let status = match e {
+            WriteError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut err = Self::new(status, e.code(), e.to_string());
+        err.retry_after = Some(e.retry_after());
+        err
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_json",
+        };
+        Self::new(status, code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        if let Some(r) = self.retry_after {
+            body["retry_after_ms"] = json!(r.as_millis() as u64);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(r) = self.retry_after {
+            let secs = r.as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRoom {
+    #[serde(default)]
+    title: String,
+    home_region: String,
+    state: RoomState,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutListing {
+    price_cents: u64,
+    stock: u32,
+    per_buyer_limit: u32,
+    state: ListingState,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    sku: String,
+    buyer: String,
+    qty: u32,
+    idempotency_key: String,
+    #[serde(default)]
+    contact: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderResponse {
+    #[serde(flatten)]
+    order: OrderView,
+    replayed: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    #[serde(default)]
+    consistency: Consistency,
+    max_staleness_ms: Option<u64>,
+}
+
+/// Builds the client router.
+pub fn router(ctx: Arc<NodeContext>) -> Router {
+    Router::new()
+        .route("/v1/rooms/{room}", put(put_room).get(get_room))
+        .route("/v1/rooms/{room}/listings", get(list_listings))
+        .route(
+            "/v1/rooms/{room}/listings/{sku}",
+            put(put_listing).get(get_listing),
+        )
+        .route("/v1/rooms/{room}/orders", post(place_order))
+        .route("/v1/orders/{order_id}", get(get_order))
+        .route("/v1/orders/{order_id}/cancel", post(cancel_order))
+        .route("/v1/orders/{order_id}/pay", post(pay_order))
+        .route("/v1/buyers/{buyer}/orders", get(orders_of_buyer))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            authenticate_and_measure,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
+}
+
+async fn authenticate_and_measure(
+    State(ctx): State<Arc<NodeContext>>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    if let Some(token) = &ctx.client_token {
+        if !bearer_matches(req.headers(), token) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            )
+            .into_response();
+        }
+    }
+    let route = route_label(req.uri().path(), req.method());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ctx.metrics
+        .http_request_duration_seconds
+        .with_label_values(&[route, class])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Constant-time comparison of the bearer token.
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(got) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (got.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn route_label(path: &str, method: &axum::http::Method) -> &'static str {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", ["v1", "rooms", _, "orders"]) => "place_order",
+        (_, ["v1", "rooms", _]) => "room",
+        (_, ["v1", "rooms", _, "listings", ..]) => "listing",
+        ("GET", ["v1", "orders", _]) => "get_order",
+        ("POST", ["v1", "orders", _, _]) => "order_transition",
+        (_, ["v1", "buyers", ..]) => "buyer_orders",
+        _ => "other",
+    }
+}
+
+async fn write(ctx: &NodeContext, command: Command) -> ApiResult<Outcome> {
+    command.validate().map_err(ApiError::invalid)?;
+    let Ok(_permit) = ctx.write_slots.try_acquire() else {
+        ctx.metrics
+            .http_overload_rejections_total
+            .with_label_values(&["inflight_limit"])
+            .inc();
+        return Err(WriteError::Overloaded.into());
+    };
+    ctx.metrics.http_inflight_requests.inc();
+    let res = ctx.proposer.submit(command).await;
+    ctx.metrics.http_inflight_requests.dec();
+    match res {
+        Ok(Outcome::Rejected { code, .. }) => Err(ApiError::rejected(code)),
+        Ok(o) => Ok(o),
+        Err(e) => {
+            if matches!(
+                e,
+                WriteError::Overloaded | WriteError::NoQuorum | WriteError::NoLeader
+            ) {
+                ctx.metrics
+                    .http_overload_rejections_total
+                    .with_label_values(&[e.code()])
+                    .inc();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Waits until this node may serve a read at the requested consistency.
+async fn ready_to_read(ctx: &NodeContext, params: &ReadParams) -> ApiResult<()> {
+    let m = ctx.raft.metrics().borrow_watched().clone();
+    match params.consistency {
+        Consistency::Stale => {
+            if m.current_leader == Some(m.id) {
+                return Ok(());
+            }
+            let bound = params
+                .max_staleness_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_MAX_STALENESS);
+            match ctx.contact.since_last() {
+                Some(age) if age <= bound => Ok(()),
+                _ => Err(ApiError {
+                    retry_after: Some(Duration::from_millis(250)),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too_stale",
+                        format!(
+                            "this replica has not heard from a leader within {} ms",
+                            bound.as_millis()
+                        ),
+                    )
+                }),
+            }
+        }
+        Consistency::Linearizable => {
+            let index = match m.current_leader {
+                Some(l) if l == m.id => leader_read_index(&ctx.raft).await?,
+                Some(l) => {
+                    let addr = m
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.raft_addr.clone())
+                        .ok_or(WriteError::NoLeader)?;
+                    ctx.pool.read_index(l, &addr).await?
+                }
+                None => return Err(WriteError::NoLeader.into()),
+            };
+            let mut applied = ctx.sm.subscribe_applied();
+            let caught_up =
+                tokio::time::timeout(Duration::from_secs(3), applied.wait_for(|&a| a >= index))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false);
+            match caught_up {
+                true => Ok(()),
+                false => Err(WriteError::Unavailable(
+                    "replica did not catch up with the leader in time".into(),
+                )
+                .into()),
+            }
+        }
+    }
+}
+
+async fn put_room(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(room): Path<String>,
+    body: Result<Json<PutRoom>, JsonRejection>,
+) -> ApiResult<Json<RoomView>> {
+    let Json(b) = body?;
+    let cmd = Command::UpsertRoom {
+        room,
+        title: b.title,
+        home_region: b.home_region,
+        state: b.state,
+    };
+    match write(&ctx, cmd).await? {
+        Outcome::Room(v) => Ok(Json(v)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_room(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(room): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Json<RoomView>> {
+    let Query(params) = params?;
+    ready_to_read(&ctx, &params).await?;
+    ctx.sm
+        .read(|s| s.room(&room))
+        .map(Json)
+        .ok_or_else(|| ApiError::rejected(RejectCode::RoomNotFound))
+}
+
+async fn put_listing(
+    State(ctx): State<Arc<NodeContext>>,
+    Path((room, sku)): Path<(String, String)>,
+    body: Result<Json<PutListing>, JsonRejection>,
+) -> ApiResult<Json<ListingView>> {
+    let Json(b) = body?;
+    let cmd = Command::UpsertListing {
+        room,
+        sku,
+        price_cents: b.price_cents,
+        stock_total: b.stock,
+        per_buyer_limit: b.per_buyer_limit,
+        state: b.state,
+    };
+    match write(&ctx, cmd).await? {
+        Outcome::Listing(v) => Ok(Json(v)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_listing(
+    State(ctx): State<Arc<NodeContext>>,
+    Path((room, sku)): Path<(String, String)>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params?;
+    ready_to_read(&ctx, &params).await?;
+    let applied = ctx.sm.applied_index();
+    let view = ctx
+        .sm
+        .read(|s| s.listing(&room, &sku))
+        .ok_or_else(|| ApiError::rejected(RejectCode::ListingNotFound))?;
+    let mut resp = Json(view).into_response();
+    if let Ok(v) = HeaderValue::from_str(&applied.to_string()) {
+        resp.headers_mut().insert("x-roomkeeper-applied-index", v);
+    }
+    Ok(resp)
+}
+
+async fn list_listings(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(room): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Json<Vec<ListingView>>> {
+    let Query(params) = params?;
+    ready_to_read(&ctx, &params).await?;
+    Ok(Json(ctx.sm.read(|s| s.listings_of_room(&room))))
+}
+
+async fn place_order(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(room): Path<String>,
+    body: Result<Json<PlaceOrder>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(b) = body?;
+    if b.contact.len() > 512 {
+        return Err(ApiError::invalid(InvalidField {
+            field: "contact",
+            reason: "must be at most 512 bytes".into(),
+        }));
+    }
+    let contact = ctx.keyring.seal(b.contact.as_bytes()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "sealing_failed",
+            e.to_string(),
+        )
+    })?;
+    let cmd = Command::PlaceOrder {
+        room,
+        sku: b.sku,
+        buyer: b.buyer,
+        qty: b.qty,
+        idempotency_key: b.idempotency_key,
+        contact,
+    };
+    match write(&ctx, cmd).await? {
+        Outcome::Order { order, replayed } => {
+            let status = if replayed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((status, Json(OrderResponse { order, replayed })).into_response())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn parse_order_id(raw: &str) -> ApiResult<u64> {
+    raw.parse::<u64>().ok().filter(|&id| id > 0).ok_or_else(|| {
+        ApiError::invalid(InvalidField {
+            field: "order_id",
+            reason: "must be a positive integer".into(),
+        })
+    })
+}
+
+async fn get_order(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(order_id): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Json<OrderView>> {
+    let Query(params) = params?;
+    let id = parse_order_id(&order_id)?;
+    ready_to_read(&ctx, &params).await?;
+    ctx.sm
+        .read(|s| s.order_view(id))
+        .map(Json)
+        .ok_or_else(|| ApiError::rejected(RejectCode::OrderNotFound))
+}
+
+async fn transition(ctx: &NodeContext, raw: &str, pay: bool) -> ApiResult<Json<OrderView>> {
+    let order_id = parse_order_id(raw)?;
+    let cmd = if pay {
+        Command::PayOrder { order_id }
+    } else {
+        Command::CancelOrder { order_id }
+    };
+    match write(ctx, cmd).await? {
+        Outcome::Order { order, .. } => Ok(Json(order)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn cancel_order(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<OrderView>> {
+    transition(&ctx, &id, false).await
+}
+
+async fn pay_order(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<OrderView>> {
+    transition(&ctx, &id, true).await
+}
+
+async fn orders_of_buyer(
+    State(ctx): State<Arc<NodeContext>>,
+    Path(buyer): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Json<Vec<OrderView>>> {
+    let Query(params) = params?;
+    ready_to_read(&ctx, &params).await?;
+    Ok(Json(ctx.sm.read(|s| s.orders_of_buyer(&buyer))))
+}
+
+fn unexpected(o: Outcome) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected outcome {}", o.label()),
+    )
+}

@@ -1,0 +1,207 @@
+//! Prometheus metrics of one order-store node. Names are defined here once,
+//! prefixed `roomkeeper_`, with units in the name. Every series carries the
+//! node's `node_id`, `region` and `zone` as constant labels.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Errors while building the metric registry (a programming error if it happens).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// All metrics of a node.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    registry: Registry,
+    pub raft_term: IntGauge,
+    pub raft_is_leader: IntGauge,
+    pub raft_state: IntGaugeVec,
+    pub raft_last_log_index: IntGauge,
+    pub raft_committed_index: IntGauge,
+    pub raft_applied_index: IntGauge,
+    pub raft_snapshot_index: IntGauge,
+    pub raft_follower_lag_entries: IntGaugeVec,
+    pub raft_voters: IntGauge,
+    pub raft_leader_changes_total: IntCounter,
+    pub log_fsync_seconds: Histogram,
+    pub log_fsync_batch_entries: Histogram,
+    pub apply_seconds: Histogram,
+    pub orders_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub http_overload_rejections_total: IntCounterVec,
+    pub http_inflight_requests: IntGauge,
+    pub write_batch_commands: Histogram,
+    pub state_orders: IntGauge,
+    pub sales_paused: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
+    4.096,
+];
+
+impl NodeMetrics {
+    pub fn new(node_id: u64, region: &str, zone: &str) -> Result<Self, MetricsError> {
+        let labels = HashMap::from([
+            ("node_id".to_string(), node_id.to_string()),
+            ("region".to_string(), region.to_string()),
+            ("zone".to_string(), zone.to_string()),
+        ]);
+        let registry = Registry::new_custom(None, Some(labels))?;
+        let m = Self {
+            raft_term: IntGauge::new(
+                "roomkeeper_raft_term",
+                "Current Raft term seen by this node",
+            )?,
+            raft_is_leader: IntGauge::new(
+                "roomkeeper_raft_is_leader",
+                "1 when this node is the Raft leader",
+            )?,
+            raft_state: IntGaugeVec::new(
+                Opts::new(
+                    "roomkeeper_raft_state",
+                    "1 for the node's current Raft state",
+                ),
+                &["state"],
+            )?,
+            raft_last_log_index: IntGauge::new(
+                "roomkeeper_raft_last_log_index",
+                "Index of the last entry in the local log",
+            )?,
+            raft_committed_index: IntGauge::new(
+                "roomkeeper_raft_committed_index",
+                "Highest log index known committed",
+            )?,
+            raft_applied_index: IntGauge::new(
+                "roomkeeper_raft_applied_index",
+                "Highest log index applied to the state machine",
+            )?,
+            raft_snapshot_index: IntGauge::new(
+                "roomkeeper_raft_snapshot_index",
+                "Last log index covered by the newest snapshot",
+            )?,
+            raft_follower_lag_entries: IntGaugeVec::new(
+                Opts::new(
+                    "roomkeeper_raft_follower_lag_entries",
+                    "Entries a follower is behind the leader's last log index (leader only)",
+                ),
+                &["follower"],
+            )?,
+            raft_voters: IntGauge::new(
+                "roomkeeper_raft_voters",
+                "Number of voters in the current membership",
+            )?,
+            raft_leader_changes_total: IntCounter::new(
+                "roomkeeper_raft_leader_changes_total",
+                "Times this node saw the leader change",
+            )?,
+            log_fsync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "roomkeeper_log_fsync_seconds",
+                    "Time from a log append to its fsync completing",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            log_fsync_batch_entries: Histogram::with_opts(
+                HistogramOpts::new(
+                    "roomkeeper_log_fsync_batch_entries",
+                    "Log entries made durable by one fsync (group commit)",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                ]),
+            )?,
+            apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "roomkeeper_apply_seconds",
+                    "Time to apply one batch of committed entries",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            orders_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_orders_total",
+                    "Orders applied by this node's state machine, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            http_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "roomkeeper_http_request_duration_seconds",
+                    "Client API latency by route and status class",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route", "status"],
+            )?,
+            http_overload_rejections_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_http_overload_rejections_total",
+                    "Requests refused fast (429/503) by reason",
+                ),
+                &["reason"],
+            )?,
+            http_inflight_requests: IntGauge::new(
+                "roomkeeper_http_inflight_requests",
+                "Client write requests in flight",
+            )?,
+            write_batch_commands: Histogram::with_opts(
+                HistogramOpts::new(
+                    "roomkeeper_write_batch_commands",
+                    "Client commands carried by one Raft log entry",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )?,
+            state_orders: IntGauge::new(
+                "roomkeeper_state_orders",
+                "Orders held in the state machine",
+            )?,
+            sales_paused: IntGauge::new(
+                "roomkeeper_sales_paused",
+                "1 when sales are paused on this shard",
+            )?,
+            registry,
+        };
+        m.register_all()?;
+        Ok(m)
+    }
+
+    fn register_all(&self) -> Result<(), MetricsError> {
+        let r = &self.registry;
+        r.register(Box::new(self.raft_term.clone()))?;
+        r.register(Box::new(self.raft_is_leader.clone()))?;
+        r.register(Box::new(self.raft_state.clone()))?;
+        r.register(Box::new(self.raft_last_log_index.clone()))?;
+        r.register(Box::new(self.raft_committed_index.clone()))?;
+        r.register(Box::new(self.raft_applied_index.clone()))?;
+        r.register(Box::new(self.raft_snapshot_index.clone()))?;
+        r.register(Box::new(self.raft_follower_lag_entries.clone()))?;
+        r.register(Box::new(self.raft_voters.clone()))?;
+        r.register(Box::new(self.raft_leader_changes_total.clone()))?;
+        r.register(Box::new(self.log_fsync_seconds.clone()))?;
+        r.register(Box::new(self.log_fsync_batch_entries.clone()))?;
+        r.register(Box::new(self.apply_seconds.clone()))?;
+        r.register(Box::new(self.orders_total.clone()))?;
+        r.register(Box::new(self.http_request_duration_seconds.clone()))?;
+        r.register(Box::new(self.http_overload_rejections_total.clone()))?;
+        r.register(Box::new(self.http_inflight_requests.clone()))?;
+        r.register(Box::new(self.write_batch_commands.clone()))?;
+        r.register(Box::new(self.state_orders.clone()))?;
+        r.register(Box::new(self.sales_paused.clone()))?;
+        Ok(())
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,309 @@
+//! One order-store node: wires the log, state machine, Raft, transport,
+//! proposer and the two HTTP listeners together, and keeps metrics current.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::admin::role_name;
+use crate::contact::ContactKeyring;
+use crate::faults::Faults;
+use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
+use crate::metrics::{MetricsError, NodeMetrics};
+use crate::proposer::{Proposer, ProposerConfig};
+use crate::raft_types::{NodeId, NodeInfo, Raft};
+use crate::state_machine::{SnapshotError, StateMachine};
+use crate::transport::{LeaderContact, Network, PeerPool, RaftServer};
+
+/// Everything needed to start a node.
+#[derive(Debug)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub admin_addr: String,
+    pub region: String,
+    pub zone: String,
+    pub keyring: ContactKeyring,
+    pub client_token: Option<String>,
+    pub admin_token: Option<String>,
+    pub test_faults_enabled: bool,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many log entries.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind the newest snapshot (for lagging followers).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for timing and snapshots; identity and addresses come from the caller.
+    pub fn with_defaults(node_id: NodeId, data_dir: PathBuf, keyring: ContactKeyring) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            raft_addr: "127.0.0.1:0".into(),
+            api_addr: "127.0.0.1:0".into(),
+            admin_addr: "127.0.0.1:0".into(),
+            region: "local".into(),
+            zone: "local-a".into(),
+            keyring,
+            client_token: None,
+            admin_token: None,
+            test_faults_enabled: false,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 10_000,
+            keep_entries_after_snapshot: 2_000,
+        }
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Log(#[from] LogOpenError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("invalid Raft timing: {0}")]
+    Config(String),
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+/// Shared by every handler of the node.
+pub struct NodeContext {
+    pub node_id: NodeId,
+    pub info: NodeInfo,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub proposer: Proposer,
+    pub pool: Arc<PeerPool>,
+    pub keyring: ContactKeyring,
+    pub metrics: NodeMetrics,
+    pub contact: Arc<LeaderContact>,
+    pub faults: Arc<Faults>,
+    pub test_faults_enabled: bool,
+    pub client_token: Option<String>,
+    pub admin_token: Option<String>,
+    /// Client writes in flight beyond this are refused with 429.
+    pub write_slots: Semaphore,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub ctx: Arc<NodeContext>,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+impl NodeHandle {
+    /// Opens storage, starts Raft and every listener.
+    pub async fn start(cfg: NodeConfig) -> Result<Self, NodeError> {
+        let metrics = NodeMetrics::new(cfg.node_id, &cfg.region, &cfg.zone)?;
+        let faults = Faults::new();
+        let raft_listener = bind("raft", &cfg.raft_addr).await?;
+        let api_listener = bind("client API", &cfg.api_addr).await?;
+        let admin_listener = bind("admin API", &cfg.admin_addr).await?;
+        let local = |l: &TcpListener, fallback: &str| {
+            l.local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| fallback.to_string())
+        };
+        let info = NodeInfo {
+            raft_addr: local(&raft_listener, &cfg.raft_addr),
+            api_addr: local(&api_listener, &cfg.api_addr),
+            admin_addr: local(&admin_listener, &cfg.admin_addr),
+            region: cfg.region.clone(),
+            zone: cfg.zone.clone(),
+        };
+
+        let probe = FsyncProbe {
+            latency: Some(metrics.log_fsync_seconds.clone()),
+            batch_entries: Some(metrics.log_fsync_batch_entries.clone()),
+            faults: faults.clone(),
+        };
+        let log_dir = cfg.data_dir.join("log");
+        let log_store = tokio::task::spawn_blocking(move || LogStore::open(&log_dir, probe))
+            .await
+            .map_err(|e| NodeError::Join(e.to_string()))??;
+        let sm = StateMachine::open(&cfg.data_dir.join("state"), Some(metrics.clone()))?;
+
+        let raft_config = Config {
+            cluster_name: "roomkeeper".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: cfg.keep_entries_after_snapshot,
+            purge_batch_size: 256,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+
+        let pool = PeerPool::new(cfg.node_id, faults.clone());
+        let raft = Raft::new(
+            cfg.node_id,
+            Arc::new(raft_config),
+            Network { pool: pool.clone() },
+            log_store,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let proposer_cfg = ProposerConfig {
+            quorum_timeout: Duration::from_millis(cfg.election_timeout_max_ms.max(500) * 2),
+            ..ProposerConfig::default()
+        };
+        let proposer = Proposer::start(
+            raft.clone(),
+            pool.clone(),
+            proposer_cfg,
+            Some(metrics.clone()),
+        );
+        let contact = LeaderContact::new();
+
+        let ctx = Arc::new(NodeContext {
+            node_id: cfg.node_id,
+            info: info.clone(),
+            raft: raft.clone(),
+            sm,
+            proposer: proposer.clone(),
+            pool,
+            keyring: cfg.keyring,
+            metrics: metrics.clone(),
+            contact: contact.clone(),
+            faults: faults.clone(),
+            test_faults_enabled: cfg.test_faults_enabled,
+            client_token: cfg.client_token,
+            admin_token: cfg.admin_token,
+            write_slots: Semaphore::new(4096),
+        });
+
+        let server = RaftServer {
+            raft: raft.clone(),
+            proposer,
+            faults,
+            contact,
+        };
+        tokio::spawn(server.serve(raft_listener));
+        let api = crate::api::router(ctx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(api_listener, api).await {
+                tracing::error!(error = %e, "client API server stopped");
+            }
+        });
+        let admin = crate::admin::router(ctx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin).await {
+                tracing::error!(error = %e, "admin API server stopped");
+            }
+        });
+        tokio::spawn(track_raft_metrics(raft, metrics));
+        tracing::info!(
+            node_id = cfg.node_id,
+            region = %info.region,
+            zone = %info.zone,
+            raft = %info.raft_addr,
+            api = %info.api_addr,
+            admin = %info.admin_addr,
+            "order-store node started"
+        );
+        Ok(Self { ctx })
+    }
+
+    /// Stops Raft cleanly (listeners stop with the process).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.ctx.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown reported an error");
+        }
+    }
+}
+
+/// Mirrors Raft metrics into Prometheus gauges as they change.
+async fn track_raft_metrics(raft: Raft, metrics: NodeMetrics) {
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    loop {
+        let m = rx.borrow_watched().clone();
+        metrics.raft_term.set(m.current_term as i64);
+        metrics
+            .raft_is_leader
+            .set(i64::from(m.state == ServerState::Leader));
+        for s in [
+            ServerState::Leader,
+            ServerState::Follower,
+            ServerState::Candidate,
+            ServerState::Learner,
+            ServerState::Shutdown,
+        ] {
+            metrics
+                .raft_state
+                .with_label_values(&[role_name(s)])
+                .set(i64::from(m.state == s));
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        metrics.raft_last_log_index.set(last as i64);
+        metrics
+            .raft_committed_index
+            .set(m.local_committed.map_or(0, |l| l.index) as i64);
+        metrics
+            .raft_applied_index
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        metrics
+            .raft_snapshot_index
+            .set(m.snapshot.map_or(0, |l| l.index) as i64);
+        metrics
+            .raft_voters
+            .set(m.membership_config.membership().voter_ids().count() as i64);
+        metrics.raft_follower_lag_entries.reset();
+        if let Some(rep) = &m.replication {
+            for (id, matched) in rep.iter().filter(|(id, _)| **id != m.id) {
+                let lag = last.saturating_sub(matched.as_ref().map_or(0, |l| l.index));
+                metrics
+                    .raft_follower_lag_entries
+                    .with_label_values(&[&id.to_string()])
+                    .set(lag as i64);
+            }
+        }
+        if m.current_leader != last_leader {
+            if last_leader.is_some() || m.current_leader.is_some() {
+                metrics.raft_leader_changes_total.inc();
+            }
+            last_leader = m.current_leader;
+        }
+        if m.state == ServerState::Shutdown || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The replicated state machine: committed entries applied to a `ShardState`,
+//! with snapshots written crash-safely to disk (write, fsync, rename, fsync dir)
+//! and checksummed, so a damaged snapshot is refused rather than installed.
+//!
+//! The state itself lives in memory; on restart it is rebuilt from the newest
+//! snapshot plus the committed log (openraft re-applies up to the saved
+//! committed index before the node serves), so a restarted node never serves
+//! state older than it acknowledged.
+
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use roomkeeper_order_state::{Command, Outcome, ShardState, Stamped};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::metrics::NodeMetrics;
+use crate::raft_types::{
+    BatchOutcome, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RKSNAP01";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    meta: SnapshotMeta,
+    state: ShardState,
+}
+
+struct Data {
+    state: ShardState,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_meta: Option<SnapshotMeta>,
+}
+
+struct Shared {
+    data: RwLock<Data>,
+    dir: PathBuf,
+    metrics: Option<NodeMetrics>,
+    applied_tx: watch::Sender<u64>,
+}
+
+/// The state machine handle; clones share one state.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Errors loading a persisted snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("snapshot is damaged: {0}")]
+    Damaged(String),
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Encodes a snapshot: magic, CRC32 of the body, body length, body.
+fn encode_snapshot(body: &SnapshotBody) -> io::Result<Vec<u8>> {
+    let payload = postcard::to_allocvec(body).map_err(io_err)?;
+    let mut out = Vec::with_capacity(payload.len() + 20);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
+    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::Damaged("bad magic or too short".into()));
+    }
+    let crc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&bytes[12..20]);
+    let len = u64::from_be_bytes(len8) as usize;
+    let payload = bytes
+        .get(20..20usize.saturating_add(len))
+        .filter(|p| p.len() == len)
+        .ok_or_else(|| {
+            SnapshotError::Damaged(format!("body shorter than its {len}-byte header"))
+        })?;
+    if crc32fast::hash(payload) != crc {
+        return Err(SnapshotError::Damaged("checksum mismatch".into()));
+    }
+    postcard::from_bytes(payload).map_err(|e| SnapshotError::Damaged(e.to_string()))
+}
+
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl StateMachine {
+    /// Opens the state machine, restoring the newest snapshot in `dir` if any.
+    pub fn open(dir: &Path, metrics: Option<NodeMetrics>) -> Result<Self, SnapshotError> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let mut data = Data {
+            state: ShardState::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot_meta: None,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let body = decode_snapshot(&bytes)?;
+                data.state = body.state;
+                data.last_applied = body.meta.last_log_id;
+                data.membership = body.meta.last_membership.clone();
+                data.snapshot_meta = Some(body.meta);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        let applied = data.last_applied.map_or(0, |l| l.index);
+        let (applied_tx, _) = watch::channel(applied);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                data: RwLock::new(data),
+                dir: dir.to_path_buf(),
+                metrics,
+                applied_tx,
+            }),
+        })
+    }
+
+    /// Runs a read against the current state.
+    pub fn read<T>(&self, f: impl FnOnce(&ShardState) -> T) -> T {
+        match self.shared.data.read() {
+            Ok(d) => f(&d.state),
+            Err(poisoned) => f(&poisoned.into_inner().state),
+        }
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        *self.shared.applied_tx.borrow()
+    }
+
+    /// Watches the applied index (for reads that wait to catch up).
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.shared.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn apply_entry_payload(
+        d: &mut Data,
+        at_ms: u64,
+        commands: &[Command],
+        m: Option<&NodeMetrics>,
+    ) -> BatchOutcome {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            let stamped = Stamped {
+                at_ms,
+                command: command.clone(),
+            };
+            let outcome = d.state.apply(&stamped);
+            if let (Some(m), Command::PlaceOrder { .. }) = (m, command) {
+                let label = match &outcome {
+                    Outcome::Order { replayed: true, .. } => "replayed",
+                    other => other.label(),
+                };
+                m.orders_total.with_label_values(&[label]).inc();
+            }
+            outcomes.push(outcome);
+        }
+        BatchOutcome { outcomes }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let (meta, bytes) = {
+            let d = self
+                .shared
+                .data
+                .read()
+                .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+            let meta = SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.membership.clone(),
+            };
+            let bytes = encode_snapshot(&SnapshotBody {
+                meta: meta.clone(),
+                state: d.state.clone(),
+            })?;
+            (meta, bytes)
+        };
+        let dir = self.shared.dir.clone();
+        let to_write = bytes.clone();
+        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &to_write))
+            .await
+            .map_err(io::Error::other)??;
+        if let Ok(mut d) = self.shared.data.write() {
+            d.snapshot_meta = Some(meta.clone());
+        }
+        if let Some(m) = &self.shared.metrics {
+            m.raft_snapshot_index
+                .set(meta.last_log_id.map_or(0, |l| l.index) as i64);
+        }
+        Ok(openraft::Snapshot {
+            meta,
+            snapshot: Cursor::new(bytes),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let d = self
+            .shared
+            .data
+            .read()
+            .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>>
+            + Unpin
+            + OptionalSend,
+    {
+        let started = Instant::now();
+        let mut last = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut d = self
+                    .shared
+                    .data
+                    .write()
+                    .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+                d.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => BatchOutcome::default(),
+                    EntryPayload::Normal(batch) => Self::apply_entry_payload(
+                        &mut d,
+                        batch.at_ms,
+                        &batch.commands,
+                        self.shared.metrics.as_ref(),
+                    ),
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(entry.log_id), m);
+                        BatchOutcome::default()
+                    }
+                }
+            };
+            last = Some(entry.log_id.index);
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        if let Some(idx) = last {
+            self.shared.applied_tx.send_replace(idx);
+            if let Some(m) = &self.shared.metrics {
+                m.apply_seconds.observe(started.elapsed().as_secs_f64());
+                m.raft_applied_index.set(idx as i64);
+                let (orders, paused) = self.read(|s| (s.order_count(), s.sales_paused()));
+                m.state_orders.set(orders as i64);
+                m.sales_paused.set(i64::from(paused));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> io::Result<()> {
+        let bytes = snapshot.into_inner();
+        let body = decode_snapshot(&bytes).map_err(io_err)?;
+        let dir = self.shared.dir.clone();
+        let to_write = bytes;
+        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &to_write))
+            .await
+            .map_err(io::Error::other)??;
+        let idx = meta.last_log_id.map_or(0, |l| l.index);
+        {
+            let mut d = self
+                .shared
+                .data
+                .write()
+                .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+            d.state = body.state;
+            d.last_applied = meta.last_log_id;
+            d.membership = meta.last_membership.clone();
+            d.snapshot_meta = Some(meta.clone());
+        }
+        self.shared.applied_tx.send_replace(idx);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let meta = match self.shared.data.read() {
+            Ok(d) => d.snapshot_meta.clone(),
+            Err(_) => return Err(io::Error::other("state machine lock poisoned")),
+        };
+        let Some(meta) = meta else { return Ok(None) };
+        let path = self.snapshot_path();
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(Some(openraft::Snapshot {
+            meta,
+            snapshot: Cursor::new(bytes),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_snapshots_are_refused() {
+        let body = SnapshotBody {
+            meta: SnapshotMeta::default(),
+            state: ShardState::new(),
+        };
+        let good = encode_snapshot(&body).expect("encode");
+        assert!(decode_snapshot(&good).is_ok());
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert!(matches!(
+            decode_snapshot(&flipped),
+            Err(SnapshotError::Damaged(_))
+        ));
+        assert!(decode_snapshot(&good[..good.len() - 1]).is_err());
+        assert!(decode_snapshot(b"garbage").is_err());
+    }
+}

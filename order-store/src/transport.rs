@@ -1,0 +1,626 @@
+//! Node-to-node transport: Raft RPCs, snapshot chunks and forwarded client writes
+//! over pipelined, length-prefixed frames (see `wire.rs`, docs/decisions.md D3).
+//!
+//! Client side: one TCP connection per peer, shared by every caller; requests
+//! carry an id and responses may arrive in any order. A broken connection fails
+//! every pending call at once and the next call reconnects.
+//! Server side: each request runs in its own task; responses go back through a
+//! single writer task per connection.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use roomkeeper_order_state::Command;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::faults::Faults;
+use crate::proposer::{Proposer, WriteError};
+use crate::raft_types::{
+    BatchOutcome, NodeId, NodeInfo, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote,
+};
+use crate::wire::{encode_frame, read_frame};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    SnapshotChunk {
+        vote: Vote,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    },
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Client commands a follower forwards to the leader.
+    Forward(Vec<Command>),
+    /// A follower asks the leader for a linearizable read index.
+    ReadIndex,
+}
+
+/// The answer to an `RpcRequest`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    AppendEntries(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    SnapshotChunkAccepted,
+    Snapshot(SnapshotResponse<TypeConfig>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    Forward(Result<BatchOutcome, WriteError>),
+    /// The leader's confirmed read index, or why it could not give one.
+    ReadIndex(Result<u64, WriteError>),
+    /// The receiver could not handle the request (its Raft stopped, a bad chunk…).
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    id: u64,
+    from: NodeId,
+    body: T,
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("peer {0} is unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("call to peer {0} timed out after {1:?}")]
+    Timeout(NodeId, Duration),
+    #[error("peer {0} failed the request: {1}")]
+    Remote(NodeId, String),
+    #[error("peer {0} answered with an unexpected message")]
+    Protocol(NodeId),
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<RpcResponse>>>>;
+
+struct Connection {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: PendingMap,
+    alive: Arc<AtomicBool>,
+}
+
+/// Outgoing connections to every peer, shared by Raft replication and forwarding.
+pub struct PeerPool {
+    self_id: NodeId,
+    next_id: AtomicU64,
+    conns: tokio::sync::Mutex<HashMap<NodeId, Arc<Connection>>>,
+    faults: Arc<Faults>,
+}
+
+impl PeerPool {
+    pub fn new(self_id: NodeId, faults: Arc<Faults>) -> Arc<Self> {
+        Arc::new(Self {
+            self_id,
+            next_id: AtomicU64::new(1),
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            faults,
+        })
+    }
+
+    async fn connection(&self, target: NodeId, addr: &str) -> Result<Arc<Connection>, CallError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&target) {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| CallError::Unreachable(target, format!("connect to {addr} timed out")))?
+            .map_err(|e| CallError::Unreachable(target, format!("connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let conn = Arc::new(Connection {
+            tx,
+            pending: pending.clone(),
+            alive: alive.clone(),
+        });
+        // Writer: coalesces queued frames into one flush.
+        let alive_w = alive.clone();
+        tokio::spawn(async move {
+            let mut w = BufWriter::new(wr);
+            while let Some(frame) = rx.recv().await {
+                if w.write_all(&frame).await.is_err() {
+                    break;
+                }
+                while let Ok(more) = rx.try_recv() {
+                    if w.write_all(&more).await.is_err() {
+                        alive_w.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+                if w.flush().await.is_err() {
+                    break;
+                }
+            }
+            alive_w.store(false, Ordering::Release);
+        });
+        // Reader: routes responses to their callers; on error fails them all.
+        tokio::spawn(async move {
+            let mut r = BufReader::new(rd);
+            let mut scratch = Vec::new();
+            while let Ok(Some(env)) =
+                read_frame::<_, Envelope<RpcResponse>>(&mut r, &mut scratch).await
+            {
+                let waiter = pending.lock().ok().and_then(|mut p| p.remove(&env.id));
+                if let Some(w) = waiter {
+                    let _ = w.send(env.body);
+                }
+            }
+            alive.store(false, Ordering::Release);
+            if let Ok(mut p) = pending.lock() {
+                p.clear();
+            }
+        });
+        conns.insert(target, conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends one request to `target` at `addr` and waits for its response.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        addr: &str,
+        body: RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, CallError> {
+        if self.faults.is_isolated(target) {
+            return Err(CallError::Unreachable(
+                target,
+                "isolated by an injected fault".into(),
+            ));
+        }
+        let conn = self.connection(target, addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&Envelope {
+            id,
+            from: self.self_id,
+            body,
+        })
+        .map_err(|e| CallError::Remote(target, e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = conn.pending.lock() {
+            p.insert(id, tx);
+        }
+        if conn.tx.send(frame).await.is_err() {
+            conn.alive.store(false, Ordering::Release);
+            return Err(CallError::Unreachable(target, "connection closed".into()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(RpcResponse::Failed(msg))) => Err(CallError::Remote(target, msg)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(CallError::Unreachable(target, "connection lost".into())),
+            Err(_) => {
+                if let Ok(mut p) = conn.pending.lock() {
+                    p.remove(&id);
+                }
+                Err(CallError::Timeout(target, timeout))
+            }
+        }
+    }
+
+    /// Asks the leader for a linearizable read index.
+    pub async fn read_index(&self, leader: NodeId, addr: &str) -> Result<u64, WriteError> {
+        match self
+            .call(leader, addr, RpcRequest::ReadIndex, FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(RpcResponse::ReadIndex(r)) => r,
+            Ok(_) => Err(WriteError::Unavailable(
+                "leader answered a read index with the wrong message".into(),
+            )),
+            Err(CallError::Timeout(..)) => Err(WriteError::NoQuorum),
+            Err(_) => Err(WriteError::NoLeader),
+        }
+    }
+
+    /// Forwards client commands to the leader.
+    pub async fn forward(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        commands: Vec<Command>,
+    ) -> Result<BatchOutcome, WriteError> {
+        match self
+            .call(leader, addr, RpcRequest::Forward(commands), FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(RpcResponse::Forward(r)) => r,
+            Ok(_) => Err(WriteError::Unavailable(
+                "leader answered a forward with the wrong message".into(),
+            )),
+            // The leader may have received the commands: their fate is unknown.
+            Err(CallError::Timeout(..)) => Err(WriteError::OutcomeUnknown),
+            Err(CallError::Unreachable(_, msg))
+                if msg.contains("connect") || msg.contains("isolated") =>
+            {
+                Err(WriteError::NoLeader)
+            }
+            Err(_) => Err(WriteError::OutcomeUnknown),
+        }
+    }
+}
+
+fn to_rpc_error(e: CallError) -> RPCError<TypeConfig> {
+    match e {
+        CallError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// openraft's network factory over the peer pool.
+#[derive(Clone)]
+pub struct Network {
+    pub pool: Arc<PeerPool>,
+}
+
+/// A client for one peer, as openraft's replication tasks use it.
+pub struct PeerClient {
+    pool: Arc<PeerPool>,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerClient {
+            pool: self.pool.clone(),
+            target,
+            addr: node.raft_addr.clone(),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn rpc(
+        &self,
+        req: RpcRequest,
+        option: &RPCOption,
+    ) -> Result<RpcResponse, RPCError<TypeConfig>> {
+        self.pool
+            .call(self.target, &self.addr, req, option.soft_ttl())
+            .await
+            .map_err(to_rpc_error)
+    }
+
+    fn unexpected(&self) -> RPCError<TypeConfig> {
+        to_rpc_error(CallError::Protocol(self.target))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(RpcRequest::AppendEntries(rpc), &option).await? {
+            RpcResponse::AppendEntries(r) => Ok(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(RpcRequest::Vote(rpc), &option).await? {
+            RpcResponse::Vote(r) => Ok(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(RpcRequest::PreVote(rpc), &option).await? {
+            RpcResponse::Vote(r) => Ok(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let send = async {
+            let bytes = snapshot.snapshot.into_inner();
+            let chunks: Vec<&[u8]> = if bytes.is_empty() {
+                vec![&[][..]]
+            } else {
+                bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect()
+            };
+            let n = chunks.len();
+            let mut offset = 0u64;
+            // Chunks may take longer than a heartbeat-sized TTL on a slow link.
+            let ttl = option.hard_ttl().max(Duration::from_secs(10));
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let done = i + 1 == n;
+                let req = RpcRequest::SnapshotChunk {
+                    vote,
+                    meta: snapshot.meta.clone(),
+                    offset,
+                    data: chunk.to_vec(),
+                    done,
+                };
+                offset += chunk.len() as u64;
+                let resp = self
+                    .pool
+                    .call(self.target, &self.addr, req, ttl)
+                    .await
+                    .map_err(|e| StreamingError::from(to_rpc_error(e)))?;
+                match resp {
+                    RpcResponse::SnapshotChunkAccepted if !done => {}
+                    RpcResponse::Snapshot(r) if done => return Ok(r),
+                    _ => return Err(StreamingError::from(self.unexpected())),
+                }
+            }
+            Err(StreamingError::from(self.unexpected()))
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = send => res,
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(RpcRequest::TransferLeader(req), &option).await? {
+            RpcResponse::TransferLeader(r) => Ok(r),
+            _ => Err(self.unexpected()),
+        }
+    }
+}
+
+/// When this node last heard from a leader (for bounded-stale follower reads).
+#[derive(Debug)]
+pub struct LeaderContact {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl LeaderContact {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last append from a leader, if ever.
+    pub fn since_last(&self) -> Option<Duration> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+/// Everything the server side needs to answer peers.
+#[derive(Clone)]
+pub struct RaftServer {
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub faults: Arc<Faults>,
+    pub contact: Arc<LeaderContact>,
+}
+
+impl RaftServer {
+    /// Accepts peer connections until the listener fails.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let me = self.clone();
+                    tokio::spawn(async move { me.connection(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "raft listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(self, stream: TcpStream) {
+        let (rd, wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        tokio::spawn(async move {
+            let mut w = BufWriter::new(wr);
+            while let Some(frame) = rx.recv().await {
+                if w.write_all(&frame).await.is_err() {
+                    return;
+                }
+                while let Ok(more) = rx.try_recv() {
+                    if w.write_all(&more).await.is_err() {
+                        return;
+                    }
+                }
+                if w.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = BufReader::new(rd);
+        let mut scratch = Vec::new();
+        let mut snapshot_buf: Vec<u8> = Vec::new();
+        loop {
+            let env = match read_frame::<_, Envelope<RpcRequest>>(&mut r, &mut scratch).await {
+                Ok(Some(env)) => env,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer connection closed");
+                    return;
+                }
+            };
+            if self.faults.is_isolated(env.from) {
+                continue; // dropped on the floor, as a partition would
+            }
+            let id = env.id;
+            match env.body {
+                RpcRequest::SnapshotChunk {
+                    vote,
+                    meta,
+                    offset,
+                    data,
+                    done,
+                } => {
+                    if offset == 0 {
+                        snapshot_buf.clear();
+                    }
+                    if offset != snapshot_buf.len() as u64 {
+                        let msg = format!(
+                            "snapshot chunk at {offset}, expected {}",
+                            snapshot_buf.len()
+                        );
+                        snapshot_buf.clear();
+                        respond(&tx, id, RpcResponse::Failed(msg)).await;
+                        continue;
+                    }
+                    snapshot_buf.extend_from_slice(&data);
+                    if !done {
+                        respond(&tx, id, RpcResponse::SnapshotChunkAccepted).await;
+                        continue;
+                    }
+                    let bytes = std::mem::take(&mut snapshot_buf);
+                    let raft = self.raft.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let snap = openraft::Snapshot {
+                            meta,
+                            snapshot: Cursor::new(bytes),
+                        };
+                        let resp = match raft.install_full_snapshot(vote, snap).await {
+                            Ok(r) => RpcResponse::Snapshot(r),
+                            Err(e) => RpcResponse::Failed(e.to_string()),
+                        };
+                        respond(&tx, id, resp).await;
+                    });
+                }
+                body => {
+                    let me = self.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let resp = me.handle(body).await;
+                        respond(&tx, id, resp).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, body: RpcRequest) -> RpcResponse {
+        match body {
+            RpcRequest::AppendEntries(req) => {
+                let res = self.raft.append_entries(req).await;
+                if matches!(
+                    res,
+                    Ok(AppendEntriesResponse::Success)
+                        | Ok(AppendEntriesResponse::PartialSuccess(_))
+                ) {
+                    self.contact.touch();
+                }
+                match res {
+                    Ok(r) => RpcResponse::AppendEntries(r),
+                    Err(e) => RpcResponse::Failed(e.to_string()),
+                }
+            }
+            RpcRequest::Vote(req) => match self.raft.vote(req).await {
+                Ok(r) => RpcResponse::Vote(r),
+                Err(e) => RpcResponse::Failed(e.to_string()),
+            },
+            RpcRequest::PreVote(req) => match self.raft.pre_vote(req).await {
+                Ok(r) => RpcResponse::Vote(r),
+                Err(e) => RpcResponse::Failed(e.to_string()),
+            },
+            RpcRequest::TransferLeader(req) => match self.raft.handle_transfer_leader(req).await {
+                Ok(r) => RpcResponse::TransferLeader(r),
+                Err(e) => RpcResponse::Failed(e.to_string()),
+            },
+            RpcRequest::Forward(commands) => {
+                RpcResponse::Forward(self.proposer.propose_local(commands).await)
+            }
+            RpcRequest::ReadIndex => RpcResponse::ReadIndex(leader_read_index(&self.raft).await),
+            RpcRequest::SnapshotChunk { .. } => {
+                RpcResponse::Failed("snapshot chunk out of band".into())
+            }
+        }
+    }
+}
+
+/// On the leader: confirms leadership with a quorum and returns the index a
+/// linearizable read must wait for.
+pub async fn leader_read_index(raft: &Raft) -> Result<u64, WriteError> {
+    use openraft::errors::LinearizableReadError;
+    match raft
+        .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+        .await
+    {
+        Ok(read) => Ok(read.log_id().index),
+        Err(openraft::errors::RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            Err(WriteError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(openraft::errors::RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+            Err(WriteError::NoQuorum)
+        }
+        Err(e) => Err(WriteError::Unavailable(e.to_string())),
+    }
+}
+
+async fn respond(tx: &mpsc::Sender<Vec<u8>>, id: u64, body: RpcResponse) {
+    match encode_frame(&Envelope { id, from: 0, body }) {
+        Ok(frame) => {
+            let _ = tx.send(frame).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode a response to a peer"),
+    }
+}
