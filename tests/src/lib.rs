@@ -1,1 +1,643 @@
-//! End-to-end test helpers live in the integration tests of this crate.
+//! Harness for end-to-end tests: real `roomkeeper node` processes on loopback,
+//! a tiny blocking HTTP client, and helpers to kill, pause, restart and inspect
+//! nodes. Every process is killed when the `Cluster` is dropped.
+//!
+//! The binary comes from `ROOMKEEPER_BIN`, else `target/release/roomkeeper`,
+//! else `target/debug/roomkeeper` (build it first: `cargo build -p roomkeeper`).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const CLIENT_TOKEN: &str = "client-secret-token";
+pub const ADMIN_TOKEN: &str = "admin-secret-token";
+
+/// Finds the roomkeeper binary to test.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("ROOMKEEPER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["release", "debug"] {
+        let p = root.join("target").join(profile).join("roomkeeper");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("roomkeeper binary not found: run `cargo build --release -p roomkeeper` or set ROOMKEEPER_BIN")
+}
+
+/// A response from the tiny HTTP client.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body.get("code").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`. Errors are transport errors.
+pub fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(
+        &addr
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("{addr}: {e}")))?,
+        timeout,
+    )?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let body = body.unwrap_or(b"");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed status line"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let payload = if chunked {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    let retry_after = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("retry-after:"))
+        .map(|l| l[12..].trim().to_string());
+    let body = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+    Ok(Reply {
+        status,
+        body,
+        retry_after,
+    })
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One node process and its addresses.
+pub struct Node {
+    pub id: u64,
+    pub region: String,
+    pub data_dir: PathBuf,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub admin_addr: String,
+    pub child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl Node {
+    pub fn info(&self) -> Value {
+        json!({
+            "raft_addr": self.raft_addr, "api_addr": self.api_addr, "admin_addr": self.admin_addr,
+            "region": self.region, "zone": format!("{}-a", self.region),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// Options for a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Region of each node, in node-id order (ids start at 1).
+    pub regions: Vec<String>,
+    pub snapshot_every_entries: u64,
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl ClusterOptions {
+    pub fn nodes(n: usize) -> Self {
+        Self {
+            regions: (0..n).map(|i| format!("region-{}", i % 3 + 1)).collect(),
+            snapshot_every_entries: 10_000,
+            keep_entries_after_snapshot: 2_000,
+        }
+    }
+}
+
+/// A cluster of real node processes in a temporary directory.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub opts: ClusterOptions,
+    key_file: PathBuf,
+}
+
+static CLUSTER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Cluster {
+    /// Starts the processes (not yet initialized).
+    pub fn start(opts: ClusterOptions) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "roomkeeper-e2e-{}-{}",
+            std::process::id(),
+            CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create cluster dir");
+        let key_file = dir.join("contact.key");
+        std::fs::write(&key_file, format!("0 {}\n", "ab".repeat(32))).expect("write key");
+        let nodes = opts
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, region)| {
+                let id = i as u64 + 1;
+                Node {
+                    id,
+                    region: region.clone(),
+                    data_dir: dir.join(format!("node-{id}")),
+                    raft_addr: format!("127.0.0.1:{}", free_port()),
+                    api_addr: format!("127.0.0.1:{}", free_port()),
+                    admin_addr: format!("127.0.0.1:{}", free_port()),
+                    child: None,
+                    log_path: dir.join(format!("node-{id}.log")),
+                }
+            })
+            .collect();
+        let mut c = Self {
+            dir,
+            nodes,
+            opts,
+            key_file,
+        };
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        for id in c.ids() {
+            c.wait_healthy(id);
+        }
+        c
+    }
+
+    /// Starts, initializes with every node a voter, and waits for a leader.
+    pub fn start_initialized(opts: ClusterOptions) -> Self {
+        let c = Self::start(opts);
+        c.initialize();
+        c
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Spawns (or respawns) a node process.
+    pub fn spawn(&mut self, id: u64) {
+        let bin = binary();
+        let key = self.key_file.clone();
+        let opts = self.opts.clone();
+        let n = self.node_mut(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log_path)
+            .expect("open node log");
+        let child = Command::new(bin)
+            .args(["node", "--id", &n.id.to_string()])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args([
+                "--raft-addr",
+                &n.raft_addr,
+                "--api-addr",
+                &n.api_addr,
+                "--admin-addr",
+                &n.admin_addr,
+            ])
+            .args(["--region", &n.region, "--zone", &format!("{}-a", n.region)])
+            .arg("--contact-key-file")
+            .arg(&key)
+            .args([
+                "--client-token",
+                CLIENT_TOKEN,
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--enable-test-faults",
+            ])
+            .args([
+                "--snapshot-every-entries",
+                &opts.snapshot_every_entries.to_string(),
+            ])
+            .args([
+                "--keep-entries-after-snapshot",
+                &opts.keep_entries_after_snapshot.to_string(),
+            ])
+            .env("ROOMKEEPER_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn roomkeeper node");
+        n.child = Some(child);
+    }
+
+    /// Waits until the node's admin API answers /healthz.
+    pub fn wait_healthy(&self, id: u64) {
+        let addr = self.node(id).admin_addr.clone();
+        wait_until(
+            Duration::from_secs(15),
+            &format!("node {id} healthy"),
+            || {
+                http(
+                    "GET",
+                    &addr,
+                    "/healthz",
+                    None,
+                    None,
+                    Duration::from_millis(300),
+                )
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+            },
+        );
+    }
+
+    /// Bootstraps the group on node 1 with every node a voter.
+    pub fn initialize(&self) {
+        let members: serde_json::Map<String, Value> = self
+            .nodes
+            .iter()
+            .map(|n| (n.id.to_string(), n.info()))
+            .collect();
+        let body = json!({ "members": members }).to_string();
+        let r = self
+            .admin("POST", 1, "/admin/init", Some(&body))
+            .expect("init request");
+        assert_eq!(r.status, 200, "init failed: {:?}", r.body);
+        self.wait_leader(Duration::from_secs(15));
+    }
+
+    pub fn admin(
+        &self,
+        method: &str,
+        id: u64,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<Reply> {
+        http(
+            method,
+            &self.node(id).admin_addr,
+            path,
+            body.map(str::as_bytes),
+            Some(ADMIN_TOKEN),
+            Duration::from_secs(5),
+        )
+    }
+
+    pub fn client(
+        &self,
+        method: &str,
+        id: u64,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<Reply> {
+        http(
+            method,
+            &self.node(id).api_addr,
+            path,
+            body.map(str::as_bytes),
+            Some(CLIENT_TOKEN),
+            Duration::from_secs(6),
+        )
+    }
+
+    pub fn status(&self, id: u64) -> Option<Value> {
+        self.admin("GET", id, "/admin/status", None)
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body)
+    }
+
+    /// The leader as running nodes agree on it (a majority of live answers).
+    pub fn leader(&self) -> Option<u64> {
+        let running: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect();
+        for id in &running {
+            if let Some(s) = self.status(*id) {
+                if s["role"] == "leader" {
+                    return Some(*id);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> u64 {
+        let mut found = None;
+        wait_until(timeout, "a leader", || {
+            found = self.leader();
+            found.is_some()
+        });
+        found.unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT, as a stalled process.
+    pub fn signal(&self, id: u64, sig: &str) {
+        if let Some(pid) = self.node(id).pid() {
+            let ok = Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill -{sig} {pid} failed");
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id);
+        self.wait_healthy(id);
+    }
+
+    /// Sets injected faults on a node (the node runs with --enable-test-faults).
+    pub fn faults(&self, id: u64, body: Value) {
+        let r = self
+            .admin("POST", id, "/admin/faults", Some(&body.to_string()))
+            .expect("faults request");
+        assert_eq!(r.status, 200, "faults: {:?}", r.body);
+    }
+
+    /// Creates a live room with listings, through any node.
+    pub fn create_room(&self, room: &str, skus: &[(&str, u32, u32)]) {
+        let via = self.wait_leader(Duration::from_secs(10));
+        let r = self
+            .client(
+                "PUT",
+                via,
+                &format!("/v1/rooms/{room}"),
+                Some(r#"{"title":"flash sale","home_region":"region-1","state":"live"}"#),
+            )
+            .expect("put room");
+        assert_eq!(r.status, 200, "put room: {:?}", r.body);
+        for (sku, stock, limit) in skus {
+            let body = json!({"price_cents": 1999, "stock": stock, "per_buyer_limit": limit, "state": "open"}).to_string();
+            let r = self
+                .client(
+                    "PUT",
+                    via,
+                    &format!("/v1/rooms/{room}/listings/{sku}"),
+                    Some(&body),
+                )
+                .expect("put listing");
+            assert_eq!(r.status, 200, "put listing: {:?}", r.body);
+        }
+    }
+
+    /// Waits until every running node has applied the same index as the leader.
+    pub fn wait_converged(&self, timeout: Duration) {
+        wait_until(
+            timeout,
+            "all running nodes applied the leader's log",
+            || {
+                let Some(l) = self.leader() else { return false };
+                let Some(ls) = self.status(l) else {
+                    return false;
+                };
+                let target = ls["committed_index"].as_u64().unwrap_or(0);
+                self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                    self.status(n.id)
+                        .map(|s| s["applied_index"].as_u64().unwrap_or(0) >= target)
+                        .unwrap_or(false)
+                })
+            },
+        );
+    }
+
+    /// Asserts every running node reports its invariants intact.
+    pub fn assert_invariants(&self) {
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let r = self
+                .admin("GET", n.id, "/admin/invariants", None)
+                .expect("invariants");
+            assert_eq!(
+                r.body["ok"],
+                json!(true),
+                "node {} broke an invariant: {:?}",
+                n.id,
+                r.body
+            );
+        }
+    }
+
+    pub fn node_log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "cluster files kept for inspection in {}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Polls `cond` until true or panics after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// The client API addresses of a cluster, for load threads.
+#[derive(Clone, Debug)]
+pub struct ClientView {
+    pub api_addrs: Vec<String>,
+}
+
+impl Cluster {
+    pub fn client_view(&self) -> ClientView {
+        ClientView {
+            api_addrs: self.nodes.iter().map(|n| n.api_addr.clone()).collect(),
+        }
+    }
+}
+
+/// Runs `threads` buyers placing orders (qty 1, unique keys) round-robin over
+/// `skus` until `stop` is set; returns every attempt's result.
+pub fn run_buyers(
+    view: ClientView,
+    room: &str,
+    skus: Vec<String>,
+    threads: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Attempt>>> {
+    (0..threads)
+        .map(|t| {
+            let view = view.clone();
+            let room = room.to_string();
+            let skus = skus.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let sku = &skus[(n as usize + t) % skus.len()];
+                    let buyer = format!("buyer-{t}-{n}");
+                    let key = format!("key-{t}-{n}");
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    out.push(place_order_with_retries(
+                        &view, &room, sku, &buyer, &key, 1, deadline,
+                    ));
+                    n += 1;
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+/// What a client learned about one order attempt.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Acked {
+        order_id: u64,
+        buyer: String,
+        key: String,
+        qty: u64,
+    },
+    Rejected {
+        code: String,
+    },
+    Unknown {
+        buyer: String,
+        key: String,
+    },
+}
+
+/// Places one order, retrying the same idempotency key across nodes on
+/// transient errors until `deadline`. Returns what is known.
+pub fn place_order_with_retries(
+    c: &ClientView,
+    room: &str,
+    sku: &str,
+    buyer: &str,
+    key: &str,
+    qty: u64,
+    deadline: Instant,
+) -> Attempt {
+    let body = json!({"sku": sku, "buyer": buyer, "qty": qty, "idempotency_key": key, "contact": "+1 555 0100"}).to_string();
+    let mut i = key.len();
+    while Instant::now() < deadline {
+        let addr = &c.api_addrs[i % c.api_addrs.len()];
+        i += 1;
+        match http(
+            "POST",
+            addr,
+            &format!("/v1/rooms/{room}/orders"),
+            Some(body.as_bytes()),
+            Some(CLIENT_TOKEN),
+            Duration::from_secs(5),
+        ) {
+            Ok(r) if r.status == 201 || r.status == 200 => {
+                return Attempt::Acked {
+                    order_id: r.body["order_id"].as_u64().unwrap_or(0),
+                    buyer: buyer.to_string(),
+                    key: key.to_string(),
+                    qty,
+                }
+            }
+            Ok(r) if r.status == 409 || r.status == 404 || r.status == 400 => {
+                return Attempt::Rejected {
+                    code: r.code().to_string(),
+                }
+            }
+            _ => std::thread::sleep(Duration::from_millis(30)),
+        }
+    }
+    Attempt::Unknown {
+        buyer: buyer.to_string(),
+        key: key.to_string(),
+    }
+}

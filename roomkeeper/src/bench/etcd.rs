@@ -29,7 +29,7 @@ use super::b64;
 use super::http::HttpConn;
 use super::leader::LeaderCell;
 use super::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
-use super::report::{KillReport, TargetResult};
+use super::report::TargetResult;
 use super::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
 use super::{Ctx, Scenario, PRICE_CENTS};
 
@@ -115,7 +115,8 @@ fn first_kv_stock(range: &Value) -> Result<Option<Versioned>> {
         .trim()
         .parse::<i64>()
         .context("etcd stock value is not a number")?;
-    let mod_revision = int_field(kv, "mod_revision").ok_or_else(|| anyhow!("kv without mod_revision"))?;
+    let mod_revision =
+        int_field(kv, "mod_revision").ok_or_else(|| anyhow!("kv without mod_revision"))?;
     Ok(Some(Versioned {
         stock,
         mod_revision,
@@ -212,12 +213,14 @@ impl EtcdCluster {
         let ports = free_ports(6)?;
         let n = 3;
         let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[n + i]);
-        let initial: Vec<String> = (0..n).map(|i| format!("m{}={}", i + 1, peer_url(i))).collect();
+        let initial: Vec<String> = (0..n)
+            .map(|i| format!("m{}={}", i + 1, peer_url(i)))
+            .collect();
         let initial = initial.join(",");
         let mut members = Vec::new();
-        for i in 0..n {
+        for (i, client_port) in ports.iter().copied().enumerate().take(n) {
             let name = format!("m{}", i + 1);
-            let client_url = format!("http://127.0.0.1:{}", ports[i]);
+            let client_url = format!("http://127.0.0.1:{client_port}");
             let spec = ProcSpec {
                 name: format!("etcd {name}"),
                 program: bin.to_path_buf(),
@@ -248,7 +251,7 @@ impl EtcdCluster {
             };
             members.push(Member {
                 name,
-                client: loopback(ports[i]),
+                client: loopback(client_port),
                 proc: Proc::spawn(spec)?,
             });
         }
@@ -448,7 +451,13 @@ impl Driver for EtcdDriver {
                 refreshed_for_stock = true;
                 continue;
             }
-            let body = place_order_txn(&skey, cached.mod_revision, cached.stock - 1, &okey, &order_value);
+            let body = place_order_txn(
+                &skey,
+                cached.mod_revision,
+                cached.stock - 1,
+                &okey,
+                &order_value,
+            );
             let resp = match self.conn.post_json("/v3/kv/txn", &body).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -584,20 +593,19 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
                 let idx = cluster.leader_index().await?;
                 let at = start.elapsed();
                 let m = &mut cluster.members[idx];
-                eprintln!("  >>> SIGKILL etcd leader {} at {:.1} s", m.name, at.as_secs_f64());
+                eprintln!(
+                    "  >>> SIGKILL etcd leader {} at {:.1} s",
+                    m.name,
+                    at.as_secs_f64()
+                );
                 m.proc.kill().await?;
                 Ok::<_, anyhow::Error>((format!("etcd {}", m.name), at))
             };
             let (stats, killed) = tokio::join!(workload::run_load(&plan, drivers, start), killer);
             let stats = stats?;
             let (killed, at) = killed?;
-            let mut r = TargetResult::from_stats(
-                TARGET,
-                scenario,
-                ctx.catalog.name(),
-                ctx.clients,
-                &stats,
-            );
+            let mut r =
+                TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);
             r.leader_kill = Some(super::kill_report(&stats, killed, at, None));
             Ok(r)
         }
@@ -614,17 +622,35 @@ mod tests {
 
     #[test]
     fn txn_body_has_guarded_puts_and_fallback_ranges() {
-        let body = place_order_txn("/rk/r/stock/sku-00001", 42, 99, "/rk/r/orders/k1", "{\"qty\":1}");
+        let body = place_order_txn(
+            "/rk/r/stock/sku-00001",
+            42,
+            99,
+            "/rk/r/orders/k1",
+            "{\"qty\":1}",
+        );
         assert_eq!(body["compare"][0]["target"], "MOD");
         assert_eq!(body["compare"][0]["mod_revision"], "42");
         assert_eq!(body["compare"][0]["key"], b64s("/rk/r/stock/sku-00001"));
         assert_eq!(body["compare"][1]["target"], "CREATE");
         assert_eq!(body["compare"][1]["create_revision"], "0");
         assert_eq!(body["success"][0]["request_put"]["value"], b64s("99"));
-        assert_eq!(body["success"][1]["request_put"]["key"], b64s("/rk/r/orders/k1"));
-        assert_eq!(body["success"][1]["request_put"]["value"], b64s("{\"qty\":1}"));
-        assert_eq!(body["failure"][0]["request_range"]["key"], b64s("/rk/r/stock/sku-00001"));
-        assert_eq!(body["failure"][1]["request_range"]["key"], b64s("/rk/r/orders/k1"));
+        assert_eq!(
+            body["success"][1]["request_put"]["key"],
+            b64s("/rk/r/orders/k1")
+        );
+        assert_eq!(
+            body["success"][1]["request_put"]["value"],
+            b64s("{\"qty\":1}")
+        );
+        assert_eq!(
+            body["failure"][0]["request_range"]["key"],
+            b64s("/rk/r/stock/sku-00001")
+        );
+        assert_eq!(
+            body["failure"][1]["request_range"]["key"],
+            b64s("/rk/r/orders/k1")
+        );
     }
 
     #[test]
@@ -643,7 +669,10 @@ mod tests {
 
     #[test]
     fn parses_txn_answers() {
-        assert_eq!(parse_txn(APPLIED.as_bytes()).unwrap(), TxnOutcome::Applied { revision: 3 });
+        assert_eq!(
+            parse_txn(APPLIED.as_bytes()).unwrap(),
+            TxnOutcome::Applied { revision: 3 }
+        );
         assert_eq!(
             parse_txn(CONFLICT.as_bytes()).unwrap(),
             TxnOutcome::Conflict {
@@ -678,7 +707,10 @@ mod tests {
                 mod_revision: 2
             })
         );
-        assert_eq!(parse_range(br#"{"header":{"revision":"2"}}"#).unwrap(), None);
+        assert_eq!(
+            parse_range(br#"{"header":{"revision":"2"}}"#).unwrap(),
+            None
+        );
         let (me, leader) = parse_status(STATUS.as_bytes()).unwrap();
         assert_eq!(me, "13668033151171901709");
         assert_eq!(leader.as_deref(), Some("13668033151171901709"));

@@ -45,10 +45,6 @@ fn bounds_of(idx: usize) -> (u64, u64) {
 }
 
 impl Histogram {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     pub fn record(&mut self, v: u64) {
         let idx = index_of(v);
         if idx >= self.counts.len() {
@@ -83,6 +79,7 @@ impl Histogram {
         self.sum += other.sum;
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.total
     }
@@ -128,7 +125,10 @@ mod tests {
         let mut expected_low = 0u64;
         for idx in 0..4000usize {
             let (low, high) = bounds_of(idx);
-            assert_eq!(low, expected_low, "bucket {idx} starts where the last ended");
+            assert_eq!(
+                low, expected_low,
+                "bucket {idx} starts where the last ended"
+            );
             assert!(high >= low);
             assert_eq!(index_of(low), idx);
             assert_eq!(index_of(high), idx);
@@ -142,13 +142,16 @@ mod tests {
         for v in [300u64, 1_000, 4_095, 65_537, 1_234_567, 987_654_321] {
             let (low, high) = bounds_of(index_of(v));
             assert!(low <= v && v <= high);
-            assert!(((high - low) as f64) / (v as f64) < 0.01, "{v}: {low}..{high}");
+            assert!(
+                ((high - low) as f64) / (v as f64) < 0.01,
+                "{v}: {low}..{high}"
+            );
         }
     }
 
     #[test]
     fn percentiles_of_a_uniform_range() {
-        let mut h = Histogram::new();
+        let mut h = Histogram::default();
         for v in 1..=10_000u64 {
             h.record(v);
         }
@@ -167,7 +170,7 @@ mod tests {
 
     #[test]
     fn small_values_are_exact() {
-        let mut h = Histogram::new();
+        let mut h = Histogram::default();
         for v in [3u64, 3, 3, 7, 200] {
             h.record(v);
         }
@@ -179,16 +182,16 @@ mod tests {
 
     #[test]
     fn empty_histogram_reports_zero() {
-        let h = Histogram::new();
+        let h = Histogram::default();
         assert_eq!(h.percentile(99.0), 0);
         assert_eq!(h.mean(), 0.0);
     }
 
     #[test]
     fn merge_equals_recording_everything_in_one() {
-        let mut a = Histogram::new();
-        let mut b = Histogram::new();
-        let mut all = Histogram::new();
+        let mut a = Histogram::default();
+        let mut b = Histogram::default();
+        let mut all = Histogram::default();
         for v in 0..5_000u64 {
             let x = v * v % 100_003;
             if v % 3 == 0 {
@@ -204,14 +207,14 @@ mod tests {
         }
         assert_eq!(a.count(), all.count());
         assert_eq!(a.max(), all.max());
-        let mut empty = Histogram::new();
+        let mut empty = Histogram::default();
         empty.merge(&all);
         assert_eq!(empty.percentile(50.0), all.percentile(50.0));
     }
 
     #[test]
     fn single_large_value_is_clamped_to_max() {
-        let mut h = Histogram::new();
+        let mut h = Histogram::default();
         h.record(480_123);
         assert_eq!(h.percentile(50.0), 480_123);
         assert_eq!(h.percentile(99.9), 480_123);

@@ -77,10 +77,6 @@ impl HttpConn {
         self
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Points the connection at another server (drops the current socket).
     pub fn retarget(&mut self, addr: SocketAddr) -> Result<()> {
         if addr != self.addr {
@@ -196,10 +192,5 @@ impl HttpConn {
     pub async fn post_json(&mut self, path: &str, body: &serde_json::Value) -> Result<Response> {
         let bytes = serde_json::to_vec(body).context("encoding JSON body")?;
         self.send(Method::POST, path, Some(bytes)).await
-    }
-
-    pub async fn put_json(&mut self, path: &str, body: &serde_json::Value) -> Result<Response> {
-        let bytes = serde_json::to_vec(body).context("encoding JSON body")?;
-        self.send(Method::PUT, path, Some(bytes)).await
     }
 }

@@ -144,7 +144,10 @@ impl RespConn {
                 continue;
             }
             let stream = self.stream().await?;
-            let n = stream.read(&mut chunk).await.context("reading from redis")?;
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .context("reading from redis")?;
             if n == 0 {
                 bail!("redis closed the connection");
             }
@@ -288,7 +291,10 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
     let dir = WorkDir::create("redis", ctx.keep_dir)?;
     let port = free_ports(1)?[0];
     let addr = loopback(port);
-    eprintln!("== redis: starting one server, appendfsync always ({})", bin.display());
+    eprintln!(
+        "== redis: starting one server, appendfsync always ({})",
+        bin.display()
+    );
     let spec = ProcSpec {
         name: "redis-server".into(),
         program: bin,
@@ -338,7 +344,8 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
             retry_grace: ctx.retry_grace(),
         };
         let stats = workload::run_load(&plan, drivers, Instant::now()).await?;
-        let mut r = TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);
+        let mut r =
+            TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);
         r.server_rss_mib = proc.rss_bytes().map(|b| b as f64 / 1048576.0);
         Ok::<_, anyhow::Error>(r)
     }
@@ -378,9 +385,15 @@ mod tests {
             Value::Int(0),
             Value::Bulk(Some(b"not_on_sale".to_vec())),
         ]));
-        assert!(matches!(parse_place_reply(&closed).unwrap(), Outcome::Error { .. }));
+        assert!(matches!(
+            parse_place_reply(&closed).unwrap(),
+            Outcome::Error { .. }
+        ));
         let noscript = Value::Error("NOSCRIPT No matching script".into());
-        assert!(matches!(parse_place_reply(&noscript).unwrap(), Outcome::Retry { .. }));
+        assert!(matches!(
+            parse_place_reply(&noscript).unwrap(),
+            Outcome::Retry { .. }
+        ));
         assert!(parse_place_reply(&Value::Int(3)).is_err());
     }
 

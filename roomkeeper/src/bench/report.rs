@@ -110,14 +110,26 @@ impl TargetResult {
         }
     }
 
-    pub fn skipped(target: &str, scenario: &str, catalog: &str, clients: usize, why: String) -> Self {
+    pub fn skipped(
+        target: &str,
+        scenario: &str,
+        catalog: &str,
+        clients: usize,
+        why: String,
+    ) -> Self {
         let mut r = Self::empty(target, scenario, catalog, clients);
         r.status = Status::Skipped;
         r.note = Some(why);
         r
     }
 
-    pub fn failed(target: &str, scenario: &str, catalog: &str, clients: usize, why: String) -> Self {
+    pub fn failed(
+        target: &str,
+        scenario: &str,
+        catalog: &str,
+        clients: usize,
+        why: String,
+    ) -> Self {
         let mut r = Self::empty(target, scenario, catalog, clients);
         r.status = Status::Failed;
         r.note = Some(why);
@@ -169,7 +181,13 @@ pub fn ratio_text(row: &TargetResult, all: &[TargetResult]) -> String {
     let parts: Vec<String> = all
         .iter()
         .filter(|p| row.comparable(p) && p.orders_per_sec > 0.0)
-        .map(|p| format!("{} {}", format_ratio(row.orders_per_sec / p.orders_per_sec), p.target))
+        .map(|p| {
+            format!(
+                "{} {}",
+                format_ratio(row.orders_per_sec / p.orders_per_sec),
+                p.target
+            )
+        })
         .collect();
     parts.join(", ")
 }
@@ -200,7 +218,16 @@ pub fn format_table(results: &[TargetResult]) -> String {
     let _ = writeln!(
         out,
         "{:<11} {:<11} {:<7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}  ratio (orders/s) to peers",
-        "target", "scenario", "catalog", "clients", "orders/s", "p50 ms", "p99 ms", "p999 ms", "rejected", "errors"
+        "target",
+        "scenario",
+        "catalog",
+        "clients",
+        "orders/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "rejected",
+        "errors"
     );
     for r in results {
         match r.status {
@@ -253,7 +280,14 @@ pub fn format_kill_table(results: &[TargetResult]) -> String {
     let _ = writeln!(
         out,
         "{:<11} {:<10} {:>9} {:>15} {:>17} {:>12} {:>6} {:>10}",
-        "target", "killed", "kill at s", "longest gap ms", "kill→first ok ms", "acknowledged", "lost", "abandoned"
+        "target",
+        "killed",
+        "kill at s",
+        "longest gap ms",
+        "kill→first ok ms",
+        "acknowledged",
+        "lost",
+        "abandoned"
     );
     for r in rows {
         let Some(k) = &r.leader_kill else { continue };
@@ -323,7 +357,12 @@ pub fn evaluate_targets(results: &[TargetResult]) -> Vec<TargetCheck> {
             checks.push(TargetCheck {
                 name: "hot, 64 clients: p99 vs etcd".into(),
                 goal: "<= 0.10x".into(),
-                measured: format!("{} ({} ms vs {} ms)", format_ratio(r), fmt_ms(rk.p99_ms), fmt_ms(etcd.p99_ms)),
+                measured: format!(
+                    "{} ({} ms vs {} ms)",
+                    format_ratio(r),
+                    fmt_ms(rk.p99_ms),
+                    fmt_ms(etcd.p99_ms)
+                ),
                 pass: r <= 0.1,
             });
         }
@@ -481,7 +520,10 @@ mod tests {
         );
         assert_eq!(checks[0].measured, "25.0x");
         // Different client counts answer nothing.
-        let other = vec![row("roomkeeper", "hot", 32, 1.0, 1.0), row("etcd", "hot", 32, 1.0, 1.0)];
+        let other = vec![
+            row("roomkeeper", "hot", 32, 1.0, 1.0),
+            row("etcd", "hot", 32, 1.0, 1.0),
+        ];
         assert!(evaluate_targets(&other).is_empty());
     }
 

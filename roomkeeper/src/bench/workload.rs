@@ -21,7 +21,6 @@ pub const BUYER_POOL: u64 = 100_000;
 
 #[derive(Clone, Debug)]
 pub struct OrderReq {
-    pub client: usize,
     pub sku: usize,
     pub buyer: String,
     pub idempotency_key: String,
@@ -211,7 +210,11 @@ pub fn sku_name(idx: usize) -> String {
 
 /// Runs the workload with one driver per client and returns merged stats.
 /// `start` is the instant the run began (so callers can schedule faults).
-pub async fn run_load<D: Driver>(plan: &Plan, drivers: Vec<D>, start: Instant) -> Result<LoadStats> {
+pub async fn run_load<D: Driver>(
+    plan: &Plan,
+    drivers: Vec<D>,
+    start: Instant,
+) -> Result<LoadStats> {
     let warm_end = start + plan.warmup;
     let end = warm_end + plan.duration;
     let give_up = end + plan.retry_grace;
@@ -230,14 +233,14 @@ pub async fn run_load<D: Driver>(plan: &Plan, drivers: Vec<D>, start: Instant) -
         set.spawn(async move {
             let mut st = ClientStats::default();
             let mut rng = Rng::new(
-                (client as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ start.elapsed().as_nanos() as u64,
+                (client as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
+                    ^ start.elapsed().as_nanos() as u64,
             );
             let mut seq = 0u64;
             while Instant::now() < end {
                 seq += 1;
                 let sku = rng.below(plan.skus as u64) as usize;
                 let req = OrderReq {
-                    client,
                     sku,
                     buyer: format!("buyer-{}", rng.below(BUYER_POOL)),
                     idempotency_key: format!("{}-{client}-{seq}", plan.run_id),
@@ -259,8 +262,7 @@ pub async fn run_load<D: Driver>(plan: &Plan, drivers: Vec<D>, start: Instant) -
                             if in_window {
                                 st.ok += 1;
                                 st.conflicts += u64::from(conflicts);
-                                st.hist
-                                    .record(now.duration_since(first).as_micros() as u64);
+                                st.hist.record(now.duration_since(first).as_micros() as u64);
                             }
                             if plan.record_acks {
                                 st.acks.push(Ack {

@@ -1,0 +1,568 @@
+//! `roomkeeper bench`: a closed-loop flash-sale load generator that measures
+//! our store and its peers (etcd, Redis) in the same run on the same machine,
+//! so every figure can be read as a ratio. See docs/benchmarks.md.
+
+mod b64;
+mod etcd;
+mod hist;
+mod http;
+mod leader;
+mod procs;
+mod redis;
+mod report;
+mod resp;
+mod roomkeeper;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use report::{KillReport, Status, TargetResult};
+use workload::LoadStats;
+
+/// Price of every listing.
+pub(crate) const PRICE_CENTS: u64 = 1999;
+/// High enough never to bind during a run.
+pub(crate) const PER_BUYER_LIMIT: u64 = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Catalog {
+    /// 16 SKUs: every buyer fights over the same few counters.
+    Hot,
+    /// 10,000 SKUs: little contention per SKU.
+    Wide,
+}
+
+impl Catalog {
+    pub(crate) fn skus(self) -> usize {
+        match self {
+            Catalog::Hot => 16,
+            Catalog::Wide => 10_000,
+        }
+    }
+
+    /// Stock per SKU: large enough never to sell out during a run.
+    pub(crate) fn stock(self) -> u64 {
+        match self {
+            Catalog::Hot => 100_000_000,
+            Catalog::Wide => 1_000_000,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Catalog::Hot => "hot",
+            Catalog::Wide => "wide",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetSel {
+    Roomkeeper,
+    Etcd,
+    Redis,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Steady load for the whole run.
+    Steady,
+    /// SIGKILL the leader half-way through the measurement (roomkeeper, etcd).
+    LeaderKill,
+}
+
+impl Scenario {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::LeaderKill => "leader-kill",
+        }
+    }
+}
+
+/// Flash-sale load generator: roomkeeper against etcd and Redis, same run.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Warm-up seconds (load runs, nothing is counted).
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// Concurrent buyers (closed loop: one order in flight each).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// hot: 16 SKUs; wide: 10,000 SKUs.
+    #[arg(long, value_enum, default_value_t = Catalog::Hot)]
+    pub catalog: Catalog,
+    /// Which stores to measure (one after another, each alone on the machine).
+    #[arg(long, value_enum, default_value_t = TargetSel::All)]
+    pub target: TargetSel,
+    /// steady, or leader-kill (SIGKILL the leader mid-run; roomkeeper and etcd).
+    #[arg(long, value_enum, default_value_t = Scenario::Steady)]
+    pub scenario: Scenario,
+    /// When to kill the leader, seconds since the start (default: half-way
+    /// through the measurement).
+    #[arg(long)]
+    pub kill_at_secs: Option<f64>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use existing roomkeeper nodes (client API addresses, comma-separated)
+    /// instead of starting three.
+    #[arg(long, value_delimiter = ',')]
+    pub roomkeeper_api: Vec<String>,
+    /// Admin API addresses of those nodes, to send writes to the leader.
+    #[arg(long, value_delimiter = ',')]
+    pub roomkeeper_admin: Vec<String>,
+    /// Client API token for existing nodes.
+    #[arg(long, env = "ROOMKEEPER_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// Admin API token for existing nodes.
+    #[arg(long, env = "ROOMKEEPER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Room id to create (default: a fresh `bench-<run id>`).
+    #[arg(long)]
+    pub room: Option<String>,
+    /// etcd clients go to the leader (default); with this, spread over all
+    /// three members (followers forward to the leader).
+    #[arg(long)]
+    pub etcd_spread: bool,
+    /// etcd binary (Debian: etcd-server).
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: String,
+    /// Redis binary (Debian: redis-server).
+    #[arg(long, default_value = "redis-server")]
+    pub redis_bin: String,
+    /// RUST_LOG for the roomkeeper nodes the bench starts.
+    #[arg(long, default_value = "info")]
+    pub node_log: String,
+    /// Keep the scratch directories (data, logs) of the started servers.
+    #[arg(long)]
+    pub keep_dir: bool,
+}
+
+/// Everything a target needs to run the workload.
+pub(crate) struct Ctx {
+    pub run_id: String,
+    pub room: String,
+    pub catalog: Catalog,
+    pub clients: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub scenario: Scenario,
+    pub kill_at_secs: Option<f64>,
+    pub keep_dir: bool,
+    pub etcd_bin: String,
+    pub redis_bin: String,
+    pub etcd_spread: bool,
+    pub rk_api: Vec<String>,
+    pub rk_admin: Vec<String>,
+    pub client_token: Option<String>,
+    pub admin_token: Option<String>,
+    pub node_log: String,
+}
+
+impl Ctx {
+    pub(crate) fn kill_at(&self) -> Duration {
+        match self.kill_at_secs {
+            Some(s) => Duration::from_secs_f64(s.max(0.0)),
+            None => self.warmup + self.duration / 2,
+        }
+    }
+
+    /// How long an order that was started keeps retrying after the end.
+    pub(crate) fn retry_grace(&self) -> Duration {
+        match self.scenario {
+            Scenario::Steady => Duration::ZERO,
+            Scenario::LeaderKill => Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) fn kill_report(
+    stats: &LoadStats,
+    killed: String,
+    at: Duration,
+    verification: Option<&roomkeeper::Verification>,
+) -> KillReport {
+    let (gap, gap_start) = stats.longest_gap_ms();
+    let kill_ms = at.as_millis() as u64;
+    let first_ok_after_kill_ms = stats
+        .slots
+        .iter()
+        .enumerate()
+        .skip(kill_ms as usize)
+        .find(|(_, c)| **c > 0)
+        .map(|(i, _)| i as u64 - kill_ms);
+    KillReport {
+        killed,
+        kill_at_ms: kill_ms,
+        longest_gap_ms: gap,
+        gap_start_ms: gap_start,
+        first_ok_after_kill_ms,
+        acknowledged: stats.ok_total,
+        verified: verification.map(|v| v.verified),
+        lost: verification.map(|v| v.lost),
+        mismatched: verification.map(|v| v.mismatched),
+        unverifiable: verification.map(|v| v.unverifiable),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    tool: &'static str,
+    version: &'static str,
+    run_id: &'a str,
+    started_unix_ms: u64,
+    host: HostInfo,
+    config: JsonConfig<'a>,
+    results: &'a [TargetResult],
+    targets: &'a [report::TargetCheck],
+}
+
+#[derive(Serialize)]
+struct HostInfo {
+    cores: usize,
+    kernel: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonConfig<'a> {
+    scenario: Scenario,
+    catalog: Catalog,
+    skus: usize,
+    clients: usize,
+    warmup_secs: u64,
+    duration_secs: u64,
+    target: TargetSel,
+    room: &'a str,
+    etcd_spread: bool,
+    external_roomkeeper: bool,
+}
+
+fn validate(args: &BenchArgs) -> Result<()> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.duration_secs == 0 {
+        bail!("--duration-secs must be at least 1");
+    }
+    if args.duration_secs > 3600 || args.warmup_secs > 600 {
+        bail!("--duration-secs is limited to 3600 and --warmup-secs to 600");
+    }
+    if args.scenario == Scenario::LeaderKill {
+        if args.target == TargetSel::Redis {
+            bail!("--scenario leader-kill applies to roomkeeper and etcd (Redis runs one node)");
+        }
+        if let Some(k) = args.kill_at_secs {
+            let end = (args.warmup_secs + args.duration_secs) as f64;
+            if !(args.warmup_secs as f64..end).contains(&k) {
+                bail!(
+                    "--kill-at-secs must fall inside the measurement ({}..{end} s)",
+                    args.warmup_secs
+                );
+            }
+        }
+    }
+    if args.roomkeeper_api.is_empty() && !args.roomkeeper_admin.is_empty() {
+        bail!("--roomkeeper-admin only makes sense with --roomkeeper-api");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// Runs the benchmark. Servers the bench started are torn down on every
+/// path: normally, on error, and on Ctrl-C / SIGTERM (the run future is
+/// dropped, which SIGKILLs every child and removes the scratch directories).
+pub async fn run(args: BenchArgs) -> Result<()> {
+    validate(&args)?;
+    tokio::select! {
+        r = run_inner(&args) => r,
+        sig = shutdown_signal() => {
+            bail!("interrupted by {sig}; the servers the bench started were stopped")
+        }
+    }
+}
+
+async fn run_inner(args: &BenchArgs) -> Result<()> {
+    let run_id = procs::random_hex(4)?;
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let ctx = Ctx {
+        room: args
+            .room
+            .clone()
+            .unwrap_or_else(|| format!("bench-{run_id}")),
+        run_id,
+        catalog: args.catalog,
+        clients: args.clients,
+        warmup: Duration::from_secs(args.warmup_secs),
+        duration: Duration::from_secs(args.duration_secs),
+        scenario: args.scenario,
+        kill_at_secs: args.kill_at_secs,
+        keep_dir: args.keep_dir,
+        etcd_bin: args.etcd_bin.clone(),
+        redis_bin: args.redis_bin.clone(),
+        etcd_spread: args.etcd_spread,
+        rk_api: args.roomkeeper_api.clone(),
+        rk_admin: args.roomkeeper_admin.clone(),
+        client_token: args.client_token.clone(),
+        admin_token: args.admin_token.clone(),
+        node_log: args.node_log.clone(),
+    };
+    let targets: Vec<TargetSel> = match (args.target, args.scenario) {
+        (TargetSel::All, Scenario::Steady) => {
+            vec![TargetSel::Etcd, TargetSel::Redis, TargetSel::Roomkeeper]
+        }
+        (TargetSel::All, Scenario::LeaderKill) => vec![TargetSel::Etcd, TargetSel::Roomkeeper],
+        (one, _) => vec![one],
+    };
+    eprintln!(
+        "roomkeeper bench: run {} · {} · {} catalog ({} SKUs) · {} clients · {} s warm-up + {} s measured",
+        ctx.run_id,
+        ctx.scenario.name(),
+        ctx.catalog.name(),
+        ctx.catalog.skus(),
+        ctx.clients,
+        args.warmup_secs,
+        args.duration_secs
+    );
+
+    let mut results = Vec::new();
+    let mut roomkeeper_failure = None;
+    for t in targets {
+        let (name, outcome) = match t {
+            TargetSel::Etcd => (etcd::TARGET, etcd::run(&ctx).await),
+            TargetSel::Redis => (redis::TARGET, redis::run(&ctx).await),
+            TargetSel::Roomkeeper | TargetSel::All => {
+                (roomkeeper::TARGET, roomkeeper::run(&ctx).await)
+            }
+        };
+        match outcome {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("\n!!!!! FAILED {name}: {e:#}\n");
+                results.push(TargetResult::failed(
+                    name,
+                    ctx.scenario.name(),
+                    ctx.catalog.name(),
+                    ctx.clients,
+                    format!("{e:#}"),
+                ));
+                if name == roomkeeper::TARGET {
+                    roomkeeper_failure = Some(e);
+                }
+            }
+        }
+    }
+
+    let checks = report::evaluate_targets(&results);
+    println!();
+    print!("{}", report::format_table(&results));
+    let kill_table = report::format_kill_table(&results);
+    if !kill_table.is_empty() {
+        println!("\nleader killed (SIGKILL) under load:");
+        print!("{kill_table}");
+    }
+    for r in &results {
+        if r.status == Status::Ok && !r.error_samples.is_empty() {
+            println!(
+                "\n{} error samples: {}",
+                r.target,
+                r.error_samples.join(" | ")
+            );
+        }
+        if let Some(a) = &r.audit {
+            println!(
+                "{} audit: store sold {} units; bench saw {} acknowledged, {} unknown outcome: {}",
+                r.target,
+                a.sold,
+                a.acknowledged,
+                a.unknown,
+                if a.ok { "consistent" } else { "INCONSISTENT" }
+            );
+        }
+    }
+    if checks.is_empty() {
+        println!("\n(no issue target applies to this configuration; they are defined for hot/64, wide/256 and leader-kill/64)");
+    } else {
+        println!("\ntargets (issue 2):");
+        print!("{}", report::format_targets(&checks));
+    }
+
+    if let Some(path) = &args.json {
+        let doc = JsonReport {
+            tool: "roomkeeper bench",
+            version: env!("CARGO_PKG_VERSION"),
+            run_id: &ctx.run_id,
+            started_unix_ms,
+            host: HostInfo {
+                cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+                kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+            },
+            config: JsonConfig {
+                scenario: ctx.scenario,
+                catalog: ctx.catalog,
+                skus: ctx.catalog.skus(),
+                clients: ctx.clients,
+                warmup_secs: args.warmup_secs,
+                duration_secs: args.duration_secs,
+                target: args.target,
+                room: &ctx.room,
+                etcd_spread: ctx.etcd_spread,
+                external_roomkeeper: !ctx.rk_api.is_empty(),
+            },
+            results: &results,
+            targets: &checks,
+        };
+        let text = serde_json::to_string_pretty(&doc).context("encoding results")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+
+    if let Some(e) = roomkeeper_failure {
+        return Err(e.context("roomkeeper failed during the bench"));
+    }
+    for r in results.iter().filter(|r| r.target == roomkeeper::TARGET) {
+        if let Some(k) = &r.leader_kill {
+            if k.lost.unwrap_or(0) > 0 || k.mismatched.unwrap_or(0) > 0 {
+                bail!(
+                    "roomkeeper lost {} and altered {} acknowledged orders after the leader kill",
+                    k.lost.unwrap_or(0),
+                    k.mismatched.unwrap_or(0)
+                );
+            }
+        }
+        if let Some(a) = &r.audit {
+            if !a.ok {
+                bail!(
+                    "roomkeeper audit failed: store sold {} units, bench acknowledged {} (+{} unknown)",
+                    a.sold,
+                    a.acknowledged,
+                    a.unknown
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .unwrap()
+            .bench
+    }
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let a = parse(&[]);
+        assert_eq!(a.duration_secs, 10);
+        assert_eq!(a.warmup_secs, 2);
+        assert_eq!(a.clients, 64);
+        assert_eq!(a.catalog, Catalog::Hot);
+        assert_eq!(a.target, TargetSel::All);
+        assert_eq!(a.scenario, Scenario::Steady);
+        assert!(validate(&a).is_ok());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = parse(&[
+            "--catalog",
+            "wide",
+            "--clients",
+            "256",
+            "--target",
+            "etcd",
+            "--scenario",
+            "leader-kill",
+            "--roomkeeper-api",
+            "127.0.0.1:1,127.0.0.1:2",
+        ]);
+        assert_eq!(a.catalog, Catalog::Wide);
+        assert_eq!(a.clients, 256);
+        assert_eq!(a.target, TargetSel::Etcd);
+        assert_eq!(a.scenario, Scenario::LeaderKill);
+        assert_eq!(a.roomkeeper_api, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        assert!(validate(&parse(&["--clients", "0"])).is_err());
+        assert!(validate(&parse(&["--scenario", "leader-kill", "--target", "redis"])).is_err());
+        assert!(validate(&parse(&[
+            "--scenario",
+            "leader-kill",
+            "--kill-at-secs",
+            "1"
+        ]))
+        .is_err());
+        assert!(validate(&parse(&["--roomkeeper-admin", "127.0.0.1:1"])).is_err());
+    }
+
+    #[test]
+    fn kill_report_measures_gap_and_recovery() {
+        let mut stats = LoadStats {
+            warmup_ms: 2,
+            end_ms: 20,
+            ok_total: 9,
+            ..LoadStats::default()
+        };
+        stats.slots = vec![1; 25];
+        for s in &mut stats.slots[8..13] {
+            *s = 0;
+        }
+        let k = kill_report(&stats, "node 1".into(), Duration::from_millis(7), None);
+        assert_eq!(k.longest_gap_ms, 5);
+        assert_eq!(k.gap_start_ms, 8);
+        assert_eq!(k.first_ok_after_kill_ms, Some(0));
+        let k = kill_report(&stats, "node 1".into(), Duration::from_millis(9), None);
+        assert_eq!(k.first_ok_after_kill_ms, Some(4));
+        assert_eq!(k.lost, None);
+    }
+}

@@ -1,0 +1,682 @@
+//! Multi-process tests of the order store on loopback: clusters form and serve,
+//! survive crashes, catch up, recover from disk, and refuse bad input.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roomkeeper_e2e::{
+    http, run_buyers, wait_until, Attempt, Cluster, ClusterOptions, CLIENT_TOKEN,
+};
+use serde_json::{json, Value};
+
+fn join_all(handles: Vec<std::thread::JoinHandle<Vec<Attempt>>>) -> Vec<Attempt> {
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("buyer thread panicked"))
+        .collect()
+}
+
+/// Every acknowledged order must be readable (linearizably) with the buyer and
+/// quantity the client was told. Returns how many were checked.
+fn assert_acknowledged_orders_present(c: &Cluster, attempts: &[Attempt]) -> usize {
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let mut checked = 0;
+    for a in attempts {
+        if let Attempt::Acked {
+            order_id,
+            buyer,
+            qty,
+            key,
+        } = a
+        {
+            let r = c
+                .client("GET", leader, &format!("/v1/orders/{order_id}"), None)
+                .expect("read order");
+            assert_eq!(
+                r.status, 200,
+                "acknowledged order {order_id} (key {key}) is lost: {:?}",
+                r.body
+            );
+            assert_eq!(
+                r.body["buyer"],
+                json!(buyer),
+                "order {order_id} belongs to someone else"
+            );
+            assert_eq!(
+                r.body["qty"].as_u64(),
+                Some(*qty),
+                "order {order_id} changed quantity"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Order ids are unique: two acknowledgements never share an order.
+fn assert_no_double_acks(attempts: &[Attempt]) {
+    let mut seen = BTreeMap::new();
+    for a in attempts {
+        if let Attempt::Acked { order_id, key, .. } = a {
+            if let Some(other) = seen.insert(*order_id, key.clone()) {
+                panic!("order {order_id} acknowledged for two keys: {other} and {key}");
+            }
+        }
+    }
+}
+
+fn acked(attempts: &[Attempt]) -> usize {
+    attempts
+        .iter()
+        .filter(|a| matches!(a, Attempt::Acked { .. }))
+        .count()
+}
+
+fn listing(c: &Cluster, id: u64, room: &str, sku: &str) -> Value {
+    c.client("GET", id, &format!("/v1/rooms/{room}/listings/{sku}"), None)
+        .expect("read listing")
+        .body
+}
+
+#[test]
+fn three_node_cluster_forms_serves_and_agrees() {
+    let c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-a", &[("sku-1", 5, 2)]);
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|id| Some(*id) != c.leader())
+        .expect("a follower");
+    // A follower forwards the write to the leader.
+    let r = c
+        .client("POST", follower, "/v1/rooms/room-a/orders", Some(r#"{"sku":"sku-1","buyer":"ann","qty":2,"idempotency_key":"k1","contact":"ann@example.com"}"#))
+        .expect("order");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // Read-your-writes on the follower with the default linearizable read.
+    assert_eq!(
+        listing(&c, follower, "room-a", "sku-1")["stock_left"],
+        json!(3)
+    );
+    // Same key again returns the first outcome, not a second order.
+    let again = c
+        .client("POST", follower, "/v1/rooms/room-a/orders", Some(r#"{"sku":"sku-1","buyer":"ann","qty":2,"idempotency_key":"k1","contact":"ann@example.com"}"#))
+        .expect("repeat");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["replayed"], json!(true));
+    assert_eq!(again.body["order_id"], r.body["order_id"]);
+    let limited = c
+        .client(
+            "POST",
+            follower,
+            "/v1/rooms/room-a/orders",
+            Some(r#"{"sku":"sku-1","buyer":"ann","qty":1,"idempotency_key":"k2"}"#),
+        )
+        .expect("limit");
+    assert_eq!((limited.status, limited.code()), (409, "limit_exceeded"));
+    c.wait_converged(Duration::from_secs(10));
+    for id in c.ids() {
+        let s = c.status(id).expect("status");
+        assert_eq!(s["voters"], json!([1, 2, 3]));
+        assert_eq!(s["region"], json!(format!("region-{id}")));
+        let l = c
+            .client(
+                "GET",
+                id,
+                "/v1/rooms/room-a/listings/sku-1?consistency=stale",
+                None,
+            )
+            .expect("stale read");
+        assert_eq!(l.body["stock_left"], json!(3), "node {id} disagrees");
+    }
+    c.assert_invariants();
+    // The contact never reaches disk in plain text.
+    for id in c.ids() {
+        for entry in walk(&c.node(id).data_dir) {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            assert!(
+                !bytes.windows(15).any(|w| w == b"ann@example.com"),
+                "plain-text contact found in {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn five_node_cluster_survives_two_crashes() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(5));
+    c.create_room("room-5", &[("sku-1", 100_000, 1_000)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let others: Vec<u64> = c
+        .ids()
+        .into_iter()
+        .filter(|&i| i != leader)
+        .take(2)
+        .collect();
+    for id in &others {
+        c.kill(*id);
+    }
+    let view = c.client_view();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = run_buyers(view, "room-5", vec!["sku-1".into()], 4, stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let attempts = join_all(handles);
+    assert!(
+        acked(&attempts) > 20,
+        "three of five voters must keep taking orders"
+    );
+    assert_acknowledged_orders_present(&c, &attempts);
+    c.assert_invariants();
+}
+
+#[test]
+fn leader_killed_mid_load_loses_no_acknowledged_order() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room(
+        "room-k",
+        &[("sku-1", 1_000_000, 100_000), ("sku-2", 1_000_000, 100_000)],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = run_buyers(
+        c.client_view(),
+        "room-k",
+        vec!["sku-1".into(), "sku-2".into()],
+        8,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let old = c.wait_leader(Duration::from_secs(5));
+    c.kill(old);
+    let killed_at = Instant::now();
+    let mut new_leader = None;
+    wait_until(Duration::from_secs(10), "a new leader", || {
+        new_leader = c.leader().filter(|&l| l != old);
+        new_leader.is_some()
+    });
+    eprintln!("new leader {new_leader:?} after {:?}", killed_at.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    c.spawn(old);
+    c.wait_healthy(old);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let attempts = join_all(handles);
+    assert!(
+        acked(&attempts) > 100,
+        "too few orders acknowledged: {}",
+        acked(&attempts)
+    );
+    assert_no_double_acks(&attempts);
+    let checked = assert_acknowledged_orders_present(&c, &attempts);
+    c.wait_converged(Duration::from_secs(20));
+    c.assert_invariants();
+    eprintln!("checked {checked} acknowledged orders after a leader kill");
+}
+
+#[test]
+fn lagging_follower_catches_up_through_a_snapshot() {
+    let mut opts = ClusterOptions::nodes(3);
+    opts.snapshot_every_entries = 100;
+    opts.keep_entries_after_snapshot = 20;
+    let mut c = Cluster::start_initialized(opts);
+    c.create_room("room-s", &[("sku-1", 1_000_000, 100_000)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let lagging = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    c.kill(lagging);
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = run_buyers(
+        c.client_view(),
+        "room-s",
+        vec!["sku-1".into()],
+        2,
+        stop.clone(),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the leader to purge past the lagging follower",
+        || {
+            c.status(leader)
+                .map(|s| s["purged_index"].as_u64().unwrap_or(0) > 300)
+                .unwrap_or(false)
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let attempts = join_all(handles);
+    c.spawn(lagging);
+    c.wait_healthy(lagging);
+    c.wait_converged(Duration::from_secs(30));
+    let s = c.status(lagging).expect("status");
+    assert!(
+        s["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "the follower never installed a snapshot: {s}"
+    );
+    let leader_orders = c.status(leader).expect("leader")["orders"].clone();
+    assert_eq!(
+        s["orders"], leader_orders,
+        "follower state differs from the leader's"
+    );
+    assert_acknowledged_orders_present(&c, &attempts);
+    c.assert_invariants();
+}
+
+#[test]
+fn every_node_killed_mid_load_then_restarted_holds_every_acknowledged_order() {
+    let mut opts = ClusterOptions::nodes(3);
+    opts.snapshot_every_entries = 300;
+    opts.keep_entries_after_snapshot = 50;
+    let mut c = Cluster::start_initialized(opts);
+    c.create_room(
+        "room-x",
+        &[("sku-1", 500, 3), ("sku-2", 1_000_000, 100_000)],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = run_buyers(
+        c.client_view(),
+        "room-x",
+        vec!["sku-1".into(), "sku-2".into()],
+        6,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for id in c.ids() {
+        c.kill(id);
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Buyers retry against dead nodes until their deadline; give up now.
+    let attempts = join_all(handles);
+    for id in c.ids() {
+        c.spawn(id);
+    }
+    for id in c.ids() {
+        c.wait_healthy(id);
+    }
+    c.wait_leader(Duration::from_secs(15));
+    c.wait_converged(Duration::from_secs(30));
+    let checked = assert_acknowledged_orders_present(&c, &attempts);
+    assert!(
+        checked > 50,
+        "too few acknowledged orders to mean anything: {checked}"
+    );
+    assert_no_double_acks(&attempts);
+    // Limited stock was never oversold.
+    let l = listing(&c, c.wait_leader(Duration::from_secs(5)), "room-x", "sku-1");
+    assert!(l["stock_left"].as_u64().is_some(), "{l}");
+    c.assert_invariants();
+}
+
+fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut wals: Vec<_> = walk(&dir.join("log"))
+        .into_iter()
+        .filter(|p| p.extension().map(|e| e == "wal").unwrap_or(false))
+        .collect();
+    wals.sort();
+    wals.pop().expect("a wal file")
+}
+
+#[test]
+fn torn_log_tail_is_truncated_and_the_node_catches_up() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-t", &[("sku-1", 1_000, 1_000)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let victim = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    for i in 0..20 {
+        let body = json!({"sku":"sku-1","buyer":format!("b{i}"),"qty":1,"idempotency_key":format!("k{i}")}).to_string();
+        assert_eq!(
+            c.client("POST", leader, "/v1/rooms/room-t/orders", Some(&body))
+                .expect("order")
+                .status,
+            201
+        );
+    }
+    c.wait_converged(Duration::from_secs(10));
+    c.kill(victim);
+    let wal = newest_wal(&c.node(victim).data_dir);
+    let len = std::fs::metadata(&wal).expect("wal").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .expect("open wal");
+    f.set_len(len - 5).expect("tear the tail");
+    drop(f);
+    c.spawn(victim);
+    c.wait_healthy(victim);
+    c.wait_converged(Duration::from_secs(15));
+    assert_eq!(c.status(victim).expect("status")["orders"], json!(20));
+    c.assert_invariants();
+}
+
+#[test]
+fn damaged_log_refuses_to_start_with_a_clear_error() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-g", &[("sku-1", 10, 10)]);
+    c.wait_converged(Duration::from_secs(10));
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let victim = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    c.kill(victim);
+    let wal = newest_wal(&c.node(victim).data_dir);
+    let mut bytes = std::fs::read(&wal).expect("read wal");
+    bytes.extend_from_slice(&[0xAB; 64]);
+    std::fs::write(&wal, bytes).expect("damage wal");
+    c.spawn(victim);
+    let mut child = c.nodes[(victim - 1) as usize].child.take().expect("child");
+    let mut status = None;
+    wait_until(Duration::from_secs(10), "the damaged node to exit", || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    assert!(
+        !status.map(|s| s.success()).unwrap_or(true),
+        "a damaged log must not start"
+    );
+    let log = c.node_log(victim);
+    assert!(
+        log.contains("damaged"),
+        "the error must say the log is damaged:\n{log}"
+    );
+    // The other two keep serving.
+    let r = c
+        .client(
+            "POST",
+            leader,
+            "/v1/rooms/room-g/orders",
+            Some(r#"{"sku":"sku-1","buyer":"z","qty":1,"idempotency_key":"z"}"#),
+        )
+        .expect("order");
+    assert_eq!(r.status, 201);
+}
+
+#[test]
+fn hostile_client_input_gets_a_4xx_with_a_code_and_changes_nothing() {
+    let c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-h", &[("sku-1", 10, 5)]);
+    let l = c.wait_leader(Duration::from_secs(5));
+    let before = listing(&c, l, "room-h", "sku-1");
+    let big = format!(
+        r#"{{"sku":"sku-1","buyer":"x","qty":1,"idempotency_key":"k","contact":"{}"}}"#,
+        "a".repeat(64 * 1024)
+    );
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/rooms/room-h/orders",
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"x","qty":-1,"idempotency_key":"k"}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"x","qty":99999999999,"idempotency_key":"k"}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"x","qty":0,"idempotency_key":"k"}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"x","qty":1000000,"idempotency_key":"k"}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"","qty":1,"idempotency_key":"k"}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"x y","qty":1,"idempotency_key":"k"}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"sku-1","buyer":"x","qty":1,"idempotency_key":"k","admin":true}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "/v1/rooms/nope/orders",
+            r#"{"sku":"sku-1","buyer":"x","qty":1,"idempotency_key":"k1"}"#.into(),
+            404,
+            "room_not_found",
+        ),
+        (
+            "/v1/rooms/room-h/orders",
+            r#"{"sku":"nope","buyer":"x","qty":1,"idempotency_key":"k2"}"#.into(),
+            404,
+            "listing_not_found",
+        ),
+        ("/v1/rooms/room-h/orders", big, 413, "body_too_large"),
+    ];
+    for (path, body, status, code) in cases {
+        let r = c.client("POST", l, path, Some(&body)).expect("request");
+        assert_eq!(
+            (r.status, r.code()),
+            (status, code),
+            "{path} {}: {:?}",
+            &body[..body.len().min(80)],
+            r.body
+        );
+    }
+    let r = c.client("GET", l, "/v1/orders/abc", None).expect("bad id");
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    let r = c
+        .client(
+            "GET",
+            l,
+            "/v1/rooms/room-h/listings/sku-1?consistency=maybe",
+            None,
+        )
+        .expect("bad query");
+    assert_eq!((r.status, r.code()), (400, "invalid_query"));
+    let r = http(
+        "POST",
+        &c.node(l).api_addr,
+        "/v1/rooms/room-h/orders",
+        Some(br#"{"sku":"sku-1","buyer":"x","qty":1,"idempotency_key":"k"}"#),
+        Some("wrong"),
+        Duration::from_secs(2),
+    )
+    .expect("unauth");
+    assert_eq!((r.status, r.code()), (401, "unauthorized"));
+    let r = http(
+        "GET",
+        &c.node(l).admin_addr,
+        "/admin/status",
+        None,
+        Some(CLIENT_TOKEN),
+        Duration::from_secs(2),
+    )
+    .expect("admin unauth");
+    assert_eq!(
+        r.status, 401,
+        "the client token must not open the admin API"
+    );
+    let r = c
+        .admin("POST", l, "/admin/voters", Some(r#"{"voters":[]}"#))
+        .expect("empty voters");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        listing(&c, l, "room-h", "sku-1"),
+        before,
+        "hostile input changed the listing"
+    );
+    assert_eq!(c.status(l).expect("status")["orders"], json!(0));
+    c.assert_invariants();
+}
+
+#[test]
+fn lost_quorum_fails_orders_fast_with_a_reason_and_recovers() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-q", &[("sku-1", 100, 10)]);
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    for id in &others {
+        c.kill(*id);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let started = Instant::now();
+    let r = c
+        .client(
+            "POST",
+            leader,
+            "/v1/rooms/room-q/orders",
+            Some(r#"{"sku":"sku-1","buyer":"q","qty":1,"idempotency_key":"q1"}"#),
+        )
+        .expect("order without quorum");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        matches!(r.code(), "no_quorum" | "no_leader"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["message"].as_str().unwrap_or("").contains("quorum"),
+        "the reason must name quorum: {:?}",
+        r.body
+    );
+    assert!(r.retry_after.is_some(), "503 must carry Retry-After");
+    assert!(
+        took < Duration::from_secs(1),
+        "no-quorum refusal took {took:?}: must fail fast"
+    );
+    let r = c
+        .client("GET", leader, "/v1/rooms/room-q/listings/sku-1", None)
+        .expect("read");
+    assert_eq!(
+        r.status, 503,
+        "a linearizable read without quorum must refuse: {:?}",
+        r.body
+    );
+    for id in &others {
+        c.spawn(*id);
+    }
+    let l = c.wait_leader(Duration::from_secs(15));
+    let mut ok = false;
+    wait_until(Duration::from_secs(10), "orders to resume", || {
+        ok = c
+            .client(
+                "POST",
+                l,
+                "/v1/rooms/room-q/orders",
+                Some(r#"{"sku":"sku-1","buyer":"q","qty":1,"idempotency_key":"q2"}"#),
+            )
+            .map(|r| r.status == 201 || r.status == 200)
+            .unwrap_or(false);
+        ok
+    });
+    c.assert_invariants();
+}
+
+#[test]
+fn leadership_moves_on_demand_and_membership_changes_one_step_at_a_time() {
+    let mut opts = ClusterOptions::nodes(4);
+    opts.regions = vec![
+        "region-1".into(),
+        "region-2".into(),
+        "region-3".into(),
+        "region-3".into(),
+    ];
+    let c = Cluster::start(opts);
+    // Bootstrap with three voters; node 4 joins as a learner, is promoted, then removed.
+    let members: serde_json::Map<String, Value> = c.nodes[..3]
+        .iter()
+        .map(|n| (n.id.to_string(), n.info()))
+        .collect();
+    let r = c
+        .admin(
+            "POST",
+            1,
+            "/admin/init",
+            Some(&json!({"members": members}).to_string()),
+        )
+        .expect("init");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let body = json!({"node_id": 4, "node": c.node(4).info()}).to_string();
+    let r = c
+        .admin("POST", leader, "/admin/learners", Some(&body))
+        .expect("add learner");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(c.status(leader).expect("s")["learners"], json!([4]));
+    let r = c
+        .admin("POST", leader, "/admin/promote", Some(r#"{"node_id":4}"#))
+        .expect("promote");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(c.status(leader).expect("s")["voters"], json!([1, 2, 3, 4]));
+    let target = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader && i != 4)
+        .expect("target");
+    let r = c
+        .admin(
+            "POST",
+            leader,
+            "/admin/transfer-leader",
+            Some(&json!({"to": target}).to_string()),
+        )
+        .expect("transfer");
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    wait_until(Duration::from_secs(10), "leadership to move", || {
+        c.leader() == Some(target)
+    });
+    let r = c
+        .admin("POST", target, "/admin/remove", Some(r#"{"node_id":4}"#))
+        .expect("remove");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_until(Duration::from_secs(5), "node 4 to leave", || {
+        c.status(target)
+            .map(|s| s["voters"] == json!([1, 2, 3]) && s["learners"] == json!([]))
+            .unwrap_or(false)
+    });
+    let r = c
+        .admin(
+            "POST",
+            target,
+            "/admin/transfer-leader",
+            Some(r#"{"to":42}"#),
+        )
+        .expect("bad transfer");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+}
