@@ -2,7 +2,7 @@
 //! unless the node was started with `--enable-test-faults`; the admin API refuses
 //! to set them otherwise.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -16,10 +16,12 @@ use crate::raft_types::NodeId;
 pub struct Faults {
     fsync_delay_ms: AtomicU64,
     isolated_peers: RwLock<HashSet<NodeId>>,
+    peer_delay_ms: RwLock<BTreeMap<NodeId, u64>>,
 }
 
 /// The wire form of the fault settings (admin API).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaultSettings {
     /// Every log fsync completes this much later (a stalled disk).
     #[serde(default)]
@@ -27,6 +29,9 @@ pub struct FaultSettings {
     /// Raft traffic to and from these peers is dropped (a partition).
     #[serde(default)]
     pub isolated_peers: Vec<NodeId>,
+    /// Added latency for Raft traffic to each peer (WAN emulation between regions).
+    #[serde(default)]
+    pub peer_delay_ms: BTreeMap<NodeId, u64>,
 }
 
 impl Faults {
@@ -40,6 +45,9 @@ impl Faults {
         if let Ok(mut peers) = self.isolated_peers.write() {
             *peers = s.isolated_peers.iter().copied().collect();
         }
+        if let Ok(mut d) = self.peer_delay_ms.write() {
+            *d = s.peer_delay_ms.clone();
+        }
     }
 
     pub fn get(&self) -> FaultSettings {
@@ -52,6 +60,7 @@ impl Faults {
         FaultSettings {
             fsync_delay_ms: self.fsync_delay_ms.load(Ordering::Relaxed),
             isolated_peers,
+            peer_delay_ms: self.peer_delay_ms.read().map(|d| d.clone()).unwrap_or_default(),
         }
     }
 
@@ -60,6 +69,12 @@ impl Faults {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         }
+    }
+
+    /// Latency to add before sending to `peer`, if any.
+    pub fn peer_delay(&self, peer: NodeId) -> Option<Duration> {
+        let ms = self.peer_delay_ms.read().ok()?.get(&peer).copied()?;
+        (ms > 0).then(|| Duration::from_millis(ms))
     }
 
     pub fn is_isolated(&self, peer: NodeId) -> bool {

@@ -24,3 +24,37 @@ pub mod wire;
 
 pub use node::{NodeConfig, NodeContext, NodeError, NodeHandle};
 pub use raft_types::{NodeId, NodeInfo};
+
+#[cfg(test)]
+mod openapi_contract {
+    //! Keeps `api/openapi.yaml` true: every route the node serves is documented.
+
+    fn routes(src: &str) -> Vec<String> {
+        src.split(".route(")
+            .skip(1)
+            .filter_map(|s| s.trim_start().strip_prefix('"'))
+            .filter_map(|s| s.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_file() {
+        let spec = include_str!("../api/openapi.yaml");
+        let documented: Vec<&str> = spec
+            .lines()
+            .filter(|l| l.starts_with("  /"))
+            .map(|l| l.trim().trim_end_matches(':'))
+            .collect();
+        let mut served = routes(include_str!("api.rs"));
+        served.extend(routes(include_str!("admin.rs")));
+        served.extend(["/healthz", "/readyz", "/metrics"].map(String::from));
+        assert!(served.len() > 15, "route scan found too little: {served:?}");
+        for r in &served {
+            assert!(documented.contains(&r.as_str()), "route {r} is served but not in api/openapi.yaml");
+        }
+        for d in &documented {
+            assert!(served.iter().any(|r| r == d), "api/openapi.yaml documents {d}, which no router serves");
+        }
+    }
+}

@@ -194,6 +194,9 @@ impl PeerPool {
                 "isolated by an injected fault".into(),
             ));
         }
+        if let Some(d) = self.faults.peer_delay(target) {
+            tokio::time::sleep(d).await;
+        }
         let conn = self.connection(target, addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&Envelope {

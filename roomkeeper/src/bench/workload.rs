@@ -321,15 +321,18 @@ pub async fn run_load<D: Driver>(
                 Duration::from_secs(1),
             );
             let (mut last_ok, mut last_err) = (0u64, 0u64);
-            loop {
+            for second in 1u64.. {
                 tick.tick().await;
-                let t = start.elapsed();
                 let ok = shared.ok.load(Ordering::Relaxed);
                 let err = shared.errors.load(Ordering::Relaxed);
-                let phase = if t <= warmup { "warm-up" } else { "measure" };
+                // The phase of the second that just ended.
+                let phase = if Duration::from_secs(second) <= warmup {
+                    "warm-up"
+                } else {
+                    "measure"
+                };
                 eprintln!(
-                    "  {label:<28} {:>4}s {phase}  {:>9} orders/s  {:>6} errors/s",
-                    t.as_secs(),
+                    "  {label:<28} {second:>4}s {phase}  {:>9} orders/s  {:>6} errors/s",
                     ok - last_ok,
                     err - last_err
                 );
