@@ -60,7 +60,11 @@ impl Faults {
         FaultSettings {
             fsync_delay_ms: self.fsync_delay_ms.load(Ordering::Relaxed),
             isolated_peers,
-            peer_delay_ms: self.peer_delay_ms.read().map(|d| d.clone()).unwrap_or_default(),
+            peer_delay_ms: self
+                .peer_delay_ms
+                .read()
+                .map(|d| d.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -51,10 +51,16 @@ mod openapi_contract {
         served.extend(["/healthz", "/readyz", "/metrics"].map(String::from));
         assert!(served.len() > 15, "route scan found too little: {served:?}");
         for r in &served {
-            assert!(documented.contains(&r.as_str()), "route {r} is served but not in api/openapi.yaml");
+            assert!(
+                documented.contains(&r.as_str()),
+                "route {r} is served but not in api/openapi.yaml"
+            );
         }
         for d in &documented {
-            assert!(served.iter().any(|r| r == d), "api/openapi.yaml documents {d}, which no router serves");
+            assert!(
+                served.iter().any(|r| r == d),
+                "api/openapi.yaml documents {d}, which no router serves"
+            );
         }
     }
 }

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod demo;
 mod node_cmd;
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,8 @@ struct Cli {
 enum Cmd {
     /// Run one order-store replica (a Raft node of a shard).
     Node(node_cmd::NodeArgs),
+    /// Run a local multi-region cluster with a flash-sale load and live status.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Cmd::Node(args) => node_cmd::run(args).await,
+            Cmd::Demo(args) => demo::run(args).await,
         }
     })
 }

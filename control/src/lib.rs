@@ -1,0 +1,9 @@
+//! The control plane's local binding: a health monitor over node admin APIs,
+//! actuators over local processes, and a flash-sale load. The Kubernetes
+//! binding (operator/) reuses the same engine with other actuators.
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod load;
+pub mod local_cluster;
+pub mod monitor;

@@ -1,0 +1,439 @@
+//! The local binding's actuators: order-store nodes as local processes, one
+//! loopback address range per region (`127.0.<region>.<node>`), WAN latency
+//! between regions injected in the nodes' transport.
+//!
+//! Raft node ids are handed out once and never reused, even when a node's data
+//! is wiped and it is replaced.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use roomkeeper_order_store::admin::NodeStatus;
+use roomkeeper_order_store::NodeInfo;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+use crate::http::JsonClient;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Errors of the local binding.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start node {id}: {source}")]
+    Spawn { id: u64, source: std::io::Error },
+    #[error("node {id} did not become healthy within {waited:?} (see {log})")]
+    NotHealthy {
+        id: u64,
+        waited: Duration,
+        log: String,
+    },
+    #[error("admin call to node {id} failed: {message}")]
+    Admin { id: u64, message: String },
+    #[error("no leader within {0:?}")]
+    NoLeader(Duration),
+    #[error("unknown node {0}")]
+    UnknownNode(u64),
+    #[error("unknown region {0}")]
+    UnknownRegion(String),
+}
+
+/// A region and how many voters it starts with.
+#[derive(Debug, Clone)]
+pub struct RegionSpec {
+    pub name: String,
+    pub voters: usize,
+}
+
+/// How to run the local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalClusterConfig {
+    pub binary: PathBuf,
+    pub data_dir: PathBuf,
+    pub regions: Vec<RegionSpec>,
+    pub base_port: u16,
+    pub wan_latency_ms: u64,
+    pub client_token: String,
+    pub admin_token: String,
+}
+
+/// One node process.
+#[derive(Debug)]
+pub struct LocalNode {
+    pub id: u64,
+    pub info: NodeInfo,
+    pub child: Option<Child>,
+    pub starts: u32,
+}
+
+/// The local cluster.
+pub struct LocalCluster {
+    pub cfg: LocalClusterConfig,
+    pub nodes: BTreeMap<u64, LocalNode>,
+    next_id: u64,
+    pub http: JsonClient,
+    key_file: PathBuf,
+}
+
+fn region_index(cfg: &LocalClusterConfig, region: &str) -> Option<usize> {
+    cfg.regions
+        .iter()
+        .position(|r| r.name == region)
+        .map(|i| i + 1)
+}
+
+impl LocalCluster {
+    /// Prepares the data directory and key file; starts nothing.
+    pub fn new(cfg: LocalClusterConfig) -> Result<Self, LocalError> {
+        let io = |path: &PathBuf| {
+            let path = path.display().to_string();
+            move |source| LocalError::Io { path, source }
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(io(&cfg.data_dir))?;
+        let key_file = cfg.data_dir.join("contact.key");
+        let key: String = (0..32)
+            .map(|i| format!("{:02x}", (i * 7 + 3) as u8))
+            .collect();
+        std::fs::write(
+            &key_file,
+            format!("# demo key: never use in production\n0 {key}\n"),
+        )
+        .map_err(io(&key_file))?;
+        Ok(Self {
+            cfg,
+            nodes: BTreeMap::new(),
+            next_id: 1,
+            http: JsonClient::new(),
+            key_file,
+        })
+    }
+
+    /// Allocates a fresh node id in `region` (never reused) and its addresses.
+    pub fn allocate(&mut self, region: &str) -> Result<u64, LocalError> {
+        let r = region_index(&self.cfg, region)
+            .ok_or_else(|| LocalError::UnknownRegion(region.into()))?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let ip = format!("127.0.{r}.{id}");
+        let p = self.cfg.base_port;
+        let info = NodeInfo {
+            raft_addr: format!("{ip}:{p}"),
+            api_addr: format!("{ip}:{}", p + 1),
+            admin_addr: format!("{ip}:{}", p + 2),
+            region: region.to_string(),
+            zone: format!("{region}-a"),
+        };
+        self.nodes.insert(
+            id,
+            LocalNode {
+                id,
+                info,
+                child: None,
+                starts: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Starts (or restarts) a node's process.
+    pub fn spawn(&mut self, id: u64) -> Result<(), LocalError> {
+        let bin = self.cfg.binary.clone();
+        let data = self.cfg.data_dir.join(format!("node-{id}"));
+        let log_path = self.cfg.data_dir.join(format!("node-{id}.log"));
+        let key = self.key_file.clone();
+        let (ct, at) = (self.cfg.client_token.clone(), self.cfg.admin_token.clone());
+        let node = self.nodes.get_mut(&id).ok_or(LocalError::UnknownNode(id))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| LocalError::Io {
+                path: log_path.display().to_string(),
+                source,
+            })?;
+        let child = Command::new(bin)
+            .arg("node")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--raft-addr", &node.info.raft_addr])
+            .args(["--api-addr", &node.info.api_addr])
+            .args(["--admin-addr", &node.info.admin_addr])
+            .args(["--region", &node.info.region, "--zone", &node.info.zone])
+            .arg("--contact-key-file")
+            .arg(&key)
+            .args(["--client-token", &ct, "--admin-token", &at])
+            .arg("--enable-test-faults")
+            .env("ROOMKEEPER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| LocalError::Spawn { id, source })?;
+        node.child = Some(child);
+        node.starts += 1;
+        Ok(())
+    }
+
+    /// SIGKILL a node (a crash).
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+        }
+    }
+
+    /// True while the node's process runs.
+    pub fn is_running(&mut self, id: u64) -> bool {
+        match self.nodes.get_mut(&id).and_then(|n| n.child.as_mut()) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn info(&self, id: u64) -> Option<&NodeInfo> {
+        self.nodes.get(&id).map(|n| &n.info)
+    }
+
+    pub async fn wait_healthy(&self, id: u64, timeout: Duration) -> Result<(), LocalError> {
+        let info = self.info(id).ok_or(LocalError::UnknownNode(id))?.clone();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(r) = self
+                .http
+                .get(
+                    &info.admin_addr,
+                    "/healthz",
+                    None,
+                    Duration::from_millis(300),
+                )
+                .await
+            {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(LocalError::NotHealthy {
+            id,
+            waited: timeout,
+            log: self
+                .cfg
+                .data_dir
+                .join(format!("node-{id}.log"))
+                .display()
+                .to_string(),
+        })
+    }
+
+    async fn admin(
+        &self,
+        id: u64,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, LocalError> {
+        let info = self.info(id).ok_or(LocalError::UnknownNode(id))?;
+        let r = self
+            .http
+            .call(
+                method,
+                &info.admin_addr,
+                path,
+                body.as_ref(),
+                Some(&self.cfg.admin_token),
+                ADMIN_TIMEOUT,
+            )
+            .await
+            .map_err(|e| LocalError::Admin {
+                id,
+                message: e.to_string(),
+            })?;
+        if r.status >= 300 {
+            return Err(LocalError::Admin {
+                id,
+                message: format!("{path}: HTTP {}: {}", r.status, r.body),
+            });
+        }
+        Ok(r.body)
+    }
+
+    /// The node's admin status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        let v = self
+            .admin(id, hyper::Method::GET, "/admin/status", None)
+            .await
+            .ok()?;
+        serde_json::from_value(v).ok()
+    }
+
+    /// Starts every region's voters, bootstraps the group and waits for a leader.
+    pub async fn start(&mut self) -> Result<(), LocalError> {
+        let regions = self.cfg.regions.clone();
+        let mut ids = Vec::new();
+        for r in &regions {
+            for _ in 0..r.voters {
+                ids.push(self.allocate(&r.name)?);
+            }
+        }
+        for id in &ids {
+            self.spawn(*id)?;
+        }
+        for id in &ids {
+            self.wait_healthy(*id, Duration::from_secs(20)).await?;
+        }
+        let members: serde_json::Map<String, Value> = ids
+            .iter()
+            .filter_map(|id| Some((id.to_string(), serde_json::to_value(self.info(*id)?).ok()?)))
+            .collect();
+        self.admin(
+            ids[0],
+            hyper::Method::POST,
+            "/admin/init",
+            Some(json!({ "members": members })),
+        )
+        .await?;
+        self.wait_leader(Duration::from_secs(20)).await?;
+        self.apply_wan_latency().await;
+        Ok(())
+    }
+
+    /// The current leader, as any running node reports it.
+    pub async fn leader(&self) -> Option<u64> {
+        for id in self.nodes.keys() {
+            if let Some(s) = self.status(*id).await {
+                if s.role == "leader" {
+                    return Some(s.node_id);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64, LocalError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(l) = self.leader().await {
+                return Ok(l);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(LocalError::NoLeader(timeout))
+    }
+
+    /// Tells every running node the latency to peers in other regions.
+    pub async fn apply_wan_latency(&self) {
+        for (id, n) in &self.nodes {
+            let delays: BTreeMap<String, u64> = self
+                .nodes
+                .values()
+                .filter(|o| o.id != *id && o.info.region != n.info.region)
+                .map(|o| (o.id.to_string(), self.cfg.wan_latency_ms))
+                .collect();
+            let _ = self
+                .admin(
+                    *id,
+                    hyper::Method::POST,
+                    "/admin/faults",
+                    Some(json!({ "peer_delay_ms": delays })),
+                )
+                .await;
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), LocalError> {
+        let leader = self.wait_leader(Duration::from_secs(5)).await?;
+        self.admin(
+            leader,
+            hyper::Method::POST,
+            "/admin/transfer-leader",
+            Some(json!({ "to": to })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Replaces one voter by a new node in `into_region`: add learner, wait until
+    /// it has caught up, promote, then remove the old voter. One change at a time.
+    pub async fn replace_voter(&mut self, old: u64, into_region: &str) -> Result<u64, LocalError> {
+        let new = self.allocate(into_region)?;
+        self.spawn(new)?;
+        self.wait_healthy(new, Duration::from_secs(20)).await?;
+        self.apply_wan_latency().await;
+        let leader = self.wait_leader(Duration::from_secs(10)).await?;
+        let info = serde_json::to_value(self.info(new).ok_or(LocalError::UnknownNode(new))?)
+            .map_err(|e| LocalError::Admin {
+                id: new,
+                message: e.to_string(),
+            })?;
+        self.admin(
+            leader,
+            hyper::Method::POST,
+            "/admin/learners",
+            Some(json!({"node_id": new, "node": info})),
+        )
+        .await?;
+        let leader = self.wait_leader(Duration::from_secs(10)).await?;
+        self.admin(
+            leader,
+            hyper::Method::POST,
+            "/admin/promote",
+            Some(json!({"node_id": new})),
+        )
+        .await?;
+        let leader = self.wait_leader(Duration::from_secs(10)).await?;
+        self.admin(
+            leader,
+            hyper::Method::POST,
+            "/admin/remove",
+            Some(json!({"node_id": old})),
+        )
+        .await?;
+        Ok(new)
+    }
+
+    /// Partitions (or heals, with `false`) a region from the others.
+    pub async fn isolate_region(&self, region: &str, isolated: bool) {
+        for (id, n) in &self.nodes {
+            let peers: Vec<u64> = self
+                .nodes
+                .values()
+                .filter(|o| o.id != *id && (o.info.region == region) != (n.info.region == region))
+                .map(|o| o.id)
+                .collect();
+            let delays: BTreeMap<String, u64> = self
+                .nodes
+                .values()
+                .filter(|o| o.id != *id && o.info.region != n.info.region)
+                .map(|o| (o.id.to_string(), self.cfg.wan_latency_ms))
+                .collect();
+            let body = json!({
+                "isolated_peers": if isolated { peers } else { Vec::new() },
+                "peer_delay_ms": delays,
+            });
+            let _ = self
+                .admin(*id, hyper::Method::POST, "/admin/faults", Some(body))
+                .await;
+        }
+    }
+
+    /// Kills every process.
+    pub async fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id).await;
+        }
+    }
+}

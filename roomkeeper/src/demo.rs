@@ -1,0 +1,517 @@
+//! `roomkeeper demo`: the main job on one machine. Three regions on loopback
+//! (one address range each), five voters spread 2-2-1, WAN latency between
+//! regions, a flash-sale load, the control loop, and a live status view in the
+//! terminal plus a JSON status endpoint. `--scenario` injects a fault mid-sale.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::{Args, ValueEnum};
+use roomkeeper_control::load::{start_buyers, FlashSale, LoadStats, LoadSummary, TrafficMap};
+use roomkeeper_control::local_cluster::{LocalCluster, LocalClusterConfig, RegionSpec};
+use roomkeeper_control::monitor::{observe, ClusterObservation};
+use serde::Serialize;
+use serde_json::json;
+
+/// A fault the demo injects mid-sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// No fault: a steady flash sale.
+    None,
+    /// SIGKILL the Raft leader.
+    LeaderKill,
+    /// Lose every node of one region.
+    RegionLoss,
+    /// A follower crashes and comes back every few seconds.
+    NodeFlap,
+    /// Lose a majority of voters, then bring them back.
+    QuorumLoss,
+}
+
+/// Flags of `roomkeeper demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Fault to inject after the warm-up.
+    #[arg(long, value_enum, default_value_t = Scenario::None)]
+    pub scenario: Scenario,
+    /// Seconds before the fault is injected.
+    #[arg(long, default_value_t = 10)]
+    pub fault_after_secs: u64,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub duration_secs: u64,
+    /// One-way latency added between regions, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub wan_latency_ms: u64,
+    /// Concurrent buyers.
+    #[arg(long, default_value_t = 24)]
+    pub buyers: usize,
+    /// Pause of each buyer between orders, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub think_ms: u64,
+    /// Address of the JSON status endpoint (GET /status).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub status_addr: String,
+    /// First of the three ports each node uses (raft, client API, admin API).
+    #[arg(long, default_value_t = 17100)]
+    pub base_port: u16,
+    /// Where node data and logs go (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print one status line at a time instead of redrawing the screen.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// What the status view and endpoint show.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoStatus {
+    pub elapsed_secs: u64,
+    pub scenario: Scenario,
+    pub phase: String,
+    pub observation: Option<ClusterObservation>,
+    pub load: Option<LoadSummary>,
+    pub traffic_weights: std::collections::BTreeMap<String, u32>,
+    pub events: Vec<String>,
+}
+
+const REGIONS: [(&str, usize); 3] = [("eu-west", 2), ("us-east", 2), ("ap-south", 1)];
+const ROOM: &str = "live-1";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn token(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:x}",
+        now_ms() ^ u64::from(std::process::id()) << 20
+    )
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("roomkeeper-demo-{}", std::process::id())),
+    };
+    let binary = std::env::current_exe().context("locating the roomkeeper binary")?;
+    let client_token = token("client");
+    let cfg = LocalClusterConfig {
+        binary,
+        data_dir: data_dir.clone(),
+        regions: REGIONS
+            .iter()
+            .map(|(n, v)| RegionSpec {
+                name: n.to_string(),
+                voters: *v,
+            })
+            .collect(),
+        base_port: args.base_port,
+        wan_latency_ms: args.wan_latency_ms,
+        client_token: client_token.clone(),
+        admin_token: token("admin"),
+    };
+    eprintln!(
+        "roomkeeper demo: data and node logs in {}",
+        data_dir.display()
+    );
+    let mut cluster = LocalCluster::new(cfg).context("preparing the local cluster")?;
+    let status = Arc::new(Mutex::new(DemoStatus {
+        elapsed_secs: 0,
+        scenario: args.scenario,
+        phase: "starting".into(),
+        observation: None,
+        load: None,
+        traffic_weights: Default::default(),
+        events: Vec::new(),
+    }));
+    let result = run_inner(&args, &mut cluster, client_token, status).await;
+    cluster.shutdown().await;
+    if args.data_dir.is_none() && result.is_ok() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    result
+}
+
+fn event(status: &Mutex<DemoStatus>, started: Instant, msg: impl Into<String>) {
+    let line = format!("[{:>5.1}s] {}", started.elapsed().as_secs_f64(), msg.into());
+    if let Ok(mut s) = status.lock() {
+        s.events.push(line);
+        let n = s.events.len();
+        if n > 200 {
+            s.events.drain(..n - 200);
+        }
+    }
+}
+
+async fn run_inner(
+    args: &DemoArgs,
+    cluster: &mut LocalCluster,
+    client_token: String,
+    status: Arc<Mutex<DemoStatus>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!("starting 5 voters across {} regions …", REGIONS.len());
+    cluster.start().await.context("starting the cluster")?;
+    event(
+        &status,
+        started,
+        "cluster formed: 5 voters (eu-west 2, us-east 2, ap-south 1)",
+    );
+
+    // The JSON status endpoint.
+    let listener = tokio::net::TcpListener::bind(&args.status_addr)
+        .await
+        .with_context(|| format!("binding the status endpoint on {}", args.status_addr))?;
+    let st = status.clone();
+    let app = Router::new().route(
+        "/status",
+        get(move || {
+            let st = st.clone();
+            async move {
+                match st.lock() {
+                    Ok(s) => Json(json!(*s)),
+                    Err(_) => Json(json!({"error": "status unavailable"})),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    // The sale: one live room, 16 SKUs.
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
+    let api = cluster
+        .info(leader)
+        .map(|i| i.api_addr.clone())
+        .context("leader has no address")?;
+    let http = cluster.http.clone();
+    let t = Some(client_token.as_str());
+    let r = http
+        .put(
+            &api,
+            &format!("/v1/rooms/{ROOM}"),
+            &json!({"title": "Midnight flash sale", "home_region": "eu-west", "state": "live"}),
+            t,
+            Duration::from_secs(5),
+        )
+        .await?;
+    anyhow::ensure!(r.status == 200, "creating the room failed: {}", r.body);
+    let skus: Vec<String> = (1..=16).map(|i| format!("sku-{i:02}")).collect();
+    for sku in &skus {
+        let r = http
+            .put(&api, &format!("/v1/rooms/{ROOM}/listings/{sku}"), &json!({"price_cents": 1999, "stock": 200_000, "per_buyer_limit": 5, "state": "open"}), t, Duration::from_secs(5))
+            .await?;
+        anyhow::ensure!(r.status == 200, "creating listing {sku} failed: {}", r.body);
+    }
+    let traffic = Arc::new(TrafficMap::default());
+    for (region, _) in REGIONS {
+        let addrs = cluster
+            .nodes
+            .values()
+            .filter(|n| n.info.region == region)
+            .map(|n| n.info.api_addr.clone())
+            .collect();
+        traffic.set_endpoints(region, addrs);
+        traffic.set_weight(region, 100);
+    }
+    let stats = Arc::new(LoadStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let buyers = start_buyers(
+        FlashSale {
+            room: ROOM.into(),
+            skus,
+            buyers: args.buyers,
+            think_time: Duration::from_millis(args.think_ms),
+            client_token,
+        },
+        traffic.clone(),
+        stats.clone(),
+        stop.clone(),
+    );
+    event(
+        &status,
+        started,
+        format!("flash sale open: {} buyers on 16 SKUs", args.buyers),
+    );
+
+    let tty = std::io::stdout().is_terminal() && !args.plain;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut fault_injected = false;
+    let mut flap_next = Instant::now();
+    let mut flapping: Option<u64> = None;
+    let mut quorum_restore_at: Option<(Instant, Vec<u64>)> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut last_print = Instant::now() - Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                event(&status, started, "Ctrl-C: stopping every process");
+                break;
+            }
+            _ = tick.tick() => {}
+        }
+        let elapsed = started.elapsed();
+        if args.duration_secs > 0 && elapsed.as_secs() >= args.duration_secs {
+            break;
+        }
+        let obs = observe(cluster, now_ms()).await;
+
+        // Scenario driver.
+        if args.scenario != Scenario::None
+            && !fault_injected
+            && elapsed.as_secs() >= args.fault_after_secs
+        {
+            fault_injected = true;
+            match args.scenario {
+                Scenario::LeaderKill => {
+                    if let Some(l) = obs.leader {
+                        cluster.kill(l).await;
+                        event(&status, started, format!("FAULT: SIGKILL leader node {l}"));
+                    }
+                }
+                Scenario::RegionLoss => {
+                    let victims: Vec<u64> = cluster
+                        .nodes
+                        .values()
+                        .filter(|n| n.info.region == "us-east")
+                        .map(|n| n.id)
+                        .collect();
+                    for v in &victims {
+                        cluster.kill(*v).await;
+                    }
+                    event(
+                        &status,
+                        started,
+                        format!("FAULT: region us-east lost (nodes {victims:?} killed)"),
+                    );
+                }
+                Scenario::NodeFlap => {
+                    flapping = obs
+                        .nodes
+                        .iter()
+                        .find(|n| Some(n.node_id) != obs.leader)
+                        .map(|n| n.node_id);
+                    event(
+                        &status,
+                        started,
+                        format!("FAULT: node {flapping:?} starts flapping"),
+                    );
+                }
+                Scenario::QuorumLoss => {
+                    let victims: Vec<u64> = cluster
+                        .nodes
+                        .values()
+                        .filter(|n| n.info.region != "us-east")
+                        .map(|n| n.id)
+                        .collect();
+                    for v in &victims {
+                        cluster.kill(*v).await;
+                    }
+                    event(
+                        &status,
+                        started,
+                        format!("FAULT: quorum lost (nodes {victims:?} killed); restored in 15 s"),
+                    );
+                    quorum_restore_at = Some((Instant::now() + Duration::from_secs(15), victims));
+                }
+                Scenario::None => {}
+            }
+        }
+        if let Some(f) = flapping {
+            if Instant::now() >= flap_next {
+                flap_next = Instant::now() + Duration::from_secs(3);
+                if cluster.is_running(f) {
+                    cluster.kill(f).await;
+                    event(&status, started, format!("flap: node {f} down"));
+                } else {
+                    cluster.spawn(f)?;
+                    event(&status, started, format!("flap: node {f} up"));
+                }
+            }
+        }
+        if let Some((at, victims)) = quorum_restore_at.clone() {
+            if Instant::now() >= at {
+                for v in &victims {
+                    cluster.spawn(*v)?;
+                }
+                cluster.apply_wan_latency().await;
+                event(
+                    &status,
+                    started,
+                    format!("nodes {victims:?} restarted: quorum can return"),
+                );
+                quorum_restore_at = None;
+            }
+        }
+
+        let load = stats.summary();
+        if let Ok(mut s) = status.lock() {
+            s.elapsed_secs = elapsed.as_secs();
+            s.phase = if fault_injected {
+                "fault injected".into()
+            } else {
+                "steady".into()
+            };
+            s.observation = Some(obs.clone());
+            s.load = Some(load.clone());
+            s.traffic_weights = traffic.weights();
+        }
+        if tty {
+            render(&status, true);
+        } else if last_print.elapsed() >= Duration::from_secs(2) {
+            last_print = Instant::now();
+            render(&status, false);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in buyers {
+        let _ = tokio::time::timeout(Duration::from_secs(4), b).await;
+    }
+    let load = stats.summary();
+    println!(
+        "\nsummary: {} orders acknowledged, {} refused by the store, {} errors, {} retries; longest gap between acknowledged orders {} ms",
+        load.ok, load.rejected, load.errors, load.retries, load.longest_gap_ms
+    );
+    check_invariants(cluster).await;
+    Ok(())
+}
+
+async fn check_invariants(cluster: &mut LocalCluster) {
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for id in ids {
+        if !cluster.is_running(id) {
+            continue;
+        }
+        let Some(info) = cluster.info(id).cloned() else {
+            continue;
+        };
+        match cluster
+            .http
+            .get(
+                &info.admin_addr,
+                "/admin/invariants",
+                Some(&cluster.cfg.admin_token),
+                Duration::from_secs(3),
+            )
+            .await
+        {
+            Ok(r) if r.body["ok"] == json!(true) => println!(
+                "node {id}: invariants hold at applied index {}",
+                r.body["applied_index"]
+            ),
+            Ok(r) => println!("node {id}: INVARIANT VIOLATED: {}", r.body),
+            Err(e) => println!("node {id}: could not check invariants: {e}"),
+        }
+    }
+}
+
+fn render(status: &Mutex<DemoStatus>, redraw: bool) {
+    let Ok(s) = status.lock() else { return };
+    let mut out = String::new();
+    if redraw {
+        out.push_str("\x1b[2J\x1b[H");
+    }
+    let load = s.load.clone();
+    let (ok, ops, p99, err) = load
+        .as_ref()
+        .map(|l| (l.ok, l.orders_per_sec, l.p99_ms, l.errors))
+        .unwrap_or_default();
+    if !redraw {
+        let leader = s.observation.as_ref().and_then(|o| o.leader);
+        let alive = s
+            .observation
+            .as_ref()
+            .map(|o| o.nodes.iter().filter(|n| n.status.is_some()).count())
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "t={:>4}s {:<14} leader={:<5} nodes-up={} orders/s={:>6.0} p99={:>6.1}ms ok={} errors={}\n",
+            s.elapsed_secs,
+            s.phase,
+            leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+            alive,
+            ops,
+            p99,
+            ok,
+            err
+        ));
+        if let Some(e) = s.events.last() {
+            out.push_str(&format!("        last event: {e}\n"));
+        }
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    out.push_str(&format!(
+        "roomkeeper demo — scenario {:?} — {} — t={}s   (Ctrl-C stops everything)\n\n",
+        s.scenario, s.phase, s.elapsed_secs
+    ));
+    if let Some(o) = &s.observation {
+        out.push_str(&format!(
+            "leader: {}   term: {}   voters: {:?}   learners: {:?}\n\n",
+            o.leader
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "NONE".into()),
+            o.term,
+            o.voters,
+            o.learners
+        ));
+        out.push_str("REGION     WEIGHT  NODE  PROCESS  ROLE        TERM  APPLIED   LAG\n");
+        for region in o.regions() {
+            let weight = s.traffic_weights.get(&region).copied().unwrap_or(100);
+            for n in o.nodes.iter().filter(|n| n.region == region) {
+                let lag = o
+                    .leader_status()
+                    .and_then(|l| l.replication.get(&n.node_id.to_string()))
+                    .map(|r| r.lag.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let (role, term, applied) = n
+                    .status
+                    .as_ref()
+                    .map(|st| {
+                        (
+                            st.role.clone(),
+                            st.term.to_string(),
+                            st.applied_index.to_string(),
+                        )
+                    })
+                    .unwrap_or_else(|| ("unreachable".into(), "-".into(), "-".into()));
+                out.push_str(&format!(
+                    "{:<10} {:>6}  {:>4}  {:<7}  {:<10} {:>5} {:>8} {:>5}\n",
+                    region,
+                    weight,
+                    n.node_id,
+                    if n.process_alive { "up" } else { "DOWN" },
+                    role,
+                    term,
+                    applied,
+                    lag
+                ));
+            }
+        }
+    }
+    if let Some(l) = &load {
+        out.push_str(&format!(
+            "\norders/s {:>7.0}   p50 {:>6.1} ms   p99 {:>6.1} ms   acknowledged {}   refused {}   errors {}   retries {}   longest gap {} ms\n",
+            l.orders_per_sec, l.p50_ms, l.p99_ms, l.ok, l.rejected, l.errors, l.retries, l.longest_gap_ms
+        ));
+    }
+    out.push_str("\nrecent events:\n");
+    for e in s.events.iter().rev().take(8).rev() {
+        out.push_str(&format!("  {e}\n"));
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
