@@ -18,6 +18,9 @@ use crate::http::JsonClient;
 pub struct TrafficMap {
     pub endpoints: RwLock<BTreeMap<String, Vec<String>>>,
     pub weights: RwLock<BTreeMap<String, u32>>,
+    /// Endpoints that failed at the transport level, skipped until the instant given
+    /// (what a real client's connection pool does).
+    down_until: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl TrafficMap {
@@ -37,8 +40,35 @@ impl TrafficMap {
         self.weights.read().map(|w| w.clone()).unwrap_or_default()
     }
 
-    /// Picks an endpoint by weight using `n` as the spreading counter.
+    /// Skips `addr` for a while after a transport failure.
+    pub fn mark_down(&self, addr: &str) {
+        if let Ok(mut d) = self.down_until.lock() {
+            d.insert(addr.to_string(), Instant::now() + Duration::from_secs(1));
+        }
+    }
+
+    fn is_down(&self, addr: &str) -> bool {
+        self.down_until
+            .lock()
+            .map(|d| d.get(addr).map(|t| Instant::now() < *t).unwrap_or(false))
+            .unwrap_or(false)
+    }
+
+    /// Picks a healthy endpoint by weight, trying a few spreads before giving
+    /// up and returning any endpoint.
     fn pick(&self, n: u64) -> Option<String> {
+        let mut fallback = None;
+        for k in 0..8u64 {
+            let addr = self.pick_weighted(n.wrapping_add(k.wrapping_mul(7)))?;
+            if !self.is_down(&addr) {
+                return Some(addr);
+            }
+            fallback.get_or_insert(addr);
+        }
+        fallback
+    }
+
+    fn pick_weighted(&self, n: u64) -> Option<String> {
         let w = self.weights.read().ok()?;
         let e = self.endpoints.read().ok()?;
         let total: u64 = e.keys().map(|r| u64::from(*w.get(r).unwrap_or(&100))).sum();
@@ -206,7 +236,10 @@ pub fn start_buyers(
                                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                                 break;
                             }
-                            _ => {
+                            other => {
+                                if other.is_err() {
+                                    traffic.mark_down(&addr);
+                                }
                                 if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
                                     stats.errors.fetch_add(1, Ordering::Relaxed);
                                     break;
