@@ -525,3 +525,33 @@ fn unexpected(o: Outcome) -> ApiError {
         format!("unexpected outcome {}", o.label()),
     )
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Client bodies are hostile by default: any bytes either decode into a
+    //! request that `Command::validate` then judges, or are refused; no panic.
+    use proptest::prelude::*;
+
+    use super::{PlaceOrder, PutListing, PutRoom};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bodies_never_panic_the_decoders(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = serde_json::from_slice::<PlaceOrder>(&body);
+            let _ = serde_json::from_slice::<PutListing>(&body);
+            let _ = serde_json::from_slice::<PutRoom>(&body);
+        }
+
+        #[test]
+        fn json_shaped_orders_decode_or_refuse(qty in any::<i64>(), buyer in ".{0,200}", extra in prop::bool::ANY) {
+            let mut v = serde_json::json!({"sku": "s", "buyer": buyer, "qty": qty, "idempotency_key": "k"});
+            if extra { v["surprise"] = serde_json::json!(1); }
+            match serde_json::from_value::<PlaceOrder>(v) {
+                Ok(o) => prop_assert!(!extra && qty >= 0 && qty <= i64::from(u32::MAX) && o.qty as i64 == qty),
+                Err(_) => prop_assert!(extra || qty < 0 || qty > i64::from(u32::MAX)),
+            }
+        }
+    }
+}

@@ -627,3 +627,52 @@ async fn respond(tx: &mpsc::Sender<Vec<u8>>, id: u64, body: RpcResponse) {
         Err(e) => tracing::warn!(error = %e, "cannot encode a response to a peer"),
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Peers are not trusted to send well-formed frames: decoding any bytes must
+    //! fail cleanly, never panic or allocate without bound.
+    use proptest::prelude::*;
+
+    use super::{Envelope, RpcRequest, RpcResponse};
+    use crate::wire::read_frame;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_request_decoder(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            rt.block_on(async {
+                let mut r = &frame[..];
+                let mut scratch = Vec::new();
+                let _ = read_frame::<_, Envelope<RpcRequest>>(&mut r, &mut scratch).await;
+                let mut r = &frame[..];
+                let _ = read_frame::<_, Envelope<RpcResponse>>(&mut r, &mut scratch).await;
+            });
+        }
+
+        #[test]
+        fn forwarded_commands_round_trip(keys in prop::collection::vec("[a-z0-9]{1,12}", 1..20), qty in 1u32..100) {
+            use roomkeeper_order_state::Command;
+            let cmds: Vec<Command> = keys.iter().map(|k| Command::PlaceOrder {
+                room: "r".into(), sku: "s".into(), buyer: k.clone(), qty,
+                idempotency_key: k.clone(), contact: vec![1, 2],
+            }).collect();
+            let env = Envelope { id: 9, from: 2, body: RpcRequest::Forward(cmds.clone()) };
+            let frame = crate::wire::encode_frame(&env).expect("encode");
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let got = rt.block_on(async {
+                let mut r = &frame[..];
+                let mut scratch = Vec::new();
+                read_frame::<_, Envelope<RpcRequest>>(&mut r, &mut scratch).await
+            }).expect("decode").expect("one frame");
+            match got.body {
+                RpcRequest::Forward(back) => prop_assert_eq!(back, cmds),
+                other => prop_assert!(false, "decoded {:?}", other),
+            }
+        }
+    }
+}
