@@ -58,9 +58,9 @@ impl NodeConfig {
             client_token: None,
             admin_token: None,
             test_faults_enabled: false,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_ms: 60,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
         }
@@ -165,6 +165,9 @@ impl NodeHandle {
             max_in_snapshot_log_to_keep: cfg.keep_entries_after_snapshot,
             purge_batch_size: 256,
             enable_pre_vote: Some(true),
+            // A restarted node must win an election like anyone else: restoring
+            // leadership from the persisted vote makes it claim a stale term.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
 mod demo;
 mod node_cmd;
 
@@ -25,6 +26,8 @@ enum Cmd {
     Node(node_cmd::NodeArgs),
     /// Run a local multi-region cluster with a flash-sale load and live status.
     Demo(demo::DemoArgs),
+    /// Flash-sale load bench: roomkeeper against etcd and Redis in the same run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Node(args) => node_cmd::run(args).await,
             Cmd::Demo(args) => demo::run(args).await,
+            Cmd::Bench(args) => bench::run(args).await,
         }
     })
 }

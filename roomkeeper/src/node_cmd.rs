@@ -44,13 +44,13 @@ pub struct NodeArgs {
     #[arg(long)]
     pub enable_test_faults: bool,
     /// Raft heartbeat interval.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 60)]
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 250)]
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 500)]
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 10_000)]

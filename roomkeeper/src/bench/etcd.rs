@@ -395,7 +395,10 @@ impl EtcdDriver {
             }
             Err(e) => {
                 self.rediscover().await;
-                Err(Self::transport_retry(format!("etcd range: {e}")))
+                Err(Self::transport_retry(format!(
+                    "etcd range: {}",
+                    e.root_cause()
+                )))
             }
         }
     }
@@ -462,7 +465,7 @@ impl Driver for EtcdDriver {
                 Ok(r) => r,
                 Err(e) => {
                     self.rediscover().await;
-                    return Self::transport_retry(format!("etcd txn: {e}"));
+                    return Self::transport_retry(format!("etcd txn: {}", e.root_cause()));
                 }
             };
             if !resp.is_success() {
@@ -591,22 +594,23 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
             let killer = async {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(start + kill_at)).await;
                 let idx = cluster.leader_index().await?;
-                let at = start.elapsed();
                 let m = &mut cluster.members[idx];
+                let event = super::KillEvent::now(format!("etcd {}", m.name), start);
                 eprintln!(
-                    "  >>> SIGKILL etcd leader {} at {:.1} s",
+                    "  >>> SIGKILL etcd leader {} at {:.1} s (unix ms {})",
                     m.name,
-                    at.as_secs_f64()
+                    event.at.as_secs_f64(),
+                    event.unix_ms
                 );
                 m.proc.kill().await?;
-                Ok::<_, anyhow::Error>((format!("etcd {}", m.name), at))
+                Ok::<_, anyhow::Error>(event)
             };
             let (stats, killed) = tokio::join!(workload::run_load(&plan, drivers, start), killer);
             let stats = stats?;
-            let (killed, at) = killed?;
+            let killed = killed?;
             let mut r =
                 TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);
-            r.leader_kill = Some(super::kill_report(&stats, killed, at, None));
+            r.leader_kill = Some(super::kill_report(&stats, killed, None));
             Ok(r)
         }
     }

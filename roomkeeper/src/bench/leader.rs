@@ -62,6 +62,9 @@ impl LeaderCell {
         *last_attempt = Some(Instant::now());
         match discover().await {
             Ok(addr) => {
+                if addr != cur.1 {
+                    tracing::info!(%addr, "bench: writes now go to the new leader");
+                }
                 self.set(addr);
                 *last_attempt = None;
             }

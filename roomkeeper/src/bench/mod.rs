@@ -113,6 +113,10 @@ pub struct BenchArgs {
     /// through the measurement).
     #[arg(long)]
     pub kill_at_secs: Option<f64>,
+    /// Run every target this many times (alternating) and report, per
+    /// target, the round with the median orders/s.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -142,9 +146,12 @@ pub struct BenchArgs {
     /// Redis binary (Debian: redis-server).
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: String,
-    /// RUST_LOG for the roomkeeper nodes the bench starts.
-    #[arg(long, default_value = "info")]
+    /// Log filter (ROOMKEEPER_LOG) of the roomkeeper nodes the bench starts.
+    #[arg(long, default_value = "info,openraft=warn")]
     pub node_log: String,
+    /// roomkeeper binary to start the nodes from (default: this binary).
+    #[arg(long)]
+    pub node_bin: Option<PathBuf>,
     /// Keep the scratch directories (data, logs) of the started servers.
     #[arg(long)]
     pub keep_dir: bool,
@@ -169,6 +176,7 @@ pub(crate) struct Ctx {
     pub client_token: Option<String>,
     pub admin_token: Option<String>,
     pub node_log: String,
+    pub node_bin: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -188,24 +196,49 @@ impl Ctx {
     }
 }
 
+/// A SIGKILL the bench delivered during a run.
+pub(crate) struct KillEvent {
+    pub name: String,
+    /// Since the start of the run.
+    pub at: Duration,
+    pub unix_ms: u64,
+}
+
+impl KillEvent {
+    pub(crate) fn now(name: String, start: std::time::Instant) -> Self {
+        Self {
+            name,
+            at: start.elapsed(),
+            unix_ms: unix_ms(),
+        }
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub(crate) fn kill_report(
     stats: &LoadStats,
-    killed: String,
-    at: Duration,
+    kill: KillEvent,
     verification: Option<&roomkeeper::Verification>,
 ) -> KillReport {
     let (gap, gap_start) = stats.longest_gap_ms();
-    let kill_ms = at.as_millis() as u64;
+    let kill_ms = kill.at.as_millis() as u64;
     let first_ok_after_kill_ms = stats
         .slots
         .iter()
         .enumerate()
-        .skip(kill_ms as usize)
+        .skip(kill_ms as usize + 1)
         .find(|(_, c)| **c > 0)
         .map(|(i, _)| i as u64 - kill_ms);
     KillReport {
-        killed,
+        killed: kill.name,
         kill_at_ms: kill_ms,
+        kill_unix_ms: kill.unix_ms,
         longest_gap_ms: gap,
         gap_start_ms: gap_start,
         first_ok_after_kill_ms,
@@ -225,7 +258,11 @@ struct JsonReport<'a> {
     started_unix_ms: u64,
     host: HostInfo,
     config: JsonConfig<'a>,
+    /// Per target, the round with the median orders/s.
     results: &'a [TargetResult],
+    /// Every round (with `--rounds` > 1).
+    #[serde(skip_serializing_if = "<[TargetResult]>::is_empty")]
+    all_rounds: &'a [TargetResult],
     targets: &'a [report::TargetCheck],
 }
 
@@ -237,6 +274,7 @@ struct HostInfo {
 
 #[derive(Serialize)]
 struct JsonConfig<'a> {
+    rounds: u32,
     scenario: Scenario,
     catalog: Catalog,
     skus: usize,
@@ -252,6 +290,9 @@ struct JsonConfig<'a> {
 fn validate(args: &BenchArgs) -> Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if args.rounds == 0 || args.rounds > 20 {
+        bail!("--rounds must be between 1 and 20");
     }
     if args.duration_secs == 0 {
         bail!("--duration-secs must be at least 1");
@@ -316,10 +357,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
 async fn run_inner(args: &BenchArgs) -> Result<()> {
     let run_id = procs::random_hex(4)?;
-    let started_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let started_unix_ms = unix_ms();
     let ctx = Ctx {
         room: args
             .room
@@ -341,6 +379,7 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
         client_token: args.client_token.clone(),
         admin_token: args.admin_token.clone(),
         node_log: args.node_log.clone(),
+        node_bin: args.node_bin.clone(),
     };
     let targets: Vec<TargetSel> = match (args.target, args.scenario) {
         (TargetSel::All, Scenario::Steady) => {
@@ -360,33 +399,48 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
         args.duration_secs
     );
 
-    let mut results = Vec::new();
+    // Every round runs every target once, in turn; a target whose binary is
+    // missing is skipped once and not retried.
+    let mut rounds: Vec<Vec<TargetResult>> = vec![Vec::new(); targets.len()];
     let mut roomkeeper_failure = None;
-    for t in targets {
-        let (name, outcome) = match t {
-            TargetSel::Etcd => (etcd::TARGET, etcd::run(&ctx).await),
-            TargetSel::Redis => (redis::TARGET, redis::run(&ctx).await),
-            TargetSel::Roomkeeper | TargetSel::All => {
-                (roomkeeper::TARGET, roomkeeper::run(&ctx).await)
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("\n##### round {round} of {}", args.rounds);
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if rounds[i].iter().any(|r| r.status == Status::Skipped) {
+                continue;
             }
-        };
-        match outcome {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                eprintln!("\n!!!!! FAILED {name}: {e:#}\n");
-                results.push(TargetResult::failed(
-                    name,
-                    ctx.scenario.name(),
-                    ctx.catalog.name(),
-                    ctx.clients,
-                    format!("{e:#}"),
-                ));
-                if name == roomkeeper::TARGET {
-                    roomkeeper_failure = Some(e);
+            let (name, outcome) = match t {
+                TargetSel::Etcd => (etcd::TARGET, etcd::run(&ctx).await),
+                TargetSel::Redis => (redis::TARGET, redis::run(&ctx).await),
+                TargetSel::Roomkeeper | TargetSel::All => {
+                    (roomkeeper::TARGET, roomkeeper::run(&ctx).await)
+                }
+            };
+            match outcome {
+                Ok(r) => rounds[i].push(r),
+                Err(e) => {
+                    eprintln!("\n!!!!! FAILED {name}: {e:#}\n");
+                    rounds[i].push(TargetResult::failed(
+                        name,
+                        ctx.scenario.name(),
+                        ctx.catalog.name(),
+                        ctx.clients,
+                        format!("{e:#}"),
+                    ));
+                    if name == roomkeeper::TARGET {
+                        roomkeeper_failure.get_or_insert(e);
+                    }
                 }
             }
         }
     }
+    let all_results: Vec<TargetResult> = rounds.iter().flatten().cloned().collect();
+    let results: Vec<TargetResult> = rounds
+        .into_iter()
+        .filter_map(report::median_round)
+        .collect();
 
     let checks = report::evaluate_targets(&results);
     println!();
@@ -416,7 +470,10 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
         }
     }
     if checks.is_empty() {
-        println!("\n(no issue target applies to this configuration; they are defined for hot/64, wide/256 and leader-kill/64)");
+        println!(
+            "\n(no issue target applies: targets compare roomkeeper with its peers in the same run, \
+             at hot/64, wide/256 and leader-kill/64 clients)"
+        );
     } else {
         println!("\ntargets (issue 2):");
         print!("{}", report::format_targets(&checks));
@@ -435,6 +492,7 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
                     .map(|s| s.trim().to_string()),
             },
             config: JsonConfig {
+                rounds: args.rounds,
                 scenario: ctx.scenario,
                 catalog: ctx.catalog,
                 skus: ctx.catalog.skus(),
@@ -447,6 +505,7 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
                 external_roomkeeper: !ctx.rk_api.is_empty(),
             },
             results: &results,
+            all_rounds: if args.rounds > 1 { &all_results } else { &[] },
             targets: &checks,
         };
         let text = serde_json::to_string_pretty(&doc).context("encoding results")?;
@@ -457,7 +516,10 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
     if let Some(e) = roomkeeper_failure {
         return Err(e.context("roomkeeper failed during the bench"));
     }
-    for r in results.iter().filter(|r| r.target == roomkeeper::TARGET) {
+    for r in all_results
+        .iter()
+        .filter(|r| r.target == roomkeeper::TARGET)
+    {
         if let Some(k) = &r.leader_kill {
             if k.lost.unwrap_or(0) > 0 || k.mismatched.unwrap_or(0) > 0 {
                 bail!(
@@ -557,12 +619,17 @@ mod tests {
         for s in &mut stats.slots[8..13] {
             *s = 0;
         }
-        let k = kill_report(&stats, "node 1".into(), Duration::from_millis(7), None);
+        let event = |ms| KillEvent {
+            name: "node 1".into(),
+            at: Duration::from_millis(ms),
+            unix_ms: 1,
+        };
+        let k = kill_report(&stats, event(7), None);
         assert_eq!(k.longest_gap_ms, 5);
         assert_eq!(k.gap_start_ms, 8);
-        assert_eq!(k.first_ok_after_kill_ms, Some(0));
-        let k = kill_report(&stats, "node 1".into(), Duration::from_millis(9), None);
-        assert_eq!(k.first_ok_after_kill_ms, Some(4));
+        assert_eq!(k.first_ok_after_kill_ms, Some(6));
+        let k = kill_report(&stats, event(2), None);
+        assert_eq!(k.first_ok_after_kill_ms, Some(1));
         assert_eq!(k.lost, None);
     }
 }

@@ -21,6 +21,8 @@ pub struct KillReport {
     pub killed: String,
     /// When, in ms since the start of the run (warm-up included).
     pub kill_at_ms: u64,
+    /// When, wall clock (to line up with server logs).
+    pub kill_unix_ms: u64,
     /// Longest stretch of the window without one acknowledged order.
     pub longest_gap_ms: u64,
     pub gap_start_ms: u64,
@@ -73,6 +75,8 @@ pub struct TargetResult {
     /// Largest resident set of a server process at the end of the run, MiB.
     pub server_rss_mib: Option<f64>,
     pub orders_in_store: Option<u64>,
+    /// orders/s of every successful round, when there were several.
+    pub rounds_orders_per_sec: Vec<f64>,
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -107,6 +111,7 @@ impl TargetResult {
             audit: None,
             server_rss_mib: None,
             orders_in_store: None,
+            rounds_orders_per_sec: Vec::new(),
         }
     }
 
@@ -171,6 +176,37 @@ impl TargetResult {
             && other.status == Status::Ok
             && self.target != other.target
     }
+}
+
+/// One target's rounds reduced to the round with the median orders/s (for
+/// leader-kill rounds: the median longest gap; the lower median for an even
+/// count), carrying every round's orders/s. Without a successful round, the
+/// last one (failed or skipped) stands.
+pub fn median_round(mut rounds: Vec<TargetResult>) -> Option<TargetResult> {
+    let mut ok: Vec<TargetResult> = rounds
+        .iter()
+        .filter(|r| r.status == Status::Ok)
+        .cloned()
+        .collect();
+    if ok.is_empty() {
+        return rounds.pop();
+    }
+    // Leader-kill rounds are ranked by their outage, steady ones by throughput.
+    if ok.iter().all(|r| r.leader_kill.is_some()) {
+        ok.sort_by_key(|r| r.leader_kill.as_ref().map_or(0, |k| k.longest_gap_ms));
+    } else {
+        ok.sort_by(|a, b| a.orders_per_sec.total_cmp(&b.orders_per_sec));
+    }
+    let all: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r.status == Status::Ok)
+        .map(|r| r.orders_per_sec)
+        .collect();
+    let mut median = ok.swap_remove((ok.len() - 1) / 2);
+    if all.len() > 1 {
+        median.rounds_orders_per_sec = all;
+    }
+    Some(median)
 }
 
 /// "12.40x etcd, 0.45x redis": this row's orders/s over each peer's.
@@ -475,6 +511,27 @@ mod tests {
     }
 
     #[test]
+    fn median_round_picks_the_middle_throughput() {
+        let rounds = vec![
+            row("etcd", "hot", 64, 900.0, 1.0),
+            row("etcd", "hot", 64, 700.0, 2.0),
+            TargetResult::failed("etcd", "steady", "hot", 64, "crashed".into()),
+            row("etcd", "hot", 64, 800.0, 3.0),
+        ];
+        let m = median_round(rounds).unwrap();
+        assert_eq!(m.orders_per_sec, 800.0);
+        assert_eq!(m.p99_ms, 3.0);
+        assert_eq!(m.rounds_orders_per_sec, vec![900.0, 700.0, 800.0]);
+        let even = vec![row("a", "hot", 1, 2.0, 0.0), row("a", "hot", 1, 1.0, 0.0)];
+        assert_eq!(median_round(even).unwrap().orders_per_sec, 1.0);
+        let single = median_round(vec![row("a", "hot", 1, 5.0, 0.0)]).unwrap();
+        assert!(single.rounds_orders_per_sec.is_empty());
+        let failed = vec![TargetResult::failed("a", "steady", "hot", 1, "x".into())];
+        assert_eq!(median_round(failed).unwrap().status, Status::Failed);
+        assert!(median_round(Vec::new()).is_none());
+    }
+
+    #[test]
     fn ratio_precision_follows_magnitude() {
         assert_eq!(format_ratio(0.4567), "0.46x");
         assert_eq!(format_ratio(15.04), "15.0x");
@@ -534,6 +591,7 @@ mod tests {
         rk.leader_kill = Some(KillReport {
             killed: "node 1".into(),
             kill_at_ms: 7_000,
+            kill_unix_ms: 0,
             longest_gap_ms: 850,
             gap_start_ms: 7_001,
             first_ok_after_kill_ms: Some(849),

@@ -139,6 +139,7 @@ pub fn classify(resp: &Response, want_id: bool) -> (Outcome, bool) {
 pub struct NodeStatus {
     pub node_id: u64,
     pub role: String,
+    pub term: u64,
     pub leader_id: Option<u64>,
     pub voters: Vec<u64>,
     pub committed_index: u64,
@@ -168,6 +169,7 @@ pub fn parse_status(body: &[u8]) -> Result<NodeStatus> {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_string(),
+        term: u("term").unwrap_or(0),
         leader_id: u("leader_id"),
         voters: v
             .get("voters")
@@ -178,6 +180,15 @@ pub fn parse_status(body: &[u8]) -> Result<NodeStatus> {
         applied_index: u("applied_index").unwrap_or(0),
         api_addrs,
     })
+}
+
+/// The node that leads in the newest term any node knows of. A node that
+/// says it leads an older term (a restarted former leader that has not heard
+/// of the election yet) is not the leader; neither is anyone while the newest
+/// term has no leader (an election in progress).
+pub fn pick_leader(all: &[NodeStatus]) -> Option<&NodeStatus> {
+    let newest = all.iter().map(|s| s.term).max()?;
+    all.iter().find(|s| s.role == "leader" && s.term == newest)
 }
 
 pub fn init_body(nodes: &[(u64, NodeAddrs)]) -> Value {
@@ -234,44 +245,41 @@ pub struct Routing {
 
 impl Routing {
     async fn status(&self, admin: SocketAddr) -> Result<NodeStatus> {
-        let mut c = HttpConn::new(admin, self.admin_token.as_deref())?
-            .with_timeout(Duration::from_millis(500));
-        let resp = c.get("/admin/status").await?;
-        if !resp.is_success() {
-            bail!(
-                "{admin} /admin/status: HTTP {}: {}",
-                resp.status,
-                resp.body_text()
-            );
-        }
-        parse_status(&resp.body)
+        status_of(admin, self.admin_token.clone()).await
     }
 
-    /// The api address of a node that says it is leader.
-    async fn discover(&self) -> Result<SocketAddr> {
-        for admin in &self.admins {
-            let Ok(st) = self.status(*admin).await else {
-                continue;
-            };
-            if st.role == "leader" {
-                let api = st.api_addrs.get(&st.node_id).ok_or_else(|| {
-                    anyhow!("leader {} does not list its own api_addr", st.node_id)
-                })?;
-                return resolve(api).await;
+    /// The status of every node that answers, asked concurrently.
+    async fn statuses(&self) -> Vec<NodeStatus> {
+        let mut set = tokio::task::JoinSet::new();
+        for admin in self.admins.iter().copied() {
+            set.spawn(status_of(admin, self.admin_token.clone()));
+        }
+        let mut out = Vec::with_capacity(self.admins.len());
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(st)) => out.push(st),
+                Ok(Err(e)) => tracing::debug!(error = %e, "status"),
+                Err(e) => tracing::debug!(error = %e, "status task"),
             }
         }
-        bail!("no node reports itself leader")
+        out
     }
 
     async fn leader_status(&self) -> Result<NodeStatus> {
-        for admin in &self.admins {
-            if let Ok(st) = self.status(*admin).await {
-                if st.role == "leader" {
-                    return Ok(st);
-                }
-            }
-        }
-        bail!("no node reports itself leader")
+        let all = self.statuses().await;
+        pick_leader(&all)
+            .cloned()
+            .ok_or_else(|| anyhow!("no node leads in the newest term ({} answered)", all.len()))
+    }
+
+    /// The api address of the leader.
+    async fn discover(&self) -> Result<SocketAddr> {
+        let st = self.leader_status().await?;
+        let api = st
+            .api_addrs
+            .get(&st.node_id)
+            .ok_or_else(|| anyhow!("leader {} does not list its own api_addr", st.node_id))?;
+        resolve(api).await
     }
 
     fn uses_leader(&self) -> bool {
@@ -291,6 +299,19 @@ impl Routing {
         };
         Ok((gen, HttpConn::new(addr, self.client_token.as_deref())?))
     }
+}
+
+async fn status_of(admin: SocketAddr, token: Option<String>) -> Result<NodeStatus> {
+    let mut c = HttpConn::new(admin, token.as_deref())?.with_timeout(Duration::from_millis(500));
+    let resp = c.get("/admin/status").await?;
+    if !resp.is_success() {
+        bail!(
+            "{admin} /admin/status: HTTP {}: {}",
+            resp.status,
+            resp.body_text()
+        );
+    }
+    parse_status(&resp.body)
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -432,7 +453,10 @@ pub struct RkCluster {
 
 impl RkCluster {
     pub async fn start(ctx: &Ctx, client_token: &str, admin_token: &str) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the roomkeeper binary")?;
+        let exe = match &ctx.node_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("locating the roomkeeper binary")?,
+        };
         let dir = WorkDir::create("roomkeeper", ctx.keep_dir)?;
         let key_file = dir.path().join("contact.key");
         std::fs::write(&key_file, format!("0 {}\n", procs::random_hex(32)?))
@@ -473,7 +497,7 @@ impl RkCluster {
                 env: vec![
                     ("ROOMKEEPER_CLIENT_TOKEN".into(), client_token.into()),
                     ("ROOMKEEPER_ADMIN_TOKEN".into(), admin_token.into()),
-                    ("RUST_LOG".into(), ctx.node_log.clone()),
+                    ("ROOMKEEPER_LOG".into(), ctx.node_log.clone()),
                 ],
                 log: dir.path().join(format!("node-{id}.log")),
             };
@@ -532,7 +556,7 @@ impl RkCluster {
             }
             if let Ok(st) = routing.leader_status().await {
                 if st.voters.len() == self.nodes.len() {
-                    tracing::info!(leader = st.node_id, term = ?st, "cluster formed");
+                    tracing::info!(leader = st.node_id, term = st.term, "bench: cluster formed");
                     return Ok(());
                 }
             }
@@ -917,24 +941,25 @@ async fn leader_kill(
         async move {
             tokio::time::sleep_until(tokio::time::Instant::from_std(start + kill_at)).await;
             let st = routing.leader_status().await?;
-            let at = start.elapsed();
             let idx = nodes
                 .iter()
                 .position(|n| n.id == st.node_id)
                 .ok_or_else(|| anyhow!("leader id {} is not one of our nodes", st.node_id))?;
+            let event = super::KillEvent::now(format!("node {}", st.node_id), start);
             eprintln!(
-                "  >>> SIGKILL roomkeeper leader node {} at {:.1} s",
+                "  >>> SIGKILL roomkeeper leader node {} at {:.1} s (unix ms {})",
                 st.node_id,
-                at.as_secs_f64()
+                event.at.as_secs_f64(),
+                event.unix_ms
             );
             nodes[idx].proc.kill().await?;
-            Ok::<_, anyhow::Error>((idx, at))
+            Ok::<_, anyhow::Error>((idx, event))
         }
     };
     let (stats, killed) = tokio::join!(workload::run_load(&plan, drivers, start), killer);
     let mut stats = stats?;
-    let (idx, at) = killed?;
-    let killed_name = format!("node {}", cluster.nodes[idx].id);
+    let (idx, event) = killed?;
+    let killed_name = event.name.clone();
 
     // Heal: restart the killed node and let it catch up before reading back.
     eprintln!("  restarting {killed_name} and waiting for it to catch up");
@@ -965,15 +990,19 @@ async fn leader_kill(
         }
         Err(e) => r.note = Some(format!("audit could not run: {e:#}")),
     }
-    r.leader_kill = Some(super::kill_report(&stats, killed_name, at, Some(&v)));
+    r.leader_kill = Some(super::kill_report(&stats, event, Some(&v)));
     Ok(r)
 }
 
 async fn wait_caught_up(routing: &Routing, admin: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let (Ok(leader), Ok(me)) = (routing.leader_status().await, routing.status(admin).await) {
-            if me.applied_index >= leader.committed_index && me.role != "candidate" {
+        let (leader, me) = (routing.leader_status().await, routing.status(admin).await);
+        tracing::debug!(?leader, ?me, "waiting for the restarted node to catch up");
+        if let (Ok(leader), Ok(me)) = (leader, me) {
+            // Caught up: it knows the current term and applied what the
+            // leader had committed.
+            if me.term >= leader.term && me.applied_index >= leader.committed_index {
                 return Ok(());
             }
         }
@@ -1096,6 +1125,27 @@ mod tests {
             parse_status(br#"{"node_id":1,"role":"follower","leader_id":null}"#).unwrap();
         assert_eq!(follower.leader_id, None);
         assert!(parse_status(b"{}").is_err());
+    }
+
+    #[test]
+    fn the_leader_is_the_one_of_the_newest_term() {
+        let st = |id: u64, role: &str, term: u64| NodeStatus {
+            node_id: id,
+            role: role.into(),
+            term,
+            ..NodeStatus::default()
+        };
+        let stale = [st(1, "leader", 3), st(2, "leader", 4), st(3, "follower", 4)];
+        assert_eq!(pick_leader(&stale).map(|s| s.node_id), Some(2));
+        let electing = [
+            st(1, "leader", 3),
+            st(2, "candidate", 4),
+            st(3, "follower", 3),
+        ];
+        assert_eq!(pick_leader(&electing), None);
+        assert_eq!(pick_leader(&[]), None);
+        let normal = [st(1, "follower", 5), st(3, "leader", 5)];
+        assert_eq!(pick_leader(&normal).map(|s| s.node_id), Some(3));
     }
 
     #[test]

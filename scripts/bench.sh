@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The benchmark matrix of docs/benchmarks.md: builds the release binary, then
+# runs roomkeeper against etcd and Redis in the same run for each
+# configuration the issue sets a target for, writing one JSON file each.
+#
+#   scripts/bench.sh                 # all three runs, results in target/bench/
+#   OUT=/tmp/b DURATION=20 ROUNDS=5 scripts/bench.sh hot   # only the hot run
+#
+# Configurations: hot (hot catalog, 64 clients), wide (wide catalog, 256
+# clients), kill (leader SIGKILLed under load, hot catalog, 64 clients).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-target/bench}"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+ROUNDS="${ROUNDS:-3}"
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(hot wide kill)
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "==> missing ${need_apt[*]} (not root): those peers will be SKIPPED"
+  fi
+fi
+
+echo "==> cargo build --release -p roomkeeper"
+cargo build --release --locked -p roomkeeper
+bin=target/release/roomkeeper
+mkdir -p "$OUT"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+failed=()
+
+for run in "${runs[@]}"; do
+  case "$run" in
+    hot)  args=(--catalog hot --clients 64) ;;
+    wide) args=(--catalog wide --clients 256) ;;
+    kill) args=(--scenario leader-kill --catalog hot --clients 64) ;;
+    *) echo "unknown run '$run' (hot, wide, kill)" >&2; exit 2 ;;
+  esac
+  json="$OUT/$stamp-$run.json"
+  echo
+  echo "==> roomkeeper bench ${args[*]} --duration-secs $DURATION --warmup-secs $WARMUP --rounds $ROUNDS"
+  if ! "$bin" bench "${args[@]}" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
+      --rounds "$ROUNDS" --json "$json" | tee "$OUT/$stamp-$run.txt"; then
+    failed+=("$run")
+  fi
+done
+
+echo
+echo "==> results in $OUT/$stamp-*.json and .txt"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "==> roomkeeper FAILED in: ${failed[*]}" >&2
+  exit 1
+fi
