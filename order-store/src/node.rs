@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub snapshot_every_entries: u64,
     /// Log entries kept behind the newest snapshot (for lagging followers).
     pub keep_entries_after_snapshot: u64,
+    /// Client writes in flight on this node beyond which requests get 429.
+    pub max_inflight_writes: usize,
 }
 
 impl NodeConfig {
@@ -63,6 +65,7 @@ impl NodeConfig {
             election_timeout_max_ms: 500,
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
+            max_inflight_writes: 4096,
         }
     }
 }
@@ -210,7 +213,7 @@ impl NodeHandle {
             test_faults_enabled: cfg.test_faults_enabled,
             client_token: cfg.client_token,
             admin_token: cfg.admin_token,
-            write_slots: Semaphore::new(4096),
+            write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),
         });
 
         let server = RaftServer {

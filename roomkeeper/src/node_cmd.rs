@@ -58,6 +58,9 @@ pub struct NodeArgs {
     /// Entries kept behind the newest snapshot for lagging followers.
     #[arg(long, default_value_t = 2_000)]
     pub keep_entries_after_snapshot: u64,
+    /// Client writes in flight beyond which new ones are refused at once with 429.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_inflight_writes: u64,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -90,6 +93,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.election_timeout_max_ms = args.election_timeout_max_ms;
     cfg.snapshot_every_entries = args.snapshot_every_entries;
     cfg.keep_entries_after_snapshot = args.keep_entries_after_snapshot;
+    cfg.max_inflight_writes = usize::try_from(args.max_inflight_writes).unwrap_or(usize::MAX);
     let node = NodeHandle::start(cfg).await.with_context(|| {
         format!(
             "starting node {} with data in {}",

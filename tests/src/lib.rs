@@ -156,6 +156,8 @@ pub struct ClusterOptions {
     pub regions: Vec<String>,
     pub snapshot_every_entries: u64,
     pub keep_entries_after_snapshot: u64,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -164,6 +166,7 @@ impl ClusterOptions {
             regions: (0..n).map(|i| format!("region-{}", i % 3 + 1)).collect(),
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -283,6 +286,7 @@ impl Cluster {
                 "--keep-entries-after-snapshot",
                 &opts.keep_entries_after_snapshot.to_string(),
             ])
+            .args(&opts.extra_args)
             .env("ROOMKEEPER_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -680,3 +680,64 @@ fn leadership_moves_on_demand_and_membership_changes_one_step_at_a_time() {
         .expect("bad transfer");
     assert_eq!(r.status, 400, "{:?}", r.body);
 }
+
+#[test]
+fn overload_is_refused_fast_with_429_and_retry_after() {
+    let mut opts = ClusterOptions::nodes(3);
+    opts.extra_args = vec!["--max-inflight-writes".into(), "4".into()];
+    let c = Cluster::start_initialized(opts);
+    c.create_room("room-o", &[("sku-1", 100_000, 100_000)]);
+    let leader = c.wait_leader(Duration::from_secs(5));
+    // A stalled disk on the leader makes every write slow; the node must refuse
+    // what it cannot hold instead of queueing without bound.
+    c.faults(leader, json!({"fsync_delay_ms": 400}));
+    let addr = c.node(leader).api_addr.clone();
+    let handles: Vec<_> = (0..24)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let body = json!({"sku":"sku-1","buyer":format!("o{i}"),"qty":1,"idempotency_key":format!("o{i}")}).to_string();
+                let started = Instant::now();
+                let r = http("POST", &addr, "/v1/rooms/room-o/orders", Some(body.as_bytes()), Some(CLIENT_TOKEN), Duration::from_secs(10));
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|(r, took)| {
+            r.as_ref()
+                .ok()
+                .filter(|r| r.status == 429)
+                .map(|r| (r.clone(), *took))
+        })
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "24 concurrent writes against 4 slots: some must get 429"
+    );
+    for (r, took) in &refused {
+        assert_eq!(r.code(), "overloaded");
+        assert!(r.retry_after.is_some(), "429 must carry Retry-After");
+        assert!(
+            *took < Duration::from_millis(300),
+            "a refusal must be fast, took {took:?}"
+        );
+    }
+    let accepted = results
+        .iter()
+        .filter(|(r, _)| r.as_ref().map(|r| r.status == 201).unwrap_or(false))
+        .count();
+    assert!(
+        accepted >= 1,
+        "the slots that were free must still be served"
+    );
+    c.faults(leader, json!({"fsync_delay_ms": 0}));
+    c.wait_converged(Duration::from_secs(10));
+    assert_eq!(c.status(leader).expect("status")["orders"], json!(accepted));
+    c.assert_invariants();
+}
