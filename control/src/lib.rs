@@ -3,6 +3,7 @@
 //! binding (operator/) reuses the same engine with other actuators.
 #![forbid(unsafe_code)]
 
+pub mod control_loop;
 pub mod http;
 pub mod load;
 pub mod local_cluster;

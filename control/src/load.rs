@@ -21,6 +21,8 @@ pub struct TrafficMap {
     /// Endpoints that failed at the transport level, skipped until the instant given
     /// (what a real client's connection pool does).
     down_until: Mutex<BTreeMap<String, Instant>>,
+    /// Sales paused by the control plane: buyers wait instead of ordering.
+    paused: AtomicBool,
 }
 
 impl TrafficMap {
@@ -38,6 +40,15 @@ impl TrafficMap {
 
     pub fn weights(&self) -> BTreeMap<String, u32> {
         self.weights.read().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// Pauses or resumes the storefront (playbook T4 protect).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// Skips `addr` for a while after a transport failure.
@@ -200,6 +211,10 @@ pub fn start_buyers(
                 let mut n: u64 = b as u64 * 7919;
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if traffic.is_paused() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                     seq += 1;
                     let sku = &sale.skus[(seq as usize + b) % sale.skus.len()];
                     let body = json!({

@@ -39,6 +39,8 @@ pub enum LocalError {
     Admin { id: u64, message: String },
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
+    #[error("node {0}'s host is down (simulated outage): it cannot be started")]
+    HostDown(u64),
     #[error("unknown node {0}")]
     UnknownNode(u64),
     #[error("unknown region {0}")]
@@ -80,6 +82,9 @@ pub struct LocalCluster {
     next_id: u64,
     pub http: JsonClient,
     key_file: PathBuf,
+    /// Nodes whose host is down (a simulated outage): they cannot be started
+    /// until the instant given, or ever with `None`.
+    blocked: BTreeMap<u64, Option<Instant>>,
 }
 
 fn region_index(cfg: &LocalClusterConfig, region: &str) -> Option<usize> {
@@ -112,6 +117,7 @@ impl LocalCluster {
             next_id: 1,
             http: JsonClient::new(),
             key_file,
+            blocked: BTreeMap::new(),
         })
     }
 
@@ -142,8 +148,24 @@ impl LocalCluster {
         Ok(id)
     }
 
+    /// Simulates the loss of a node's host: it cannot be started until `until`
+    /// (or ever, with `None`).
+    pub fn block(&mut self, id: u64, until: Option<Instant>) {
+        self.blocked.insert(id, until);
+    }
+
+    /// Ends a simulated host outage.
+    pub fn unblock(&mut self, id: u64) {
+        self.blocked.remove(&id);
+    }
+
     /// Starts (or restarts) a node's process.
     pub fn spawn(&mut self, id: u64) -> Result<(), LocalError> {
+        match self.blocked.get(&id) {
+            Some(None) => return Err(LocalError::HostDown(id)),
+            Some(Some(until)) if Instant::now() < *until => return Err(LocalError::HostDown(id)),
+            _ => {}
+        }
         let bin = self.cfg.binary.clone();
         let data = self.cfg.data_dir.join(format!("node-{id}"));
         let log_path = self.cfg.data_dir.join(format!("node-{id}.log"));
@@ -267,6 +289,18 @@ impl LocalCluster {
             });
         }
         Ok(r.body)
+    }
+
+    /// True when the node's `/healthz` answers (the controller's own probe,
+    /// independent of the status call).
+    pub async fn healthz(&self, id: u64) -> bool {
+        let Some(info) = self.info(id) else {
+            return false;
+        };
+        matches!(
+            self.http.get(&info.admin_addr, "/healthz", None, Duration::from_millis(500)).await,
+            Ok(r) if r.status == 200
+        )
     }
 
     /// The node's admin status, if it answers.

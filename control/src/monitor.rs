@@ -16,6 +16,11 @@ pub struct NodeObservation {
     pub region: String,
     pub zone: String,
     pub process_alive: bool,
+    /// False when the controller cannot see the process (e.g. it is cut off
+    /// from the node's region), so `process_alive` carries no information.
+    pub process_visible: bool,
+    /// An independent probe of the controller: `/healthz` answered.
+    pub healthz_ok: bool,
     /// The node's own answer, if it answered.
     pub status: Option<NodeStatus>,
 }
@@ -50,6 +55,25 @@ impl ClusterObservation {
     }
 }
 
+/// Applies a controller-side partition: the controller sees nothing of the
+/// nodes in `regions` (no status, no probe, no process view).
+pub fn hide_regions(obs: &mut ClusterObservation, regions: &[String]) {
+    for n in obs.nodes.iter_mut().filter(|n| regions.contains(&n.region)) {
+        n.status = None;
+        n.healthz_ok = false;
+        n.process_visible = false;
+    }
+    if let Some(l) = obs.leader {
+        if !obs
+            .nodes
+            .iter()
+            .any(|n| n.node_id == l && n.status.is_some())
+        {
+            obs.leader = None;
+        }
+    }
+}
+
 /// Polls every known node once, concurrently.
 pub async fn observe(cluster: &mut LocalCluster, at_ms: u64) -> ClusterObservation {
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
@@ -63,11 +87,12 @@ pub async fn observe(cluster: &mut LocalCluster, at_ms: u64) -> ClusterObservati
             .await
             .ok()
             .flatten();
-        (*id, status)
+        let healthz = cluster_ref.healthz(*id).await;
+        (*id, status, healthz)
     });
-    let results: Vec<(u64, Option<NodeStatus>)> = futures_util::future::join_all(polls).await;
+    let results: Vec<(u64, Option<NodeStatus>, bool)> = futures_util::future::join_all(polls).await;
     let mut nodes = Vec::new();
-    for (id, status) in results {
+    for (id, status, healthz_ok) in results {
         let Some(info) = cluster_ref.info(id) else {
             continue;
         };
@@ -76,6 +101,8 @@ pub async fn observe(cluster: &mut LocalCluster, at_ms: u64) -> ClusterObservati
             region: info.region.clone(),
             zone: info.zone.clone(),
             process_alive: alive.get(&id).copied().unwrap_or(false),
+            process_visible: true,
+            healthz_ok,
             status,
         });
     }

@@ -40,6 +40,9 @@ fn bad_json(r: JsonRejection) -> Response {
 pub struct ReplicationProgress {
     pub matched_index: Option<u64>,
     pub lag: u64,
+    /// Time since the follower last acknowledged the leader (heartbeat or append).
+    #[serde(default)]
+    pub millis_since_ack: Option<u64>,
 }
 
 /// The node's view of itself and its shard.
@@ -95,11 +98,18 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
                 .filter(|(id, _)| **id != m.id)
                 .map(|(id, matched)| {
                     let idx = matched.as_ref().map(|l| l.index);
+                    let millis_since_ack = m
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id))
+                        .and_then(|t| t.as_ref())
+                        .map(|t| t.elapsed().as_millis() as u64);
                     (
                         id.to_string(),
                         ReplicationProgress {
                             matched_index: idx,
                             lag: last.saturating_sub(idx.unwrap_or(0)),
+                            millis_since_ack,
                         },
                     )
                 })

@@ -199,7 +199,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let (meta, bytes) = {
+        // Only the copy holds the lock; encoding and the write happen off it, so
+        // applying new entries stalls for a memory copy, not for serialization.
+        let (meta, state) = {
             let d = self
                 .shared
                 .data
@@ -209,17 +211,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_log_id: d.last_applied,
                 last_membership: d.membership.clone(),
             };
-            let bytes = encode_snapshot(&SnapshotBody {
-                meta: meta.clone(),
-                state: d.state.clone(),
-            })?;
-            (meta, bytes)
+            (meta, d.state.clone())
         };
         let dir = self.shared.dir.clone();
-        let to_write = bytes.clone();
-        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &to_write))
-            .await
-            .map_err(io::Error::other)??;
+        let body = SnapshotBody {
+            meta: meta.clone(),
+            state,
+        };
+        let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let bytes = encode_snapshot(&body)?;
+            write_durably(&dir, SNAPSHOT_FILE, &bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(io::Error::other)??;
         if let Ok(mut d) = self.shared.data.write() {
             d.snapshot_meta = Some(meta.clone());
         }

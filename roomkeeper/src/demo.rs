@@ -13,9 +13,10 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::{Args, ValueEnum};
+use roomkeeper_control::control_loop::{traffic_endpoints_refresh, ControlLoop};
 use roomkeeper_control::load::{start_buyers, FlashSale, LoadStats, LoadSummary, TrafficMap};
 use roomkeeper_control::local_cluster::{LocalCluster, LocalClusterConfig, RegionSpec};
-use roomkeeper_control::monitor::{observe, ClusterObservation};
+use roomkeeper_control::monitor::{hide_regions, observe, ClusterObservation};
 use serde::Serialize;
 use serde_json::json;
 
@@ -33,6 +34,8 @@ pub enum Scenario {
     NodeFlap,
     /// Lose a majority of voters, then bring them back.
     QuorumLoss,
+    /// Cut the controller off from two of the three regions (the cluster is fine).
+    ControllerPartition,
 }
 
 /// Flags of `roomkeeper demo`.
@@ -41,6 +44,9 @@ pub struct DemoArgs {
     /// Fault to inject after the warm-up.
     #[arg(long, value_enum, default_value_t = Scenario::None)]
     pub scenario: Scenario,
+    /// Region lost by `--scenario region-loss`.
+    #[arg(long, default_value = "us-east")]
+    pub lose_region: String,
     /// Seconds before the fault is injected.
     #[arg(long, default_value_t = 10)]
     pub fault_after_secs: u64,
@@ -68,6 +74,19 @@ pub struct DemoArgs {
     /// Print one status line at a time instead of redrawing the screen.
     #[arg(long)]
     pub plain: bool,
+    /// Failover playbook (YAML, the FailoverPlaybook spec); default: the shipped playbook.
+    #[arg(long)]
+    pub playbook: Option<PathBuf>,
+    /// Multiplies every duration of the playbook (hold-downs, cooldowns, windows),
+    /// so a demo shows in seconds what production waits minutes for.
+    #[arg(long, default_value_t = 0.2)]
+    pub playbook_time_scale: f64,
+    /// Decide and record, but do not act.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Pause automation: decisions are recorded as suppressed by the global pause.
+    #[arg(long)]
+    pub pause_automation: bool,
 }
 
 /// What the status view and endpoint show.
@@ -79,6 +98,9 @@ pub struct DemoStatus {
     pub observation: Option<ClusterObservation>,
     pub load: Option<LoadSummary>,
     pub traffic_weights: std::collections::BTreeMap<String, u32>,
+    pub sales_paused: bool,
+    pub active_tiers: Vec<String>,
+    pub decisions: Vec<String>,
     pub events: Vec<String>,
 }
 
@@ -133,6 +155,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         observation: None,
         load: None,
         traffic_weights: Default::default(),
+        sales_paused: false,
+        active_tiers: Vec::new(),
+        decisions: Vec::new(),
         events: Vec::new(),
     }));
     let result = run_inner(&args, &mut cluster, client_token, status).await;
@@ -161,6 +186,29 @@ async fn run_inner(
     status: Arc<Mutex<DemoStatus>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut playbook = match &args.playbook {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading playbook {}", p.display()))?;
+            roomkeeper_playbook::Playbook::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("playbook {}: {e}", p.display()))?
+        }
+        None => roomkeeper_playbook::default_playbook(),
+    };
+    anyhow::ensure!(
+        args.playbook_time_scale > 0.0 && args.playbook_time_scale <= 10.0,
+        "--playbook-time-scale must be in (0, 10], got {}",
+        args.playbook_time_scale
+    );
+    scale_playbook(&mut playbook, args.playbook_time_scale);
+    playbook.dry_run |= args.dry_run;
+    playbook.paused |= args.pause_automation;
+    let mut control = ControlLoop::open(
+        &cluster.cfg.data_dir.join("controller"),
+        playbook,
+        REGIONS.len() as u32,
+    )
+    .context("opening the control loop")?;
     eprintln!("starting 5 voters across {} regions …", REGIONS.len());
     cluster.start().await.context("starting the cluster")?;
     event(
@@ -252,6 +300,13 @@ async fn run_inner(
     let mut flap_next = Instant::now();
     let mut flapping: Option<u64> = None;
     let mut quorum_restore_at: Option<(Instant, Vec<u64>)> = None;
+    let mut hidden_regions: Vec<String> = Vec::new();
+    anyhow::ensure!(
+        REGIONS.iter().any(|(r, _)| *r == args.lose_region),
+        "--lose-region must be one of {:?}, got {:?}",
+        REGIONS.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        args.lose_region
+    );
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut last_print = Instant::now() - Duration::from_secs(10);
@@ -267,7 +322,10 @@ async fn run_inner(
         if args.duration_secs > 0 && elapsed.as_secs() >= args.duration_secs {
             break;
         }
-        let obs = observe(cluster, now_ms()).await;
+        let mut obs = observe(cluster, now_ms()).await;
+        if !hidden_regions.is_empty() {
+            hide_regions(&mut obs, &hidden_regions);
+        }
 
         // Scenario driver.
         if args.scenario != Scenario::None
@@ -286,16 +344,20 @@ async fn run_inner(
                     let victims: Vec<u64> = cluster
                         .nodes
                         .values()
-                        .filter(|n| n.info.region == "us-east")
+                        .filter(|n| n.info.region == args.lose_region)
                         .map(|n| n.id)
                         .collect();
                     for v in &victims {
+                        cluster.block(*v, None);
                         cluster.kill(*v).await;
                     }
                     event(
                         &status,
                         started,
-                        format!("FAULT: region us-east lost (nodes {victims:?} killed)"),
+                        format!(
+                            "FAULT: region {} lost (nodes {victims:?} gone for good)",
+                            args.lose_region
+                        ),
                     );
                 }
                 Scenario::NodeFlap => {
@@ -311,21 +373,33 @@ async fn run_inner(
                     );
                 }
                 Scenario::QuorumLoss => {
-                    let victims: Vec<u64> = cluster
-                        .nodes
-                        .values()
-                        .filter(|n| n.info.region != "us-east")
-                        .map(|n| n.id)
-                        .collect();
+                    // One node per region, so the controller still sees every region
+                    // while three of five voters are gone.
+                    let mut victims: Vec<u64> = Vec::new();
+                    for (region, _) in REGIONS {
+                        if let Some(n) = cluster.nodes.values().find(|n| n.info.region == region) {
+                            victims.push(n.id);
+                        }
+                    }
+                    let back = Instant::now() + Duration::from_secs(15);
                     for v in &victims {
+                        cluster.block(*v, Some(back));
                         cluster.kill(*v).await;
                     }
                     event(
                         &status,
                         started,
-                        format!("FAULT: quorum lost (nodes {victims:?} killed); restored in 15 s"),
+                        format!("FAULT: quorum lost (hosts of nodes {victims:?} down for 15 s)"),
                     );
-                    quorum_restore_at = Some((Instant::now() + Duration::from_secs(15), victims));
+                    quorum_restore_at = Some((back, victims));
+                }
+                Scenario::ControllerPartition => {
+                    hidden_regions = vec!["us-east".to_string(), "ap-south".to_string()];
+                    event(
+                        &status,
+                        started,
+                        "FAULT: the controller is cut off from us-east and ap-south (the cluster itself is healthy)",
+                    );
                 }
                 Scenario::None => {}
             }
@@ -336,29 +410,62 @@ async fn run_inner(
                 if cluster.is_running(f) {
                     cluster.kill(f).await;
                     event(&status, started, format!("flap: node {f} down"));
-                } else {
-                    cluster.spawn(f)?;
+                } else if cluster.spawn(f).is_ok() {
                     event(&status, started, format!("flap: node {f} up"));
                 }
             }
         }
         if let Some((at, victims)) = quorum_restore_at.clone() {
             if Instant::now() >= at {
+                // The hosts come back and their service manager starts the nodes.
                 for v in &victims {
-                    cluster.spawn(*v)?;
+                    cluster.unblock(*v);
+                    if !cluster.is_running(*v) {
+                        cluster.spawn(*v)?;
+                    }
                 }
                 cluster.apply_wan_latency().await;
                 event(
                     &status,
                     started,
-                    format!("nodes {victims:?} restarted: quorum can return"),
+                    format!("hosts of nodes {victims:?} are back and their nodes start: quorum can return"),
                 );
                 quorum_restore_at = None;
             }
         }
 
+        match control.tick(&obs, cluster, &traffic).await {
+            Ok(decisions) => {
+                for d in decisions.iter().filter(|d| {
+                    d.disposition.is_execute()
+                        || matches!(d.disposition, roomkeeper_playbook::Disposition::DryRun)
+                }) {
+                    event(
+                        &status,
+                        started,
+                        format!(
+                            "{} {}: {}",
+                            d.tier,
+                            roomkeeper_playbook::action_phrase(d.action, &d.target),
+                            d.reason
+                        ),
+                    );
+                }
+            }
+            Err(e) => event(&status, started, format!("control loop error: {e}")),
+        }
+        traffic_endpoints_refresh(cluster, &traffic);
+
         let load = stats.summary();
         if let Ok(mut s) = status.lock() {
+            s.sales_paused = traffic.is_paused();
+            s.active_tiers = control
+                .memory()
+                .activations()
+                .iter()
+                .map(|a| format!("{} (T{}) on {:?}: {:?}", a.tier, a.level, a.target, a.phase))
+                .collect();
+            s.decisions = control.recent.iter().cloned().collect();
             s.elapsed_secs = elapsed.as_secs();
             s.phase = if fault_injected {
                 "fault injected".into()
@@ -508,10 +615,40 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
             l.orders_per_sec, l.p50_ms, l.p99_ms, l.ok, l.rejected, l.errors, l.retries, l.longest_gap_ms
         ));
     }
+    out.push_str(&format!(
+        "sales: {}   active tiers: {}\n",
+        if s.sales_paused { "PAUSED" } else { "open" },
+        if s.active_tiers.is_empty() {
+            "none".to_string()
+        } else {
+            s.active_tiers.join("; ")
+        }
+    ));
+    out.push_str("\nlast decisions:\n");
+    for d in s.decisions.iter().rev().take(6).rev() {
+        out.push_str(&format!("  {d}\n"));
+    }
     out.push_str("\nrecent events:\n");
     for e in s.events.iter().rev().take(8).rev() {
         out.push_str(&format!("  {e}\n"));
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// Scales every duration of a playbook by `f` (demo and tests run faster clocks).
+fn scale_playbook(p: &mut roomkeeper_playbook::Playbook, f: f64) {
+    let scale = |ms: i64| ((ms as f64) * f).round() as i64;
+    for t in &mut p.tiers {
+        t.trigger.for_ms = scale(t.trigger.for_ms);
+        t.trigger.clear_for_ms = scale(t.trigger.clear_for_ms);
+        if let Some(a) = &mut t.approval {
+            a.timeout_ms = scale(a.timeout_ms);
+        }
+    }
+    p.guards.cooldown_ms = scale(p.guards.cooldown_ms);
+    p.guards.window_ms = scale(p.guards.window_ms);
+    if let Some(age) = &mut p.guards.max_snapshot_age_ms {
+        *age = scale(*age).max(2_000);
+    }
 }
