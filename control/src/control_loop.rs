@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::load::TrafficMap;
 use crate::local_cluster::LocalCluster;
+use crate::metrics::ControlMetrics;
 use crate::monitor::ClusterObservation;
 
 /// A follower that acknowledged the leader within this is being replicated to.
@@ -56,6 +57,7 @@ pub struct ControlLoop {
     regions_total: u32,
     /// Recent decisions in words, newest last, for status views.
     pub recent: VecDeque<String>,
+    pub metrics: Option<ControlMetrics>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
@@ -106,6 +108,9 @@ impl ControlLoop {
             memory_path,
             regions_total,
             recent: VecDeque::new(),
+            metrics: ControlMetrics::new()
+                .map_err(|e| tracing::warn!(error = %e, "control metrics unavailable"))
+                .ok(),
         })
     }
 
@@ -181,6 +186,9 @@ impl ControlLoop {
         traffic: &TrafficMap,
     ) -> Result<Vec<Decision>, ControlError> {
         let snap = self.snapshot(obs);
+        if let Some(m) = &self.metrics {
+            m.observe(&snap);
+        }
         let now = obs.at_ms;
         self.history.push_back(snap);
         let keep = self.playbook.history_needed_ms() + 10_000;
@@ -197,6 +205,9 @@ impl ControlLoop {
         for d in &decisions {
             self.append(&LogLine::Decision(d))?;
             self.remember(d);
+            if let Some(m) = &self.metrics {
+                m.decided(d);
+            }
             if !matches!(d.disposition, Disposition::Execute) {
                 continue;
             }
@@ -218,12 +229,18 @@ impl ControlLoop {
                 at_ms: outcome.at_ms(),
                 outcome: &outcome,
             })?;
+            if let (Some(m), ActionOutcome::Failed { .. }) = (&self.metrics, &outcome) {
+                m.failed(d);
+            }
             let line = match &outcome {
                 ActionOutcome::Succeeded { detail, .. } => format!("  ↳ done: {detail}"),
                 ActionOutcome::Failed { error, .. } => format!("  ↳ FAILED: {error}"),
             };
             self.push_recent(line);
             let _ = self.memory.record_outcome(d.id, outcome);
+        }
+        if let Some(m) = &self.metrics {
+            m.tiers(&self.memory);
         }
         self.save_memory()?;
         Ok(decisions)
@@ -397,5 +414,97 @@ pub fn traffic_endpoints_refresh(cluster: &LocalCluster, traffic: &TrafficMap) {
     }
     for (region, addrs) in by_region {
         traffic.set_endpoints(&region, addrs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomkeeper_playbook::{default_playbook, ControllerView};
+
+    fn snapshot(at_ms: u64, dead: u64) -> HealthSnapshot {
+        let regions = ["eu-west", "eu-west", "us-east", "us-east", "ap-south"];
+        let nodes = (1..=5u64)
+            .map(|id| {
+                let alive = id != dead;
+                NodeHealth {
+                    node_id: id,
+                    region: regions[(id - 1) as usize].into(),
+                    zone: "a".into(),
+                    reachable_by_controller: alive,
+                    process_alive: Some(alive),
+                    self_reported_role: alive.then_some(if id == 1 {
+                        Role::Leader
+                    } else {
+                        Role::Follower
+                    }),
+                    leader_sees_replicating: Some(alive),
+                    lag_entries: Some(0),
+                    order_p99_ms: None,
+                    error_rate: None,
+                    disk_ok: None,
+                }
+            })
+            .collect();
+        HealthSnapshot {
+            at_ms,
+            controller: ControllerView {
+                regions_reachable: vec!["ap-south".into(), "eu-west".into(), "us-east".into()],
+                regions_total: 3,
+            },
+            nodes,
+            shard: ShardHealth {
+                leader: Some(1),
+                term: 1,
+                voters: vec![1, 2, 3, 4, 5],
+                learners: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn engine_memory_survives_a_controller_restart_and_unknown_outcomes_are_closed() {
+        let dir = std::env::temp_dir().join(format!("roomkeeper-ctl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ctl = ControlLoop::open(&dir, default_playbook(), 3).expect("open");
+        let history: Vec<HealthSnapshot> =
+            (0..=20).map(|i| snapshot(1_000_000 + i * 500, 3)).collect();
+        let now = 1_000_000 + 20 * 500;
+        let decisions = Engine::decide(&ctl.playbook, &history, now, &mut ctl.memory);
+        let restart = decisions
+            .iter()
+            .find(|d| d.action == ActionKind::RestartNode && d.disposition.is_execute())
+            .expect("T1 decides to restart the dead node");
+        assert_eq!(restart.target, Target::Node(3));
+        for d in &decisions {
+            ctl.append(&LogLine::Decision(d)).expect("append");
+        }
+        ctl.save_memory().expect("save");
+        let records_before = ctl.memory().records().len();
+        drop(ctl);
+
+        // The controller restarts: it remembers, and the restart whose outcome it
+        // never learned is closed as failed so the engine can decide again.
+        let ctl = ControlLoop::open(&dir, default_playbook(), 3).expect("reopen");
+        assert_eq!(ctl.memory().records().len(), records_before);
+        assert!(
+            ctl.memory().open_actions().is_empty(),
+            "open actions are closed on restart"
+        );
+        let why = ctl.memory().explain_last(&Target::Node(3));
+        assert!(why.contains('3'), "the explanation names the node: {why}");
+        let log = std::fs::read_to_string(dir.join("decisions.jsonl")).expect("log");
+        assert!(log.lines().count() >= decisions.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_invalid_playbook_is_refused_before_the_loop_starts() {
+        let dir = std::env::temp_dir().join(format!("roomkeeper-ctl-bad-{}", std::process::id()));
+        let mut p = default_playbook();
+        p.guards.min_regions_visible_to_act = 9;
+        let err = ControlLoop::open(&dir, p, 3).err().expect("refused");
+        assert!(err.to_string().contains("minRegionsVisibleToAct"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

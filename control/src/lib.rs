@@ -7,4 +7,5 @@ pub mod control_loop;
 pub mod http;
 pub mod load;
 pub mod local_cluster;
+pub mod metrics;
 pub mod monitor;

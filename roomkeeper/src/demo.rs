@@ -17,6 +17,7 @@ use roomkeeper_control::control_loop::{traffic_endpoints_refresh, ControlLoop};
 use roomkeeper_control::load::{start_buyers, FlashSale, LoadStats, LoadSummary, TrafficMap};
 use roomkeeper_control::local_cluster::{LocalCluster, LocalClusterConfig, RegionSpec};
 use roomkeeper_control::monitor::{hide_regions, observe, ClusterObservation};
+use roomkeeper_playbook::Target;
 use serde::Serialize;
 use serde_json::json;
 
@@ -101,6 +102,8 @@ pub struct DemoStatus {
     pub sales_paused: bool,
     pub active_tiers: Vec<String>,
     pub decisions: Vec<String>,
+    /// "Why did it act / why did it not act", per target, in words.
+    pub explanations: std::collections::BTreeMap<String, String>,
     pub events: Vec<String>,
 }
 
@@ -158,6 +161,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sales_paused: false,
         active_tiers: Vec::new(),
         decisions: Vec::new(),
+        explanations: Default::default(),
         events: Vec::new(),
     }));
     let result = run_inner(&args, &mut cluster, client_token, status).await;
@@ -222,18 +226,27 @@ async fn run_inner(
         .await
         .with_context(|| format!("binding the status endpoint on {}", args.status_addr))?;
     let st = status.clone();
-    let app = Router::new().route(
-        "/status",
-        get(move || {
-            let st = st.clone();
-            async move {
-                match st.lock() {
-                    Ok(s) => Json(json!(*s)),
-                    Err(_) => Json(json!({"error": "status unavailable"})),
+    let control_metrics = control.metrics.clone();
+    let app = Router::new()
+        .route(
+            "/status",
+            get(move || {
+                let st = st.clone();
+                async move {
+                    match st.lock() {
+                        Ok(s) => Json(json!(*s)),
+                        Err(_) => Json(json!({"error": "status unavailable"})),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let m = control_metrics.clone();
+                async move { m.map(|m| m.render()).unwrap_or_default() }
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -467,6 +480,18 @@ async fn run_inner(
                 .map(|a| format!("{} (T{}) on {:?}: {:?}", a.tier, a.level, a.target, a.phase))
                 .collect();
             s.decisions = control.recent.iter().cloned().collect();
+            let mut explanations = std::collections::BTreeMap::new();
+            explanations.insert("shard".to_string(), control.explain(&Target::Shard));
+            for (region, _) in REGIONS {
+                explanations.insert(
+                    format!("region/{region}"),
+                    control.explain(&Target::Region(region.to_string())),
+                );
+            }
+            for id in cluster.nodes.keys() {
+                explanations.insert(format!("node/{id}"), control.explain(&Target::Node(*id)));
+            }
+            s.explanations = explanations;
             s.elapsed_secs = elapsed.as_secs();
             s.phase = if fault_injected {
                 "fault injected".into()

@@ -16,6 +16,8 @@ struct DemoRun {
     success: bool,
     /// Every /status answer seen while the demo ran.
     statuses: Vec<Value>,
+    /// The last /metrics text seen while the demo ran.
+    metrics: String,
     decisions: Vec<Value>,
     outcomes: Vec<Value>,
 }
@@ -114,6 +116,7 @@ fn run_demo(name: &str, port_slot: u16, args: &[&str], duration_secs: u64) -> De
         .expect("start demo");
     let started = Instant::now();
     let mut statuses = Vec::new();
+    let mut metrics = String::new();
     while started.elapsed() < Duration::from_secs(duration_secs.saturating_sub(1)) {
         if let Ok(r) = http(
             "GET",
@@ -125,6 +128,20 @@ fn run_demo(name: &str, port_slot: u16, args: &[&str], duration_secs: u64) -> De
         ) {
             if r.status == 200 && r.body.get("elapsed_secs").is_some() {
                 statuses.push(r.body);
+            }
+        }
+        if let Ok(r) = http(
+            "GET",
+            &status_addr,
+            "/metrics",
+            None,
+            None,
+            Duration::from_secs(1),
+        ) {
+            if let Value::String(text) = r.body {
+                if text.contains("roomkeeper_") {
+                    metrics = text;
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -147,6 +164,7 @@ fn run_demo(name: &str, port_slot: u16, args: &[&str], duration_secs: u64) -> De
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         success: out.status.success(),
         statuses,
+        metrics,
         decisions,
         outcomes,
     };

@@ -1,0 +1,155 @@
+//! Prometheus metrics of the control plane: the monitor's view of every node
+//! and region, and the playbook engine's decisions. Names are defined here once.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use roomkeeper_playbook::{Decision, Disposition, EngineMemory, HealthSnapshot};
+
+/// Metrics of one controller.
+#[derive(Clone)]
+pub struct ControlMetrics {
+    registry: Registry,
+    node_view_up: IntGaugeVec,
+    node_lag_entries: IntGaugeVec,
+    region_reachable: IntGaugeVec,
+    shard_has_leader: IntGauge,
+    shard_voters: IntGauge,
+    decisions_total: IntCounterVec,
+    action_failures_total: IntCounterVec,
+    tier_active: IntGaugeVec,
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+impl ControlMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let m = Self {
+            registry: Registry::new(),
+            node_view_up: gauge_vec(
+                "roomkeeper_monitor_node_view_up",
+                "1 when this view sees the node up (views: own_answer, controller_probe, process, leader_replication)",
+                &["node_id", "region", "view"],
+            )?,
+            node_lag_entries: gauge_vec(
+                "roomkeeper_monitor_node_lag_entries",
+                "Entries the node is behind the leader, as the leader reports it",
+                &["node_id", "region"],
+            )?,
+            region_reachable: gauge_vec(
+                "roomkeeper_monitor_region_reachable",
+                "1 when the controller reaches at least one node of the region",
+                &["region"],
+            )?,
+            shard_has_leader: IntGauge::new("roomkeeper_monitor_shard_has_leader", "1 when the shard has a leader")?,
+            shard_voters: IntGauge::new("roomkeeper_monitor_shard_voters", "Voters in the shard's membership")?,
+            decisions_total: IntCounterVec::new(
+                Opts::new("roomkeeper_playbook_decisions_total", "Playbook decisions by tier, action and disposition"),
+                &["tier", "action", "disposition"],
+            )?,
+            action_failures_total: IntCounterVec::new(
+                Opts::new("roomkeeper_playbook_action_failures_total", "Executed playbook actions that failed"),
+                &["action"],
+            )?,
+            tier_active: gauge_vec(
+                "roomkeeper_playbook_tier_active",
+                "Activations of each tier currently open (firing or standing down)",
+                &["tier"],
+            )?,
+        };
+        m.registry.register(Box::new(m.node_view_up.clone()))?;
+        m.registry.register(Box::new(m.node_lag_entries.clone()))?;
+        m.registry.register(Box::new(m.region_reachable.clone()))?;
+        m.registry.register(Box::new(m.shard_has_leader.clone()))?;
+        m.registry.register(Box::new(m.shard_voters.clone()))?;
+        m.registry.register(Box::new(m.decisions_total.clone()))?;
+        m.registry
+            .register(Box::new(m.action_failures_total.clone()))?;
+        m.registry.register(Box::new(m.tier_active.clone()))?;
+        Ok(m)
+    }
+
+    /// Records the monitor's view of one tick.
+    pub fn observe(&self, snap: &HealthSnapshot) {
+        self.node_view_up.reset();
+        self.node_lag_entries.reset();
+        for n in &snap.nodes {
+            let id = n.node_id.to_string();
+            let views = [
+                ("own_answer", Some(n.self_reported_role.is_some())),
+                ("controller_probe", Some(n.reachable_by_controller)),
+                ("process", n.process_alive),
+                ("leader_replication", n.leader_sees_replicating),
+            ];
+            for (view, up) in views {
+                if let Some(up) = up {
+                    self.node_view_up
+                        .with_label_values(&[&id, &n.region, view])
+                        .set(i64::from(up));
+                }
+            }
+            if let Some(lag) = n.lag_entries {
+                self.node_lag_entries
+                    .with_label_values(&[&id, &n.region])
+                    .set(lag as i64);
+            }
+        }
+        let mut regions: Vec<&str> = snap.nodes.iter().map(|n| n.region.as_str()).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        for r in regions {
+            let reachable = snap.controller.regions_reachable.iter().any(|x| x == r);
+            self.region_reachable
+                .with_label_values(&[r])
+                .set(i64::from(reachable));
+        }
+        self.shard_has_leader
+            .set(i64::from(snap.shard.leader.is_some()));
+        self.shard_voters.set(snap.shard.voters.len() as i64);
+    }
+
+    /// Counts a decision.
+    pub fn decided(&self, d: &Decision) {
+        let disposition = match &d.disposition {
+            Disposition::Execute => "execute".to_string(),
+            Disposition::DryRun => "dry_run".to_string(),
+            Disposition::AwaitingApproval { .. } => "awaiting_approval".to_string(),
+            Disposition::Suppressed { guard, .. } => format!("suppressed_{}", guard.name()),
+        };
+        let action = serde_json::to_value(d.action)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        self.decisions_total
+            .with_label_values(&[&d.tier, &action, &disposition])
+            .inc();
+    }
+
+    /// Counts a failed action.
+    pub fn failed(&self, d: &Decision) {
+        let action = serde_json::to_value(d.action)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        self.action_failures_total
+            .with_label_values(&[&action])
+            .inc();
+    }
+
+    /// Mirrors the open tier activations.
+    pub fn tiers(&self, memory: &EngineMemory) {
+        self.tier_active.reset();
+        for a in memory.activations() {
+            self.tier_active.with_label_values(&[&a.tier]).inc();
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "control metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
