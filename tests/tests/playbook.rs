@@ -218,6 +218,22 @@ fn leader_killed_mid_load_is_restarted_by_t1_heal() {
         run.context()
     );
     assert_ne!(last["observation"]["leader"], Value::Null);
+    // "Why did it act?" has an answer in words, and the monitor's view is exported.
+    let why = last["explanations"][format!("node/{killed}")]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        why.contains(&killed.to_string()) && why.len() > 40,
+        "explanation: {why:?}\n{}",
+        run.context()
+    );
+    for series in [
+        "roomkeeper_playbook_decisions_total{action=\"restartNode\",disposition=\"execute\",tier=\"heal\"}",
+        "roomkeeper_monitor_node_view_up{",
+        "roomkeeper_monitor_shard_has_leader 1",
+    ] {
+        assert!(run.metrics.contains(series), "missing {series} in\n{}", run.metrics);
+    }
 }
 
 fn region_loss(region: &str, slot: u16) {
