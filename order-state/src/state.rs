@@ -5,6 +5,7 @@
 //! idempotency table keys on (buyer index, key).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +42,21 @@ struct Order {
     created_at_ms: u64,
     updated_at_ms: u64,
     contact: Box<[u8]>,
+    /// The same buyer's previous order (0: none): a list through the orders,
+    /// so listing a buyer's orders needs no per-buyer vector.
+    prev_of_buyer: u64,
+}
+
+/// An interned buyer: the name is shared with the lookup index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Buyer {
+    name: Arc<str>,
+    /// The buyer's latest order (0: none).
+    last_order: u64,
 }
 
 /// What an idempotency key resolved to the first time it was used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FirstOutcome {
     Order(u64),
     /// A rejection, with what was asked so a reuse for something else is caught.
@@ -55,25 +67,108 @@ enum FirstOutcome {
     },
 }
 
+/// A `FirstOutcome` in eight bytes: the idempotency table has an entry per
+/// order, so its width is most of the memory a million orders take.
+/// Bit 63 clear: an order id. Bit 63 set: a rejection, with bit 62 "has a
+/// listing", bits 24..56 the listing, bits 8..24 the quantity, bits 0..8 the code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PackedOutcome(u64);
+
+const REJECTED_BIT: u64 = 1 << 63;
+const HAS_LISTING_BIT: u64 = 1 << 62;
+
+impl PackedOutcome {
+    fn pack(o: FirstOutcome) -> Self {
+        match o {
+            FirstOutcome::Order(id) => PackedOutcome(id & !REJECTED_BIT),
+            FirstOutcome::Rejected { listing, qty, code } => {
+                let code = RejectCode::ALL.iter().position(|c| *c == code).unwrap_or(0) as u64;
+                let mut v = REJECTED_BIT | code | (u64::from(qty.min(0xFFFF)) << 8);
+                if let Some(l) = listing {
+                    v |= HAS_LISTING_BIT | (u64::from(l) << 24);
+                }
+                PackedOutcome(v)
+            }
+        }
+    }
+
+    fn unpack(self) -> FirstOutcome {
+        let v = self.0;
+        if v & REJECTED_BIT == 0 {
+            return FirstOutcome::Order(v);
+        }
+        let code = RejectCode::ALL
+            .get((v & 0xFF) as usize)
+            .copied()
+            .unwrap_or(RejectCode::InvalidRequest);
+        FirstOutcome::Rejected {
+            listing: (v & HAS_LISTING_BIT != 0).then_some(((v >> 24) & 0xFFFF_FFFF) as u32),
+            qty: ((v >> 8) & 0xFFFF) as u32,
+            code,
+        }
+    }
+}
+
 /// State of one shard: rooms, listings, orders, per-buyer counters.
+///
+/// Serialized (snapshots) without its lookup indexes, which are rebuilt on load
+/// so that buyer names stay shared between the buyer table and its index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PersistedShard")]
 pub struct ShardState {
     rooms: HashMap<String, Room>,
     listings: Vec<Listing>,
     #[serde(with = "as_pairs")]
     listing_index: HashMap<(String, String), u32>,
-    buyers: Vec<String>,
-    buyer_index: HashMap<String, u32>,
+    buyers: Vec<Buyer>,
     /// Order id N is `orders[N - 1]`.
     orders: Vec<Order>,
-    orders_by_buyer: HashMap<u32, Vec<u64>>,
     /// Quantity held by live orders, per (listing, buyer).
     #[serde(with = "as_pairs")]
     held: HashMap<(u32, u32), u32>,
     #[serde(with = "as_pairs")]
-    idempotency: HashMap<(u32, Box<str>), FirstOutcome>,
+    idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
     sales_paused: bool,
     pause_reason: String,
+    #[serde(skip)]
+    buyer_index: HashMap<Arc<str>, u32>,
+}
+
+/// The serialized form of `ShardState`: the same fields in the same order,
+/// without the lookup indexes.
+#[derive(Deserialize)]
+struct PersistedShard {
+    rooms: HashMap<String, Room>,
+    listings: Vec<Listing>,
+    #[serde(with = "as_pairs")]
+    listing_index: HashMap<(String, String), u32>,
+    buyers: Vec<Buyer>,
+    orders: Vec<Order>,
+    #[serde(with = "as_pairs")]
+    held: HashMap<(u32, u32), u32>,
+    #[serde(with = "as_pairs")]
+    idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
+    sales_paused: bool,
+    pause_reason: String,
+}
+
+impl From<PersistedShard> for ShardState {
+    fn from(p: PersistedShard) -> Self {
+        let mut s = ShardState {
+            rooms: p.rooms,
+            listings: p.listings,
+            listing_index: p.listing_index,
+            buyers: p.buyers,
+            orders: p.orders,
+            held: p.held,
+            idempotency: p.idempotency,
+            sales_paused: p.sales_paused,
+            pause_reason: p.pause_reason,
+            buyer_index: HashMap::new(),
+        };
+        s.rebuild_indexes();
+        s
+    }
 }
 
 /// A broken invariant, described for a human.
@@ -231,7 +326,7 @@ impl ShardState {
         let buyer_idx = self.buyer_index.get(buyer).copied();
         if let Some(b) = buyer_idx {
             if let Some(first) = self.idempotency.get(&(b, Box::<str>::from(key))) {
-                return self.replay(*first, listing_idx, qty);
+                return self.replay(first.unpack(), listing_idx, qty);
             }
         }
         let decision = self.check_order(room, listing_idx, buyer_idx, qty);
@@ -239,8 +334,12 @@ impl ShardState {
             Some(b) => b,
             None => {
                 let b = self.buyers.len() as u32;
-                self.buyers.push(buyer.to_string());
-                self.buyer_index.insert(buyer.to_string(), b);
+                let name: Arc<str> = Arc::from(buyer);
+                self.buyers.push(Buyer {
+                    name: name.clone(),
+                    last_order: 0,
+                });
+                self.buyer_index.insert(name, b);
                 b
             }
         };
@@ -248,11 +347,11 @@ impl ShardState {
             Err(code) => {
                 self.idempotency.insert(
                     (b, key.into()),
-                    FirstOutcome::Rejected {
+                    PackedOutcome::pack(FirstOutcome::Rejected {
                         listing: listing_idx,
                         qty,
                         code,
-                    },
+                    }),
                 );
                 rejected(code)
             }
@@ -268,13 +367,16 @@ impl ShardState {
                     created_at_ms: at,
                     updated_at_ms: at,
                     contact: contact.into(),
+                    prev_of_buyer: self.buyers[b as usize].last_order,
                 };
                 self.orders.push(order);
                 let id = self.orders.len() as u64;
                 *self.held.entry((l, b)).or_insert(0) += qty;
-                self.orders_by_buyer.entry(b).or_default().push(id);
-                self.idempotency
-                    .insert((b, key.into()), FirstOutcome::Order(id));
+                self.buyers[b as usize].last_order = id;
+                self.idempotency.insert(
+                    (b, key.into()),
+                    PackedOutcome::pack(FirstOutcome::Order(id)),
+                );
                 self.order_outcome(id, false)
             }
         }
@@ -404,7 +506,7 @@ impl ShardState {
             order_id,
             room: l.room.clone(),
             sku: l.sku.clone(),
-            buyer: self.buyers[o.buyer as usize].clone(),
+            buyer: self.buyers[o.buyer as usize].name.to_string(),
             qty: o.qty,
             price_cents: o.price_cents,
             status: o.status,
@@ -419,20 +521,36 @@ impl ShardState {
     }
 
     pub fn orders_of_buyer(&self, buyer: &str) -> Vec<OrderView> {
-        let Some(b) = self.buyer_index.get(buyer) else {
+        let Some(&b) = self.buyer_index.get(buyer) else {
             return Vec::new();
         };
-        self.orders_by_buyer
-            .get(b)
-            .map(|ids| ids.iter().filter_map(|&id| self.order_view(id)).collect())
-            .unwrap_or_default()
+        let mut ids = Vec::new();
+        let mut next = self.buyers[b as usize].last_order;
+        while let Some(i) = order_index(next, self.orders.len()) {
+            ids.push(next);
+            next = self.orders[i].prev_of_buyer;
+        }
+        ids.reverse();
+        ids.into_iter()
+            .filter_map(|id| self.order_view(id))
+            .collect()
+    }
+
+    /// Rebuilds the lookup indexes that snapshots do not carry.
+    fn rebuild_indexes(&mut self) {
+        self.buyer_index = self
+            .buyers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.clone(), i as u32))
+            .collect();
     }
 
     /// The order an idempotency key produced, if it produced one.
     pub fn order_for_key(&self, buyer: &str, key: &str) -> Option<OrderView> {
         let b = *self.buyer_index.get(buyer)?;
-        match self.idempotency.get(&(b, Box::<str>::from(key)))? {
-            FirstOutcome::Order(id) => self.order_view(*id),
+        match self.idempotency.get(&(b, Box::<str>::from(key)))?.unpack() {
+            FirstOutcome::Order(id) => self.order_view(id),
             FirstOutcome::Rejected { .. } => None,
         }
     }
@@ -497,10 +615,36 @@ impl ShardState {
                 "per-buyer counters disagree with live orders".into(),
             ));
         }
+        let mut chained = 0usize;
+        for (b, buyer) in self.buyers.iter().enumerate() {
+            if self.buyer_index.get(&buyer.name) != Some(&(b as u32)) {
+                return Err(InvariantViolation(format!(
+                    "buyer {} is missing from the index",
+                    buyer.name
+                )));
+            }
+            let mut next = buyer.last_order;
+            while let Some(i) = order_index(next, self.orders.len()) {
+                if self.orders[i].buyer != b as u32 || self.orders[i].prev_of_buyer >= next {
+                    return Err(InvariantViolation(format!(
+                        "order {next} is chained to buyer {} but is not theirs",
+                        buyer.name
+                    )));
+                }
+                chained += 1;
+                next = self.orders[i].prev_of_buyer;
+            }
+        }
+        if chained != self.orders.len() {
+            return Err(InvariantViolation(format!(
+                "{chained} orders reachable from their buyers, {} exist",
+                self.orders.len()
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for first in self.idempotency.values() {
-            if let FirstOutcome::Order(id) = first {
-                if !seen.insert(*id) {
+            if let FirstOutcome::Order(id) = first.unpack() {
+                if !seen.insert(id) {
                     return Err(InvariantViolation(format!(
                         "order {id} is the outcome of two idempotency keys"
                     )));
@@ -568,5 +712,44 @@ mod as_pairs {
     {
         let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
         Ok(pairs.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_outcomes_round_trip() {
+        let cases = [
+            FirstOutcome::Order(1),
+            FirstOutcome::Order((1 << 62) + 5),
+            FirstOutcome::Rejected {
+                listing: None,
+                qty: 1,
+                code: RejectCode::SoldOut,
+            },
+            FirstOutcome::Rejected {
+                listing: Some(u32::MAX),
+                qty: 10_000,
+                code: RejectCode::IdempotencyKeyReused,
+            },
+            FirstOutcome::Rejected {
+                listing: Some(0),
+                qty: 0,
+                code: RejectCode::RoomNotFound,
+            },
+        ];
+        for c in cases {
+            assert_eq!(PackedOutcome::pack(c).unpack(), c);
+        }
+        for code in RejectCode::ALL {
+            let c = FirstOutcome::Rejected {
+                listing: Some(7),
+                qty: 3,
+                code,
+            };
+            assert_eq!(PackedOutcome::pack(c).unpack(), c);
+        }
     }
 }

@@ -144,10 +144,12 @@ impl LogStore {
             source,
         })?;
         let mut cfg = raft_log::Config::new(path.clone());
-        cfg.wal.chunk_max_size = Some(32 << 20);
+        // Every payload of the open chunk stays in memory, and the cache holds
+        // more: both are kept small so a node's memory is its state, not its log.
+        cfg.wal.chunk_max_size = Some(16 << 20);
         cfg.wal.flush_batch_wait = Some(Duration::from_micros(200));
-        cfg.log_cache_capacity = Some(64 << 20);
-        cfg.log_cache_max_items = Some(50_000);
+        cfg.log_cache_capacity = Some(16 << 20);
+        cfg.log_cache_max_items = Some(10_000);
         let log = RaftLog::<LogTypes>::open(Arc::new(cfg)).map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidData {
                 LogOpenError::Corrupt { path, source }

@@ -30,7 +30,32 @@ enum Cmd {
     Bench(bench::BenchArgs),
 }
 
+/// glibc gives every thread that allocates its own heap arena (up to eight per
+/// core) and keeps freed memory in each; a node's state is built by whichever
+/// runtime thread applies, so its memory grew well past its state. Nodes run
+/// with two arenas: `roomkeeper node` re-executes itself with
+/// `MALLOC_ARENA_MAX=2` unless the variable is already set (set it to override).
+#[cfg(unix)]
+fn limit_malloc_arenas_for_nodes() {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let is_node = args.nth(1).is_some_and(|a| a == "node");
+    if !is_node || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("MALLOC_ARENA_MAX", "2")
+        .exec();
+    eprintln!("roomkeeper: could not re-execute with MALLOC_ARENA_MAX=2 ({err}); continuing");
+}
+
 fn main() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    limit_malloc_arenas_for_nodes();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("ROOMKEEPER_LOG")
