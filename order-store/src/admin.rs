@@ -35,6 +35,22 @@ fn bad_json(r: JsonRejection) -> Response {
     error(r.status(), "invalid_json", r.body_text())
 }
 
+/// A JSON body whose rejection is answered in the admin API's error format.
+struct AdminJson<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for AdminJson<T>
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request<axum::body::Body>, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(AdminJson(v)),
+            Err(r) => Err(bad_json(r)),
+        }
+    }
+}
+
 /// Per-follower replication progress as the leader sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReplicationProgress {
@@ -225,14 +241,7 @@ struct InitBody {
     members: BTreeMap<NodeId, NodeInfo>,
 }
 
-async fn init(
-    State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<InitBody>, JsonRejection>,
-) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
+async fn init(State(ctx): State<Arc<NodeContext>>, AdminJson(b): AdminJson<InitBody>) -> Response {
     if !b.members.contains_key(&ctx.node_id) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -255,12 +264,8 @@ struct LearnerBody {
 
 async fn add_learner(
     State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<LearnerBody>, JsonRejection>,
+    AdminJson(b): AdminJson<LearnerBody>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
     membership_result(ctx.raft.add_learner(b.node_id, b.node, true).await)
 }
 
@@ -272,24 +277,16 @@ struct NodeIdBody {
 
 async fn promote(
     State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<NodeIdBody>, JsonRejection>,
+    AdminJson(b): AdminJson<NodeIdBody>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
     let change = ChangeMembers::AddVoterIds(BTreeSet::from([b.node_id]));
     membership_result(ctx.raft.change_membership(change, false).await)
 }
 
 async fn remove(
     State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<NodeIdBody>, JsonRejection>,
+    AdminJson(b): AdminJson<NodeIdBody>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
     let s = status(&ctx);
     if s.voters.contains(&b.node_id) {
         if s.voters.len() <= 1 {
@@ -317,12 +314,8 @@ struct VotersBody {
 
 async fn replace_voters(
     State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<VotersBody>, JsonRejection>,
+    AdminJson(b): AdminJson<VotersBody>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
     if b.voters.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -354,12 +347,8 @@ struct TransferBody {
 
 async fn transfer_leader(
     State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<TransferBody>, JsonRejection>,
+    AdminJson(b): AdminJson<TransferBody>,
 ) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
     let s = status(&ctx);
     if s.leader_id != Some(ctx.node_id) {
         return error(
@@ -416,7 +405,7 @@ async fn get_faults(State(ctx): State<Arc<NodeContext>>) -> Response {
 
 async fn set_faults(
     State(ctx): State<Arc<NodeContext>>,
-    body: Result<Json<FaultSettings>, JsonRejection>,
+    AdminJson(b): AdminJson<FaultSettings>,
 ) -> Response {
     if !ctx.test_faults_enabled {
         return error(
@@ -425,10 +414,6 @@ async fn set_faults(
             "fault hooks are off (start the node with --enable-test-faults)",
         );
     }
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_json(r),
-    };
     tracing::warn!(?b, "fault injection changed");
     ctx.faults.set(&b);
     (StatusCode::OK, Json(ctx.faults.get())).into_response()

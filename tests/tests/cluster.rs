@@ -535,6 +535,16 @@ fn hostile_client_input_gets_a_4xx_with_a_code_and_changes_nothing() {
         .admin("POST", l, "/admin/voters", Some(r#"{"voters":[]}"#))
         .expect("empty voters");
     assert_eq!(r.status, 400);
+    for (path, body) in [
+        ("/admin/transfer-leader", "not json"),
+        ("/admin/learners", r#"{"node_id":"x"}"#),
+    ] {
+        let r = c
+            .admin("POST", l, path, Some(body))
+            .expect("bad admin body");
+        assert!(r.status == 400 || r.status == 422, "{path}: {:?}", r.body);
+        assert_eq!(r.code(), "invalid_json", "{path}: {:?}", r.body);
+    }
     assert_eq!(
         listing(&c, l, "room-h", "sku-1"),
         before,
