@@ -13,7 +13,7 @@ use roomkeeper_playbook::{
 };
 use serde::Serialize;
 
-use crate::load::TrafficMap;
+use crate::load::{EndpointSignal, TrafficMap};
 use crate::local_cluster::LocalCluster;
 use crate::metrics::ControlMetrics;
 use crate::monitor::ClusterObservation;
@@ -118,8 +118,13 @@ impl ControlLoop {
         &self.memory
     }
 
-    /// Builds the engine's snapshot from one observation.
-    pub fn snapshot(&self, obs: &ClusterObservation) -> HealthSnapshot {
+    /// Builds the engine's snapshot from one observation and the order latency
+    /// and error rate clients saw per node.
+    pub fn snapshot(
+        &self,
+        obs: &ClusterObservation,
+        signals: &BTreeMap<u64, EndpointSignal>,
+    ) -> HealthSnapshot {
         let leader = obs.leader_status();
         let mut regions_reachable: Vec<String> = obs
             .nodes
@@ -156,8 +161,8 @@ impl ControlLoop {
                         (None, _, _) => None,
                     },
                     lag_entries: progress.map(|p| p.lag),
-                    order_p99_ms: None,
-                    error_rate: None,
+                    order_p99_ms: signals.get(&n.node_id).map(|s| s.p99_ms),
+                    error_rate: signals.get(&n.node_id).map(|s| s.error_rate),
                     disk_ok: None,
                 }
             })
@@ -182,10 +187,11 @@ impl ControlLoop {
     pub async fn tick(
         &mut self,
         obs: &ClusterObservation,
+        signals: &BTreeMap<u64, EndpointSignal>,
         cluster: &mut LocalCluster,
         traffic: &TrafficMap,
     ) -> Result<Vec<Decision>, ControlError> {
-        let snap = self.snapshot(obs);
+        let snap = self.snapshot(obs, signals);
         if let Some(m) = &self.metrics {
             m.observe(&snap);
         }

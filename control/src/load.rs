@@ -108,6 +108,22 @@ pub struct LoadStats {
     recent: Mutex<VecDeque<(Instant, u32)>>,
     last_ok: Mutex<Option<Instant>>,
     longest_gap_ms: AtomicU64,
+    /// Every acknowledged order: (order id, buyer, quantity), checked after the run.
+    acknowledged: Mutex<Vec<(u64, String, u64)>>,
+    /// Per endpoint: recent (when, latency µs, served) of requests sent there —
+    /// the client-side view of each node's order latency and error rate.
+    per_endpoint: Mutex<BTreeMap<String, VecDeque<Sample>>>,
+}
+
+/// One request as its client saw it: when, latency in µs, and whether it was served.
+type Sample = (Instant, u32, bool);
+
+/// Order latency and error rate one endpoint showed its clients recently.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EndpointSignal {
+    pub p99_ms: f64,
+    pub error_rate: f64,
+    pub requests: usize,
 }
 
 /// A summary for the status view.
@@ -126,6 +142,69 @@ pub struct LoadSummary {
 const WINDOW: Duration = Duration::from_secs(3);
 
 impl LoadStats {
+    fn record_endpoint(&self, addr: &str, latency: Duration, served: bool) {
+        let now = Instant::now();
+        if let Ok(mut m) = self.per_endpoint.lock() {
+            let q = m.entry(addr.to_string()).or_default();
+            q.push_back((
+                now,
+                latency.as_micros().min(u128::from(u32::MAX)) as u32,
+                served,
+            ));
+            while q
+                .front()
+                .map(|(t, _, _)| now.duration_since(*t) > WINDOW)
+                .unwrap_or(false)
+            {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Client-side latency and error rate per endpoint over the last few seconds.
+    pub fn endpoint_signals(&self) -> BTreeMap<String, EndpointSignal> {
+        let now = Instant::now();
+        let Ok(m) = self.per_endpoint.lock() else {
+            return BTreeMap::new();
+        };
+        m.iter()
+            .filter_map(|(addr, q)| {
+                let recent: Vec<&Sample> = q
+                    .iter()
+                    .filter(|(t, _, _)| now.duration_since(*t) <= WINDOW)
+                    .collect();
+                if recent.is_empty() {
+                    return None;
+                }
+                let mut lat: Vec<u32> = recent.iter().filter(|r| r.2).map(|r| r.1).collect();
+                lat.sort_unstable();
+                let p99 = if lat.is_empty() {
+                    0.0
+                } else {
+                    let i = ((lat.len() as f64 - 1.0) * 0.99).round() as usize;
+                    f64::from(lat[i.min(lat.len() - 1)]) / 1000.0
+                };
+                let errors = recent.iter().filter(|r| !r.2).count();
+                Some((
+                    addr.clone(),
+                    EndpointSignal {
+                        p99_ms: p99,
+                        error_rate: errors as f64 / recent.len() as f64,
+                        requests: recent.len(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Every order the store acknowledged during the run.
+    pub fn acknowledged(&self) -> Vec<(u64, String, u64)> {
+        self.acknowledged
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
     fn record_ok(&self, latency: Duration) {
         self.ok.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -233,6 +312,7 @@ pub fn start_buyers(
                             continue;
                         };
                         let path = format!("/v1/rooms/{}/orders", sale.room);
+                        let sent = Instant::now();
                         let r = http
                             .post(
                                 &addr,
@@ -242,9 +322,17 @@ pub fn start_buyers(
                                 Duration::from_secs(3),
                             )
                             .await;
+                        let served = matches!(&r, Ok(r) if r.status < 500 && r.status != 429);
+                        stats.record_endpoint(&addr, sent.elapsed(), served);
                         match r {
                             Ok(r) if r.status == 201 || r.status == 200 => {
                                 stats.record_ok(started.elapsed());
+                                if let (Some(id), Ok(mut acked)) =
+                                    (r.body["order_id"].as_u64(), stats.acknowledged.lock())
+                                {
+                                    let buyer = body["buyer"].as_str().unwrap_or("").to_string();
+                                    acked.push((id, buyer, 1));
+                                }
                                 break;
                             }
                             Ok(r) if (400..500).contains(&r.status) && r.status != 429 => {

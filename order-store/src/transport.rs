@@ -82,6 +82,10 @@ struct Envelope<T> {
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The request never left this node: the peer cannot have acted on it.
+    #[error("request to peer {0} not sent: {1}")]
+    NotSent(NodeId, String),
+    /// The request was sent and the connection broke before the answer.
     #[error("peer {0} is unreachable: {1}")]
     Unreachable(NodeId, String),
     #[error("call to peer {0} timed out after {1:?}")]
@@ -127,8 +131,8 @@ impl PeerPool {
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| CallError::Unreachable(target, format!("connect to {addr} timed out")))?
-            .map_err(|e| CallError::Unreachable(target, format!("connect to {addr}: {e}")))?;
+            .map_err(|_| CallError::NotSent(target, format!("connect to {addr} timed out")))?
+            .map_err(|e| CallError::NotSent(target, format!("connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
@@ -189,7 +193,7 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<RpcResponse, CallError> {
         if self.faults.is_isolated(target) {
-            return Err(CallError::Unreachable(
+            return Err(CallError::NotSent(
                 target,
                 "isolated by an injected fault".into(),
             ));
@@ -204,14 +208,17 @@ impl PeerPool {
             from: self.self_id,
             body,
         })
-        .map_err(|e| CallError::Remote(target, e.to_string()))?;
+        .map_err(|e| CallError::NotSent(target, e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
             p.insert(id, tx);
         }
         if conn.tx.send(frame).await.is_err() {
             conn.alive.store(false, Ordering::Release);
-            return Err(CallError::Unreachable(target, "connection closed".into()));
+            if let Ok(mut p) = conn.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(CallError::NotSent(target, "connection closed".into()));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(RpcResponse::Failed(msg))) => Err(CallError::Remote(target, msg)),
@@ -258,11 +265,8 @@ impl PeerPool {
             )),
             // The leader may have received the commands: their fate is unknown.
             Err(CallError::Timeout(..)) => Err(WriteError::OutcomeUnknown),
-            Err(CallError::Unreachable(_, msg))
-                if msg.contains("connect") || msg.contains("isolated") =>
-            {
-                Err(WriteError::NoLeader)
-            }
+            // Never sent: nothing happened, the leader is just not reachable.
+            Err(CallError::NotSent(..)) => Err(WriteError::NoLeader),
             Err(_) => Err(WriteError::OutcomeUnknown),
         }
     }
@@ -270,7 +274,9 @@ impl PeerPool {
 
 fn to_rpc_error(e: CallError) -> RPCError<TypeConfig> {
     match e {
-        CallError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+        CallError::NotSent(..) | CallError::Unreachable(..) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         _ => RPCError::Network(NetworkError::new(&e)),
     }
 }

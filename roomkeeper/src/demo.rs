@@ -448,7 +448,13 @@ async fn run_inner(
             }
         }
 
-        match control.tick(&obs, cluster, &traffic).await {
+        let by_addr = stats.endpoint_signals();
+        let signals: std::collections::BTreeMap<u64, _> = cluster
+            .nodes
+            .values()
+            .filter_map(|n| by_addr.get(&n.info.api_addr).map(|s| (n.id, *s)))
+            .collect();
+        match control.tick(&obs, &signals, cluster, &traffic).await {
             Ok(decisions) => {
                 for d in decisions.iter().filter(|d| {
                     d.disposition.is_execute()
@@ -518,8 +524,85 @@ async fn run_inner(
         "\nsummary: {} orders acknowledged, {} refused by the store, {} errors, {} retries; longest gap between acknowledged orders {} ms",
         load.ok, load.rejected, load.errors, load.retries, load.longest_gap_ms
     );
+    check_acknowledged(cluster, &stats.acknowledged()).await;
     check_invariants(cluster).await;
     Ok(())
+}
+
+/// Reads every acknowledged order back (linearizably, through any live node)
+/// and reports any that is missing or changed.
+async fn check_acknowledged(cluster: &mut LocalCluster, acked: &[(u64, String, u64)]) {
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let mut addrs = Vec::new();
+    for id in ids {
+        if cluster.is_running(id) {
+            if let Some(info) = cluster.info(id) {
+                addrs.push(info.api_addr.clone());
+            }
+        }
+    }
+    if addrs.is_empty() {
+        println!("acknowledged orders: not checked, no node is running");
+        return;
+    }
+    // Ask the leader first: its linearizable reads need no forwarding.
+    if let Some(leader) = cluster.leader().await.and_then(|l| cluster.info(l)) {
+        addrs.retain(|a| *a != leader.api_addr);
+        addrs.insert(0, leader.api_addr.clone());
+    }
+    let http = cluster.http.clone();
+    let token = cluster.cfg.client_token.clone();
+    let per_task = acked.len().div_ceil(64).max(1);
+    let checks = acked.chunks(per_task).map(|chunk| {
+        let (http, token, addrs) = (http.clone(), token.clone(), addrs.clone());
+        let chunk = chunk.to_vec();
+        async move {
+            let mut missing = Vec::new();
+            for (id, buyer, qty) in chunk {
+                let mut found = None;
+                for attempt in 0..addrs.len() * 2 {
+                    let addr = &addrs[attempt % addrs.len()];
+                    let path = format!("/v1/orders/{id}");
+                    match http
+                        .get(addr, &path, Some(&token), Duration::from_secs(3))
+                        .await
+                    {
+                        Ok(r) if r.status == 200 => {
+                            found = Some(
+                                r.body["buyer"] == json!(buyer) && r.body["qty"] == json!(qty),
+                            );
+                            break;
+                        }
+                        Ok(r) if r.status == 404 => {
+                            found = Some(false);
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                if found != Some(true) {
+                    missing.push((id, found.is_none()));
+                }
+            }
+            missing
+        }
+    });
+    let missing: Vec<(u64, bool)> = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let unreadable = missing.iter().filter(|(_, unknown)| *unknown).count();
+    let lost = missing.len() - unreadable;
+    if missing.is_empty() {
+        println!("all {} acknowledged orders present", acked.len());
+    } else {
+        println!(
+            "acknowledged orders: {} checked, {lost} LOST or altered, {unreadable} could not be read: {:?}",
+            acked.len(),
+            missing.iter().take(10).collect::<Vec<_>>()
+        );
+    }
 }
 
 async fn check_invariants(cluster: &mut LocalCluster) {

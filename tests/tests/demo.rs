@@ -88,6 +88,10 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
         "the demo checks invariants at the end\n{stdout}"
     );
     assert!(!stdout.contains("VIOLATED"), "{stdout}");
+    assert!(
+        stdout.contains("acknowledged orders present"),
+        "no acknowledged order may be lost across the leader kill\n{stdout}"
+    );
     // Every node process is gone.
     let ps = Command::new("pgrep")
         .args(["-f", &data_dir.display().to_string()])

@@ -177,6 +177,11 @@ fn run_demo(name: &str, port_slot: u16, args: &[&str], duration_secs: u64) -> De
 fn assert_clean_end(run: &DemoRun) {
     assert!(run.success, "demo failed\n{}", run.context());
     assert!(
+        run.stdout.contains("acknowledged orders present"),
+        "every acknowledged order must be read back after the run\n{}",
+        run.context()
+    );
+    assert!(
         run.stdout.contains("invariants hold"),
         "invariants not checked\n{}",
         run.context()
