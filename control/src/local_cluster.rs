@@ -438,31 +438,6 @@ impl LocalCluster {
         Ok(new)
     }
 
-    /// Partitions (or heals, with `false`) a region from the others.
-    pub async fn isolate_region(&self, region: &str, isolated: bool) {
-        for (id, n) in &self.nodes {
-            let peers: Vec<u64> = self
-                .nodes
-                .values()
-                .filter(|o| o.id != *id && (o.info.region == region) != (n.info.region == region))
-                .map(|o| o.id)
-                .collect();
-            let delays: BTreeMap<String, u64> = self
-                .nodes
-                .values()
-                .filter(|o| o.id != *id && o.info.region != n.info.region)
-                .map(|o| (o.id.to_string(), self.cfg.wan_latency_ms))
-                .collect();
-            let body = json!({
-                "isolated_peers": if isolated { peers } else { Vec::new() },
-                "peer_delay_ms": delays,
-            });
-            let _ = self
-                .admin(*id, hyper::Method::POST, "/admin/faults", Some(body))
-                .await;
-        }
-    }
-
     /// Kills every process.
     pub async fn shutdown(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
