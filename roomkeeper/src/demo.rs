@@ -735,11 +735,11 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
     ));
     out.push_str("\nlast decisions:\n");
     for d in s.decisions.iter().rev().take(6).rev() {
-        out.push_str(&format!("  {d}\n"));
+        out.push_str(&format!("  {}\n", one_line(d)));
     }
     out.push_str("\nrecent events:\n");
     for e in s.events.iter().rev().take(8).rev() {
-        out.push_str(&format!("  {e}\n"));
+        out.push_str(&format!("  {}\n", one_line(e)));
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
@@ -759,5 +759,15 @@ fn scale_playbook(p: &mut roomkeeper_playbook::Playbook, f: f64) {
     p.guards.window_ms = scale(p.guards.window_ms);
     if let Some(age) = &mut p.guards.max_snapshot_age_ms {
         *age = scale(*age).max(2_000);
+    }
+}
+
+/// Cuts a line to what a terminal row shows; the full text is in /status and
+/// the decision log.
+fn one_line(text: &str) -> String {
+    const WIDTH: usize = 150;
+    match text.char_indices().nth(WIDTH) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
     }
 }
