@@ -9,3 +9,4 @@ pub mod load;
 pub mod local_cluster;
 pub mod metrics;
 pub mod monitor;
+pub mod setup;

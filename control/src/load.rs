@@ -67,7 +67,7 @@ impl TrafficMap {
 
     /// Picks a healthy endpoint by weight, trying a few spreads before giving
     /// up and returning any endpoint.
-    fn pick(&self, n: u64) -> Option<String> {
+    pub fn pick(&self, n: u64) -> Option<String> {
         let mut fallback = None;
         for k in 0..8u64 {
             let addr = self.pick_weighted(n.wrapping_add(k.wrapping_mul(7)))?;

@@ -75,6 +75,26 @@ pub struct LocalNode {
     pub starts: u32,
 }
 
+/// Faults a drill injects into one node, on top of the WAN latency of the
+/// topology. Applied through the node's test fault hooks (`/admin/faults`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFaults {
+    /// Raft traffic to and from these peers is dropped (a partition).
+    pub isolated_peers: std::collections::BTreeSet<u64>,
+    /// Every log fsync takes this much longer (a stalled disk).
+    pub fsync_delay_ms: u64,
+    /// Latency to these peers instead of the topology's WAN latency.
+    pub peer_delay_ms: BTreeMap<u64, u64>,
+    /// Share (0–100) of Raft messages to these peers that are lost.
+    pub peer_loss_percent: BTreeMap<u64, u8>,
+}
+
+impl NodeFaults {
+    pub fn is_empty(&self) -> bool {
+        *self == NodeFaults::default()
+    }
+}
+
 /// The local cluster.
 pub struct LocalCluster {
     pub cfg: LocalClusterConfig,
@@ -85,6 +105,8 @@ pub struct LocalCluster {
     /// Nodes whose host is down (a simulated outage): they cannot be started
     /// until the instant given, or ever with `None`.
     blocked: BTreeMap<u64, Option<Instant>>,
+    /// Injected faults per node (drills); empty in the demo.
+    faults: BTreeMap<u64, NodeFaults>,
 }
 
 fn region_index(cfg: &LocalClusterConfig, region: &str) -> Option<usize> {
@@ -118,6 +140,7 @@ impl LocalCluster {
             http: JsonClient::new(),
             key_file,
             blocked: BTreeMap::new(),
+            faults: BTreeMap::new(),
         })
     }
 
@@ -366,23 +389,112 @@ impl LocalCluster {
         Err(LocalError::NoLeader(timeout))
     }
 
-    /// Tells every running node the latency to peers in other regions.
+    /// Tells every running node the latency to peers in other regions, plus
+    /// the faults a drill injected (see [`LocalCluster::set_faults`]).
     pub async fn apply_wan_latency(&self) {
-        for (id, n) in &self.nodes {
-            let delays: BTreeMap<String, u64> = self
-                .nodes
-                .values()
-                .filter(|o| o.id != *id && o.info.region != n.info.region)
-                .map(|o| (o.id.to_string(), self.cfg.wan_latency_ms))
-                .collect();
-            let _ = self
-                .admin(
-                    *id,
-                    hyper::Method::POST,
-                    "/admin/faults",
-                    Some(json!({ "peer_delay_ms": delays })),
-                )
-                .await;
+        for id in self.nodes.keys() {
+            let _ = self.push_faults(*id).await;
+        }
+    }
+
+    /// The fault settings a node should run with: WAN latency to other
+    /// regions, overridden and extended by injected faults.
+    pub fn fault_settings(&self, id: u64) -> Value {
+        let Some(n) = self.nodes.get(&id) else {
+            return json!({});
+        };
+        let mut delays: BTreeMap<String, u64> = self
+            .nodes
+            .values()
+            .filter(|o| o.id != id && o.info.region != n.info.region)
+            .map(|o| (o.id.to_string(), self.cfg.wan_latency_ms))
+            .collect();
+        let f = self.faults.get(&id).cloned().unwrap_or_default();
+        for (peer, ms) in &f.peer_delay_ms {
+            delays.insert(peer.to_string(), *ms);
+        }
+        let loss: BTreeMap<String, u8> = f
+            .peer_loss_percent
+            .iter()
+            .map(|(p, l)| (p.to_string(), *l))
+            .collect();
+        let mut v = json!({ "peer_delay_ms": delays });
+        if !f.isolated_peers.is_empty() {
+            v["isolated_peers"] = json!(f.isolated_peers);
+        }
+        if f.fsync_delay_ms > 0 {
+            v["fsync_delay_ms"] = json!(f.fsync_delay_ms);
+        }
+        if !loss.is_empty() {
+            v["peer_loss_percent"] = json!(loss);
+        }
+        v
+    }
+
+    /// Sends a node its fault settings.
+    pub async fn push_faults(&self, id: u64) -> Result<(), LocalError> {
+        let body = self.fault_settings(id);
+        self.admin(id, hyper::Method::POST, "/admin/faults", Some(body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Injected faults of a node.
+    pub fn faults(&self, id: u64) -> NodeFaults {
+        self.faults.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Replaces the injected faults of a node and applies them if it runs. A
+    /// node started later gets them from [`LocalCluster::apply_wan_latency`].
+    pub async fn set_faults(&mut self, id: u64, faults: NodeFaults) -> Result<(), LocalError> {
+        self.store_faults(id, faults);
+        if self.is_running(id) {
+            self.push_faults(id).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records the injected faults of a node without applying them (see
+    /// [`LocalCluster::push_faults`]).
+    pub fn store_faults(&mut self, id: u64, faults: NodeFaults) {
+        if faults.is_empty() {
+            self.faults.remove(&id);
+        } else {
+            self.faults.insert(id, faults);
+        }
+    }
+
+    /// Removes every injected fault (the WAN latency of the topology stays).
+    pub async fn clear_faults(&mut self) {
+        self.faults.clear();
+        self.apply_wan_latency().await;
+    }
+
+    /// The process id of a running node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref()?.id()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`…) to a node's process.
+    pub async fn signal(&self, id: u64, signal: &str) -> Result<(), LocalError> {
+        let pid = self.pid(id).ok_or(LocalError::UnknownNode(id))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map_err(|source| LocalError::Spawn { id, source })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(LocalError::Admin {
+                id,
+                message: format!("kill -{signal} {pid} failed ({status})"),
+            })
         }
     }
 

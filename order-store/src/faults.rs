@@ -17,6 +17,20 @@ pub struct Faults {
     fsync_delay_ms: AtomicU64,
     isolated_peers: RwLock<HashSet<NodeId>>,
     peer_delay_ms: RwLock<BTreeMap<NodeId, u64>>,
+    peer_loss_percent: RwLock<BTreeMap<NodeId, u8>>,
+    /// State of the xorshift generator that decides which messages are lost.
+    loss_rng: AtomicU64,
+}
+
+/// What happens to one Raft message under an injected loss rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Delivered.
+    None,
+    /// The request is dropped: the peer never sees it.
+    Request,
+    /// The request arrives but the answer is dropped.
+    Response,
 }
 
 /// The wire form of the fault settings (admin API).
@@ -32,6 +46,10 @@ pub struct FaultSettings {
     /// Added latency for Raft traffic to each peer (WAN emulation between regions).
     #[serde(default)]
     pub peer_delay_ms: BTreeMap<NodeId, u64>,
+    /// Share (0–100) of Raft messages to each peer that are lost, half of them
+    /// requests and half answers (a lossy WAN link); the caller times out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peer_loss_percent: BTreeMap<NodeId, u8>,
 }
 
 impl Faults {
@@ -47,6 +65,13 @@ impl Faults {
         }
         if let Ok(mut d) = self.peer_delay_ms.write() {
             *d = s.peer_delay_ms.clone();
+        }
+        if let Ok(mut l) = self.peer_loss_percent.write() {
+            *l = s
+                .peer_loss_percent
+                .iter()
+                .map(|(k, v)| (*k, (*v).min(100)))
+                .collect();
         }
     }
 
@@ -65,6 +90,38 @@ impl Faults {
                 .read()
                 .map(|d| d.clone())
                 .unwrap_or_default(),
+            peer_loss_percent: self
+                .peer_loss_percent
+                .read()
+                .map(|l| l.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Decides whether one message to `peer` is lost (xorshift64*, seeded per node).
+    pub fn loss(&self, peer: NodeId) -> Loss {
+        let pct = match self.peer_loss_percent.read() {
+            Ok(l) => l.get(&peer).copied().unwrap_or(0),
+            Err(_) => 0,
+        };
+        if pct == 0 {
+            return Loss::None;
+        }
+        let mut x = self.loss_rng.load(Ordering::Relaxed);
+        if x == 0 {
+            x = 0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64);
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.loss_rng.store(x, Ordering::Relaxed);
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        if r % 100 >= u64::from(pct) {
+            Loss::None
+        } else if (r >> 32) & 1 == 0 {
+            Loss::Request
+        } else {
+            Loss::Response
         }
     }
 

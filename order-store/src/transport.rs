@@ -201,6 +201,12 @@ impl PeerPool {
         if let Some(d) = self.faults.peer_delay(target) {
             tokio::time::sleep(d).await;
         }
+        let loss = self.faults.loss(target);
+        if loss == crate::faults::Loss::Request {
+            tokio::time::sleep(timeout).await;
+            return Err(CallError::Timeout(target, timeout));
+        }
+        let started = tokio::time::Instant::now();
         let conn = self.connection(target, addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&Envelope {
@@ -220,7 +226,12 @@ impl PeerPool {
             }
             return Err(CallError::NotSent(target, "connection closed".into()));
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, rx).await;
+        if loss == crate::faults::Loss::Response {
+            tokio::time::sleep_until(started + timeout).await;
+            return Err(CallError::Timeout(target, timeout));
+        }
+        match answer {
             Ok(Ok(RpcResponse::Failed(msg))) => Err(CallError::Remote(target, msg)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(_)) => Err(CallError::Unreachable(target, "connection lost".into())),

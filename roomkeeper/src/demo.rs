@@ -14,9 +14,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::{Args, ValueEnum};
 use roomkeeper_control::control_loop::{traffic_endpoints_refresh, ControlLoop};
-use roomkeeper_control::load::{start_buyers, FlashSale, LoadStats, LoadSummary, TrafficMap};
+use roomkeeper_control::load::{start_buyers, FlashSale, LoadStats, LoadSummary};
 use roomkeeper_control::local_cluster::{LocalCluster, LocalClusterConfig, RegionSpec};
 use roomkeeper_control::monitor::{hide_regions, observe, ClusterObservation};
+use roomkeeper_control::setup::{create_sale, traffic_map, ListingSpec};
 use roomkeeper_playbook::Target;
 use serde::Serialize;
 use serde_json::json;
@@ -117,20 +118,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn token(prefix: &str) -> String {
-    format!(
-        "{prefix}-{:x}",
-        now_ms() ^ u64::from(std::process::id()) << 20
-    )
-}
-
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("roomkeeper-demo-{}", std::process::id())),
     };
     let binary = std::env::current_exe().context("locating the roomkeeper binary")?;
-    let client_token = token("client");
+    let client_token = roomkeeper_control::setup::token("client");
     let cfg = LocalClusterConfig {
         binary,
         data_dir: data_dir.clone(),
@@ -144,7 +138,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         base_port: args.base_port,
         wan_latency_ms: args.wan_latency_ms,
         client_token: client_token.clone(),
-        admin_token: token("admin"),
+        admin_token: roomkeeper_control::setup::token("admin"),
     };
     eprintln!(
         "roomkeeper demo: data and node logs in {}",
@@ -204,7 +198,7 @@ async fn run_inner(
         "--playbook-time-scale must be in (0, 10], got {}",
         args.playbook_time_scale
     );
-    scale_playbook(&mut playbook, args.playbook_time_scale);
+    roomkeeper_control::setup::scale_playbook(&mut playbook, args.playbook_time_scale);
     playbook.dry_run |= args.dry_run;
     playbook.paused |= args.pause_automation;
     let mut control = ControlLoop::open(
@@ -252,41 +246,17 @@ async fn run_inner(
     });
 
     // The sale: one live room, 16 SKUs.
-    let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
-    let api = cluster
-        .info(leader)
-        .map(|i| i.api_addr.clone())
-        .context("leader has no address")?;
-    let http = cluster.http.clone();
-    let t = Some(client_token.as_str());
-    let r = http
-        .put(
-            &api,
-            &format!("/v1/rooms/{ROOM}"),
-            &json!({"title": "Midnight flash sale", "home_region": "eu-west", "state": "live"}),
-            t,
-            Duration::from_secs(5),
-        )
-        .await?;
-    anyhow::ensure!(r.status == 200, "creating the room failed: {}", r.body);
     let skus: Vec<String> = (1..=16).map(|i| format!("sku-{i:02}")).collect();
-    for sku in &skus {
-        let r = http
-            .put(&api, &format!("/v1/rooms/{ROOM}/listings/{sku}"), &json!({"price_cents": 1999, "stock": 200_000, "per_buyer_limit": 5, "state": "open"}), t, Duration::from_secs(5))
-            .await?;
-        anyhow::ensure!(r.status == 200, "creating listing {sku} failed: {}", r.body);
-    }
-    let traffic = Arc::new(TrafficMap::default());
-    for (region, _) in REGIONS {
-        let addrs = cluster
-            .nodes
-            .values()
-            .filter(|n| n.info.region == region)
-            .map(|n| n.info.api_addr.clone())
-            .collect();
-        traffic.set_endpoints(region, addrs);
-        traffic.set_weight(region, 100);
-    }
+    let listings: Vec<ListingSpec> = skus
+        .iter()
+        .map(|sku| ListingSpec {
+            sku: sku.clone(),
+            stock: 200_000,
+            per_buyer_limit: 5,
+        })
+        .collect();
+    create_sale(cluster, ROOM, "Midnight flash sale", "eu-west", &listings).await?;
+    let traffic = Arc::new(traffic_map(cluster));
     let stats = Arc::new(LoadStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let buyers = start_buyers(
@@ -743,23 +713,6 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
-}
-
-/// Scales every duration of a playbook by `f` (demo and tests run faster clocks).
-fn scale_playbook(p: &mut roomkeeper_playbook::Playbook, f: f64) {
-    let scale = |ms: i64| ((ms as f64) * f).round() as i64;
-    for t in &mut p.tiers {
-        t.trigger.for_ms = scale(t.trigger.for_ms);
-        t.trigger.clear_for_ms = scale(t.trigger.clear_for_ms);
-        if let Some(a) = &mut t.approval {
-            a.timeout_ms = scale(a.timeout_ms);
-        }
-    }
-    p.guards.cooldown_ms = scale(p.guards.cooldown_ms);
-    p.guards.window_ms = scale(p.guards.window_ms);
-    if let Some(age) = &mut p.guards.max_snapshot_age_ms {
-        *age = scale(*age).max(2_000);
-    }
 }
 
 /// Cuts a line to what a terminal row shows; the full text is in /status and

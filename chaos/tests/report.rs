@@ -1,0 +1,334 @@
+//! Probe evaluation, verdicts and report rendering.
+
+use std::collections::BTreeMap;
+
+use roomkeeper_chaos::drill::{DrillManifest, DrillPhase, ProbeKind, ProbeSpec, TierExpectation};
+use roomkeeper_chaos::report::{
+    evaluate, order_counts, timeline, verdict, DecisionMark, DrillReport, FaultRecord,
+    NodeInvariant, Phases, Verdict,
+};
+use roomkeeper_chaos::{check, FinalOrder, History, Op, OpKind, OpResult};
+
+fn order(id: u64, client: u32, t: u64, dt: u64, key: &str, result: OpResult) -> Op {
+    Op {
+        id,
+        client,
+        invoke_ms: t,
+        complete_ms: (!matches!(result, OpResult::Unknown)).then_some(t + dt),
+        kind: OpKind::PlaceOrder {
+            sku: "s".into(),
+            buyer: format!("b-{key}"),
+            qty: 1,
+            key: key.into(),
+        },
+        result,
+    }
+}
+
+/// One order per 100 ms for 10 s, a 3 s outage from 4 s (unknown, then a
+/// retry acknowledged), everything present at the end.
+fn history() -> History {
+    let mut ops = Vec::new();
+    let mut finals = BTreeMap::new();
+    let mut id = 0;
+    for i in 0..100u64 {
+        let t = i * 100;
+        let key = format!("k{i}");
+        if (40..70).contains(&i) {
+            ops.push(order(id, 1, t, 0, &key, OpResult::Unknown));
+            id += 1;
+            if i % 10 == 0 {
+                // Retried after the outage with the same key, acknowledged.
+                ops.push(order(
+                    id,
+                    1,
+                    7_000 + i,
+                    20,
+                    &key,
+                    OpResult::Placed {
+                        order_id: format!("o{i}"),
+                    },
+                ));
+                id += 1;
+                finals.insert(
+                    format!("o{i}"),
+                    FinalOrder {
+                        sku: "s".into(),
+                        buyer: format!("b-{key}"),
+                        qty: 1,
+                        key,
+                    },
+                );
+            }
+            continue;
+        }
+        ops.push(order(
+            id,
+            1,
+            t,
+            10,
+            &key,
+            OpResult::Placed {
+                order_id: format!("o{i}"),
+            },
+        ));
+        id += 1;
+        finals.insert(
+            format!("o{i}"),
+            FinalOrder {
+                sku: "s".into(),
+                buyer: format!("b-{key}"),
+                qty: 1,
+                key,
+            },
+        );
+    }
+    let sold = finals.len() as u32;
+    History {
+        ops,
+        listings: BTreeMap::from([("s".into(), 1_000)]),
+        final_stock_left: BTreeMap::from([("s".into(), 1_000 - sold)]),
+        final_orders: finals,
+    }
+}
+
+fn probe(kind: ProbeKind) -> ProbeSpec {
+    ProbeSpec {
+        kind,
+        name: None,
+        phase: None,
+        min_percent: None,
+        percentile: None,
+        max_ms: None,
+        max: None,
+        tier: None,
+        within_secs: None,
+        expect: None,
+    }
+}
+
+const PHASES: Phases = Phases {
+    fault_start_ms: Some(4_000),
+    fault_end_ms: Some(7_000),
+    end_ms: 10_000,
+};
+
+fn inv() -> Vec<NodeInvariant> {
+    vec![NodeInvariant {
+        node: 1,
+        ok: true,
+        detail: "ok".into(),
+    }]
+}
+
+#[test]
+fn probes_measure_what_they_say() {
+    let h = history();
+    let c = check(&h);
+    assert!(c.valid, "{:?}", c.violations);
+    let decisions = vec![DecisionMark {
+        at_ms: 6_000,
+        tier: "heal".into(),
+        level: Some(1),
+        action: "RestartNode".into(),
+        target: "node 1".into(),
+        disposition: "execute".into(),
+        reason: "dead".into(),
+    }];
+    let probes = vec![
+        ProbeSpec {
+            min_percent: Some(95),
+            phase: Some(DrillPhase::Steady),
+            ..probe(ProbeKind::OrdersAccepted)
+        },
+        ProbeSpec {
+            min_percent: Some(50),
+            phase: Some(DrillPhase::Fault),
+            ..probe(ProbeKind::OrdersAccepted)
+        },
+        ProbeSpec {
+            max_ms: Some(2_000),
+            ..probe(ProbeKind::Rto)
+        },
+        ProbeSpec {
+            max_ms: Some(5_000),
+            ..probe(ProbeKind::Rto)
+        },
+        ProbeSpec {
+            tier: Some("T1".into()),
+            within_secs: Some(3),
+            ..probe(ProbeKind::PlaybookTier)
+        },
+        ProbeSpec {
+            tier: Some("heal".into()),
+            within_secs: Some(1),
+            ..probe(ProbeKind::PlaybookTier)
+        },
+        ProbeSpec {
+            tier: Some("evacuate".into()),
+            expect: Some(TierExpectation::NotReached),
+            ..probe(ProbeKind::PlaybookTier)
+        },
+        ProbeSpec {
+            tier: Some("heal".into()),
+            expect: Some(TierExpectation::NotReached),
+            ..probe(ProbeKind::PlaybookTier)
+        },
+        probe(ProbeKind::Invariants),
+        ProbeSpec {
+            max: Some(0),
+            ..probe(ProbeKind::Rpo)
+        },
+        ProbeSpec {
+            max_ms: Some(50),
+            percentile: Some(99),
+            phase: Some(DrillPhase::Steady),
+            ..probe(ProbeKind::Latency)
+        },
+        ProbeSpec {
+            max_ms: Some(5),
+            percentile: Some(50),
+            ..probe(ProbeKind::Latency)
+        },
+        ProbeSpec {
+            within_secs: Some(2),
+            ..probe(ProbeKind::Recovery)
+        },
+    ];
+    let r = evaluate(&probes, &h, &c, &PHASES, &decisions, &inv());
+    let passed: Vec<bool> = r.iter().map(|p| p.passed).collect();
+    assert_eq!(
+        passed,
+        vec![true, false, false, true, true, false, true, false, true, true, true, false, true],
+        "{r:#?}"
+    );
+    assert!(
+        r[1].measured.starts_with("10.0% (3 of 30 orders)"),
+        "{}",
+        r[1].measured
+    );
+    assert_eq!(verdict(false, &[], &c, &inv(), &r), Verdict::Fail);
+    assert_eq!(verdict(false, &[], &c, &inv(), &r[..1]), Verdict::Pass);
+    assert_eq!(verdict(true, &[], &c, &inv(), &r[..1]), Verdict::Aborted);
+    assert_eq!(
+        verdict(false, &["final read failed".into()], &c, &inv(), &r[..1]),
+        Verdict::Fail
+    );
+}
+
+#[test]
+fn a_lost_order_or_a_broken_node_fails_the_invariants_probe() {
+    let mut h = history();
+    h.final_orders.remove("o3");
+    *h.final_stock_left.get_mut("s").expect("s") += 1;
+    let c = check(&h);
+    let r = evaluate(
+        &[
+            probe(ProbeKind::Invariants),
+            ProbeSpec {
+                max: Some(0),
+                ..probe(ProbeKind::Rpo)
+            },
+        ],
+        &h,
+        &c,
+        &PHASES,
+        &[],
+        &inv(),
+    );
+    assert!(!r[0].passed && !r[1].passed, "{r:?}");
+    assert!(r[0].measured.contains("o3"), "{}", r[0].measured);
+    let good = check(&history());
+    let broken = vec![NodeInvariant {
+        node: 2,
+        ok: false,
+        detail: "stock below zero".into(),
+    }];
+    let r = evaluate(
+        &[probe(ProbeKind::Invariants)],
+        &history(),
+        &good,
+        &PHASES,
+        &[],
+        &broken,
+    );
+    assert!(!r[0].passed && r[0].measured.contains("node 2"), "{r:?}");
+    assert_eq!(verdict(false, &[], &good, &broken, &[]), Verdict::Fail);
+}
+
+#[test]
+fn counts_and_timeline_follow_the_history() {
+    let h = history();
+    let o = order_counts(&h);
+    assert_eq!(
+        (o.orders, o.acked, o.failed, o.unknown_ops, o.retries),
+        (100, 73, 27, 30, 3)
+    );
+    let t = timeline(&h, 1_000, 10_000);
+    assert_eq!(t.len(), 10);
+    assert_eq!(t[0].acked, 10);
+    assert_eq!(t[5].acked, 0);
+    assert_eq!(t[5].unknown, 10);
+    assert_eq!(t[7].acked, 13); // 10 from the normal flow + 3 retried.
+}
+
+#[test]
+fn the_html_report_has_a_timeline_with_fault_bands_and_markers_and_escapes_text() {
+    let h = history();
+    let c = check(&h);
+    let spec = DrillManifest::from_yaml(include_str!("../drills/leader-kill.yaml"))
+        .expect("valid")
+        .spec;
+    let report = DrillReport {
+        name: "leader-kill".into(),
+        description: Some("<script>alert(1)</script>".into()),
+        started_unix_ms: 0,
+        duration_ms: 10_000,
+        seed: 7,
+        verdict: Verdict::Pass,
+        abort_reason: None,
+        run_errors: vec![],
+        probes: evaluate(&spec.hypothesis.probes, &h, &c, &PHASES, &[], &inv()),
+        orders: order_counts(&h),
+        check: c,
+        faults: vec![FaultRecord {
+            index: 0,
+            kind: "killLeader".into(),
+            detail: "SIGKILL node(s) [3]".into(),
+            start_ms: 4_000,
+            end_ms: Some(7_000),
+        }],
+        decisions: vec![DecisionMark {
+            at_ms: 6_000,
+            tier: "heal".into(),
+            level: Some(1),
+            action: "RestartNode".into(),
+            target: "node 3".into(),
+            disposition: "execute".into(),
+            reason: "node 3 is down".into(),
+        }],
+        events: vec![],
+        invariants: inv(),
+        timeline: timeline(&h, 1_000, 10_000),
+        bucket_ms: 1_000,
+        game_day: None,
+        spec,
+    };
+    let html = report.html();
+    assert!(html.contains("<svg"), "inline SVG");
+    assert!(html.contains("fault 0: killLeader"), "fault band");
+    assert!(html.contains("fill-opacity=\"0.12\""), "shaded band");
+    assert!(html.contains("heal RestartNode node 3"), "decision marker");
+    assert!(html.contains("<polyline"), "latency line");
+    assert!(!html.contains("<script>"), "text is escaped");
+    assert!(html.contains("&lt;script&gt;"));
+    let text = report.text();
+    assert!(
+        text.contains("fault 0 killLeader at 4.0 s → 7.0 s"),
+        "{text}"
+    );
+    // The JSON round-trips (drill report reads it back).
+    let back: DrillReport =
+        serde_json::from_slice(&serde_json::to_vec(&report).expect("json")).expect("parse");
+    assert_eq!(back, report);
+}

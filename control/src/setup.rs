@@ -1,0 +1,129 @@
+//! Setup shared by `roomkeeper demo` and `roomkeeper drill`: tokens, a live
+//! room with its listings, the traffic map over a cluster's regions, and the
+//! playbook time scale that makes minutes of hold-down pass in seconds.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::load::TrafficMap;
+use crate::local_cluster::{LocalCluster, LocalError};
+
+/// A listing to create.
+#[derive(Debug, Clone)]
+pub struct ListingSpec {
+    pub sku: String,
+    pub stock: u32,
+    pub per_buyer_limit: u32,
+}
+
+/// Errors of the setup.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Cluster(#[from] LocalError),
+    #[error("{what} failed: {detail}")]
+    Request { what: String, detail: String },
+}
+
+/// A token unique to this process and moment (local runs only).
+pub fn token(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!("{prefix}-{:x}", now ^ (u64::from(std::process::id()) << 20))
+}
+
+/// Creates a live room and its open listings through the leader.
+pub async fn create_sale(
+    cluster: &LocalCluster,
+    room: &str,
+    title: &str,
+    home_region: &str,
+    listings: &[ListingSpec],
+) -> Result<(), SetupError> {
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
+    let api = cluster
+        .info(leader)
+        .map(|i| i.api_addr.clone())
+        .ok_or(LocalError::UnknownNode(leader))?;
+    let t = Some(cluster.cfg.client_token.as_str());
+    let request = |what: String| {
+        move |e: crate::http::HttpError| SetupError::Request {
+            what,
+            detail: e.to_string(),
+        }
+    };
+    let r = cluster
+        .http
+        .put(
+            &api,
+            &format!("/v1/rooms/{room}"),
+            &json!({"title": title, "home_region": home_region, "state": "live"}),
+            t,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(request(format!("creating room {room}")))?;
+    if r.status != 200 {
+        return Err(SetupError::Request {
+            what: format!("creating room {room}"),
+            detail: r.body.to_string(),
+        });
+    }
+    for l in listings {
+        let what = format!("creating listing {}", l.sku);
+        let r = cluster
+            .http
+            .put(
+                &api,
+                &format!("/v1/rooms/{room}/listings/{}", l.sku),
+                &json!({"price_cents": 1999, "stock": l.stock, "per_buyer_limit": l.per_buyer_limit, "state": "open"}),
+                t,
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(request(what.clone()))?;
+        if r.status != 200 {
+            return Err(SetupError::Request {
+                what,
+                detail: r.body.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A traffic map with every region's nodes at weight 100.
+pub fn traffic_map(cluster: &LocalCluster) -> TrafficMap {
+    let traffic = TrafficMap::default();
+    for r in &cluster.cfg.regions {
+        let addrs = cluster
+            .nodes
+            .values()
+            .filter(|n| n.info.region == r.name)
+            .map(|n| n.info.api_addr.clone())
+            .collect();
+        traffic.set_endpoints(&r.name, addrs);
+        traffic.set_weight(&r.name, 100);
+    }
+    traffic
+}
+
+/// Scales every duration of a playbook by `f` (demo, drills and tests run faster clocks).
+pub fn scale_playbook(p: &mut roomkeeper_playbook::Playbook, f: f64) {
+    let scale = |ms: i64| ((ms as f64) * f).round() as i64;
+    for t in &mut p.tiers {
+        t.trigger.for_ms = scale(t.trigger.for_ms);
+        t.trigger.clear_for_ms = scale(t.trigger.clear_for_ms);
+        if let Some(a) = &mut t.approval {
+            a.timeout_ms = scale(a.timeout_ms);
+        }
+    }
+    p.guards.cooldown_ms = scale(p.guards.cooldown_ms);
+    p.guards.window_ms = scale(p.guards.window_ms);
+    if let Some(age) = &mut p.guards.max_snapshot_age_ms {
+        *age = scale(*age).max(2_000);
+    }
+}
