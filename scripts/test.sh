@@ -23,5 +23,13 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo build (release binary used by the end-to-end tests)"
 cargo build --release --locked -p roomkeeper
+echo "==> Kubernetes test binaries (kube-apiserver, kube-controller-manager, etcd)"
+if command -v go >/dev/null 2>&1; then
+  # Built once from the pinned Go modules in tests/k8s-bins, then cached.
+  ROOMKEEPER_K8S_BIN_DIR="$(bash scripts/k8s-test-bins.sh | tee /dev/stderr | tail -n 1)"
+  export ROOMKEEPER_K8S_BIN_DIR
+else
+  echo "==> go is missing: the Kubernetes harness tests will be SKIPPED loudly (and fail under CI)"
+fi
 echo "==> cargo test"
 ROOMKEEPER_BIN="$PWD/target/release/roomkeeper" cargo test --workspace --locked -- --test-threads=2

@@ -4,12 +4,13 @@
 //! serde face is camelCase and plain (externally tagged enums, no untagged
 //! tricks); they also read from YAML files with [`Playbook::from_yaml`].
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::decision::TargetKind;
 
 /// A failover playbook: what to do at each tier, and the guards around it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Playbook {
     /// The tiers, each with a unique name and level.
@@ -26,7 +27,7 @@ pub struct Playbook {
 }
 
 /// One level of a playbook, from watching (0) to protecting (4).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tier {
     /// A short unique name (`watch`, `heal`, …).
@@ -47,7 +48,7 @@ pub struct Tier {
 
 /// A condition held for a duration (escalate), and cleared for a duration
 /// (stand down).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Trigger {
     pub condition: Condition,
@@ -116,7 +117,7 @@ impl Condition {
 
 /// Latency and error-rate thresholds, with separate (lower or equal) thresholds to
 /// stand down. At least one escalation threshold must be set.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignalThresholdSpec {
     /// Escalate when order p99 latency (ms) is above this.
@@ -154,7 +155,7 @@ impl SignalThresholdSpec {
 }
 
 /// Replication lag thresholds, in log entries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LagSpec {
     /// Escalate when the leader sees the replica more than this many entries behind.
@@ -166,7 +167,9 @@ pub struct LagSpec {
 
 /// What the engine can decide to do. The binding (local processes or
 /// Kubernetes) carries each one out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum ActionKind {
     /// Emit an event and a metric; change nothing.
@@ -266,7 +269,7 @@ impl ActionKind {
 }
 
 /// An approval gate: cluster-changing actions of the tier wait for a human.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approval {
     /// How long to wait for an answer.
@@ -276,7 +279,7 @@ pub struct Approval {
 }
 
 /// The declared default of an approval gate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnTimeout {
     Approve,
@@ -284,7 +287,7 @@ pub enum OnTimeout {
 }
 
 /// Guard rails around every action.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Guards {
     /// The same action on the same target is not repeated within this time.
@@ -473,5 +476,42 @@ pub fn default_playbook() -> Playbook {
         guards: Guards::default(),
         dry_run: false,
         paused: false,
+    }
+}
+
+/// Kubernetes needs a structural schema, and `Condition` is internally tagged and
+/// recursive (`anyOf`), which schemars would render as `oneOf` with references.
+/// The schema is therefore flat: `type` plus every field any variant has; deeper
+/// checks (which fields go with which type, nesting) are `validate`'s job and
+/// surface as a condition on the resource.
+impl JsonSchema for Condition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Condition".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A condition over health signals: {type: regionLost}, {type: regionDegraded, p99MsAbove: 400}, {type: anyOf, conditions: [...]}.",
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {
+                    "type": "string",
+                    "enum": ["signalDegraded", "nodeUnhealthy", "replicaLagging", "regionDegraded", "regionLost", "quorumLost", "anyOf"],
+                    "description": "Which condition."
+                },
+                "p99MsAbove": {"type": "number", "description": "signalDegraded/regionDegraded: escalate when order p99 latency (ms) is above this."},
+                "errorRateAbove": {"type": "number", "description": "signalDegraded/regionDegraded: escalate when the error rate (0.0-1.0) is above this."},
+                "p99MsClearBelow": {"type": "number", "description": "Stand down only when p99 is at or below this."},
+                "errorRateClearBelow": {"type": "number", "description": "Stand down only when the error rate is at or below this."},
+                "entriesAbove": {"type": "integer", "format": "uint64", "minimum": 0, "description": "replicaLagging: escalate when a replica is more than this many entries behind."},
+                "entriesClearBelow": {"type": "integer", "format": "uint64", "minimum": 0, "description": "replicaLagging: stand down at or below this many entries."},
+                "conditions": {
+                    "type": "array",
+                    "description": "anyOf: the member conditions (same shape, all of one target kind).",
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                }
+            }
+        })
     }
 }

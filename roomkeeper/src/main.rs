@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 mod bench;
 mod demo;
+mod drill;
 mod node_cmd;
+mod operator_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +28,10 @@ enum Cmd {
     Node(node_cmd::NodeArgs),
     /// Run a local multi-region cluster with a flash-sale load and live status.
     Demo(demo::DemoArgs),
+    /// Chaos drills on a local cluster: run one, run the library, render reports.
+    Drill(drill::DrillArgs),
+    /// The Kubernetes operator: run it, or render its CustomResourceDefinitions.
+    Operator(operator_cmd::OperatorArgs),
     /// Flash-sale load bench: roomkeeper against etcd and Redis in the same run.
     Bench(bench::BenchArgs),
 }
@@ -71,7 +77,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Node(args) => node_cmd::run(args).await,
             Cmd::Demo(args) => demo::run(args).await,
+            Cmd::Drill(args) => drill::run(args).await,
             Cmd::Bench(args) => bench::run(args).await,
+            Cmd::Operator(args) => operator_cmd::run(args).await,
         }
     })
 }

@@ -11,8 +11,19 @@ use roomkeeper_order_store::{NodeConfig, NodeHandle};
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// Raft node id: unique in the shard and never reused.
+    #[arg(
+        long,
+        required_unless_present = "identity_file",
+        conflicts_with = "identity_file"
+    )]
+    pub id: Option<u64>,
+    /// Identity file written by the operator (ConfigMap): one line per pod,
+    /// `<pod-name> <node-id> <zone>`. Sets the id and the zone of `--pod-name`.
+    #[arg(long, requires = "pod_name")]
+    pub identity_file: Option<PathBuf>,
+    /// This pod's name, looked up in `--identity-file`.
     #[arg(long)]
-    pub id: u64,
+    pub pod_name: Option<String>,
     /// Directory for the Raft log and snapshots.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -79,12 +90,25 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.enable_test_faults {
         tracing::warn!("fault injection hooks are ON: never run a production node like this");
     }
-    let mut cfg = NodeConfig::with_defaults(args.id, args.data_dir.clone(), keyring);
+    let (id, zone) = match (&args.identity_file, &args.pod_name, args.id) {
+        (Some(file), Some(pod), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading identity file {}", file.display()))?;
+            let identity = lookup_identity(&text, pod).with_context(|| {
+                format!("looking up pod {pod} in identity file {}", file.display())
+            })?;
+            (identity.0, identity.1.unwrap_or(args.zone.clone()))
+        }
+        (_, _, Some(id)) => (id, args.zone.clone()),
+        _ => anyhow::bail!("give --id, or --identity-file with --pod-name"),
+    };
+    pin_node_id(&args.data_dir, id)?;
+    let mut cfg = NodeConfig::with_defaults(id, args.data_dir.clone(), keyring);
     cfg.raft_addr = args.raft_addr;
     cfg.api_addr = args.api_addr;
     cfg.admin_addr = args.admin_addr;
     cfg.region = args.region;
-    cfg.zone = args.zone;
+    cfg.zone = zone;
     cfg.client_token = args.client_token;
     cfg.admin_token = args.admin_token;
     cfg.test_faults_enabled = args.enable_test_faults;
@@ -97,7 +121,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node = NodeHandle::start(cfg).await.with_context(|| {
         format!(
             "starting node {} with data in {}",
-            args.id,
+            id,
             args.data_dir.display()
         )
     })?;
@@ -105,6 +129,68 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Finds `pod` in an identity file: lines `<pod-name> <node-id> [zone]`, `#`
+/// comments and blank lines ignored.
+pub fn lookup_identity(text: &str, pod: &str) -> anyhow::Result<(u64, Option<String>)> {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        if parts.next() != Some(pod) {
+            continue;
+        }
+        let id = parts
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("line {}: no node id after the pod name", n + 1))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("line {}: node id {id:?} is not a number", n + 1))?;
+        return Ok((id, parts.next().map(str::to_string)));
+    }
+    anyhow::bail!(
+        "no node id assigned to this pod yet (the operator writes it before the pod may start)"
+    )
+}
+
+/// A data directory belongs to one node id forever: the first start records it,
+/// later starts with another id refuse, so a reused volume can never make one
+/// Raft member impersonate another.
+pub fn pin_node_id(data_dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let file = data_dir.join("node-id");
+    match std::fs::read_to_string(&file) {
+        Ok(existing) => {
+            let existing = existing.trim();
+            if existing != id.to_string() {
+                anyhow::bail!(
+                    "data directory {} belongs to node {existing}, not node {id}; \
+                     refusing to start (see runbooks/node-id-mismatch.md)",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = data_dir.join("node-id.tmp");
+            let mut f = std::fs::File::create(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &file)
+                .with_context(|| format!("renaming to {}", file.display()))?;
+            std::fs::File::open(data_dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", data_dir.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -127,5 +213,34 @@ pub async fn wait_for_shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_lines_are_looked_up_by_pod_name() {
+        let text = "# written by the operator\nlrc-us-0 4 us-a\nlrc-us-1 7\n";
+        assert_eq!(
+            lookup_identity(text, "lrc-us-0").unwrap(),
+            (4, Some("us-a".into()))
+        );
+        assert_eq!(lookup_identity(text, "lrc-us-1").unwrap(), (7, None));
+        let missing = lookup_identity(text, "lrc-us-2").unwrap_err().to_string();
+        assert!(missing.contains("no node id assigned"), "{missing}");
+        assert!(lookup_identity("p x\n", "p").is_err());
+    }
+
+    #[test]
+    fn a_data_directory_keeps_its_node_id() {
+        let dir = std::env::temp_dir().join(format!("rk-pin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        pin_node_id(&dir, 3).unwrap();
+        pin_node_id(&dir, 3).unwrap();
+        let err = pin_node_id(&dir, 9).unwrap_err().to_string();
+        assert!(err.contains("belongs to node 3"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

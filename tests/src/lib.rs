@@ -5,6 +5,10 @@
 //! The binary comes from `ROOMKEEPER_BIN`, else `target/release/roomkeeper`,
 //! else `target/debug/roomkeeper` (build it first: `cargo build -p roomkeeper`).
 
+pub mod k8s;
+pub mod kubelet;
+pub mod operator;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,969 @@
+//! Reconciles `LiveRoomCluster`s: owned objects by server-side apply, node ids,
+//! Raft bootstrap and membership one safe step at a time, rolling restarts,
+//! status with conditions, events, and the cleanup finalizer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use roomkeeper_control::http::JsonClient;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::crd::{
+    FailoverPlaybook, LiveRoomCluster, LiveRoomClusterStatus, MemberStatus, RegionStatus, FINALIZER,
+};
+use crate::metrics::OperatorMetrics;
+use crate::nodes::NodeAdmin;
+use crate::plan::{self, PodView, Step};
+use crate::resources::{
+    self, cluster_name, Identities, Names, CLUSTER_LABEL, HASH_ANNOTATION, REGION_LABEL,
+};
+use crate::validate::validate_spec;
+
+pub const MANAGER: &str = "roomkeeper-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("order-store node: {0}")]
+    Node(#[from] crate::nodes::NodeError),
+    #[error("identity map: {0}")]
+    Identity(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A short label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "kube",
+            Error::Node(_) => "node",
+            Error::Identity(_) => "identity",
+            Error::Finalizer(_) => "finalizer",
+            Error::NoNamespace => "shape",
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub http: JsonClient,
+    pub metrics: OperatorMetrics,
+    pub reporter: Reporter,
+    pub playbooks: crate::tier::PlaybookStates,
+}
+
+impl Context {
+    fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
+    /// Publishes an event about the cluster; failures are logged, not fatal.
+    pub async fn event_for(
+        &self,
+        lrc: &LiveRoomCluster,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder().publish(&ev, &lrc.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Runs the controllers until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let lrcs: Api<LiveRoomCluster> = Api::all(client.clone());
+    let cfg = watcher::Config::default();
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=roomkeeper-operator");
+    Controller::new(lrcs, cfg)
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            owned
+                .clone()
+                .labels("app.kubernetes.io/name=roomkeeper-node"),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile stream error"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(lrc: Arc<LiveRoomCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(cluster = %lrc.name_any(), error = %err, "reconcile failed");
+    ctx.metrics.errors.with_label_values(&[err.kind()]).inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, lrc, |event| async {
+        match event {
+            Finalizer::Apply(lrc) => apply(&lrc, &ctx).await,
+            Finalizer::Cleanup(lrc) => cleanup(&lrc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.reconciles.inc();
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Applies `obj` by server-side apply unless the live object already carries
+/// the same desired-state hash: a reconcile that changes nothing writes nothing.
+async fn apply_if_changed<K>(ctx: &Context, ns: &str, obj: K) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let (obj, hash) = resources::with_hash(obj);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if let Some(live) = api.get_opt(&name).await? {
+        if live.annotations().get(HASH_ANNOTATION) == Some(&hash) {
+            return Ok(false);
+        }
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await?;
+    ctx.metrics
+        .writes
+        .with_label_values(&[K::kind(&()).as_ref()])
+        .inc();
+    Ok(true)
+}
+
+fn random_hex(bytes: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| Error::Identity(format!("no randomness: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Creates a Secret once; never rewrites it (rotating keys is a deliberate act).
+async fn ensure_secret(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    name: String,
+    data: BTreeMap<String, String>,
+) -> Result<Secret, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(s) = api.get_opt(&name).await? {
+        return Ok(s);
+    }
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_string()),
+            labels: Some(resources::labels(&cluster_name(lrc), None)),
+            owner_references: lrc.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    let created = api.create(&PostParams::default(), &secret).await?;
+    ctx.metrics.writes.with_label_values(&["Secret"]).inc();
+    ctx.event_for(
+        lrc,
+        false,
+        "SecretCreated",
+        format!("created Secret {name}"),
+    )
+    .await;
+    Ok(created)
+}
+
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    previous: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: last.unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    status: LiveRoomClusterStatus,
+) -> Result<(), Error> {
+    if lrc.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &lrc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    ctx.metrics
+        .writes
+        .with_label_values(&["LiveRoomClusterStatus"])
+        .inc();
+    Ok(())
+}
+
+/// The status with only these conditions changed (others kept as they were).
+fn with_conditions(
+    mut status: LiveRoomClusterStatus,
+    lrc: &LiveRoomCluster,
+    conds: &[(&str, bool, &str, &str)],
+) -> LiveRoomClusterStatus {
+    let prev = lrc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = lrc.metadata.generation;
+    let mut out: Vec<Condition> = Vec::new();
+    for (t, ok, reason, msg) in conds {
+        out.push(condition(t, *ok, reason, msg, generation, &prev));
+    }
+    for c in &prev {
+        if !out.iter().any(|o| o.type_ == c.type_) {
+            out.push(c.clone());
+        }
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    status.conditions = out;
+    status.observed_generation = generation;
+    status
+}
+
+async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
+    let name = lrc.name_any();
+    let names = Names { cluster: &name };
+    let base = lrc.status.clone().unwrap_or_default();
+
+    if let Err(problems) = validate_spec(&lrc.spec) {
+        let msg = problems.join("; ");
+        let already = base
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec" && c.message == msg);
+        if !already {
+            ctx.event_for(lrc, true, "InvalidSpec", msg.clone()).await;
+        }
+        let mut status = base.clone();
+        status.phase = Some("Invalid".into());
+        let status = with_conditions(
+            status,
+            lrc,
+            &[
+                ("Ready", false, "InvalidSpec", &msg),
+                ("Degraded", true, "InvalidSpec", &msg),
+            ],
+        );
+        write_status(ctx, lrc, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Credentials first: pods mount them.
+    tracing::debug!(cluster = %name, phase = "secrets", "reconcile");
+    let tokens = ensure_secret(
+        ctx,
+        lrc,
+        &ns,
+        names.tokens(),
+        BTreeMap::from([
+            ("client-token".to_string(), random_hex(24)?),
+            ("admin-token".to_string(), random_hex(24)?),
+        ]),
+    )
+    .await?;
+    ensure_secret(
+        ctx,
+        lrc,
+        &ns,
+        names.contact_keys(),
+        BTreeMap::from([("keys".to_string(), format!("1 {}\n", random_hex(32)?))]),
+    )
+    .await?;
+    let admin = NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token"));
+
+    // Pods and what their nodes say, before ids: the membership raises the id floor.
+    tracing::debug!(cluster = %name, phase = "list pods", "reconcile");
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
+        .await?
+        .items;
+    let mut statuses = BTreeMap::new();
+    let probes = pods.iter().filter_map(|p| {
+        let ip = p.status.as_ref()?.pod_ip.clone()?;
+        let admin = admin.clone();
+        let pod = p.name_any();
+        Some(async move { (pod, admin.status(&ip).await) })
+    });
+    tracing::debug!(cluster = %name, phase = "probe nodes", "reconcile");
+    for (pod, result) in futures::future::join_all(probes).await {
+        match result {
+            Ok(s) => {
+                statuses.insert(pod, s);
+            }
+            Err(e) => tracing::debug!(%pod, error = %e, "node did not answer"),
+        }
+    }
+    let floor = statuses
+        .values()
+        .flat_map(|s| {
+            s.voters
+                .iter()
+                .chain(s.learners.iter())
+                .copied()
+                .chain([s.node_id])
+        })
+        .max()
+        .map_or(1, |m| m + 1);
+
+    // Node ids: append-only identity map.
+    tracing::debug!(cluster = %name, phase = "identities", "reconcile");
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = cm_api.get_opt(&names.identities()).await?;
+    let mut ids = Identities::parse(existing.as_ref()).map_err(Error::Identity)?;
+    let slots = resources::slots(lrc);
+    if ids.assign(&slots, floor) {
+        ctx.event_for(
+            lrc,
+            false,
+            "NodeIdsAssigned",
+            format!("node ids now {:?}", ids.by_pod),
+        )
+        .await;
+    }
+    apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+
+    // Owned objects per region. A StatefulSet keeps pods that are still Raft
+    // members even when the spec shrank: they leave the membership first.
+    // Who is still a Raft member: the leader knows. Without a leader (it is
+    // moving) count every id any node or the last status names: shrinking a
+    // StatefulSet under a member would take a voter down unannounced. (A node
+    // removed from the group may still list itself; the leader's view wins.)
+    let leader_view = statuses
+        .values()
+        .find(|s| s.leader_id == Some(s.node_id) && s.role == "leader");
+    let mut members_now: Vec<u64> = match leader_view {
+        Some(l) => l.voters.iter().chain(l.learners.iter()).copied().collect(),
+        None => statuses
+            .values()
+            .flat_map(|s| s.voters.iter().chain(s.learners.iter()).copied())
+            .chain(
+                base.members
+                    .iter()
+                    .filter_map(|m| u64::try_from(m.node_id).ok()),
+            )
+            .collect(),
+    };
+    members_now.sort_unstable();
+    members_now.dedup();
+    for region in &lrc.spec.regions {
+        let mut sts = resources::statefulset(lrc, region);
+        let wanted = region.voters + region.learners;
+        let still_members = ids
+            .by_pod
+            .iter()
+            .filter(|(_, (id, _))| members_now.contains(id))
+            .filter_map(|(pod, _)| {
+                pod.strip_prefix(&format!("{}-", names.statefulset(&region.name)))
+            })
+            .filter_map(|ordinal| ordinal.parse::<i32>().ok())
+            .map(|o| o + 1)
+            .max()
+            .unwrap_or(0);
+        sts.spec.replicas = Some(wanted.max(still_members));
+        if apply_if_changed(ctx, &ns, sts).await? {
+            ctx.event_for(
+                lrc,
+                false,
+                "StatefulSetApplied",
+                format!("applied StatefulSet {}", names.statefulset(&region.name)),
+            )
+            .await;
+        }
+        apply_if_changed(ctx, &ns, resources::peers_service(lrc, region)).await?;
+        apply_if_changed(ctx, &ns, resources::client_service(lrc, region)).await?;
+        apply_if_changed(ctx, &ns, resources::pdb(lrc, region)).await?;
+    }
+    tracing::debug!(cluster = %name, phase = "network policy", "reconcile");
+    apply_if_changed(ctx, &ns, resources::network_policy(lrc)).await?;
+
+    // Which pods run an outdated template.
+    tracing::debug!(cluster = %name, phase = "revisions", "reconcile");
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut update_revision: BTreeMap<String, String> = BTreeMap::new();
+    for region in &lrc.spec.regions {
+        if let Some(s) = sts_api.get_opt(&names.statefulset(&region.name)).await? {
+            if let Some(rev) = s.status.and_then(|st| st.update_revision) {
+                update_revision.insert(region.name.clone(), rev);
+            }
+        }
+    }
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|p| {
+            let pod = p.name_any();
+            let region = p.labels().get(REGION_LABEL).cloned().unwrap_or_default();
+            let revision = p.labels().get("controller-revision-hash");
+            PodView {
+                zone: ids
+                    .by_pod
+                    .get(&pod)
+                    .and_then(|(_, z)| z.clone())
+                    .unwrap_or_else(|| region.clone()),
+                id: ids.id_of(&pod),
+                ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                status: statuses.get(&pod).cloned(),
+                deleting: p.metadata.deletion_timestamp.is_some(),
+                ready: p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                outdated: match (revision, update_revision.get(&region)) {
+                    (Some(have), Some(want)) => have != want,
+                    _ => false,
+                },
+                region,
+                pod,
+            }
+        })
+        .collect();
+
+    let mut status = observed_status(lrc, &ids, &views, base.clone());
+    if lrc.spec.paused {
+        status.phase = Some("Paused".into());
+        let status = with_conditions(
+            status,
+            lrc,
+            &[(
+                "Progressing",
+                false,
+                "Paused",
+                "spec.paused is set: membership and playbook actions stop",
+            )],
+        );
+        write_status(ctx, lrc, status).await?;
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    }
+
+    let slot_ids: Vec<(resources::Slot, u64)> = slots
+        .iter()
+        .filter_map(|s| ids.id_of(&s.pod).map(|id| (s.clone(), id)))
+        .collect();
+    let step = plan::next_step(&slot_ids, &views, base.bootstrapped);
+    let leader_ip = plan::leader(&views).and_then(|(p, _)| p.ip.clone());
+    let mut progressing = true;
+    let mut degraded: Option<String> = None;
+    if !matches!(step, Step::Wait(_) | Step::Converged) {
+        tracing::info!(cluster = %name, ?step, "membership step");
+    }
+    match &step {
+        Step::Bootstrap { via, members } => {
+            let ip = views
+                .iter()
+                .find(|v| &v.pod == via)
+                .and_then(|v| v.ip.clone())
+                .unwrap_or_default();
+            admin.init(&ip, members).await?;
+            status.bootstrapped = true;
+            ctx.event_for(
+                lrc,
+                false,
+                "Bootstrapped",
+                format!(
+                    "initialized the Raft group on {via} with voters {:?}",
+                    members.keys().collect::<Vec<_>>()
+                ),
+            )
+            .await;
+        }
+        Step::AddLearner { id, pod, node } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.add_learner(&ip, *id, node).await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "LearnerAdded",
+                format!("added node {id} ({pod}) as a learner"),
+            )
+            .await;
+        }
+        Step::Promote { id, pod } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.promote(&ip, *id).await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "VoterPromoted",
+                format!("promoted node {id} ({pod}) to voter"),
+            )
+            .await;
+        }
+        Step::Remove { id, voter } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.remove(&ip, *id).await?;
+            // A node that left the group for good gives up its id: if its pod
+            // name comes back (scale up again), it joins under a fresh id.
+            let leaving_pod = ids.pod_of(*id).map(str::to_string);
+            if let Some(pod) = leaving_pod {
+                if !slots.iter().any(|s| s.pod == pod) {
+                    ids.retire(&pod);
+                    apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+                }
+            }
+            let what = if *voter {
+                "from the voters"
+            } else {
+                "from the group"
+            };
+            ctx.event_for(
+                lrc,
+                false,
+                "MemberRemoved",
+                format!("removed node {id} {what}"),
+            )
+            .await;
+        }
+        Step::TransferLeader { to, reason } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.transfer_leader(&ip, *to).await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "LeadershipTransferred",
+                format!("moved leadership to node {to}: {reason}"),
+            )
+            .await;
+        }
+        Step::RetireWiped { id, pod, .. } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.remove(&ip, *id).await?;
+            ids.retire(pod);
+            ids.assign(&slots, floor);
+            apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+            pods_api.delete(pod, &DeleteParams::default()).await?;
+            ctx.event_for(lrc, true, "WipedNodeReplaced", format!("{pod} lost the log of node {id}; retired id {id}, the pod restarts as node {:?}", ids.id_of(pod))).await;
+        }
+        Step::RestartForUpdate { pod } => {
+            pods_api.delete(pod, &DeleteParams::default()).await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "RollingRestart",
+                format!("restarting {pod} for the new template"),
+            )
+            .await;
+        }
+        Step::Wait(why) => {
+            tracing::info!(cluster = %name, reason = %why, "waiting");
+            if why.contains("refusing")
+                || why.contains("no live quorum")
+                || why.contains("no leader")
+            {
+                degraded = Some(why.clone());
+            }
+        }
+        Step::Converged => progressing = false,
+    }
+    tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
+    let tier = crate::tier::run(lrc, ctx, &views, &admin).await?;
+    let (tier_ok, tier_msg) = match &tier {
+        Ok(t) => {
+            status.active_tier = Some(t.clone());
+            (true, format!("playbook tier in force: {t}"))
+        }
+        Err(why) => {
+            status.active_tier = Some("unknown".into());
+            (false, why.clone())
+        }
+    };
+    let step_text = match &step {
+        Step::Wait(w) => w.clone(),
+        Step::Converged => "membership matches the spec".to_string(),
+        other => format!("{other:?}"),
+    };
+    let ready =
+        status.leader.is_some() && status.regions.iter().all(|r| r.ready_voters >= r.voters);
+    status.phase = Some(
+        if !status.bootstrapped {
+            "Bootstrapping"
+        } else if degraded.is_some() || status.leader.is_none() {
+            "Degraded"
+        } else if progressing {
+            "Progressing"
+        } else {
+            "Running"
+        }
+        .into(),
+    );
+    let quorum = status.leader.is_some();
+    let degraded_msg = degraded
+        .clone()
+        .unwrap_or_else(|| "every voter is live".into());
+    let status = with_conditions(
+        status,
+        lrc,
+        &[
+            (
+                "Ready",
+                ready,
+                if ready {
+                    "AllVotersReady"
+                } else {
+                    "VotersNotReady"
+                },
+                &step_text,
+            ),
+            (
+                "Available",
+                quorum,
+                if quorum { "LeaderElected" } else { "NoLeader" },
+                if quorum {
+                    "a leader accepts orders"
+                } else {
+                    "no Raft leader: orders are refused"
+                },
+            ),
+            (
+                "Progressing",
+                progressing,
+                if progressing {
+                    "Reconciling"
+                } else {
+                    "Converged"
+                },
+                &step_text,
+            ),
+            (
+                "Degraded",
+                degraded.is_some(),
+                if degraded.is_some() {
+                    "Blocked"
+                } else {
+                    "Healthy"
+                },
+                &degraded_msg,
+            ),
+            (
+                "PlaybookReady",
+                tier_ok,
+                if tier_ok {
+                    "Running"
+                } else {
+                    "PlaybookInvalid"
+                },
+                &tier_msg,
+            ),
+        ],
+    );
+    write_status(ctx, lrc, status).await?;
+    Ok(if progressing {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(Duration::from_secs(15))
+    })
+}
+
+/// The status fields that describe what is observed (not the step taken).
+fn observed_status(
+    lrc: &LiveRoomCluster,
+    ids: &Identities,
+    views: &[PodView],
+    mut status: LiveRoomClusterStatus,
+) -> LiveRoomClusterStatus {
+    let leader = plan::leader(views);
+    status.leader = leader.map(|(p, _)| p.pod.clone());
+    status.leader_id = leader.and_then(|(_, s)| i64::try_from(s.node_id).ok());
+    let term = views
+        .iter()
+        .filter_map(|v| v.status.as_ref().map(|s| s.term))
+        .max();
+    status.term = term.and_then(|t| i64::try_from(t).ok());
+    status.commit_index = leader.and_then(|(_, s)| i64::try_from(s.committed_index).ok());
+    status.commit_lag = leader
+        .map(|(_, s)| s.replication.values().map(|r| r.lag).max().unwrap_or(0))
+        .and_then(|l| i64::try_from(l).ok());
+    if views
+        .iter()
+        .any(|v| v.status.as_ref().is_some_and(|s| !s.voters.is_empty()))
+    {
+        status.bootstrapped = true;
+    }
+    let (voters, learners): (Vec<u64>, Vec<u64>) = leader
+        .map(|(_, s)| (s.voters.clone(), s.learners.clone()))
+        .unwrap_or_default();
+    let ready_pod = |id: u64| -> bool {
+        views
+            .iter()
+            .any(|v| v.id == Some(id) && v.status.as_ref().is_some_and(|s| s.leader_id.is_some()))
+    };
+    status.members = voters
+        .iter()
+        .map(|id| (*id, "voter"))
+        .chain(learners.iter().map(|id| (*id, "learner")))
+        .map(|(id, role)| {
+            let pod = ids.pod_of(id).unwrap_or("").to_string();
+            let region = views
+                .iter()
+                .find(|v| v.pod == pod)
+                .map(|v| v.region.clone())
+                .unwrap_or_default();
+            MemberStatus {
+                node_id: i64::try_from(id).unwrap_or(i64::MAX),
+                pod,
+                region,
+                role: role.to_string(),
+                lag: leader.and_then(|(_, s)| {
+                    if s.node_id == id {
+                        Some(0)
+                    } else {
+                        s.replication
+                            .get(&id.to_string())
+                            .and_then(|r| i64::try_from(r.lag).ok())
+                    }
+                }),
+            }
+        })
+        .collect();
+    status.regions =
+        lrc.spec
+            .regions
+            .iter()
+            .map(|r| {
+                let in_region = |id: &u64| {
+                    status.members.iter().any(|m| {
+                        m.node_id == i64::try_from(*id).unwrap_or(-1) && m.region == r.name
+                    })
+                };
+                RegionStatus {
+                    name: r.name.clone(),
+                    voters: r.voters,
+                    ready_voters: i32::try_from(
+                        voters
+                            .iter()
+                            .filter(|id| in_region(id) && ready_pod(**id))
+                            .count(),
+                    )
+                    .unwrap_or(0),
+                    learners: i32::try_from(learners.iter().filter(|id| in_region(id)).count())
+                        .unwrap_or(0),
+                    running_pods: i32::try_from(
+                        views
+                            .iter()
+                            .filter(|v| v.region == r.name && v.ip.is_some() && !v.deleting)
+                            .count(),
+                    )
+                    .unwrap_or(0),
+                }
+            })
+            .collect();
+    let want: i32 = lrc.spec.regions.iter().map(|r| r.voters).sum();
+    let have: i32 = status.regions.iter().map(|r| r.ready_voters).sum();
+    status.ready_voters = Some(format!("{have}/{want}"));
+    status
+}
+
+/// Orderly deletion: stop the nodes, delete what the cluster owns (garbage
+/// collection would too, but not on clusters without it, and not before the
+/// finalizer is gone), keep the PVCs' fate to the StatefulSet's policy.
+async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
+    let name = lrc.name_any();
+    let names = Names { cluster: &name };
+    let dp = DeleteParams::background();
+    ctx.event_for(
+        lrc,
+        false,
+        "Deleting",
+        "deleting the cluster's StatefulSets, Services, budgets, policies, ConfigMap and Secrets"
+            .into(),
+    )
+    .await;
+    for region in &lrc.spec.regions {
+        delete_if_present::<StatefulSet>(ctx, &ns, &names.statefulset(&region.name), &dp).await?;
+        delete_if_present::<Service>(ctx, &ns, &names.peers_service(&region.name), &dp).await?;
+        delete_if_present::<Service>(ctx, &ns, &names.client_service(&region.name), &dp).await?;
+        delete_if_present::<PodDisruptionBudget>(ctx, &ns, &names.statefulset(&region.name), &dp)
+            .await?;
+    }
+    delete_if_present::<NetworkPolicy>(ctx, &ns, &names.network_policy(), &dp).await?;
+    delete_if_present::<ConfigMap>(ctx, &ns, &names.identities(), &dp).await?;
+    delete_if_present::<Secret>(ctx, &ns, &names.tokens(), &dp).await?;
+    delete_if_present::<Secret>(ctx, &ns, &names.contact_keys(), &dp).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    pods.delete_collection(
+        &dp,
+        &ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+async fn delete_if_present<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    dp: &DeleteParams,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Validates FailoverPlaybooks and reports the result in their status.
+pub async fn run_playbooks(
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<FailoverPlaybook> = Api::all(client.clone());
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |fpb: Arc<FailoverPlaybook>, client: Arc<Client>| async move {
+                let ns = fpb.namespace().ok_or(Error::NoNamespace)?;
+                let api: Api<FailoverPlaybook> = Api::namespaced((*client).clone(), &ns);
+                let result = roomkeeper_playbook::validate(&fpb.spec.0);
+                let (valid, msg) = match &result {
+                    Ok(()) => ("True".to_string(), "the playbook is valid".to_string()),
+                    Err(problems) => (
+                        "False".to_string(),
+                        problems
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                };
+                let prev = fpb.status.clone().unwrap_or_default();
+                let cond = condition(
+                    "Valid",
+                    result.is_ok(),
+                    if result.is_ok() {
+                        "Validated"
+                    } else {
+                        "Invalid"
+                    },
+                    &msg,
+                    fpb.metadata.generation,
+                    &prev.conditions,
+                );
+                let status = crate::crd::FailoverPlaybookStatus {
+                    observed_generation: fpb.metadata.generation,
+                    valid: Some(valid),
+                    tiers: i64::try_from(fpb.spec.0.tiers.len()).ok(),
+                    conditions: vec![cond],
+                };
+                if fpb.status.as_ref() != Some(&status) {
+                    api.patch_status(
+                        &fpb.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": status })),
+                    )
+                    .await?;
+                }
+                Ok::<_, Error>(Action::await_change())
+            },
+            |_, _: &Error, _| Action::requeue(Duration::from_secs(10)),
+            Arc::new(client),
+        )
+        .for_each(|_| async {})
+        .await;
+}

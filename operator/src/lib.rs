@@ -1,0 +1,10 @@
+//! The roomkeeper Kubernetes operator.
+pub mod controller;
+pub mod crd;
+pub mod metrics;
+pub mod nodes;
+pub mod plan;
+pub mod resources;
+pub mod runtime;
+pub mod tier;
+pub mod validate;

@@ -1,0 +1,167 @@
+//! What the operator asks of order-store nodes, over their admin API.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use roomkeeper_control::http::JsonClient;
+use roomkeeper_order_store::admin::NodeStatus;
+use roomkeeper_order_store::raft_types::NodeInfo;
+use serde_json::{json, Value};
+
+use crate::resources::{ADMIN_PORT, API_PORT, RAFT_PORT};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Adding a learner waits until it caught up; give it room.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("node {addr} refused {path}: HTTP {status} {body}")]
+    Refused {
+        addr: String,
+        path: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// The admin API of one pod's node.
+#[derive(Clone)]
+pub struct NodeAdmin {
+    http: JsonClient,
+    token: Option<String>,
+}
+
+/// A node's advertised addresses, from its pod IP.
+pub fn node_info(pod_ip: &str, region: &str, zone: &str) -> NodeInfo {
+    NodeInfo {
+        raft_addr: format!("{pod_ip}:{RAFT_PORT}"),
+        api_addr: format!("{pod_ip}:{API_PORT}"),
+        admin_addr: format!("{pod_ip}:{ADMIN_PORT}"),
+        region: region.to_string(),
+        zone: zone.to_string(),
+    }
+}
+
+impl NodeAdmin {
+    pub fn new(http: JsonClient, token: Option<String>) -> Self {
+        NodeAdmin { http, token }
+    }
+
+    pub async fn status(&self, pod_ip: &str) -> Result<NodeStatus, NodeError> {
+        let addr = format!("{pod_ip}:{ADMIN_PORT}");
+        let reply = self
+            .http
+            .get(&addr, "/admin/status", self.token.as_deref(), TIMEOUT)
+            .await
+            .map_err(|e| NodeError::Unreachable {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        if reply.status != 200 {
+            return Err(NodeError::Refused {
+                addr,
+                path: "/admin/status".into(),
+                status: reply.status,
+                body: reply.body.to_string(),
+            });
+        }
+        serde_json::from_value(reply.body).map_err(|e| NodeError::Unreachable {
+            addr,
+            message: format!("unreadable status: {e}"),
+        })
+    }
+
+    async fn post(
+        &self,
+        pod_ip: &str,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, NodeError> {
+        let addr = format!("{pod_ip}:{ADMIN_PORT}");
+        let reply = self
+            .http
+            .post(&addr, path, &body, self.token.as_deref(), timeout)
+            .await
+            .map_err(|e| NodeError::Unreachable {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        if !(200..300).contains(&reply.status) {
+            return Err(NodeError::Refused {
+                addr,
+                path: path.to_string(),
+                status: reply.status,
+                body: reply.body.to_string(),
+            });
+        }
+        Ok(reply.body)
+    }
+
+    pub async fn init(
+        &self,
+        pod_ip: &str,
+        members: &BTreeMap<u64, NodeInfo>,
+    ) -> Result<(), NodeError> {
+        self.post(
+            pod_ip,
+            "/admin/init",
+            json!({ "members": members }),
+            TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn add_learner(
+        &self,
+        leader_ip: &str,
+        id: u64,
+        node: &NodeInfo,
+    ) -> Result<(), NodeError> {
+        self.post(
+            leader_ip,
+            "/admin/learners",
+            json!({ "node_id": id, "node": node }),
+            MEMBERSHIP_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn promote(&self, leader_ip: &str, id: u64) -> Result<(), NodeError> {
+        self.post(
+            leader_ip,
+            "/admin/promote",
+            json!({ "node_id": id }),
+            MEMBERSHIP_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove(&self, leader_ip: &str, id: u64) -> Result<(), NodeError> {
+        self.post(
+            leader_ip,
+            "/admin/remove",
+            json!({ "node_id": id }),
+            MEMBERSHIP_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn transfer_leader(&self, leader_ip: &str, to: u64) -> Result<(), NodeError> {
+        self.post(
+            leader_ip,
+            "/admin/transfer-leader",
+            json!({ "to": to }),
+            TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,755 @@
+//! The Kubernetes objects a LiveRoomCluster owns, built as pure functions of its
+//! spec (and the node ids already assigned), so they can be tested without an
+//! API server and compared by hash to skip writes that change nothing.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::crd::{LiveRoomCluster, RegionSpec};
+
+pub const RAFT_PORT: i32 = 7101;
+pub const API_PORT: i32 = 7201;
+pub const ADMIN_PORT: i32 = 7301;
+pub const HASH_ANNOTATION: &str = "roomkeeper.dev/spec-hash";
+pub const CLUSTER_LABEL: &str = "roomkeeper.dev/cluster";
+pub const REGION_LABEL: &str = "roomkeeper.dev/region";
+pub const OPERATOR_APP: &str = "roomkeeper-operator";
+const IDENTITY_DIR: &str = "/etc/roomkeeper/identity";
+const CONTACT_DIR: &str = "/etc/roomkeeper/contact";
+const DATA_DIR: &str = "/var/lib/roomkeeper";
+
+/// Names of everything a cluster owns, in one place.
+pub struct Names<'a> {
+    pub cluster: &'a str,
+}
+
+impl Names<'_> {
+    pub fn statefulset(&self, region: &str) -> String {
+        format!("{}-{region}", self.cluster)
+    }
+    pub fn pod(&self, region: &str, ordinal: i32) -> String {
+        format!("{}-{region}-{ordinal}", self.cluster)
+    }
+    pub fn peers_service(&self, region: &str) -> String {
+        format!("{}-{region}-peers", self.cluster)
+    }
+    pub fn client_service(&self, region: &str) -> String {
+        format!("{}-{region}", self.cluster)
+    }
+    pub fn identities(&self) -> String {
+        format!("{}-identities", self.cluster)
+    }
+    pub fn tokens(&self) -> String {
+        format!("{}-tokens", self.cluster)
+    }
+    pub fn contact_keys(&self) -> String {
+        format!("{}-contact-keys", self.cluster)
+    }
+    pub fn network_policy(&self) -> String {
+        format!("{}-peers-only", self.cluster)
+    }
+}
+
+/// Labels on every object and pod of a cluster (and a region, when given).
+pub fn labels(cluster: &str, region: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "roomkeeper-node".to_string(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            cluster.to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            OPERATOR_APP.to_string(),
+        ),
+        (CLUSTER_LABEL.to_string(), cluster.to_string()),
+    ]);
+    if let Some(r) = region {
+        l.insert(REGION_LABEL.to_string(), r.to_string());
+    }
+    l
+}
+
+fn selector(cluster: &str, region: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([(CLUSTER_LABEL.to_string(), cluster.to_string())]);
+    if let Some(r) = region {
+        l.insert(REGION_LABEL.to_string(), r.to_string());
+    }
+    l
+}
+
+fn owner_ref(lrc: &LiveRoomCluster) -> Option<OwnerReference> {
+    lrc.controller_owner_ref(&())
+}
+
+fn meta(lrc: &LiveRoomCluster, name: String, region: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: lrc.metadata.namespace.clone(),
+        labels: Some(labels(&cluster_name(lrc), region)),
+        owner_references: owner_ref(lrc).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The cluster's name (always set on objects read from the API server).
+pub fn cluster_name(lrc: &LiveRoomCluster) -> String {
+    lrc.metadata.name.clone().unwrap_or_default()
+}
+
+/// One node slot of the cluster: a pod of a region's StatefulSet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub pod: String,
+    pub region: String,
+    pub ordinal: i32,
+    /// Ordinals below the region's voter count are voters; the rest learners.
+    pub voter: bool,
+    pub zone: Option<String>,
+}
+
+/// Every pod slot the spec asks for, in region order.
+pub fn slots(lrc: &LiveRoomCluster) -> Vec<Slot> {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    let mut out = Vec::new();
+    for r in &lrc.spec.regions {
+        for ordinal in 0..(r.voters + r.learners).max(0) {
+            let zone = if r.zones.is_empty() {
+                None
+            } else {
+                usize::try_from(ordinal)
+                    .ok()
+                    .map(|o| r.zones[o % r.zones.len()].clone())
+            };
+            out.push(Slot {
+                pod: names.pod(&r.name, ordinal),
+                region: r.name.clone(),
+                ordinal,
+                voter: ordinal < r.voters,
+                zone,
+            });
+        }
+    }
+    out
+}
+
+/// The identity map: pod name → (node id, zone). Ids are only ever appended:
+/// a pod keeps its id, a new pod gets `next_id`, an id is never given twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identities {
+    pub by_pod: BTreeMap<String, (u64, Option<String>)>,
+    /// The next id to hand out; above every id ever assigned.
+    pub next_id: u64,
+}
+
+impl Identities {
+    /// Parses the ConfigMap's `nodes` and `next-id` keys.
+    pub fn parse(cm: Option<&ConfigMap>) -> Result<Identities, String> {
+        let mut ids = Identities {
+            by_pod: BTreeMap::new(),
+            next_id: 1,
+        };
+        let Some(data) = cm.and_then(|c| c.data.as_ref()) else {
+            return Ok(ids);
+        };
+        if let Some(nodes) = data.get("nodes") {
+            for (n, line) in nodes.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let (Some(pod), Some(id)) = (parts.next(), parts.next()) else {
+                    return Err(format!(
+                        "nodes line {}: expected `<pod> <id> [zone]`",
+                        n + 1
+                    ));
+                };
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| format!("nodes line {}: id {id:?} is not a number", n + 1))?;
+                ids.next_id = ids.next_id.max(id + 1);
+                ids.by_pod
+                    .insert(pod.to_string(), (id, parts.next().map(str::to_string)));
+            }
+        }
+        if let Some(next) = data.get("next-id") {
+            let next: u64 = next
+                .trim()
+                .parse()
+                .map_err(|_| format!("next-id {next:?} is not a number"))?;
+            ids.next_id = ids.next_id.max(next);
+        }
+        Ok(ids)
+    }
+
+    /// Gives every slot without an id a fresh one; keeps ids of pods no longer
+    /// wanted (their members may still need removing). Returns whether it changed.
+    pub fn assign(&mut self, slots: &[Slot], floor: u64) -> bool {
+        self.next_id = self.next_id.max(floor);
+        let mut changed = false;
+        for s in slots {
+            if !self.by_pod.contains_key(&s.pod) {
+                self.by_pod
+                    .insert(s.pod.clone(), (self.next_id, s.zone.clone()));
+                self.next_id += 1;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Retires a pod's id (its volume was wiped or it left): the pod gets a new
+    /// id next time it is assigned; the old one is never handed out again.
+    pub fn retire(&mut self, pod: &str) -> bool {
+        self.by_pod.remove(pod).is_some()
+    }
+
+    pub fn id_of(&self, pod: &str) -> Option<u64> {
+        self.by_pod.get(pod).map(|(id, _)| *id)
+    }
+
+    pub fn pod_of(&self, id: u64) -> Option<&str> {
+        self.by_pod
+            .iter()
+            .find(|(_, (i, _))| *i == id)
+            .map(|(p, _)| p.as_str())
+    }
+
+    fn render(&self) -> BTreeMap<String, String> {
+        let mut nodes = String::from("# <pod> <raft node id> [zone] -- written by roomkeeper-operator; ids are never reused\n");
+        for (pod, (id, zone)) in &self.by_pod {
+            nodes.push_str(pod);
+            nodes.push(' ');
+            nodes.push_str(&id.to_string());
+            if let Some(z) = zone {
+                nodes.push(' ');
+                nodes.push_str(z);
+            }
+            nodes.push('\n');
+        }
+        BTreeMap::from([
+            ("nodes".to_string(), nodes),
+            ("next-id".to_string(), self.next_id.to_string()),
+        ])
+    }
+}
+
+pub fn identities_configmap(lrc: &LiveRoomCluster, ids: &Identities) -> ConfigMap {
+    let cluster = cluster_name(lrc);
+    ConfigMap {
+        metadata: meta(lrc, Names { cluster: &cluster }.identities(), None),
+        data: Some(ids.render()),
+        ..ConfigMap::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("admin".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn port(name: &str, p: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: p,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+/// The StatefulSet of one region. Pods start in parallel (a Raft group needs
+/// its peers up before any is "ready"), and are replaced only when the
+/// operator deletes them (`OnDelete`), so it can move leadership first.
+pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    let os = &lrc.spec.order_store;
+    let args: Vec<String> = [
+        "node",
+        "--identity-file",
+        &format!("{IDENTITY_DIR}/nodes"),
+        "--pod-name",
+        "$(POD_NAME)",
+        "--data-dir",
+        DATA_DIR,
+        "--raft-addr",
+        &format!("$(POD_IP):{RAFT_PORT}"),
+        "--api-addr",
+        &format!("$(POD_IP):{API_PORT}"),
+        "--admin-addr",
+        &format!("$(POD_IP):{ADMIN_PORT}"),
+        "--region",
+        &region.name,
+        "--contact-key-file",
+        &format!("{CONTACT_DIR}/keys"),
+        "--heartbeat-ms",
+        &os.heartbeat_ms.to_string(),
+        "--election-timeout-min-ms",
+        &os.election_timeout_min_ms.to_string(),
+        "--election-timeout-max-ms",
+        &os.election_timeout_max_ms.to_string(),
+        "--snapshot-every-entries",
+        &os.snapshot_every_entries.to_string(),
+        "--max-inflight-writes",
+        &os.max_inflight_writes.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let container = Container {
+        name: "node".to_string(),
+        image: Some(lrc.spec.image.clone()),
+        command: Some(vec!["roomkeeper".to_string()]),
+        args: Some(args),
+        env: Some(vec![
+            env_field("POD_NAME", "metadata.name"),
+            env_field("POD_IP", "status.podIP"),
+            env_secret("ROOMKEEPER_CLIENT_TOKEN", &names.tokens(), "client-token"),
+            env_secret("ROOMKEEPER_ADMIN_TOKEN", &names.tokens(), "admin-token"),
+        ]),
+        ports: Some(vec![
+            port("raft", RAFT_PORT),
+            port("api", API_PORT),
+            port("admin", ADMIN_PORT),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 2, 2)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: region.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".to_string(),
+                mount_path: DATA_DIR.to_string(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "identity".to_string(),
+                mount_path: IDENTITY_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "contact-keys".to_string(),
+                mount_path: CONTACT_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let pod_labels = labels(&cluster, Some(&region.name));
+    let pvc = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_string()),
+            labels: Some(pod_labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: region.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(region.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    StatefulSet {
+        metadata: meta(lrc, names.statefulset(&region.name), Some(&region.name)),
+        spec: StatefulSetSpec {
+            replicas: Some(region.voters + region.learners),
+            service_name: Some(names.peers_service(&region.name)),
+            pod_management_policy: Some("Parallel".to_string()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(&cluster, Some(&region.name))),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    termination_grace_period_seconds: Some(30),
+                    enable_service_links: Some(false),
+                    automount_service_account_token: Some(false),
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "topology.kubernetes.io/zone".to_string(),
+                        when_unsatisfiable: "ScheduleAnyway".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector(&cluster, Some(&region.name))),
+                            ..LabelSelector::default()
+                        }),
+                        ..TopologySpreadConstraint::default()
+                    }]),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "identity".to_string(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: names.identities(),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "contact-keys".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(names.contact_keys()),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![pvc]),
+            // Scaled-away pods leave the group first (the operator removes them
+            // from the membership before shrinking the set); their volumes go
+            // with them, so a later pod of that name starts clean under a new
+            // node id. Deleting the cluster keeps the volumes.
+            persistent_volume_claim_retention_policy: Some(
+                k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some("Delete".to_string()),
+                    when_deleted: Some("Retain".to_string()),
+                },
+            ),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+fn service_ports() -> Vec<ServicePort> {
+    [
+        ("raft", RAFT_PORT),
+        ("api", API_PORT),
+        ("admin", ADMIN_PORT),
+    ]
+    .iter()
+    .map(|(n, p)| ServicePort {
+        name: Some(n.to_string()),
+        port: *p,
+        target_port: Some(IntOrString::Int(*p)),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    })
+    .collect()
+}
+
+/// Headless Service giving each node a stable DNS name; publishes pods before
+/// they are ready, since peers must reach each other to become ready.
+pub fn peers_service(lrc: &LiveRoomCluster, region: &RegionSpec) -> Service {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    Service {
+        metadata: meta(lrc, names.peers_service(&region.name), Some(&region.name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(&cluster, Some(&region.name))),
+            ports: Some(service_ports()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Client Service of a region: the order API of its ready nodes.
+pub fn client_service(lrc: &LiveRoomCluster, region: &RegionSpec) -> Service {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    Service {
+        metadata: meta(lrc, names.client_service(&region.name), Some(&region.name)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&cluster, Some(&region.name))),
+            ports: Some(vec![ServicePort {
+                name: Some("api".to_string()),
+                port: API_PORT,
+                target_port: Some(IntOrString::Int(API_PORT)),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// At most one node of a region down for voluntary disruptions (drains).
+pub fn pdb(lrc: &LiveRoomCluster, region: &RegionSpec) -> PodDisruptionBudget {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    PodDisruptionBudget {
+        metadata: meta(lrc, names.statefulset(&region.name), Some(&region.name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&cluster, Some(&region.name))),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// Raft traffic only from the cluster's own nodes; the admin port only from the
+/// operator; the order API from anywhere (clients).
+pub fn network_policy(lrc: &LiveRoomCluster) -> NetworkPolicy {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    let tcp = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".to_string()),
+        ..NetworkPolicyPort::default()
+    };
+    NetworkPolicy {
+        metadata: meta(lrc, names.network_policy(), None),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(&cluster, None)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(selector(&cluster, None)),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![tcp(RAFT_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(LabelSelector::default()),
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "app.kubernetes.io/name".to_string(),
+                                OPERATOR_APP.to_string(),
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![tcp(ADMIN_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![tcp(API_PORT)]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+/// A stable hash of an object's desired form, stored in an annotation so an
+/// unchanged object is not written again.
+pub fn desired_hash<T: serde::Serialize>(obj: &T) -> String {
+    let bytes = serde_json::to_vec(obj).unwrap_or_default();
+    format!("{:08x}", crc32fast::hash(&bytes))
+}
+
+/// Stamps the hash annotation onto the object's metadata.
+pub fn with_hash<T: Resource + serde::Serialize>(mut obj: T) -> (T, String) {
+    let h = desired_hash(&obj);
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(HASH_ANNOTATION.to_string(), h.clone());
+    (obj, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{LiveRoomClusterSpec, OrderStoreSpec, SloSpec, StorageSpec};
+
+    fn cluster(regions: &[(&str, i32, i32)]) -> LiveRoomCluster {
+        let mut lrc = LiveRoomCluster::new(
+            "shop",
+            LiveRoomClusterSpec {
+                regions: regions
+                    .iter()
+                    .map(|(n, v, l)| RegionSpec {
+                        name: n.to_string(),
+                        kubeconfig_secret_ref: None,
+                        voters: *v,
+                        learners: *l,
+                        storage: StorageSpec::default(),
+                        resources: None,
+                        zones: vec!["a".into(), "b".into()],
+                    })
+                    .collect(),
+                image: "roomkeeper:test".into(),
+                order_store: OrderStoreSpec::default(),
+                playbook_ref: None,
+                slo: SloSpec::default(),
+                survive_region_loss: true,
+                paused: false,
+                dry_run: false,
+            },
+        );
+        lrc.metadata.namespace = Some("ns".into());
+        lrc.metadata.uid = Some("uid-1".into());
+        lrc
+    }
+
+    #[test]
+    fn slots_follow_voters_then_learners_per_region() {
+        let lrc = cluster(&[("east", 2, 1), ("west", 1, 0)]);
+        let s = slots(&lrc);
+        let pods: Vec<_> = s.iter().map(|s| (s.pod.as_str(), s.voter)).collect();
+        assert_eq!(
+            pods,
+            vec![
+                ("shop-east-0", true),
+                ("shop-east-1", true),
+                ("shop-east-2", false),
+                ("shop-west-0", true)
+            ]
+        );
+        assert_eq!(s[1].zone.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn ids_are_never_reused_even_after_a_pod_is_retired() {
+        let lrc = cluster(&[("east", 3, 0)]);
+        let mut ids = Identities::parse(None).unwrap();
+        assert!(ids.assign(&slots(&lrc), 1));
+        assert_eq!(ids.id_of("shop-east-0"), Some(1));
+        assert!(
+            !ids.assign(&slots(&lrc), 1),
+            "assigning again changes nothing"
+        );
+        // A wiped volume: the pod gets a fresh id, 1 is never handed out again.
+        assert!(ids.retire("shop-east-0"));
+        ids.assign(&slots(&lrc), 1);
+        assert_eq!(ids.id_of("shop-east-0"), Some(4));
+        // The rendered ConfigMap round-trips, including next-id.
+        let cm = identities_configmap(&lrc, &ids);
+        let back = Identities::parse(Some(&cm)).unwrap();
+        assert_eq!(back, ids);
+        // Ids seen in the Raft membership raise the floor too.
+        let mut fresh = Identities::parse(None).unwrap();
+        fresh.assign(&slots(&lrc), 10);
+        assert_eq!(fresh.id_of("shop-east-0"), Some(10));
+    }
+
+    #[test]
+    fn malformed_identity_maps_are_reported_not_guessed() {
+        let cm = ConfigMap {
+            data: Some(BTreeMap::from([(
+                "nodes".into(),
+                "shop-east-0 one\n".into(),
+            )])),
+            ..ConfigMap::default()
+        };
+        assert!(Identities::parse(Some(&cm))
+            .unwrap_err()
+            .contains("not a number"));
+    }
+
+    #[test]
+    fn owned_objects_carry_owner_references_and_labels() {
+        let lrc = cluster(&[("east", 3, 0)]);
+        let sts = statefulset(&lrc, &lrc.spec.regions[0]);
+        let owners = sts.metadata.owner_references.clone().unwrap();
+        assert_eq!(owners[0].kind, "LiveRoomCluster");
+        assert_eq!(owners[0].controller, Some(true));
+        let spec = sts.spec;
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let args = spec.template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(args.contains(&"$(POD_IP):7101".to_string()), "{args:?}");
+        let np = network_policy(&lrc).spec.unwrap();
+        assert_eq!(np.ingress.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_hash_changes_with_the_spec_and_only_then() {
+        let a = cluster(&[("east", 3, 0)]);
+        let mut b = a.clone();
+        let (_, h1) = with_hash(statefulset(&a, &a.spec.regions[0]));
+        let (_, h2) = with_hash(statefulset(&b, &b.spec.regions[0]));
+        assert_eq!(h1, h2);
+        b.spec.regions[0].voters = 5;
+        let (_, h3) = with_hash(statefulset(&b, &b.spec.regions[0]));
+        assert_ne!(h1, h3);
+    }
+}

@@ -1,0 +1,226 @@
+//! Helpers for operator end-to-end tests: apply the repository's YAML files the
+//! way `kubectl apply --server-side` would, and run `roomkeeper operator run`
+//! as a real process under a ServiceAccount's kubeconfig.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{pinned_kind, Scope};
+use kube::Client;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Server-side applies every document of a YAML file (or string), resolving
+/// each kind through discovery. Namespaced objects without a namespace go to
+/// `default_ns`.
+pub async fn apply_yaml(
+    client: &Client,
+    text: &str,
+    default_ns: &str,
+) -> Result<Vec<DynamicObject>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject =
+            serde_yaml::from_value(value).context("not a Kubernetes object")?;
+        let types = obj
+            .types
+            .clone()
+            .context("object without apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let (ar, caps) = pinned_kind(client, &gvk)
+            .await
+            .with_context(|| format!("discovering {gvk:?}"))?;
+        let name = obj.metadata.name.clone().context("object without a name")?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => {
+                let ns = obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| default_ns.to_string());
+                Api::namespaced_with(client.clone(), &ns, &ar)
+            }
+            Scope::Cluster => Api::all_with(client.clone(), &ar),
+        };
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply("roomkeeper-e2e").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .with_context(|| format!("applying {} {name}", gvk.kind))?;
+        out.push(applied);
+    }
+    Ok(out)
+}
+
+/// Applies a file of the repository (`crds/…`, `deploy/rbac.yaml`, `examples/…`).
+pub async fn apply_file(
+    client: &Client,
+    rel: &str,
+    default_ns: &str,
+) -> Result<Vec<DynamicObject>> {
+    let path = repo_root().join(rel);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    apply_yaml(client, &text, default_ns).await
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One `roomkeeper operator run` process.
+pub struct OperatorProcess {
+    pub identity: String,
+    pub http_port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl OperatorProcess {
+    /// Starts a replica with `kubeconfig` (a ServiceAccount's), logging to
+    /// `<dir>/operator-<identity>.log`.
+    pub fn start(
+        bin: &Path,
+        kubeconfig: &Path,
+        dir: &Path,
+        identity: &str,
+        lease_secs: u64,
+    ) -> Result<OperatorProcess> {
+        let http_port = free_port()?;
+        let log = dir.join(format!("operator-{identity}.log"));
+        let out = File::options().create(true).append(true).open(&log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(bin)
+            .args([
+                "operator",
+                "run",
+                "--lease-namespace",
+                "roomkeeper-system",
+                "--identity",
+                identity,
+                "--lease-duration-secs",
+                &lease_secs.to_string(),
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env(
+                "ROOMKEEPER_LOG",
+                "info,roomkeeper_operator=debug,kube=warn,hyper=warn,tower=warn",
+            )
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(OperatorProcess {
+            identity: identity.to_string(),
+            http_port,
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// SIGKILL: a crash, mid-whatever it was doing.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (graceful shutdown).
+    pub fn terminate(&mut self, within: Duration) -> Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = i32::try_from(c.id()).context("pid")?;
+        // SAFETY: kill(2) on a child pid we own; no memory is touched.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("could not signal operator {pid}");
+        }
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        bail!("operator did not stop within {within:?} of SIGTERM")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// GET one of its HTTP endpoints.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let status: u16 = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// A metric's value from `/metrics`: the sum over all its label sets;
+    /// `None` when the endpoint does not answer or has no such sample.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").ok()?;
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::k8s::tail_file(&self.log, lines)
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

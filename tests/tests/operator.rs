@@ -1,0 +1,896 @@
+//! The operator against a real API server (etcd + kube-apiserver +
+//! kube-controller-manager built from their Go modules) with the kubelet
+//! bridge running the node pods as real `roomkeeper node` processes.
+//!
+//! Needs the binaries from `scripts/k8s-test-bins.sh` (skipped loudly without
+//! them, fails under CI) and a built `roomkeeper` (`ROOMKEEPER_BIN`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
+use roomkeeper_e2e::kubelet::KubeletBridge;
+use roomkeeper_e2e::operator::{apply_file, apply_yaml, OperatorProcess};
+use serde_json::{json, Value};
+
+const NS: &str = "shop";
+const LRC: &str = "flash-sale";
+
+fn lrc_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "LiveRoomCluster"),
+        "liveroomclusters",
+    )
+}
+
+fn fpb_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "FailoverPlaybook"),
+        "failoverplaybooks",
+    )
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    for file in [
+        "crds/liveroomclusters.roomkeeper.dev.yaml",
+        "crds/failoverplaybooks.roomkeeper.dev.yaml",
+    ] {
+        apply_file(client, file, "default").await?;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "liveroomclusters.roomkeeper.dev",
+        "failoverplaybooks.roomkeeper.dev",
+    ] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("CRD {name} established"),
+            || {
+                let crds = crds.clone();
+                async move {
+                    crds.get(name)
+                        .await
+                        .ok()
+                        .and_then(|c| c.status)
+                        .is_some_and(|s| {
+                            s.conditions
+                                .unwrap_or_default()
+                                .iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                }
+            },
+        )
+        .await?;
+    }
+    // Discovery of the new group can lag behind Established.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+async fn ensure_namespace(client: &Client, ns: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn base_cluster() -> Value {
+    json!({
+        "apiVersion": "roomkeeper.dev/v1alpha1",
+        "kind": "LiveRoomCluster",
+        "metadata": {"name": "bad"},
+        "spec": {
+            "image": "roomkeeper:test",
+            "regions": [
+                {"name": "a", "voters": 1},
+                {"name": "b", "voters": 1},
+                {"name": "c", "voters": 1}
+            ]
+        }
+    })
+}
+
+/// Creates `obj` and returns the API server's rejection message.
+async fn rejection(api: &Api<DynamicObject>, obj: Value) -> Result<String> {
+    let obj: DynamicObject = serde_json::from_value(obj)?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => bail!("the API server accepted an invalid object"),
+        Err(kube::Error::Api(e)) => {
+            ensure!(
+                e.code == 422,
+                "expected 422 Invalid, got {}: {}",
+                e.code,
+                e.message
+            );
+            Ok(e.message)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_custom_resources_are_rejected_with_actionable_messages() {
+    init_test_tracing();
+    let Some(h) = KubeHarness::start_or_skip("operator_invalid").await else {
+        return;
+    };
+    if let Err(e) = invalid_scenario(&h).await {
+        eprintln!("{}", h.dump_logs(40));
+        panic!("{e:#}");
+    }
+}
+
+async fn invalid_scenario(h: &KubeHarness) -> Result<()> {
+    let client = h.admin_client();
+    install_crds(&client).await?;
+    let lrcs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &lrc_resource());
+    let patch = |f: &dyn Fn(&mut Value)| {
+        let mut v = base_cluster();
+        f(&mut v);
+        v
+    };
+    // (what, object, words the message must contain)
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "even voter count",
+            patch(&|v| v["spec"]["regions"][2]["voters"] = json!(2)),
+            "must be odd",
+        ),
+        (
+            "fewer than 3 voters",
+            patch(&|v| {
+                v["spec"]["regions"] = json!([{"name": "a", "voters": 1}]);
+            }),
+            "at least 3 voters",
+        ),
+        (
+            "duplicate region names",
+            patch(&|v| v["spec"]["regions"][1]["name"] = json!("a")),
+            "region names must be unique",
+        ),
+        (
+            "region name not a DNS label",
+            patch(&|v| v["spec"]["regions"][0]["name"] = json!("US_East")),
+            "must be a DNS label",
+        ),
+        (
+            "region with a majority while surviving region loss",
+            patch(&|v| {
+                v["spec"]["surviveRegionLoss"] = json!(true);
+                v["spec"]["regions"][0]["voters"] = json!(3);
+            }),
+            "holds a majority of the voters",
+        ),
+        (
+            "surviving region loss with two voter regions",
+            patch(&|v| {
+                v["spec"]["surviveRegionLoss"] = json!(true);
+                v["spec"]["regions"][2]["voters"] = json!(0);
+                v["spec"]["regions"][0]["voters"] = json!(2);
+            }),
+            "at least 3 regions",
+        ),
+        (
+            "election timeout range inverted",
+            patch(&|v| {
+                v["spec"]["orderStore"] =
+                    json!({"electionTimeoutMinMs": 900, "electionTimeoutMaxMs": 500});
+            }),
+            "electionTimeoutMinMs must be below electionTimeoutMaxMs",
+        ),
+        (
+            "heartbeat too slow for the election timeout",
+            patch(&|v| {
+                v["spec"]["orderStore"] = json!({"heartbeatMs": 200, "electionTimeoutMinMs": 300, "electionTimeoutMaxMs": 600});
+            }),
+            "at most a third of electionTimeoutMinMs",
+        ),
+        (
+            "negative voters",
+            patch(&|v| v["spec"]["regions"][0]["voters"] = json!(-1)),
+            "greater than or equal to 0",
+        ),
+        (
+            "too many voters in a region",
+            patch(&|v| v["spec"]["regions"][0]["voters"] = json!(9)),
+            "less than or equal to 7",
+        ),
+        (
+            "empty image",
+            patch(&|v| v["spec"]["image"] = json!("")),
+            "image must not be empty",
+        ),
+        (
+            "no regions at all",
+            patch(&|v| {
+                v["spec"].as_object_mut().map(|o| o.remove("regions"));
+            }),
+            "Required value",
+        ),
+        (
+            "duplicate zones",
+            patch(&|v| v["spec"]["regions"][0]["zones"] = json!(["z1", "z1"])),
+            "zones must be unique",
+        ),
+        (
+            "storage size not a quantity",
+            patch(&|v| v["spec"]["regions"][0]["storage"] = json!({"size": "lots"})),
+            "must be a quantity",
+        ),
+    ];
+    let total = cases.len();
+    for (what, obj, words) in cases {
+        let msg = rejection(&lrcs, obj)
+            .await
+            .with_context(|| what.to_string())?;
+        ensure!(
+            msg.contains(words),
+            "{what}: message {msg:?} lacks {words:?}"
+        );
+        eprintln!("rejected ({what}): {msg}");
+    }
+    // Immutable and grow-only fields: create a valid cluster, then change them.
+    let mut ok = base_cluster();
+    ok["metadata"]["name"] = json!("valid");
+    ok["spec"]["regions"][0]["storage"] = json!({"size": "20Gi", "storageClassName": "fast"});
+    let ok: DynamicObject = serde_json::from_value(ok)?;
+    lrcs.create(&PostParams::default(), &ok)
+        .await
+        .context("a valid cluster")?;
+    let updates: Vec<(&str, Value, &str)> = vec![
+        (
+            "storage class change",
+            json!({"spec": {"regions": [
+            {"name": "a", "voters": 1, "storage": {"size": "20Gi", "storageClassName": "slow"}},
+            {"name": "b", "voters": 1}, {"name": "c", "voters": 1}]}}),
+            "storageClassName is immutable",
+        ),
+        (
+            "storage shrink",
+            json!({"spec": {"regions": [
+            {"name": "a", "voters": 1, "storage": {"size": "10Gi", "storageClassName": "fast"}},
+            {"name": "b", "voters": 1}, {"name": "c", "voters": 1}]}}),
+            "cannot shrink",
+        ),
+    ];
+    for (what, body, words) in &updates {
+        match lrcs
+            .patch("valid", &PatchParams::default(), &Patch::Merge(body))
+            .await
+        {
+            Ok(_) => bail!("{what}: accepted"),
+            Err(kube::Error::Api(e)) => {
+                ensure!(
+                    e.code == 422 && e.message.contains(words),
+                    "{what}: {} {:?} lacks {words:?}",
+                    e.code,
+                    e.message
+                );
+                eprintln!("rejected ({what}): {}", e.message);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A playbook with an unknown condition type.
+    let fpbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &fpb_resource());
+    let mut pb: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        roomkeeper_e2e::operator::repo_root().join("examples/default-playbook.yaml"),
+    )?)?;
+    pb["metadata"]["name"] = json!("bogus");
+    pb["spec"]["tiers"][1]["trigger"]["condition"]["type"] = json!("moonPhase");
+    let msg = rejection(&fpbs, pb).await.context("bogus playbook")?;
+    ensure!(
+        msg.contains("Unsupported value") && msg.contains("moonPhase"),
+        "{msg}"
+    );
+    eprintln!("rejected (playbook condition type): {msg}");
+    eprintln!(
+        "{} invalid objects rejected with their messages",
+        total + updates.len() + 1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_runs_a_three_region_cluster_end_to_end() {
+    init_test_tracing();
+    let started = Instant::now();
+    let Some(h) = KubeHarness::start_or_skip("operator_e2e").await else {
+        return;
+    };
+    let bin = roomkeeper_e2e::binary();
+    let bridge = KubeletBridge::start(h.admin_client(), h.dir(), &bin)
+        .await
+        .expect("kubelet bridge");
+    let mut ops: Vec<OperatorProcess> = Vec::new();
+    let result = lifecycle(&h, &bin, &mut ops).await;
+    if let Err(e) = result {
+        eprintln!("{}", h.dump_logs(30));
+        let lrcs: Api<DynamicObject> = Api::namespaced_with(h.admin_client(), NS, &lrc_resource());
+        eprintln!(
+            "--- LiveRoomCluster status ---\n{:#}",
+            lrc_status(&lrcs).await
+        );
+        if let Ok(t) = event_timeline(&h.admin_client()).await {
+            for (at, note) in t {
+                eprintln!("event {at} {note}");
+            }
+        }
+        for op in &ops {
+            eprintln!("--- operator {} ---\n{}", op.identity, op.log_tail(60));
+        }
+        for region in ["us-east", "eu-west", "ap-south"] {
+            for i in 0..3 {
+                let pod = format!("{LRC}-{region}-{i}");
+                let tail = bridge.container_log_tail(NS, &pod, "node", 15);
+                if !tail.trim().is_empty() {
+                    eprintln!("--- {pod} ---\n{tail}");
+                }
+            }
+        }
+        panic!(
+            "operator e2e failed after {:.0}s: {e:#}",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!(
+        "operator e2e passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn lrc_status(api: &Api<DynamicObject>) -> Value {
+    api.get(LRC)
+        .await
+        .ok()
+        .and_then(|o| o.data.get("status").cloned())
+        .unwrap_or(Value::Null)
+}
+
+async fn wait_ready_voters(api: &Api<DynamicObject>, want: &str, secs: u64) -> Result<Value> {
+    eventually(
+        Duration::from_secs(secs),
+        &format!("readyVoters {want} and phase Running"),
+        || async {
+            let s = lrc_status(api).await;
+            s["readyVoters"] == json!(want)
+                && s["phase"] == json!("Running")
+                && s["leader"].is_string()
+        },
+    )
+    .await
+    .with_context(|| format!("last status: {}", futures_status(api)))?;
+    Ok(lrc_status(api).await)
+}
+
+fn futures_status(_: &Api<DynamicObject>) -> String {
+    "see the operator log below".to_string()
+}
+
+async fn voter_ids(api: &Api<DynamicObject>) -> Vec<i64> {
+    let s = lrc_status(api).await;
+    let mut ids: Vec<i64> = s["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|m| m["role"] == json!("voter"))
+                .filter_map(|m| m["nodeId"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "roomkeeper-system");
+    leases
+        .get("roomkeeper-operator")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+}
+
+async fn lifecycle(
+    h: &KubeHarness,
+    bin: &std::path::Path,
+    ops: &mut Vec<OperatorProcess>,
+) -> Result<()> {
+    let admin = h.admin_client();
+    install_crds(&admin).await?;
+    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
+    let sa_kubeconfig = h
+        .service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
+        .await?;
+    // The operator's own credentials really are least-privilege: it cannot read Secrets in bulk.
+    let sa = client_from_kubeconfig(&sa_kubeconfig).await?;
+    ensure!(
+        Api::<Secret>::all(sa.clone())
+            .list(&ListParams::default())
+            .await
+            .is_err(),
+        "the operator's ServiceAccount may list Secrets"
+    );
+
+    // Two replicas: exactly one holds the Lease and reconciles.
+    ops.push(OperatorProcess::start(
+        bin,
+        &sa_kubeconfig,
+        h.dir(),
+        "op-a",
+        6,
+    )?);
+    eventually(Duration::from_secs(20), "op-a holds the Lease", || async {
+        lease_holder(&admin).await.as_deref() == Some("op-a")
+    })
+    .await?;
+    ops.push(OperatorProcess::start(
+        bin,
+        &sa_kubeconfig,
+        h.dir(),
+        "op-b",
+        6,
+    )?);
+    eventually(
+        Duration::from_secs(20),
+        "op-b answers /readyz as standby",
+        || async {
+            ops[1]
+                .get("/readyz")
+                .is_ok_and(|(c, b)| c == 200 && b.contains("standby"))
+        },
+    )
+    .await?;
+    ensure!(
+        ops[0].metric("roomkeeper_operator_leader") == Some(1.0),
+        "op-a leader metric"
+    );
+    ensure!(
+        ops[1].metric("roomkeeper_operator_leader") == Some(0.0),
+        "op-b leader metric"
+    );
+
+    ensure_namespace(&admin, NS).await?;
+    apply_file(&admin, "examples/default-playbook.yaml", NS).await?;
+    let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        roomkeeper_e2e::operator::repo_root().join("examples/three-region-cluster.yaml"),
+    )?)?;
+    // The bridge runs images naming roomkeeper; drop resource requests it ignores anyway.
+    example["spec"]["image"] = json!("roomkeeper:e2e");
+    apply_yaml(&admin, &serde_yaml::to_string(&example)?, NS).await?;
+
+    let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &lrc_resource());
+    let status = wait_ready_voters(&lrcs, "5/5", 120).await?;
+    let first_leader = status["leader"].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "cluster formed: leader {} term {} tier {}",
+        status["leader"], status["term"], status["activeTier"]
+    );
+    ensure!(status["term"].as_i64().unwrap_or(0) >= 1, "term {status}");
+    ensure!(status["bootstrapped"] == json!(true), "{status}");
+    ensure!(status["activeTier"] == json!("T0 watch"), "tier {status}");
+    let conds: BTreeMap<String, String> = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or("").to_string(),
+                c["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for t in ["Ready", "Available", "PlaybookReady"] {
+        ensure!(
+            conds.get(t).map(String::as_str) == Some("True"),
+            "condition {t}: {conds:?}"
+        );
+    }
+    ensure!(
+        conds.get("Degraded").map(String::as_str) == Some("False"),
+        "{conds:?}"
+    );
+
+    // Owned objects with owner references to the cluster.
+    let uid = lrcs.get(LRC).await?.metadata.uid.context("uid")?;
+    let owned_by =
+        |refs: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+            refs.unwrap_or_default()
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        };
+    for region in ["us-east", "eu-west", "ap-south"] {
+        let sts = Api::<StatefulSet>::namespaced(admin.clone(), NS)
+            .get(&format!("{LRC}-{region}"))
+            .await?;
+        ensure!(
+            owned_by(sts.metadata.owner_references),
+            "StatefulSet {region} owner"
+        );
+        for svc in [format!("{LRC}-{region}"), format!("{LRC}-{region}-peers")] {
+            let s = Api::<Service>::namespaced(admin.clone(), NS)
+                .get(&svc)
+                .await?;
+            ensure!(owned_by(s.metadata.owner_references), "Service {svc} owner");
+        }
+        let pdb = Api::<PodDisruptionBudget>::namespaced(admin.clone(), NS)
+            .get(&format!("{LRC}-{region}"))
+            .await?;
+        ensure!(
+            owned_by(pdb.metadata.owner_references),
+            "PDB {region} owner"
+        );
+    }
+    let np = Api::<NetworkPolicy>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-peers-only"))
+        .await?;
+    ensure!(
+        owned_by(np.metadata.owner_references),
+        "NetworkPolicy owner"
+    );
+    let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-identities"))
+        .await?;
+    ensure!(
+        owned_by(ids_cm.metadata.owner_references.clone()),
+        "identities owner"
+    );
+
+    // `kubectl get lrc` columns, through the Table API kubectl uses.
+    let req = http::Request::get(format!(
+        "/apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/liveroomclusters"
+    ))
+    .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    .body(Vec::new())?;
+    let table: Value = serde_json::from_str(&admin.request_text(req).await?)?;
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let row = &table["rows"][0]["cells"];
+    eprintln!("kubectl get lrc:\n  {}\n  {}", columns.join("  "), row);
+    for (i, want) in [
+        (0, json!(LRC)),
+        (1, json!("5/5")),
+        (2, status["leader"].clone()),
+        (3, status["term"].clone()),
+        (5, json!("T0 watch")),
+        (6, json!("Running")),
+    ] {
+        ensure!(
+            row[i] == want,
+            "column {} is {} not {want}",
+            columns.get(i).unwrap_or(&"?"),
+            row[i]
+        );
+    }
+
+    // A reconcile that changes nothing writes nothing.
+    let writes_before = ops[0]
+        .metric("roomkeeper_operator_writes_total")
+        .unwrap_or(0.0);
+    let rv_before: Vec<String> = owned_versions(&admin).await?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let rv_after: Vec<String> = owned_versions(&admin).await?;
+    ensure!(
+        rv_before == rv_after,
+        "owned objects changed while idle: {rv_before:?} -> {rv_after:?}"
+    );
+    let writes_after = ops[0]
+        .metric("roomkeeper_operator_writes_total")
+        .unwrap_or(0.0);
+    ensure!(
+        writes_before == writes_after,
+        "idle reconciles wrote: {writes_before} -> {writes_after}"
+    );
+    ensure!(
+        ops[0]
+            .metric("roomkeeper_operator_reconciles_total")
+            .unwrap_or(0.0)
+            >= 2.0,
+        "reconciles ran"
+    );
+
+    // Scale up to 7 voters; kill the reconciling operator mid-way: the standby
+    // takes the Lease and finishes, with no action repeated or lost.
+    let before = voter_ids(&lrcs).await;
+    let scale = json!({"spec": {"regions": [
+        {"name": "us-east", "voters": 2, "zones": ["us-east-1a", "us-east-1b"], "storage": {"size": "20Gi"}},
+        {"name": "eu-west", "voters": 3, "zones": ["eu-west-1a", "eu-west-1b"], "storage": {"size": "20Gi"}},
+        {"name": "ap-south", "voters": 2, "zones": ["ap-south-1a"], "storage": {"size": "20Gi"}}
+    ]}});
+    lrcs.patch(LRC, &PatchParams::default(), &Patch::Merge(&scale))
+        .await?;
+    eventually(
+        Duration::from_secs(60),
+        "the first new learner joined",
+        || async {
+            lrc_status(&lrcs).await["members"]
+                .as_array()
+                .is_some_and(|m| m.len() > 5)
+        },
+    )
+    .await?;
+    ops[0].kill();
+    eprintln!("killed op-a mid-scale");
+    eventually(Duration::from_secs(30), "op-b takes the Lease", || async {
+        lease_holder(&admin).await.as_deref() == Some("op-b")
+    })
+    .await?;
+    let status = wait_ready_voters(&lrcs, "7/7", 120).await?;
+    let after = voter_ids(&lrcs).await;
+    eprintln!("scaled: voters {before:?} -> {after:?}");
+    ensure!(after.len() == 7, "{after:?}");
+    ensure!(
+        before.iter().all(|id| after.contains(id)),
+        "old voters kept: {before:?} {after:?}"
+    );
+    ensure!(status["commitLag"].as_i64().is_some(), "{status}");
+    // Each membership action happened once, though two operators worked on it.
+    let notes = event_notes(&admin).await?;
+    for id in after.iter().filter(|id| !before.contains(id)) {
+        let added = notes
+            .iter()
+            .filter(|n| n.starts_with(&format!("added node {id} ")))
+            .count();
+        let promoted = notes
+            .iter()
+            .filter(|n| n.starts_with(&format!("promoted node {id} ")))
+            .count();
+        ensure!(
+            added == 1 && promoted == 1,
+            "node {id}: added {added}×, promoted {promoted}× ({notes:?})"
+        );
+    }
+    // The scale patch dropped us-east's resource requests: a template change,
+    // so its pods restarted one at a time, the leader's only after it handed
+    // leadership over.
+    let timeline = event_timeline(&admin).await?;
+    let restarts: Vec<&(String, String)> = timeline
+        .iter()
+        .filter(|(_, n)| n.starts_with("restarting flash-sale-us-east-"))
+        .collect();
+    ensure!(restarts.len() == 2, "rolling restart events: {timeline:?}");
+    if let Some(leader_restart) = restarts.iter().find(|(_, n)| n.contains(&first_leader)) {
+        let handed_over = timeline
+            .iter()
+            .find(|(_, n)| n.contains(&format!("{first_leader} restarts for an update")))
+            .with_context(|| {
+                format!("no leadership transfer before restarting {first_leader}: {timeline:?}")
+            })?;
+        ensure!(
+            handed_over.0 <= leader_restart.0,
+            "leader restarted before handing over: {timeline:?}"
+        );
+    }
+    // Node ids are unique and never reused.
+    let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-identities"))
+        .await?;
+    let nodes = ids_cm
+        .data
+        .unwrap_or_default()
+        .get("nodes")
+        .cloned()
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in nodes
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let id = line.split_whitespace().nth(1).unwrap_or("");
+        ensure!(seen.insert(id.to_string()), "id {id} given twice: {nodes}");
+    }
+
+    // Scale back down to 5 voters: members leave before their pods go.
+    ops.push(OperatorProcess::start(
+        bin,
+        &sa_kubeconfig,
+        h.dir(),
+        "op-a2",
+        6,
+    )?);
+    let down = json!({"spec": {"regions": [
+        {"name": "us-east", "voters": 2, "zones": ["us-east-1a", "us-east-1b"], "storage": {"size": "20Gi"}},
+        {"name": "eu-west", "voters": 2, "zones": ["eu-west-1a", "eu-west-1b"], "storage": {"size": "20Gi"}},
+        {"name": "ap-south", "voters": 1, "zones": ["ap-south-1a"], "storage": {"size": "20Gi"}}
+    ]}});
+    lrcs.patch(LRC, &PatchParams::default(), &Patch::Merge(&down))
+        .await?;
+    wait_ready_voters(&lrcs, "5/5", 120).await?;
+    eventually(Duration::from_secs(60), "5 voters and 5 pods", || async {
+        let pods = Api::<Pod>::namespaced(admin.clone(), NS)
+            .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0);
+        voter_ids(&lrcs).await.len() == 5
+            && pods == 5
+            && lrc_status(&lrcs).await["members"].as_array().map(Vec::len) == Some(5)
+    })
+    .await?;
+    let final_voters = voter_ids(&lrcs).await;
+    ensure!(
+        final_voters.iter().all(|id| after.contains(id)),
+        "{final_voters:?}"
+    );
+    eprintln!("scaled down: voters {final_voters:?}");
+    // The pods that left gave up their ids: a later pod of that name gets a new one.
+    let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-identities"))
+        .await?;
+    let nodes = ids_cm
+        .data
+        .unwrap_or_default()
+        .get("nodes")
+        .cloned()
+        .unwrap_or_default();
+    for gone in ["flash-sale-eu-west-2 ", "flash-sale-ap-south-1 "] {
+        ensure!(!nodes.contains(gone), "{gone} still holds an id: {nodes}");
+    }
+
+    // Delete: the finalizer removes everything, then the cluster goes.
+    lrcs.delete(LRC, &DeleteParams::default()).await?;
+    eventually(
+        Duration::from_secs(90),
+        "the cluster and everything it owned are gone",
+        || async {
+            let gone_lrc = matches!(lrcs.get_opt(LRC).await, Ok(None));
+            let sts = Api::<StatefulSet>::namespaced(admin.clone(), NS)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            let pods = Api::<Pod>::namespaced(admin.clone(), NS)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            let svcs = Api::<Service>::namespaced(admin.clone(), NS)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            let secrets = Api::<Secret>::namespaced(admin.clone(), NS)
+                .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            gone_lrc && sts == 0 && pods == 0 && svcs == 0 && secrets == 0
+        },
+    )
+    .await?;
+    for op in ops.iter_mut() {
+        if op.is_running() {
+            op.terminate(Duration::from_secs(15))?;
+        }
+    }
+    ensure!(
+        lease_holder(&admin).await.is_none_or(|h| h.is_empty()),
+        "the Lease is released on SIGTERM"
+    );
+    Ok(())
+}
+
+/// Versions of everything the cluster owns (pods excluded: their status is
+/// the kubelet's to write).
+async fn owned_versions(client: &Client) -> Result<Vec<String>> {
+    let lp = ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}"));
+    let mut out = Vec::new();
+    let rv = |m: &kube::api::ObjectMeta| {
+        format!(
+            "{}={}",
+            m.name.clone().unwrap_or_default(),
+            m.resource_version.clone().unwrap_or_default()
+        )
+    };
+    // StatefulSets and budgets get status writes from the controller manager:
+    // compare their spec generation instead.
+    let generation = |m: &kube::api::ObjectMeta| {
+        format!(
+            "{}@{}",
+            m.name.clone().unwrap_or_default(),
+            m.generation.unwrap_or_default()
+        )
+    };
+    out.extend(
+        Api::<StatefulSet>::namespaced(client.clone(), NS)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| generation(&o.metadata)),
+    );
+    out.extend(
+        Api::<Service>::namespaced(client.clone(), NS)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| rv(&o.metadata)),
+    );
+    out.extend(
+        Api::<ConfigMap>::namespaced(client.clone(), NS)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| rv(&o.metadata)),
+    );
+    out.extend(
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), NS)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| generation(&o.metadata)),
+    );
+    out.extend(
+        Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| rv(&o.metadata)),
+    );
+    let lrc: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &lrc_resource());
+    out.push(format!(
+        "lrc={}",
+        lrc.get(LRC)
+            .await?
+            .metadata
+            .resource_version
+            .unwrap_or_default()
+    ));
+    Ok(out)
+}
+
+/// Notes of every event about the cluster (each event counted once, however
+/// many times a series repeated it).
+async fn event_notes(client: &Client) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LRC))
+        .filter_map(|e| e.note)
+        .collect())
+}
+
+/// `(eventTime, note)` of every event about the cluster, oldest first.
+async fn event_timeline(client: &Client) -> Result<Vec<(String, String)>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let mut out: Vec<(String, String)> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LRC))
+        .map(|e| {
+            let at = e.event_time.map(|t| t.0.to_string()).unwrap_or_default();
+            (at, e.note.unwrap_or_default())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
