@@ -9,4 +9,5 @@ pub mod load;
 pub mod local_cluster;
 pub mod metrics;
 pub mod monitor;
+pub mod recorded_load;
 pub mod setup;

@@ -48,17 +48,39 @@ pub async fn create_sale(
         .info(leader)
         .map(|i| i.api_addr.clone())
         .ok_or(LocalError::UnknownNode(leader))?;
-    let t = Some(cluster.cfg.client_token.as_str());
+    create_sale_at(
+        &cluster.http,
+        &api,
+        &cluster.cfg.client_token,
+        room,
+        title,
+        home_region,
+        listings,
+    )
+    .await
+}
+
+/// [`create_sale`] through one node's client API address (the Kubernetes
+/// drill runner uses a pod's).
+pub async fn create_sale_at(
+    http: &crate::http::JsonClient,
+    api: &str,
+    token: &str,
+    room: &str,
+    title: &str,
+    home_region: &str,
+    listings: &[ListingSpec],
+) -> Result<(), SetupError> {
+    let t = Some(token);
     let request = |what: String| {
         move |e: crate::http::HttpError| SetupError::Request {
             what,
             detail: e.to_string(),
         }
     };
-    let r = cluster
-        .http
+    let r = http
         .put(
-            &api,
+            api,
             &format!("/v1/rooms/{room}"),
             &json!({"title": title, "home_region": home_region, "state": "live"}),
             t,
@@ -74,10 +96,9 @@ pub async fn create_sale(
     }
     for l in listings {
         let what = format!("creating listing {}", l.sku);
-        let r = cluster
-            .http
+        let r = http
             .put(
-                &api,
+                api,
                 &format!("/v1/rooms/{room}/listings/{}", l.sku),
                 &json!({"price_cents": 1999, "stock": l.stock, "per_buyer_limit": l.per_buyer_limit, "state": "open"}),
                 t,

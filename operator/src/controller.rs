@@ -15,9 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use roomkeeper_control::http::JsonClient;
 use serde::de::DeserializeOwned;
@@ -70,15 +71,14 @@ pub struct Context {
     pub client: Client,
     pub http: JsonClient,
     pub metrics: OperatorMetrics,
-    pub reporter: Reporter,
+    /// Events are published through a fresh Recorder each time: the Recorder's
+    /// series cache keys on reason and action, not the note, and would fold
+    /// "added node 7" into the "added node 6" event.
+    pub reporter: kube::runtime::events::Reporter,
     pub playbooks: crate::tier::PlaybookStates,
 }
 
 impl Context {
-    fn recorder(&self) -> Recorder {
-        Recorder::new(self.client.clone(), self.reporter.clone())
-    }
-
     /// Publishes an event about the cluster; failures are logged, not fatal.
     pub async fn event_for(
         &self,
@@ -98,10 +98,23 @@ impl Context {
             action: reason.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder().publish(&ev, &lrc.object_ref(&())).await {
+        if let Err(e) = Recorder::new(self.client.clone(), self.reporter.clone())
+            .publish(&ev, &lrc.object_ref(&()))
+            .await
+        {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }
+}
+
+/// What a reconcile should react to: spec (generation), finalizers, deletion.
+fn spec_or_lifecycle(lrc: &LiveRoomCluster) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lrc.metadata.generation.hash(&mut h);
+    lrc.metadata.finalizers.hash(&mut h);
+    lrc.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
 }
 
 /// Runs the controllers until `shutdown` resolves.
@@ -111,16 +124,29 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let lrcs: Api<LiveRoomCluster> = Api::all(client.clone());
-    let cfg = watcher::Config::default();
+    // Reconcile on spec and lifecycle changes, not on our own status writes
+    // (status carries the commit index, which moves under load: reacting to
+    // it would be a hot loop). Node changes arrive through the pod watch and
+    // the periodic requeue.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let trigger = kube::runtime::reflector(writer, watcher(lrcs, watcher::Config::default()))
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=roomkeeper-operator");
-    Controller::new(lrcs, cfg)
+    Controller::for_stream(trigger, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(
+        .watches(
             Api::<Pod>::all(client.clone()),
-            owned
-                .clone()
-                .labels("app.kubernetes.io/name=roomkeeper-node"),
+            watcher::Config::default().labels("app.kubernetes.io/name=roomkeeper-node"),
+            |pod: Pod| {
+                let cluster = pod.labels().get(CLUSTER_LABEL)?.clone();
+                let ns = pod.namespace()?;
+                Some(
+                    kube::runtime::reflector::ObjectRef::<LiveRoomCluster>::new(&cluster)
+                        .within(&ns),
+                )
+            },
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -501,7 +527,12 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                     .unwrap_or_else(|| region.clone()),
                 id: ids.id_of(&pod),
                 ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
-                status: statuses.get(&pod).cloned(),
+                // A node answering under another id than its pod's (a stale
+                // identity map) counts as not answering: never act on it.
+                status: statuses
+                    .get(&pod)
+                    .filter(|s| ids.id_of(&pod) == Some(s.node_id))
+                    .cloned(),
                 deleting: p.metadata.deletion_timestamp.is_some(),
                 ready: p
                     .status
@@ -655,7 +686,16 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         Step::Converged => progressing = false,
     }
     tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
-    let tier = crate::tier::run(lrc, ctx, &views, &admin).await?;
+    // The playbook acts only on a cluster the operator is not changing right
+    // now: its view was taken before this step.
+    let tier = if matches!(step, Step::Wait(_) | Step::Converged) {
+        crate::tier::run(lrc, ctx, &views, &admin).await?
+    } else {
+        Ok(base
+            .active_tier
+            .clone()
+            .unwrap_or_else(|| "T0 watch".into()))
+    };
     let (tier_ok, tier_msg) = match &tier {
         Ok(t) => {
             status.active_tier = Some(t.clone());

@@ -352,7 +352,11 @@ pub fn all_crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![LiveRoomCluster::crd(), FailoverPlaybook::crd()]
+    vec![
+        LiveRoomCluster::crd(),
+        FailoverPlaybook::crd(),
+        crate::drill::ChaosDrill::crd(),
+    ]
 }
 
 /// Every CRD as `(file name, YAML)`, as `roomkeeper operator crds` writes them.

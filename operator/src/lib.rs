@@ -1,6 +1,7 @@
 //! The roomkeeper Kubernetes operator.
 pub mod controller;
 pub mod crd;
+pub mod drill;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;

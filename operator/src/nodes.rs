@@ -101,6 +101,37 @@ impl NodeAdmin {
         Ok(reply.body)
     }
 
+    /// The node's own audit of the order invariants: `(ok, detail)`.
+    pub async fn invariants(&self, pod_ip: &str) -> Result<(bool, String), NodeError> {
+        let addr = format!("{pod_ip}:{ADMIN_PORT}");
+        let reply = self
+            .http
+            .get(&addr, "/admin/invariants", self.token.as_deref(), TIMEOUT)
+            .await
+            .map_err(|e| NodeError::Unreachable {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        if reply.status != 200 {
+            return Err(NodeError::Refused {
+                addr,
+                path: "/admin/invariants".into(),
+                status: reply.status,
+                body: reply.body.to_string(),
+            });
+        }
+        let ok = reply.body["ok"].as_bool().unwrap_or(false);
+        let detail = if ok {
+            format!("ok at applied index {}", reply.body["applied_index"])
+        } else {
+            reply.body["violation"]
+                .as_str()
+                .unwrap_or("violation")
+                .to_string()
+        };
+        Ok((ok, detail))
+    }
+
     pub async fn init(
         &self,
         pod_ip: &str,

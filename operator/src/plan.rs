@@ -314,6 +314,22 @@ pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) ->
             p.pod
         ));
     }
+    // Every voter must have a pod that exists, is not terminating, is Ready and
+    // whose node answers as that voter: a pod between its deletion and its
+    // recreation is in no list, and the leader may still count it live.
+    for v in &voters {
+        let up = pods.iter().any(|p| {
+            p.id == Some(*v)
+                && !p.deleting
+                && p.ready
+                && p.status.as_ref().is_some_and(|s| s.node_id == *v)
+        });
+        if !up {
+            return Step::Wait(format!(
+                "rolling restart waits until voter {v} is back and ready"
+            ));
+        }
+    }
     let all_live = voters
         .iter()
         .all(|v| live(ls, *v) && lag(ls, *v).is_some_and(|l| l <= PROMOTE_MAX_LAG));

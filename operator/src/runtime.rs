@@ -138,6 +138,20 @@ async fn lease_round(
     }
 }
 
+/// A Lease round that gives up after `limit`: the client has no read
+/// timeout, and a renewal that hangs must count as failed.
+async fn bounded(
+    limit: Duration,
+    round: impl std::future::Future<Output = Result<bool, kube::Error>>,
+) -> Result<bool, kube::Error> {
+    match tokio::time::timeout(limit, round).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("Lease request took longer than {limit:?}").into(),
+        )),
+    }
+}
+
 async fn release(api: &Api<Lease>, cfg: &OperatorConfig) {
     if let Ok(Some(mut lease)) = api.get_opt(&cfg.lease_name).await {
         if let Some(spec) = lease.spec.as_mut() {
@@ -157,6 +171,7 @@ async fn release(api: &Api<Lease>, cfg: &OperatorConfig) {
 }
 
 async fn serve(
+    listener: tokio::net::TcpListener,
     addr: SocketAddr,
     health: Arc<Health>,
     shutdown: watch::Receiver<bool>,
@@ -188,9 +203,6 @@ async fn serve(
             }),
         )
         .with_state(health);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| RuntimeError::Listen { addr, source })?;
     tracing::info!(%addr, "operator endpoints listening");
     let mut shutdown = shutdown;
     axum::serve(listener, app)
@@ -214,7 +226,20 @@ pub async fn run(
         metrics: metrics.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(cfg.http_addr, health.clone(), shutdown_rx.clone()));
+    // Bind before anything else: an operator without /readyz and /metrics
+    // must fail at start, not run blind.
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| RuntimeError::Listen {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let server = tokio::spawn(serve(
+        listener,
+        cfg.http_addr,
+        health.clone(),
+        shutdown_rx.clone(),
+    ));
     let stop_tx = shutdown_tx.clone();
     tokio::spawn(async move {
         stop.await;
@@ -225,7 +250,7 @@ pub async fn run(
     let mut shutdown = shutdown_rx.clone();
     // Standby until the Lease is ours.
     loop {
-        match lease_round(&leases, &cfg, false).await {
+        match bounded(cfg.renew_every, lease_round(&leases, &cfg, false)).await {
             Ok(true) => break,
             Ok(false) => {
                 health.last_api_ok_ms.store(now_ms(), Ordering::Relaxed);
@@ -265,6 +290,10 @@ pub async fn run(
         client.clone(),
         ctl_stop(ctl_stop_rx.clone()),
     ));
+    let drill_ctl = tokio::spawn(crate::drill::run(
+        client.clone(),
+        ctl_stop(ctl_stop_rx.clone()),
+    ));
 
     // Renew; a failed renewal past the lease duration means someone else may
     // hold it now: stop at once.
@@ -274,9 +303,11 @@ pub async fn run(
             _ = tokio::time::sleep(cfg.renew_every) => {}
             _ = shutdown.wait_for(|s| *s) => break Ok(()),
         }
-        match lease_round(&leases, &cfg, true).await {
+        let sent = std::time::Instant::now();
+        match bounded(cfg.renew_every, lease_round(&leases, &cfg, true)).await {
             Ok(true) => {
-                last_renewed = std::time::Instant::now();
+                // Counted from when the renewal was sent, not answered.
+                last_renewed = sent;
                 health.last_api_ok_ms.store(now_ms(), Ordering::Relaxed);
             }
             Ok(false) => break Err(RuntimeError::LostLease(cfg.lease_name.clone())),
@@ -289,8 +320,16 @@ pub async fn run(
         }
     };
     let _ = ctl_stop_tx.send(true);
+    if outcome.is_err() {
+        // Someone else may hold the Lease now: stop acting at once rather than
+        // letting in-flight reconciles finish.
+        lrc_ctl.abort();
+        fpb_ctl.abort();
+        drill_ctl.abort();
+    }
     let _ = lrc_ctl.await;
     let _ = fpb_ctl.await;
+    let _ = drill_ctl.await;
     health.leader.store(false, Ordering::Relaxed);
     metrics.leader.set(0);
     if outcome.is_ok() {

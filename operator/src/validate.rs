@@ -65,7 +65,7 @@ pub fn validate_spec(spec: &LiveRoomClusterSpec) -> Result<(), Vec<String>> {
             "spec.orderStore.electionTimeoutMinMs must be below electionTimeoutMaxMs".to_string(),
         );
     }
-    if os.heartbeat_ms * 3 > os.election_timeout_min_ms {
+    if os.heartbeat_ms.saturating_mul(3) > os.election_timeout_min_ms {
         problems.push(
             "spec.orderStore.heartbeatMs must be at most a third of electionTimeoutMinMs"
                 .to_string(),

@@ -34,6 +34,13 @@ fn lrc_resource() -> ApiResource {
     )
 }
 
+fn drill_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "ChaosDrill"),
+        "chaosdrills",
+    )
+}
+
 fn fpb_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "FailoverPlaybook"),
@@ -45,6 +52,7 @@ async fn install_crds(client: &Client) -> Result<()> {
     for file in [
         "crds/liveroomclusters.roomkeeper.dev.yaml",
         "crds/failoverplaybooks.roomkeeper.dev.yaml",
+        "crds/chaosdrills.roomkeeper.dev.yaml",
     ] {
         apply_file(client, file, "default").await?;
     }
@@ -52,6 +60,7 @@ async fn install_crds(client: &Client) -> Result<()> {
     for name in [
         "liveroomclusters.roomkeeper.dev",
         "failoverplaybooks.roomkeeper.dev",
+        "chaosdrills.roomkeeper.dev",
     ] {
         eventually(
             Duration::from_secs(30),
@@ -608,6 +617,39 @@ async fn lifecycle(
             >= 2.0,
         "reconciles ran"
     );
+
+    // A ChaosDrill from the library, run by the operator against this cluster:
+    // the same YAML as `roomkeeper drill run chaos/drills/leader-kill.yaml`,
+    // pointed at this cluster. Its playbookTier probe is dropped: on
+    // Kubernetes the StatefulSet, not the playbook, brings the pod back.
+    let mut drill: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        roomkeeper_e2e::operator::repo_root().join("chaos/drills/leader-kill.yaml"),
+    )?)?;
+    drill["spec"]["target"]["cluster"] = json!(LRC);
+    if let Some(probes) = drill["spec"]["hypothesis"]["probes"].as_array_mut() {
+        probes.retain(|p| p["kind"] != json!("playbookTier"));
+    }
+    apply_yaml(&admin, &serde_yaml::to_string(&drill)?, NS).await?;
+    let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
+    eventually(Duration::from_secs(120), "the drill completed", || async {
+        drills
+            .get("leader-kill")
+            .await
+            .ok()
+            .and_then(|d| d.data.get("status").cloned())
+            .is_some_and(|s| s["phase"] == json!("Completed"))
+    })
+    .await?;
+    let ds = drills.get("leader-kill").await?.data["status"].clone();
+    eprintln!("drill status: {ds:#}");
+    ensure!(ds["verdict"] == json!("PASS"), "drill verdict: {ds}");
+    ensure!(ds["lost"] == json!(0) && ds["oversold"] == json!(0), "{ds}");
+    ensure!(ds["acked"].as_i64().unwrap_or(0) > 100, "{ds}");
+    let report_cm = ds["reportConfigMap"].as_str().context("report ConfigMap")?;
+    Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get(report_cm)
+        .await?;
+    wait_ready_voters(&lrcs, "5/5", 60).await?;
 
     // Scale up to 7 voters; kill the reconciling operator mid-way: the standby
     // takes the Lease and finishes, with no action repeated or lost.

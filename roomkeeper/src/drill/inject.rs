@@ -20,7 +20,7 @@ use roomkeeper_control::local_cluster::{LocalCluster, NodeFaults};
 use roomkeeper_control::monitor::ClusterObservation;
 use roomkeeper_playbook::Playbook;
 
-use super::load::{Rng, Storm};
+use roomkeeper_control::recorded_load::{Rng, Storm};
 
 /// Errors of an injector.
 #[derive(Debug, thiserror::Error)]

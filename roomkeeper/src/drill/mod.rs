@@ -7,7 +7,6 @@
 
 mod gameday;
 mod inject;
-mod load;
 mod runner;
 
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::gameday::{Command as GdCommand, GameDay};
 use super::inject::{Injector, World};
-use super::load::{final_read, Load, LoadConfig, Storm};
+use roomkeeper_control::recorded_load::{final_read, Load, LoadConfig, Storm};
 
 const ROOM: &str = "drill-room";
 /// Each linearizability probe listing is used for this long.

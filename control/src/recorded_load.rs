@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::http::{HttpError, JsonClient, JsonReply};
+use crate::load::TrafficMap;
+use crate::local_cluster::LocalCluster;
 use roomkeeper_chaos::history::{FinalOrder, OpKind, OpResult};
 use roomkeeper_chaos::recorder::Recorder;
-use roomkeeper_control::http::{HttpError, JsonClient, JsonReply};
-use roomkeeper_control::load::TrafficMap;
-use roomkeeper_control::local_cluster::LocalCluster;
 use serde_json::{json, Value};
 
 /// Codes of a definite refusal that is worth retrying (the store did not act).
@@ -66,7 +66,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -77,7 +77,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
     }
 }
@@ -200,7 +200,7 @@ impl Load {
                 (self.cfg.client_timeout, 1)
             };
             let attempts = (0..copies).map(|_| {
-                let addr = self.traffic.pick(rng.next());
+                let addr = self.traffic.pick(rng.next_u64());
                 let (body, path) = (&body, &path);
                 async move {
                     let addr = addr?;
@@ -289,7 +289,7 @@ impl Load {
                 reads = 0;
             }
             if reads < 30 {
-                if let Some(addr) = self.traffic.pick(rng.next()) {
+                if let Some(addr) = self.traffic.pick(rng.next_u64()) {
                     reads += 1;
                     let p = self
                         .rec
@@ -392,6 +392,23 @@ pub async fn final_read(
     }
     let http = cluster.http.clone();
     let token = cluster.cfg.client_token.clone();
+    final_read_at(&http, &addrs, &token, room, buyers).await
+}
+
+/// [`final_read`] against client API addresses (`addrs[0]` should be the
+/// leader's): what the Kubernetes drill runner uses, with pod addresses.
+pub async fn final_read_at(
+    http: &JsonClient,
+    addrs: &[String],
+    token: &str,
+    room: &str,
+    buyers: &[(String, String)],
+) -> Result<FinalState, FinalReadError> {
+    if addrs.is_empty() {
+        return Err(FinalReadError::NoNode);
+    }
+    let (http, token) = (http.clone(), token.to_string());
+    let addrs = addrs.to_vec();
     let mut out = FinalState::default();
     let listings = get_json(
         &http,
@@ -500,8 +517,8 @@ mod tests {
     #[test]
     fn the_generator_is_deterministic() {
         let (mut a, mut b) = (Rng::new(3), Rng::new(3));
-        let xs: Vec<u64> = (0..5).map(|_| a.next()).collect();
-        let ys: Vec<u64> = (0..5).map(|_| b.next()).collect();
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert!(Rng::new(4).below(10) < 10);
     }

@@ -1,0 +1,753 @@
+//! `ChaosDrill` on Kubernetes: the operator runs a drill against a
+//! LiveRoomCluster of its namespace (recorded flash-sale load through the pods'
+//! client API, faults through the Kubernetes API), checks the recorded history
+//! with the same checker as local drills, and writes the verdict into the
+//! drill's status. A drill runs once; its status is its record.
+//!
+//! Faults this runner carries out: `killLeader` and `killNode` (pod deletion
+//! with no grace period). Other kinds need injectors inside the node's network
+//! or disk and are refused up front with a condition, never half-run.
+
+// kube's `printcolumn(name = …, type_ = …)` repeats key names by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, CustomResource, ResourceExt};
+use roomkeeper_chaos::drill::{DrillSpec, FaultKind, NodeRole};
+use roomkeeper_chaos::history::{History, OpKind};
+use roomkeeper_chaos::recorder::Recorder;
+use roomkeeper_chaos::report::{evaluate, order_counts, verdict, NodeInvariant, Phases};
+use roomkeeper_control::http::JsonClient;
+use roomkeeper_control::load::TrafficMap;
+use roomkeeper_control::recorded_load::{final_read_at, Load, LoadConfig, Storm};
+use roomkeeper_control::setup::{create_sale_at, ListingSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::crd::LiveRoomCluster;
+use crate::plan::leader;
+use crate::resources::{Names, CLUSTER_LABEL, REGION_LABEL};
+
+/// A chaos drill run by the operator against a LiveRoomCluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "roomkeeper.dev",
+    version = "v1alpha1",
+    kind = "ChaosDrill",
+    namespaced,
+    shortname = "drill",
+    category = "roomkeeper",
+    status = "ChaosDrillStatus",
+    doc = "A chaos drill: faults, a steady-state hypothesis and a recorded, checked history; run once by the operator.",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.cluster"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Verdict", type_ = "string", json_path = ".status.verdict"),
+    printcolumn(name = "Acked", type_ = "integer", json_path = ".status.acked"),
+    printcolumn(name = "Lost", type_ = "integer", json_path = ".status.lost"),
+    printcolumn(name = "RTO-ms", type_ = "integer", json_path = ".status.rtoMs"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(transparent)]
+pub struct ChaosDrillSpec(pub DrillSpec);
+
+/// The outcome of a drill.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChaosDrillStatus {
+    /// Pending, Running, Completed, or Invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// PASS, FAIL or ABORTED once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Orders acknowledged to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<i64>,
+    /// Acknowledged orders missing after the drill (the RPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<i64>,
+    /// Listings sold beyond their stock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversold: Option<i64>,
+    /// Operations whose outcome the client could not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_ops: Option<i64>,
+    /// Longest gap between acknowledged orders (the measured RTO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_ms: Option<i64>,
+    /// Checker violations, in words (at most 20).
+    #[serde(default)]
+    pub violations: Vec<String>,
+    /// Each hypothesis probe: `name: PASS|FAIL (measured)`.
+    #[serde(default)]
+    pub probes: Vec<String>,
+    /// What was injected, in order.
+    #[serde(default)]
+    pub faults: Vec<String>,
+    /// ConfigMap holding the full report (history counts, check, probes) as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_config_map: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Fault kinds this runner carries out on Kubernetes.
+pub const SUPPORTED_FAULTS: [FaultKind; 2] = [FaultKind::KillLeader, FaultKind::KillNode];
+
+/// Why the spec cannot run on Kubernetes, if it cannot.
+pub fn unsupported(spec: &DrillSpec) -> Option<String> {
+    if let Err(errors) = roomkeeper_chaos::drill::validate(spec) {
+        return Some(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
+    let bad: Vec<String> = spec
+        .faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !SUPPORTED_FAULTS.contains(&f.kind))
+        .map(|(i, f)| format!("spec.faults[{i}].kind: {} is not run by the Kubernetes drill runner (killLeader, killNode are)", f.kind))
+        .collect();
+    if spec.game_day == Some(true) {
+        return Some("spec.gameDay: game days run locally (`roomkeeper drill run --game-day`), not in the operator".into());
+    }
+    (!bad.is_empty()).then(|| bad.join("; "))
+}
+
+struct DrillContext {
+    client: Client,
+    http: JsonClient,
+    /// Drills this replica is running now (namespace/name).
+    running: Mutex<HashSet<String>>,
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.chars().take(1000).collect(),
+        observed_generation: None,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+async fn patch_status(
+    api: &Api<ChaosDrill>,
+    name: &str,
+    status: &ChaosDrillStatus,
+) -> Result<(), kube::Error> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Runs the ChaosDrill controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(DrillContext {
+        client: client.clone(),
+        http: JsonClient::new(),
+        running: Mutex::new(HashSet::new()),
+    });
+    Controller::new(Api::<ChaosDrill>::all(client), watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile,
+            |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(10)),
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Action, kube::Error> {
+    let ns = drill.namespace().unwrap_or_default();
+    let name = drill.name_any();
+    let key = format!("{ns}/{name}");
+    let api: Api<ChaosDrill> = Api::namespaced(ctx.client.clone(), &ns);
+    let status = drill.status.clone().unwrap_or_default();
+    match status.phase.as_deref() {
+        Some("Completed") | Some("Invalid") => return Ok(Action::await_change()),
+        Some("Running") => {
+            let mine = ctx
+                .running
+                .lock()
+                .map(|r| r.contains(&key))
+                .unwrap_or(false);
+            if mine {
+                return Ok(Action::requeue(Duration::from_secs(10)));
+            }
+            // Started by a replica that is gone: its faults and load stopped
+            // with it. Re-running would inject the faults twice; record it.
+            let mut s = status.clone();
+            s.phase = Some("Completed".into());
+            s.verdict = Some("ABORTED".into());
+            s.message = Some("the operator replica running this drill stopped before it finished; create a new ChaosDrill to run it again".into());
+            s.finished_at = Some(now());
+            s.conditions = vec![condition(
+                "Completed",
+                true,
+                "Interrupted",
+                s.message.as_deref().unwrap_or(""),
+            )];
+            patch_status(&api, &name, &s).await?;
+            return Ok(Action::await_change());
+        }
+        _ => {}
+    }
+    if let Some(why) = unsupported(&drill.spec.0) {
+        let s = ChaosDrillStatus {
+            phase: Some("Invalid".into()),
+            message: Some(why.clone()),
+            conditions: vec![condition("Completed", false, "Invalid", &why)],
+            ..ChaosDrillStatus::default()
+        };
+        patch_status(&api, &name, &s).await?;
+        return Ok(Action::await_change());
+    }
+    let lrcs: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let target = &drill.spec.0.target.cluster;
+    let ready = lrcs
+        .get_opt(target)
+        .await?
+        .and_then(|l| l.status)
+        .is_some_and(|s| s.phase.as_deref() == Some("Running"));
+    if !ready {
+        let msg = format!("waiting for LiveRoomCluster {target} to be Running");
+        if status.message.as_deref() != Some(msg.as_str()) {
+            let s = ChaosDrillStatus {
+                phase: Some("Pending".into()),
+                message: Some(msg.clone()),
+                conditions: vec![condition("Completed", false, "WaitingForTarget", &msg)],
+                ..ChaosDrillStatus::default()
+            };
+            patch_status(&api, &name, &s).await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let started = ChaosDrillStatus {
+        phase: Some("Running".into()),
+        message: Some(format!("running against {target}")),
+        started_at: Some(now()),
+        conditions: vec![condition(
+            "Completed",
+            false,
+            "Running",
+            "the drill is running",
+        )],
+        ..ChaosDrillStatus::default()
+    };
+    patch_status(&api, &name, &started).await?;
+    if let Ok(mut r) = ctx.running.lock() {
+        r.insert(key.clone());
+    }
+    let drill = (*drill).clone();
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move {
+        let outcome = execute(&ctx2, &drill, &ns).await;
+        let mut s = started.clone();
+        s.phase = Some("Completed".into());
+        s.finished_at = Some(now());
+        match outcome {
+            Ok(done) => {
+                s = ChaosDrillStatus {
+                    phase: s.phase,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                    ..done
+                };
+            }
+            Err(e) => {
+                s.verdict = Some("ABORTED".into());
+                s.message = Some(format!("the drill could not run: {e}"));
+                s.conditions = vec![condition("Completed", true, "RunError", &e)];
+            }
+        }
+        let api: Api<ChaosDrill> = Api::namespaced(ctx2.client.clone(), &ns);
+        if let Err(e) = patch_status(&api, &drill.name_any(), &s).await {
+            tracing::warn!(error = %e, "could not write the drill verdict");
+        }
+        if let Ok(mut r) = ctx2.running.lock() {
+            r.remove(&format!("{ns}/{}", drill.name_any()));
+        }
+    });
+    Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+/// The cluster's pods with IPs, and the leader's pod name.
+async fn pods_of(ctx: &DrillContext, ns: &str, cluster: &str) -> Result<Vec<Pod>, String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}")))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| format!("listing pods: {e}"))
+}
+
+fn pod_ip(p: &Pod) -> Option<String> {
+    p.status.as_ref()?.pod_ip.clone()
+}
+
+async fn leader_pod(ctx: &DrillContext, ns: &str, cluster: &str) -> Result<Option<String>, String> {
+    let lrcs: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), ns);
+    let lrc = lrcs
+        .get(cluster)
+        .await
+        .map_err(|e| format!("reading {cluster}: {e}"))?;
+    // The operator's own status can lag a failover; ask the nodes.
+    let tokens: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let names = Names { cluster };
+    let admin_token = tokens.get(&names.tokens()).await.ok().and_then(|s| {
+        s.data?
+            .get("admin-token")
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+    });
+    let admin = crate::nodes::NodeAdmin::new(ctx.http.clone(), admin_token);
+    let mut views = Vec::new();
+    for p in pods_of(ctx, ns, cluster).await? {
+        if let Some(ip) = pod_ip(&p) {
+            views.push(crate::plan::PodView {
+                pod: p.name_any(),
+                status: admin.status(&ip).await.ok(),
+                ip: Some(ip),
+                ..crate::plan::PodView::default()
+            });
+        }
+    }
+    Ok(leader(&views)
+        .map(|(p, _)| p.pod.clone())
+        .or(lrc.status.and_then(|s| s.leader)))
+}
+
+async fn kill(ctx: &DrillContext, ns: &str, pod: &str) -> Result<(), String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    pods.delete(
+        pod,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("deleting pod {pod}: {e}"))
+}
+
+/// Runs the drill; returns the finished status (phase/timestamps filled by the caller).
+async fn execute(
+    ctx: &DrillContext,
+    drill: &ChaosDrill,
+    ns: &str,
+) -> Result<ChaosDrillStatus, String> {
+    let spec = &drill.spec.0;
+    let cluster = spec.target.cluster.clone();
+    let names = Names { cluster: &cluster };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let token = secrets
+        .get(&names.tokens())
+        .await
+        .map_err(|e| format!("reading the client token: {e}"))?
+        .data
+        .and_then(|d| {
+            d.get("client-token")
+                .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        })
+        .ok_or("the tokens Secret has no client-token")?;
+    let pods = pods_of(ctx, ns, &cluster).await?;
+    let traffic = Arc::new(TrafficMap::default());
+    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in &pods {
+        if let (Some(ip), Some(region)) = (pod_ip(p), p.labels().get(REGION_LABEL)) {
+            by_region
+                .entry(region.clone())
+                .or_default()
+                .push(format!("{ip}:{}", crate::resources::API_PORT));
+        }
+    }
+    for (region, addrs) in &by_region {
+        traffic.set_endpoints(region, addrs.clone());
+        traffic.set_weight(region, 100);
+    }
+    let all_addrs: Vec<String> = by_region.values().flatten().cloned().collect();
+    let leader_name = leader_pod(ctx, ns, &cluster)
+        .await?
+        .ok_or("the cluster has no leader")?;
+    let leader_addr = pods
+        .iter()
+        .find(|p| p.name_any() == leader_name)
+        .and_then(pod_ip)
+        .map(|ip| format!("{ip}:{}", crate::resources::API_PORT))
+        .ok_or("the leader pod has no IP")?;
+
+    // The sale: a room of its own per drill.
+    let room = format!("drill-{}", drill.name_any());
+    let cat = &spec.load.catalog;
+    let skus: Vec<String> = (1..=cat.skus).map(|i| format!("sku-{i:02}")).collect();
+    let hot: Vec<String> = (1..=cat.hot_skus.unwrap_or(0))
+        .map(|i| format!("hot-{i:02}"))
+        .collect();
+    let mut listings: Vec<ListingSpec> = skus
+        .iter()
+        .map(|s| ListingSpec {
+            sku: s.clone(),
+            stock: cat.stock,
+            per_buyer_limit: 5,
+        })
+        .collect();
+    listings.extend(hot.iter().map(|s| ListingSpec {
+        sku: s.clone(),
+        stock: cat.hot_stock.unwrap_or(100),
+        per_buyer_limit: 5,
+    }));
+    let region0 = by_region.keys().next().cloned().unwrap_or_default();
+    create_sale_at(
+        &ctx.http,
+        &leader_addr,
+        &token,
+        &room,
+        "Drill flash sale",
+        &region0,
+        &listings,
+    )
+    .await
+    .map_err(|e| format!("creating the sale: {e}"))?;
+
+    let rec = Arc::new(Recorder::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Load {
+        cfg: Arc::new(LoadConfig {
+            room: room.clone(),
+            skus,
+            hot_skus: hot,
+            probe_skus: Vec::new(),
+            probe_window: Duration::from_secs(4),
+            clients: spec.load.clients,
+            think: Duration::from_millis(spec.load.think_time_ms),
+            client_timeout: Duration::from_millis(spec.load.client_timeout_ms.unwrap_or(3_000)),
+            retry_deadline: Duration::from_millis(spec.load.retry_deadline_ms.unwrap_or(10_000)),
+            client_token: token.clone(),
+            seed: 7,
+        }),
+        rec: rec.clone(),
+        traffic: traffic.clone(),
+        stop: stop.clone(),
+        storm: Arc::new(Storm {
+            active: AtomicBool::new(false),
+            timeout_ms: AtomicU64::new(0),
+            duplicates: AtomicU32::new(1),
+        }),
+        http: ctx.http.clone(),
+    };
+    let tasks = load.start(false);
+
+    // Faults on schedule.
+    let mut faults_done = Vec::new();
+    let mut fault_start: Option<u64> = None;
+    let mut fault_end: Option<u64> = None;
+    let mut order: Vec<usize> = (0..spec.faults.len()).collect();
+    order.sort_by_key(|i| spec.faults[*i].after_secs);
+    let mut run_errors = Vec::new();
+    for i in order {
+        let f = &spec.faults[i];
+        let at = f.after_secs * 1000;
+        while rec.now_ms() < at {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let leader_now = leader_pod(ctx, ns, &cluster).await?.unwrap_or_default();
+        let victim = match f.kind {
+            FaultKind::KillLeader => Some(leader_now.clone()),
+            FaultKind::KillNode => {
+                let want_leader = f.select.as_ref().and_then(|s| s.role) == Some(NodeRole::Leader);
+                let region = f.select.as_ref().and_then(|s| s.region.clone());
+                pods_of(ctx, ns, &cluster)
+                    .await?
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.name_any(),
+                            p.labels().get(REGION_LABEL).cloned().unwrap_or_default(),
+                        )
+                    })
+                    .filter(|(n, r)| {
+                        (n == &leader_now) == want_leader
+                            && region.as_ref().is_none_or(|want| want == r)
+                    })
+                    .map(|(n, _)| n)
+                    .next()
+            }
+            _ => None,
+        };
+        let Some(victim) = victim.filter(|v| !v.is_empty()) else {
+            run_errors.push(format!("fault {i} ({}): no pod matched", f.kind));
+            continue;
+        };
+        let t = rec.now_ms();
+        match kill(ctx, ns, &victim).await {
+            Ok(()) => {
+                fault_start.get_or_insert(t);
+                faults_done.push(format!(
+                    "{} at {} ms: deleted pod {victim} (grace 0)",
+                    f.kind, t
+                ));
+            }
+            Err(e) => run_errors.push(e),
+        }
+        // The fault lasts until the StatefulSet brought the pod back.
+        let deadline = rec.now_ms() + f.duration_secs.unwrap_or(30) * 1000 + 30_000;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let back = pods_of(ctx, ns, &cluster).await?.iter().any(|p| {
+                p.name_any() == victim
+                    && p.metadata.deletion_timestamp.is_none()
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+            });
+            if back || rec.now_ms() > deadline {
+                fault_end = Some(rec.now_ms());
+                break;
+            }
+        }
+    }
+    let end_ms = spec.duration_secs * 1000;
+    while rec.now_ms() < end_ms {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let load_end = rec.now_ms();
+
+    // Final read on the healed cluster, then the checker.
+    let ops = rec.ops();
+    let mut buyers: Vec<(String, String)> = ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            OpKind::PlaceOrder { buyer, key, .. } => Some((buyer.clone(), key.clone())),
+            OpKind::ReadStock { .. } => None,
+        })
+        .collect();
+    buyers.sort();
+    buyers.dedup();
+    let mut history = History {
+        ops,
+        ..History::default()
+    };
+    let leader_name = leader_pod(ctx, ns, &cluster).await?.unwrap_or_default();
+    let mut addrs = all_addrs.clone();
+    if let Some(l) = pods_of(ctx, ns, &cluster)
+        .await?
+        .iter()
+        .find(|p| p.name_any() == leader_name)
+        .and_then(pod_ip)
+    {
+        let l = format!("{l}:{}", crate::resources::API_PORT);
+        addrs.retain(|a| *a != l);
+        addrs.insert(0, l);
+    }
+    match final_read_at(&ctx.http, &addrs, &token, &room, &buyers).await {
+        Ok(f) => {
+            history.listings = f.listings;
+            history.final_stock_left = f.stock_left;
+            history.final_orders = f.orders;
+        }
+        Err(e) => run_errors.push(format!("final read failed: {e}")),
+    }
+    // Every node audits its own state machine.
+    let admin_token = secrets.get(&names.tokens()).await.ok().and_then(|s| {
+        s.data?
+            .get("admin-token")
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+    });
+    let admin = crate::nodes::NodeAdmin::new(ctx.http.clone(), admin_token);
+    let mut invariants = Vec::new();
+    for p in pods_of(ctx, ns, &cluster).await? {
+        let Some(ip) = pod_ip(&p) else { continue };
+        match admin.invariants(&ip).await {
+            Ok((ok, detail)) => invariants.push(NodeInvariant {
+                node: admin.status(&ip).await.map(|s| s.node_id).unwrap_or(0),
+                ok,
+                detail: format!("{}: {detail}", p.name_any()),
+            }),
+            Err(e) => run_errors.push(format!("invariant audit of {}: {e}", p.name_any())),
+        }
+    }
+    let h2 = history.clone();
+    let check = tokio::task::spawn_blocking(move || roomkeeper_chaos::check(&h2))
+        .await
+        .map_err(|e| format!("the history checker panicked: {e}"))?;
+    let phases = Phases {
+        fault_start_ms: fault_start,
+        fault_end_ms: fault_end,
+        end_ms: load_end,
+    };
+    let probes = evaluate(
+        &spec.hypothesis.probes,
+        &history,
+        &check,
+        &phases,
+        &[],
+        &invariants,
+    );
+    let v = verdict(false, &run_errors, &check, &invariants, &probes);
+    let counts = order_counts(&history);
+    let oversold = check
+        .violations
+        .iter()
+        .filter(|v| matches!(v, roomkeeper_chaos::checker::Violation::Oversell { .. }))
+        .count();
+
+    // The full report goes into a ConfigMap owned by the drill.
+    let cm_name = format!("{}-report", drill.name_any());
+    let report = json!({
+        "verdict": v.as_str(), "orders": counts, "check": check, "probes": probes,
+        "faults": faults_done, "runErrors": run_errors, "phases": {
+            "faultStartMs": fault_start, "faultEndMs": fault_end, "endMs": load_end
+        }
+    });
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(cm_name.clone()),
+            namespace: Some(ns.to_string()),
+            owner_references: kube::Resource::controller_owner_ref(drill, &()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "report.json".to_string(),
+            report.to_string(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    cms.patch(
+        &cm_name,
+        &PatchParams::apply(crate::controller::MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .map_err(|e| format!("writing the report ConfigMap: {e}"))?;
+
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let message = format!(
+        "{}: {} orders acknowledged, {} lost, {} oversold, RTO {} ms{}",
+        v.as_str(),
+        check.acknowledged,
+        check.rpo,
+        oversold,
+        check.rto_ms,
+        if run_errors.is_empty() {
+            String::new()
+        } else {
+            format!("; errors: {}", run_errors.join("; "))
+        }
+    );
+    Ok(ChaosDrillStatus {
+        verdict: Some(v.as_str().into()),
+        message: Some(message.clone()),
+        acked: Some(as_i64(check.acknowledged)),
+        lost: Some(as_i64(check.rpo)),
+        oversold: Some(as_i64(oversold)),
+        unknown_ops: Some(as_i64(counts.unknown_ops)),
+        rto_ms: i64::try_from(check.rto_ms).ok(),
+        violations: check
+            .violations
+            .iter()
+            .take(20)
+            .map(ToString::to_string)
+            .collect(),
+        probes: probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: {} ({})",
+                    p.name,
+                    if p.passed { "PASS" } else { "FAIL" },
+                    p.measured
+                )
+            })
+            .collect(),
+        faults: faults_done,
+        report_config_map: Some(cm_name),
+        conditions: vec![condition(
+            "Completed",
+            true,
+            if v.as_str() == "PASS" {
+                "Passed"
+            } else {
+                "Failed"
+            },
+            &message,
+        )],
+        ..ChaosDrillStatus::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn library(name: &str) -> DrillSpec {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../chaos/drills")
+            .join(format!("{name}.yaml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let drill: ChaosDrill = serde_yaml::from_str(&text).unwrap();
+        drill.spec.0
+    }
+
+    #[test]
+    fn pod_kill_drills_run_on_kubernetes() {
+        assert_eq!(unsupported(&library("leader-kill")), None);
+        assert_eq!(unsupported(&library("follower-kill")), None);
+    }
+
+    #[test]
+    fn drills_needing_node_level_injectors_are_refused_with_the_field() {
+        let why = unsupported(&library("partition-node")).unwrap();
+        assert!(
+            why.contains("spec.faults[0].kind") && why.contains("partitionNode"),
+            "{why}"
+        );
+        let why = unsupported(&library("game-day-follower-kill")).unwrap();
+        assert!(why.contains("gameDay"), "{why}");
+    }
+}
