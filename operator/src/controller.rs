@@ -655,15 +655,6 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
-        Step::RetireWiped { id, pod, .. } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            admin.remove(&ip, *id).await?;
-            ids.retire(pod);
-            ids.assign(&slots, floor);
-            apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
-            pods_api.delete(pod, &DeleteParams::default()).await?;
-            ctx.event_for(lrc, true, "WipedNodeReplaced", format!("{pod} lost the log of node {id}; retired id {id}, the pod restarts as node {:?}", ids.id_of(pod))).await;
-        }
         Step::RestartForUpdate { pod } => {
             pods_api.delete(pod, &DeleteParams::default()).await?;
             ctx.event_for(

@@ -356,6 +356,7 @@ pub fn all_crds(
         LiveRoomCluster::crd(),
         FailoverPlaybook::crd(),
         crate::drill::ChaosDrill::crd(),
+        crate::schedule::ChaosDrillSchedule::crd(),
     ]
 }
 

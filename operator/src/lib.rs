@@ -7,5 +7,6 @@ pub mod nodes;
 pub mod plan;
 pub mod resources;
 pub mod runtime;
+pub mod schedule;
 pub mod tier;
 pub mod validate;

@@ -73,13 +73,6 @@ pub enum Step {
         to: u64,
         reason: String,
     },
-    /// The pod's node lost the log it had acknowledged (volume wiped): take its
-    /// id out of the membership and give the pod a fresh id.
-    RetireWiped {
-        id: u64,
-        pod: String,
-        voter: bool,
-    },
     /// Delete the pod so the StatefulSet recreates it from the new template.
     RestartForUpdate {
         pod: String,
@@ -179,33 +172,6 @@ pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) ->
         .map(|(_, id)| *id)
         .collect();
     let desired_all: BTreeSet<u64> = slots.iter().map(|(_, id)| *id).collect();
-
-    // A member whose node answers with an empty log although the leader saw it
-    // acknowledge entries lost its volume.
-    for p in pods {
-        let (Some(id), Some(s)) = (p.id, p.status.as_ref()) else {
-            continue;
-        };
-        let acked = ls
-            .replication
-            .get(&id.to_string())
-            .and_then(|r| r.matched_index)
-            .unwrap_or(0);
-        if members.contains(&id) && s.last_log_index == 0 && s.voters.is_empty() && acked > 0 {
-            let voter = voters.contains(&id);
-            if voter && !quorum_without(ls, &voters, id) {
-                return Step::Wait(format!(
-                    "{} lost its log, but removing voter {id} now would leave no live quorum",
-                    p.pod
-                ));
-            }
-            return Step::RetireWiped {
-                id,
-                pod: p.pod.clone(),
-                voter,
-            };
-        }
-    }
 
     // 1. Add every wanted node as a learner first (voter slots first).
     let mut ordered: Vec<&(Slot, u64)> = slots.iter().collect();
@@ -413,6 +379,7 @@ mod tests {
     fn fresh(id: u64) -> NodeStatus {
         let mut s = status(id, None, &[], &[]);
         s.last_log_index = 0;
+        s.fresh_data_dir = true;
         s
     }
 
@@ -533,20 +500,6 @@ mod tests {
             next_step(&slots, &pods, true),
             Step::TransferLeader { .. }
         ));
-    }
-
-    #[test]
-    fn a_wiped_member_is_retired() {
-        let (slots, mut pods) = three_voters(&[]);
-        pods[2].status = Some(fresh(3));
-        assert_eq!(
-            next_step(&slots, &pods, true),
-            Step::RetireWiped {
-                id: 3,
-                pod: "c".into(),
-                voter: true
-            }
-        );
     }
 
     #[test]

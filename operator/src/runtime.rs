@@ -294,6 +294,10 @@ pub async fn run(
         client.clone(),
         ctl_stop(ctl_stop_rx.clone()),
     ));
+    let sched_ctl = tokio::spawn(crate::schedule::run(
+        client.clone(),
+        ctl_stop(ctl_stop_rx.clone()),
+    ));
 
     // Renew; a failed renewal past the lease duration means someone else may
     // hold it now: stop at once.
@@ -326,10 +330,12 @@ pub async fn run(
         lrc_ctl.abort();
         fpb_ctl.abort();
         drill_ctl.abort();
+        sched_ctl.abort();
     }
     let _ = lrc_ctl.await;
     let _ = fpb_ctl.await;
     let _ = drill_ctl.await;
+    let _ = sched_ctl.await;
     health.leader.store(false, Ordering::Relaxed);
     metrics.leader.set(0);
     if outcome.is_ok() {

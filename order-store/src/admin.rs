@@ -83,6 +83,10 @@ pub struct NodeStatus {
     pub orders: u64,
     pub sales_paused: bool,
     pub test_faults_enabled: bool,
+    /// The process started on an empty data directory (a new member, or one
+    /// whose volume was wiped).
+    #[serde(default)]
+    pub fresh_data_dir: bool,
 }
 
 pub fn role_name(s: ServerState) -> &'static str {
@@ -156,6 +160,7 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
         orders,
         sales_paused,
         test_faults_enabled: ctx.test_faults_enabled,
+        fresh_data_dir: ctx.fresh_data_dir,
     }
 }
 

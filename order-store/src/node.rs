@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub client_token: Option<String>,
     pub admin_token: Option<String>,
     pub test_faults_enabled: bool,
+    /// This process found no data directory and started an empty one. Reported
+    /// in status so a controller can tell a restarted member from a wiped one.
+    pub fresh_data_dir: bool,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -60,6 +63,7 @@ impl NodeConfig {
             client_token: None,
             admin_token: None,
             test_faults_enabled: false,
+            fresh_data_dir: false,
             heartbeat_ms: 60,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
@@ -106,6 +110,7 @@ pub struct NodeContext {
     pub contact: Arc<LeaderContact>,
     pub faults: Arc<Faults>,
     pub test_faults_enabled: bool,
+    pub fresh_data_dir: bool,
     pub client_token: Option<String>,
     pub admin_token: Option<String>,
     /// Client writes in flight beyond this are refused with 429.
@@ -211,6 +216,7 @@ impl NodeHandle {
             contact: contact.clone(),
             faults: faults.clone(),
             test_faults_enabled: cfg.test_faults_enabled,
+            fresh_data_dir: cfg.fresh_data_dir,
             client_token: cfg.client_token,
             admin_token: cfg.admin_token,
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),

@@ -102,7 +102,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         (_, _, Some(id)) => (id, args.zone.clone()),
         _ => anyhow::bail!("give --id, or --identity-file with --pod-name"),
     };
-    pin_node_id(&args.data_dir, id)?;
+    let fresh_data_dir = pin_node_id(&args.data_dir, id)?;
     let mut cfg = NodeConfig::with_defaults(id, args.data_dir.clone(), keyring);
     cfg.raft_addr = args.raft_addr;
     cfg.api_addr = args.api_addr;
@@ -112,6 +112,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.client_token = args.client_token;
     cfg.admin_token = args.admin_token;
     cfg.test_faults_enabled = args.enable_test_faults;
+    cfg.fresh_data_dir = fresh_data_dir;
     cfg.heartbeat_ms = args.heartbeat_ms;
     cfg.election_timeout_min_ms = args.election_timeout_min_ms;
     cfg.election_timeout_max_ms = args.election_timeout_max_ms;
@@ -159,7 +160,8 @@ pub fn lookup_identity(text: &str, pod: &str) -> anyhow::Result<(u64, Option<Str
 /// A data directory belongs to one node id forever: the first start records it,
 /// later starts with another id refuse, so a reused volume can never make one
 /// Raft member impersonate another.
-pub fn pin_node_id(data_dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
+/// Returns whether the directory was new (no id recorded yet).
+pub fn pin_node_id(data_dir: &std::path::Path, id: u64) -> anyhow::Result<bool> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let file = data_dir.join("node-id");
@@ -173,7 +175,7 @@ pub fn pin_node_id(data_dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
                     data_dir.display()
                 );
             }
-            Ok(())
+            Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = data_dir.join("node-id.tmp");
@@ -187,7 +189,7 @@ pub fn pin_node_id(data_dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
             std::fs::File::open(data_dir)
                 .and_then(|d| d.sync_all())
                 .with_context(|| format!("syncing {}", data_dir.display()))?;
-            Ok(())
+            Ok(true)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
     }
@@ -237,8 +239,8 @@ mod tests {
     fn a_data_directory_keeps_its_node_id() {
         let dir = std::env::temp_dir().join(format!("rk-pin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        pin_node_id(&dir, 3).unwrap();
-        pin_node_id(&dir, 3).unwrap();
+        assert!(pin_node_id(&dir, 3).unwrap(), "a new directory is fresh");
+        assert!(!pin_node_id(&dir, 3).unwrap(), "a known directory is not");
         let err = pin_node_id(&dir, 9).unwrap_err().to_string();
         assert!(err.contains("belongs to node 3"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);

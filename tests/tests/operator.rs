@@ -53,6 +53,7 @@ async fn install_crds(client: &Client) -> Result<()> {
         "crds/liveroomclusters.roomkeeper.dev.yaml",
         "crds/failoverplaybooks.roomkeeper.dev.yaml",
         "crds/chaosdrills.roomkeeper.dev.yaml",
+        "crds/chaosdrillschedules.roomkeeper.dev.yaml",
     ] {
         apply_file(client, file, "default").await?;
     }
@@ -61,6 +62,7 @@ async fn install_crds(client: &Client) -> Result<()> {
         "liveroomclusters.roomkeeper.dev",
         "failoverplaybooks.roomkeeper.dev",
         "chaosdrills.roomkeeper.dev",
+        "chaosdrillschedules.roomkeeper.dev",
     ] {
         eventually(
             Duration::from_secs(30),
@@ -486,7 +488,6 @@ async fn lifecycle(
 
     let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &lrc_resource());
     let status = wait_ready_voters(&lrcs, "5/5", 120).await?;
-    let first_leader = status["leader"].as_str().unwrap_or_default().to_string();
     eprintln!(
         "cluster formed: leader {} term {} tier {}",
         status["leader"], status["term"], status["activeTier"]
@@ -618,6 +619,37 @@ async fn lifecycle(
         "reconciles ran"
     );
 
+    // A spec the API server accepts but this release cannot carry out gets a
+    // condition and an event, and the controller keeps going.
+    let mut remote = example.clone();
+    remote["metadata"]["name"] = json!("remote");
+    remote["spec"]["regions"][2]["kubeconfigSecretRef"] = json!({"name": "ap-south-kubeconfig"});
+    apply_yaml(&admin, &serde_yaml::to_string(&remote)?, NS).await?;
+    eventually(
+        Duration::from_secs(30),
+        "the remote-region cluster marked Invalid",
+        || async {
+            let s = lrcs
+                .get("remote")
+                .await
+                .ok()
+                .and_then(|o| o.data.get("status").cloned())
+                .unwrap_or(Value::Null);
+            s["phase"] == json!("Invalid")
+                && s["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["type"] == json!("Ready")
+                            && c["reason"] == json!("InvalidSpec")
+                            && c["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("kubeconfigSecretRef"))
+                    })
+                })
+        },
+    )
+    .await?;
+    lrcs.delete("remote", &DeleteParams::default()).await?;
+
     // A ChaosDrill from the library, run by the operator against this cluster:
     // the same YAML as `roomkeeper drill run chaos/drills/leader-kill.yaml`,
     // pointed at this cluster. Its playbookTier probe is dropped: on
@@ -650,6 +682,42 @@ async fn lifecycle(
         .get(report_cm)
         .await?;
     wait_ready_voters(&lrcs, "5/5", 60).await?;
+
+    // A schedule creates its first run at once, owned and labelled; a drill
+    // the Kubernetes runner cannot carry out is refused with the field named.
+    let mut partition: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        roomkeeper_e2e::operator::repo_root().join("chaos/drills/partition-node.yaml"),
+    )?)?;
+    partition["spec"]["target"]["cluster"] = json!(LRC);
+    let schedule = json!({
+        "apiVersion": "roomkeeper.dev/v1alpha1",
+        "kind": "ChaosDrillSchedule",
+        "metadata": {"name": "weekly-partition"},
+        "spec": {"intervalSecs": 604800, "historyLimit": 2, "drill": partition["spec"]}
+    });
+    apply_yaml(&admin, &serde_yaml::to_string(&schedule)?, NS).await?;
+    eventually(
+        Duration::from_secs(30),
+        "the schedule's first run refused as Invalid",
+        || async {
+            let runs = drills
+                .list(&ListParams::default().labels("roomkeeper.dev/schedule=weekly-partition"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            runs.len() == 1
+                && runs[0].data["status"]["phase"] == json!("Invalid")
+                && runs[0].data["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("partitionNode"))
+                && runs[0]
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| o[0].kind == "ChaosDrillSchedule")
+        },
+    )
+    .await?;
 
     // Scale up to 7 voters; kill the reconciling operator mid-way: the standby
     // takes the Lease and finishes, with no action repeated or lost.
@@ -711,18 +779,29 @@ async fn lifecycle(
         .filter(|(_, n)| n.starts_with("restarting flash-sale-us-east-"))
         .collect();
     ensure!(restarts.len() == 2, "rolling restart events: {timeline:?}");
-    if let Some(leader_restart) = restarts.iter().find(|(_, n)| n.contains(&first_leader)) {
-        let handed_over = timeline
+    // Whichever pod led when its turn came handed leadership over first (the
+    // drill above may have moved the leader away from the first one).
+    for (at, note) in &restarts {
+        let pod = note
+            .trim_start_matches("restarting ")
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if let Some((moved_at, _)) = timeline
             .iter()
-            .find(|(_, n)| n.contains(&format!("{first_leader} restarts for an update")))
-            .with_context(|| {
-                format!("no leadership transfer before restarting {first_leader}: {timeline:?}")
-            })?;
-        ensure!(
-            handed_over.0 <= leader_restart.0,
-            "leader restarted before handing over: {timeline:?}"
-        );
+            .find(|(_, n)| n.contains(&format!("{pod} restarts for an update")))
+        {
+            ensure!(
+                moved_at <= at,
+                "{pod} restarted before handing over: {timeline:?}"
+            );
+        }
     }
+    let distinct: std::collections::BTreeSet<&String> = restarts.iter().map(|(_, n)| n).collect();
+    ensure!(
+        distinct.len() == 2,
+        "each us-east pod restarted once: {timeline:?}"
+    );
     // Node ids are unique and never reused.
     let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get(&format!("{LRC}-identities"))
