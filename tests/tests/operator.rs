@@ -593,7 +593,17 @@ async fn lifecycle(
         );
     }
 
-    // A reconcile that changes nothing writes nothing.
+    // A reconcile that changes nothing writes nothing. First let the last
+    // writes of formation land (status settles a moment after Running).
+    let mut last = ops[0].metric("roomkeeper_operator_writes_total");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = ops[0].metric("roomkeeper_operator_writes_total");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let writes_before = ops[0]
         .metric("roomkeeper_operator_writes_total")
         .unwrap_or(0.0);
