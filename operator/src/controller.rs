@@ -242,7 +242,9 @@ async fn ensure_secret(
             name: Some(name.clone()),
             namespace: Some(ns.to_string()),
             labels: Some(resources::labels(&cluster_name(lrc), None)),
-            owner_references: lrc.controller_owner_ref(&()).map(|o| vec![o]),
+            // No owner reference: the keys outlive the cluster object, like
+            // the volumes whose contacts they sealed (D18).
+            owner_references: None,
             ..Default::default()
         },
         data: Some(
@@ -895,7 +897,7 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
         lrc,
         false,
         "Deleting",
-        "deleting the cluster's StatefulSets, Services, budgets, policies, ConfigMap and Secrets"
+        "deleting the cluster's StatefulSets, pods, Services, budgets and policy; its volumes, node ids and keys are kept (delete them by label roomkeeper.dev/cluster to destroy the data)"
             .into(),
     )
     .await;
@@ -907,9 +909,11 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
             .await?;
     }
     delete_if_present::<NetworkPolicy>(ctx, &ns, &names.network_policy(), &dp).await?;
-    delete_if_present::<ConfigMap>(ctx, &ns, &names.identities(), &dp).await?;
-    delete_if_present::<Secret>(ctx, &ns, &names.tokens(), &dp).await?;
-    delete_if_present::<Secret>(ctx, &ns, &names.contact_keys(), &dp).await?;
+    delete_if_present::<ConfigMap>(ctx, &ns, &format!("{name}-playbook-memory"), &dp).await?;
+    // Kept on purpose: the PVCs (StatefulSet retention whenDeleted: Retain),
+    // the identity map and the Secrets. Without the contact keys the sealed
+    // contacts in the retained logs are unreadable; without the identity map a
+    // recreated cluster would hand the retained volumes other ids.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     pods.delete_collection(
         &dp,

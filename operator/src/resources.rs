@@ -255,10 +255,14 @@ impl Identities {
     }
 }
 
+/// The identity map has no owner reference: like the volumes it names, it
+/// survives the deletion of the cluster object (D18).
 pub fn identities_configmap(lrc: &LiveRoomCluster, ids: &Identities) -> ConfigMap {
     let cluster = cluster_name(lrc);
+    let mut metadata = meta(lrc, Names { cluster: &cluster }.identities(), None);
+    metadata.owner_references = None;
     ConfigMap {
-        metadata: meta(lrc, Names { cluster: &cluster }.identities(), None),
+        metadata,
         data: Some(ids.render()),
         ..ConfigMap::default()
     }

@@ -557,9 +557,10 @@ async fn lifecycle(
     let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get(&format!("{LRC}-identities"))
         .await?;
+    // The identity map outlives the cluster object, like the volumes it names.
     ensure!(
-        owned_by(ids_cm.metadata.owner_references.clone()),
-        "identities owner"
+        ids_cm.metadata.owner_references.is_none(),
+        "the identity map must not be garbage-collected with the cluster"
     );
 
     // `kubectl get lrc` columns, through the Table API kubectl uses.
@@ -878,7 +879,7 @@ async fn lifecycle(
         ensure!(!nodes.contains(gone), "{gone} still holds an id: {nodes}");
     }
 
-    // Delete: the finalizer removes everything, then the cluster goes.
+    // Delete: the finalizer removes the workload, then the cluster goes.
     lrcs.delete(LRC, &DeleteParams::default()).await?;
     eventually(
         Duration::from_secs(90),
@@ -900,15 +901,32 @@ async fn lifecycle(
                 .await
                 .map(|l| l.items.len())
                 .unwrap_or(1);
-            let secrets = Api::<Secret>::namespaced(admin.clone(), NS)
-                .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
-                .await
-                .map(|l| l.items.len())
-                .unwrap_or(1);
-            gone_lrc && sts == 0 && pods == 0 && svcs == 0 && secrets == 0
+            gone_lrc && sts == 0 && pods == 0 && svcs == 0
         },
     )
     .await?;
+    // What holds the data is kept: the volumes, the node ids, the keys.
+    let by_cluster = ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}"));
+    let secrets = Api::<Secret>::namespaced(admin.clone(), NS)
+        .list(&by_cluster)
+        .await?
+        .items
+        .len();
+    ensure!(
+        secrets == 2,
+        "tokens and contact keys kept, found {secrets}"
+    );
+    Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-identities"))
+        .await
+        .context("the identity map is kept")?;
+    let pvcs =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(admin.clone(), NS)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len();
+    ensure!(pvcs == 5, "the 5 members' volumes are kept, found {pvcs}");
     for op in ops.iter_mut() {
         if op.is_running() {
             op.terminate(Duration::from_secs(15))?;
