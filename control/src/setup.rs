@@ -116,6 +116,28 @@ pub async fn create_sale_at(
     Ok(())
 }
 
+/// The listings of a drill catalog: `sku-NN` at `stock`, then `hot-NN` at
+/// `hotStock` (default 100). Returns the plain and hot skus and all listings.
+pub fn catalog_listings(
+    cat: &roomkeeper_chaos::drill::CatalogSpec,
+) -> (Vec<String>, Vec<String>, Vec<ListingSpec>) {
+    let skus: Vec<String> = (1..=cat.skus).map(|i| format!("sku-{i:02}")).collect();
+    let hot: Vec<String> = (1..=cat.hot_skus.unwrap_or(0))
+        .map(|i| format!("hot-{i:02}"))
+        .collect();
+    let listing = |sku: &String, stock: u32| ListingSpec {
+        sku: sku.clone(),
+        stock,
+        per_buyer_limit: 5,
+    };
+    let listings = skus
+        .iter()
+        .map(|s| listing(s, cat.stock))
+        .chain(hot.iter().map(|s| listing(s, cat.hot_stock.unwrap_or(100))))
+        .collect();
+    (skus, hot, listings)
+}
+
 /// A traffic map with every region's nodes at weight 100.
 pub fn traffic_map(cluster: &LocalCluster) -> TrafficMap {
     let traffic = TrafficMap::default();

@@ -266,7 +266,8 @@ async fn ensure_secret(
     Ok(created)
 }
 
-fn secret_value(s: &Secret, key: &str) -> Option<String> {
+/// A key of a Secret as trimmed text.
+pub(crate) fn secret_value(s: &Secret, key: &str) -> Option<String> {
     s.data
         .as_ref()?
         .get(key)

@@ -30,12 +30,14 @@ use roomkeeper_chaos::report::{evaluate, order_counts, verdict, NodeInvariant, P
 use roomkeeper_control::http::JsonClient;
 use roomkeeper_control::load::TrafficMap;
 use roomkeeper_control::recorded_load::{final_read_at, Load, LoadConfig, Storm};
-use roomkeeper_control::setup::{create_sale_at, ListingSpec};
+use roomkeeper_control::setup::{catalog_listings, create_sale_at};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::controller::secret_value;
 use crate::crd::LiveRoomCluster;
+use crate::nodes::NodeAdmin;
 use crate::plan::leader;
 use crate::resources::{Names, CLUSTER_LABEL, REGION_LABEL};
 
@@ -323,21 +325,18 @@ fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone()
 }
 
-async fn leader_pod(ctx: &DrillContext, ns: &str, cluster: &str) -> Result<Option<String>, String> {
+async fn leader_pod(
+    ctx: &DrillContext,
+    admin: &NodeAdmin,
+    ns: &str,
+    cluster: &str,
+) -> Result<Option<String>, String> {
     let lrcs: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), ns);
     let lrc = lrcs
         .get(cluster)
         .await
         .map_err(|e| format!("reading {cluster}: {e}"))?;
     // The operator's own status can lag a failover; ask the nodes.
-    let tokens: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let names = Names { cluster };
-    let admin_token = tokens.get(&names.tokens()).await.ok().and_then(|s| {
-        s.data?
-            .get("admin-token")
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-    });
-    let admin = crate::nodes::NodeAdmin::new(ctx.http.clone(), admin_token);
     let mut views = Vec::new();
     for p in pods_of(ctx, ns, cluster).await? {
         if let Some(ip) = pod_ip(&p) {
@@ -378,16 +377,13 @@ async fn execute(
     let cluster = spec.target.cluster.clone();
     let names = Names { cluster: &cluster };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let token = secrets
+    let tokens = secrets
         .get(&names.tokens())
         .await
-        .map_err(|e| format!("reading the client token: {e}"))?
-        .data
-        .and_then(|d| {
-            d.get("client-token")
-                .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-        })
-        .ok_or("the tokens Secret has no client-token")?;
+        .map_err(|e| format!("reading the tokens Secret: {e}"))?;
+    let token =
+        secret_value(&tokens, "client-token").ok_or("the tokens Secret has no client-token")?;
+    let admin = NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token"));
     let pods = pods_of(ctx, ns, &cluster).await?;
     let traffic = Arc::new(TrafficMap::default());
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -404,7 +400,7 @@ async fn execute(
         traffic.set_weight(region, 100);
     }
     let all_addrs: Vec<String> = by_region.values().flatten().cloned().collect();
-    let leader_name = leader_pod(ctx, ns, &cluster)
+    let leader_name = leader_pod(ctx, &admin, ns, &cluster)
         .await?
         .ok_or("the cluster has no leader")?;
     let leader_addr = pods
@@ -416,24 +412,7 @@ async fn execute(
 
     // The sale: a room of its own per drill.
     let room = format!("drill-{}", drill.name_any());
-    let cat = &spec.load.catalog;
-    let skus: Vec<String> = (1..=cat.skus).map(|i| format!("sku-{i:02}")).collect();
-    let hot: Vec<String> = (1..=cat.hot_skus.unwrap_or(0))
-        .map(|i| format!("hot-{i:02}"))
-        .collect();
-    let mut listings: Vec<ListingSpec> = skus
-        .iter()
-        .map(|s| ListingSpec {
-            sku: s.clone(),
-            stock: cat.stock,
-            per_buyer_limit: 5,
-        })
-        .collect();
-    listings.extend(hot.iter().map(|s| ListingSpec {
-        sku: s.clone(),
-        stock: cat.hot_stock.unwrap_or(100),
-        per_buyer_limit: 5,
-    }));
+    let (skus, hot, listings) = catalog_listings(&spec.load.catalog);
     let region0 = by_region.keys().next().cloned().unwrap_or_default();
     create_sale_at(
         &ctx.http,
@@ -488,7 +467,9 @@ async fn execute(
         while rec.now_ms() < at {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let leader_now = leader_pod(ctx, ns, &cluster).await?.unwrap_or_default();
+        let leader_now = leader_pod(ctx, &admin, ns, &cluster)
+            .await?
+            .unwrap_or_default();
         let victim = match f.kind {
             FaultKind::KillLeader => Some(leader_now.clone()),
             FaultKind::KillNode => {
@@ -572,7 +553,9 @@ async fn execute(
         ops,
         ..History::default()
     };
-    let leader_name = leader_pod(ctx, ns, &cluster).await?.unwrap_or_default();
+    let leader_name = leader_pod(ctx, &admin, ns, &cluster)
+        .await?
+        .unwrap_or_default();
     let mut addrs = all_addrs.clone();
     if let Some(l) = pods_of(ctx, ns, &cluster)
         .await?
@@ -593,12 +576,6 @@ async fn execute(
         Err(e) => run_errors.push(format!("final read failed: {e}")),
     }
     // Every node audits its own state machine.
-    let admin_token = secrets.get(&names.tokens()).await.ok().and_then(|s| {
-        s.data?
-            .get("admin-token")
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-    });
-    let admin = crate::nodes::NodeAdmin::new(ctx.http.clone(), admin_token);
     let mut invariants = Vec::new();
     for p in pods_of(ctx, ns, &cluster).await? {
         let Some(ip) = pod_ip(&p) else { continue };

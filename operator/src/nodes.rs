@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hyper::Method;
 use roomkeeper_control::http::JsonClient;
 use roomkeeper_order_store::admin::NodeStatus;
 use roomkeeper_order_store::raft_types::NodeInfo;
@@ -50,41 +51,26 @@ impl NodeAdmin {
         NodeAdmin { http, token }
     }
 
-    pub async fn status(&self, pod_ip: &str) -> Result<NodeStatus, NodeError> {
-        let addr = format!("{pod_ip}:{ADMIN_PORT}");
-        let reply = self
-            .http
-            .get(&addr, "/admin/status", self.token.as_deref(), TIMEOUT)
-            .await
-            .map_err(|e| NodeError::Unreachable {
-                addr: addr.clone(),
-                message: e.to_string(),
-            })?;
-        if reply.status != 200 {
-            return Err(NodeError::Refused {
-                addr,
-                path: "/admin/status".into(),
-                status: reply.status,
-                body: reply.body.to_string(),
-            });
-        }
-        serde_json::from_value(reply.body).map_err(|e| NodeError::Unreachable {
-            addr,
-            message: format!("unreadable status: {e}"),
-        })
-    }
-
-    async fn post(
+    /// One admin call; anything but 2xx is a refusal naming the path.
+    async fn call(
         &self,
+        method: Method,
         pod_ip: &str,
         path: &str,
-        body: Value,
+        body: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, NodeError> {
         let addr = format!("{pod_ip}:{ADMIN_PORT}");
         let reply = self
             .http
-            .post(&addr, path, &body, self.token.as_deref(), timeout)
+            .call(
+                method,
+                &addr,
+                path,
+                body.as_ref(),
+                self.token.as_deref(),
+                timeout,
+            )
             .await
             .map_err(|e| NodeError::Unreachable {
                 addr: addr.clone(),
@@ -101,30 +87,37 @@ impl NodeAdmin {
         Ok(reply.body)
     }
 
+    async fn post(
+        &self,
+        pod_ip: &str,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, NodeError> {
+        self.call(Method::POST, pod_ip, path, Some(body), timeout)
+            .await
+    }
+
+    pub async fn status(&self, pod_ip: &str) -> Result<NodeStatus, NodeError> {
+        let body = self
+            .call(Method::GET, pod_ip, "/admin/status", None, TIMEOUT)
+            .await?;
+        serde_json::from_value(body).map_err(|e| NodeError::Unreachable {
+            addr: format!("{pod_ip}:{ADMIN_PORT}"),
+            message: format!("unreadable status: {e}"),
+        })
+    }
+
     /// The node's own audit of the order invariants: `(ok, detail)`.
     pub async fn invariants(&self, pod_ip: &str) -> Result<(bool, String), NodeError> {
-        let addr = format!("{pod_ip}:{ADMIN_PORT}");
-        let reply = self
-            .http
-            .get(&addr, "/admin/invariants", self.token.as_deref(), TIMEOUT)
-            .await
-            .map_err(|e| NodeError::Unreachable {
-                addr: addr.clone(),
-                message: e.to_string(),
-            })?;
-        if reply.status != 200 {
-            return Err(NodeError::Refused {
-                addr,
-                path: "/admin/invariants".into(),
-                status: reply.status,
-                body: reply.body.to_string(),
-            });
-        }
-        let ok = reply.body["ok"].as_bool().unwrap_or(false);
+        let body = self
+            .call(Method::GET, pod_ip, "/admin/invariants", None, TIMEOUT)
+            .await?;
+        let ok = body["ok"].as_bool().unwrap_or(false);
         let detail = if ok {
-            format!("ok at applied index {}", reply.body["applied_index"])
+            format!("ok at applied index {}", body["applied_index"])
         } else {
-            reply.body["violation"]
+            body["violation"]
                 .as_str()
                 .unwrap_or("violation")
                 .to_string()

@@ -196,11 +196,7 @@ async fn run_inner(
         .context("starting the cluster")?;
 
     // The sale.
-    let cat = &spec.load.catalog;
-    let skus: Vec<String> = (1..=cat.skus).map(|i| format!("sku-{i:02}")).collect();
-    let hot: Vec<String> = (1..=cat.hot_skus.unwrap_or(0))
-        .map(|i| format!("hot-{i:02}"))
-        .collect();
+    let (skus, hot, mut listings) = roomkeeper_control::setup::catalog_listings(&spec.load.catalog);
     let probe_on = spec.load.linearizability_probe.unwrap_or(true);
     let probes: Vec<String> = if probe_on {
         (0..spec.duration_secs / PROBE_WINDOW.as_secs() + 2)
@@ -209,19 +205,6 @@ async fn run_inner(
     } else {
         Vec::new()
     };
-    let mut listings: Vec<ListingSpec> = skus
-        .iter()
-        .map(|s| ListingSpec {
-            sku: s.clone(),
-            stock: cat.stock,
-            per_buyer_limit: 5,
-        })
-        .collect();
-    listings.extend(hot.iter().map(|s| ListingSpec {
-        sku: s.clone(),
-        stock: cat.hot_stock.unwrap_or(100),
-        per_buyer_limit: 5,
-    }));
     listings.extend(probes.iter().map(|s| ListingSpec {
         sku: s.clone(),
         stock: 15,
