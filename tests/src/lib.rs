@@ -8,9 +8,10 @@
 pub mod k8s;
 pub mod kubelet;
 pub mod operator;
+pub mod ports;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,8 +125,7 @@ fn dechunk(s: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    ports::free_port().expect("a free loopback port")
 }
 
 /// One node process and its addresses.

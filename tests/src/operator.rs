@@ -3,7 +3,6 @@
 //! as a real process under a ServiceAccount's kubeconfig.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -80,11 +79,6 @@ pub async fn apply_file(
     apply_yaml(client, &text, default_ns).await
 }
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// One `roomkeeper operator run` process.
 pub struct OperatorProcess {
     pub identity: String,
@@ -103,7 +97,7 @@ impl OperatorProcess {
         identity: &str,
         lease_secs: u64,
     ) -> Result<OperatorProcess> {
-        let http_port = free_port()?;
+        let http_port = crate::ports::free_port()?;
         let log = dir.join(format!("operator-{identity}.log"));
         let out = File::options().create(true).append(true).open(&log)?;
         let err = out.try_clone()?;
