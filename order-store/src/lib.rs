@@ -6,7 +6,8 @@
 //! - `transport`: framed, pipelined node-to-node RPCs;
 //! - `proposer`: batching client commands into log entries, overload and quorum checks;
 //! - `api` / `admin`: the client and admin HTTP listeners;
-//! - `node`: wiring and metrics.
+//! - `node`: wiring and metrics;
+//! - `quarantine`: the admin listener of a node that must not join Raft (wiped volume).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod node;
 pub mod proposer;
+pub mod quarantine;
 pub mod raft_types;
 pub mod state_machine;
 pub mod transport;

@@ -1,5 +1,6 @@
 //! `roomkeeper node`: runs one order-store replica until SIGINT/SIGTERM.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -24,6 +25,12 @@ pub struct NodeArgs {
     /// This pod's name, looked up in `--identity-file`.
     #[arg(long)]
     pub pod_name: Option<String>,
+    /// File of node ids that have been Raft members (written by the operator).
+    /// A node whose id is listed but whose data directory is empty (a wiped or
+    /// replaced volume) does not join Raft: it serves a quarantine admin API
+    /// until the operator gives its pod a new id. A missing file lists no ids.
+    #[arg(long)]
+    pub joined_ids_file: Option<PathBuf>,
     /// Directory for the Raft log and snapshots.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -102,6 +109,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         (_, _, Some(id)) => (id, args.zone.clone()),
         _ => anyhow::bail!("give --id, or --identity-file with --pod-name"),
     };
+    if let Some(file) = &args.joined_ids_file {
+        let joined = read_joined_ids(file)?;
+        if joined.contains(&id) && !has_pinned_id(&args.data_dir)? {
+            return serve_quarantined(&args, id).await;
+        }
+    }
     let fresh_data_dir = pin_node_id(&args.data_dir, id)?;
     let mut cfg = NodeConfig::with_defaults(id, args.data_dir.clone(), keyring);
     cfg.raft_addr = args.raft_addr;
@@ -155,6 +168,72 @@ pub fn lookup_identity(text: &str, pod: &str) -> anyhow::Result<(u64, Option<Str
     anyhow::bail!(
         "no node id assigned to this pod yet (the operator writes it before the pod may start)"
     )
+}
+
+/// The ids listed in a joined-ids file: numbers separated by white space,
+/// `#` comments. A file that does not exist lists none (the operator writes
+/// it once the first member joined).
+pub fn read_joined_ids(file: &std::path::Path) -> anyhow::Result<BTreeSet<u64>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading joined-ids file {}", file.display()))
+        }
+    };
+    parse_joined_ids(&text).with_context(|| format!("in joined-ids file {}", file.display()))
+}
+
+pub fn parse_joined_ids(text: &str) -> anyhow::Result<BTreeSet<u64>> {
+    let mut ids = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line.split_whitespace() {
+            let id = word
+                .parse()
+                .with_context(|| format!("line {}: node id {word:?} is not a number", n + 1))?;
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Whether the data directory already belongs to a node id (see [`pin_node_id`]).
+pub fn has_pinned_id(data_dir: &std::path::Path) -> anyhow::Result<bool> {
+    let file = data_dir.join("node-id");
+    match std::fs::metadata(&file) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("checking {}", file.display())),
+    }
+}
+
+/// A member whose volume was wiped forgot its log and its vote: speaking Raft
+/// under its old id could elect two leaders in one term. It touches nothing on
+/// disk, binds only the admin address and says why until it is stopped.
+async fn serve_quarantined(args: &NodeArgs, id: u64) -> anyhow::Result<()> {
+    let message = format!(
+        "node {id} has been a Raft member but its data directory {} is empty: the \
+         volume was wiped or replaced. It will not rejoin as node {id} (it lost its \
+         log and its vote); the operator removes node {id} from the group and restarts \
+         this pod under a new id (see runbooks/wiped-volume.md)",
+        args.data_dir.display()
+    );
+    tracing::error!(node_id = id, data_dir = %args.data_dir.display(), "{message}");
+    let listener = tokio::net::TcpListener::bind(&args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on admin address {}", args.admin_addr))?;
+    let server = roomkeeper_order_store::quarantine::serve_wiped(
+        listener,
+        id,
+        message,
+        args.admin_token.clone(),
+    );
+    tokio::select! {
+        r = server => r.context("quarantine admin server stopped")?,
+        () = wait_for_shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
 }
 
 /// A data directory belongs to one node id forever: the first start records it,
@@ -236,10 +315,22 @@ mod tests {
     }
 
     #[test]
+    fn joined_ids_files_are_read_strictly() {
+        let ids = parse_joined_ids("# ids that joined\n1\n2 3 # bootstrap\n\n9\n").unwrap();
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 9]);
+        let err = format!("{:#}", parse_joined_ids("1\nfour\n").unwrap_err());
+        assert!(err.contains("line 2") && err.contains("four"), "{err}");
+        let missing = std::env::temp_dir().join("rk-no-such-joined-ids-file");
+        assert!(read_joined_ids(&missing).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_data_directory_keeps_its_node_id() {
         let dir = std::env::temp_dir().join(format!("rk-pin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(!has_pinned_id(&dir).unwrap());
         assert!(pin_node_id(&dir, 3).unwrap(), "a new directory is fresh");
+        assert!(has_pinned_id(&dir).unwrap());
         assert!(!pin_node_id(&dir, 3).unwrap(), "a known directory is not");
         let err = pin_node_id(&dir, 9).unwrap_err().to_string();
         assert!(err.contains("belongs to node 3"), "{err}");

@@ -415,6 +415,112 @@ fn damaged_log_refuses_to_start_with_a_clear_error() {
 }
 
 #[test]
+fn a_member_whose_volume_was_wiped_stays_out_of_raft_under_its_old_id() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-w", &[("sku-1", 10, 10)]);
+    c.wait_converged(Duration::from_secs(10));
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let victim = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    c.kill(victim);
+    let data_dir = c.node(victim).data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).expect("wipe the volume");
+    // The operator's record: every node id here has been a member.
+    let joined = c.dir.join("joined-ids");
+    std::fs::write(&joined, "# node ids that have been Raft members\n1\n2\n3\n").expect("write");
+    c.opts.extra_args = vec!["--joined-ids-file".into(), joined.display().to_string()];
+    c.spawn(victim);
+    c.wait_healthy(victim);
+
+    let r = c
+        .admin("GET", victim, "/admin/status", None)
+        .expect("status");
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.code(), "wiped_volume", "{:?}", r.body);
+    assert_eq!(r.body["node_id"], json!(victim));
+    let r = c
+        .admin("POST", victim, "/admin/init", Some(r#"{"members":{}}"#))
+        .expect("init");
+    assert_eq!(r.status, 409, "every admin call is refused: {:?}", r.body);
+    let r = http(
+        "GET",
+        &c.node(victim).admin_addr,
+        "/admin/status",
+        None,
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("status without a token");
+    assert_eq!(r.status, 401, "the admin token is still required");
+    let r = http(
+        "GET",
+        &c.node(victim).admin_addr,
+        "/readyz",
+        None,
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("readyz");
+    assert_eq!(r.status, 503);
+    let r = http(
+        "GET",
+        &c.node(victim).admin_addr,
+        "/metrics",
+        None,
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("metrics");
+    assert!(
+        r.body.to_string().contains("roomkeeper_node_quarantined"),
+        "{:?}",
+        r.body
+    );
+    // It speaks no Raft and serves no clients under the old id, and leaves
+    // the directory as it found it.
+    for addr in [&c.node(victim).raft_addr, &c.node(victim).api_addr] {
+        assert!(
+            std::net::TcpStream::connect(addr.as_str()).is_err(),
+            "{addr} must not listen"
+        );
+    }
+    assert!(
+        std::fs::read_dir(&data_dir).map_or(true, |mut d| d.next().is_none()),
+        "the quarantined node wrote into its data directory"
+    );
+    assert!(
+        c.node_log(victim).contains("wiped"),
+        "{}",
+        c.node_log(victim)
+    );
+    // The other two keep serving, and still count the member as absent.
+    let r = c
+        .client(
+            "POST",
+            leader,
+            "/v1/rooms/room-w/orders",
+            Some(r#"{"sku":"sku-1","buyer":"w","qty":1,"idempotency_key":"w"}"#),
+        )
+        .expect("order");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // A node that kept its volume is not affected by the same file.
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader && i != victim)
+        .unwrap_or(leader);
+    c.restart(other);
+    c.wait_healthy(other);
+    let r = c
+        .admin("GET", other, "/admin/status", None)
+        .expect("status");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+#[test]
 fn hostile_client_input_gets_a_4xx_with_a_code_and_changes_nothing() {
     let c = Cluster::start_initialized(ClusterOptions::nodes(3));
     c.create_room("room-h", &[("sku-1", 10, 5)]);
