@@ -29,7 +29,7 @@ use crate::crd::{
     FailoverPlaybook, LiveRoomCluster, LiveRoomClusterStatus, MemberStatus, RegionStatus, FINALIZER,
 };
 use crate::metrics::OperatorMetrics;
-use crate::nodes::NodeAdmin;
+use crate::nodes::{NodeAdmin, NodeError};
 use crate::plan::{self, PodView, Step};
 use crate::resources::{
     self, cluster_name, Identities, Names, CLUSTER_LABEL, HASH_ANNOTATION, REGION_LABEL,
@@ -407,6 +407,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         .await?
         .items;
     let mut statuses = BTreeMap::new();
+    let mut wiped: BTreeMap<String, u64> = BTreeMap::new();
     let probes = pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let admin = admin.clone();
@@ -418,6 +419,10 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         match result {
             Ok(s) => {
                 statuses.insert(pod, s);
+            }
+            Err(NodeError::Quarantined { reply, .. }) => {
+                tracing::warn!(%pod, node_id = reply.node_id, "node quarantined: {}", reply.message);
+                wiped.insert(pod, reply.node_id);
             }
             Err(e) => tracing::debug!(%pod, error = %e, "node did not answer"),
         }
@@ -434,25 +439,6 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         .max()
         .map_or(1, |m| m + 1);
 
-    // Node ids: append-only identity map.
-    tracing::debug!(cluster = %name, phase = "identities", "reconcile");
-    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = cm_api.get_opt(&names.identities()).await?;
-    let mut ids = Identities::parse(existing.as_ref()).map_err(Error::Identity)?;
-    let slots = resources::slots(lrc);
-    if ids.assign(&slots, floor) {
-        ctx.event_for(
-            lrc,
-            false,
-            "NodeIdsAssigned",
-            format!("node ids now {:?}", ids.by_pod),
-        )
-        .await;
-    }
-    apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
-
-    // Owned objects per region. A StatefulSet keeps pods that are still Raft
-    // members even when the spec shrank: they leave the membership first.
     // Who is still a Raft member: the leader knows. Without a leader (it is
     // moving) count every id any node or the last status names: shrinking a
     // StatefulSet under a member would take a voter down unannounced. (A node
@@ -474,6 +460,29 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     };
     members_now.sort_unstable();
     members_now.dedup();
+
+    // Node ids: append-only identity map.
+    tracing::debug!(cluster = %name, phase = "identities", "reconcile");
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = cm_api.get_opt(&names.identities()).await?;
+    let mut ids = Identities::parse(existing.as_ref()).map_err(Error::Identity)?;
+    let slots = resources::slots(lrc);
+    if ids.assign(&slots, floor) {
+        ctx.event_for(
+            lrc,
+            false,
+            "NodeIdsAssigned",
+            format!("node ids now {:?}", ids.by_pod),
+        )
+        .await;
+    }
+    // Every member is recorded as joined before any further step (a promotion
+    // above all): from then on, its node refuses to rejoin on an empty volume.
+    ids.mark_joined(members_now.iter().copied());
+    apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+
+    // Owned objects per region. A StatefulSet keeps pods that are still Raft
+    // members even when the spec shrank: they leave the membership first.
     for region in &lrc.spec.regions {
         let mut sts = resources::statefulset(lrc, region);
         let wanted = region.voters + region.learners;
@@ -537,6 +546,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                     .filter(|s| ids.id_of(&pod) == Some(s.node_id))
                     .cloned(),
                 deleting: p.metadata.deletion_timestamp.is_some(),
+                wiped: wiped.get(&pod).copied(),
                 ready: p
                     .status
                     .as_ref()
@@ -589,6 +599,8 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                 .unwrap_or_default();
             admin.init(&ip, members).await?;
             status.bootstrapped = true;
+            ids.mark_joined(members.keys().copied());
+            apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
             ctx.event_for(
                 lrc,
                 false,
@@ -603,6 +615,8 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         Step::AddLearner { id, pod, node } => {
             let ip = leader_ip.clone().unwrap_or_default();
             admin.add_learner(&ip, *id, node).await?;
+            ids.mark_joined([*id]);
+            apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
             ctx.event_for(
                 lrc,
                 false,
@@ -644,6 +658,46 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                 false,
                 "MemberRemoved",
                 format!("removed node {id} {what}"),
+            )
+            .await;
+        }
+        Step::RemoveWiped { id, pod, voter } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.remove(&ip, *id).await?;
+            let what = if *voter { "voter" } else { "learner" };
+            ctx.event_for(
+                lrc,
+                true,
+                "WipedVolume",
+                format!(
+                    "node {id} ({pod}) lost its volume and stays out of Raft; removed {what} {id} \
+                     from the group, the pod rejoins under a new id"
+                ),
+            )
+            .await;
+        }
+        Step::ReplaceWiped { pod, id } => {
+            if ids.id_of(pod) == Some(*id) {
+                ids.retire(pod);
+                ids.assign(&slots, floor);
+                apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+                let new = ids
+                    .id_of(pod)
+                    .map_or_else(|| "none (no longer wanted)".to_string(), |n| n.to_string());
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "NodeIdRetired",
+                    format!("retired node {id} of {pod} (wiped volume); its new id is {new}"),
+                )
+                .await;
+            }
+            pods_api.delete(pod, &DeleteParams::default()).await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "WipedPodRestarted",
+                format!("restarting {pod} under its new node id"),
             )
             .await;
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hyper::Method;
 use roomkeeper_control::http::JsonClient;
 use roomkeeper_order_store::admin::NodeStatus;
+use roomkeeper_order_store::quarantine::QuarantineReply;
 use roomkeeper_order_store::raft_types::NodeInfo;
 use serde_json::{json, Value};
 
@@ -19,6 +20,13 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum NodeError {
     #[error("node {addr}: {message}")]
     Unreachable { addr: String, message: String },
+    /// The node stays out of Raft: its id has been a member but its volume is
+    /// empty (D11).
+    #[error("node {addr} is quarantined as node {}: {}", reply.node_id, reply.message)]
+    Quarantined {
+        addr: String,
+        reply: QuarantineReply,
+    },
     #[error("node {addr} refused {path}: HTTP {status} {body}")]
     Refused {
         addr: String,
@@ -76,6 +84,11 @@ impl NodeAdmin {
                 addr: addr.clone(),
                 message: e.to_string(),
             })?;
+        if reply.status == 409 {
+            if let Some(q) = QuarantineReply::from_body(&reply.body) {
+                return Err(NodeError::Quarantined { addr, reply: q });
+            }
+        }
         if !(200..300).contains(&reply.status) {
             return Err(NodeError::Refused {
                 addr,

@@ -36,6 +36,9 @@ pub struct PodView {
     pub outdated: bool,
     /// The pod's Ready condition (its node answers /readyz).
     pub ready: bool,
+    /// The node is quarantined: it was this node id, which has been a Raft
+    /// member, and its volume is empty (D11).
+    pub wiped: Option<u64>,
 }
 
 impl PodView {
@@ -72,6 +75,18 @@ pub enum Step {
     TransferLeader {
         to: u64,
         reason: String,
+    },
+    /// A member's volume was wiped: take its id out of the group for good.
+    RemoveWiped {
+        id: u64,
+        pod: String,
+        voter: bool,
+    },
+    /// The wiped member is out of the group: retire its id, give the pod a new
+    /// one and restart it, so it joins as a new node.
+    ReplaceWiped {
+        pod: String,
+        id: u64,
     },
     /// Delete the pod so the StatefulSet recreates it from the new template.
     RestartForUpdate {
@@ -172,6 +187,32 @@ pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) ->
         .map(|(_, id)| *id)
         .collect();
     let desired_all: BTreeSet<u64> = slots.iter().map(|(_, id)| *id).collect();
+
+    // 0. A member whose volume was wiped stays out of Raft: its id leaves the
+    //    group (it can never come back as that id), then its pod gets a new id.
+    for p in pods {
+        let Some(old) = p.wiped else { continue };
+        if members.contains(&old) && old != ls.node_id {
+            let voter = voters.contains(&old);
+            if voter && !quorum_without(ls, &voters, old) {
+                return Step::Wait(format!(
+                    "node {old} ({}) lost its volume; removing it now would leave no live quorum",
+                    p.pod
+                ));
+            }
+            return Step::RemoveWiped {
+                id: old,
+                pod: p.pod.clone(),
+                voter,
+            };
+        }
+        if !members.contains(&old) && !p.deleting {
+            return Step::ReplaceWiped {
+                pod: p.pod.clone(),
+                id: old,
+            };
+        }
+    }
 
     // 1. Add every wanted node as a learner first (voter slots first).
     let mut ordered: Vec<&(Slot, u64)> = slots.iter().collect();
@@ -500,6 +541,57 @@ mod tests {
             next_step(&slots, &pods, true),
             Step::TransferLeader { .. }
         ));
+    }
+
+    #[test]
+    fn a_wiped_member_leaves_the_group_then_its_pod_gets_a_new_id() {
+        let (slots, mut pods) = three_voters(&[]);
+        // Node 3's volume was wiped: it answers no status, only quarantine.
+        let ls = with_followers(
+            status(1, Some(1), &[1, 2, 3], &[]),
+            &[(2, 0, 10), (3, 40, 9_000)],
+        );
+        pods[0].status = Some(ls);
+        pods[2].status = None;
+        pods[2].wiped = Some(3);
+        pods[2].ready = false;
+        assert_eq!(
+            next_step(&slots, &pods, true),
+            Step::RemoveWiped {
+                id: 3,
+                pod: "c".into(),
+                voter: true
+            }
+        );
+        // Out of the group: the pod is replaced under a new id.
+        let ls = with_followers(status(1, Some(1), &[1, 2], &[]), &[(2, 0, 10)]);
+        pods[0].status = Some(ls);
+        assert_eq!(
+            next_step(&slots, &pods, true),
+            Step::ReplaceWiped {
+                pod: "c".into(),
+                id: 3
+            }
+        );
+        // While the pod restarts, nothing else is done for it.
+        pods[2].deleting = true;
+        assert!(matches!(next_step(&slots, &pods, true), Step::Wait(_)));
+    }
+
+    #[test]
+    fn a_wiped_voter_is_not_removed_below_a_live_quorum() {
+        let (slots, mut pods) = three_voters(&[]);
+        let ls = with_followers(
+            status(1, Some(1), &[1, 2, 3], &[]),
+            &[(2, 0, 60_000), (3, 0, 60_000)],
+        );
+        pods[0].status = Some(ls);
+        pods[2].status = None;
+        pods[2].wiped = Some(3);
+        match next_step(&slots, &pods, true) {
+            Step::Wait(why) => assert!(why.contains("lost its volume"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! spec (and the node ids already assigned), so they can be tested without an
 //! API server and compared by hash to skip writes that change nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use roomkeeper_order_store::quarantine::parse_joined_ids;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
@@ -155,11 +157,15 @@ pub fn slots(lrc: &LiveRoomCluster) -> Vec<Slot> {
 
 /// The identity map: pod name → (node id, zone). Ids are only ever appended:
 /// a pod keeps its id, a new pod gets `next_id`, an id is never given twice.
+/// `joined` lists the ids that have been Raft members: a node whose id is
+/// listed but whose volume is empty stays out of Raft (D11).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identities {
     pub by_pod: BTreeMap<String, (u64, Option<String>)>,
     /// The next id to hand out; above every id ever assigned.
     pub next_id: u64,
+    /// Ids of pods in `by_pod` that have been Raft members.
+    pub joined: BTreeSet<u64>,
 }
 
 impl Identities {
@@ -168,6 +174,7 @@ impl Identities {
         let mut ids = Identities {
             by_pod: BTreeMap::new(),
             next_id: 1,
+            joined: BTreeSet::new(),
         };
         let Some(data) = cm.and_then(|c| c.data.as_ref()) else {
             return Ok(ids);
@@ -200,6 +207,9 @@ impl Identities {
                 .map_err(|_| format!("next-id {next:?} is not a number"))?;
             ids.next_id = ids.next_id.max(next);
         }
+        if let Some(joined) = data.get("joined") {
+            ids.joined = parse_joined_ids(joined).map_err(|e| format!("joined {e}"))?;
+        }
         Ok(ids)
     }
 
@@ -222,7 +232,25 @@ impl Identities {
     /// Retires a pod's id (its volume was wiped or it left): the pod gets a new
     /// id next time it is assigned; the old one is never handed out again.
     pub fn retire(&mut self, pod: &str) -> bool {
-        self.by_pod.remove(pod).is_some()
+        match self.by_pod.remove(pod) {
+            Some((id, _)) => {
+                self.joined.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that `members` are (or were) Raft members; ids no pod holds are
+    /// ignored (they were retired). Returns whether anything was new.
+    pub fn mark_joined(&mut self, members: impl IntoIterator<Item = u64>) -> bool {
+        let mut changed = false;
+        for id in members {
+            if self.by_pod.values().any(|(i, _)| *i == id) {
+                changed |= self.joined.insert(id);
+            }
+        }
+        changed
     }
 
     pub fn id_of(&self, pod: &str) -> Option<u64> {
@@ -248,9 +276,17 @@ impl Identities {
             }
             nodes.push('\n');
         }
+        let mut joined = String::from(
+            "# raft node ids that have been members: one of these on an empty volume stays out of Raft\n",
+        );
+        for id in &self.joined {
+            joined.push_str(&id.to_string());
+            joined.push('\n');
+        }
         BTreeMap::from([
             ("nodes".to_string(), nodes),
             ("next-id".to_string(), self.next_id.to_string()),
+            ("joined".to_string(), joined),
         ])
     }
 }
@@ -333,6 +369,8 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         &format!("{IDENTITY_DIR}/nodes"),
         "--pod-name",
         "$(POD_NAME)",
+        "--joined-ids-file",
+        &format!("{IDENTITY_DIR}/joined"),
         "--data-dir",
         DATA_DIR,
         "--raft-addr",
@@ -698,8 +736,16 @@ mod tests {
             !ids.assign(&slots(&lrc), 1),
             "assigning again changes nothing"
         );
+        // Members are recorded; unknown ids are not.
+        assert!(ids.mark_joined([1, 2, 99]));
+        assert!(!ids.mark_joined([2]), "marking again changes nothing");
+        assert_eq!(ids.joined.iter().copied().collect::<Vec<_>>(), vec![1, 2]);
         // A wiped volume: the pod gets a fresh id, 1 is never handed out again.
         assert!(ids.retire("shop-east-0"));
+        assert!(
+            !ids.joined.contains(&1),
+            "a retired id is no member to guard"
+        );
         ids.assign(&slots(&lrc), 1);
         assert_eq!(ids.id_of("shop-east-0"), Some(4));
         // The rendered ConfigMap round-trips, including next-id.
@@ -724,6 +770,12 @@ mod tests {
         assert!(Identities::parse(Some(&cm))
             .unwrap_err()
             .contains("not a number"));
+        let cm = ConfigMap {
+            data: Some(BTreeMap::from([("joined".into(), "1\n2 x\n".into())])),
+            ..ConfigMap::default()
+        };
+        let err = Identities::parse(Some(&cm)).unwrap_err();
+        assert!(err.contains("joined line 2"), "{err}");
     }
 
     #[test]

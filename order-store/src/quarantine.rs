@@ -7,6 +7,7 @@
 //! id (it could vote twice in one term); the operator retires the id and gives
 //! the pod a new one (docs/decisions.md D11, runbooks/wiped-volume.md).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -38,6 +39,31 @@ impl QuarantineReply {
         let r: QuarantineReply = serde_json::from_value(body.clone()).ok()?;
         (r.code == WIPED_VOLUME).then_some(r)
     }
+}
+
+/// A line of a joined-ids list that is not a node id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: node id {word:?} is not a number")]
+pub struct BadJoinedId {
+    pub line: usize,
+    pub word: String,
+}
+
+/// Reads a joined-ids list (the operator's record of ids that have been Raft
+/// members): numbers separated by white space, `#` starts a comment.
+pub fn parse_joined_ids(text: &str) -> Result<BTreeSet<NodeId>, BadJoinedId> {
+    let mut ids = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line.split_whitespace() {
+            let id = word.parse().map_err(|_| BadJoinedId {
+                line: n + 1,
+                word: word.to_string(),
+            })?;
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
 }
 
 struct Quarantine {
@@ -151,6 +177,19 @@ mod tests {
         assert_eq!(
             QuarantineReply::from_body(&json!({"code": WIPED_VOLUME})),
             None
+        );
+    }
+
+    #[test]
+    fn joined_ids_lists_are_read_strictly() {
+        let ids = parse_joined_ids("# ids that joined\n1\n2 3 # bootstrap\n\n9\n").unwrap();
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 9]);
+        assert_eq!(
+            parse_joined_ids("1\nfour\n").unwrap_err(),
+            BadJoinedId {
+                line: 2,
+                word: "four".into()
+            }
         );
     }
 

@@ -329,7 +329,7 @@ async fn operator_runs_a_three_region_cluster_end_to_end() {
         .await
         .expect("kubelet bridge");
     let mut ops: Vec<OperatorProcess> = Vec::new();
-    let result = lifecycle(&h, &bin, &mut ops).await;
+    let result = lifecycle(&h, &bridge, &bin, &mut ops).await;
     if let Err(e) = result {
         eprintln!("{}", h.dump_logs(30));
         let lrcs: Api<DynamicObject> = Api::namespaced_with(h.admin_client(), NS, &lrc_resource());
@@ -420,6 +420,7 @@ async fn lease_holder(client: &Client) -> Option<String> {
 
 async fn lifecycle(
     h: &KubeHarness,
+    bridge: &KubeletBridge,
     bin: &std::path::Path,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
@@ -879,6 +880,8 @@ async fn lifecycle(
         ensure!(!nodes.contains(gone), "{gone} still holds an id: {nodes}");
     }
 
+    wiped_volume_rejoins_under_a_new_id(&admin, &lrcs, bridge).await?;
+
     // Delete: the finalizer removes the workload, then the cluster goes.
     lrcs.delete(LRC, &DeleteParams::default()).await?;
     eventually(
@@ -941,6 +944,124 @@ async fn lifecycle(
 
 /// Versions of everything the cluster owns (pods excluded: their status is
 /// the kubelet's to write).
+/// The identity map's `nodes` (pod → id) and `joined` ids.
+async fn identity_map(
+    admin: &Client,
+) -> Result<(BTreeMap<String, i64>, std::collections::BTreeSet<i64>)> {
+    let cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-identities"))
+        .await?;
+    let data = cm.data.unwrap_or_default();
+    let mut nodes = BTreeMap::new();
+    for line in data.get("nodes").map(String::as_str).unwrap_or("").lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(pod), Some(id)) = (parts.next(), parts.next()) {
+            if !pod.starts_with('#') {
+                nodes.insert(pod.to_string(), id.parse()?);
+            }
+        }
+    }
+    let joined = data
+        .get("joined")
+        .map(String::as_str)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    Ok((nodes, joined))
+}
+
+/// A follower's volume is wiped under it. Its node must not rejoin Raft under
+/// its old id (it lost its log and its vote): it stays in quarantine, the
+/// operator removes the old id from the group, retires it, and the pod
+/// rejoins under a new id.
+async fn wiped_volume_rejoins_under_a_new_id(
+    admin: &Client,
+    lrcs: &Api<DynamicObject>,
+    bridge: &KubeletBridge,
+) -> Result<()> {
+    let voters = voter_ids(lrcs).await;
+    let (nodes, joined) = identity_map(admin).await?;
+    ensure!(
+        voters.iter().all(|v| joined.contains(v)),
+        "every voter is recorded as joined: voters {voters:?}, joined {joined:?}"
+    );
+    let leader = lrc_status(lrcs).await["leaderId"].as_i64();
+    let (pod, old_id) = nodes
+        .iter()
+        .find(|(_, id)| voters.contains(id) && Some(**id) != leader)
+        .map(|(p, id)| (p.clone(), *id))
+        .context("a follower voter")?;
+    let highest_before = nodes.values().copied().max().unwrap_or(0);
+    let adds_before = event_notes(admin)
+        .await?
+        .iter()
+        .filter(|n| n.starts_with(&format!("added node {old_id} ")))
+        .count();
+    ensure!(bridge.kill_pod_process(NS, &pod), "{pod} runs here");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let volume = bridge.pvc_dir(NS, &format!("data-{pod}"));
+    std::fs::remove_dir_all(&volume).with_context(|| format!("wiping {}", volume.display()))?;
+    std::fs::create_dir_all(&volume)?;
+    eprintln!("wiped the volume of {pod} (node {old_id})");
+    eventually(
+        Duration::from_secs(120),
+        "the wiped pod rejoins under a new id",
+        || async {
+            let Ok((nodes, _)) = identity_map(admin).await else {
+                return false;
+            };
+            let now = voter_ids(lrcs).await;
+            nodes
+                .get(&pod)
+                .is_some_and(|id| *id > highest_before && now.contains(id))
+                && !now.contains(&old_id)
+                && now.len() == 5
+        },
+    )
+    .await?;
+    wait_ready_voters(lrcs, "5/5", 60).await?;
+    let (nodes, joined) = identity_map(admin).await?;
+    let new_id = nodes.get(&pod).copied().unwrap_or_default();
+    eprintln!("{pod}: node {old_id} retired, rejoined as node {new_id}");
+    ensure!(
+        !nodes.values().any(|id| *id == old_id) && !joined.contains(&old_id),
+        "node {old_id} is retired for good: {nodes:?} {joined:?}"
+    );
+    ensure!(joined.contains(&new_id), "{joined:?}");
+    let notes = event_notes(admin).await?;
+    ensure!(
+        notes
+            .iter()
+            .any(|n| n.starts_with(&format!("node {old_id} ({pod}) lost its volume"))),
+        "a WipedVolume event: {notes:?}"
+    );
+    ensure!(
+        notes
+            .iter()
+            .any(|n| n.starts_with(&format!("retired node {old_id} of {pod}"))),
+        "a NodeIdRetired event: {notes:?}"
+    );
+    let adds_after = notes
+        .iter()
+        .filter(|n| n.starts_with(&format!("added node {old_id} ")))
+        .count();
+    ensure!(
+        adds_after == adds_before,
+        "node {old_id} was never added back: {notes:?}"
+    );
+    let log = std::fs::read_to_string(bridge.container_log_path(NS, &pod, "node"))?;
+    ensure!(
+        log.contains(&format!(
+            "node {old_id} has been a Raft member but its data directory"
+        )),
+        "the quarantined node said why:\n{log}"
+    );
+    Ok(())
+}
+
 async fn owned_versions(client: &Client) -> Result<Vec<String>> {
     let lp = ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}"));
     let mut out = Vec::new();
