@@ -661,6 +661,20 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
+        Step::UpdateAddresses { id, pod, node } => {
+            let ip = leader_ip.clone().unwrap_or_default();
+            admin.update_addresses(&ip, *id, node).await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "AddressesUpdated",
+                format!(
+                    "node {id} ({pod}) came back at {}; recorded its new addresses",
+                    node.raft_addr
+                ),
+            )
+            .await;
+        }
         Step::RemoveWiped { id, pod, voter } => {
             let ip = leader_ip.clone().unwrap_or_default();
             admin.remove(&ip, *id).await?;

@@ -169,6 +169,23 @@ impl NodeAdmin {
         .map(|_| ())
     }
 
+    /// Records new addresses of an existing member (on the leader).
+    pub async fn update_addresses(
+        &self,
+        leader_ip: &str,
+        id: u64,
+        node: &NodeInfo,
+    ) -> Result<(), NodeError> {
+        self.post(
+            leader_ip,
+            "/admin/addresses",
+            json!({ "node_id": id, "node": node }),
+            MEMBERSHIP_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn promote(&self, leader_ip: &str, id: u64) -> Result<(), NodeError> {
         self.post(
             leader_ip,

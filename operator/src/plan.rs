@@ -76,6 +76,13 @@ pub enum Step {
         to: u64,
         reason: String,
     },
+    /// A member's pod came back with another IP: record its new addresses
+    /// (region and zone as the group knows them).
+    UpdateAddresses {
+        id: u64,
+        pod: String,
+        node: NodeInfo,
+    },
     /// A member's volume was wiped: take its id out of the group for good.
     RemoveWiped {
         id: u64,
@@ -210,6 +217,35 @@ pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) ->
             return Step::ReplaceWiped {
                 pod: p.pod.clone(),
                 id: old,
+            };
+        }
+    }
+
+    // 0b. A member whose pod came back with another IP (pods get new IPs when
+    //     recreated) is unreachable at its recorded addresses: record the new
+    //     ones, only for a node that answers as that id.
+    for p in pods {
+        let (Some(id), Some(s), Some(now)) = (p.id, p.status.as_ref(), p.info()) else {
+            continue;
+        };
+        if p.deleting || s.node_id != id {
+            continue;
+        }
+        let Some(known) = ls.members.get(&id.to_string()) else {
+            continue;
+        };
+        if known.raft_addr != now.raft_addr
+            || known.api_addr != now.api_addr
+            || known.admin_addr != now.admin_addr
+        {
+            return Step::UpdateAddresses {
+                id,
+                pod: p.pod.clone(),
+                node: NodeInfo {
+                    region: known.region.clone(),
+                    zone: known.zone.clone(),
+                    ..now
+                },
             };
         }
     }
@@ -576,6 +612,41 @@ mod tests {
         // While the pod restarts, nothing else is done for it.
         pods[2].deleting = true;
         assert!(matches!(next_step(&slots, &pods, true), Step::Wait(_)));
+    }
+
+    #[test]
+    fn a_member_with_a_new_pod_ip_gets_its_addresses_recorded() {
+        let (slots, mut pods) = three_voters(&[]);
+        let mut ls = with_followers(
+            status(1, Some(1), &[1, 2, 3], &[]),
+            &[(2, 0, 10), (3, 40, 9_000)],
+        );
+        for (id, ip) in [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")] {
+            ls.members
+                .insert(id.to_string(), node_info(ip, "r", &format!("zone-{id}")));
+        }
+        pods[0].status = Some(ls);
+        assert_eq!(next_step(&slots, &pods, true), Step::Converged);
+        // Pod c was recreated and got another IP; its node answers as 3.
+        pods[2].ip = Some("10.0.0.33".into());
+        match next_step(&slots, &pods, true) {
+            Step::UpdateAddresses { id: 3, pod, node } => {
+                assert_eq!(pod, "c");
+                assert_eq!(node.raft_addr, node_info("10.0.0.33", "r", "z").raft_addr);
+                assert_eq!(node.zone, "zone-3", "region and zone stay as recorded");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A node answering under another id is never recorded at that IP.
+        pods[2].status = Some(status(7, Some(1), &[1, 2, 3], &[]));
+        assert_ne!(
+            std::mem::discriminant(&next_step(&slots, &pods, true)),
+            std::mem::discriminant(&Step::UpdateAddresses {
+                id: 0,
+                pod: String::new(),
+                node: node_info("x", "r", "z"),
+            })
+        );
     }
 
     #[test]

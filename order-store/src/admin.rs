@@ -171,6 +171,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/admin/init", post(init))
         .route("/admin/learners", post(add_learner))
         .route("/admin/promote", post(promote))
+        .route("/admin/addresses", post(update_addresses))
         .route("/admin/remove", post(remove))
         .route("/admin/voters", post(replace_voters))
         .route("/admin/transfer-leader", post(transfer_leader))
@@ -272,6 +273,46 @@ async fn add_learner(
     AdminJson(b): AdminJson<LearnerBody>,
 ) -> Response {
     membership_result(ctx.raft.add_learner(b.node_id, b.node, true).await)
+}
+
+/// Records new addresses for an existing member (its pod came back with
+/// another IP). Only the member's own node may be named this way: pointing an
+/// id at another node would let two nodes act as one member.
+async fn update_addresses(
+    State(ctx): State<Arc<NodeContext>>,
+    AdminJson(b): AdminJson<LearnerBody>,
+) -> Response {
+    let m = ctx.raft.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership();
+    let Some(old) = membership.get_node(&b.node_id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_a_member",
+            format!("node {} is not a member; add it as a learner", b.node_id),
+        );
+    };
+    if old == &b.node {
+        return (StatusCode::OK, Json(json!({"changed": false}))).into_response();
+    }
+    if old.region != b.node.region {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "node {} is in region {}; a member cannot move to region {} (replace it instead)",
+                b.node_id, old.region, b.node.region
+            ),
+        );
+    }
+    let change = ChangeMembers::SetNodes(BTreeMap::from([(b.node_id, b.node)]));
+    match ctx.raft.change_membership(change, false).await {
+        Ok(resp) => (
+            StatusCode::OK,
+            Json(json!({"changed": true, "log_index": resp.log_id.index})),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::CONFLICT, "membership_change_refused", e),
+    }
 }
 
 #[derive(Debug, Deserialize)]

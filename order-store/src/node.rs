@@ -241,7 +241,7 @@ impl NodeHandle {
                 tracing::error!(error = %e, "admin API server stopped");
             }
         });
-        tokio::spawn(track_raft_metrics(raft, metrics));
+        tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tracing::info!(
             node_id = cfg.node_id,
             region = %info.region,
@@ -263,11 +263,17 @@ impl NodeHandle {
 }
 
 /// Mirrors Raft metrics into Prometheus gauges as they change.
-async fn track_raft_metrics(raft: Raft, metrics: NodeMetrics) {
+async fn track_raft_metrics(raft: Raft, metrics: NodeMetrics, pool: Arc<PeerPool>) {
     let mut rx = raft.metrics();
     let mut last_leader = None;
     loop {
         let m = rx.borrow_watched().clone();
+        pool.learn_addresses(
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.raft_addr.clone())),
+        );
         metrics.raft_term.set(m.current_term as i64);
         metrics
             .raft_is_leader

@@ -99,6 +99,8 @@ pub enum CallError {
 type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<RpcResponse>>>>;
 
 struct Connection {
+    /// The address it was opened to: a peer that moved gets a new connection.
+    addr: String,
     tx: mpsc::Sender<Vec<u8>>,
     pending: PendingMap,
     alive: Arc<AtomicBool>,
@@ -109,6 +111,11 @@ pub struct PeerPool {
     self_id: NodeId,
     next_id: AtomicU64,
     conns: tokio::sync::Mutex<HashMap<NodeId, Arc<Connection>>>,
+    /// Each member's Raft address in the newest membership this node knows.
+    /// Replication streams outlive membership changes, so a member whose
+    /// address changed (a pod recreated with a new IP) is found here, not in
+    /// the address its stream was created with.
+    addresses: std::sync::RwLock<HashMap<NodeId, String>>,
     faults: Arc<Faults>,
 }
 
@@ -118,14 +125,34 @@ impl PeerPool {
             self_id,
             next_id: AtomicU64::new(1),
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            addresses: std::sync::RwLock::new(HashMap::new()),
             faults,
         })
+    }
+
+    /// Records the members' Raft addresses from the newest membership.
+    pub fn learn_addresses(&self, members: impl IntoIterator<Item = (NodeId, String)>) {
+        let fresh: HashMap<NodeId, String> = members.into_iter().collect();
+        if let Ok(mut book) = self.addresses.write() {
+            if *book != fresh {
+                *book = fresh;
+            }
+        }
+    }
+
+    /// The address to reach `target` at: the newest membership's, else `fallback`.
+    fn address_of(&self, target: NodeId, fallback: &str) -> String {
+        self.addresses
+            .read()
+            .ok()
+            .and_then(|b| b.get(&target).cloned())
+            .unwrap_or_else(|| fallback.to_string())
     }
 
     async fn connection(&self, target: NodeId, addr: &str) -> Result<Arc<Connection>, CallError> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(&target) {
-            if c.alive.load(Ordering::Acquire) {
+            if c.alive.load(Ordering::Acquire) && c.addr == addr {
                 return Ok(c.clone());
             }
         }
@@ -139,6 +166,7 @@ impl PeerPool {
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let conn = Arc::new(Connection {
+            addr: addr.to_string(),
             tx,
             pending: pending.clone(),
             alive: alive.clone(),
@@ -207,7 +235,8 @@ impl PeerPool {
             return Err(CallError::Timeout(target, timeout));
         }
         let started = tokio::time::Instant::now();
-        let conn = self.connection(target, addr).await?;
+        let addr = self.address_of(target, addr);
+        let conn = self.connection(target, &addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&Envelope {
             id,

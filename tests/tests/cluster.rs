@@ -660,6 +660,121 @@ fn hostile_client_input_gets_a_4xx_with_a_code_and_changes_nothing() {
     c.assert_invariants();
 }
 
+/// A member that comes back on other addresses (a pod recreated with a new IP)
+/// is unreachable until the leader records them; then it catches up and votes.
+#[test]
+fn a_member_that_moved_is_reached_again_once_its_addresses_are_updated() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-m", &[("sku-1", 1000, 10)]);
+    c.wait_converged(Duration::from_secs(10));
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let moved = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    c.kill(moved);
+    {
+        let n = &mut c.nodes[(moved - 1) as usize];
+        for addr in [&mut n.raft_addr, &mut n.api_addr, &mut n.admin_addr] {
+            let port = roomkeeper_e2e::ports::free_port().expect("port");
+            *addr = format!("127.0.0.1:{port}");
+        }
+    }
+    c.spawn(moved);
+    c.wait_healthy(moved);
+    let order = |c: &Cluster, i: u32| {
+        c.client(
+            "POST",
+            leader,
+            "/v1/rooms/room-m/orders",
+            Some(&format!(
+                r#"{{"sku":"sku-1","buyer":"m{i}","qty":1,"idempotency_key":"m{i}"}}"#
+            )),
+        )
+        .expect("order")
+    };
+    for i in 0..5 {
+        assert_eq!(order(&c, i).status, 201);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let target = c.status(leader).expect("leader status")["committed_index"]
+        .as_u64()
+        .unwrap_or(0);
+    let applied = c.status(moved).expect("moved status")["applied_index"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        applied < target,
+        "the leader cannot reach the old address, yet the moved node applied {applied} of {target}"
+    );
+
+    // Refusals: not a member, another region.
+    let mut info = c.node(moved).info();
+    let r = c
+        .admin(
+            "POST",
+            leader,
+            "/admin/addresses",
+            Some(&json!({"node_id": 99, "node": info}).to_string()),
+        )
+        .expect("unknown id");
+    assert_eq!((r.status, r.code()), (404, "not_a_member"), "{:?}", r.body);
+    info["region"] = json!("elsewhere");
+    let r = c
+        .admin(
+            "POST",
+            leader,
+            "/admin/addresses",
+            Some(&json!({"node_id": moved, "node": info}).to_string()),
+        )
+        .expect("region change");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+
+    let body = json!({"node_id": moved, "node": c.node(moved).info()}).to_string();
+    let r = c
+        .admin("POST", leader, "/admin/addresses", Some(&body))
+        .expect("update");
+    assert_eq!(
+        (r.status, &r.body["changed"]),
+        (200, &json!(true)),
+        "{:?}",
+        r.body
+    );
+    let r = c
+        .admin("POST", leader, "/admin/addresses", Some(&body))
+        .expect("update again");
+    assert_eq!(
+        (r.status, &r.body["changed"]),
+        (200, &json!(false)),
+        "{:?}",
+        r.body
+    );
+    for i in 5..10 {
+        assert_eq!(order(&c, i).status, 201);
+    }
+    c.wait_converged(Duration::from_secs(10));
+    let members = &c.status(moved).expect("status")["members"];
+    assert_eq!(
+        members[moved.to_string()]["raft_addr"],
+        json!(c.node(moved).raft_addr),
+        "every node learns the new address: {members}"
+    );
+    // It votes again: with the third node down, the leader still commits.
+    let third = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader && i != moved)
+        .expect("third");
+    c.kill(third);
+    assert_eq!(
+        order(&c, 10).status,
+        201,
+        "the moved node completes the quorum"
+    );
+    c.assert_invariants();
+}
+
 #[test]
 fn lost_quorum_fails_orders_fast_with_a_reason_and_recovers() {
     let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
