@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -26,7 +26,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::crd::{
-    FailoverPlaybook, LiveRoomCluster, LiveRoomClusterStatus, MemberStatus, RegionStatus, FINALIZER,
+    DeletionPolicy, FailoverPlaybook, LiveRoomCluster, LiveRoomClusterStatus, MemberStatus,
+    RegionStatus, FINALIZER,
 };
 use crate::metrics::OperatorMetrics;
 use crate::nodes::{NodeAdmin, NodeError};
@@ -962,14 +963,13 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
     let name = lrc.name_any();
     let names = Names { cluster: &name };
     let dp = DeleteParams::background();
-    ctx.event_for(
-        lrc,
-        false,
-        "Deleting",
-        "deleting the cluster's StatefulSets, pods, Services, budgets and policy; its volumes, node ids and keys are kept (delete them by label roomkeeper.dev/cluster to destroy the data)"
-            .into(),
-    )
-    .await;
+    let destroy = lrc.spec.deletion_policy == DeletionPolicy::Delete;
+    let note = if destroy {
+        "deleting the cluster's StatefulSets, pods, Services, budgets and policy, and (deletionPolicy: Delete) its volumes, node ids and keys: the orders are gone"
+    } else {
+        "deleting the cluster's StatefulSets, pods, Services, budgets and policy; its volumes, node ids and keys are kept (deletionPolicy: Retain); create the cluster again to resume it, or delete them by label roomkeeper.dev/cluster to destroy the data"
+    };
+    ctx.event_for(lrc, destroy, "Deleting", note.into()).await;
     for region in &lrc.spec.regions {
         delete_if_present::<StatefulSet>(ctx, &ns, &names.statefulset(&region.name), &dp).await?;
         delete_if_present::<Service>(ctx, &ns, &names.peers_service(&region.name), &dp).await?;
@@ -984,11 +984,16 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
     // contacts in the retained logs are unreadable; without the identity map a
     // recreated cluster would hand the retained volumes other ids.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    pods.delete_collection(
-        &dp,
-        &ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")),
-    )
-    .await?;
+    let by_cluster = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
+    pods.delete_collection(&dp, &by_cluster).await?;
+    if destroy {
+        // The volumes go once their pods have stopped (PVC protection).
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        pvcs.delete_collection(&dp, &by_cluster).await?;
+        delete_if_present::<ConfigMap>(ctx, &ns, &names.identities(), &dp).await?;
+        delete_if_present::<Secret>(ctx, &ns, &names.tokens(), &dp).await?;
+        delete_if_present::<Secret>(ctx, &ns, &names.contact_keys(), &dp).await?;
+    }
     Ok(Action::await_change())
 }
 

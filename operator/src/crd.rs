@@ -90,6 +90,21 @@ pub struct LiveRoomClusterSpec {
     /// Decide and record playbook actions without carrying them out.
     #[serde(default)]
     pub dry_run: bool,
+    /// What deleting this object does to the data. `Retain` (default) keeps the volumes, the
+    /// node-id map and the keys, so a cluster created again under the same name resumes the
+    /// same Raft group with its orders; `Delete` removes them too, for good.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What happens to a deleted cluster's data.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Keep volumes, node ids and keys (delete them by label `roomkeeper.dev/cluster` to destroy the data).
+    #[default]
+    Retain,
+    /// Delete volumes, node ids and keys with the cluster: the orders are gone.
+    Delete,
 }
 
 /// One region of a LiveRoomCluster.

@@ -677,7 +677,7 @@ pub fn with_hash<T: Resource + serde::Serialize>(mut obj: T) -> (T, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{LiveRoomClusterSpec, OrderStoreSpec, SloSpec, StorageSpec};
+    use crate::crd::{DeletionPolicy, LiveRoomClusterSpec, OrderStoreSpec, SloSpec, StorageSpec};
 
     fn cluster(regions: &[(&str, i32, i32)]) -> LiveRoomCluster {
         let mut lrc = LiveRoomCluster::new(
@@ -702,6 +702,7 @@ mod tests {
                 survive_region_loss: true,
                 paused: false,
                 dry_run: false,
+                deletion_policy: DeletionPolicy::Retain,
             },
         );
         lrc.metadata.namespace = Some("ns".into());

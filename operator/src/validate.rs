@@ -89,7 +89,7 @@ pub fn validate_spec(spec: &LiveRoomClusterSpec) -> Result<(), Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OrderStoreSpec, RegionSpec, SloSpec, StorageSpec};
+    use crate::crd::{DeletionPolicy, OrderStoreSpec, RegionSpec, SloSpec, StorageSpec};
 
     fn spec(voters: &[i32], survive: bool) -> LiveRoomClusterSpec {
         LiveRoomClusterSpec {
@@ -113,6 +113,7 @@ mod tests {
             survive_region_loss: survive,
             paused: false,
             dry_run: false,
+            deletion_policy: DeletionPolicy::Retain,
         }
     }
 

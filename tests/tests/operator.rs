@@ -882,7 +882,10 @@ async fn lifecycle(
 
     wiped_volume_rejoins_under_a_new_id(&admin, &lrcs, bridge).await?;
 
-    // Delete: the finalizer removes the workload, then the cluster goes.
+    // Delete (deletionPolicy Retain, the default): the finalizer removes the
+    // workload, then the cluster goes.
+    let before_delete = lrc_status(&lrcs).await;
+    let voters_before_delete = voter_ids(&lrcs).await;
     lrcs.delete(LRC, &DeleteParams::default()).await?;
     eventually(
         Duration::from_secs(90),
@@ -930,6 +933,73 @@ async fn lifecycle(
             .items
             .len();
     ensure!(pvcs == 5, "the 5 members' volumes are kept, found {pvcs}");
+
+    // Created again under the same name, the cluster resumes the same Raft
+    // group from its volumes: same voters, nothing lost, no second bootstrap.
+    apply_yaml(&admin, &serde_yaml::to_string(&example)?, NS).await?;
+    let resumed = wait_ready_voters(&lrcs, "5/5", 120).await?;
+    let voters_resumed = voter_ids(&lrcs).await;
+    ensure!(
+        voters_resumed == voters_before_delete,
+        "the same voters resume: {voters_before_delete:?} -> {voters_resumed:?}"
+    );
+    let committed_before = before_delete["commitIndex"].as_i64().unwrap_or(i64::MAX);
+    ensure!(
+        resumed["commitIndex"].as_i64().unwrap_or(0) >= committed_before,
+        "the log survived: commit index {} before, {resumed} after",
+        before_delete["commitIndex"]
+    );
+    let bootstraps = event_notes(&admin)
+        .await?
+        .iter()
+        .filter(|n| n.starts_with("initialized the Raft group"))
+        .count();
+    ensure!(bootstraps == 1, "bootstrapped {bootstraps} times");
+    eprintln!(
+        "resumed after delete/recreate: voters {voters_resumed:?}, commit index {} >= {committed_before}",
+        resumed["commitIndex"]
+    );
+
+    // deletionPolicy Delete: the data goes with the cluster.
+    lrcs.patch(
+        LRC,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"deletionPolicy": "Delete"}})),
+    )
+    .await?;
+    lrcs.delete(LRC, &DeleteParams::default()).await?;
+    eventually(
+        Duration::from_secs(90),
+        "the cluster, its volumes, node ids and keys are gone",
+        || async {
+            let gone_lrc = matches!(lrcs.get_opt(LRC).await, Ok(None));
+            let pvcs = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+                admin.clone(),
+                NS,
+            )
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(1);
+            let secrets = Api::<Secret>::namespaced(admin.clone(), NS)
+                .list(&by_cluster)
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            let ids = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+                .get_opt(&format!("{LRC}-identities"))
+                .await
+                .map(|c| c.is_some())
+                .unwrap_or(true);
+            let pods = Api::<Pod>::namespaced(admin.clone(), NS)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            gone_lrc && pvcs == 0 && secrets == 0 && !ids && pods == 0
+        },
+    )
+    .await?;
     for op in ops.iter_mut() {
         if op.is_running() {
             op.terminate(Duration::from_secs(15))?;
@@ -942,8 +1012,6 @@ async fn lifecycle(
     Ok(())
 }
 
-/// Versions of everything the cluster owns (pods excluded: their status is
-/// the kubelet's to write).
 /// The identity map's `nodes` (pod → id) and `joined` ids.
 async fn identity_map(
     admin: &Client,
@@ -1062,6 +1130,8 @@ async fn wiped_volume_rejoins_under_a_new_id(
     Ok(())
 }
 
+/// Versions of everything the cluster owns (pods excluded: their status is
+/// the kubelet's to write).
 async fn owned_versions(client: &Client) -> Result<Vec<String>> {
     let lp = ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}"));
     let mut out = Vec::new();
