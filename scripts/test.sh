@@ -33,5 +33,13 @@ if command -v go >/dev/null 2>&1; then
 else
   echo "==> go is missing: the Kubernetes harness tests will be SKIPPED loudly (and fail under CI)"
 fi
+echo "==> helm (renders and lints the operator's chart, charts/roomkeeper-operator)"
+if command -v go >/dev/null 2>&1; then
+  # Built once from the pinned Go module in tests/helm-bin (about 3 minutes), then cached.
+  ROOMKEEPER_HELM_BIN="$(bash scripts/helm-bin.sh | tee /dev/stderr | tail -n 1)"
+  export ROOMKEEPER_HELM_BIN
+else
+  echo "==> go is missing: the Helm chart tests will be SKIPPED loudly (and fail under CI)"
+fi
 echo "==> cargo test"
 ROOMKEEPER_BIN="$PWD/target/release/roomkeeper" cargo test --workspace --locked -- --test-threads=2
