@@ -45,6 +45,11 @@ pub struct LoadConfig {
     pub retry_deadline: Duration,
     pub client_token: String,
     pub seed: u64,
+    /// Prefix of every buyer and idempotency key of this run. A key belongs
+    /// to its buyer across rooms, so two runs against one long-lived cluster
+    /// (drills on Kubernetes, schedules) must not share them: the second run
+    /// would be answered with the first one's orders.
+    pub run_id: String,
 }
 
 /// Everything the load tasks share.
@@ -170,8 +175,8 @@ impl Load {
             } else {
                 &self.cfg.skus[rng.below(self.cfg.skus.len())]
             };
-            let buyer = format!("b{client}-{seq}");
-            let key = format!("k{client}-{seq}");
+            let buyer = format!("{}b{client}-{seq}", self.cfg.run_id);
+            let key = format!("{}k{client}-{seq}", self.cfg.run_id);
             self.place(client, sku, &buyer, &key, &mut rng).await;
             if !self.cfg.think.is_zero() {
                 tokio::time::sleep(self.cfg.think).await;
@@ -266,7 +271,10 @@ impl Load {
             if keys_in_window < 20 && !self.traffic.is_paused() {
                 keys_in_window += 1;
                 seq += 1;
-                let (buyer, key) = (format!("p-{seq}"), format!("pk-{seq}"));
+                let (buyer, key) = (
+                    format!("{}p-{seq}", self.cfg.run_id),
+                    format!("{}pk-{seq}", self.cfg.run_id),
+                );
                 self.place(CLIENT, sku, &buyer, &key, &mut rng).await;
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -445,7 +453,8 @@ pub async fn final_read_at(
                         detail,
                     })?;
                 for o in v.as_array().into_iter().flatten() {
-                    if o["status"] == "cancelled" {
+                    // A buyer's orders in other rooms are not this run's.
+                    if o["status"] == "cancelled" || o["room"] != room {
                         continue;
                     }
                     if let (Some(id), Some(sku), Some(qty)) =

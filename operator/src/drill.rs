@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, ResourceExt};
-use roomkeeper_chaos::drill::{DrillSpec, FaultKind, NodeRole};
+use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec, NodeRole};
 use roomkeeper_chaos::history::{History, OpKind};
 use roomkeeper_chaos::recorder::Recorder;
 use roomkeeper_chaos::report::{evaluate, order_counts, verdict, NodeInvariant, Phases};
@@ -115,7 +115,13 @@ pub struct ChaosDrillStatus {
 }
 
 /// Fault kinds this runner carries out on Kubernetes.
-pub const SUPPORTED_FAULTS: [FaultKind; 2] = [FaultKind::KillLeader, FaultKind::KillNode];
+pub const SUPPORTED_FAULTS: [FaultKind; 5] = [
+    FaultKind::KillLeader,
+    FaultKind::KillNode,
+    FaultKind::RollingRestart,
+    FaultKind::FlapNode,
+    FaultKind::RetryStorm,
+];
 
 /// Why the spec cannot run on Kubernetes, if it cannot.
 pub fn unsupported(spec: &DrillSpec) -> Option<String> {
@@ -133,7 +139,14 @@ pub fn unsupported(spec: &DrillSpec) -> Option<String> {
         .iter()
         .enumerate()
         .filter(|(_, f)| !SUPPORTED_FAULTS.contains(&f.kind))
-        .map(|(i, f)| format!("spec.faults[{i}].kind: {} is not run by the Kubernetes drill runner (killLeader, killNode are)", f.kind))
+        .map(|(i, f)| {
+            let supported: Vec<String> = SUPPORTED_FAULTS.iter().map(ToString::to_string).collect();
+            format!(
+                "spec.faults[{i}].kind: {} is not run by the Kubernetes drill runner ({} are)",
+                f.kind,
+                supported.join(", ")
+            )
+        })
         .collect();
     if spec.game_day == Some(true) {
         return Some("spec.gameDay: game days run locally (`roomkeeper drill run --game-day`), not in the operator".into());
@@ -353,18 +366,180 @@ async fn leader_pod(
         .or(lrc.status.and_then(|s| s.leader)))
 }
 
-async fn kill(ctx: &DrillContext, ns: &str, pod: &str) -> Result<(), String> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    pods.delete(
-        pod,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        },
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| format!("deleting pod {pod}: {e}"))
+/// What one fault did: when it started and healed (drill clock), in words.
+struct Injected {
+    start_ms: u64,
+    end_ms: u64,
+    lines: Vec<String>,
+}
+
+/// The Kubernetes injectors that work through pods: deletion, one at a time.
+struct PodFaults<'a> {
+    ctx: &'a DrillContext,
+    admin: &'a NodeAdmin,
+    ns: &'a str,
+    cluster: &'a str,
+    rec: &'a Recorder,
+}
+
+/// How long a deleted pod may take to come back Ready before the drill goes on.
+const POD_BACK_TIMEOUT_MS: u64 = 60_000;
+
+impl PodFaults<'_> {
+    /// The cluster's pods as (name, region), the leader's name.
+    async fn members(&self) -> Result<(Vec<(String, String)>, String), String> {
+        let leader = leader_pod(self.ctx, self.admin, self.ns, self.cluster)
+            .await?
+            .unwrap_or_default();
+        let mut pods: Vec<(String, String)> = pods_of(self.ctx, self.ns, self.cluster)
+            .await?
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                (
+                    p.name_any(),
+                    p.labels().get(REGION_LABEL).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        pods.sort();
+        Ok((pods, leader))
+    }
+
+    /// The pod a fault's selector names (default: a follower).
+    async fn select(&self, f: &FaultSpec) -> Result<String, String> {
+        let (pods, leader) = self.members().await?;
+        if f.kind == FaultKind::KillLeader {
+            return Some(leader)
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| "no leader".to_string());
+        }
+        let want_leader = f.select.as_ref().and_then(|s| s.role) == Some(NodeRole::Leader);
+        let region = f.select.as_ref().and_then(|s| s.region.clone());
+        pods.into_iter()
+            .filter(|(n, r)| {
+                (n == &leader) == want_leader && region.as_ref().is_none_or(|want| want == r)
+            })
+            .map(|(n, _)| n)
+            .next()
+            .ok_or_else(|| "no pod matched the selector".to_string())
+    }
+
+    async fn delete(&self, pod: &str, grace: Option<u32>) -> Result<(), String> {
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        pods.delete(
+            pod,
+            &DeleteParams {
+                grace_period_seconds: grace,
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("deleting pod {pod}: {e}"))
+    }
+
+    /// Waits until the StatefulSet brought `pod` back and it is Ready.
+    async fn wait_back(&self, pod: &str) -> Result<bool, String> {
+        let deadline = self.rec.now_ms() + POD_BACK_TIMEOUT_MS;
+        while self.rec.now_ms() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let back = pods_of(self.ctx, self.ns, self.cluster)
+                .await?
+                .iter()
+                .any(|p| {
+                    p.name_any() == pod
+                        && p.metadata.deletion_timestamp.is_none()
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                });
+            if back {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// killLeader / killNode: delete the pod with grace 0 (a crash); the fault
+    /// lasts until the StatefulSet brought it back.
+    async fn kill(&self, f: &FaultSpec) -> Result<Injected, String> {
+        let victim = self.select(f).await?;
+        let start = self.rec.now_ms();
+        self.delete(&victim, Some(0)).await?;
+        let mut lines = vec![format!(
+            "{} at {start} ms: deleted pod {victim} (grace 0)",
+            f.kind
+        )];
+        if !self.wait_back(&victim).await? {
+            lines.push(format!(
+                "{victim} was not Ready again within {POD_BACK_TIMEOUT_MS} ms"
+            ));
+        }
+        Ok(Injected {
+            start_ms: start,
+            end_ms: self.rec.now_ms(),
+            lines,
+        })
+    }
+
+    /// rollingRestart: every pod in turn, followers first and the leader last,
+    /// each deleted with its grace period (an orderly stop), the next one
+    /// `periodMs` after the previous is Ready again.
+    async fn rolling_restart(&self, f: &FaultSpec) -> Result<Injected, String> {
+        let (pods, leader) = self.members().await?;
+        let mut order: Vec<String> = pods.into_iter().map(|(n, _)| n).collect();
+        order.sort_by_key(|n| n == &leader);
+        let period = Duration::from_millis(f.period_ms.unwrap_or(3_000));
+        let start = self.rec.now_ms();
+        let mut lines = Vec::new();
+        for pod in &order {
+            let t = self.rec.now_ms();
+            self.delete(pod, None).await?;
+            let back = self.wait_back(pod).await?;
+            lines.push(format!(
+                "rollingRestart at {t} ms: restarted pod {pod}{}",
+                if back {
+                    ""
+                } else {
+                    " (not Ready again in time)"
+                }
+            ));
+            tokio::time::sleep(period).await;
+        }
+        Ok(Injected {
+            start_ms: start,
+            end_ms: self.rec.now_ms(),
+            lines,
+        })
+    }
+
+    /// flapNode: the selected pod (default a follower) crashes, comes back,
+    /// and crashes again `periodMs` later, for `durationSecs`.
+    async fn flap(&self, f: &FaultSpec) -> Result<Injected, String> {
+        let victim = self.select(f).await?;
+        let period = Duration::from_millis(f.period_ms.unwrap_or(4_000));
+        let start = self.rec.now_ms();
+        let until = start + f.duration_secs.unwrap_or(16) * 1000;
+        let mut crashes = 0;
+        while self.rec.now_ms() < until {
+            self.delete(&victim, Some(0)).await?;
+            crashes += 1;
+            self.wait_back(&victim).await?;
+            tokio::time::sleep(period).await;
+        }
+        Ok(Injected {
+            start_ms: start,
+            end_ms: self.rec.now_ms(),
+            lines: vec![format!(
+                "flapNode at {start} ms: deleted pod {victim} {crashes} times (grace 0), {} ms apart",
+                period.as_millis()
+            )],
+        })
+    }
 }
 
 /// Runs the drill; returns the finished status (phase/timestamps filled by the caller).
@@ -410,8 +585,17 @@ async fn execute(
         .map(|ip| format!("{ip}:{}", crate::resources::API_PORT))
         .ok_or("the leader pod has no IP")?;
 
-    // The sale: a room of its own per drill.
-    let room = format!("drill-{}", drill.name_any());
+    // The sale: a room of its own per run, and buyers and keys of its own: the
+    // cluster outlives drills, and a buyer's key spans rooms.
+    let run_id: String = drill
+        .uid()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let name: String = drill.name_any().chars().take(100).collect();
+    let room = format!("drill-{name}-{run_id}");
     let (skus, hot, listings) = catalog_listings(&spec.load.catalog);
     let region0 = by_region.keys().next().cloned().unwrap_or_default();
     create_sale_at(
@@ -441,6 +625,7 @@ async fn execute(
             retry_deadline: Duration::from_millis(spec.load.retry_deadline_ms.unwrap_or(10_000)),
             client_token: token.clone(),
             seed: 7,
+            run_id: format!("{run_id}-"),
         }),
         rec: rec.clone(),
         traffic: traffic.clone(),
@@ -461,71 +646,50 @@ async fn execute(
     let mut order: Vec<usize> = (0..spec.faults.len()).collect();
     order.sort_by_key(|i| spec.faults[*i].after_secs);
     let mut run_errors = Vec::new();
+    let storm = load.storm.clone();
+    let faults = PodFaults {
+        ctx,
+        admin: &admin,
+        ns,
+        cluster: &cluster,
+        rec: &rec,
+    };
     for i in order {
         let f = &spec.faults[i];
         let at = f.after_secs * 1000;
         while rec.now_ms() < at {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let leader_now = leader_pod(ctx, &admin, ns, &cluster)
-            .await?
-            .unwrap_or_default();
-        let victim = match f.kind {
-            FaultKind::KillLeader => Some(leader_now.clone()),
-            FaultKind::KillNode => {
-                let want_leader = f.select.as_ref().and_then(|s| s.role) == Some(NodeRole::Leader);
-                let region = f.select.as_ref().and_then(|s| s.region.clone());
-                pods_of(ctx, ns, &cluster)
-                    .await?
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.name_any(),
-                            p.labels().get(REGION_LABEL).cloned().unwrap_or_default(),
-                        )
-                    })
-                    .filter(|(n, r)| {
-                        (n == &leader_now) == want_leader
-                            && region.as_ref().is_none_or(|want| want == r)
-                    })
-                    .map(|(n, _)| n)
-                    .next()
+        let ran = match f.kind {
+            FaultKind::KillLeader | FaultKind::KillNode => faults.kill(f).await,
+            FaultKind::RollingRestart => faults.rolling_restart(f).await,
+            FaultKind::FlapNode => faults.flap(f).await,
+            FaultKind::RetryStorm => {
+                let t = f.client_timeout_ms.unwrap_or(100);
+                let d = f.duplicates.unwrap_or(1);
+                let start = rec.now_ms();
+                storm.timeout_ms.store(t, Ordering::Relaxed);
+                storm.duplicates.store(d, Ordering::Relaxed);
+                storm.active.store(true, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(f.duration_secs.unwrap_or(10))).await;
+                storm.active.store(false, Ordering::Relaxed);
+                Ok(Injected {
+                    start_ms: start,
+                    end_ms: rec.now_ms(),
+                    lines: vec![format!(
+                        "retryStorm at {start} ms: clients time out after {t} ms and retry each ambiguous order with the same idempotency key, {d} copies at once"
+                    )],
+                })
             }
-            _ => None,
+            other => Err(format!("fault {i}: {other} is not run on Kubernetes")),
         };
-        let Some(victim) = victim.filter(|v| !v.is_empty()) else {
-            run_errors.push(format!("fault {i} ({}): no pod matched", f.kind));
-            continue;
-        };
-        let t = rec.now_ms();
-        match kill(ctx, ns, &victim).await {
-            Ok(()) => {
-                fault_start.get_or_insert(t);
-                faults_done.push(format!(
-                    "{} at {} ms: deleted pod {victim} (grace 0)",
-                    f.kind, t
-                ));
+        match ran {
+            Ok(done) => {
+                fault_start.get_or_insert(done.start_ms);
+                fault_end = Some(fault_end.unwrap_or(0).max(done.end_ms));
+                faults_done.extend(done.lines);
             }
-            Err(e) => run_errors.push(e),
-        }
-        // The fault lasts until the StatefulSet brought the pod back.
-        let deadline = rec.now_ms() + f.duration_secs.unwrap_or(30) * 1000 + 30_000;
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let back = pods_of(ctx, ns, &cluster).await?.iter().any(|p| {
-                p.name_any() == victim
-                    && p.metadata.deletion_timestamp.is_none()
-                    && p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
-            });
-            if back || rec.now_ms() > deadline {
-                fault_end = Some(rec.now_ms());
-                break;
-            }
+            Err(e) => run_errors.push(format!("fault {i} ({}): {e}", f.kind)),
         }
     }
     let end_ms = spec.duration_secs * 1000;
@@ -712,9 +876,21 @@ mod tests {
     }
 
     #[test]
-    fn pod_kill_drills_run_on_kubernetes() {
-        assert_eq!(unsupported(&library("leader-kill")), None);
-        assert_eq!(unsupported(&library("follower-kill")), None);
+    fn pod_fault_drills_run_on_kubernetes() {
+        for name in [
+            "leader-kill",
+            "follower-kill",
+            "rolling-restart",
+            "flapping-node",
+        ] {
+            assert_eq!(unsupported(&library(name)), None, "{name}");
+        }
+        // The ambiguous-retry drill also stalls disks, which needs the node's test hook.
+        let why = unsupported(&library("ambiguous-retry-storm")).unwrap();
+        assert!(
+            why.contains("diskStall") && !why.contains("retryStorm is not"),
+            "{why}"
+        );
     }
 
     #[test]

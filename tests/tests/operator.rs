@@ -662,39 +662,29 @@ async fn lifecycle(
     .await?;
     lrcs.delete("remote", &DeleteParams::default()).await?;
 
-    // A ChaosDrill from the library, run by the operator against this cluster:
-    // the same YAML as `roomkeeper drill run chaos/drills/leader-kill.yaml`,
-    // pointed at this cluster. Its playbookTier probe is dropped: on
-    // Kubernetes the StatefulSet, not the playbook, brings the pod back.
-    let mut drill: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        roomkeeper_e2e::operator::repo_root().join("chaos/drills/leader-kill.yaml"),
-    )?)?;
-    drill["spec"]["target"]["cluster"] = json!(LRC);
-    if let Some(probes) = drill["spec"]["hypothesis"]["probes"].as_array_mut() {
-        probes.retain(|p| p["kind"] != json!("playbookTier"));
-    }
-    apply_yaml(&admin, &serde_yaml::to_string(&drill)?, NS).await?;
-    let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
-    eventually(Duration::from_secs(120), "the drill completed", || async {
-        drills
-            .get("leader-kill")
-            .await
-            .ok()
-            .and_then(|d| d.data.get("status").cloned())
-            .is_some_and(|s| s["phase"] == json!("Completed"))
-    })
-    .await?;
-    let ds = drills.get("leader-kill").await?.data["status"].clone();
-    eprintln!("drill status: {ds:#}");
-    ensure!(ds["verdict"] == json!("PASS"), "drill verdict: {ds}");
-    ensure!(ds["lost"] == json!(0) && ds["oversold"] == json!(0), "{ds}");
+    // ChaosDrills from the library, run by the operator against this cluster:
+    // the same YAML as `roomkeeper drill run chaos/drills/<name>.yaml`.
+    let ds = run_library_drill(&admin, "leader-kill").await?;
     ensure!(ds["acked"].as_i64().unwrap_or(0) > 100, "{ds}");
     let report_cm = ds["reportConfigMap"].as_str().context("report ConfigMap")?;
     Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get(report_cm)
         .await?;
     wait_ready_voters(&lrcs, "5/5", 60).await?;
+    // Every pod restarted in turn under load, followers first, as an upgrade does.
+    let ds = run_library_drill(&admin, "rolling-restart").await?;
+    let restarted = ds["faults"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter(|l| l.as_str().is_some_and(|l| l.contains("restarted pod")))
+                .count()
+        })
+        .unwrap_or(0);
+    ensure!(restarted == 5, "every pod restarted once: {ds}");
+    wait_ready_voters(&lrcs, "5/5", 60).await?;
 
+    let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
     // A schedule creates its first run at once, owned and labelled; a drill
     // the Kubernetes runner cannot carry out is refused with the field named.
     let mut partition: Value = serde_yaml::from_str(&std::fs::read_to_string(
@@ -1010,6 +1000,40 @@ async fn lifecycle(
         "the Lease is released on SIGTERM"
     );
     Ok(())
+}
+
+/// Runs `chaos/drills/<name>.yaml` as a ChaosDrill against this test's
+/// cluster and returns its status once it completed with a PASS verdict, no
+/// acknowledged order lost and none oversold. Its playbookTier probes are
+/// dropped: on Kubernetes the StatefulSet, not the playbook, brings pods back.
+async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
+    let mut drill: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        roomkeeper_e2e::operator::repo_root().join(format!("chaos/drills/{name}.yaml")),
+    )?)?;
+    drill["spec"]["target"]["cluster"] = json!(LRC);
+    if let Some(probes) = drill["spec"]["hypothesis"]["probes"].as_array_mut() {
+        probes.retain(|p| p["kind"] != json!("playbookTier"));
+    }
+    apply_yaml(admin, &serde_yaml::to_string(&drill)?, NS).await?;
+    let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
+    eventually(
+        Duration::from_secs(180),
+        &format!("drill {name} completed"),
+        || async {
+            drills
+                .get(name)
+                .await
+                .ok()
+                .and_then(|d| d.data.get("status").cloned())
+                .is_some_and(|s| s["phase"] == json!("Completed"))
+        },
+    )
+    .await?;
+    let ds = drills.get(name).await?.data["status"].clone();
+    eprintln!("drill {name} status: {ds:#}");
+    ensure!(ds["verdict"] == json!("PASS"), "drill {name} verdict: {ds}");
+    ensure!(ds["lost"] == json!(0) && ds["oversold"] == json!(0), "{ds}");
+    Ok(ds)
 }
 
 /// The identity map's `nodes` (pod → id) and `joined` ids.

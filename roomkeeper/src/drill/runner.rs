@@ -232,6 +232,8 @@ async fn run_inner(
             retry_deadline: Duration::from_millis(spec.load.retry_deadline_ms.unwrap_or(10_000)),
             client_token: world.cluster.cfg.client_token.clone(),
             seed: opts.seed,
+            // A fresh cluster per drill: no earlier run's buyers to avoid.
+            run_id: String::new(),
         }),
         rec: rec.clone(),
         traffic: world.traffic.clone(),
