@@ -5,8 +5,9 @@
 //! other port); taking the label away and giving it to another pod flips
 //! reachability without restarting anything, and cuts an established
 //! connection, which carries data again once the label is back; the host
-//! always reaches every pod. When the bridge is dropped its namespaces and its
-//! bridge device are gone.
+//! always reaches every pod. A starting bridge removes what a dead test
+//! process left behind; a dropped bridge leaves neither namespaces nor its
+//! bridge device.
 //!
 //! Needs root with iproute2 and nftables, the binaries from
 //! `scripts/k8s-test-bins.sh` and a built `roomkeeper` (`ROOMKEEPER_BIN`);
@@ -41,12 +42,29 @@ async fn network_policy_is_enforced_between_pods() {
     let Some(h) = KubeHarness::start_or_skip("network_policy").await else {
         return;
     };
+    let stale = (roomkeeper_e2e::netns::unavailable_reason().is_none())
+        .then(|| leave_stale_network().expect("making a stale pod network"));
     let bin = roomkeeper_e2e::binary();
     let bridge = KubeletBridge::start(h.admin_client(), h.dir(), &bin)
         .await
         .expect("kubelet bridge");
     if !bridge.network_policy_or_skip("network_policy") {
         return;
+    }
+    // What a dead test process left behind is gone once a bridge started.
+    if let Some((dev, netns, table)) = stale {
+        let links = run(&["ip", "-o", "link", "show"]);
+        assert!(
+            !links.contains(&format!(" {dev}:")),
+            "stale {dev} left:\n{links}"
+        );
+        let list = run(&["ip", "netns", "list"]);
+        assert!(!list.contains(&netns), "stale netns {netns} left:\n{list}");
+        let tables = run(&["nft", "list", "tables", "bridge"]);
+        assert!(
+            !tables.contains(&table),
+            "stale table {table} left:\n{tables}"
+        );
     }
     if let Err(e) = scenario(&h, &bridge).await {
         eprintln!("{}", h.dump_logs(40));
@@ -81,6 +99,43 @@ async fn network_policy_is_enforced_between_pods() {
         !addrs.contains(&format!("inet {host_ip}/")),
         "the bridge address {host_ip} is still configured:\n{addrs}"
     );
+}
+
+fn run(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Leaves a bridge device, a network namespace and an nftables table as a
+/// test process that was killed would: named and tagged with a pid that is
+/// no longer alive. Returns their names.
+fn leave_stale_network() -> Result<(String, String, String)> {
+    let mut child = std::process::Command::new("true").spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    let dev = format!("rkhs{}", pid % 100_000);
+    let netns = format!("rkh-{pid}-stale-1");
+    let table = format!("rkh_{pid}_stale");
+    run(&["ip", "link", "add", &dev, "type", "bridge"]);
+    run(&[
+        "ip",
+        "link",
+        "set",
+        &dev,
+        "alias",
+        &format!("roomkeeper-harness pid={pid}"),
+    ]);
+    run(&["ip", "netns", "add", &netns]);
+    run(&["nft", "add", "table", "bridge", &table]);
+    Ok((dev, netns, table))
 }
 
 fn node_pod(name: &str, id: u32, labels: serde_json::Value) -> Pod {
