@@ -12,12 +12,28 @@
 //!   `configMapKeyRef`) and `envFrom`; `configMap`, `secret`,
 //!   `persistentVolumeClaim` and `emptyDir` volumes as host directories, with
 //!   any arg or env value under a `mountPath` rewritten to the host directory.
-//! - Gives each Pod a loopback IP 127.0.<100..199>.<1..254>, sticky per
-//!   namespace/name, and reports status (phase, IPs, container statuses,
-//!   conditions) with readiness from `readinessProbe.httpGet`/`tcpSocket`.
+//! - Gives each Pod its own network namespace (as root, with `ip` and `nft`):
+//!   a veth pair to a Linux bridge per `KubeletBridge` (host address
+//!   `10.a.b.254/24`, pods `.1` to `.253`), `eth0` with the pod IP, `lo` up,
+//!   default route via the host address; containers `setns(2)` into it before
+//!   exec. IP and namespace are sticky per namespace/name for the bridge's
+//!   lifetime. The host (operator, probes, test code) reaches pods through
+//!   the bridge. Without root or the tools: loopback mode, loudly, with a
+//!   loopback IP 127.0.<100..199>.<1..254> per pod on the host network
+//!   ([`KubeletBridge::enforces_network_policy`] is then false).
+//! - Enforces NetworkPolicy (ingress) between pods with an nftables table on
+//!   the bridge's forward hook, replaced atomically on every policy, pod or
+//!   namespace change; the subset and its limits are in [`crate::netpol`].
+//!   [`KubeletBridge::wait_synced`] waits until the table matches the API.
+//! - Reports status (phase, IPs, container statuses, conditions) with
+//!   readiness from `readinessProbe.httpGet`/`tcpSocket`, probed from the host.
 //! - Restarts exited containers per `restartPolicy` with a backoff; on a
 //!   deletionTimestamp sends SIGTERM, waits the grace period (at most 10 s),
 //!   SIGKILLs, and deletes the Pod with grace 0 (the kubelet's final delete).
+//! - On `stop()`/drop: SIGKILLs every pod process and removes the nftables
+//!   table, the pod namespaces, their veths and the bridge; leftovers of test
+//!   processes that died without cleaning up are removed at the next start
+//!   (see [`crate::netns`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
