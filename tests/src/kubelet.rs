@@ -1033,6 +1033,7 @@ impl PodWorker {
         if let Err(e) = fs::create_dir_all(&self.dir) {
             tracing::error!(pod = %self.key(), error = %e, "kubelet bridge: cannot create the pod dir");
         }
+        self.wait_for_policy().await;
         loop {
             let requested = *terminate.borrow();
             if let Some(grace) = requested {
@@ -1048,6 +1049,30 @@ impl PodWorker {
                 _ = terminate.changed() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// With NetworkPolicy enforced, waits (up to 10 s) until the programmed
+    /// rules cover this pod's IP before its containers first start, as a CNI
+    /// sets up a pod's network before its containers run.
+    async fn wait_for_policy(&self) {
+        if self.shared.net.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let covered = lock(&self.shared.policy)
+                .applied
+                .as_ref()
+                .is_some_and(|r| r.pods.contains(&self.ip));
+            if covered {
+                return;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(pod = %self.key(), ip = %self.ip, "kubelet bridge: NetworkPolicy rules do not cover the pod yet; starting it anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -227,6 +227,8 @@ fn admitted_ports(ports: Option<&[NetworkPolicyPort]>, dst: &PodInfo) -> Admit {
 /// Which pod may reach which pod: the result of evaluating the policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
+    /// The IPs of the pods the rules were computed over.
+    pub pods: BTreeSet<Ipv4Addr>,
     /// Pods selected by at least one ingress policy.
     pub isolated: BTreeSet<Ipv4Addr>,
     /// (source, isolated destination) admitted on every port and protocol.
@@ -244,7 +246,10 @@ impl Ruleset {
         pods: &[PodInfo],
         namespaces: &BTreeMap<String, Labels>,
     ) -> Ruleset {
-        let mut rs = Ruleset::default();
+        let mut rs = Ruleset {
+            pods: pods.iter().map(|p| p.ip).collect(),
+            ..Ruleset::default()
+        };
         let mut ranges: BTreeMap<(Ipv4Addr, Ipv4Addr, Proto), Vec<(u16, u16)>> = BTreeMap::new();
         for policy in policies.iter().filter(|p| is_ingress_policy(p)) {
             let Some(spec) = &policy.spec else { continue };
@@ -495,6 +500,7 @@ mod tests {
         assert!(!rs.admits_flow(ip(2), ip(1), Proto::Tcp, 7101));
         assert!(rs.admits_flow(ip(1), ip(2), Proto::Tcp, 7101));
         assert_eq!(rs.isolated, BTreeSet::from([ip(1)]));
+        assert_eq!(rs.pods, BTreeSet::from([ip(1), ip(2)]));
         // No policy at all: everything passes.
         let rs = Ruleset::compute(&[], &pods, &BTreeMap::new());
         assert!(rs.admits_flow(ip(2), ip(1), Proto::Tcp, 1));

@@ -448,6 +448,9 @@ async fn scenario(h: &KubeHarness, bridge: &KubeletBridge) -> Result<()> {
     bridge.wait_synced(Duration::from_secs(20)).await?;
     expect(bridge, "friend", server, API, true).await?;
     let rules = bridge.applied_rules().context("rules applied")?;
-    ensure!(rules.isolated.is_empty(), "isolated pods left: {rules:?}");
+    ensure!(
+        rules.isolated.is_empty() && rules.pods.len() == 3,
+        "after the policy's deletion: {rules:?}"
+    );
     Ok(())
 }
