@@ -236,8 +236,11 @@ impl KubeletBridge {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let net = match netns::unavailable_reason() {
             None => {
-                netns::clean_stale();
-                match tokio::task::spawn_blocking(PodNetwork::create).await? {
+                let create = || {
+                    netns::clean_stale();
+                    PodNetwork::create()
+                };
+                match tokio::task::spawn_blocking(create).await? {
                     Ok(net) => Some(net),
                     Err(e) => {
                         loopback_warning(&format!("{e:#}"));
