@@ -9,13 +9,17 @@ command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The Kubernetes harness makes its CA and serving certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The kubelet bridge gives pods network namespaces (ip) and enforces
+# NetworkPolicy (nft); without them it falls back to loopback pods.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "==> missing ${need_apt[*]} (not root: the benchmark peers will be skipped loudly)"
+    echo "==> missing ${need_apt[*]} (not root: the benchmark peers and the NetworkPolicy tests will be skipped loudly)"
   fi
 fi
 

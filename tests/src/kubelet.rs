@@ -12,12 +12,28 @@
 //!   `configMapKeyRef`) and `envFrom`; `configMap`, `secret`,
 //!   `persistentVolumeClaim` and `emptyDir` volumes as host directories, with
 //!   any arg or env value under a `mountPath` rewritten to the host directory.
-//! - Gives each Pod a loopback IP 127.0.<100..199>.<1..254>, sticky per
-//!   namespace/name, and reports status (phase, IPs, container statuses,
-//!   conditions) with readiness from `readinessProbe.httpGet`/`tcpSocket`.
+//! - Gives each Pod its own network namespace (as root, with `ip` and `nft`):
+//!   a veth pair to a Linux bridge per `KubeletBridge` (host address
+//!   `10.a.b.254/24`, pods `.1` to `.253`), `eth0` with the pod IP, `lo` up,
+//!   default route via the host address; containers `setns(2)` into it before
+//!   exec. IP and namespace are sticky per namespace/name for the bridge's
+//!   lifetime. The host (operator, probes, test code) reaches pods through
+//!   the bridge. Without root or the tools: loopback mode, loudly, with a
+//!   loopback IP 127.0.<100..199>.<1..254> per pod on the host network
+//!   ([`KubeletBridge::enforces_network_policy`] is then false).
+//! - Enforces NetworkPolicy (ingress) between pods with an nftables table on
+//!   the bridge's forward hook, replaced atomically on every policy, pod or
+//!   namespace change; the subset and its limits are in [`crate::netpol`].
+//!   [`KubeletBridge::wait_synced`] waits until the table matches the API.
+//! - Reports status (phase, IPs, container statuses, conditions) with
+//!   readiness from `readinessProbe.httpGet`/`tcpSocket`, probed from the host.
 //! - Restarts exited containers per `restartPolicy` with a backoff; on a
 //!   deletionTimestamp sends SIGTERM, waits the grace period (at most 10 s),
 //!   SIGKILLs, and deletes the Pod with grace 0 (the kubelet's final delete).
+//! - On `stop()`/drop: SIGKILLs every pod process and removes the nftables
+//!   table, the pod namespaces, their veths and the bridge; leftovers of test
+//!   processes that died without cleaning up are removed at the next start
+//!   (see [`crate::netns`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
@@ -30,11 +46,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, Pod, Probe, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Node, Pod, Probe, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
@@ -44,13 +61,16 @@ use tokio::process::{Child, Command};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::netns::{self, PodNetwork};
+use crate::netpol::{self, PodInfo, Ruleset};
+
 /// The Node the bridge registers and binds pods to.
 pub const NODE_NAME: &str = "harness-node";
 /// Its `topology.kubernetes.io/zone` label.
 pub const NODE_ZONE: &str = "harness-zone-a";
 /// Its `topology.kubernetes.io/region` label.
 pub const NODE_REGION: &str = "harness-region";
-/// The host IP every pod reports.
+/// The host IP pods report in loopback mode (without network namespaces).
 pub const HOST_IP: &str = "127.0.0.1";
 
 const MAX_GRACE: Duration = Duration::from_secs(10);
@@ -72,7 +92,7 @@ fn allocate_ip() -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::new(127, 0, a as u8, (1 + n % 254) as u8))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -107,25 +127,84 @@ struct PodHandle {
     task: JoinHandle<()>,
 }
 
+/// The NetworkPolicy rules last programmed into nftables.
+#[derive(Default)]
+struct PolicyState {
+    applied: Option<Ruleset>,
+    generation: u64,
+}
+
 struct Shared {
     client: Client,
     dir: PathBuf,
     bin: PathBuf,
+    /// Per-pod network namespaces and policy enforcement; None in loopback mode.
+    net: Option<PodNetwork>,
+    host_ip: Ipv4Addr,
     ips: Mutex<HashMap<String, Ipv4Addr>>,
+    netns: Mutex<HashMap<String, PathBuf>>,
     pods: Mutex<HashMap<String, PodHandle>>,
     finalizing: Mutex<HashSet<String>>,
+    policy: Mutex<PolicyState>,
+    /// Wakes the policy task when a pod gets an IP.
+    policy_notify: Arc<Notify>,
 }
 
 impl Shared {
-    fn pod_ip(&self, namespace: &str, name: &str) -> Result<Ipv4Addr> {
+    /// The IP (and, with network namespaces, the namespace file) of pod
+    /// `namespace/name`: assigned on first use, the same ever after.
+    fn pod_net(&self, namespace: &str, name: &str) -> Result<(Ipv4Addr, Option<PathBuf>)> {
         let key = format!("{namespace}/{name}");
         let mut ips = lock(&self.ips);
         if let Some(ip) = ips.get(&key) {
-            return Ok(*ip);
+            return Ok((*ip, lock(&self.netns).get(&key).cloned()));
         }
-        let ip = allocate_ip()?;
-        ips.insert(key, ip);
-        Ok(ip)
+        let (ip, netns) = match &self.net {
+            Some(net) => {
+                let p = net.pod(&key)?;
+                (p.ip, Some(p.path()))
+            }
+            None => (allocate_ip()?, None),
+        };
+        ips.insert(key.clone(), ip);
+        if let Some(path) = &netns {
+            lock(&self.netns).insert(key, path.clone());
+        }
+        self.policy_notify.notify_one();
+        Ok((ip, netns))
+    }
+
+    /// The rules the policies, pods and namespaces given call for, over the
+    /// pods of this bridge that have an IP.
+    fn desired_rules(
+        &self,
+        pods: &[Arc<Pod>],
+        policies: &[NetworkPolicy],
+        namespaces: &[Namespace],
+    ) -> Ruleset {
+        let ips = lock(&self.ips).clone();
+        let infos: Vec<PodInfo> = pods
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(NODE_NAME))
+            .filter_map(|p| {
+                let key = format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref()?,
+                    p.metadata.name.as_deref()?
+                );
+                Some(PodInfo::from_pod(p, *ips.get(&key)?))
+            })
+            .collect();
+        let ns_labels: BTreeMap<String, netpol::Labels> = namespaces
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.metadata.name.clone()?,
+                    n.metadata.labels.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        Ruleset::compute(policies, &infos, &ns_labels)
     }
 
     fn kill_all(&self) {
@@ -155,20 +234,55 @@ impl KubeletBridge {
     ) -> Result<KubeletBridge> {
         let dir = harness_dir.join("kubelet");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let net = match netns::unavailable_reason() {
+            None => {
+                let create = || {
+                    netns::clean_stale();
+                    PodNetwork::create()
+                };
+                match tokio::task::spawn_blocking(create).await? {
+                    Ok(net) => Some(net),
+                    Err(e) => {
+                        loopback_warning(&format!("{e:#}"));
+                        None
+                    }
+                }
+            }
+            Some(why) => {
+                loopback_warning(&why);
+                None
+            }
+        };
+        let host_ip = match &net {
+            Some(n) => n.host_ip(),
+            None => Ipv4Addr::LOCALHOST,
+        };
+        let policy_notify = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             client: client.clone(),
             dir,
             bin: roomkeeper_bin.to_path_buf(),
+            net,
+            host_ip,
             ips: Mutex::new(HashMap::new()),
+            netns: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             finalizing: Mutex::new(HashSet::new()),
+            policy: Mutex::new(PolicyState::default()),
+            policy_notify: policy_notify.clone(),
         });
-        register_node(&client)
+        // From here on, dropping the bridge removes the pod network.
+        let mut bridge = KubeletBridge {
+            shared: shared.clone(),
+            tasks: Vec::new(),
+        };
+        register_node(&client, host_ip)
             .await
             .context("registering the harness node")?;
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(heartbeat(client.clone())));
+        bridge
+            .tasks
+            .push(tokio::spawn(heartbeat(client.clone(), host_ip)));
 
         let (reader, writer) = reflector::store::<Pod>();
         let notify = Arc::new(Notify::new());
@@ -178,7 +292,7 @@ impl KubeletBridge {
         )
         .default_backoff();
         let n = notify.clone();
-        tasks.push(tokio::spawn(async move {
+        bridge.tasks.push(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
@@ -187,9 +301,139 @@ impl KubeletBridge {
                 }
             }
         }));
-        tasks.push(tokio::spawn(sync_loop(shared.clone(), reader, notify)));
-        tracing::info!(node = NODE_NAME, "kubelet bridge started");
-        Ok(KubeletBridge { shared, tasks })
+        if shared.net.is_some() {
+            // The policy task has stores of its own: a store's readiness wakes
+            // only one waiting task, so two tasks must not wait on one store.
+            let pods = watch_store::<Pod>(&client, &policy_notify, &mut bridge.tasks);
+            let policies = watch_store::<NetworkPolicy>(&client, &policy_notify, &mut bridge.tasks);
+            let namespaces = watch_store::<Namespace>(&client, &policy_notify, &mut bridge.tasks);
+            bridge.tasks.push(tokio::spawn(policy_loop(
+                shared.clone(),
+                pods,
+                policies,
+                namespaces,
+                policy_notify,
+            )));
+        }
+        bridge
+            .tasks
+            .push(tokio::spawn(sync_loop(shared.clone(), reader, notify)));
+        tracing::info!(node = NODE_NAME, %host_ip, network_policy = shared.net.is_some(), "kubelet bridge started");
+        Ok(bridge)
+    }
+
+    /// True when pods run in their own network namespaces and NetworkPolicy
+    /// is enforced; false in loopback mode (not root, or `ip`/`nft` missing).
+    pub fn enforces_network_policy(&self) -> bool {
+        self.shared.net.is_some()
+    }
+
+    /// For tests that need NetworkPolicy enforced: true when it is; otherwise
+    /// prints a loud SKIPPED and returns false, or panics when `CI` is set.
+    pub fn network_policy_or_skip(&self, test: &str) -> bool {
+        if self.enforces_network_policy() {
+            return true;
+        }
+        let why = netns::unavailable_reason()
+            .unwrap_or_else(|| "the pod bridge could not be created (see the log)".to_string());
+        if crate::k8s::in_ci() {
+            panic!("CI is set and the kubelet bridge cannot enforce NetworkPolicy: {why}");
+        }
+        eprintln!(
+            "\n==================================================================\n\
+             SKIPPED {test}: the kubelet bridge runs pods on loopback and does not\n\
+             enforce NetworkPolicy ({why}); run as root with iproute2 and nftables\n\
+             ==================================================================\n"
+        );
+        false
+    }
+
+    /// The host's address as pods see it (the bridge IP; 127.0.0.1 in
+    /// loopback mode). Traffic from it is never filtered.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        self.shared.host_ip
+    }
+
+    /// The network namespace file of pod `namespace/name`, if it has one.
+    pub fn pod_netns(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        lock(&self.shared.netns)
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    /// A TCP connection to `addr` made from inside pod `namespace/name`'s
+    /// network namespace, so it comes from the pod IP and is subject to
+    /// NetworkPolicy as the pod's own connections are. Needs network
+    /// namespaces.
+    pub async fn connect_from_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<std::net::TcpStream> {
+        let path = self.pod_netns(namespace, name).ok_or_else(|| {
+            anyhow!(
+                "pod {namespace}/{name} has no network namespace (loopback mode, or not started)"
+            )
+        })?;
+        // setns(2) switches only the calling thread: a fresh thread does it,
+        // and the socket keeps the pod's namespace after the thread ends.
+        tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream> {
+            let f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| -> Result<std::net::TcpStream> {
+                        use std::os::fd::AsRawFd;
+                        // SAFETY: setns(2) on an open namespace fd; it affects
+                        // only this short-lived thread.
+                        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            return Err(std::io::Error::last_os_error())
+                                .with_context(|| format!("setns {}", path.display()));
+                        }
+                        std::net::TcpStream::connect_timeout(&addr, timeout)
+                            .with_context(|| format!("connecting to {addr}"))
+                    })
+                    .join()
+                    .map_err(|_| anyhow!("the connecting thread panicked"))?
+            })
+        })
+        .await?
+    }
+
+    /// The NetworkPolicy rules programmed into nftables last, if any.
+    pub fn applied_rules(&self) -> Option<Ruleset> {
+        lock(&self.shared.policy).applied.clone()
+    }
+
+    /// Waits until the rules in nftables are those the API server's current
+    /// NetworkPolicies, Pods and Namespaces call for (listed fresh, not from
+    /// the watch cache), so a test never races the policy watcher. Returns at
+    /// once in loopback mode.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        if self.shared.net.is_none() {
+            return Ok(());
+        }
+        let client = &self.shared.client;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lp = ListParams::default();
+            let pods = Api::<Pod>::all(client.clone()).list(&lp).await?;
+            let policies = Api::<NetworkPolicy>::all(client.clone()).list(&lp).await?;
+            let namespaces = Api::<Namespace>::all(client.clone()).list(&lp).await?;
+            let pods: Vec<Arc<Pod>> = pods.items.into_iter().map(Arc::new).collect();
+            let want = self
+                .shared
+                .desired_rules(&pods, &policies.items, &namespaces.items);
+            let have = self.applied_rules();
+            if have.as_ref() == Some(&want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("NetworkPolicy rules not in sync after {timeout:?}: want {want:?}, have {have:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// SIGKILLs the processes of pod `namespace/name` (a crash); the bridge
@@ -241,12 +485,16 @@ impl KubeletBridge {
         pvc_dir(&self.shared.dir, namespace, claim)
     }
 
-    /// Stops the bridge and SIGKILLs every pod process (pods stay in the API).
+    /// Stops the bridge, SIGKILLs every pod process (pods stay in the API)
+    /// and removes the pod network.
     pub fn stop(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
         }
         self.shared.kill_all();
+        if let Some(net) = &self.shared.net {
+            net.destroy();
+        }
     }
 }
 
@@ -256,13 +504,119 @@ impl Drop for KubeletBridge {
     }
 }
 
+fn loopback_warning(why: &str) {
+    tracing::warn!(
+        reason = why,
+        "kubelet bridge: LOOPBACK MODE: no per-pod network namespaces; pods share the host \
+         network on 127.0.100-199.x and NetworkPolicy is NOT enforced"
+    );
+    eprintln!(
+        "kubelet bridge: LOOPBACK MODE ({why}): pods share the host network and \
+         NetworkPolicy is NOT enforced"
+    );
+}
+
+/// A reflector store of every `K` in the cluster whose changes wake `notify`.
+fn watch_store<K>(
+    client: &Client,
+    notify: &Arc<Notify>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
+    let n = notify.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => n.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %K::kind(&()), "kubelet bridge: watch error")
+                }
+            }
+        }
+    }));
+    reader
+}
+
+/// Keeps the nftables table equal to what the NetworkPolicies call for:
+/// recomputed on every policy, pod or namespace change (and every second),
+/// replaced atomically when it differs from what was applied last.
+async fn policy_loop(
+    shared: Arc<Shared>,
+    pods: Store<Pod>,
+    policies: Store<NetworkPolicy>,
+    namespaces: Store<Namespace>,
+    notify: Arc<Notify>,
+) {
+    let Some(net) = shared.net.as_ref() else {
+        return;
+    };
+    let mut failing = false;
+    loop {
+        let ready = pods.wait_until_ready().await.is_ok()
+            && policies.wait_until_ready().await.is_ok()
+            && namespaces.wait_until_ready().await.is_ok();
+        if !ready {
+            tracing::error!("kubelet bridge: a policy watch writer dropped; stopping enforcement");
+            return;
+        }
+        let policy_list: Vec<NetworkPolicy> =
+            policies.state().iter().map(|p| (**p).clone()).collect();
+        let ns_list: Vec<Namespace> = namespaces.state().iter().map(|n| (**n).clone()).collect();
+        let rules = shared.desired_rules(&pods.state(), &policy_list, &ns_list);
+        let changed = lock(&shared.policy).applied.as_ref() != Some(&rules);
+        if changed {
+            match net.apply(&rules) {
+                Ok(()) => {
+                    let mut st = lock(&shared.policy);
+                    st.generation += 1;
+                    tracing::info!(
+                        generation = st.generation,
+                        isolated = rules.isolated.len(),
+                        pairs = rules.any.len(),
+                        port_rules = rules.ports.len(),
+                        table = net.table(),
+                        "kubelet bridge: NetworkPolicy rules programmed"
+                    );
+                    st.applied = Some(rules);
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %format!("{e:#}"), "kubelet bridge: programming NetworkPolicy rules failed; retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 fn pvc_dir(dir: &Path, namespace: &str, claim: &str) -> PathBuf {
     dir.join("pvc").join(namespace).join(claim)
 }
 
 // ---------------------------------------------------------------- node
 
-fn node_status() -> Value {
+fn node_status(host_ip: Ipv4Addr) -> Value {
     let now = now_time();
     let capacity =
         json!({"cpu": "64", "memory": "256Gi", "pods": "250", "ephemeral-storage": "100Gi"});
@@ -270,7 +624,7 @@ fn node_status() -> Value {
         "capacity": capacity,
         "allocatable": capacity,
         "addresses": [
-            {"type": "InternalIP", "address": HOST_IP},
+            {"type": "InternalIP", "address": host_ip.to_string()},
             {"type": "Hostname", "address": NODE_NAME},
         ],
         "conditions": [
@@ -294,7 +648,7 @@ fn node_status() -> Value {
     })
 }
 
-async fn register_node(client: &Client) -> Result<()> {
+async fn register_node(client: &Client, host_ip: Ipv4Addr) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -319,7 +673,7 @@ async fn register_node(client: &Client) -> Result<()> {
         .patch_status(
             NODE_NAME,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": node_status()})),
+            &Patch::Merge(json!({"status": node_status(host_ip)})),
         )
         .await
         .context("posting the Node status")?;
@@ -351,7 +705,7 @@ async fn renew_lease(client: &Client) -> Result<()> {
     }
 }
 
-async fn heartbeat(client: Client) {
+async fn heartbeat(client: Client, host_ip: Ipv4Addr) {
     loop {
         tokio::time::sleep(HEARTBEAT_EVERY).await;
         if let Err(e) = renew_lease(&client).await {
@@ -362,12 +716,12 @@ async fn heartbeat(client: Client) {
             .patch_status(
                 NODE_NAME,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": node_status()})),
+                &Patch::Merge(json!({"status": node_status(host_ip)})),
             )
             .await;
         if let Err(e) = res {
             if api_code(&e) == Some(404) {
-                if let Err(e) = register_node(&client).await {
+                if let Err(e) = register_node(&client, host_ip).await {
                     tracing::warn!(error = %format!("{e:#}"), "kubelet bridge: re-registering the node failed");
                 }
             } else {
@@ -462,8 +816,8 @@ async fn sync_once(shared: &Arc<Shared>, reader: &Store<Pod>) {
         if matches!(phase.as_deref(), Some("Succeeded") | Some("Failed")) {
             continue;
         }
-        let ip = match shared.pod_ip(&ns, &name) {
-            Ok(ip) => ip,
+        let (ip, netns) = match shared.pod_net(&ns, &name) {
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!(pod = %format!("{ns}/{name}"), error = %e, "kubelet bridge: no pod IP");
                 continue;
@@ -471,7 +825,7 @@ async fn sync_once(shared: &Arc<Shared>, reader: &Store<Pod>) {
         };
         let pgids = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = watch::channel(None);
-        let worker = PodWorker::new(shared.clone(), (*pod).clone(), ip, pgids.clone());
+        let worker = PodWorker::new(shared.clone(), (*pod).clone(), ip, netns, pgids.clone());
         let task = tokio::spawn(worker.run(rx));
         tracing::info!(pod = %format!("{ns}/{name}"), %uid, %ip, "kubelet bridge: starting pod");
         lock(&shared.pods).insert(
@@ -603,6 +957,8 @@ struct PodWorker {
     name: String,
     uid: String,
     ip: Ipv4Addr,
+    /// The pod's network namespace file; None in loopback mode.
+    netns: Option<PathBuf>,
     pgids: Arc<Mutex<Vec<i32>>>,
     dir: PathBuf,
     containers: Vec<ContainerRt>,
@@ -612,7 +968,13 @@ struct PodWorker {
 }
 
 impl PodWorker {
-    fn new(shared: Arc<Shared>, pod: Pod, ip: Ipv4Addr, pgids: Arc<Mutex<Vec<i32>>>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        pod: Pod,
+        ip: Ipv4Addr,
+        netns: Option<PathBuf>,
+        pgids: Arc<Mutex<Vec<i32>>>,
+    ) -> Self {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -648,6 +1010,7 @@ impl PodWorker {
             name,
             uid,
             ip,
+            netns,
             pgids,
             dir,
             containers,
@@ -673,6 +1036,7 @@ impl PodWorker {
         if let Err(e) = fs::create_dir_all(&self.dir) {
             tracing::error!(pod = %self.key(), error = %e, "kubelet bridge: cannot create the pod dir");
         }
+        self.wait_for_policy().await;
         loop {
             let requested = *terminate.borrow();
             if let Some(grace) = requested {
@@ -688,6 +1052,30 @@ impl PodWorker {
                 _ = terminate.changed() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// With NetworkPolicy enforced, waits (up to 10 s) until the programmed
+    /// rules cover this pod's IP before its containers first start, as a CNI
+    /// sets up a pod's network before its containers run.
+    async fn wait_for_policy(&self) {
+        if self.shared.net.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let covered = lock(&self.shared.policy)
+                .applied
+                .as_ref()
+                .is_some_and(|r| r.pods.contains(&self.ip));
+            if covered {
+                return;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(pod = %self.key(), ip = %self.ip, "kubelet bridge: NetworkPolicy rules do not cover the pod yet; starting it anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -912,10 +1300,11 @@ impl PodWorker {
             self.condition("ContainersReady", all_ready),
             self.condition("Ready", all_ready),
         ];
+        let host_ip = self.shared.host_ip.to_string();
         json!({
             "phase": phase,
-            "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}],
+            "hostIP": host_ip,
+            "hostIPs": [{"ip": host_ip}],
             "podIP": self.ip.to_string(),
             "podIPs": [{"ip": self.ip.to_string()}],
             "startTime": self.start_time,
@@ -1031,9 +1420,32 @@ impl PodWorker {
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true);
+        // The container joins its pod's network namespace between fork and
+        // exec; the namespace file stays open until spawn returns.
+        let netns = match &self.netns {
+            Some(path) => {
+                Some(fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
+            }
+            None => None,
+        };
+        if let Some(f) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = f.as_raw_fd();
+            // SAFETY: the closure only calls setns(2), which is
+            // async-signal-safe, on an fd that is open in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {} {:?}", program.display(), &argv[1..]))?;
+        drop(netns);
         let pid = child
             .id()
             .map(|p| p as i32)
@@ -1220,7 +1632,7 @@ impl PodWorker {
             "metadata.namespace" => self.ns.clone(),
             "metadata.uid" => self.uid.clone(),
             "status.podIP" | "status.podIPs" => self.ip.to_string(),
-            "status.hostIP" | "status.hostIPs" => HOST_IP.to_string(),
+            "status.hostIP" | "status.hostIPs" => self.shared.host_ip.to_string(),
             "spec.nodeName" => NODE_NAME.to_string(),
             "spec.serviceAccountName" => spec
                 .and_then(|s| s.service_account_name.clone())

@@ -7,6 +7,8 @@
 
 pub mod k8s;
 pub mod kubelet;
+pub mod netns;
+pub mod netpol;
 pub mod operator;
 pub mod ports;
 

@@ -1,7 +1,7 @@
 //! The Kubernetes harness against a real API server: RBAC is enforced for a
 //! ServiceAccount's token; a StatefulSet of `roomkeeper node` pods is created
 //! by the controller manager and run by the kubelet bridge; pods become Ready
-//! on their loopback IPs, come back after a crash and after deletion (same IP,
+//! on their pod IPs, come back after a crash and after deletion (same IP,
 //! same volume), and are garbage-collected with their owner; the namespace is
 //! deleted by the namespace controller.
 //!

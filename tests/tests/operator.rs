@@ -418,6 +418,53 @@ async fn lease_holder(client: &Client) -> Option<String> {
         .holder_identity
 }
 
+/// The operator's NetworkPolicy holds between the node pods: Raft and the
+/// client API pass from one cluster pod to another, the admin port (only for
+/// operator pods) does not; the host, where the operator runs, reaches it.
+async fn network_policy_is_enforced(admin: &Client, bridge: &KubeletBridge) -> Result<()> {
+    bridge.wait_synced(Duration::from_secs(20)).await?;
+    let pods = Api::<Pod>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={LRC}")))
+        .await?;
+    let names: Vec<String> = pods
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .filter(|n| bridge.pod_ip(NS, n).is_some())
+        .collect();
+    ensure!(names.len() >= 2, "cluster pods running here: {names:?}");
+    let (from, to) = (&names[0], &names[1]);
+    let to_ip = bridge.pod_ip(NS, to).context("pod IP")?;
+    let timeout = Duration::from_secs(2);
+    for port in [7101, 7201] {
+        bridge
+            .connect_from_pod(NS, from, (to_ip, port).into(), timeout)
+            .await
+            .with_context(|| format!("{from} -> {to}:{port} should pass the NetworkPolicy"))?;
+    }
+    let blocked = bridge
+        .connect_from_pod(NS, from, (to_ip, 7301).into(), timeout)
+        .await;
+    let timed_out = blocked.as_ref().err().is_some_and(|e| {
+        e.chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    });
+    ensure!(
+        timed_out,
+        "{from} -> {to}:7301 should time out (dropped by the NetworkPolicy): {:?}",
+        blocked.map(|_| "connected")
+    );
+    let addr = std::net::SocketAddr::from((to_ip, 7301));
+    tokio::task::spawn_blocking(move || std::net::TcpStream::connect_timeout(&addr, timeout))
+        .await?
+        .with_context(|| format!("the host -> {to}:7301"))?;
+    eprintln!(
+        "NetworkPolicy enforced: {from} -> {to} raft/api pass, admin blocked; host -> admin passes"
+    );
+    Ok(())
+}
+
 async fn lifecycle(
     h: &KubeHarness,
     bridge: &KubeletBridge,
@@ -555,6 +602,9 @@ async fn lifecycle(
         owned_by(np.metadata.owner_references),
         "NetworkPolicy owner"
     );
+    if bridge.network_policy_or_skip("operator: the cluster's NetworkPolicy is enforced") {
+        network_policy_is_enforced(&admin, bridge).await?;
+    }
     let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get(&format!("{LRC}-identities"))
         .await?;

@@ -1,0 +1,413 @@
+//! Pod networking for the kubelet bridge: a Linux bridge with a host address,
+//! one network namespace per pod joined to it by a veth pair, and an nftables
+//! table on the bridge that enforces NetworkPolicy (see [`crate::netpol`]).
+//!
+//! Everything is done with the `ip` and `nft` commands and needs root. Names
+//! are claimed per bridge so that test processes (and several bridges of one
+//! test process) running at once never collide: the bridge device
+//! `rkh<idx>` (its creation is the claim on subnet `10.64.0.0/10`'s
+//! `/24` number `idx`), veths `rkh<idx>p<n>`, namespaces
+//! `rkh-<pid>-<idx>-<n>` and the nftables table `bridge rkh_<pid>_<idx>`.
+//! Devices carry the alias `roomkeeper-harness pid=<pid>`, so that leftovers
+//! of a process that died without cleaning up are removed by the next one.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::netpol::Ruleset;
+
+const ALIAS_PREFIX: &str = "roomkeeper-harness pid=";
+/// `/24` subnets handed out: 10.64.0.0/10, i.e. 16384 of them.
+const SUBNETS: u32 = 1 << 14;
+/// Pod addresses per bridge: .1 to .253 (the host takes .254).
+const MAX_PODS: u32 = 253;
+
+static BRIDGE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// Why per-pod network namespaces cannot be used here, if they cannot.
+pub fn unavailable_reason() -> Option<String> {
+    if std::env::var("ROOMKEEPER_E2E_POD_NETWORK").as_deref() == Ok("loopback") {
+        return Some("ROOMKEEPER_E2E_POD_NETWORK=loopback".to_string());
+    }
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".to_string());
+    }
+    for tool in [["ip", "-V"], ["nft", "--version"]] {
+        if let Err(e) = run(&tool) {
+            return Some(format!(
+                "`{}` is not usable ({e:#}); install iproute2 and nftables",
+                tool[0]
+            ));
+        }
+    }
+    None
+}
+
+/// Removes namespaces, devices and nftables tables left by harness processes
+/// that are gone. Best effort: failures are logged.
+pub fn clean_stale() {
+    if let Ok(list) = run(&["ip", "netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some(pid) = name
+                .strip_prefix("rkh-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !pid_alive(pid) {
+                match run(&["ip", "netns", "delete", name]) {
+                    Ok(_) => tracing::info!(netns = name, "pod network: removed a stale namespace"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "pod network: stale namespace")
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(list) = run(&["ip", "-o", "link", "show"]) {
+        // `ip -o` puts the alias on the device's line: "... alias <text>".
+        for line in list.lines() {
+            let Some(pid) = line
+                .split_once(ALIAS_PREFIX)
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(dev) = line
+                .split(':')
+                .nth(1)
+                .map(|d| d.trim().split('@').next().unwrap_or("").to_string())
+            else {
+                continue;
+            };
+            if dev.starts_with("rkh") && !pid_alive(pid) {
+                match run(&["ip", "link", "delete", &dev]) {
+                    Ok(_) => tracing::info!(%dev, "pod network: removed a stale device"),
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "pod network: stale device")
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(list) = run(&["nft", "list", "tables", "bridge"]) {
+        for table in list.lines().filter_map(|l| l.strip_prefix("table bridge ")) {
+            let table = table.trim();
+            let Some(pid) = table
+                .strip_prefix("rkh_")
+                .and_then(|r| r.split('_').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !pid_alive(pid) {
+                match run(&["nft", "delete", "table", "bridge", table]) {
+                    Ok(_) => tracing::info!(table, "pod network: removed a stale nftables table"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "pod network: stale table"),
+                }
+            }
+        }
+    }
+}
+
+/// The IPv4 prefixes routed on this host (main table), to keep clear of.
+fn routed_prefixes() -> Vec<(u32, u32)> {
+    let Ok(out) = run(&["ip", "-4", "route", "show", "table", "all"]) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let mut first = words.next()?;
+            if matches!(first, "local" | "broadcast" | "unicast" | "multicast") {
+                first = words.next()?;
+            }
+            let (net, len) = match first.split_once('/') {
+                Some((n, l)) => (n, l.parse::<u32>().ok()?),
+                None => (first, 32),
+            };
+            let net: Ipv4Addr = net.parse().ok()?;
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
+            Some((u32::from(net) & mask, mask))
+        })
+        .collect()
+}
+
+fn subnet_base(idx: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 64 + (idx >> 8) as u8, (idx & 0xff) as u8, 0)
+}
+
+/// One pod's network namespace.
+#[derive(Clone, Debug)]
+pub struct PodNet {
+    pub ip: Ipv4Addr,
+    /// The namespace's name under /run/netns.
+    pub netns: String,
+    veth: String,
+}
+
+impl PodNet {
+    /// The namespace file to `setns(2)` into.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+}
+
+/// The bridge, the pods' namespaces and the policy table.
+pub struct PodNetwork {
+    idx: u32,
+    bridge: String,
+    host_ip: Ipv4Addr,
+    table: String,
+    pods: Mutex<HashMap<String, PodNet>>,
+    next: Mutex<u32>,
+    destroyed: AtomicBool,
+}
+
+impl PodNetwork {
+    /// Creates the bridge on a free `/24` and an nftables table that admits
+    /// everything (no policy yet).
+    pub fn create() -> Result<PodNetwork> {
+        let pid = std::process::id();
+        let routed = routed_prefixes();
+        let start = pid
+            .wrapping_mul(64)
+            .wrapping_add(BRIDGE_SEQ.fetch_add(1, Ordering::Relaxed) * 7);
+        let mut last_err = None;
+        for k in 0..SUBNETS {
+            let idx = (start + k) % SUBNETS;
+            let base = u32::from(subnet_base(idx));
+            let clash = routed
+                .iter()
+                .any(|(net, mask)| (base & mask) == *net || (net & 0xffff_ff00) == base);
+            if clash {
+                continue;
+            }
+            let bridge = format!("rkh{idx:04x}");
+            // Creating the device is the claim: it fails when another
+            // process holds this number.
+            let mac = format!("02:72:6b:00:{:02x}:{:02x}", idx >> 8, idx & 0xff);
+            match run(&[
+                "ip", "link", "add", &bridge, "address", &mac, "type", "bridge",
+            ]) {
+                Ok(_) => {}
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            }
+            let host_ip = Ipv4Addr::from(base + 254);
+            let net = PodNetwork {
+                idx,
+                bridge: bridge.clone(),
+                host_ip,
+                table: format!("rkh_{pid}_{idx:04x}"),
+                pods: Mutex::new(HashMap::new()),
+                next: Mutex::new(1),
+                destroyed: AtomicBool::new(false),
+            };
+            // From here on, Drop removes what was made.
+            let alias = format!("{ALIAS_PREFIX}{pid}");
+            run(&["ip", "link", "set", &bridge, "alias", &alias])?;
+            run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{host_ip}/24"),
+                "dev",
+                &bridge,
+            ])?;
+            run(&["ip", "link", "set", &bridge, "up"])?;
+            net.apply(&Ruleset::default())
+                .context("installing the empty policy table")?;
+            if std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+                .is_ok_and(|v| v.trim() == "1")
+            {
+                tracing::info!(
+                    "pod network: br_netfilter passes bridged traffic through iptables; \
+                     a FORWARD policy of DROP on this host would cut pod-to-pod traffic"
+                );
+            }
+            tracing::info!(%bridge, %host_ip, table = %net.table, "pod network: bridge up");
+            return Ok(net);
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no free 10.64.0.0/10 subnet")))
+            .context("creating the pod bridge")
+    }
+
+    /// The host's address on the bridge, which pods see as the host.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        self.host_ip
+    }
+
+    /// The nftables table this network programs (family `bridge`).
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The network of pod `key` (namespace/name): created on first use, the
+    /// same namespace and IP for the bridge's lifetime afterwards.
+    pub fn pod(&self, key: &str) -> Result<PodNet> {
+        if self.destroyed.load(Ordering::SeqCst) {
+            bail!("the pod network is gone");
+        }
+        let mut pods = crate::kubelet::lock(&self.pods);
+        if let Some(p) = pods.get(key) {
+            return Ok(p.clone());
+        }
+        let n = {
+            let mut next = crate::kubelet::lock(&self.next);
+            if *next > MAX_PODS {
+                bail!("out of pod addresses on bridge {}", self.bridge);
+            }
+            let n = *next;
+            *next += 1;
+            n
+        };
+        let ip = Ipv4Addr::from(u32::from(subnet_base(self.idx)) + n);
+        let pod = PodNet {
+            ip,
+            netns: format!("rkh-{}-{:04x}-{n}", std::process::id(), self.idx),
+            veth: format!("rkh{:04x}p{n:02x}", self.idx),
+        };
+        if let Err(e) = self.plumb(&pod) {
+            self.unplumb(&pod);
+            return Err(e).with_context(|| format!("setting up the network of pod {key}"));
+        }
+        tracing::info!(pod = key, %ip, netns = %pod.netns, "pod network: namespace ready");
+        pods.insert(key.to_string(), pod.clone());
+        Ok(pod)
+    }
+
+    fn plumb(&self, pod: &PodNet) -> Result<()> {
+        let ns = pod.netns.as_str();
+        let alias = format!("{ALIAS_PREFIX}{}", std::process::id());
+        run(&["ip", "netns", "add", ns])?;
+        run(&[
+            "ip", "link", "add", &pod.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        run(&["ip", "link", "set", &pod.veth, "alias", &alias])?;
+        run(&["ip", "link", "set", &pod.veth, "master", &self.bridge, "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", pod.ip),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.host_ip.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    fn unplumb(&self, pod: &PodNet) {
+        // The veth goes with the namespace only once nothing holds the
+        // namespace any more: delete it explicitly.
+        let _ = run(&["ip", "link", "delete", &pod.veth]);
+        let _ = run(&["ip", "netns", "delete", &pod.netns]);
+    }
+
+    /// Replaces the policy table with `rules`, atomically.
+    pub fn apply(&self, rules: &Ruleset) -> Result<()> {
+        if self.destroyed.load(Ordering::SeqCst) {
+            bail!("the pod network is gone");
+        }
+        let script = rules.nft_script(&self.table, self.host_ip);
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft -f -")?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("nft has no stdin"))?
+            .write_all(script.as_bytes())
+            .context("writing the nft script")?;
+        let out = child.wait_with_output().context("waiting for nft")?;
+        if !out.status.success() {
+            bail!(
+                "nft -f failed ({}): {}\nscript:\n{script}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes the table, every pod namespace and veth, and the bridge
+    /// (once; later calls do nothing).
+    pub fn destroy(&self) {
+        if self.destroyed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pods: Vec<PodNet> = crate::kubelet::lock(&self.pods)
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        let _ = run(&["nft", "delete", "table", "bridge", &self.table]);
+        for p in &pods {
+            self.unplumb(p);
+        }
+        match run(&["ip", "link", "delete", &self.bridge]) {
+            Ok(_) => tracing::info!(bridge = %self.bridge, "pod network: removed"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "pod network: removing the bridge"),
+        }
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
