@@ -106,11 +106,18 @@ struct Connection {
     alive: Arc<AtomicBool>,
 }
 
+/// The connection to one peer, if open.
+type PeerSlot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
 /// Outgoing connections to every peer, shared by Raft replication and forwarding.
 pub struct PeerPool {
     self_id: NodeId,
     next_id: AtomicU64,
-    conns: tokio::sync::Mutex<HashMap<NodeId, Arc<Connection>>>,
+    /// One slot per peer. A slot is locked while its connection is opened, the
+    /// map only long enough to find the slot: connecting to a peer behind a
+    /// partition (SYNs dropped, up to the connect timeout) must not hold up
+    /// calls to every other peer.
+    conns: std::sync::Mutex<HashMap<NodeId, PeerSlot>>,
     /// Each member's Raft address in the newest membership this node knows.
     /// Replication streams outlive membership changes, so a member whose
     /// address changed (a pod recreated with a new IP) is found here, not in
@@ -124,7 +131,7 @@ impl PeerPool {
         Arc::new(Self {
             self_id,
             next_id: AtomicU64::new(1),
-            conns: tokio::sync::Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
             addresses: std::sync::RwLock::new(HashMap::new()),
             faults,
         })
@@ -150,8 +157,15 @@ impl PeerPool {
     }
 
     async fn connection(&self, target: NodeId, addr: &str) -> Result<Arc<Connection>, CallError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&target) {
+        let slot = {
+            let mut conns = self
+                .conns
+                .lock()
+                .map_err(|_| CallError::NotSent(target, "peer pool poisoned".into()))?;
+            conns.entry(target).or_default().clone()
+        };
+        let mut conn_slot = slot.lock().await;
+        if let Some(c) = conn_slot.as_ref() {
             if c.alive.load(Ordering::Acquire) && c.addr == addr {
                 return Ok(c.clone());
             }
@@ -208,7 +222,7 @@ impl PeerPool {
                 p.clear();
             }
         });
-        conns.insert(target, conn.clone());
+        *conn_slot = Some(conn.clone());
         Ok(conn)
     }
 
