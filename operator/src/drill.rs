@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, ResourceExt};
-use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec, NodeRole};
+use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec, NodeRole, RegionPick};
 use roomkeeper_chaos::history::{History, OpKind};
 use roomkeeper_chaos::recorder::Recorder;
 use roomkeeper_chaos::report::{evaluate, order_counts, verdict, NodeInvariant, Phases};
@@ -39,7 +40,9 @@ use crate::controller::secret_value;
 use crate::crd::LiveRoomCluster;
 use crate::nodes::NodeAdmin;
 use crate::plan::leader;
-use crate::resources::{Names, CLUSTER_LABEL, REGION_LABEL};
+use crate::resources::{
+    partition_policy, Names, CLUSTER_LABEL, PARTITION_LABEL, PARTITION_RUN_LABEL, REGION_LABEL,
+};
 
 /// A chaos drill run by the operator against a LiveRoomCluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
@@ -115,12 +118,15 @@ pub struct ChaosDrillStatus {
 }
 
 /// Fault kinds this runner carries out on Kubernetes.
-pub const SUPPORTED_FAULTS: [FaultKind; 5] = [
+pub const SUPPORTED_FAULTS: [FaultKind; 8] = [
     FaultKind::KillLeader,
     FaultKind::KillNode,
     FaultKind::RollingRestart,
     FaultKind::FlapNode,
     FaultKind::RetryStorm,
+    FaultKind::PartitionNode,
+    FaultKind::PartitionRegion,
+    FaultKind::QuorumLoss,
 ];
 
 /// Why the spec cannot run on Kubernetes, if it cannot.
@@ -229,7 +235,18 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
                 return Ok(Action::requeue(Duration::from_secs(10)));
             }
             // Started by a replica that is gone: its faults and load stopped
-            // with it. Re-running would inject the faults twice; record it.
+            // with it. Re-running would inject the faults twice; record it,
+            // and take down any partition it left in place.
+            if let Err(e) = heal_partitions(
+                &ctx.client,
+                &ns,
+                &drill.spec.0.target.cluster,
+                &run_id(&drill),
+            )
+            .await
+            {
+                tracing::warn!(drill = %key, error = %e, "could not heal an interrupted drill's partition");
+            }
             let mut s = status.clone();
             s.phase = Some("Completed".into());
             s.verdict = Some("ABORTED".into());
@@ -366,6 +383,69 @@ async fn leader_pod(
         .or(lrc.status.and_then(|s| s.leader)))
 }
 
+/// A short id of one drill run (from the object's uid): names its room, its
+/// buyers, and its partitions.
+fn run_id(drill: &ChaosDrill) -> String {
+    drill
+        .uid()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Takes down every partition of run `run` on `cluster`: labels first (the
+/// pods fall back under the cluster's policy), then the side policies.
+async fn heal_partitions(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    run: &str,
+) -> Result<Vec<String>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut healed = Vec::new();
+    let listed = pods
+        .list(
+            &ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster},{PARTITION_LABEL}")),
+        )
+        .await
+        .map_err(|e| format!("listing partitioned pods: {e}"))?;
+    for p in listed.items {
+        let ours = p
+            .labels()
+            .get(PARTITION_LABEL)
+            .is_some_and(|g| g.starts_with(&format!("{run}-")));
+        if !ours {
+            continue;
+        }
+        let name = p.name_any();
+        pods.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {PARTITION_LABEL: null}}})),
+        )
+        .await
+        .map_err(|e| format!("healing pod {name}: {e}"))?;
+        healed.push(name);
+    }
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let sides = policies
+        .list(&ListParams::default().labels(&format!("{PARTITION_RUN_LABEL}={run}")))
+        .await
+        .map_err(|e| format!("listing partition policies: {e}"))?;
+    for np in sides.items {
+        let name = np.name_any();
+        match policies.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(format!("deleting policy {name}: {e}")),
+        }
+    }
+    Ok(healed)
+}
+
 /// What one fault did: when it started and healed (drill clock), in words.
 struct Injected {
     start_ms: u64,
@@ -380,6 +460,10 @@ struct PodFaults<'a> {
     ns: &'a str,
     cluster: &'a str,
     rec: &'a Recorder,
+    /// This run's id: the prefix of its partition groups.
+    run: &'a str,
+    /// The drill, owner of the policies it creates.
+    owner: Option<OwnerReference>,
 }
 
 /// How long a deleted pod may take to come back Ready before the drill goes on.
@@ -517,6 +601,104 @@ impl PodFaults<'_> {
         })
     }
 
+    /// Cuts each group of pods off from every other pod of the cluster for
+    /// the fault's duration (NetworkPolicy: a side policy per group, then the
+    /// pods labelled into it), then heals.
+    async fn partition(&self, f: &FaultSpec, groups: Vec<Vec<String>>) -> Result<Injected, String> {
+        let policies: Api<NetworkPolicy> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let start = self.rec.now_ms();
+        let mut lines = Vec::new();
+        for (i, members) in groups.iter().enumerate() {
+            let group = format!("{}-{i}", self.run);
+            let np = partition_policy(self.cluster, self.ns, &group, self.run, self.owner.clone());
+            let name = np.name_any();
+            policies
+                .patch(
+                    &name,
+                    &PatchParams::apply(crate::controller::MANAGER).force(),
+                    &Patch::Apply(&np),
+                )
+                .await
+                .map_err(|e| format!("applying {name}: {e}"))?;
+            for pod in members {
+                pods.patch(
+                    pod,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {PARTITION_LABEL: group}}})),
+                )
+                .await
+                .map_err(|e| format!("labelling {pod}: {e}"))?;
+            }
+            lines.push(format!(
+                "{} at {start} ms: cut off {} (NetworkPolicy {name})",
+                f.kind,
+                members.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(f.duration_secs.unwrap_or(10))).await;
+        let healed = heal_partitions(&self.ctx.client, self.ns, self.cluster, self.run).await?;
+        let end = self.rec.now_ms();
+        lines.push(format!("healed at {end} ms: {}", healed.join(", ")));
+        Ok(Injected {
+            start_ms: start,
+            end_ms: end,
+            lines,
+        })
+    }
+
+    /// The pods of the region a partitionRegion fault names.
+    async fn region_pods(&self, f: &FaultSpec) -> Result<Vec<String>, String> {
+        let (pods, leader) = self.members().await?;
+        let mut regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (p, r) in &pods {
+            regions.entry(r.clone()).or_default().push(p.clone());
+        }
+        let leader_region = pods
+            .iter()
+            .find(|(p, _)| *p == leader)
+            .map(|(_, r)| r.clone());
+        let sel = f.select.clone().unwrap_or_default();
+        let region = match (sel.region, sel.region_of) {
+            (Some(r), _) => Some(r),
+            (None, Some(RegionPick::Leader)) => leader_region,
+            (None, Some(RegionPick::NonLeader)) => regions
+                .keys()
+                .find(|r| Some(*r) != leader_region.as_ref())
+                .cloned(),
+            (None, Some(RegionPick::Minority) | None) => regions
+                .iter()
+                .min_by_key(|(r, p)| (p.len(), std::cmp::Reverse((*r).clone())))
+                .map(|(r, _)| r.clone()),
+        };
+        region
+            .and_then(|r| regions.remove(&r))
+            .ok_or_else(|| "no region matched the selector".to_string())
+    }
+
+    /// A majority of the pods, one per region first, each cut off alone.
+    async fn majority(&self) -> Result<Vec<Vec<String>>, String> {
+        let (pods, _) = self.members().await?;
+        let mut regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (p, r) in &pods {
+            regions.entry(r.clone()).or_default().push(p.clone());
+        }
+        let mut round_robin = Vec::new();
+        for round in 0.. {
+            let before = round_robin.len();
+            for members in regions.values() {
+                if let Some(p) = members.get(round) {
+                    round_robin.push(p.clone());
+                }
+            }
+            if round_robin.len() == before {
+                break;
+            }
+        }
+        round_robin.truncate(pods.len() / 2 + 1);
+        Ok(round_robin.into_iter().map(|p| vec![p]).collect())
+    }
+
     /// flapNode: the selected pod (default a follower) crashes, comes back,
     /// and crashes again `periodMs` later, for `durationSecs`.
     async fn flap(&self, f: &FaultSpec) -> Result<Injected, String> {
@@ -587,13 +769,7 @@ async fn execute(
 
     // The sale: a room of its own per run, and buyers and keys of its own: the
     // cluster outlives drills, and a buyer's key spans rooms.
-    let run_id: String = drill
-        .uid()
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(8)
-        .collect();
+    let run_id = run_id(drill);
     let name: String = drill.name_any().chars().take(100).collect();
     let room = format!("drill-{name}-{run_id}");
     let (skus, hot, listings) = catalog_listings(&spec.load.catalog);
@@ -653,6 +829,8 @@ async fn execute(
         ns,
         cluster: &cluster,
         rec: &rec,
+        run: &run_id,
+        owner: kube::Resource::controller_owner_ref(drill, &()),
     };
     for i in order {
         let f = &spec.faults[i];
@@ -664,6 +842,18 @@ async fn execute(
             FaultKind::KillLeader | FaultKind::KillNode => faults.kill(f).await,
             FaultKind::RollingRestart => faults.rolling_restart(f).await,
             FaultKind::FlapNode => faults.flap(f).await,
+            FaultKind::PartitionNode => match faults.select(f).await {
+                Ok(pod) => faults.partition(f, vec![vec![pod]]).await,
+                Err(e) => Err(e),
+            },
+            FaultKind::PartitionRegion => match faults.region_pods(f).await {
+                Ok(pods) => faults.partition(f, vec![pods]).await,
+                Err(e) => Err(e),
+            },
+            FaultKind::QuorumLoss => match faults.majority().await {
+                Ok(groups) => faults.partition(f, groups).await,
+                Err(e) => Err(e),
+            },
             FaultKind::RetryStorm => {
                 let t = f.client_timeout_ms.unwrap_or(100);
                 let d = f.duplicates.unwrap_or(1);
@@ -691,6 +881,10 @@ async fn execute(
             }
             Err(e) => run_errors.push(format!("fault {i} ({}): {e}", f.kind)),
         }
+    }
+    // A fault that failed half-way may have left a partition behind.
+    if let Err(e) = heal_partitions(&ctx.client, ns, &cluster, &run_id).await {
+        run_errors.push(e);
     }
     let end_ms = spec.duration_secs * 1000;
     while rec.now_ms() < end_ms {
@@ -882,6 +1076,10 @@ mod tests {
             "follower-kill",
             "rolling-restart",
             "flapping-node",
+            "partition-node",
+            "partition-minority-region",
+            "partition-leader-region",
+            "quorum-loss",
         ] {
             assert_eq!(unsupported(&library(name)), None, "{name}");
         }
@@ -895,9 +1093,9 @@ mod tests {
 
     #[test]
     fn drills_needing_node_level_injectors_are_refused_with_the_field() {
-        let why = unsupported(&library("partition-node")).unwrap();
+        let why = unsupported(&library("pause-leader")).unwrap();
         assert!(
-            why.contains("spec.faults[0].kind") && why.contains("partitionNode"),
+            why.contains("spec.faults[0].kind") && why.contains("pauseNode"),
             "{why}"
         );
         let why = unsupported(&library("game-day-follower-kill")).unwrap();

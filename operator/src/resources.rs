@@ -19,7 +19,9 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
@@ -604,31 +606,49 @@ pub fn pdb(lrc: &LiveRoomCluster, region: &RegionSpec) -> PodDisruptionBudget {
     }
 }
 
-/// Raft traffic only from the cluster's own nodes; the admin port only from the
-/// operator; the order API from anywhere (clients).
-pub fn network_policy(lrc: &LiveRoomCluster) -> NetworkPolicy {
-    let cluster = cluster_name(lrc);
-    let names = Names { cluster: &cluster };
+/// Label a chaos drill puts on pods it cuts off: pods with the same value form
+/// one side of a partition (D22).
+pub const PARTITION_LABEL: &str = "roomkeeper.dev/partition";
+
+/// A selector of the cluster's pods: outside any partition, or in `group`.
+fn side(cluster: &str, group: Option<&str>) -> LabelSelector {
+    match group {
+        None => LabelSelector {
+            match_labels: Some(selector(cluster, None)),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: PARTITION_LABEL.to_string(),
+                operator: "DoesNotExist".to_string(),
+                values: None,
+            }]),
+        },
+        Some(g) => {
+            let mut l = selector(cluster, None);
+            l.insert(PARTITION_LABEL.to_string(), g.to_string());
+            LabelSelector {
+                match_labels: Some(l),
+                match_expressions: None,
+            }
+        }
+    }
+}
+
+/// The ingress rules of node pods on one side: Raft only from the same side,
+/// the admin port only from the operator, the order API from anywhere.
+fn node_ingress(metadata: ObjectMeta, cluster: &str, group: Option<&str>) -> NetworkPolicy {
     let tcp = |p: i32| NetworkPolicyPort {
         port: Some(IntOrString::Int(p)),
         protocol: Some("TCP".to_string()),
         ..NetworkPolicyPort::default()
     };
     NetworkPolicy {
-        metadata: meta(lrc, names.network_policy(), None),
+        metadata,
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector(&cluster, None)),
-                ..LabelSelector::default()
-            }),
+            pod_selector: Some(side(cluster, group)),
             policy_types: Some(vec!["Ingress".to_string()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
                     from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(selector(&cluster, None)),
-                            ..LabelSelector::default()
-                        }),
+                        pod_selector: Some(side(cluster, group)),
                         ..NetworkPolicyPeer::default()
                     }]),
                     ports: Some(vec![tcp(RAFT_PORT)]),
@@ -656,6 +676,43 @@ pub fn network_policy(lrc: &LiveRoomCluster) -> NetworkPolicy {
         }),
     }
 }
+
+/// Raft traffic only from the cluster's own nodes; the admin port only from the
+/// operator; the order API from anywhere (clients). Pods a drill partitioned
+/// off are neither selected nor admitted here (their side's policy is).
+pub fn network_policy(lrc: &LiveRoomCluster) -> NetworkPolicy {
+    let cluster = cluster_name(lrc);
+    let names = Names { cluster: &cluster };
+    node_ingress(meta(lrc, names.network_policy(), None), &cluster, None)
+}
+
+/// The policy of one side of a drill's partition: its pods take Raft traffic
+/// only from each other. `group` is the partition label value; the policy is
+/// labelled with `run` so a drill (or its clean-up after a crash) finds it.
+pub fn partition_policy(
+    cluster: &str,
+    namespace: &str,
+    group: &str,
+    run: &str,
+    owner: Option<OwnerReference>,
+) -> NetworkPolicy {
+    let mut labels = labels(cluster, None);
+    labels.insert(PARTITION_RUN_LABEL.to_string(), run.to_string());
+    node_ingress(
+        ObjectMeta {
+            name: Some(format!("{cluster}-partition-{group}")),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        cluster,
+        Some(group),
+    )
+}
+
+/// Label on a drill's partition policies: the run they belong to.
+pub const PARTITION_RUN_LABEL: &str = "roomkeeper.dev/partition-run";
 
 /// A stable hash of an object's desired form, stored in an annotation so an
 /// unchanged object is not written again.
@@ -796,6 +853,55 @@ mod tests {
         assert!(args.contains(&"$(POD_IP):7101".to_string()), "{args:?}");
         let np = network_policy(&lrc).spec.unwrap();
         assert_eq!(np.ingress.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn partitioned_pods_take_raft_only_from_their_own_side() {
+        let lrc = cluster(&[("east", 3, 0)]);
+        let main = network_policy(&lrc).spec.unwrap();
+        let excluded = |sel: &LabelSelector| {
+            sel.match_expressions.as_ref().is_some_and(|e| {
+                e.iter()
+                    .any(|r| r.key == PARTITION_LABEL && r.operator == "DoesNotExist")
+            })
+        };
+        assert!(excluded(main.pod_selector.as_ref().unwrap()));
+        let raft_from = main.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0]
+            .pod_selector
+            .as_ref()
+            .unwrap();
+        assert!(
+            excluded(raft_from),
+            "partitioned pods may not reach the others"
+        );
+
+        let side = partition_policy("shop", "ns", "run1-0", "run1", None);
+        assert_eq!(side.metadata.name.as_deref(), Some("shop-partition-run1-0"));
+        assert_eq!(
+            side.metadata.labels.as_ref().unwrap()[PARTITION_RUN_LABEL],
+            "run1"
+        );
+        let spec = side.spec.unwrap();
+        let want = Some(&"run1-0".to_string());
+        let selected = spec.pod_selector.as_ref().unwrap();
+        assert_eq!(
+            selected.match_labels.as_ref().unwrap().get(PARTITION_LABEL),
+            want
+        );
+        let rules = spec.ingress.unwrap();
+        let from = rules[0].from.as_ref().unwrap()[0]
+            .pod_selector
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            from.match_labels.as_ref().unwrap().get(PARTITION_LABEL),
+            want
+        );
+        assert_eq!(
+            rules[2].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(API_PORT)),
+            "clients still reach a partitioned node's API"
+        );
     }
 
     #[test]

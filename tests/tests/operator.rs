@@ -734,18 +734,50 @@ async fn lifecycle(
     ensure!(restarted == 5, "every pod restarted once: {ds}");
     wait_ready_voters(&lrcs, "5/5", 60).await?;
 
+    // The region holding the leader is cut off by NetworkPolicy: the others
+    // elect a new leader (a new term), nothing acknowledged is lost, and the
+    // partition is gone afterwards.
+    let term_before = lrc_status(&lrcs).await["term"].as_i64().unwrap_or(0);
+    let ds = run_library_drill(&admin, "partition-leader-region").await?;
+    ensure!(
+        ds["faults"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("cut off")))),
+        "{ds}"
+    );
+    wait_ready_voters(&lrcs, "5/5", 60).await?;
+    let term_after = lrc_status(&lrcs).await["term"].as_i64().unwrap_or(0);
+    ensure!(
+        term_after > term_before,
+        "cutting off the leader's region forces an election: term {term_before} -> {term_after}"
+    );
+    let leftovers = Api::<Pod>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default().labels("roomkeeper.dev/partition"))
+        .await?
+        .items
+        .len()
+        + Api::<NetworkPolicy>::namespaced(admin.clone(), NS)
+            .list(&ListParams::default().labels("roomkeeper.dev/partition-run"))
+            .await?
+            .items
+            .len();
+    ensure!(
+        leftovers == 0,
+        "the partition was healed: {leftovers} objects left"
+    );
+
     let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
     // A schedule creates its first run at once, owned and labelled; a drill
     // the Kubernetes runner cannot carry out is refused with the field named.
-    let mut partition: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        roomkeeper_e2e::operator::repo_root().join("chaos/drills/partition-node.yaml"),
+    let mut pause: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        roomkeeper_e2e::operator::repo_root().join("chaos/drills/pause-leader.yaml"),
     )?)?;
-    partition["spec"]["target"]["cluster"] = json!(LRC);
+    pause["spec"]["target"]["cluster"] = json!(LRC);
     let schedule = json!({
         "apiVersion": "roomkeeper.dev/v1alpha1",
         "kind": "ChaosDrillSchedule",
-        "metadata": {"name": "weekly-partition"},
-        "spec": {"intervalSecs": 604800, "historyLimit": 2, "drill": partition["spec"]}
+        "metadata": {"name": "weekly-pause"},
+        "spec": {"intervalSecs": 604800, "historyLimit": 2, "drill": pause["spec"]}
     });
     apply_yaml(&admin, &serde_yaml::to_string(&schedule)?, NS).await?;
     eventually(
@@ -753,7 +785,7 @@ async fn lifecycle(
         "the schedule's first run refused as Invalid",
         || async {
             let runs = drills
-                .list(&ListParams::default().labels("roomkeeper.dev/schedule=weekly-partition"))
+                .list(&ListParams::default().labels("roomkeeper.dev/schedule=weekly-pause"))
                 .await
                 .map(|l| l.items)
                 .unwrap_or_default();
@@ -761,7 +793,7 @@ async fn lifecycle(
                 && runs[0].data["status"]["phase"] == json!("Invalid")
                 && runs[0].data["status"]["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("partitionNode"))
+                    .is_some_and(|m| m.contains("pauseNode"))
                 && runs[0]
                     .metadata
                     .owner_references
