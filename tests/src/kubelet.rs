@@ -143,6 +143,10 @@ struct Shared {
     host_ip: Ipv4Addr,
     ips: Mutex<HashMap<String, Ipv4Addr>>,
     netns: Mutex<HashMap<String, PathBuf>>,
+    /// The pod uid each IP was given to (for `set_sticky_ips(false)`).
+    ip_owner: Mutex<HashMap<String, String>>,
+    /// Whether a recreated pod (same name, new uid) keeps its IP.
+    sticky_ips: std::sync::atomic::AtomicBool,
     pods: Mutex<HashMap<String, PodHandle>>,
     finalizing: Mutex<HashSet<String>>,
     policy: Mutex<PolicyState>,
@@ -153,12 +157,29 @@ struct Shared {
 impl Shared {
     /// The IP (and, with network namespaces, the namespace file) of pod
     /// `namespace/name`: assigned on first use, the same ever after.
-    fn pod_net(&self, namespace: &str, name: &str) -> Result<(Ipv4Addr, Option<PathBuf>)> {
+    fn pod_net(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(Ipv4Addr, Option<PathBuf>)> {
         let key = format!("{namespace}/{name}");
         let mut ips = lock(&self.ips);
+        let same_pod = lock(&self.ip_owner).get(&key).map(String::as_str) == Some(uid);
         if let Some(ip) = ips.get(&key) {
-            return Ok((*ip, lock(&self.netns).get(&key).cloned()));
+            if same_pod || self.sticky_ips.load(Ordering::Relaxed) {
+                lock(&self.ip_owner).insert(key.clone(), uid.to_string());
+                return Ok((*ip, lock(&self.netns).get(&key).cloned()));
+            }
+            // A new pod of that name, and IPs are not sticky: a fresh network.
+            tracing::info!(pod = %key, old_ip = %ip, "kubelet bridge: recreated pod gets a new IP");
+            ips.remove(&key);
+            lock(&self.netns).remove(&key);
+            if let Some(net) = &self.net {
+                net.forget(&key);
+            }
         }
+        lock(&self.ip_owner).insert(key.clone(), uid.to_string());
         let (ip, netns) = match &self.net {
             Some(net) => {
                 let p = net.pod(&key)?;
@@ -265,6 +286,8 @@ impl KubeletBridge {
             net,
             host_ip,
             ips: Mutex::new(HashMap::new()),
+            ip_owner: Mutex::new(HashMap::new()),
+            sticky_ips: std::sync::atomic::AtomicBool::new(true),
             netns: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             finalizing: Mutex::new(HashSet::new()),
@@ -450,6 +473,12 @@ impl KubeletBridge {
             }
         }
         killed
+    }
+
+    /// Whether a pod recreated under the same name keeps its IP (the default,
+    /// D12) or gets a new one, as on most real clusters.
+    pub fn set_sticky_ips(&self, sticky: bool) {
+        self.shared.sticky_ips.store(sticky, Ordering::Relaxed);
     }
 
     /// The loopback IP of pod `namespace/name`, if one was assigned.
@@ -816,7 +845,7 @@ async fn sync_once(shared: &Arc<Shared>, reader: &Store<Pod>) {
         if matches!(phase.as_deref(), Some("Succeeded") | Some("Failed")) {
             continue;
         }
-        let (ip, netns) = match shared.pod_net(&ns, &name) {
+        let (ip, netns) = match shared.pod_net(&ns, &name, &uid) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(pod = %format!("{ns}/{name}"), error = %e, "kubelet bridge: no pod IP");

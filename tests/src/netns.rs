@@ -314,6 +314,15 @@ impl PodNetwork {
         Ok(pod)
     }
 
+    /// Tears down pod `key`'s namespace and veth (its processes are gone); a
+    /// later `pod(key)` makes a new one with a new IP.
+    pub fn forget(&self, key: &str) {
+        let removed = crate::kubelet::lock(&self.pods).remove(key);
+        if let Some(pod) = removed {
+            self.unplumb(&pod);
+        }
+    }
+
     fn plumb(&self, pod: &PodNet) -> Result<()> {
         let ns = pod.netns.as_str();
         let alias = format!("{ALIAS_PREFIX}{}", std::process::id());

@@ -953,6 +953,7 @@ async fn lifecycle(
     }
 
     wiped_volume_rejoins_under_a_new_id(&admin, &lrcs, bridge).await?;
+    recreated_pod_is_reached_at_its_new_ip(&admin, &lrcs, bridge).await?;
 
     // Delete (deletionPolicy Retain, the default): the finalizer removes the
     // workload, then the cluster goes.
@@ -1116,6 +1117,58 @@ async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
     ensure!(ds["verdict"] == json!("PASS"), "drill {name} verdict: {ds}");
     ensure!(ds["lost"] == json!(0) && ds["oversold"] == json!(0), "{ds}");
     Ok(ds)
+}
+
+/// A follower's pod is recreated with another IP (as on most real clusters):
+/// the operator records the member's new addresses, the leader reaches it
+/// there, and the cluster is whole again.
+async fn recreated_pod_is_reached_at_its_new_ip(
+    admin: &Client,
+    lrcs: &Api<DynamicObject>,
+    bridge: &KubeletBridge,
+) -> Result<()> {
+    let voters = voter_ids(lrcs).await;
+    let (nodes, _) = identity_map(admin).await?;
+    let leader = lrc_status(lrcs).await["leaderId"].as_i64();
+    let (pod, id) = nodes
+        .iter()
+        .find(|(_, id)| voters.contains(id) && Some(**id) != leader)
+        .map(|(p, id)| (p.clone(), *id))
+        .context("a follower voter")?;
+    let old_ip = bridge.pod_ip(NS, &pod).context("the pod has an IP")?;
+    bridge.set_sticky_ips(false);
+    Api::<Pod>::namespaced(admin.clone(), NS)
+        .delete(
+            &pod,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
+    let moved = eventually(
+        Duration::from_secs(90),
+        "the recreated pod's new address is recorded",
+        || async {
+            let Some(ip) = bridge.pod_ip(NS, &pod).filter(|ip| *ip != old_ip) else {
+                return false;
+            };
+            let recorded = event_notes(admin).await.is_ok_and(|n| {
+                n.iter()
+                    .any(|n| n.starts_with(&format!("node {id} ({pod}) came back at {ip}:")))
+            });
+            let s = lrc_status(lrcs).await;
+            recorded && s["readyVoters"] == json!("5/5") && s["phase"] == json!("Running")
+        },
+    )
+    .await;
+    bridge.set_sticky_ips(true);
+    moved?;
+    eprintln!(
+        "{pod} (node {id}) moved from {old_ip} to {:?}; its new address was recorded",
+        bridge.pod_ip(NS, &pod)
+    );
+    Ok(())
 }
 
 /// The identity map's `nodes` (pod → id) and `joined` ids.
