@@ -484,21 +484,22 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
 
     // Owned objects per region. A StatefulSet keeps pods that are still Raft
     // members even when the spec shrank: they leave the membership first.
-    for region in &lrc.spec.regions {
-        let mut sts = resources::statefulset(lrc, region);
-        let wanted = region.voters + region.learners;
-        let still_members = ids
-            .by_pod
+    // The replicas a region's StatefulSet needs to keep its highest-ordinal
+    // pod that is still a member.
+    let still_members = |sts_name: &str| {
+        ids.by_pod
             .iter()
             .filter(|(_, (id, _))| members_now.contains(id))
-            .filter_map(|(pod, _)| {
-                pod.strip_prefix(&format!("{}-", names.statefulset(&region.name)))
-            })
+            .filter_map(|(pod, _)| pod.strip_prefix(&format!("{sts_name}-")))
             .filter_map(|ordinal| ordinal.parse::<i32>().ok())
             .map(|o| o + 1)
             .max()
-            .unwrap_or(0);
-        sts.spec.replicas = Some(wanted.max(still_members));
+            .unwrap_or(0)
+    };
+    for region in &lrc.spec.regions {
+        let mut sts = resources::statefulset(lrc, region);
+        let wanted = region.voters + region.learners;
+        sts.spec.replicas = Some(wanted.max(still_members(&names.statefulset(&region.name))));
         if apply_if_changed(ctx, &ns, sts).await? {
             ctx.event_for(
                 lrc,
@@ -512,12 +513,66 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         apply_if_changed(ctx, &ns, resources::client_service(lrc, region)).await?;
         apply_if_changed(ctx, &ns, resources::pdb(lrc, region)).await?;
     }
+    // Regions removed from the spec: their pods are in no slot, so the planner
+    // takes their members out of the group; the StatefulSet shrinks behind
+    // them (whenScaled: Delete drops their volumes) and goes, with its
+    // Services and budget, once no pod of it is left.
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let owned_sets = sts_api
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
+        .await?
+        .items;
+    for old in owned_sets {
+        let Some(region) = old.labels().get(REGION_LABEL).cloned() else {
+            continue;
+        };
+        if lrc.spec.regions.iter().any(|r| r.name == region) {
+            continue;
+        }
+        let sts_name = old.name_any();
+        let keep = still_members(&sts_name);
+        let replicas = old.spec.replicas;
+        if replicas != Some(keep) {
+            sts_api
+                .patch(
+                    &sts_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": keep}})),
+                )
+                .await?;
+            ctx.event_for(
+                lrc,
+                false,
+                "RegionShrinking",
+                format!("region {region} left the spec: {sts_name} scaled to {keep}"),
+            )
+            .await;
+            continue;
+        }
+        let pods_left = pods
+            .iter()
+            .any(|p| p.labels().get(REGION_LABEL) == Some(&region));
+        if keep > 0 || pods_left {
+            continue;
+        }
+        let dp = DeleteParams::background();
+        delete_if_present::<StatefulSet>(ctx, &ns, &sts_name, &dp).await?;
+        delete_if_present::<Service>(ctx, &ns, &names.peers_service(&region), &dp).await?;
+        delete_if_present::<Service>(ctx, &ns, &names.client_service(&region), &dp).await?;
+        delete_if_present::<PodDisruptionBudget>(ctx, &ns, &sts_name, &dp).await?;
+        ctx.event_for(
+            lrc,
+            false,
+            "RegionRemoved",
+            format!("region {region} removed: its members left the group, its StatefulSet, Services and budget are gone"),
+        )
+        .await;
+    }
     tracing::debug!(cluster = %name, phase = "network policy", "reconcile");
     apply_if_changed(ctx, &ns, resources::network_policy(lrc)).await?;
 
     // Which pods run an outdated template.
     tracing::debug!(cluster = %name, phase = "revisions", "reconcile");
-    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let mut update_revision: BTreeMap<String, String> = BTreeMap::new();
     for region in &lrc.spec.regions {
         if let Some(s) = sts_api.get_opt(&names.statefulset(&region.name)).await? {

@@ -952,6 +952,7 @@ async fn lifecycle(
         ensure!(!nodes.contains(gone), "{gone} still holds an id: {nodes}");
     }
 
+    region_added_and_removed(&admin, &lrcs, &down).await?;
     wiped_volume_rejoins_under_a_new_id(&admin, &lrcs, bridge).await?;
     recreated_pod_is_reached_at_its_new_ip(&admin, &lrcs, bridge).await?;
 
@@ -1117,6 +1118,81 @@ async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
     ensure!(ds["verdict"] == json!("PASS"), "drill {name} verdict: {ds}");
     ensure!(ds["lost"] == json!(0) && ds["oversold"] == json!(0), "{ds}");
     Ok(ds)
+}
+
+/// A learner-only region joins, then leaves the spec: its learner leaves the
+/// group, its StatefulSet shrinks and goes with its Services and budget.
+async fn region_added_and_removed(
+    admin: &Client,
+    lrcs: &Api<DynamicObject>,
+    three_regions: &Value,
+) -> Result<()> {
+    let mut four = three_regions.clone();
+    if let Some(regions) = four["spec"]["regions"].as_array_mut() {
+        regions.push(
+            json!({"name": "sa-east", "voters": 0, "learners": 1, "storage": {"size": "20Gi"}}),
+        );
+    }
+    lrcs.patch(LRC, &PatchParams::default(), &Patch::Merge(&four))
+        .await?;
+    eventually(
+        Duration::from_secs(90),
+        "the sa-east learner joined",
+        || async {
+            lrc_status(lrcs).await["members"]
+                .as_array()
+                .is_some_and(|m| {
+                    m.iter().any(|m| {
+                        m["pod"] == json!(format!("{LRC}-sa-east-0"))
+                            && m["role"] == json!("learner")
+                    })
+                })
+        },
+    )
+    .await?;
+    lrcs.patch(LRC, &PatchParams::default(), &Patch::Merge(three_regions))
+        .await?;
+    let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), NS);
+    let svcs: Api<Service> = Api::namespaced(admin.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    eventually(
+        Duration::from_secs(90),
+        "region sa-east is gone",
+        || async {
+            let members = lrc_status(lrcs).await["members"]
+                .as_array()
+                .map(|m| m.iter().all(|m| m["region"] != json!("sa-east")) && m.len() == 5)
+                .unwrap_or(false);
+            let sets = sts
+                .get_opt(&format!("{LRC}-sa-east"))
+                .await
+                .ok()
+                .flatten()
+                .is_none();
+            let services = svcs
+                .list(&ListParams::default().labels("roomkeeper.dev/region=sa-east"))
+                .await
+                .map(|l| l.items.is_empty())
+                .unwrap_or(false);
+            let no_pods = pods
+                .list(&ListParams::default().labels("roomkeeper.dev/region=sa-east"))
+                .await
+                .map(|l| l.items.is_empty())
+                .unwrap_or(false);
+            members && sets && services && no_pods
+        },
+    )
+    .await?;
+    wait_ready_voters(lrcs, "5/5", 60).await?;
+    let notes = event_notes(admin).await?;
+    ensure!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("region sa-east removed")),
+        "a RegionRemoved event: {notes:?}"
+    );
+    eprintln!("region sa-east added as a learner region and removed again");
+    Ok(())
 }
 
 /// A follower's pod is recreated with another IP (as on most real clusters):
