@@ -408,7 +408,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         .await?
         .items;
     let mut statuses = BTreeMap::new();
-    let mut wiped: BTreeMap<String, u64> = BTreeMap::new();
+    let mut quarantined: BTreeMap<String, u64> = BTreeMap::new();
     let probes = pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let admin = admin.clone();
@@ -423,7 +423,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             }
             Err(NodeError::Quarantined { reply, .. }) => {
                 tracing::warn!(%pod, node_id = reply.node_id, "node quarantined: {}", reply.message);
-                wiped.insert(pod, reply.node_id);
+                quarantined.insert(pod, reply.node_id);
             }
             Err(e) => tracing::debug!(%pod, error = %e, "node did not answer"),
         }
@@ -481,6 +481,13 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     // above all): from then on, its node refuses to rejoin on an empty volume.
     ids.mark_joined(members_now.iter().copied());
     apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+    // A quarantine reply counts only for the id the map gives that pod, or an
+    // id no pod holds any more (retired, its pod not yet restarted): never
+    // for another pod's id, whatever a stale mount or IP made the node say.
+    let wiped: BTreeMap<String, u64> = quarantined
+        .into_iter()
+        .filter(|(pod, id)| ids.id_of(pod) == Some(*id) || ids.pod_of(*id).is_none())
+        .collect();
 
     // Owned objects per region. A StatefulSet keeps pods that are still Raft
     // members even when the spec shrank: they leave the membership first.
@@ -653,10 +660,13 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                 .find(|v| &v.pod == via)
                 .and_then(|v| v.ip.clone())
                 .unwrap_or_default();
-            admin.init(&ip, members).await?;
-            status.bootstrapped = true;
+            // Recorded as joined before they can vote: a wipe in between
+            // must find the node quarantined (marking early costs at most a
+            // replacement, never safety).
             ids.mark_joined(members.keys().copied());
             apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+            admin.init(&ip, members).await?;
+            status.bootstrapped = true;
             ctx.event_for(
                 lrc,
                 false,
@@ -670,9 +680,9 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         }
         Step::AddLearner { id, pod, node } => {
             let ip = leader_ip.clone().unwrap_or_default();
-            admin.add_learner(&ip, *id, node).await?;
             ids.mark_joined([*id]);
             apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+            admin.add_learner(&ip, *id, node).await?;
             ctx.event_for(
                 lrc,
                 false,

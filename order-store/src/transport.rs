@@ -106,8 +106,18 @@ struct Connection {
     alive: Arc<AtomicBool>,
 }
 
-/// The connection to one peer, if open.
-type PeerSlot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+/// The connection to one peer, if open, and the last failed attempt to open one.
+#[derive(Default)]
+struct SlotState {
+    conn: Option<Arc<Connection>>,
+    failed: Option<(tokio::time::Instant, String)>,
+}
+
+type PeerSlot = Arc<tokio::sync::Mutex<SlotState>>;
+
+/// After a failed connect, calls to that peer fail at once for this long
+/// instead of queueing behind one connect timeout each.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(150);
 
 /// Outgoing connections to every peer, shared by Raft replication and forwarding.
 pub struct PeerPool {
@@ -165,15 +175,32 @@ impl PeerPool {
             conns.entry(target).or_default().clone()
         };
         let mut conn_slot = slot.lock().await;
-        if let Some(c) = conn_slot.as_ref() {
+        if let Some(c) = conn_slot.conn.as_ref() {
             if c.alive.load(Ordering::Acquire) && c.addr == addr {
                 return Ok(c.clone());
             }
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| CallError::NotSent(target, format!("connect to {addr} timed out")))?
-            .map_err(|e| CallError::NotSent(target, format!("connect to {addr}: {e}")))?;
+        if let Some((at, why)) = &conn_slot.failed {
+            if at.elapsed() < CONNECT_BACKOFF {
+                return Err(CallError::NotSent(target, why.clone()));
+            }
+        }
+        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+        {
+            Err(_) => Err(format!("connect to {addr} timed out")),
+            Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
+            Ok(Ok(stream)) => Ok(stream),
+        };
+        let stream = match connected {
+            Ok(s) => {
+                conn_slot.failed = None;
+                s
+            }
+            Err(why) => {
+                conn_slot.failed = Some((tokio::time::Instant::now(), why.clone()));
+                return Err(CallError::NotSent(target, why));
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
@@ -222,7 +249,7 @@ impl PeerPool {
                 p.clear();
             }
         });
-        *conn_slot = Some(conn.clone());
+        conn_slot.conn = Some(conn.clone());
         Ok(conn)
     }
 

@@ -116,6 +116,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             return serve_quarantined(&args, id).await;
         }
     }
+    let _lock = lock_data_dir(&args.data_dir)?;
     let fresh_data_dir = pin_node_id(&args.data_dir, id)?;
     let mut cfg = NodeConfig::with_defaults(id, args.data_dir.clone(), keyring);
     cfg.raft_addr = args.raft_addr;
@@ -223,6 +224,32 @@ async fn serve_quarantined(args: &NodeArgs, id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes an exclusive lock on the data directory for the life of the process:
+/// two processes on one Raft log (a force-deleted pod whose replacement
+/// started on the same volume, a mistyped `--data-dir`) would corrupt it.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "data directory {} is in use by another node process; refusing to start \
+             (two processes on one Raft log would corrupt it)",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// A data directory belongs to one node id forever: the first start records it,
 /// later starts with another id refuse, so a reused volume can never make one
 /// Raft member impersonate another.
@@ -305,6 +332,18 @@ mod tests {
     fn a_missing_joined_ids_file_lists_no_ids() {
         let missing = std::env::temp_dir().join("rk-no-such-joined-ids-file");
         assert!(read_joined_ids(&missing).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_data_directory_serves_one_process_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("rk-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let held = lock_data_dir(&dir).unwrap();
+        let err = lock_data_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("in use by another node process"), "{err}");
+        drop(held);
+        assert!(lock_data_dir(&dir).is_ok(), "the lock goes with its holder");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
