@@ -727,6 +727,32 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
+        Step::SeedPeerAddresses { raft_addrs } => {
+            let mut told = Vec::new();
+            for v in views.iter().filter(|v| v.status.is_some()) {
+                let Some(ip) = v.ip.as_deref() else { continue };
+                match admin.seed_peer_addresses(ip, raft_addrs).await {
+                    Ok(changed) if !changed.is_empty() => told.push(v.pod.clone()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(pod = %v.pod, error = %e, "could not seed peer addresses")
+                    }
+                }
+            }
+            if !told.is_empty() {
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "PeerAddressesSeeded",
+                    format!(
+                        "no leader and members moved: told {} where members {:?} are now",
+                        told.join(", "),
+                        raft_addrs
+                    ),
+                )
+                .await;
+            }
+        }
         Step::UpdateAddresses { id, pod, node } => {
             let ip = leader_ip.clone().unwrap_or_default();
             admin.update_addresses(&ip, *id, node).await?;

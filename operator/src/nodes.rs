@@ -186,6 +186,27 @@ impl NodeAdmin {
         .map(|_| ())
     }
 
+    /// Tells one node where members are now (node-local, no Raft). Returns
+    /// the ids it had not known there.
+    pub async fn seed_peer_addresses(
+        &self,
+        pod_ip: &str,
+        raft_addrs: &BTreeMap<u64, String>,
+    ) -> Result<Vec<u64>, NodeError> {
+        let body = self
+            .post(
+                pod_ip,
+                "/admin/peer-addresses",
+                json!({ "raft_addrs": raft_addrs }),
+                TIMEOUT,
+            )
+            .await?;
+        Ok(body["changed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default())
+    }
+
     pub async fn promote(&self, leader_ip: &str, id: u64) -> Result<(), NodeError> {
         self.post(
             leader_ip,

@@ -83,6 +83,12 @@ pub enum Step {
         pod: String,
         node: NodeInfo,
     },
+    /// No leader, and members answer from addresses the group does not know
+    /// (their pods moved): tell every node where they are (node-local, no
+    /// Raft), so an election can happen; the new leader then records them.
+    SeedPeerAddresses {
+        raft_addrs: BTreeMap<u64, String>,
+    },
     /// A member's volume was wiped: take its id out of the group for good.
     RemoveWiped {
         id: u64,
@@ -141,6 +147,31 @@ fn quorum_without(leader: &NodeStatus, voters: &BTreeSet<u64>, id: u64) -> bool 
     live_rest > rest.len() / 2
 }
 
+/// Where every node that answers as its own id is now, when some node's
+/// membership records another address for one of them; empty otherwise.
+fn moved_members(pods: &[PodView]) -> BTreeMap<u64, String> {
+    let here: BTreeMap<u64, String> = pods
+        .iter()
+        .filter(|p| !p.deleting)
+        .filter_map(|p| {
+            let s = p.status.as_ref()?;
+            (p.id == Some(s.node_id)).then_some((s.node_id, p.info()?.raft_addr))
+        })
+        .collect();
+    let stale = pods.iter().filter_map(|p| p.status.as_ref()).any(|s| {
+        here.iter().any(|(id, addr)| {
+            s.members
+                .get(&id.to_string())
+                .is_some_and(|known| known.raft_addr != *addr)
+        })
+    });
+    if stale {
+        here
+    } else {
+        BTreeMap::new()
+    }
+}
+
 /// Plans the next step. `slots` carry their assigned ids; `bootstrapped` is the
 /// operator's record that it initialized the group before.
 pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) -> Step {
@@ -183,6 +214,10 @@ pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) ->
         return Step::Bootstrap { via, members };
     }
     let Some((leader_pod, ls)) = leader(pods) else {
+        let seeds = moved_members(pods);
+        if !seeds.is_empty() {
+            return Step::SeedPeerAddresses { raft_addrs: seeds };
+        }
         return Step::Wait("no leader elected yet".into());
     };
     let voters: BTreeSet<u64> = ls.voters.iter().copied().collect();
@@ -647,6 +682,37 @@ mod tests {
                 node: node_info("x", "r", "z"),
             })
         );
+    }
+
+    #[test]
+    fn a_leaderless_group_whose_members_moved_is_told_where_they_are() {
+        let (slots, mut pods) = three_voters(&[]);
+        // Every pod came back on a new IP: nobody leads, every node still
+        // lists the old addresses.
+        for (i, p) in pods.iter_mut().enumerate() {
+            let id = i as u64 + 1;
+            let mut s = status(id, None, &[1, 2, 3], &[]);
+            for old in 1..=3u64 {
+                s.members.insert(
+                    old.to_string(),
+                    node_info(&format!("10.0.0.{old}"), "r", "z"),
+                );
+            }
+            p.status = Some(s);
+            p.ip = Some(format!("10.0.1.{id}"));
+        }
+        match next_step(&slots, &pods, true) {
+            Step::SeedPeerAddresses { raft_addrs } => {
+                assert_eq!(raft_addrs.len(), 3);
+                assert_eq!(raft_addrs[&2], node_info("10.0.1.2", "r", "z").raft_addr);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Where they are is where the group thinks: just wait for the election.
+        for (i, p) in pods.iter_mut().enumerate() {
+            p.ip = Some(format!("10.0.0.{}", i + 1));
+        }
+        assert!(matches!(next_step(&slots, &pods, true), Step::Wait(_)));
     }
 
     #[test]

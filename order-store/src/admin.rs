@@ -172,6 +172,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/admin/learners", post(add_learner))
         .route("/admin/promote", post(promote))
         .route("/admin/addresses", post(update_addresses))
+        .route("/admin/peer-addresses", post(seed_peer_addresses))
         .route("/admin/remove", post(remove))
         .route("/admin/voters", post(replace_voters))
         .route("/admin/transfer-leader", post(transfer_leader))
@@ -313,6 +314,42 @@ async fn update_addresses(
             .into_response(),
         Err(e) => error(StatusCode::CONFLICT, "membership_change_refused", e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerAddressesBody {
+    /// Member id → Raft address.
+    raft_addrs: BTreeMap<NodeId, String>,
+}
+
+/// Tells this node (only) where members are now, without Raft: for a group
+/// whose members all moved, no leader can be elected to record the new
+/// addresses. Only current members, only addresses that parse.
+async fn seed_peer_addresses(
+    State(ctx): State<Arc<NodeContext>>,
+    AdminJson(b): AdminJson<PeerAddressesBody>,
+) -> Response {
+    let m = ctx.raft.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership();
+    for (id, addr) in &b.raft_addrs {
+        if membership.get_node(id).is_none() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_a_member",
+                format!("node {id} is not a member"),
+            );
+        }
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("node {id}: {addr:?} is not an ip:port address"),
+            );
+        }
+    }
+    let changed = ctx.pool.seed_addresses(b.raft_addrs.into_iter().collect());
+    (StatusCode::OK, Json(json!({"changed": changed}))).into_response()
 }
 
 #[derive(Debug, Deserialize)]

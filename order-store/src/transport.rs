@@ -133,6 +133,10 @@ pub struct PeerPool {
     /// address changed (a pod recreated with a new IP) is found here, not in
     /// the address its stream was created with.
     addresses: std::sync::RwLock<HashMap<NodeId, String>>,
+    /// Addresses the operator told this node directly, for a group that lost
+    /// its leader while members moved (no leader can record the new ones in
+    /// the membership). Each one gives way once the membership agrees.
+    seeded: std::sync::RwLock<HashMap<NodeId, String>>,
     faults: Arc<Faults>,
 }
 
@@ -143,6 +147,7 @@ impl PeerPool {
             next_id: AtomicU64::new(1),
             conns: std::sync::Mutex::new(HashMap::new()),
             addresses: std::sync::RwLock::new(HashMap::new()),
+            seeded: std::sync::RwLock::new(HashMap::new()),
             faults,
         })
     }
@@ -150,6 +155,9 @@ impl PeerPool {
     /// Records the members' Raft addresses from the newest membership.
     pub fn learn_addresses(&self, members: impl IntoIterator<Item = (NodeId, String)>) {
         let fresh: HashMap<NodeId, String> = members.into_iter().collect();
+        if let Ok(mut seeded) = self.seeded.write() {
+            seeded.retain(|id, addr| fresh.get(id) != Some(addr));
+        }
         if let Ok(mut book) = self.addresses.write() {
             if *book != fresh {
                 *book = fresh;
@@ -159,11 +167,40 @@ impl PeerPool {
 
     /// The address to reach `target` at: the newest membership's, else `fallback`.
     fn address_of(&self, target: NodeId, fallback: &str) -> String {
-        self.addresses
+        let seeded = self
+            .seeded
             .read()
             .ok()
-            .and_then(|b| b.get(&target).cloned())
+            .and_then(|s| s.get(&target).cloned());
+        seeded
+            .or_else(|| {
+                self.addresses
+                    .read()
+                    .ok()
+                    .and_then(|b| b.get(&target).cloned())
+            })
             .unwrap_or_else(|| fallback.to_string())
+    }
+
+    /// Dials `addresses` for these members until the membership records
+    /// the same (see `seeded`). Returns the ids that were new or changed.
+    pub fn seed_addresses(&self, addresses: HashMap<NodeId, String>) -> Vec<NodeId> {
+        let mut changed = Vec::new();
+        if let Ok(mut seeded) = self.seeded.write() {
+            let book = self.addresses.read().map(|b| b.clone()).unwrap_or_default();
+            for (id, addr) in addresses {
+                if book.get(&id) == Some(&addr) {
+                    seeded.remove(&id);
+                    continue;
+                }
+                if seeded.get(&id) != Some(&addr) {
+                    changed.push(id);
+                    seeded.insert(id, addr);
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed
     }
 
     async fn connection(&self, target: NodeId, addr: &str) -> Result<Arc<Connection>, CallError> {

@@ -960,6 +960,14 @@ async fn lifecycle(
     // workload, then the cluster goes.
     let before_delete = lrc_status(&lrcs).await;
     let voters_before_delete = voter_ids(&lrcs).await;
+    let pod_names: Vec<String> = Api::<Pod>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let ips_before: Vec<_> = pod_names.iter().map(|p| bridge.pod_ip(NS, p)).collect();
     lrcs.delete(LRC, &DeleteParams::default()).await?;
     eventually(
         Duration::from_secs(90),
@@ -1010,8 +1018,25 @@ async fn lifecycle(
 
     // Created again under the same name, the cluster resumes the same Raft
     // group from its volumes: same voters, nothing lost, no second bootstrap.
+    // Every pod comes back on a new IP, as on a real cluster: with no leader
+    // to record them, the operator tells each node where its peers are.
+    bridge.set_sticky_ips(false);
     apply_yaml(&admin, &serde_yaml::to_string(&example)?, NS).await?;
-    let resumed = wait_ready_voters(&lrcs, "5/5", 120).await?;
+    let resumed = wait_ready_voters(&lrcs, "5/5", 120).await;
+    bridge.set_sticky_ips(true);
+    let resumed = resumed?;
+    let ips_after: Vec<_> = pod_names.iter().map(|p| bridge.pod_ip(NS, p)).collect();
+    ensure!(
+        ips_before.iter().zip(&ips_after).all(|(a, b)| a != b),
+        "every pod moved: {ips_before:?} -> {ips_after:?}"
+    );
+    ensure!(
+        event_notes(&admin)
+            .await?
+            .iter()
+            .any(|n| n.starts_with("no leader and members moved")),
+        "the operator seeded the new addresses"
+    );
     let voters_resumed = voter_ids(&lrcs).await;
     ensure!(
         voters_resumed == voters_before_delete,
