@@ -155,8 +155,12 @@ impl PeerPool {
     /// Records the members' Raft addresses from the newest membership.
     pub fn learn_addresses(&self, members: impl IntoIterator<Item = (NodeId, String)>) {
         let fresh: HashMap<NodeId, String> = members.into_iter().collect();
+        let old = self.addresses.read().map(|b| b.clone()).unwrap_or_default();
         if let Ok(mut seeded) = self.seeded.write() {
-            seeded.retain(|id, addr| fresh.get(id) != Some(addr));
+            // A seeded address gives way once the membership agrees, or once
+            // the membership records anything new for that member (it moved
+            // again, and the leader knows better now).
+            seeded.retain(|id, addr| fresh.get(id) != Some(addr) && old.get(id) == fresh.get(id));
         }
         if let Ok(mut book) = self.addresses.write() {
             if *book != fresh {
@@ -749,6 +753,40 @@ async fn respond(tx: &mpsc::Sender<Vec<u8>>, id: u64, body: RpcResponse) {
             let _ = tx.send(frame).await;
         }
         Err(e) => tracing::warn!(error = %e, "cannot encode a response to a peer"),
+    }
+}
+
+#[cfg(test)]
+mod addresses {
+    use super::*;
+
+    fn pool() -> Arc<PeerPool> {
+        PeerPool::new(1, crate::faults::Faults::new())
+    }
+
+    #[test]
+    fn seeded_addresses_win_until_the_membership_agrees_or_moves_on() {
+        let p = pool();
+        p.learn_addresses([(2, "10.0.0.2:7101".to_string())]);
+        assert_eq!(p.address_of(2, "x"), "10.0.0.2:7101");
+        assert_eq!(
+            p.seed_addresses(HashMap::from([(2, "10.0.1.2:7101".into())])),
+            vec![2]
+        );
+        assert!(p
+            .seed_addresses(HashMap::from([(2, "10.0.1.2:7101".into())]))
+            .is_empty());
+        assert_eq!(p.address_of(2, "x"), "10.0.1.2:7101");
+        // An unrelated membership refresh keeps the seed.
+        p.learn_addresses([(2, "10.0.0.2:7101".to_string())]);
+        assert_eq!(p.address_of(2, "x"), "10.0.1.2:7101");
+        // The membership agrees: the seed is dropped.
+        p.learn_addresses([(2, "10.0.1.2:7101".to_string())]);
+        assert!(p.seeded.read().unwrap().is_empty());
+        // Seeded again, then the membership records yet another address.
+        p.seed_addresses(HashMap::from([(2, "10.0.2.2:7101".into())]));
+        p.learn_addresses([(2, "10.0.3.2:7101".to_string())]);
+        assert_eq!(p.address_of(2, "x"), "10.0.3.2:7101");
     }
 }
 
