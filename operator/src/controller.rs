@@ -268,6 +268,14 @@ async fn ensure_secret(
 }
 
 /// A key of a Secret as trimmed text.
+/// The pod's Ready condition is True.
+pub(crate) fn pod_is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 pub(crate) fn secret_value(s: &Secret, key: &str) -> Option<String> {
     s.data
         .as_ref()?
@@ -529,6 +537,16 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
         .await?
         .items;
+    // Which pods run an outdated template: each set's update revision, from
+    // the same list (read after the applies above).
+    let update_revision: BTreeMap<String, String> = owned_sets
+        .iter()
+        .filter_map(|s| {
+            let region = s.labels().get(REGION_LABEL)?.clone();
+            let rev = s.status.as_ref()?.update_revision.clone()?;
+            Some((region, rev))
+        })
+        .collect();
     for old in owned_sets {
         let Some(region) = old.labels().get(REGION_LABEL).cloned() else {
             continue;
@@ -578,16 +596,6 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     tracing::debug!(cluster = %name, phase = "network policy", "reconcile");
     apply_if_changed(ctx, &ns, resources::network_policy(lrc)).await?;
 
-    // Which pods run an outdated template.
-    tracing::debug!(cluster = %name, phase = "revisions", "reconcile");
-    let mut update_revision: BTreeMap<String, String> = BTreeMap::new();
-    for region in &lrc.spec.regions {
-        if let Some(s) = sts_api.get_opt(&names.statefulset(&region.name)).await? {
-            if let Some(rev) = s.status.and_then(|st| st.update_revision) {
-                update_revision.insert(region.name.clone(), rev);
-            }
-        }
-    }
     let views: Vec<PodView> = pods
         .iter()
         .map(|p| {
@@ -610,11 +618,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                     .cloned(),
                 deleting: p.metadata.deletion_timestamp.is_some(),
                 wiped: wiped.get(&pod).copied(),
-                ready: p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                ready: pod_is_ready(p),
                 outdated: match (revision, update_revision.get(&region)) {
                     (Some(have), Some(want)) => have != want,
                     _ => false,

@@ -36,7 +36,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::controller::secret_value;
+use crate::controller::{pod_is_ready, secret_value};
 use crate::crd::LiveRoomCluster;
 use crate::nodes::NodeAdmin;
 use crate::plan::leader;
@@ -466,6 +466,15 @@ struct PodFaults<'a> {
     owner: Option<OwnerReference>,
 }
 
+/// Pod names grouped by region, from `(pod, region)` pairs.
+fn by_region(pods: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
+    let mut regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (p, r) in pods {
+        regions.entry(r.clone()).or_default().push(p.clone());
+    }
+    regions
+}
+
 /// How long a deleted pod may take to come back Ready before the drill goes on.
 const POD_BACK_TIMEOUT_MS: u64 = 60_000;
 
@@ -534,12 +543,7 @@ impl PodFaults<'_> {
                 .any(|p| {
                     p.name_any() == pod
                         && p.metadata.deletion_timestamp.is_none()
-                        && p.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|cs| {
-                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            })
+                        && pod_is_ready(p)
                 });
             if back {
                 return Ok(true);
@@ -650,10 +654,7 @@ impl PodFaults<'_> {
     /// The pods of the region a partitionRegion fault names.
     async fn region_pods(&self, f: &FaultSpec) -> Result<Vec<String>, String> {
         let (pods, leader) = self.members().await?;
-        let mut regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (p, r) in &pods {
-            regions.entry(r.clone()).or_default().push(p.clone());
-        }
+        let mut regions = by_region(&pods);
         let leader_region = pods
             .iter()
             .find(|(p, _)| *p == leader)
@@ -679,10 +680,7 @@ impl PodFaults<'_> {
     /// A majority of the pods, one per region first, each cut off alone.
     async fn majority(&self) -> Result<Vec<Vec<String>>, String> {
         let (pods, _) = self.members().await?;
-        let mut regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (p, r) in &pods {
-            regions.entry(r.clone()).or_default().push(p.clone());
-        }
+        let regions = by_region(&pods);
         let mut round_robin = Vec::new();
         for round in 0.. {
             let before = round_robin.len();

@@ -153,20 +153,32 @@ impl NodeAdmin {
         .map(|_| ())
     }
 
+    /// A membership change naming a node and its addresses, on the leader.
+    async fn post_member(
+        &self,
+        leader_ip: &str,
+        path: &str,
+        id: u64,
+        node: &NodeInfo,
+    ) -> Result<(), NodeError> {
+        self.post(
+            leader_ip,
+            path,
+            json!({ "node_id": id, "node": node }),
+            MEMBERSHIP_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn add_learner(
         &self,
         leader_ip: &str,
         id: u64,
         node: &NodeInfo,
     ) -> Result<(), NodeError> {
-        self.post(
-            leader_ip,
-            "/admin/learners",
-            json!({ "node_id": id, "node": node }),
-            MEMBERSHIP_TIMEOUT,
-        )
-        .await
-        .map(|_| ())
+        self.post_member(leader_ip, "/admin/learners", id, node)
+            .await
     }
 
     /// Records new addresses of an existing member (on the leader).
@@ -176,14 +188,8 @@ impl NodeAdmin {
         id: u64,
         node: &NodeInfo,
     ) -> Result<(), NodeError> {
-        self.post(
-            leader_ip,
-            "/admin/addresses",
-            json!({ "node_id": id, "node": node }),
-            MEMBERSHIP_TIMEOUT,
-        )
-        .await
-        .map(|_| ())
+        self.post_member(leader_ip, "/admin/addresses", id, node)
+            .await
     }
 
     /// Tells one node where members are now (node-local, no Raft). Returns

@@ -74,6 +74,21 @@ fn acked(attempts: &[Attempt]) -> usize {
         .count()
 }
 
+/// A converged 3-node cluster with a room of one listing (`sku-1`, `stock`
+/// units, 10 per buyer), its leader and one follower.
+fn three_nodes_and_a_follower(room: &str, stock: u32) -> (Cluster, u64, u64) {
+    let c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room(room, &[("sku-1", stock, 10)]);
+    c.wait_converged(Duration::from_secs(10));
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    (c, leader, follower)
+}
+
 fn listing(c: &Cluster, id: u64, room: &str, sku: &str) -> Value {
     c.client("GET", id, &format!("/v1/rooms/{room}/listings/{sku}"), None)
         .expect("read listing")
@@ -372,15 +387,7 @@ fn torn_log_tail_is_truncated_and_the_node_catches_up() {
 
 #[test]
 fn damaged_log_refuses_to_start_with_a_clear_error() {
-    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
-    c.create_room("room-g", &[("sku-1", 10, 10)]);
-    c.wait_converged(Duration::from_secs(10));
-    let leader = c.wait_leader(Duration::from_secs(5));
-    let victim = c
-        .ids()
-        .into_iter()
-        .find(|&i| i != leader)
-        .expect("follower");
+    let (mut c, leader, victim) = three_nodes_and_a_follower("room-g", 10);
     c.kill(victim);
     let wal = newest_wal(&c.node(victim).data_dir);
     let mut bytes = std::fs::read(&wal).expect("read wal");
@@ -416,15 +423,7 @@ fn damaged_log_refuses_to_start_with_a_clear_error() {
 
 #[test]
 fn a_member_whose_volume_was_wiped_stays_out_of_raft_under_its_old_id() {
-    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
-    c.create_room("room-w", &[("sku-1", 10, 10)]);
-    c.wait_converged(Duration::from_secs(10));
-    let leader = c.wait_leader(Duration::from_secs(5));
-    let victim = c
-        .ids()
-        .into_iter()
-        .find(|&i| i != leader)
-        .expect("follower");
+    let (mut c, leader, victim) = three_nodes_and_a_follower("room-w", 10);
     c.kill(victim);
     let data_dir = c.node(victim).data_dir.clone();
     std::fs::remove_dir_all(&data_dir).expect("wipe the volume");
@@ -664,15 +663,7 @@ fn hostile_client_input_gets_a_4xx_with_a_code_and_changes_nothing() {
 /// is unreachable until the leader records them; then it catches up and votes.
 #[test]
 fn a_member_that_moved_is_reached_again_once_its_addresses_are_updated() {
-    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
-    c.create_room("room-m", &[("sku-1", 1000, 10)]);
-    c.wait_converged(Duration::from_secs(10));
-    let leader = c.wait_leader(Duration::from_secs(5));
-    let moved = c
-        .ids()
-        .into_iter()
-        .find(|&i| i != leader)
-        .expect("follower");
+    let (mut c, leader, moved) = three_nodes_and_a_follower("room-m", 1000);
     c.kill(moved);
     {
         let n = &mut c.nodes[(moved - 1) as usize];

@@ -887,23 +887,12 @@ async fn lifecycle(
         "each us-east pod restarted once: {timeline:?}"
     );
     // Node ids are unique and never reused.
-    let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
-        .get(&format!("{LRC}-identities"))
-        .await?;
-    let nodes = ids_cm
-        .data
-        .unwrap_or_default()
-        .get("nodes")
-        .cloned()
-        .unwrap_or_default();
-    let mut seen = std::collections::BTreeSet::new();
-    for line in nodes
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let id = line.split_whitespace().nth(1).unwrap_or("");
-        ensure!(seen.insert(id.to_string()), "id {id} given twice: {nodes}");
-    }
+    let (nodes, _) = identity_map(&admin).await?;
+    let distinct: std::collections::BTreeSet<i64> = nodes.values().copied().collect();
+    ensure!(
+        distinct.len() == nodes.len(),
+        "an id given twice: {nodes:?}"
+    );
 
     // Scale back down to 5 voters: members leave before their pods go.
     ops.push(OperatorProcess::start(
@@ -939,17 +928,12 @@ async fn lifecycle(
     );
     eprintln!("scaled down: voters {final_voters:?}");
     // The pods that left gave up their ids: a later pod of that name gets a new one.
-    let ids_cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
-        .get(&format!("{LRC}-identities"))
-        .await?;
-    let nodes = ids_cm
-        .data
-        .unwrap_or_default()
-        .get("nodes")
-        .cloned()
-        .unwrap_or_default();
-    for gone in ["flash-sale-eu-west-2 ", "flash-sale-ap-south-1 "] {
-        ensure!(!nodes.contains(gone), "{gone} still holds an id: {nodes}");
+    let (nodes, _) = identity_map(&admin).await?;
+    for gone in ["flash-sale-eu-west-2", "flash-sale-ap-south-1"] {
+        ensure!(
+            !nodes.contains_key(gone),
+            "{gone} still holds an id: {nodes:?}"
+        );
     }
 
     region_added_and_removed(&admin, &lrcs, &down).await?;
@@ -1228,14 +1212,7 @@ async fn recreated_pod_is_reached_at_its_new_ip(
     lrcs: &Api<DynamicObject>,
     bridge: &KubeletBridge,
 ) -> Result<()> {
-    let voters = voter_ids(lrcs).await;
-    let (nodes, _) = identity_map(admin).await?;
-    let leader = lrc_status(lrcs).await["leaderId"].as_i64();
-    let (pod, id) = nodes
-        .iter()
-        .find(|(_, id)| voters.contains(id) && Some(**id) != leader)
-        .map(|(p, id)| (p.clone(), *id))
-        .context("a follower voter")?;
+    let (pod, id) = follower_voter(admin, lrcs).await?;
     let old_ip = bridge.pod_ip(NS, &pod).context("the pod has an IP")?;
     bridge.set_sticky_ips(false);
     Api::<Pod>::namespaced(admin.clone(), NS)
@@ -1270,6 +1247,17 @@ async fn recreated_pod_is_reached_at_its_new_ip(
         bridge.pod_ip(NS, &pod)
     );
     Ok(())
+}
+
+/// A voter that does not lead: its pod and node id.
+async fn follower_voter(admin: &Client, lrcs: &Api<DynamicObject>) -> Result<(String, i64)> {
+    let voters = voter_ids(lrcs).await;
+    let (nodes, _) = identity_map(admin).await?;
+    let leader = lrc_status(lrcs).await["leaderId"].as_i64();
+    nodes
+        .into_iter()
+        .find(|(_, id)| voters.contains(id) && Some(*id) != leader)
+        .context("a follower voter")
 }
 
 /// The identity map's `nodes` (pod → id) and `joined` ids.
@@ -1316,12 +1304,7 @@ async fn wiped_volume_rejoins_under_a_new_id(
         voters.iter().all(|v| joined.contains(v)),
         "every voter is recorded as joined: voters {voters:?}, joined {joined:?}"
     );
-    let leader = lrc_status(lrcs).await["leaderId"].as_i64();
-    let (pod, old_id) = nodes
-        .iter()
-        .find(|(_, id)| voters.contains(id) && Some(**id) != leader)
-        .map(|(p, id)| (p.clone(), *id))
-        .context("a follower voter")?;
+    let (pod, old_id) = follower_voter(admin, lrcs).await?;
     let highest_before = nodes.values().copied().max().unwrap_or(0);
     let adds_before = event_notes(admin)
         .await?
