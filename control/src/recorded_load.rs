@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use crate::http::{HttpError, JsonClient, JsonReply};
 use crate::load::TrafficMap;
-use crate::local_cluster::LocalCluster;
 use roomkeeper_chaos::history::{FinalOrder, OpKind, OpResult};
 use roomkeeper_chaos::recorder::Recorder;
 use serde_json::{json, Value};
@@ -376,35 +375,7 @@ async fn get_json(
 }
 
 /// Reads every listing and every order of the given buyers, linearizably,
-/// leader first.
-pub async fn final_read(
-    cluster: &mut LocalCluster,
-    room: &str,
-    buyers: &[(String, String)],
-) -> Result<FinalState, FinalReadError> {
-    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-    let mut addrs = Vec::new();
-    for id in ids {
-        if cluster.is_running(id) {
-            if let Some(i) = cluster.info(id) {
-                addrs.push(i.api_addr.clone());
-            }
-        }
-    }
-    if addrs.is_empty() {
-        return Err(FinalReadError::NoNode);
-    }
-    if let Some(l) = cluster.leader().await.and_then(|l| cluster.info(l)) {
-        addrs.retain(|a| *a != l.api_addr);
-        addrs.insert(0, l.api_addr.clone());
-    }
-    let http = cluster.http.clone();
-    let token = cluster.cfg.client_token.clone();
-    final_read_at(&http, &addrs, &token, room, buyers).await
-}
-
-/// [`final_read`] against client API addresses (`addrs[0]` should be the
-/// leader's): what the Kubernetes drill runner uses, with pod addresses.
+/// from client API addresses, `addrs[0]` first (it should be the leader's).
 pub async fn final_read_at(
     http: &JsonClient,
     addrs: &[String],

@@ -1,13 +1,10 @@
 //! Setup shared by `roomkeeper demo` and `roomkeeper drill`: tokens, a live
-//! room with its listings, the traffic map over a cluster's regions, and the
+//! room with its listings, and the
 //! playbook time scale that makes minutes of hold-down pass in seconds.
 
 use std::time::Duration;
 
 use serde_json::json;
-
-use crate::load::TrafficMap;
-use crate::local_cluster::{LocalCluster, LocalError};
 
 /// A listing to create.
 #[derive(Debug, Clone)]
@@ -20,8 +17,6 @@ pub struct ListingSpec {
 /// Errors of the setup.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error(transparent)]
-    Cluster(#[from] LocalError),
     #[error("{what} failed: {detail}")]
     Request { what: String, detail: String },
 }
@@ -35,33 +30,8 @@ pub fn token(prefix: &str) -> String {
     format!("{prefix}-{:x}", now ^ (u64::from(std::process::id()) << 20))
 }
 
-/// Creates a live room and its open listings through the leader.
-pub async fn create_sale(
-    cluster: &LocalCluster,
-    room: &str,
-    title: &str,
-    home_region: &str,
-    listings: &[ListingSpec],
-) -> Result<(), SetupError> {
-    let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
-    let api = cluster
-        .info(leader)
-        .map(|i| i.api_addr.clone())
-        .ok_or(LocalError::UnknownNode(leader))?;
-    create_sale_at(
-        &cluster.http,
-        &api,
-        &cluster.cfg.client_token,
-        room,
-        title,
-        home_region,
-        listings,
-    )
-    .await
-}
-
-/// [`create_sale`] through one node's client API address (the Kubernetes
-/// drill runner uses a pod's).
+/// Creates a live room and its open listings through one node's client API
+/// address (the local binding passes the leader's, the operator a pod's).
 pub async fn create_sale_at(
     http: &crate::http::JsonClient,
     api: &str,
@@ -136,22 +106,6 @@ pub fn catalog_listings(
         .chain(hot.iter().map(|s| listing(s, cat.hot_stock.unwrap_or(100))))
         .collect();
     (skus, hot, listings)
-}
-
-/// A traffic map with every region's nodes at weight 100.
-pub fn traffic_map(cluster: &LocalCluster) -> TrafficMap {
-    let traffic = TrafficMap::default();
-    for r in &cluster.cfg.regions {
-        let addrs = cluster
-            .nodes
-            .values()
-            .filter(|n| n.info.region == r.name)
-            .map(|n| n.info.api_addr.clone())
-            .collect();
-        traffic.set_endpoints(&r.name, addrs);
-        traffic.set_weight(&r.name, 100);
-    }
-    traffic
 }
 
 /// Scales every duration of a playbook by `f` (demo, drills and tests run faster clocks).

@@ -51,6 +51,8 @@ pub enum Error {
     Finalizer(String),
     #[error("object has no namespace")]
     NoNamespace,
+    #[error("playbook: {0}")]
+    Playbook(String),
 }
 
 impl Error {
@@ -63,6 +65,7 @@ impl Error {
             Error::Identity(_) => "identity",
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "shape",
+            Error::Playbook(_) => "playbook",
         }
     }
 }

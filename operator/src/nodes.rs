@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyper::Method;
+use roomkeeper_api::{NodeInfo, NodeStatus, QuarantineReply};
 use roomkeeper_control::http::JsonClient;
-use roomkeeper_order_store::admin::NodeStatus;
-use roomkeeper_order_store::quarantine::QuarantineReply;
-use roomkeeper_order_store::raft_types::NodeInfo;
 use serde_json::{json, Value};
 
 use crate::resources::{ADMIN_PORT, API_PORT, RAFT_PORT};

@@ -8,8 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use roomkeeper_order_store::admin::NodeStatus;
-use roomkeeper_order_store::raft_types::NodeInfo;
+use roomkeeper_api::{NodeInfo, NodeStatus};
 
 use crate::nodes::node_info;
 use crate::resources::Slot;
@@ -112,11 +111,14 @@ pub enum Step {
 }
 
 /// The leader's view: membership, term, commit index and follower progress.
+/// The leader is chosen by the one rule every plane uses
+/// ([`roomkeeper_api::leader_of`]): a stale claim from an older term loses.
 pub fn leader(pods: &[PodView]) -> Option<(&PodView, &NodeStatus)> {
-    pods.iter().find_map(|p| {
-        let s = p.status.as_ref()?;
-        (s.leader_id == Some(s.node_id) && s.role == "leader").then_some((p, s))
-    })
+    let s = roomkeeper_api::leader_of(pods.iter().filter_map(|p| p.status.as_ref()))?;
+    let pod = pods
+        .iter()
+        .find(|p| p.status.as_ref().is_some_and(|x| x.node_id == s.node_id))?;
+    Some((pod, s))
 }
 
 fn live(leader: &NodeStatus, id: u64) -> bool {
@@ -436,7 +438,7 @@ pub fn next_step(slots: &[(Slot, u64)], pods: &[PodView], bootstrapped: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomkeeper_order_store::admin::ReplicationProgress;
+    use roomkeeper_api::ReplicationProgress;
 
     fn slot(pod: &str, voter: bool) -> Slot {
         Slot {

@@ -1,105 +1,56 @@
-//! The operator's health view: a health snapshot built from the nodes' admin
-//! status on every reconcile, fed to the same playbook engine the local demo
-//! runs. Its memory (activations, decisions, open actions) is kept in a
-//! ConfigMap so a restarted operator neither repeats nor forgets an action.
+//! The operator's binding of the one control loop ([`roomkeeper_control`]):
+//! pods and their nodes' admin status are observed, the shared snapshot
+//! builder and engine decide, and decisions are carried out through
+//! Kubernetes and the nodes' admin API. The engine memory lives in a
+//! ConfigMap (so a restarted operator neither repeats nor forgets an action);
+//! every decision is published as an Event.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
+use roomkeeper_api::NodeId;
+use roomkeeper_control::observation::{ClusterObservation, NodeObservation};
+use roomkeeper_control::{
+    ActError, Actuate, ControlError, ControlLoop, Journal, MemoryStore, StoreError,
+};
 use roomkeeper_playbook::{
-    default_playbook, ActionKind, ActionOutcome, ActivationPhase, ControllerView, Disposition,
-    Engine, EngineMemory, HealthSnapshot, NodeHealth, Playbook, Role, ShardHealth, Target,
+    default_playbook, ActionKind, ActionOutcome, ActivationPhase, Decision, Disposition,
+    EngineMemory, Playbook,
 };
 
 use crate::controller::{Context, Error};
 use crate::crd::{FailoverPlaybook, LiveRoomCluster};
 use crate::nodes::NodeAdmin;
-use crate::plan::{self, PodView, LIVE_ACK_MS};
+use crate::plan::PodView;
 use crate::resources::{self, cluster_name};
 
-/// Per-cluster engine state held between reconciles.
-#[derive(Default)]
-pub struct PlaybookState {
-    history: VecDeque<HealthSnapshot>,
-    memory: Option<EngineMemory>,
-    saved: String,
-}
-
-/// Engine state of every cluster this replica reconciles.
+/// The control loop of every cluster this replica reconciles.
 #[derive(Default)]
 pub struct PlaybookStates {
-    inner: Mutex<HashMap<String, PlaybookState>>,
+    inner: Mutex<HashMap<String, ControlLoop>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The health snapshot of this moment.
-pub fn snapshot(lrc: &LiveRoomCluster, views: &[PodView], at_ms: u64) -> HealthSnapshot {
-    let leader = plan::leader(views).map(|(_, s)| s);
-    let mut regions_reachable: Vec<String> = views
-        .iter()
-        .filter(|v| v.status.is_some())
-        .map(|v| v.region.clone())
-        .collect();
-    regions_reachable.sort();
-    regions_reachable.dedup();
-    let newest = views
-        .iter()
-        .filter_map(|v| v.status.as_ref())
-        .max_by_key(|s| s.term);
-    let membership = leader.or(newest);
+/// What the operator sees of the cluster: one observation per node id the
+/// identity map gives a pod. The operator cannot see processes, so
+/// `process_alive` is unknown; the status call is its probe.
+pub fn observation(views: &[PodView], at_ms: u64) -> ClusterObservation {
     let nodes = views
         .iter()
         .filter_map(|v| {
-            let id = v.id?;
-            let progress = leader.and_then(|l| l.replication.get(&id.to_string()));
-            let is_leader = leader.is_some_and(|l| l.node_id == id);
-            Some(NodeHealth {
-                node_id: id,
+            Some(NodeObservation {
+                node_id: v.id?,
                 region: v.region.clone(),
                 zone: v.zone.clone(),
-                reachable_by_controller: v.status.is_some(),
                 process_alive: None,
-                self_reported_role: v
-                    .status
-                    .as_ref()
-                    .and_then(|s| Role::from_admin_name(&s.role)),
-                leader_sees_replicating: match (leader, is_leader, progress) {
-                    (Some(_), true, _) => Some(true),
-                    (Some(_), false, Some(p)) => {
-                        Some(p.millis_since_ack.is_some_and(|ms| ms <= LIVE_ACK_MS))
-                    }
-                    _ => None,
-                },
-                lag_entries: progress.map(|p| p.lag),
-                order_p99_ms: None,
-                error_rate: None,
-                disk_ok: None,
+                healthz_ok: v.status.is_some(),
+                status: v.status.clone(),
             })
         })
         .collect();
-    HealthSnapshot {
-        at_ms,
-        controller: ControllerView {
-            regions_reachable,
-            regions_total: u32::try_from(lrc.spec.regions.len()).unwrap_or(u32::MAX),
-        },
-        nodes,
-        shard: ShardHealth {
-            leader: leader.map(|l| l.node_id),
-            term: membership.map_or(0, |s| s.term),
-            voters: membership.map(|s| s.voters.clone()).unwrap_or_default(),
-            learners: membership.map(|s| s.learners.clone()).unwrap_or_default(),
-        },
-    }
+    ClusterObservation::new(at_ms, nodes)
 }
 
 /// The highest active tier in the engine memory, as `T<level> <name>`.
@@ -127,20 +78,188 @@ async fn load_playbook(lrc: &LiveRoomCluster, ctx: &Context, ns: &str) -> Result
             }
         }
     };
-    if let Err(errors) = roomkeeper_playbook::validate(&playbook) {
-        return Err(errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "));
-    }
     playbook.dry_run |= lrc.spec.dry_run;
     playbook.paused |= lrc.spec.paused;
     Ok(playbook)
 }
 
-/// Runs one engine step for the cluster; returns the active tier, or why the
-/// playbook cannot run.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The engine memory in the ConfigMap `<cluster>-playbook-memory`, owned by
+/// the cluster, written with server-side apply.
+struct ConfigMapStore<'a> {
+    ctx: &'a Context,
+    api: Api<ConfigMap>,
+    name: String,
+    template: ConfigMap,
+}
+
+const MEMORY_KEY: &str = "memory.json";
+
+impl MemoryStore for ConfigMapStore<'_> {
+    async fn load(&mut self) -> Result<Option<EngineMemory>, StoreError> {
+        let cm =
+            self.api.get_opt(&self.name).await.map_err(|e| {
+                StoreError::Backend(format!("reading ConfigMap {}: {e}", self.name))
+            })?;
+        let Some(text) = cm.and_then(|cm| cm.data?.get(MEMORY_KEY).cloned()) else {
+            return Ok(None);
+        };
+        match serde_json::from_str(&text) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                // Refusing to start would leave the cluster without a playbook;
+                // starting afresh loses only history, and says so.
+                tracing::warn!(error = %e, configmap = %self.name, "playbook memory unreadable; starting afresh");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn save(&mut self, memory: &EngineMemory) -> Result<(), StoreError> {
+        let text = serde_json::to_string(memory).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut cm = self.template.clone();
+        cm.data = Some(BTreeMap::from([(MEMORY_KEY.to_string(), text)]));
+        self.api
+            .patch(
+                &self.name,
+                &PatchParams::apply(crate::controller::MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .map_err(|e| StoreError::Backend(format!("writing ConfigMap {}: {e}", self.name)))?;
+        self.ctx
+            .metrics
+            .writes
+            .with_label_values(&["ConfigMap"])
+            .inc();
+        Ok(())
+    }
+}
+
+/// Decisions as Events on the cluster, and as the decisions metric.
+struct EventJournal<'a> {
+    lrc: &'a LiveRoomCluster,
+    ctx: &'a Context,
+}
+
+impl Journal for EventJournal<'_> {
+    async fn decided(&mut self, d: &Decision) -> Result<(), StoreError> {
+        let disposition = match &d.disposition {
+            Disposition::Execute => "execute",
+            Disposition::DryRun => "dry_run",
+            Disposition::AwaitingApproval { .. } => "awaiting_approval",
+            Disposition::Suppressed { .. } => "suppressed",
+        };
+        self.ctx
+            .metrics
+            .playbook_decisions
+            .with_label_values(&[d.action.name(), disposition])
+            .inc();
+        let warning = matches!(d.action, ActionKind::PageHuman) || d.level.unwrap_or(0) >= 2;
+        self.ctx
+            .event_for(self.lrc, warning, "PlaybookDecision", d.to_string())
+            .await;
+        Ok(())
+    }
+
+    async fn outcome(&mut self, d: &Decision, outcome: &ActionOutcome) -> Result<(), StoreError> {
+        if let ActionOutcome::Failed { error, .. } = outcome {
+            self.ctx
+                .event_for(
+                    self.lrc,
+                    true,
+                    "PlaybookActionFailed",
+                    format!("decision #{} ({}) failed: {error}", d.id, d.action.name()),
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// The Kubernetes binding of [`Actuate`].
+struct KubeActuator<'a> {
+    ctx: &'a Context,
+    ns: String,
+    views: &'a [PodView],
+    admin: &'a NodeAdmin,
+}
+
+/// The runbook a human follows for an action this binding does not carry out yet.
+fn unsupported(action: ActionKind, runbook: &'static str) -> ActError {
+    ActError::Unsupported {
+        action: action.name(),
+        binding: "Kubernetes",
+        runbook,
+    }
+}
+
+impl Actuate for KubeActuator<'_> {
+    fn binding(&self) -> &'static str {
+        "Kubernetes"
+    }
+
+    async fn restart_node(&mut self, id: NodeId) -> Result<String, ActError> {
+        let pod = self
+            .views
+            .iter()
+            .find(|v| v.id == Some(id))
+            .map(|v| v.pod.clone())
+            .ok_or_else(|| ActError::NoCandidate(format!("no pod runs node {id}")))?;
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        pods.delete(&pod, &DeleteParams::default())
+            .await
+            .map_err(|e| ActError::Failed(format!("deleting pod {pod}: {e}")))?;
+        Ok(format!("deleted pod {pod}; its StatefulSet recreates it"))
+    }
+
+    async fn transfer_leadership(&mut self, from: NodeId, to: NodeId) -> Result<String, ActError> {
+        let ip = self
+            .views
+            .iter()
+            .find(|v| v.id == Some(from))
+            .and_then(|v| v.ip.clone())
+            .ok_or_else(|| ActError::NoCandidate(format!("the pod of leader {from} has no IP")))?;
+        self.admin
+            .transfer_leader(&ip, to)
+            .await
+            .map_err(|e| ActError::Failed(e.to_string()))?;
+        Ok(format!("asked leader {from} to hand over to node {to}"))
+    }
+
+    async fn set_traffic_weight(&mut self, _region: &str, weight: u32) -> Result<String, ActError> {
+        let action = if weight == 0 {
+            ActionKind::SetTrafficWeightZero
+        } else {
+            ActionKind::RestoreTrafficWeight
+        };
+        Err(unsupported(action, "runbooks/tier-t2-move.md"))
+    }
+
+    async fn replace_voter(&mut self, _old: NodeId, _into: &str) -> Result<NodeId, ActError> {
+        Err(unsupported(
+            ActionKind::ReplaceVotersElsewhere,
+            "runbooks/tier-t3-evacuate.md",
+        ))
+    }
+
+    async fn set_sales_paused(&mut self, paused: bool) -> Result<String, ActError> {
+        let action = if paused {
+            ActionKind::PauseSales
+        } else {
+            ActionKind::ResumeSales
+        };
+        Err(unsupported(action, "runbooks/tier-t4-protect.md"))
+    }
+}
+
+/// Runs one tick of the control loop for the cluster; returns the active
+/// tier, or why the playbook cannot run.
 pub async fn run(
     lrc: &LiveRoomCluster,
     ctx: &Context,
@@ -153,175 +272,68 @@ pub async fn run(
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
+    let regions_total = u32::try_from(lrc.spec.regions.len()).unwrap_or(u32::MAX);
     let key = format!("{ns}/{name}");
     let cm_name = format!("{name}-playbook-memory");
-    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    // Take the state out of the lock for the awaits below.
-    let mut state = ctx
-        .playbooks
-        .inner
-        .lock()
-        .map(|mut m| m.remove(&key).unwrap_or_default())
-        .unwrap_or_default();
-    if state.memory.is_none() {
-        let loaded = cm_api
-            .get_opt(&cm_name)
-            .await?
-            .and_then(|cm| cm.data?.get("memory.json").cloned());
-        state.memory = Some(match &loaded {
-            Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "playbook memory unreadable; starting afresh");
-                EngineMemory::new()
-            }),
-            None => EngineMemory::new(),
-        });
-        state.saved = loaded.unwrap_or_default();
-        // Actions an earlier operator started and never closed are closed as
-        // failed: repeating them blindly could double their effect.
-        if let Some(m) = state.memory.as_mut() {
-            let open: Vec<_> = m.open_actions().iter().map(|d| d.id).collect();
-            for id in open {
-                let _ = m.record_outcome(
-                    id,
-                    ActionOutcome::Failed {
-                        at_ms: now_ms(),
-                        error: "the operator restarted before the outcome was known".into(),
-                    },
-                );
-            }
-        }
-    }
-    let now = now_ms();
-    state.history.push_back(snapshot(lrc, views, now));
-    let keep = playbook.history_needed_ms().max(60_000);
-    while state.history.front().is_some_and(|s| s.at_ms + keep < now) {
-        state.history.pop_front();
-    }
-    let mut memory = state.memory.take().unwrap_or_default();
-    let history: Vec<HealthSnapshot> = state.history.iter().cloned().collect();
-    tracing::debug!(cluster = %name, snapshots = history.len(), "playbook engine");
-    let decisions = Engine::decide(&playbook, &history, now, &mut memory);
-    tracing::debug!(cluster = %name, decisions = decisions.len(), "playbook engine decided");
-    for d in &decisions {
-        let disposition = match &d.disposition {
-            Disposition::Execute => "execute",
-            Disposition::DryRun => "dry_run",
-            Disposition::AwaitingApproval { .. } => "awaiting_approval",
-            Disposition::Suppressed { .. } => "suppressed",
-        };
-        ctx.metrics
-            .playbook_decisions
-            .with_label_values(&[d.action.name(), disposition])
-            .inc();
-        let warning = matches!(d.action, ActionKind::PageHuman) || d.level.unwrap_or(0) >= 2;
-        ctx.event_for(lrc, warning, "PlaybookDecision", d.to_string())
-            .await;
-        if d.disposition != Disposition::Execute {
-            continue;
-        }
-        let outcome = execute(lrc, ctx, views, admin, d.action, &d.target).await;
-        let outcome = match outcome {
-            Ok(detail) => ActionOutcome::Succeeded {
-                at_ms: now_ms(),
-                detail,
-            },
-            Err(error) => ActionOutcome::Failed {
-                at_ms: now_ms(),
-                error,
-            },
-        };
-        let _ = memory.record_outcome(d.id, outcome);
-    }
-    let tier = tier_name(&memory);
-    let text = serde_json::to_string(&memory).unwrap_or_default();
-    if text != state.saved {
-        let mut cm = ConfigMap {
+    let mut store = ConfigMapStore {
+        ctx,
+        api: Api::namespaced(ctx.client.clone(), &ns),
+        name: cm_name.clone(),
+        template: ConfigMap {
             metadata: kube::api::ObjectMeta {
-                name: Some(cm_name.clone()),
+                name: Some(cm_name),
                 namespace: Some(ns.clone()),
                 labels: Some(resources::labels(&name, None)),
                 owner_references: kube::Resource::controller_owner_ref(lrc, &()).map(|o| vec![o]),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([("memory.json".to_string(), text.clone())])),
             ..ConfigMap::default()
-        };
-        cm.metadata.annotations = None;
-        cm_api
-            .patch(
-                &cm_name,
-                &kube::api::PatchParams::apply(crate::controller::MANAGER).force(),
-                &kube::api::Patch::Apply(&cm),
-            )
-            .await?;
-        ctx.metrics.writes.with_label_values(&["ConfigMap"]).inc();
-        state.saved = text;
-    }
-    state.memory = Some(memory);
+        },
+    };
+    // Take the loop out of the lock for the awaits below.
+    let existing = ctx
+        .playbooks
+        .inner
+        .lock()
+        .map(|mut m| m.remove(&key))
+        .unwrap_or_default();
+    let opened = match existing {
+        Some(mut control) => control
+            .set_playbook(playbook, regions_total)
+            .map(|()| control),
+        None => ControlLoop::open(&mut store, playbook, regions_total).await,
+    };
+    let mut control = match opened {
+        Ok(c) => c,
+        Err(ControlError::InvalidPlaybook(why)) => return Ok(Err(why)),
+        Err(e) => return Err(Error::Playbook(e.to_string())),
+    };
+    let obs = observation(views, now_ms());
+    let mut actuator = KubeActuator {
+        ctx,
+        ns: ns.clone(),
+        views,
+        admin,
+    };
+    let mut journal = EventJournal { lrc, ctx };
+    let ticked = control
+        .tick(
+            &obs,
+            &BTreeMap::new(),
+            &mut actuator,
+            &mut store,
+            &mut journal,
+        )
+        .await;
+    let tier = tier_name(control.memory());
     if let Ok(mut m) = ctx.playbooks.inner.lock() {
-        m.insert(key, state);
+        m.insert(key, control);
     }
-    Ok(Ok(tier))
-}
-
-/// Carries out one action through Kubernetes and the nodes' admin API.
-async fn execute(
-    lrc: &LiveRoomCluster,
-    ctx: &Context,
-    views: &[PodView],
-    admin: &NodeAdmin,
-    action: ActionKind,
-    target: &Target,
-) -> Result<String, String> {
-    let ns = lrc.namespace().unwrap_or_default();
-    match (action, target) {
-        (ActionKind::RecordEvent, _) => Ok("recorded as an event".into()),
-        (ActionKind::PageHuman, _) => Ok("paged through a Warning event (route roomkeeper_operator_playbook_decisions_total{action=\"pageHuman\"} to your pager)".into()),
-        (ActionKind::RestartNode, Target::Node(id)) => {
-            let pod = views
-                .iter()
-                .find(|v| v.id == Some(*id))
-                .map(|v| v.pod.clone())
-                .ok_or_else(|| format!("no pod runs node {id}"))?;
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            pods.delete(&pod, &DeleteParams::default())
-                .await
-                .map_err(|e| format!("deleting pod {pod}: {e}"))?;
-            Ok(format!("deleted pod {pod}; its StatefulSet recreates it"))
+    match ticked {
+        Ok(decisions) => {
+            tracing::debug!(cluster = %name, decisions = decisions.len(), "playbook engine decided");
+            Ok(Ok(tier))
         }
-        (ActionKind::TransferLeadershipAway, target) => {
-            let (leader_pod, ls) = plan::leader(views).ok_or("no leader to move")?;
-            let inside = |v: &PodView| match target {
-                Target::Node(id) => v.id == Some(*id),
-                Target::Region(r) => &v.region == r,
-                Target::Shard => false,
-            };
-            if !inside(leader_pod) {
-                return Ok("the leader is already outside the target".into());
-            }
-            let to = views
-                .iter()
-                .filter(|v| !inside(v))
-                .filter_map(|v| v.id)
-                .filter(|id| ls.voters.contains(id))
-                .filter(|id| {
-                    ls.replication
-                        .get(&id.to_string())
-                        .and_then(|r| r.millis_since_ack)
-                        .is_some_and(|ms| ms <= LIVE_ACK_MS)
-                })
-                .min_by_key(|id| ls.replication.get(&id.to_string()).map_or(u64::MAX, |r| r.lag))
-                .ok_or("no live voter outside the target")?;
-            let ip = leader_pod.ip.clone().ok_or("leader pod has no IP")?;
-            admin
-                .transfer_leader(&ip, to)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(format!("asked leader {} to hand over to node {to}", ls.node_id))
-        }
-        (other, t) => Err(format!(
-            "{} on {t} is not carried out by the Kubernetes binding of this release; follow the tier's runbook",
-            other.name()
-        )),
+        Err(e) => Err(Error::Playbook(e.to_string())),
     }
 }

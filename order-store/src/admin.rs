@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use openraft::async_runtime::WatchReceiver;
 use openraft::Instant as _;
 use openraft::{ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::bearer_matches;
@@ -51,43 +51,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
-/// Per-follower replication progress as the leader sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReplicationProgress {
-    pub matched_index: Option<u64>,
-    pub lag: u64,
-    /// Time since the follower last acknowledged the leader (heartbeat or append).
-    #[serde(default)]
-    pub millis_since_ack: Option<u64>,
-}
-
-/// The node's view of itself and its shard.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub node_id: NodeId,
-    pub region: String,
-    pub zone: String,
-    pub role: String,
-    pub term: u64,
-    pub leader_id: Option<NodeId>,
-    pub last_log_index: u64,
-    pub committed_index: u64,
-    pub applied_index: u64,
-    pub snapshot_index: u64,
-    pub purged_index: u64,
-    pub millis_since_quorum_ack: Option<u64>,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    pub members: BTreeMap<String, NodeInfo>,
-    pub replication: BTreeMap<String, ReplicationProgress>,
-    pub orders: u64,
-    pub sales_paused: bool,
-    pub test_faults_enabled: bool,
-    /// The process started on an empty data directory (a new member, or one
-    /// whose volume was wiped).
-    #[serde(default)]
-    pub fresh_data_dir: bool,
-}
+pub use roomkeeper_api::admin::{NodeStatus, ReplicationProgress};
 
 pub fn role_name(s: ServerState) -> &'static str {
     match s {

@@ -13,11 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use openraft::async_runtime::WatchReceiver;
-use roomkeeper_order_state::{
-    Command, InvalidField, ListingState, ListingView, OrderView, Outcome, RejectCode, RoomState,
-    RoomView,
+pub use roomkeeper_api::client::{
+    Consistency, OrderResponse, PlaceOrder, PutListing, PutRoom, ReadParams,
 };
-use serde::{Deserialize, Serialize};
+use roomkeeper_order_state::{
+    Command, InvalidField, ListingView, OrderView, Outcome, RejectCode, RoomView,
+};
 use serde_json::json;
 
 use crate::node::NodeContext;
@@ -119,57 +120,6 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutRoom {
-    #[serde(default)]
-    title: String,
-    home_region: String,
-    state: RoomState,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutListing {
-    price_cents: u64,
-    stock: u32,
-    per_buyer_limit: u32,
-    state: ListingState,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlaceOrder {
-    sku: String,
-    buyer: String,
-    qty: u32,
-    idempotency_key: String,
-    #[serde(default)]
-    contact: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct OrderResponse {
-    #[serde(flatten)]
-    order: OrderView,
-    replayed: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    #[default]
-    Linearizable,
-    Stale,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ReadParams {
-    #[serde(default)]
-    consistency: Consistency,
-    max_staleness_ms: Option<u64>,
-}
 
 /// Builds the client router.
 pub fn router(ctx: Arc<NodeContext>) -> Router {

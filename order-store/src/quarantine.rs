@@ -7,7 +7,6 @@
 //! id (it could vote twice in one term); the operator retires the id and gives
 //! the pod a new one (docs/decisions.md D11, runbooks/wiped-volume.md).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,56 +14,14 @@ use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::api::bearer_matches;
 use crate::NodeId;
 
-/// The error code every admin call of a quarantined node answers with (HTTP 409).
-pub const WIPED_VOLUME: &str = "wiped_volume";
-
-/// The body of a quarantined node's refusals.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuarantineReply {
-    pub code: String,
-    pub message: String,
-    pub node_id: NodeId,
-}
-
-impl QuarantineReply {
-    /// Reads a refusal body; `None` unless it is a quarantine reply.
-    pub fn from_body(body: &serde_json::Value) -> Option<QuarantineReply> {
-        let r: QuarantineReply = serde_json::from_value(body.clone()).ok()?;
-        (r.code == WIPED_VOLUME).then_some(r)
-    }
-}
-
-/// A line of a joined-ids list that is not a node id.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("line {line}: node id {word:?} is not a number")]
-pub struct BadJoinedId {
-    pub line: usize,
-    pub word: String,
-}
-
-/// Reads a joined-ids list (the operator's record of ids that have been Raft
-/// members): numbers separated by white space, `#` starts a comment.
-pub fn parse_joined_ids(text: &str) -> Result<BTreeSet<NodeId>, BadJoinedId> {
-    let mut ids = BTreeSet::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default();
-        for word in line.split_whitespace() {
-            let id = word.parse().map_err(|_| BadJoinedId {
-                line: n + 1,
-                word: word.to_string(),
-            })?;
-            ids.insert(id);
-        }
-    }
-    Ok(ids)
-}
+pub use roomkeeper_api::admin::{parse_joined_ids, BadJoinedId, QuarantineReply, WIPED_VOLUME};
 
 struct Quarantine {
     reply: QuarantineReply,

@@ -7,17 +7,7 @@ use std::io::Cursor;
 use roomkeeper_order_state::{Command, Outcome};
 use serde::{Deserialize, Serialize};
 
-pub type NodeId = u64;
-
-/// How peers, clients and the control plane reach a node, and where it lives.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub raft_addr: String,
-    pub api_addr: String,
-    pub admin_addr: String,
-    pub region: String,
-    pub zone: String,
-}
+pub use roomkeeper_api::admin::{NodeId, NodeInfo};
 
 /// One Raft log entry's application data: client commands proposed together,
 /// stamped with the leader's time once (see docs/decisions.md, D2).

@@ -38,7 +38,7 @@ pub use memory::{
     StepState,
 };
 pub use playbook::{
-    default_playbook, ActionKind, Approval, Condition, Guards, LagSpec, OnTimeout, Playbook,
-    SignalThresholdSpec, Tier, Trigger,
+    default_playbook, ActionKind, Approval, Condition, Guards, HealthRules, LagSpec, OnTimeout,
+    Playbook, SignalThresholdSpec, Tier, Trigger,
 };
 pub use validate::{validate, validate_for_regions, FieldError, InvalidPlaybook};

@@ -24,6 +24,27 @@ pub struct Playbook {
     /// Global pause: decide and record, suppress every action.
     #[serde(default)]
     pub paused: bool,
+    /// How the control loop reads the nodes' answers into health signals.
+    #[serde(default)]
+    pub health: HealthRules,
+}
+
+/// How observations become health signals. The same rules apply in every
+/// binding (local processes, Kubernetes), so they live in the playbook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HealthRules {
+    /// A follower counts as replicated to when the leader heard from it within
+    /// this many milliseconds (several heartbeats).
+    pub replicating_ack_ms: u64,
+}
+
+impl Default for HealthRules {
+    fn default() -> Self {
+        Self {
+            replicating_ack_ms: 2_000,
+        }
+    }
 }
 
 /// One level of a playbook, from watching (0) to protecting (4).
@@ -476,6 +497,7 @@ pub fn default_playbook() -> Playbook {
         guards: Guards::default(),
         dry_run: false,
         paused: false,
+        health: HealthRules::default(),
     }
 }
 

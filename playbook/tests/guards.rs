@@ -36,6 +36,7 @@ fn heal_only() -> Playbook {
         guards: Guards::default(),
         dry_run: false,
         paused: false,
+        health: Default::default(),
     }
 }
 
@@ -49,6 +50,7 @@ fn evacuate_only() -> Playbook {
         guards: Guards::default(),
         dry_run: false,
         paused: false,
+        health: Default::default(),
     }
 }
 

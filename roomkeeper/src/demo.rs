@@ -13,11 +13,13 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::{Args, ValueEnum};
-use roomkeeper_control::control_loop::{traffic_endpoints_refresh, ControlLoop};
 use roomkeeper_control::load::{start_buyers, FlashSale, LoadStats, LoadSummary};
-use roomkeeper_control::local_cluster::{LocalCluster, LocalClusterConfig, RegionSpec};
-use roomkeeper_control::monitor::{hide_regions, observe, ClusterObservation};
-use roomkeeper_control::setup::{create_sale, traffic_map, ListingSpec};
+use roomkeeper_control::observation::{hide_regions, ClusterObservation};
+use roomkeeper_control::setup::ListingSpec;
+use roomkeeper_control::{ControlLoop, FileStore};
+use roomkeeper_local::observe::observe;
+use roomkeeper_local::sale::{create_sale, refresh_endpoints, traffic_map};
+use roomkeeper_local::{LocalActuator, LocalCluster, LocalClusterConfig, RegionSpec};
 use roomkeeper_playbook::Target;
 use serde::Serialize;
 use serde_json::json;
@@ -201,12 +203,12 @@ async fn run_inner(
     roomkeeper_control::setup::scale_playbook(&mut playbook, args.playbook_time_scale);
     playbook.dry_run |= args.dry_run;
     playbook.paused |= args.pause_automation;
-    let mut control = ControlLoop::open(
-        &cluster.cfg.data_dir.join("controller"),
-        playbook,
-        REGIONS.len() as u32,
-    )
-    .context("opening the control loop")?;
+    let mut store = FileStore::open(&cluster.cfg.data_dir.join("controller"))
+        .context("opening the controller's directory")?;
+    let mut journal = store.clone();
+    let mut control = ControlLoop::open(&mut store, playbook, REGIONS.len() as u32)
+        .await
+        .context("opening the control loop")?;
     eprintln!("starting 5 voters across {} regions …", REGIONS.len());
     cluster.start().await.context("starting the cluster")?;
     event(
@@ -424,7 +426,14 @@ async fn run_inner(
             .values()
             .filter_map(|n| by_addr.get(&n.info.api_addr).map(|s| (n.id, *s)))
             .collect();
-        match control.tick(&obs, &signals, cluster, &traffic).await {
+        let mut actuator = LocalActuator {
+            cluster,
+            traffic: &traffic,
+        };
+        match control
+            .tick(&obs, &signals, &mut actuator, &mut store, &mut journal)
+            .await
+        {
             Ok(decisions) => {
                 for d in decisions.iter().filter(|d| {
                     d.disposition.is_execute()
@@ -444,7 +453,7 @@ async fn run_inner(
             }
             Err(e) => event(&status, started, format!("control loop error: {e}")),
         }
-        traffic_endpoints_refresh(cluster, &traffic);
+        refresh_endpoints(cluster, &traffic);
 
         let load = stats.summary();
         if let Ok(mut s) = status.lock() {
@@ -679,7 +688,11 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
                     region,
                     weight,
                     n.node_id,
-                    if n.process_alive { "up" } else { "DOWN" },
+                    if n.process_alive == Some(false) {
+                        "DOWN"
+                    } else {
+                        "up"
+                    },
                     role,
                     term,
                     applied,

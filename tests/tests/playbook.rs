@@ -270,6 +270,53 @@ fn region_loss(region: &str, slot: u16) {
         "traffic must move away from {region}\n{}",
         run.context()
     );
+    // Once the evacuation is done, the lost region's nodes are no longer
+    // members: no decision may target them, and no budget is spent on them
+    // (the rate limit is never reached).
+    let lost: Vec<Value> = run
+        .statuses
+        .iter()
+        .find_map(|s| s["observation"]["nodes"].as_array())
+        .map(|ns| {
+            ns.iter()
+                .filter(|n| n["region"] == region)
+                .map(|n| n["node_id"].clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !lost.is_empty(),
+        "nodes of {region} seen\n{}",
+        run.context()
+    );
+    let evacuated_at = evac
+        .iter()
+        .filter_map(|d| {
+            run.outcomes
+                .iter()
+                .find(|o| o["decision"] == d["id"] && o["outcome"].get("succeeded").is_some())
+        })
+        .filter_map(|o| o["atMs"].as_u64())
+        .min()
+        .unwrap_or_else(|| panic!("no evacuation outcome\n{}", run.context()));
+    for d in &run.decisions {
+        let after = d["atMs"].as_u64().is_some_and(|t| t > evacuated_at);
+        // The tier that was healing a lost node stands down with a record
+        // once the node leaves the view; anything more is acting on a ghost.
+        let acts = d["action"] != "recordEvent";
+        assert!(
+            !(after && acts && lost.contains(&d["target"]["node"])),
+            "decision after the evacuation targets removed node {}: {d}\n{}",
+            d["target"]["node"],
+            run.context()
+        );
+        assert_ne!(
+            d["phase"],
+            "escalation",
+            "the rate limit was reached: {d}\n{}",
+            run.context()
+        );
+    }
     let last = run.last_status();
     assert_eq!(last["traffic_weights"][region], 0, "{}", run.context());
     let obs = &last["observation"];

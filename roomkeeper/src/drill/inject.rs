@@ -8,16 +8,16 @@
 //! others in place.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roomkeeper_chaos::drill::{FaultKind, FaultSpec, NodeRole, RegionPick, Selector};
-use roomkeeper_control::control_loop::{traffic_endpoints_refresh, ControlLoop};
 use roomkeeper_control::load::TrafficMap;
-use roomkeeper_control::local_cluster::{LocalCluster, NodeFaults};
-use roomkeeper_control::monitor::ClusterObservation;
+use roomkeeper_control::observation::ClusterObservation;
+use roomkeeper_control::{ControlLoop, FileStore};
+use roomkeeper_local::sale::refresh_endpoints;
+use roomkeeper_local::{LocalCluster, NodeFaults};
 use roomkeeper_playbook::Playbook;
 
 use roomkeeper_control::recorded_load::{Rng, Storm};
@@ -36,16 +36,17 @@ pub enum InjectError {
     #[error("no leader to select")]
     NoLeader,
     #[error("{0}")]
-    Cluster(#[from] roomkeeper_control::local_cluster::LocalError),
+    Cluster(#[from] roomkeeper_local::LocalError),
     #[error("{0}")]
-    Control(#[from] roomkeeper_control::control_loop::ControlError),
+    Control(#[from] roomkeeper_control::ControlError),
 }
 
 /// What the drill acts on.
 pub struct World {
     pub cluster: LocalCluster,
     pub control: Option<ControlLoop>,
-    pub control_dir: PathBuf,
+    /// The controller's memory and decision record (survive a controller kill).
+    pub store: FileStore,
     pub playbook: Playbook,
     pub regions_total: u32,
     pub traffic: Arc<TrafficMap>,
@@ -54,12 +55,10 @@ pub struct World {
 
 impl World {
     /// Starts the controller again from its persisted memory.
-    pub fn restart_controller(&mut self) -> Result<(), InjectError> {
-        self.control = Some(ControlLoop::open(
-            &self.control_dir,
-            self.playbook.clone(),
-            self.regions_total,
-        )?);
+    pub async fn restart_controller(&mut self) -> Result<(), InjectError> {
+        self.control = Some(
+            ControlLoop::open(&mut self.store, self.playbook.clone(), self.regions_total).await?,
+        );
         Ok(())
     }
 }
@@ -471,7 +470,7 @@ impl Injector {
                 // Let the partition bite before the change starts.
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
                 let new = w.cluster.replace_voter(old, &region).await?;
-                traffic_endpoints_refresh(&w.cluster, &w.traffic);
+                refresh_endpoints(&w.cluster, &w.traffic);
                 self.apply(w).await;
                 (
                     format!("node {old} cut off, then replaced by new voter {new} in {region} while partitioned"),
@@ -566,7 +565,7 @@ impl Injector {
                 )
             }
             State::ControllerDown => {
-                w.restart_controller()?;
+                w.restart_controller().await?;
                 "the controller starts again from its persisted memory".to_string()
             }
             State::Storm => {

@@ -17,16 +17,17 @@ use roomkeeper_chaos::report::{
     evaluate, order_counts, timeline, verdict, DecisionMark, DrillReport, EventMark, FaultRecord,
     NodeInvariant, Phases,
 };
-use roomkeeper_control::control_loop::{traffic_endpoints_refresh, ControlLoop};
-use roomkeeper_control::local_cluster::{LocalCluster, LocalClusterConfig, RegionSpec};
-use roomkeeper_control::monitor::observe;
-use roomkeeper_control::setup::{create_sale, scale_playbook, token, traffic_map, ListingSpec};
+use roomkeeper_control::setup::{scale_playbook, token, ListingSpec};
+use roomkeeper_control::{ControlLoop, FileStore};
+use roomkeeper_local::observe::observe;
+use roomkeeper_local::sale::{create_sale, final_read, refresh_endpoints, traffic_map};
+use roomkeeper_local::{LocalActuator, LocalCluster, LocalClusterConfig, RegionSpec};
 use roomkeeper_playbook::{Decision, Disposition, Target};
 use serde_json::json;
 
 use super::gameday::{Command as GdCommand, GameDay};
 use super::inject::{Injector, World};
-use roomkeeper_control::recorded_load::{final_read, Load, LoadConfig, Storm};
+use roomkeeper_control::recorded_load::{Load, LoadConfig, Storm};
 
 const ROOM: &str = "drill-room";
 /// Each linearizability probe listing is used for this long.
@@ -139,14 +140,16 @@ pub async fn run_drill(m: &DrillManifest, opts: &RunOptions) -> anyhow::Result<D
         playbook.paused = true;
     }
     let regions_total = topology.regions.len() as u32;
-    let control = ControlLoop::open(&control_dir, playbook.clone(), regions_total)
+    let mut store = FileStore::open(&control_dir).context("opening the controller's directory")?;
+    let control = ControlLoop::open(&mut store, playbook.clone(), regions_total)
+        .await
         .context("opening the control loop")?;
     let cluster = LocalCluster::new(cfg).context("preparing the local cluster")?;
     let storm = Arc::new(Storm::default());
     let mut world = World {
         cluster,
         control: Some(control),
-        control_dir,
+        store,
         playbook,
         regions_total,
         traffic: Arc::new(Default::default()),
@@ -356,7 +359,7 @@ async fn run_inner(
             if absent {
                 world.playbook.paused = false;
                 if let Some(c) = world.control.as_mut() {
-                    c.playbook.paused = false;
+                    c.set_paused(false);
                 }
                 automation_resumed = true;
                 log.event(
@@ -380,7 +383,7 @@ async fn run_inner(
                     GdCommand::ResumeAutomation => {
                         world.playbook.paused = false;
                         if let Some(c) = world.control.as_mut() {
-                            c.playbook.paused = false;
+                            c.set_paused(false);
                         }
                         automation_resumed = true;
                         "operator handed control back to the playbook".into()
@@ -409,8 +412,19 @@ async fn run_inner(
         // The control loop.
         if let Some(control) = world.control.as_mut() {
             let signals = BTreeMap::new();
+            let mut actuator = LocalActuator {
+                cluster: &mut world.cluster,
+                traffic: &world.traffic,
+            };
+            let mut journal = world.store.clone();
             match control
-                .tick(&obs, &signals, &mut world.cluster, &world.traffic)
+                .tick(
+                    &obs,
+                    &signals,
+                    &mut actuator,
+                    &mut world.store,
+                    &mut journal,
+                )
                 .await
             {
                 Ok(ds) => {
@@ -430,7 +444,7 @@ async fn run_inner(
                 }
                 Err(e) => log.event(rec.now_ms(), format!("control loop error: {e}")),
             }
-            traffic_endpoints_refresh(&world.cluster, &world.traffic);
+            refresh_endpoints(&world.cluster, &world.traffic);
         }
 
         // Abort conditions.
@@ -538,7 +552,7 @@ async fn run_inner(
         }
     }
     if world.control.is_none() {
-        if let Err(e) = world.restart_controller() {
+        if let Err(e) = world.restart_controller().await {
             run_errors.push(format!("controller restart failed: {e}"));
         }
     }

@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use roomkeeper_order_store::admin::NodeStatus;
-use roomkeeper_order_store::NodeInfo;
+use roomkeeper_api::NodeInfo;
+use roomkeeper_api::NodeStatus;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use crate::http::JsonClient;
+use roomkeeper_control::http::JsonClient;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -366,16 +366,17 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The current leader, as any running node reports it.
+    /// The current leader, by the term rule every plane uses
+    /// ([`roomkeeper_api::leader_of`]): a former leader still claiming an
+    /// old term does not count.
     pub async fn leader(&self) -> Option<u64> {
-        for id in self.nodes.keys() {
-            if let Some(s) = self.status(*id).await {
-                if s.role == "leader" {
-                    return Some(s.node_id);
-                }
-            }
-        }
-        None
+        let polls = self.nodes.keys().map(|id| self.status(*id));
+        let statuses: Vec<NodeStatus> = futures_util::future::join_all(polls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        roomkeeper_api::leader_of(&statuses).map(|s| s.node_id)
     }
 
     pub async fn wait_leader(&self, timeout: Duration) -> Result<u64, LocalError> {

@@ -1,0 +1,137 @@
+//! The admin API's answers (`/admin/status`, quarantine refusals) and the
+//! description of a member the nodes, the control plane and the operator share.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A Raft node id. Handed out once per cluster and never reused.
+pub type NodeId = u64;
+
+/// How peers, clients and the control plane reach a node, and where it lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub admin_addr: String,
+    pub region: String,
+    pub zone: String,
+}
+
+/// Per-follower replication progress as the leader sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicationProgress {
+    pub matched_index: Option<u64>,
+    pub lag: u64,
+    /// Time since the follower last acknowledged the leader (heartbeat or append).
+    #[serde(default)]
+    pub millis_since_ack: Option<u64>,
+}
+
+/// The role names `/admin/status` reports.
+pub mod role {
+    pub const LEADER: &str = "leader";
+    pub const FOLLOWER: &str = "follower";
+    pub const CANDIDATE: &str = "candidate";
+    pub const LEARNER: &str = "learner";
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+/// The node's view of itself and its shard (`GET /admin/status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub region: String,
+    pub zone: String,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub millis_since_quorum_ack: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub members: BTreeMap<String, NodeInfo>,
+    pub replication: BTreeMap<String, ReplicationProgress>,
+    pub orders: u64,
+    pub sales_paused: bool,
+    pub test_faults_enabled: bool,
+    /// The process started on an empty data directory (a new member, or one
+    /// whose volume was wiped).
+    #[serde(default)]
+    pub fresh_data_dir: bool,
+}
+
+impl NodeStatus {
+    /// The node says it leads, and names itself as the leader.
+    pub fn claims_leadership(&self) -> bool {
+        self.role == role::LEADER && self.leader_id == Some(self.node_id)
+    }
+
+    /// The leader's record of `id`'s progress (`None` for the leader itself
+    /// and for nodes it does not replicate to).
+    pub fn progress_of(&self, id: NodeId) -> Option<&ReplicationProgress> {
+        self.replication.get(&id.to_string())
+    }
+
+    /// `id` is the leader itself, or acknowledged it within `within_ms`.
+    pub fn acked_within(&self, id: NodeId, within_ms: u64) -> bool {
+        id == self.node_id
+            || self
+                .progress_of(id)
+                .and_then(|p| p.millis_since_ack)
+                .is_some_and(|ms| ms <= within_ms)
+    }
+
+    /// Voters and learners of the membership this node knows.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+}
+
+/// The error code every admin call of a quarantined node answers with (HTTP 409).
+pub const WIPED_VOLUME: &str = "wiped_volume";
+
+/// The body of a quarantined node's refusals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineReply {
+    pub code: String,
+    pub message: String,
+    pub node_id: NodeId,
+}
+
+impl QuarantineReply {
+    /// Reads a refusal body; `None` unless it is a quarantine reply.
+    pub fn from_body(body: &serde_json::Value) -> Option<QuarantineReply> {
+        let r: QuarantineReply = serde_json::from_value(body.clone()).ok()?;
+        (r.code == WIPED_VOLUME).then_some(r)
+    }
+}
+
+/// A line of a joined-ids list that is not a node id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: node id {word:?} is not a number")]
+pub struct BadJoinedId {
+    pub line: usize,
+    pub word: String,
+}
+
+/// Reads a joined-ids list (the operator's record of ids that have been Raft
+/// members): numbers separated by white space, `#` starts a comment.
+pub fn parse_joined_ids(text: &str) -> Result<BTreeSet<NodeId>, BadJoinedId> {
+    let mut ids = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line.split_whitespace() {
+            let id = word.parse().map_err(|_| BadJoinedId {
+                line: n + 1,
+                word: word.to_string(),
+            })?;
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,266 @@
+//! The seam through which the control loop changes the world, and the pure
+//! choices every binding makes the same way (which voter takes leadership,
+//! where an evacuated region's voters go). A binding implements [`Actuate`]
+//! with its own means (processes and admin calls locally; pods, Kubernetes
+//! objects and admin calls in the operator) and nothing else.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use roomkeeper_api::NodeId;
+use roomkeeper_playbook::{ActionKind, Decision, Target};
+
+use crate::observation::{ClusterObservation, NodeObservation};
+
+/// Why an action was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActError {
+    /// The binding cannot do this; a human follows the runbook.
+    #[error("{action} is not carried out by the {binding} binding; follow {runbook}")]
+    Unsupported {
+        action: &'static str,
+        binding: &'static str,
+        runbook: &'static str,
+    },
+    /// The action does not apply to its target.
+    #[error("{action} does not apply to {target}")]
+    NotApplicable {
+        action: &'static str,
+        target: String,
+    },
+    /// Nothing qualifies to carry the action out.
+    #[error("{0}")]
+    NoCandidate(String),
+    /// The binding tried and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a binding can do to the cluster. Each call carries out one step and
+/// says what it did, in words a person reads in the decision log.
+pub trait Actuate {
+    /// The binding's name in messages (`local`, `Kubernetes`).
+    fn binding(&self) -> &'static str;
+    /// Restart (or recreate) the node's process or pod.
+    fn restart_node(&mut self, id: NodeId)
+        -> impl Future<Output = Result<String, ActError>> + Send;
+    /// Ask the current leader `from` to hand leadership to `to`.
+    fn transfer_leadership(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+    ) -> impl Future<Output = Result<String, ActError>> + Send;
+    /// Route `weight` percent of the region's share of new buyers to it.
+    fn set_traffic_weight(
+        &mut self,
+        region: &str,
+        weight: u32,
+    ) -> impl Future<Output = Result<String, ActError>> + Send;
+    /// Replace voter `old` with a new node in `into_region`: add a learner,
+    /// wait until it has caught up, promote it, remove `old`. Returns the new id.
+    fn replace_voter(
+        &mut self,
+        old: NodeId,
+        into_region: &str,
+    ) -> impl Future<Output = Result<NodeId, ActError>> + Send;
+    /// Pause (or resume) every sale: orders are refused with `sales_paused`.
+    fn set_sales_paused(
+        &mut self,
+        paused: bool,
+    ) -> impl Future<Output = Result<String, ActError>> + Send;
+}
+
+fn inside(target: &Target, n: &NodeObservation) -> bool {
+    match target {
+        Target::Node(id) => n.node_id == *id,
+        Target::Region(r) => &n.region == r,
+        Target::Shard => false,
+    }
+}
+
+/// Who should take leadership away from `target`: `Ok(None)` when the leader
+/// is already outside it; otherwise the voter outside the target that the
+/// leader saw acknowledge within `ack_ms`, least behind first.
+pub fn successor(
+    obs: &ClusterObservation,
+    target: &Target,
+    ack_ms: u64,
+) -> Result<Option<(NodeId, NodeId)>, ActError> {
+    let leader = obs
+        .leader_status()
+        .ok_or_else(|| ActError::NoCandidate("the shard has no leader to move".into()))?;
+    let leader_inside = obs.node(leader.node_id).is_some_and(|n| inside(target, n));
+    if !leader_inside {
+        return Ok(None);
+    }
+    obs.nodes
+        .iter()
+        .filter(|n| !inside(target, n) && obs.voters.contains(&n.node_id))
+        .filter(|n| leader.acked_within(n.node_id, ack_ms))
+        .min_by_key(|n| {
+            (
+                leader.progress_of(n.node_id).map_or(u64::MAX, |p| p.lag),
+                n.node_id,
+            )
+        })
+        .map(|n| Some((leader.node_id, n.node_id)))
+        .ok_or_else(|| {
+            ActError::NoCandidate(format!("no live voter outside {target} to take leadership"))
+        })
+}
+
+/// Where each voter of an evacuated region goes: one region each, always the
+/// surviving, not drained region that holds the fewest voters so far.
+pub fn evacuation_plan(
+    obs: &ClusterObservation,
+    region: &str,
+    drained: &[String],
+) -> Result<Vec<(NodeId, String)>, ActError> {
+    let doomed: Vec<NodeId> = obs
+        .voters
+        .iter()
+        .copied()
+        .filter(|v| obs.node(*v).is_some_and(|n| n.region == region))
+        .collect();
+    let mut per_region: BTreeMap<String, usize> = BTreeMap::new();
+    for n in &obs.nodes {
+        if n.region != region && !drained.contains(&n.region) {
+            let entry = per_region.entry(n.region.clone()).or_insert(0);
+            if obs.voters.contains(&n.node_id) {
+                *entry += 1;
+            }
+        }
+    }
+    let mut plan = Vec::new();
+    for old in doomed {
+        let into = per_region
+            .iter()
+            .min_by_key(|(r, c)| (**c, (*r).clone()))
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| {
+                ActError::NoCandidate("no surviving region to move voters into".into())
+            })?;
+        *per_region.entry(into.clone()).or_insert(0) += 1;
+        plan.push((old, into));
+    }
+    Ok(plan)
+}
+
+/// Carries out one decision through the binding.
+pub async fn carry_out<A: Actuate>(
+    d: &Decision,
+    obs: &ClusterObservation,
+    actuator: &mut A,
+    drained: &[String],
+    ack_ms: u64,
+) -> Result<String, ActError> {
+    let not_applicable = || ActError::NotApplicable {
+        action: d.action.name(),
+        target: d.target.to_string(),
+    };
+    match (d.action, &d.target) {
+        (ActionKind::RecordEvent, _) => Ok("recorded".into()),
+        (ActionKind::PageHuman, _) => Ok("paged".into()),
+        (ActionKind::RestartNode, Target::Node(id)) => actuator.restart_node(*id).await,
+        (ActionKind::TransferLeadershipAway, target) => match successor(obs, target, ack_ms)? {
+            None => Ok(format!("the leader is already outside {target}")),
+            Some((from, to)) => actuator.transfer_leadership(from, to).await,
+        },
+        (ActionKind::SetTrafficWeightZero, Target::Region(r)) => {
+            actuator.set_traffic_weight(r, 0).await
+        }
+        (ActionKind::RestoreTrafficWeight, Target::Region(r)) => {
+            actuator.set_traffic_weight(r, 100).await
+        }
+        (ActionKind::ReplaceVotersElsewhere, Target::Region(r)) => {
+            let mut replaced = Vec::new();
+            for (old, into) in evacuation_plan(obs, r, drained)? {
+                let new = actuator.replace_voter(old, &into).await?;
+                replaced.push(format!("{old}→{new} ({into})"));
+            }
+            if replaced.is_empty() {
+                Ok(format!("{r} holds no voter any more"))
+            } else {
+                Ok(format!("voters of {r} replaced: {}", replaced.join(", ")))
+            }
+        }
+        (ActionKind::PauseSales, _) => actuator.set_sales_paused(true).await,
+        (ActionKind::ResumeSales, _) => actuator.set_sales_paused(false).await,
+        (ActionKind::ForceRecoverFromMinority, _) => Err(ActError::Unsupported {
+            action: ActionKind::ForceRecoverFromMinority.name(),
+            binding: actuator.binding(),
+            runbook: "runbooks/tier-t4-protect.md",
+        }),
+        _ => Err(not_applicable()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomkeeper_api::{NodeStatus, ReplicationProgress};
+
+    fn obs(leader: u64, acks: &[(u64, u64, u64)]) -> ClusterObservation {
+        let regions = ["eu", "eu", "us", "us", "ap"];
+        let nodes = (1..=5u64)
+            .map(|id| NodeObservation {
+                node_id: id,
+                region: regions[(id - 1) as usize].into(),
+                zone: "a".into(),
+                process_alive: Some(true),
+                healthz_ok: true,
+                status: (id == leader).then(|| NodeStatus {
+                    node_id: id,
+                    role: "leader".into(),
+                    term: 2,
+                    leader_id: Some(id),
+                    voters: vec![1, 2, 3, 4, 5],
+                    replication: acks
+                        .iter()
+                        .map(|(n, ms, lag)| {
+                            (
+                                n.to_string(),
+                                ReplicationProgress {
+                                    matched_index: Some(1),
+                                    lag: *lag,
+                                    millis_since_ack: Some(*ms),
+                                },
+                            )
+                        })
+                        .collect(),
+                    ..NodeStatus::default()
+                }),
+            })
+            .collect();
+        ClusterObservation::new(0, nodes)
+    }
+
+    #[test]
+    fn leadership_goes_to_the_live_voter_least_behind_outside_the_region() {
+        let o = obs(1, &[(2, 10, 0), (3, 5_000, 0), (4, 10, 7), (5, 10, 3)]);
+        let s = successor(&o, &Target::Region("eu".into()), 2_000).expect("a successor");
+        assert_eq!(
+            s,
+            Some((1, 5)),
+            "node 3 is silent, node 4 is further behind"
+        );
+    }
+
+    #[test]
+    fn a_leader_already_outside_is_left_alone_and_no_leader_is_an_error() {
+        let o = obs(3, &[(1, 10, 0)]);
+        assert_eq!(successor(&o, &Target::Region("eu".into()), 2_000), Ok(None));
+        let none = ClusterObservation::new(0, Vec::new());
+        assert!(successor(&none, &Target::Shard, 2_000).is_err());
+    }
+
+    #[test]
+    fn evacuated_voters_spread_over_the_least_loaded_surviving_regions() {
+        let o = obs(1, &[]);
+        let plan = evacuation_plan(&o, "eu", &[]).expect("plan");
+        assert_eq!(plan, vec![(1, "ap".to_string()), (2, "ap".to_string())]);
+        let plan = evacuation_plan(&o, "us", &["ap".to_string()]).expect("plan");
+        assert_eq!(plan, vec![(3, "eu".to_string()), (4, "eu".to_string())]);
+        assert!(evacuation_plan(&o, "eu", &["us".into(), "ap".into()]).is_err());
+    }
+}
