@@ -416,7 +416,24 @@ pub(crate) fn run_since(
     bound: Option<u64>,
     want: impl Fn(Level) -> bool,
 ) -> Option<(u64, Reading)> {
+    run_since_where(condition, snaps, target, bound, want, |_| true)
+}
+
+/// [`run_since`], counting only snapshots that also satisfy `keep`: a
+/// snapshot failing `keep` ends the run as a reading failing `want` would.
+/// Per-region tiers use it to leave out the snapshots of a global outage.
+pub(crate) fn run_since_where(
+    condition: &Condition,
+    snaps: &[&HealthSnapshot],
+    target: &Target,
+    bound: Option<u64>,
+    want: impl Fn(Level) -> bool,
+    keep: impl Fn(&HealthSnapshot) -> bool,
+) -> Option<(u64, Reading)> {
     let newest = snaps.first()?;
+    if !keep(newest) {
+        return None;
+    }
     let reading = evaluate(condition, newest, target);
     if !want(reading.level) {
         return None;
@@ -426,7 +443,7 @@ pub(crate) fn run_since(
         return Some((since, reading));
     }
     for s in snaps.iter().skip(1) {
-        if !want(evaluate(condition, s, target).level) {
+        if !keep(s) || !want(evaluate(condition, s, target).level) {
             break;
         }
         since = s.at_ms;
@@ -435,6 +452,28 @@ pub(crate) fn run_since(
         }
     }
     Some((since, reading))
+}
+
+/// The trailing run of snapshots (`snaps`, newest first) satisfying `pred`:
+/// the time of its oldest snapshot, walking no further than the first
+/// snapshot at or before `bound`. `None` when the newest does not satisfy it.
+pub(crate) fn held_since(
+    snaps: &[&HealthSnapshot],
+    bound: u64,
+    pred: impl Fn(&HealthSnapshot) -> bool,
+) -> Option<u64> {
+    let newest = snaps.first()?;
+    if !pred(newest) {
+        return None;
+    }
+    let mut since = newest.at_ms;
+    for s in snaps.iter().skip(1) {
+        if since <= bound || !pred(s) {
+            break;
+        }
+        since = s.at_ms;
+    }
+    Some(since)
 }
 
 /// How the condition reads for a target in the newest snapshot.

@@ -84,7 +84,8 @@ pub enum Phase {
     Escalate,
     /// A tier's trigger was clear for its stand-down time.
     StandDown,
-    /// The rate limit was reached; the engine pages a human instead of acting.
+    /// A budget was spent (the rate limit, a node's restart budget, an action's
+    /// failure budget); the engine pages a human instead of acting.
     Escalation,
     /// An operator's command (`kubectl roomkeeper …`, admin API).
     Operator {
@@ -125,6 +126,20 @@ pub enum Guard {
     InvalidPlaybook,
     /// An operator command was refused (missing approval, wrong state).
     OperatorCommand,
+    /// `transferLeadershipAway` waits: the shard has no leader to move.
+    NoLeader,
+    /// The node is quarantined (its restart budget was spent): the engine does
+    /// not restart it until the quarantine lifts.
+    Quarantined,
+    /// The node was restarted recently; the next restart within
+    /// `guards.restartBudget.windowMs` waits for its exponential back-off.
+    RestartBackOff,
+    /// `guards.restartBudget.maxRestarts` restarts of the node within the
+    /// window: the node is quarantined and a human paged instead.
+    RestartBudget,
+    /// `guards.failureBudget.maxFailures` failures of this action on this
+    /// target within the window: no retry until the window passes; a human is paged.
+    FailureBudget,
 }
 
 impl Guard {
@@ -141,6 +156,11 @@ impl Guard {
             Guard::ApprovalGate => "approvalGate",
             Guard::InvalidPlaybook => "invalidPlaybook",
             Guard::OperatorCommand => "operatorCommand",
+            Guard::NoLeader => "noLeader",
+            Guard::Quarantined => "quarantined",
+            Guard::RestartBackOff => "restartBackOff",
+            Guard::RestartBudget => "restartBudget",
+            Guard::FailureBudget => "failureBudget",
         }
     }
 }
@@ -181,9 +201,10 @@ impl Disposition {
 pub struct Decision {
     pub id: DecisionId,
     pub at_ms: u64,
-    /// The tier's name (`operator` for operator commands).
+    /// The tier's name (`operator` for operator commands, `converge` for the
+    /// engine undoing an effect no tier owns any more).
     pub tier: String,
-    /// The tier's level; `None` for operator commands.
+    /// The tier's level; `None` for operator commands and `converge` decisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<u8>,
     pub phase: Phase,

@@ -6,22 +6,32 @@
 //! evacuate before heal), and for each tier every target its condition is
 //! evaluated for. A tier *fires* for a target when its condition has held in
 //! every snapshot for `forMs`; it *stands down* when the condition has been
-//! clear (below the separate stand-down thresholds) for `clearForMs`. Each
-//! action of a firing passes the guards in a fixed order — pause, stale
-//! observation, majority of regions visible, never below quorum, one region at
-//! a time, cooldown, rate limit — then dry-run and the approval gate.
+//! clear (below the separate stand-down thresholds) for `clearForMs`. A
+//! per-region tier counts no snapshot in which a higher shard-wide tier's
+//! condition (quorum lost) is breached: a global outage is T4's, not T2's or
+//! T3's. Each action of a firing passes the guards in a fixed order — pause,
+//! stale observation, majority of regions visible, no leader, never below
+//! quorum, one region at a time, quarantine, failure budget, restart back-off
+//! and budget, cooldown, rate limit — then dry-run and the approval gate.
+//! Restoring actions skip the cooldown and the rate limit. After the tiers,
+//! the engine undoes effects no tier owns any more (a region left at weight
+//! 0, sales left paused) once their cause has been clear long enough.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budgets::{self, acted, pos};
 use crate::conditions::{self, Level, Reading};
 use crate::decision::{
-    ApprovalVerdict, Decision, DecisionId, Disposition, Evidence, Guard, Phase, Target,
+    ApprovalVerdict, Decision, DecisionId, Disposition, Evidence, Guard, Phase, Target, TargetKind,
 };
-use crate::health::{self, HealthSnapshot, Liveness, RegionVisibility};
-use crate::memory::{Activation, ActivationPhase, EffectOwner, EngineMemory, Step, StepState};
-use crate::playbook::{ActionKind, OnTimeout, Playbook, Tier};
+use crate::health::{self, HealthSnapshot, Liveness, NodeId, RegionVisibility};
+use crate::memory::{
+    Activation, ActivationPhase, Converging, EffectOwner, EngineMemory, FailureBlock, Quarantine,
+    Step, StepState,
+};
+use crate::playbook::{ActionKind, Condition, OnTimeout, Playbook, Tier};
 use crate::validate::validate;
 use crate::words;
 
@@ -108,6 +118,17 @@ impl Engine {
             latest,
         };
         retire_removed_tiers(playbook, now_ms, memory);
+        // A block is kept one window past its end, to tell a repeat
+        // exhaustion (not paged again) from a new failure episode.
+        let fw = pos(playbook.guards.failure_budget.window_ms);
+        memory
+            .failure_blocks
+            .retain(|b| now_ms < b.until_ms.saturating_add(fw));
+        let rw = pos(playbook.guards.restart_budget.window_ms);
+        memory
+            .restart_budget_resets
+            .retain(|_, t| now_ms.saturating_sub(*t) < rw);
+        review_quarantines(&tick, memory, &mut out);
         let mut tiers: Vec<&Tier> = playbook.tiers.iter().collect();
         tiers.sort_by_key(|t| std::cmp::Reverse(t.level));
         for tier in tiers {
@@ -125,8 +146,18 @@ impl Engine {
                 step_tier(&tick, tier, &target, memory, &mut out);
             }
         }
+        converge(&tick, memory, &mut out);
         let g = &playbook.guards;
-        let keep = g.window_ms.max(g.cooldown_ms).max(0) as u64;
+        let keep = [
+            g.window_ms,
+            g.cooldown_ms,
+            g.failure_budget.window_ms,
+            g.restart_budget.window_ms,
+        ]
+        .into_iter()
+        .map(pos)
+        .max()
+        .unwrap_or(0);
         memory.prune(now_ms, keep);
         out
     }
@@ -219,7 +250,7 @@ impl Engine {
             if tier.trigger.condition.target_kind() != target.kind() {
                 continue;
             }
-            lines.push(explain_tier(tier, &snaps, now_ms, memory, target));
+            lines.push(explain_tier(playbook, tier, &snaps, now_ms, memory, target));
         }
         if let Some(latest) = history
             .iter()
@@ -309,9 +340,18 @@ fn step_tier(
     let clear_for_ms = tier.trigger.clear_for_ms.max(0) as u64;
     let breach_bound = tick.now.saturating_sub(for_ms);
     let clear_bound = tick.now.saturating_sub(clear_for_ms);
-    let breach = conditions::run_since(cond, &tick.snaps, target, Some(breach_bound), |l| {
-        l == Level::Breached
-    });
+    // A per-region tier does not count snapshots of a global outage: while a
+    // higher shard-wide tier's condition is breached it neither fires nor
+    // acts, and its hold-down starts again when the outage ends.
+    let sups = superseding(tick.playbook, tier);
+    let breach = conditions::run_since_where(
+        cond,
+        &tick.snaps,
+        target,
+        Some(breach_bound),
+        |l| l == Level::Breached,
+        |s| superseded_by(&sups, s).is_none(),
+    );
     let held = breach
         .as_ref()
         .filter(|(since, _)| tick.now.saturating_sub(*since) >= for_ms);
@@ -429,7 +469,20 @@ fn work_steps(
             Some((since, r)) if *since <= tick.now.saturating_sub(for_ms) => {
                 ((*since).min(act.breached_since_ms), r.clone())
             }
-            Some((since, r)) => (*since, r.clone()),
+            Some((since, r)) => {
+                // After a global outage (P11) a per-region tier waits a full
+                // hold-down again before it takes a pending step.
+                let sups = superseding(tick.playbook, tier);
+                let after_outage = tick
+                    .snaps
+                    .iter()
+                    .find(|s| s.at_ms < *since)
+                    .is_some_and(|s| superseded_by(&sups, s).is_some());
+                if after_outage {
+                    return;
+                }
+                (*since, r.clone())
+            }
             None => return,
         },
         ActivationPhase::StandingDown => {
@@ -445,7 +498,8 @@ fn work_steps(
             }
         }
     };
-    let cooldown = tick.playbook.guards.cooldown_ms.max(0) as u64;
+    let cooldown = pos(tick.playbook.guards.cooldown_ms);
+    let retry_after = pos(tick.playbook.guards.failure_budget.retry_after_ms);
     for j in 0..act.steps.len() {
         let step = memory.activations[idx].steps[j].clone();
         let action = step.action;
@@ -468,7 +522,15 @@ fn work_steps(
         match step.state {
             StepState::Finished { .. } | StepState::Executed { .. } => {}
             StepState::Pending { after_ms } => {
-                if after_ms.is_some_and(|t| tick.now < t.saturating_add(cooldown)) {
+                // A retry (after a failure, or a restart that did not heal)
+                // waits the cooldown if the action is disruptive, and
+                // `failureBudget.retryAfterMs` otherwise.
+                let wait = if action.is_rate_limited() {
+                    cooldown
+                } else {
+                    retry_after
+                };
+                if after_ms.is_some_and(|t| tick.now < t.saturating_add(wait)) {
                     continue;
                 }
                 attempt(
@@ -628,7 +690,49 @@ fn attempt(
         return;
     }
     if let Some((guard, why)) = check_guards(tick, memory, action, &target) {
-        if guard == Guard::RateLimit {
+        if guard == Guard::RestartBudget && step.last_suppressed_by != Some(guard) {
+            // The node's restart budget is spent: quarantine it and page a
+            // human instead of restarting it again.
+            let id = emit(
+                memory,
+                out,
+                tick,
+                tier,
+                phase,
+                action,
+                target.clone(),
+                reason,
+                evidence.clone(),
+                Disposition::Suppressed { guard, why },
+                follows,
+            );
+            let quarantined = quarantine(tick, tier, &target, id, evidence, memory, out);
+            memory.activations[idx].steps[j].last_suppressed_by = Some(if quarantined {
+                Guard::Quarantined
+            } else {
+                guard
+            });
+        } else if guard == Guard::FailureBudget {
+            let mut suppressed = None;
+            if step.last_suppressed_by != Some(guard) {
+                suppressed = Some(emit(
+                    memory,
+                    out,
+                    tick,
+                    tier,
+                    phase,
+                    action,
+                    target.clone(),
+                    reason,
+                    evidence,
+                    Disposition::Suppressed { guard, why },
+                    follows,
+                ));
+                memory.activations[idx].steps[j].last_suppressed_by = Some(guard);
+            }
+            let at = (tier.name.as_str(), Some(tier.level));
+            block_failed_action(tick, at, action, &target, suppressed, memory, out);
+        } else if guard == Guard::RateLimit {
             // Terminal: hand the step to a human instead of looping on it.
             let id = emit(
                 memory,
@@ -774,11 +878,44 @@ fn emit(
     disposition: Disposition,
     follows: Option<DecisionId>,
 ) -> DecisionId {
+    emit_as(
+        memory,
+        out,
+        tick.now,
+        (&tier.name, Some(tier.level)),
+        phase,
+        action,
+        target,
+        reason,
+        evidence,
+        disposition,
+        follows,
+    )
+}
+
+/// Who a decision is attributed to: a tier's name and level (`converge`
+/// decisions have no level).
+type Origin<'a> = (&'a str, Option<u8>);
+
+#[allow(clippy::too_many_arguments)]
+fn emit_as(
+    memory: &mut EngineMemory,
+    out: &mut Vec<Decision>,
+    now: u64,
+    origin: Origin<'_>,
+    phase: Phase,
+    action: ActionKind,
+    target: Target,
+    reason: String,
+    evidence: Vec<Evidence>,
+    disposition: Disposition,
+    follows: Option<DecisionId>,
+) -> DecisionId {
     let d = Decision {
         id: memory.take_id(),
-        at_ms: tick.now,
-        tier: tier.name.clone(),
-        level: Some(tier.level),
+        at_ms: now,
+        tier: origin.0.to_string(),
+        level: origin.1,
         phase,
         action,
         target,
@@ -882,10 +1019,6 @@ fn majority_guard(playbook: &Playbook, latest: &HealthSnapshot) -> Option<(Guard
     None
 }
 
-fn acted(d: &Decision) -> bool {
-    matches!(d.disposition, Disposition::Execute | Disposition::DryRun)
-}
-
 fn check_guards(
     tick: &Tick<'_>,
     memory: &EngineMemory,
@@ -899,6 +1032,14 @@ fn check_guards(
         return None;
     }
     let g = &tick.playbook.guards;
+    if action == ActionKind::TransferLeadershipAway && tick.latest.shard.leader.is_none() {
+        return Some((
+            Guard::NoLeader,
+            format!(
+                "the shard has no leader, so there is no leadership to move away from {target}; the transfer waits for an election"
+            ),
+        ));
+    }
     if g.never_below_quorum {
         if let Some(why) = quorum_risk(tick.latest, action, target) {
             return Some((Guard::NeverBelowQuorum, why));
@@ -909,10 +1050,30 @@ fn check_guards(
             return Some((Guard::OneRegionAtATime, why));
         }
     }
+    if let (ActionKind::RestartNode, Target::Node(id)) = (action, target) {
+        if let Some(q) = memory.quarantined.get(id) {
+            return Some((
+                Guard::Quarantined,
+                format!(
+                    "node {id} is quarantined since {} ms (its restart budget was spent; decision #{}): the engine does not restart it until the quarantine lifts",
+                    q.since_ms,
+                    q.page_decision.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(why) = failure_budget_spent(tick, memory, action, target) {
+        return Some((Guard::FailureBudget, why));
+    }
+    if let (ActionKind::RestartNode, Target::Node(id)) = (action, target) {
+        if let Some(x) = restart_budget_check(tick, memory, *id) {
+            return Some(x);
+        }
+    }
     if !action.is_rate_limited() {
         return None;
     }
-    let cooldown = g.cooldown_ms.max(0) as u64;
+    let cooldown = pos(g.cooldown_ms);
     if let Some(last) = memory
         .records
         .iter()
@@ -934,15 +1095,8 @@ fn check_guards(
             ));
         }
     }
-    let window = g.window_ms.max(0) as u64;
-    let used = memory
-        .records
-        .iter()
-        .map(|r| &r.decision)
-        .filter(|d| {
-            acted(d) && d.action.is_rate_limited() && tick.now.saturating_sub(d.at_ms) < window
-        })
-        .count();
+    let window = pos(g.window_ms);
+    let used = budgets::rate_limit_used(g, memory, tick.now).len();
     if used >= g.max_actions_per_window as usize {
         return Some((
             Guard::RateLimit,
@@ -954,6 +1108,74 @@ fn check_guards(
         ));
     }
     None
+}
+
+/// Why the failure budget of this action on this target stops a retry, if it does.
+fn failure_budget_spent(
+    tick: &Tick<'_>,
+    memory: &EngineMemory,
+    action: ActionKind,
+    target: &Target,
+) -> Option<String> {
+    let g = &tick.playbook.guards;
+    let v = budgets::failure_view(g, memory, action, target, tick.now);
+    let until = v.blocked_until?;
+    let errors: Vec<String> = v
+        .failures
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(at, e, id)| format!("#{id} at {at} ms: {e}"))
+        .collect();
+    Some(format!(
+        "{} on {target} failed {} times within {} (budget {}): it is not retried for {} more (until {until} ms); last errors: {}",
+        action.name(),
+        v.failures.len(),
+        words::duration_i64(g.failure_budget.window_ms),
+        g.failure_budget.max_failures,
+        words::duration(until.saturating_sub(tick.now)),
+        errors.join("; ")
+    ))
+}
+
+/// The restart back-off and budget of one node.
+fn restart_budget_check(
+    tick: &Tick<'_>,
+    memory: &EngineMemory,
+    node: NodeId,
+) -> Option<(Guard, String)> {
+    let g = &tick.playbook.guards;
+    let rb = &g.restart_budget;
+    let v = budgets::restart_view(g, memory, node, tick.now);
+    let window = words::duration_i64(rb.window_ms);
+    if v.exhausted {
+        let times: Vec<String> = v
+            .restarts
+            .iter()
+            .map(|(at, id)| format!("#{id} at {at} ms"))
+            .collect();
+        return Some((
+            Guard::RestartBudget,
+            format!(
+                "node {node} was restarted {} times within {window} ({}) and its restart budget is {} per {window}: restarting it again would hide a fault, so it is quarantined and a human is paged",
+                v.restarts.len(),
+                words::list(&times),
+                rb.max_restarts
+            ),
+        ));
+    }
+    match v.next_after {
+        Some(t) if tick.now < t => Some((
+            Guard::RestartBackOff,
+            format!(
+                "node {node} was restarted {} time{} within {window}; the next restart backs off until {t} ms ({} from now)",
+                v.restarts.len(),
+                if v.restarts.len() == 1 { "" } else { "s" },
+                words::duration(t - tick.now)
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// Why an action could leave fewer live voters than a quorum, if it could.
@@ -1233,6 +1455,7 @@ fn operator_refusal(
 }
 
 fn explain_tier(
+    playbook: &Playbook,
     tier: &Tier,
     snaps: &[&HealthSnapshot],
     now: u64,
@@ -1241,6 +1464,14 @@ fn explain_tier(
 ) -> String {
     let label = tier_label(tier);
     let cond = &tier.trigger.condition;
+    let sups = superseding(playbook, tier);
+    let superseded = snaps.first().and_then(|s| superseded_by(&sups, s)).map(|t| {
+        format!(
+            " It is superseded for now: {}'s condition ({}) holds, an outage that is global, so per-region tiers take no action and their hold-down starts again when it ends.",
+            tier_label(t),
+            t.trigger.condition.name()
+        )
+    }).unwrap_or_default();
     if let Some(a) = memory
         .activations
         .iter()
@@ -1280,10 +1511,23 @@ fn explain_tier(
                 a.cleared_since_ms.unwrap_or(now)
             ),
         };
-        return format!("{label} {phase}. Steps: {}.", words::list(&steps));
+        return format!(
+            "{label} {phase}. Steps: {}.{superseded}",
+            words::list(&steps)
+        );
+    }
+    if !superseded.is_empty() {
+        return format!("{label}: not triggered for {target}.{superseded}");
     }
     let for_ms = tier.trigger.for_ms.max(0) as u64;
-    match conditions::run_since(cond, snaps, target, None, |l| l == Level::Breached) {
+    match conditions::run_since_where(
+        cond,
+        snaps,
+        target,
+        None,
+        |l| l == Level::Breached,
+        |s| superseded_by(&sups, s).is_none(),
+    ) {
         Some((since, _)) => {
             let held = now.saturating_sub(since);
             format!(
@@ -1332,18 +1576,35 @@ fn explain_guards(
             " — so it takes no action"
         }
     ));
-    let window = g.window_ms.max(0) as u64;
-    let used = memory
-        .records
-        .iter()
-        .map(|r| &r.decision)
-        .filter(|d| acted(d) && d.action.is_rate_limited() && now.saturating_sub(d.at_ms) < window)
-        .count();
+    let window = pos(g.window_ms);
+    let used = budgets::rate_limit_used(g, memory, now).len();
     parts.push(format!(
-        "{used} of {} cluster-changing actions used in the last {}",
+        "{used} of {} cluster-changing actions used in the last {} (failed actions and restoring actions do not count)",
         g.max_actions_per_window,
         words::duration(window)
     ));
+    let budgets = Engine::budgets(playbook, memory, now);
+    for f in &budgets.failure_budgets {
+        if let Some(until) = f.blocked_until_ms {
+            parts.push(format!(
+                "{} on {} failed {} times and is not retried until {until} ms",
+                f.action.name(),
+                f.target,
+                f.failures
+            ));
+        }
+    }
+    if !memory.quarantined.is_empty() {
+        let q: Vec<String> = memory
+            .quarantined
+            .values()
+            .map(|q| format!("node {} (since {} ms)", q.node, q.since_ms))
+            .collect();
+        parts.push(format!(
+            "quarantined after spending their restart budget: {}",
+            words::list(&q)
+        ));
+    }
     let ev = memory.evacuation_in_progress();
     if !ev.is_empty() {
         parts.push(format!(
@@ -1370,4 +1631,495 @@ fn explain_guards(
         None => {}
     }
     format!("Guards now: {}.", parts.join("; "))
+}
+
+// ---- a global outage supersedes per-region tiers ---------------------------
+
+/// The shard-wide tiers above a per-region tier: while one of their
+/// conditions is breached, the outage is global and the region tier neither
+/// fires nor acts. Empty for tiers that are not per region.
+fn superseding<'a>(playbook: &'a Playbook, tier: &Tier) -> Vec<&'a Tier> {
+    if tier.trigger.condition.target_kind() != TargetKind::Region {
+        return Vec::new();
+    }
+    playbook
+        .tiers
+        .iter()
+        .filter(|t| t.trigger.condition.target_kind() == TargetKind::Shard && t.level > tier.level)
+        .collect()
+}
+
+/// The superseding tier whose condition is breached in this snapshot, if any.
+fn superseded_by<'a>(sups: &[&'a Tier], snap: &HealthSnapshot) -> Option<&'a Tier> {
+    sups.iter().copied().find(|t| {
+        conditions::evaluate(&t.trigger.condition, snap, &Target::Shard).level == Level::Breached
+    })
+}
+
+// ---- failure budget --------------------------------------------------------
+
+/// Records that an action's failure budget is spent (once per exhaustion) and
+/// pages a human with the errors.
+fn block_failed_action(
+    tick: &Tick<'_>,
+    origin: Origin<'_>,
+    action: ActionKind,
+    target: &Target,
+    suppressed: Option<DecisionId>,
+    memory: &mut EngineMemory,
+    out: &mut Vec<Decision>,
+) {
+    let g = &tick.playbook.guards;
+    let v = budgets::failure_view(g, memory, action, target, tick.now);
+    let Some(until) = v.blocked_until else {
+        return;
+    };
+    if v.recorded {
+        return;
+    }
+    let newest = v.failures.iter().map(|f| f.0).max().unwrap_or(tick.now);
+    // One page per failure episode: an exhaustion right after the previous
+    // block (the action kept failing) is recorded but not paged again.
+    let repeat = memory
+        .failure_blocks
+        .iter()
+        .any(|b| b.action == action && &b.target == target && b.paged);
+    let disposition = if tick.playbook.dry_run {
+        Disposition::DryRun
+    } else {
+        match notification_guards(tick) {
+            Some((guard, why)) => Disposition::Suppressed { guard, why },
+            None => Disposition::Execute,
+        }
+    };
+    memory.failure_blocks.push(FailureBlock {
+        action,
+        target: target.clone(),
+        at_ms: newest,
+        until_ms: until,
+        paged: repeat || disposition.is_execute(),
+    });
+    if repeat {
+        return;
+    }
+    let evidence: Vec<Evidence> = v
+        .failures
+        .iter()
+        .map(|(at, error, id)| Evidence {
+            signal: format!("{} on {target} (decision #{id})", action.name()),
+            value: format!("failed: {error}"),
+            threshold: None,
+            since_ms: *at,
+        })
+        .collect();
+    let reason = format!(
+        "The engine tried to {} and it failed {} times within {} (failure budget {} per {}). It stops retrying until {until} ms and a human decides from here; the errors are in the evidence.",
+        action_phrase(action, target),
+        v.failures.len(),
+        words::duration_i64(g.failure_budget.window_ms),
+        g.failure_budget.max_failures,
+        words::duration_i64(g.failure_budget.window_ms),
+    );
+    emit_as(
+        memory,
+        out,
+        tick.now,
+        origin,
+        Phase::Escalation,
+        ActionKind::PageHuman,
+        target.clone(),
+        reason,
+        evidence,
+        disposition,
+        suppressed,
+    );
+}
+
+// ---- restart budget and quarantine -----------------------------------------
+
+/// Quarantines a node whose restart budget is spent and pages a human once.
+/// In dry-run the page is recorded as what would have been done and the node
+/// is not quarantined. Returns whether the node is now quarantined.
+fn quarantine(
+    tick: &Tick<'_>,
+    tier: &Tier,
+    target: &Target,
+    suppressed: DecisionId,
+    evidence: Vec<Evidence>,
+    memory: &mut EngineMemory,
+    out: &mut Vec<Decision>,
+) -> bool {
+    let Target::Node(node) = target else {
+        return false;
+    };
+    let g = &tick.playbook.guards;
+    let rb = &g.restart_budget;
+    let v = budgets::restart_view(g, memory, *node, tick.now);
+    let window = words::duration_i64(rb.window_ms);
+    let mut ev: Vec<Evidence> = v
+        .restarts
+        .iter()
+        .map(|(at, id)| Evidence {
+            signal: format!("node {node} restart (decision #{id})"),
+            value: match memory.record(*id).and_then(|r| r.outcome.as_ref()) {
+                Some(o) if o.succeeded() => "succeeded".into(),
+                Some(_) => "failed".into(),
+                None => "outcome not reported".into(),
+            },
+            threshold: Some(format!("at most {} per {window}", rb.max_restarts)),
+            since_ms: *at,
+        })
+        .collect();
+    ev.extend(evidence);
+    let reason = format!(
+        "{} needs another restart, but it was restarted {} times within {window} (restart budget {} per {window}) and keeps failing: restarting it again would hide the real fault. The engine quarantines it — no more restarts, and the bindings keep it out of Raft leadership and buyer traffic — and pages a human. The quarantine lifts once the node has been healthy for {window}, or when an operator releases it.",
+        words::capitalize(&target.to_string()),
+        v.restarts.len(),
+        rb.max_restarts,
+    );
+    let dry = tick.playbook.dry_run;
+    let id = emit(
+        memory,
+        out,
+        tick,
+        tier,
+        Phase::Escalation,
+        ActionKind::PageHuman,
+        target.clone(),
+        reason.clone(),
+        ev.clone(),
+        if dry {
+            Disposition::DryRun
+        } else {
+            Disposition::Execute
+        },
+        Some(suppressed),
+    );
+    if dry {
+        return false;
+    }
+    memory.quarantined.insert(
+        *node,
+        Quarantine {
+            node: *node,
+            since_ms: tick.now,
+            tier: tier.name.clone(),
+            reason,
+            evidence: ev,
+            page_decision: Some(id),
+            healthy_since_ms: None,
+        },
+    );
+    true
+}
+
+/// Follows each quarantined node's health and lifts the quarantine once the
+/// node has been healthy (alive by two views, process and disk fine) for the
+/// restart budget's window, or once the node is no longer part of the shard.
+/// Lifting waits while the playbook is paused or in dry-run, the view is
+/// stale, or the controller sees a minority.
+fn review_quarantines(tick: &Tick<'_>, memory: &mut EngineMemory, out: &mut Vec<Decision>) {
+    if memory.quarantined.is_empty() {
+        return;
+    }
+    let window = pos(tick.playbook.guards.restart_budget.window_ms);
+    let cond = Condition::NodeUnhealthy;
+    let nodes: Vec<NodeId> = memory.quarantined.keys().copied().collect();
+    for node in nodes {
+        let target = Target::Node(node);
+        let latest = tick.latest;
+        let gone = !latest.nodes.iter().any(|n| n.node_id == node)
+            && !latest.shard.voters.contains(&node)
+            && !latest.shard.learners.contains(&node);
+        let Some(q) = memory.quarantined.get_mut(&node) else {
+            continue;
+        };
+        // Since when the node has been healthy in every snapshot: walk back
+        // to the newest snapshot in which it was not, no further than the
+        // start of the healthy run already known.
+        let known = q.healthy_since_ms;
+        let mut oldest_clear = None;
+        let mut hit_unhealthy = false;
+        for s in &tick.snaps {
+            if known.is_some_and(|h| s.at_ms < h) {
+                break;
+            }
+            if conditions::evaluate(&cond, s, &target).level != Level::Clear {
+                hit_unhealthy = true;
+                break;
+            }
+            oldest_clear = Some(s.at_ms);
+        }
+        q.healthy_since_ms = match (oldest_clear, hit_unhealthy) {
+            (None, _) => None,
+            (Some(t), true) => Some(t),
+            (Some(t), false) => Some(known.unwrap_or(t)),
+        };
+        let healthy_for = q
+            .healthy_since_ms
+            .map(|h| tick.now.saturating_sub(h))
+            .unwrap_or(0);
+        if !gone && (q.healthy_since_ms.is_none() || healthy_for < window) {
+            continue;
+        }
+        if tick.playbook.dry_run || notification_guards(tick).is_some() {
+            continue;
+        }
+        let Some(q) = memory.quarantined.remove(&node) else {
+            continue;
+        };
+        let reason = if gone {
+            format!(
+                "Node {node} is no longer part of the shard, so its quarantine (since {} ms) is lifted.",
+                q.since_ms
+            )
+        } else {
+            format!(
+                "Node {node} has been healthy for {} since its quarantine at {} ms (the restart budget's window is {}), so the quarantine is lifted: the engine may restart it again and the bindings may give it leadership and traffic.",
+                words::duration(healthy_for),
+                q.since_ms,
+                words::duration(window)
+            )
+        };
+        let level = tick.playbook.tier(&q.tier).map(|t| t.level);
+        let evidence = conditions::evaluate(&cond, tick.latest, &target)
+            .facts
+            .iter()
+            .map(|f| f.at(q.healthy_since_ms.unwrap_or(tick.now)))
+            .collect();
+        emit_as(
+            memory,
+            out,
+            tick.now,
+            (&q.tier, level),
+            Phase::StandDown,
+            ActionKind::RecordEvent,
+            target,
+            reason,
+            evidence,
+            Disposition::Execute,
+            q.page_decision,
+        );
+    }
+}
+
+// ---- convergence: effects no tier owns ---------------------------------------
+
+/// The name decisions undoing an orphaned effect are recorded under.
+pub const CONVERGE: &str = "converge";
+
+/// Whether a tier (any phase) still owns the sales gate: its activation will
+/// resume sales itself on stand-down.
+fn sales_owned(playbook: &Playbook, memory: &EngineMemory) -> bool {
+    memory.activations.iter().any(|a| {
+        a.steps
+            .iter()
+            .any(|s| matches!(s.action, ActionKind::PauseSales | ActionKind::ResumeSales))
+            || playbook.tier(&a.tier).is_some_and(|t| {
+                t.actions.contains(&ActionKind::PauseSales)
+                    || t.stand_down_actions.contains(&ActionKind::ResumeSales)
+            })
+    })
+}
+
+/// A region is clear for convergence when it has nodes, is not lost, at most
+/// half of its nodes are bad under the stand-down thresholds, and every
+/// per-region tier's condition reads clear for it.
+fn region_clear(playbook: &Playbook, snap: &HealthSnapshot, region: &str) -> bool {
+    let t = playbook.region_clear_thresholds();
+    let (bad, total) = health::region_bad_nodes(snap, region, &t);
+    if total == 0 || health::region_lost(snap, region) || bad * 2 > total {
+        return false;
+    }
+    let target = Target::Region(region.to_string());
+    playbook
+        .tiers
+        .iter()
+        .filter(|t| t.trigger.condition.target_kind() == TargetKind::Region)
+        .all(|t| conditions::evaluate(&t.trigger.condition, snap, &target).level == Level::Clear)
+}
+
+/// The longest `clearForMs` of the tiers listing `action` (0 when none does).
+fn hold_for(playbook: &Playbook, action: ActionKind) -> u64 {
+    playbook
+        .tiers
+        .iter()
+        .filter(|t| t.actions.contains(&action))
+        .map(|t| pos(t.trigger.clear_for_ms))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Undoes the engine's own effects that no tier owns any more — a region left
+/// at traffic weight 0, sales left paused — once their cause has been clear
+/// for the longest stand-down time of the tiers that cause them. This is how a
+/// region drained by a tier that stood down without restoring it (or was
+/// removed from the playbook, or whose restore was lost) comes back: a
+/// healthy region at weight 0 with no tier owning it is itself a signal.
+/// Effects an operator put in place are never undone here (P7).
+fn converge(tick: &Tick<'_>, memory: &mut EngineMemory, out: &mut Vec<Decision>) {
+    let playbook = tick.playbook;
+    let mut wanted: Vec<(ActionKind, Target)> = memory
+        .drained_regions
+        .iter()
+        .filter(|(_, owner)| **owner == EffectOwner::Engine)
+        .map(|(r, _)| Target::Region(r.clone()))
+        .filter(|t| !memory.activations.iter().any(|a| &a.target == t))
+        .map(|t| (ActionKind::RestoreTrafficWeight, t))
+        .collect();
+    if memory.sales_paused == Some(EffectOwner::Engine) && !sales_owned(playbook, memory) {
+        wanted.push((ActionKind::ResumeSales, Target::Shard));
+    }
+    memory
+        .converging
+        .retain(|c| wanted.iter().any(|(a, t)| *a == c.action && *t == c.target));
+    let retry_after = pos(playbook.guards.failure_budget.retry_after_ms);
+    for (action, target) in wanted {
+        let (hold, since, evidence, what) = match &target {
+            Target::Region(r) => {
+                let hold = hold_for(playbook, ActionKind::SetTrafficWeightZero);
+                let since =
+                    conditions::held_since(&tick.snaps, tick.now.saturating_sub(hold), |s| {
+                        region_clear(playbook, s, r)
+                    });
+                let (bad, total) =
+                    health::region_bad_nodes(tick.latest, r, &playbook.region_clear_thresholds());
+                let at = since.unwrap_or(tick.now);
+                let evidence = vec![
+                    Evidence {
+                        signal: format!("region {r} traffic weight"),
+                        value: "0 (drained by the engine, no tier owns it)".into(),
+                        threshold: None,
+                        since_ms: at,
+                    },
+                    Evidence {
+                        signal: format!("region {r} bad nodes"),
+                        value: format!("{bad} of {total}"),
+                        threshold: Some("at most half".into()),
+                        since_ms: at,
+                    },
+                ];
+                let what = format!(
+                    "Region {r} is still at traffic weight 0, but no tier owns that any more (the tier that drained it stood down without restoring it, or left the playbook)"
+                );
+                (hold, since, evidence, what)
+            }
+            _ => {
+                let hold = hold_for(playbook, ActionKind::PauseSales);
+                let since =
+                    conditions::held_since(&tick.snaps, tick.now.saturating_sub(hold), |s| {
+                        health::quorum(s) == health::QuorumState::Present
+                            && s.shard.leader.is_some()
+                    });
+                let at = since.unwrap_or(tick.now);
+                let evidence =
+                    conditions::evaluate(&Condition::QuorumLost, tick.latest, &Target::Shard)
+                        .facts
+                        .iter()
+                        .map(|f| f.at(at))
+                        .collect();
+                let what = "Sales are still paused by the engine, but no tier owns the pause any more (the tier that paused them left the playbook, or its resume was lost)".to_string();
+                (hold, since, evidence, what)
+            }
+        };
+        let Some(since) = since else { continue };
+        let clear_for = tick.now.saturating_sub(since);
+        if clear_for < hold {
+            continue;
+        }
+        // A failed attempt is retried after `retryAfterMs`, within the failure budget.
+        let last_failure = memory
+            .records
+            .iter()
+            .filter(|r| r.decision.action == action && r.decision.target == target)
+            .filter_map(budgets::failed_at)
+            .max();
+        if last_failure.is_some_and(|t| tick.now < t.saturating_add(retry_after)) {
+            continue;
+        }
+        let reason = format!(
+            "{what}. Its cause has been clear for {} (hold {}), so the engine will {}.",
+            words::duration(clear_for),
+            words::duration(hold),
+            action_phrase(action, &target)
+        );
+        let idx = match memory
+            .converging
+            .iter()
+            .position(|c| c.action == action && c.target == target)
+        {
+            Some(i) => i,
+            None => {
+                memory.converging.push(Converging {
+                    action,
+                    target: target.clone(),
+                    last_suppressed_by: None,
+                    dry_run_recorded: false,
+                });
+                memory.converging.len() - 1
+            }
+        };
+        let origin = (CONVERGE, None);
+        let guard = notification_guards(tick).or_else(|| {
+            failure_budget_spent(tick, memory, action, &target).map(|w| (Guard::FailureBudget, w))
+        });
+        if let Some((guard, why)) = guard {
+            let mut suppressed = None;
+            if memory.converging[idx].last_suppressed_by != Some(guard) {
+                memory.converging[idx].last_suppressed_by = Some(guard);
+                suppressed = Some(emit_as(
+                    memory,
+                    out,
+                    tick.now,
+                    origin,
+                    Phase::StandDown,
+                    action,
+                    target.clone(),
+                    reason,
+                    evidence,
+                    Disposition::Suppressed { guard, why },
+                    None,
+                ));
+            }
+            if guard == Guard::FailureBudget {
+                block_failed_action(tick, origin, action, &target, suppressed, memory, out);
+            }
+            continue;
+        }
+        if playbook.dry_run {
+            if !memory.converging[idx].dry_run_recorded {
+                memory.converging[idx].dry_run_recorded = true;
+                memory.converging[idx].last_suppressed_by = None;
+                emit_as(
+                    memory,
+                    out,
+                    tick.now,
+                    origin,
+                    Phase::StandDown,
+                    action,
+                    target,
+                    reason,
+                    evidence,
+                    Disposition::DryRun,
+                    None,
+                );
+            }
+            continue;
+        }
+        memory.converging.remove(idx);
+        emit_as(
+            memory,
+            out,
+            tick.now,
+            origin,
+            Phase::StandDown,
+            action,
+            target.clone(),
+            reason,
+            evidence,
+            Disposition::Execute,
+            None,
+        );
+        memory.apply_effect(action, &target, EffectOwner::Engine);
+    }
 }

@@ -12,9 +12,12 @@
 //! - [`validate()`]: field-path error messages for invalid playbooks.
 //! - [`Engine`]: decisions with reasons, evidence and guard dispositions.
 //! - [`EngineMemory`]: serializable memory of decisions, approvals and outcomes,
-//!   with explanations in words.
+//!   quarantined nodes, with explanations in words.
+//! - [`budgets`]: what is left of each guard's budget ([`Engine::budgets`]),
+//!   for metrics and status.
 #![forbid(unsafe_code)]
 
+pub mod budgets;
 mod conditions;
 pub mod decision;
 pub mod engine;
@@ -24,21 +27,22 @@ pub mod playbook;
 pub mod validate;
 pub mod words;
 
+pub use budgets::{CooldownState, FailureBudgetState, GuardBudgets, RestartBudgetState};
 pub use decision::{
     ActionOutcome, ApprovalVerdict, Decision, DecisionId, Disposition, Evidence, Guard, Phase,
     Target, TargetKind,
 };
-pub use engine::{action_phrase, Engine, OperatorCommand};
+pub use engine::{action_phrase, Engine, OperatorCommand, CONVERGE};
 pub use health::{
     assess, Assessment, ControllerView, HealthSnapshot, Liveness, NodeHealth, NodeId, QuorumState,
     RegionHealth, Role, ShardHealth, SignalThresholds,
 };
 pub use memory::{
-    Activation, ActivationPhase, DecisionRecord, EffectOwner, EngineMemory, MemoryError, Step,
-    StepState,
+    Activation, ActivationPhase, DecisionRecord, EffectOwner, EngineMemory, MemoryError,
+    Quarantine, Step, StepState,
 };
 pub use playbook::{
-    default_playbook, ActionKind, Approval, Condition, Guards, HealthRules, LagSpec, OnTimeout,
-    Playbook, SignalThresholdSpec, Tier, Trigger,
+    default_playbook, ActionKind, Approval, Condition, FailureBudget, Guards, HealthRules, LagSpec,
+    OnTimeout, Playbook, RestartBudget, SignalThresholdSpec, Tier, Trigger,
 };
 pub use validate::{validate, validate_for_regions, FieldError, InvalidPlaybook};

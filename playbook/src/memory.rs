@@ -15,6 +15,7 @@ use crate::decision::{
     ActionOutcome, ApprovalVerdict, Decision, DecisionId, Disposition, Evidence, Guard, Phase,
     Target,
 };
+use crate::health::NodeId;
 use crate::playbook::ActionKind;
 use crate::words;
 
@@ -153,6 +154,67 @@ pub enum MemoryError {
     OutcomeAlreadyRecorded(DecisionId),
     #[error("an approval needs the name of who approves")]
     MissingApprover,
+    #[error("node {0} is not quarantined")]
+    NotQuarantined(NodeId),
+    #[error("releasing a quarantine needs the name of who releases it")]
+    MissingReleaser,
+}
+
+/// A node taken out of the engine's hands after its restart budget was spent
+/// (`guards.restartBudget`). The engine does not restart it; the bindings keep
+/// it out of Raft leadership and buyer traffic. It lifts by itself once the
+/// node has been healthy for the restart budget's window, or by
+/// [`EngineMemory::release_quarantine`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantine {
+    pub node: NodeId,
+    /// When the engine quarantined it.
+    pub since_ms: u64,
+    /// The tier whose restart was refused.
+    pub tier: String,
+    /// Why, in words (restarts and the budget).
+    pub reason: String,
+    /// The restarts and the node's views behind the decision.
+    pub evidence: Vec<Evidence>,
+    /// The `pageHuman` decision that told a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_decision: Option<DecisionId>,
+    /// Since when the node has been healthy without interruption, as seen at
+    /// the engine's ticks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since_ms: Option<u64>,
+}
+
+/// An action on a target whose failure budget is spent: no retry before `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FailureBlock {
+    pub action: ActionKind,
+    pub target: Target,
+    /// The newest failure counted; failures up to it are spent.
+    pub at_ms: u64,
+    pub until_ms: u64,
+    /// A human was paged about this failure episode (this block, or the one
+    /// just before it): a repeat exhaustion right after a block is recorded
+    /// but not paged again.
+    #[serde(default)]
+    pub paged: bool,
+}
+
+/// The engine undoing an effect that no tier owns any more (a region left
+/// drained, sales left paused): what it last recorded, so a repeat is not
+/// recorded again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Converging {
+    pub action: ActionKind,
+    pub target: Target,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_suppressed_by: Option<Guard>,
+    /// Recorded as dry-run already.
+    #[serde(default)]
+    pub dry_run_recorded: bool,
 }
 
 /// Who put an effect (a drained region, paused sales) in place. A tier never
@@ -182,6 +244,19 @@ pub struct EngineMemory {
     /// The validation errors last reported for the playbook, to report them once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) invalid_playbook: Option<String>,
+    /// Nodes whose restart budget was spent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) quarantined: BTreeMap<NodeId, Quarantine>,
+    /// Actions whose failure budget is spent, until their window passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) failure_blocks: Vec<FailureBlock>,
+    /// Effects no tier owns any more that the engine is undoing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) converging: Vec<Converging>,
+    /// When an operator released a node's quarantine: restarts before then no
+    /// longer count toward its restart budget.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) restart_budget_resets: BTreeMap<NodeId, u64>,
 }
 
 impl EngineMemory {
@@ -235,6 +310,64 @@ impl EngineMemory {
     /// Whether sales are paused, and by whom.
     pub fn sales_paused(&self) -> Option<EffectOwner> {
         self.sales_paused
+    }
+
+    /// Nodes quarantined after their restart budget was spent, with the reason
+    /// and evidence. The bindings keep these out of Raft leadership and buyer
+    /// traffic; the engine does not restart them.
+    pub fn quarantined_nodes(&self) -> &BTreeMap<NodeId, Quarantine> {
+        &self.quarantined
+    }
+
+    /// Whether a node is quarantined.
+    pub fn is_quarantined(&self, node: NodeId) -> bool {
+        self.quarantined.contains_key(&node)
+    }
+
+    /// A person lifts a node's quarantine (after fixing what made it flap).
+    /// Recorded as an operator decision (`recordEvent` on the node); the
+    /// engine may restart the node again from its next tick, with a fresh
+    /// restart budget (restarts before the release no longer count).
+    pub fn release_quarantine(
+        &mut self,
+        node: NodeId,
+        by: &str,
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<Decision, MemoryError> {
+        if by.trim().is_empty() {
+            return Err(MemoryError::MissingReleaser);
+        }
+        let q = self
+            .quarantined
+            .remove(&node)
+            .ok_or(MemoryError::NotQuarantined(node))?;
+        self.restart_budget_resets.insert(node, at_ms);
+        let why = if reason.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {}", reason.trim().trim_end_matches('.'))
+        };
+        let d = Decision {
+            id: self.take_id(),
+            at_ms,
+            tier: "operator".into(),
+            level: None,
+            phase: Phase::Operator {
+                requested_by: by.to_string(),
+                approved_by: None,
+            },
+            action: ActionKind::RecordEvent,
+            target: Target::Node(node),
+            reason: format!(
+                "Operator {by} released the quarantine of node {node} (quarantined at {} ms by tier {}){why}. The engine may restart it again.",
+                q.since_ms, q.tier
+            ),
+            evidence: q.evidence,
+            disposition: Disposition::Execute,
+            follows: q.page_decision,
+        };
+        Ok(self.push(d))
     }
 
     /// The region under an open evacuation (executed, no outcome yet), if any.
@@ -307,8 +440,10 @@ impl EngineMemory {
     }
 
     /// Records what happened when the binding carried out an `execute` decision.
-    /// A failure makes the action eligible for a retry (within cooldown and rate
-    /// limit); a restart that succeeded but did not heal the node is retried too.
+    /// A failure makes the action eligible for a retry (after the cooldown for
+    /// disruptive actions, after `failureBudget.retryAfterMs` for the others)
+    /// and counts toward the action's failure budget, not the rate limit; a
+    /// restart that succeeded but did not heal the node is retried too.
     pub fn record_outcome(
         &mut self,
         id: DecisionId,
@@ -329,11 +464,7 @@ impl EngineMemory {
         let action = rec.decision.action;
         let target = rec.decision.target.clone();
         if !outcome.succeeded() {
-            let owner = match rec.decision.phase {
-                Phase::Operator { .. } => EffectOwner::Operator,
-                _ => EffectOwner::Engine,
-            };
-            self.undo_effect(action, &target, owner);
+            self.recompute_effect(action, &target);
         }
         let retry = !outcome.succeeded() || action == ActionKind::RestartNode;
         for a in &mut self.activations {
@@ -352,6 +483,10 @@ impl EngineMemory {
                 }
             }
         }
+        // A tier that has finished standing down is done now, not at the next tick.
+        self.activations.retain(|a| {
+            a.phase != ActivationPhase::StandingDown || !a.steps.iter().all(Step::is_finished)
+        });
         Ok(())
     }
 
@@ -366,6 +501,33 @@ impl EngineMemory {
             (ActionKind::PauseSales, _) => self.sales_paused = Some(owner),
             (ActionKind::ResumeSales, _) => self.sales_paused = None,
             _ => {}
+        }
+    }
+
+    /// After a failure, sets the effect (a region's traffic weight, the sales
+    /// gate) from the newest executed decision on it that did not fail: that
+    /// is where the cluster is, or is heading. When every one on record failed,
+    /// the effect goes back to what it was before the oldest of them.
+    fn recompute_effect(&mut self, action: ActionKind, target: &Target) {
+        let owner = |r: &DecisionRecord| match r.decision.phase {
+            Phase::Operator { .. } => EffectOwner::Operator,
+            _ => EffectOwner::Engine,
+        };
+        let family: Vec<&DecisionRecord> = self
+            .records
+            .iter()
+            .filter(|r| {
+                r.decision.disposition.is_execute()
+                    && same_effect(r.decision.action, &r.decision.target, action, target)
+            })
+            .collect();
+        let failed = |r: &&DecisionRecord| matches!(r.outcome, Some(ActionOutcome::Failed { .. }));
+        if let Some(r) = family.iter().rev().find(|r| !failed(r)) {
+            let (a, t, o) = (r.decision.action, r.decision.target.clone(), owner(r));
+            self.apply_effect(a, &t, o);
+        } else if let Some(r) = family.first() {
+            let (a, t, o) = (r.decision.action, r.decision.target.clone(), owner(r));
+            self.undo_effect(a, &t, o);
         }
     }
 
@@ -467,6 +629,20 @@ impl EngineMemory {
             }
             keep
         });
+    }
+}
+
+/// Whether two actions set the same effect: the traffic weight of one region,
+/// or the sales gate.
+fn same_effect(a: ActionKind, at: &Target, b: ActionKind, bt: &Target) -> bool {
+    use ActionKind::{PauseSales, RestoreTrafficWeight, ResumeSales, SetTrafficWeightZero};
+    match (a, b) {
+        (PauseSales | ResumeSales, PauseSales | ResumeSales) => true,
+        (
+            SetTrafficWeightZero | RestoreTrafficWeight,
+            SetTrafficWeightZero | RestoreTrafficWeight,
+        ) => at == bt,
+        _ => false,
     }
 }
 

@@ -256,14 +256,25 @@ impl ActionKind {
         matches!(self, ActionKind::RecordEvent | ActionKind::PageHuman)
     }
 
+    /// Actions that undo an earlier protective effect and bring the cluster back
+    /// to normal: `restoreTrafficWeight` and `resumeSales`. They are never held
+    /// back by the cooldown or the rate limit meant for disruptive actions, and
+    /// do not spend that budget: a budget spent during an incident must never
+    /// keep a region at weight 0 or sales paused once the incident is over.
+    pub fn is_restoring(self) -> bool {
+        matches!(
+            self,
+            ActionKind::RestoreTrafficWeight | ActionKind::ResumeSales
+        )
+    }
+
     /// Actions bounded by the cooldown and the rate limit, and counted toward it:
-    /// everything that changes the cluster (processes, leadership, traffic,
-    /// membership). Notifications are not, and neither is the sales gate
-    /// (`pauseSales`, `resumeSales`): it follows quorum with its own hold-down and
-    /// stand-down times, and a budget spent on restarts must never keep sales
-    /// paused after quorum is back.
+    /// the disruptive ones, which change processes, leadership, traffic or
+    /// membership. Notifications are not, restoring actions
+    /// ([`Self::is_restoring`]) are not, and neither is `pauseSales`: the sales
+    /// gate follows quorum with its own hold-down and stand-down times.
     pub fn is_rate_limited(self) -> bool {
-        !self.is_notification() && !matches!(self, ActionKind::PauseSales | ActionKind::ResumeSales)
+        !self.is_notification() && !self.is_restoring() && self != ActionKind::PauseSales
     }
 
     /// Actions that change the shard's voter membership.
@@ -329,6 +340,12 @@ pub struct Guards {
     pub never_below_quorum: bool,
     /// Do not act on a snapshot older than this (`null` to disable).
     pub max_snapshot_age_ms: Option<i64>,
+    /// Flap damping: how often one node may be restarted, with exponential
+    /// back-off; past the budget the node is quarantined and a human paged.
+    pub restart_budget: RestartBudget,
+    /// How often one action on one target may fail before the engine stops
+    /// retrying it, pages a human, and waits for the window to pass.
+    pub failure_budget: FailureBudget,
 }
 
 impl Default for Guards {
@@ -341,6 +358,70 @@ impl Default for Guards {
             one_region_at_a_time: true,
             never_below_quorum: true,
             max_snapshot_age_ms: Some(15_000),
+            restart_budget: RestartBudget::default(),
+            failure_budget: FailureBudget::default(),
+        }
+    }
+}
+
+/// Flap damping for restarts, per node (`guards.restartBudget`).
+///
+/// Restarts of one node that did not fail are counted over `windowMs`. The
+/// k-th restart within the window waits `backoffBaseMs · 2^(k−1)` after the
+/// previous one (on top of the cooldown). When `maxRestarts` restarts are in
+/// the window and the node needs another, it is **quarantined** instead: no
+/// more restarts, the bindings keep it out of leadership and traffic, and a
+/// human is paged once with the evidence. The quarantine lifts when the node
+/// has been healthy for `windowMs`, or when an operator releases it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RestartBudget {
+    /// Restarts of one node allowed within `windowMs`.
+    pub max_restarts: u32,
+    /// The window restarts are counted over, and how long a quarantined node
+    /// must stay healthy before its quarantine lifts.
+    pub window_ms: i64,
+    /// The back-off before the second restart within the window; it doubles
+    /// for each further one. 0 disables the back-off (the cooldown still applies).
+    pub backoff_base_ms: i64,
+}
+
+impl Default for RestartBudget {
+    fn default() -> Self {
+        RestartBudget {
+            max_restarts: 3,
+            window_ms: 600_000,
+            backoff_base_ms: 10_000,
+        }
+    }
+}
+
+/// The budget of failed actions, per action and target (`guards.failureBudget`).
+///
+/// A failed action is retried (disruptive actions after `cooldownMs`, the
+/// others after `retryAfterMs`) and does not spend the rate limit. When
+/// `maxFailures` failures of one action on one target fall within `windowMs`,
+/// the engine pages a human with the errors and stops retrying it until
+/// `windowMs` has passed since the last failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct FailureBudget {
+    /// Failures of one action on one target allowed within `windowMs`.
+    pub max_failures: u32,
+    /// The window failures are counted over, and how long retries stop once
+    /// the budget is spent.
+    pub window_ms: i64,
+    /// How long a failed action that is not cooled down (restoring actions and
+    /// the sales gate) waits before it is retried.
+    pub retry_after_ms: i64,
+}
+
+impl Default for FailureBudget {
+    fn default() -> Self {
+        FailureBudget {
+            max_failures: 3,
+            window_ms: 600_000,
+            retry_after_ms: 10_000,
         }
     }
 }
@@ -384,6 +465,65 @@ impl Playbook {
             .unwrap_or_default()
     }
 
+    /// The stand-down thresholds of the first `regionDegraded` tier (or the
+    /// defaults): below these a region counts as clear.
+    pub fn region_clear_thresholds(&self) -> crate::health::SignalThresholds {
+        fn find(c: &Condition) -> Option<&SignalThresholdSpec> {
+            match c {
+                Condition::RegionDegraded(s) => Some(s),
+                Condition::AnyOf { conditions } => conditions.iter().find_map(find),
+                _ => None,
+            }
+        }
+        self.tiers
+            .iter()
+            .find_map(|t| find(&t.trigger.condition))
+            .map(SignalThresholdSpec::clear)
+            .unwrap_or_default()
+    }
+
+    /// How long after every fault has ended the engine has converged, at most:
+    /// once the cluster is healthy (every node alive, quorum with a leader,
+    /// signals below the stand-down thresholds, actions succeeding) and stays
+    /// so, within this time every tier has stood down, every region the engine
+    /// drained is restored, sales the engine paused are resumed, and no node is
+    /// quarantined — provided the playbook is neither paused nor in dry-run and
+    /// the controller sees enough regions to act. Regions left with no node at
+    /// all (evacuated) are the exception: they wait for a person (P3).
+    ///
+    /// It is the longest of: any tier's `clearForMs` (stand-down, and the hold
+    /// before an orphaned drain or pause is undone); the failure budget's
+    /// `windowMs` plus `retryAfterMs` (a restore whose failures spent the budget
+    /// waits for the window); the restart budget's `windowMs` (a quarantine
+    /// lifts after that long healthy). Neither the cooldown nor the rate limit
+    /// appears: restoring actions are not subject to them.
+    pub fn convergence_bound_ms(&self) -> u64 {
+        let pos = |ms: i64| ms.max(0) as u64;
+        let clear = self
+            .tiers
+            .iter()
+            .map(|t| pos(t.trigger.clear_for_ms))
+            .max()
+            .unwrap_or(0);
+        let fb = &self.guards.failure_budget;
+        let failures = pos(fb.window_ms).saturating_add(pos(fb.retry_after_ms));
+        let quarantine = pos(self.guards.restart_budget.window_ms);
+        clear.max(failures).max(quarantine)
+    }
+
+    /// When sales reopen after quorum returns: the longest `clearForMs` of the
+    /// tiers that resume sales on stand-down (`None` when no tier does). The
+    /// clock starts at the first snapshot in which a majority of voters is
+    /// alive by two views **and** a leader is elected, and restarts if either
+    /// is lost again; no rate limit, cooldown or spent budget delays it.
+    pub fn sales_reopen_after_ms(&self) -> Option<u64> {
+        self.tiers
+            .iter()
+            .filter(|t| t.stand_down_actions.contains(&ActionKind::ResumeSales))
+            .map(|t| t.trigger.clear_for_ms.max(0) as u64)
+            .max()
+    }
+
     /// How much snapshot history the binding must keep for hold-down and
     /// stand-down times to be judged: the longest `forMs` or `clearForMs`.
     pub fn history_needed_ms(&self) -> u64 {
@@ -403,7 +543,10 @@ impl Playbook {
 /// - T2 `move`: a region is degraded → move leadership and new traffic away.
 /// - T3 `evacuate`: a region is lost → weight 0, replace its voters elsewhere.
 /// - T4 `protect`: quorum is lost → pause sales and page a human; resume once
-///   quorum has been back for the stand-down time.
+///   quorum has been back, with a leader, for 30 s
+///   ([`Playbook::sales_reopen_after_ms`]). While quorum is lost, T4
+///   supersedes T2 and T3: no region is drained or evacuated for an outage
+///   that is global.
 pub fn default_playbook() -> Playbook {
     Playbook {
         tiers: vec![

@@ -416,6 +416,44 @@ fn check_guards(p: &Playbook, errors: &mut Vec<FieldError>) {
             ));
         }
     }
+    let rb = &g.restart_budget;
+    if rb.max_restarts == 0 {
+        errors.push(FieldError::new(
+            "guards.restartBudget.maxRestarts",
+            "must be at least 1: with 0 every unhealthy node would be quarantined without a single restart",
+        ));
+    }
+    if rb.window_ms <= 0 {
+        errors.push(FieldError::new(
+            "guards.restartBudget.windowMs",
+            "must be greater than zero",
+        ));
+    }
+    if rb.backoff_base_ms < 0 {
+        errors.push(FieldError::new(
+            "guards.restartBudget.backoffBaseMs",
+            "must not be negative (0 disables the back-off)",
+        ));
+    }
+    let fb = &g.failure_budget;
+    if fb.max_failures == 0 {
+        errors.push(FieldError::new(
+            "guards.failureBudget.maxFailures",
+            "must be at least 1: with 0 no failed action could ever be retried",
+        ));
+    }
+    if fb.window_ms <= 0 {
+        errors.push(FieldError::new(
+            "guards.failureBudget.windowMs",
+            "must be greater than zero",
+        ));
+    }
+    if fb.retry_after_ms < 0 {
+        errors.push(FieldError::new(
+            "guards.failureBudget.retryAfterMs",
+            "must not be negative",
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Invalid playbooks are rejected with messages that name the field.
 
 use roomkeeper_playbook::{
-    default_playbook, validate, validate_for_regions, ActionKind, Approval, Condition, OnTimeout,
-    Playbook, SignalThresholdSpec,
+    default_playbook, validate, validate_for_regions, ActionKind, Approval, Condition,
+    FailureBudget, OnTimeout, Playbook, RestartBudget, SignalThresholdSpec,
 };
 
 const VALID: &str = r#"
@@ -354,4 +354,92 @@ fn a_misspelled_threshold_names_the_condition() {
         &errors_of(&yaml),
         "tiers[1].trigger: unknown field `p99msAbove`, expected one of `p99MsAbove`",
     );
+}
+
+#[test]
+fn restart_and_failure_budgets_default_when_absent_and_parse_when_given() {
+    let p = Playbook::from_yaml(VALID).expect("valid");
+    assert_eq!(p.guards.restart_budget, RestartBudget::default());
+    assert_eq!(p.guards.failure_budget, FailureBudget::default());
+    assert_eq!(
+        (
+            p.guards.restart_budget.max_restarts,
+            p.guards.restart_budget.window_ms,
+            p.guards.restart_budget.backoff_base_ms
+        ),
+        (3, 600_000, 10_000)
+    );
+    assert_eq!(
+        (
+            p.guards.failure_budget.max_failures,
+            p.guards.failure_budget.window_ms,
+            p.guards.failure_budget.retry_after_ms
+        ),
+        (3, 600_000, 10_000)
+    );
+
+    let yaml = VALID.replace(
+        "cooldownMs: 60000",
+        "cooldownMs: 60000\n  restartBudget: {maxRestarts: 5}\n  failureBudget: {windowMs: 120000, retryAfterMs: 5000}",
+    );
+    let p = Playbook::from_yaml(&yaml).expect("valid");
+    assert_eq!(p.guards.restart_budget.max_restarts, 5);
+    assert_eq!(
+        p.guards.restart_budget.window_ms, 600_000,
+        "unset fields default"
+    );
+    assert_eq!(p.guards.failure_budget.window_ms, 120_000);
+    assert_eq!(p.guards.failure_budget.retry_after_ms, 5_000);
+    assert_eq!(p.guards.failure_budget.max_failures, 3);
+}
+
+#[test]
+fn budgets_that_mean_nothing_are_rejected_with_their_paths() {
+    let yaml = VALID.replace(
+        "cooldownMs: 60000",
+        "cooldownMs: 60000\n  restartBudget: {maxRestarts: 0, windowMs: 0, backoffBaseMs: -1}\n  failureBudget: {maxFailures: 0, windowMs: -5, retryAfterMs: -1}",
+    );
+    let errors = errors_of(&yaml);
+    assert_error(
+        &errors,
+        "guards.restartBudget.maxRestarts: must be at least 1",
+    );
+    assert_error(
+        &errors,
+        "guards.restartBudget.windowMs: must be greater than zero",
+    );
+    assert_error(
+        &errors,
+        "guards.restartBudget.backoffBaseMs: must not be negative",
+    );
+    assert_error(
+        &errors,
+        "guards.failureBudget.maxFailures: must be at least 1",
+    );
+    assert_error(
+        &errors,
+        "guards.failureBudget.windowMs: must be greater than zero",
+    );
+    assert_error(
+        &errors,
+        "guards.failureBudget.retryAfterMs: must not be negative",
+    );
+
+    let yaml = VALID.replace(
+        "cooldownMs: 60000",
+        "cooldownMs: 60000\n  restartBudget: {maxRestart: 2}",
+    );
+    assert_error(
+        &errors_of(&yaml),
+        "guards.restartBudget: unknown field `maxRestart`",
+    );
+}
+
+#[test]
+fn the_default_playbook_states_its_convergence_bound_and_when_sales_reopen() {
+    let p = default_playbook();
+    // max(longest clearForMs 5 min, failure window 10 min + retry 10 s,
+    // restart window 10 min)
+    assert_eq!(p.convergence_bound_ms(), 610_000);
+    assert_eq!(p.sales_reopen_after_ms(), Some(30_000));
 }

@@ -20,6 +20,9 @@ pub struct SimNode {
     pub disk_ok: bool,
     /// The controller cannot reach it (but the node may be fine).
     pub unreachable: bool,
+    /// Cut off from everyone (controller and leader): it runs, but nobody
+    /// reaches it and it does not count toward an election.
+    pub partitioned: bool,
 }
 
 /// A simulated cluster and the engine driving it.
@@ -64,6 +67,7 @@ impl Sim {
                 lag: 0,
                 disk_ok: true,
                 unreachable: false,
+                partitioned: false,
             })
             .collect();
         let mut regions: Vec<String> = nodes.iter().map(|n| n.region.clone()).collect();
@@ -125,7 +129,11 @@ impl Sim {
             .voters
             .iter()
             .copied()
-            .filter(|v| self.nodes.iter().any(|n| n.id == *v && n.up))
+            .filter(|v| {
+                self.nodes
+                    .iter()
+                    .any(|n| n.id == *v && n.up && !n.partitioned)
+            })
             .collect();
         if live.len() * 2 <= self.voters.len() {
             self.leader = None;
@@ -141,8 +149,10 @@ impl Sim {
             .nodes
             .iter()
             .map(|n| {
-                let reachable =
-                    n.up && !n.unreachable && !self.controller_cut_from.contains(&n.region);
+                let reachable = n.up
+                    && !n.unreachable
+                    && !n.partitioned
+                    && !self.controller_cut_from.contains(&n.region);
                 NodeHealth {
                     node_id: n.id,
                     region: n.region.clone(),
@@ -170,7 +180,7 @@ impl Sim {
                             .and_then(|l| self.nodes.iter().find(|x| x.id == l))
                             .is_some_and(|l| !self.controller_cut_from.contains(&l.region))
                     {
-                        Some(n.up)
+                        Some(n.up && !n.partitioned)
                     } else {
                         None
                     },
@@ -188,7 +198,11 @@ impl Sim {
                     .regions
                     .iter()
                     .filter(|r| !self.controller_cut_from.contains(r))
-                    .filter(|r| self.nodes.iter().any(|n| &&n.region == r && n.up))
+                    .filter(|r| {
+                        self.nodes
+                            .iter()
+                            .any(|n| &&n.region == r && n.up && !n.partitioned)
+                    })
                     .cloned()
                     .collect(),
                 regions_total: self.regions.len() as u32,
@@ -337,6 +351,41 @@ impl Sim {
             }
             _ => ok(""),
         }
+    }
+
+    /// Every fault ends: every node runs, answers and is reachable, signals are
+    /// normal, hosts can be restarted again, and a leader is elected.
+    pub fn heal_all(&mut self) {
+        for n in &mut self.nodes {
+            n.up = true;
+            n.unreachable = false;
+            n.partitioned = false;
+            n.p99_ms = 20.0;
+            n.error_rate = 0.0;
+            n.lag = 0;
+            n.disk_ok = true;
+        }
+        self.controller_cut_from.clear();
+        self.unrestartable.clear();
+        self.elect();
+    }
+
+    /// The binding finishes every open action (as a restarted binding would)
+    /// and reports its outcome.
+    pub fn close_open_actions(&mut self) {
+        let open: Vec<Decision> = self.memory.open_actions().into_iter().cloned().collect();
+        for d in open {
+            let outcome = self.carry_out(&d);
+            self.memory
+                .record_outcome(d.id, outcome)
+                .expect("record outcome");
+        }
+    }
+
+    /// The controller restarts: its memory goes through JSON and back.
+    pub fn restart_controller(&mut self) {
+        let json = serde_json::to_string(&self.memory).expect("memory serializes");
+        self.memory = serde_json::from_str(&json).expect("memory deserializes");
     }
 
     /// Ticks every `step_ms` for `duration_ms`; returns the decisions made.
