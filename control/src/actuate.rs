@@ -80,11 +80,13 @@ fn inside(target: &Target, n: &NodeObservation) -> bool {
 
 /// Who should take leadership away from `target`: `Ok(None)` when the leader
 /// is already outside it; otherwise the voter outside the target that the
-/// leader saw acknowledge within `ack_ms`, least behind first.
+/// leader saw acknowledge within `ack_ms`, least behind first; never a
+/// quarantined node.
 pub fn successor(
     obs: &ClusterObservation,
     target: &Target,
     ack_ms: u64,
+    quarantined: &[NodeId],
 ) -> Result<Option<(NodeId, NodeId)>, ActError> {
     let leader = obs
         .leader_status()
@@ -96,6 +98,7 @@ pub fn successor(
     obs.nodes
         .iter()
         .filter(|n| !inside(target, n) && obs.voters.contains(&n.node_id))
+        .filter(|n| !quarantined.contains(&n.node_id))
         .filter(|n| leader.acked_within(n.node_id, ack_ms))
         .min_by_key(|n| {
             (
@@ -146,13 +149,23 @@ pub fn evacuation_plan(
     Ok(plan)
 }
 
+/// What the engine memory says the actuators must respect.
+#[derive(Debug, Clone, Default)]
+pub struct Constraints {
+    /// Regions drained of traffic: no voter is moved into them.
+    pub drained: Vec<String>,
+    /// Nodes quarantined after their restart budget: never given leadership.
+    pub quarantined: Vec<NodeId>,
+    /// The playbook's replication threshold (`spec.health.replicatingAckMs`).
+    pub ack_ms: u64,
+}
+
 /// Carries out one decision through the binding.
 pub async fn carry_out<A: Actuate>(
     d: &Decision,
     obs: &ClusterObservation,
     actuator: &mut A,
-    drained: &[String],
-    ack_ms: u64,
+    limits: &Constraints,
 ) -> Result<String, ActError> {
     let not_applicable = || ActError::NotApplicable {
         action: d.action.name(),
@@ -162,10 +175,12 @@ pub async fn carry_out<A: Actuate>(
         (ActionKind::RecordEvent, _) => Ok("recorded".into()),
         (ActionKind::PageHuman, _) => Ok("paged".into()),
         (ActionKind::RestartNode, Target::Node(id)) => actuator.restart_node(*id).await,
-        (ActionKind::TransferLeadershipAway, target) => match successor(obs, target, ack_ms)? {
-            None => Ok(format!("the leader is already outside {target}")),
-            Some((from, to)) => actuator.transfer_leadership(from, to).await,
-        },
+        (ActionKind::TransferLeadershipAway, target) => {
+            match successor(obs, target, limits.ack_ms, &limits.quarantined)? {
+                None => Ok(format!("the leader is already outside {target}")),
+                Some((from, to)) => actuator.transfer_leadership(from, to).await,
+            }
+        }
         (ActionKind::SetTrafficWeightZero, Target::Region(r)) => {
             actuator.set_traffic_weight(r, 0).await
         }
@@ -174,7 +189,7 @@ pub async fn carry_out<A: Actuate>(
         }
         (ActionKind::ReplaceVotersElsewhere, Target::Region(r)) => {
             let mut replaced = Vec::new();
-            for (old, into) in evacuation_plan(obs, r, drained)? {
+            for (old, into) in evacuation_plan(obs, r, &limits.drained)? {
                 let new = actuator.replace_voter(old, &into).await?;
                 replaced.push(format!("{old}→{new} ({into})"));
             }
@@ -238,20 +253,26 @@ mod tests {
     #[test]
     fn leadership_goes_to_the_live_voter_least_behind_outside_the_region() {
         let o = obs(1, &[(2, 10, 0), (3, 5_000, 0), (4, 10, 7), (5, 10, 3)]);
-        let s = successor(&o, &Target::Region("eu".into()), 2_000).expect("a successor");
+        let eu = Target::Region("eu".into());
+        let s = successor(&o, &eu, 2_000, &[]).expect("a successor");
         assert_eq!(
             s,
             Some((1, 5)),
             "node 3 is silent, node 4 is further behind"
         );
+        let s = successor(&o, &eu, 2_000, &[5]).expect("a successor");
+        assert_eq!(s, Some((1, 4)), "a quarantined node never takes leadership");
     }
 
     #[test]
     fn a_leader_already_outside_is_left_alone_and_no_leader_is_an_error() {
         let o = obs(3, &[(1, 10, 0)]);
-        assert_eq!(successor(&o, &Target::Region("eu".into()), 2_000), Ok(None));
+        assert_eq!(
+            successor(&o, &Target::Region("eu".into()), 2_000, &[]),
+            Ok(None)
+        );
         let none = ClusterObservation::new(0, Vec::new());
-        assert!(successor(&none, &Target::Shard, 2_000).is_err());
+        assert!(successor(&none, &Target::Shard, 2_000, &[]).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use roomkeeper_playbook::{
     HealthSnapshot, Phase, Playbook, Target,
 };
 
-use crate::actuate::{carry_out, Actuate};
+use crate::actuate::{carry_out, Actuate, Constraints};
 use crate::load::EndpointSignal;
 use crate::memory_store::{Journal, MemoryStore, StoreError};
 use crate::metrics::ControlMetrics;
@@ -60,7 +60,7 @@ fn phase_words(p: &Phase) -> String {
     match p {
         Phase::Escalate => "escalate".into(),
         Phase::StandDown => "stand down".into(),
-        Phase::Escalation => "rate limit reached".into(),
+        Phase::Escalation => "escalated to a human".into(),
         Phase::Operator { requested_by, .. } => format!("command of {requested_by}"),
     }
 }
@@ -123,6 +123,12 @@ impl ControlLoop {
         Ok(())
     }
 
+    /// Nodes the engine quarantined (restart budget spent): bindings keep
+    /// them out of leadership and buyer traffic.
+    pub fn quarantined(&self) -> Vec<NodeId> {
+        self.memory.quarantined_nodes().keys().copied().collect()
+    }
+
     /// The global pause of automation (a game day hands control to humans and back).
     pub fn set_paused(&mut self, paused: bool) {
         self.playbook.paused = paused;
@@ -181,8 +187,12 @@ impl ControlLoop {
             if !d.disposition.is_execute() {
                 continue;
             }
-            let drained: Vec<String> = self.memory.drained_regions().keys().cloned().collect();
-            let result = carry_out(d, obs, actuator, &drained, self.rules.replicating_ack_ms).await;
+            let limits = Constraints {
+                drained: self.memory.drained_regions().keys().cloned().collect(),
+                quarantined: self.quarantined(),
+                ack_ms: self.rules.replicating_ack_ms,
+            };
+            let result = carry_out(d, obs, actuator, &limits).await;
             let outcome = match result {
                 Ok(detail) => ActionOutcome::Succeeded {
                     at_ms: now_ms(),
@@ -210,6 +220,9 @@ impl ControlLoop {
         }
         if let Some(m) = &self.metrics {
             m.tiers(&self.memory);
+            if let Some(snap) = self.history.back() {
+                m.playbook_state(&self.playbook, &self.memory, snap, signals);
+            }
         }
         self.save(store).await?;
         Ok(decisions)

@@ -124,6 +124,8 @@ pub struct EndpointSignal {
     pub p99_ms: f64,
     pub error_rate: f64,
     pub requests: usize,
+    /// Orders the endpoint served per second over the window (what buyers get).
+    pub served_per_second: f64,
 }
 
 /// A summary for the status view.
@@ -191,6 +193,7 @@ impl LoadStats {
                         p99_ms: p99,
                         error_rate: errors as f64 / recent.len() as f64,
                         requests: recent.len(),
+                        served_per_second: (recent.len() - errors) as f64 / WINDOW.as_secs_f64(),
                     },
                 ))
             })

@@ -1,8 +1,17 @@
 //! Prometheus metrics of the control plane: the monitor's view of every node
 //! and region, and the playbook engine's decisions. Names are defined here once.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use roomkeeper_playbook::{Decision, Disposition, EngineMemory, HealthSnapshot};
+use std::collections::BTreeMap;
+
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use roomkeeper_api::NodeId;
+use roomkeeper_playbook::{
+    ActivationPhase, Decision, Disposition, Engine, EngineMemory, HealthSnapshot, Playbook, Target,
+};
+
+use crate::load::EndpointSignal;
 
 /// Metrics of one controller.
 #[derive(Clone)]
@@ -16,6 +25,14 @@ pub struct ControlMetrics {
     decisions_total: IntCounterVec,
     action_failures_total: IntCounterVec,
     tier_active: IntGaugeVec,
+    sales_paused: IntGauge,
+    traffic_weight: IntGaugeVec,
+    region_stranded: IntGaugeVec,
+    region_served: GaugeVec,
+    quarantined: IntGaugeVec,
+    rate_limit_remaining: IntGauge,
+    failure_budget_remaining: IntGaugeVec,
+    restart_budget_remaining: IntGaugeVec,
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
@@ -56,8 +73,59 @@ impl ControlMetrics {
                 "Activations of each tier currently open (firing or standing down)",
                 &["tier"],
             )?,
+            sales_paused: IntGauge::new(
+                "roomkeeper_playbook_sales_paused",
+                "1 while the playbook holds sales paused",
+            )?,
+            traffic_weight: gauge_vec(
+                "roomkeeper_playbook_traffic_weight_percent",
+                "Share of its buyers a region receives, as the playbook set it (0 drained, 100 normal)",
+                &["region"],
+            )?,
+            region_stranded: gauge_vec(
+                "roomkeeper_playbook_region_stranded",
+                "1 when a region is drained but no tier holds it drained (the engine restores it; alert if it stays)",
+                &["region"],
+            )?,
+            region_served: GaugeVec::new(
+                Opts::new(
+                    "roomkeeper_region_orders_served_per_second",
+                    "Orders the region's nodes served per second, as the storefront's clients saw it",
+                ),
+                &["region"],
+            )?,
+            quarantined: gauge_vec(
+                "roomkeeper_playbook_node_quarantined",
+                "1 while a node is quarantined after spending its restart budget (kept out of leadership and traffic)",
+                &["node_id"],
+            )?,
+            rate_limit_remaining: IntGauge::new(
+                "roomkeeper_playbook_rate_limit_remaining",
+                "Disruptive actions the rate limit still allows in the current window",
+            )?,
+            failure_budget_remaining: gauge_vec(
+                "roomkeeper_playbook_failure_budget_remaining",
+                "Failures an action on a target may still have before retries stop and a human is paged",
+                &["action", "target"],
+            )?,
+            restart_budget_remaining: gauge_vec(
+                "roomkeeper_playbook_restart_budget_remaining",
+                "Restarts a node may still have in the window before it is quarantined",
+                &["node_id"],
+            )?,
         };
         m.registry.register(Box::new(m.node_view_up.clone()))?;
+        m.registry.register(Box::new(m.sales_paused.clone()))?;
+        m.registry.register(Box::new(m.traffic_weight.clone()))?;
+        m.registry.register(Box::new(m.region_stranded.clone()))?;
+        m.registry.register(Box::new(m.region_served.clone()))?;
+        m.registry.register(Box::new(m.quarantined.clone()))?;
+        m.registry
+            .register(Box::new(m.rate_limit_remaining.clone()))?;
+        m.registry
+            .register(Box::new(m.failure_budget_remaining.clone()))?;
+        m.registry
+            .register(Box::new(m.restart_budget_remaining.clone()))?;
         m.registry.register(Box::new(m.node_lag_entries.clone()))?;
         m.registry.register(Box::new(m.region_reachable.clone()))?;
         m.registry.register(Box::new(m.shard_has_leader.clone()))?;
@@ -141,6 +209,68 @@ impl ControlMetrics {
         self.tier_active.reset();
         for a in memory.activations() {
             self.tier_active.with_label_values(&[&a.tier]).inc();
+        }
+    }
+
+    /// Mirrors what the playbook holds: sales, traffic weights, stranded
+    /// regions, quarantines, what buyers get per region, and every guard's
+    /// remaining budget.
+    pub fn playbook_state(
+        &self,
+        playbook: &Playbook,
+        memory: &EngineMemory,
+        snap: &HealthSnapshot,
+        signals: &BTreeMap<NodeId, EndpointSignal>,
+    ) {
+        self.sales_paused
+            .set(i64::from(memory.sales_paused().is_some()));
+        let mut regions: Vec<&str> = snap.nodes.iter().map(|n| n.region.as_str()).collect();
+        regions.extend(memory.drained_regions().keys().map(String::as_str));
+        regions.sort_unstable();
+        regions.dedup();
+        self.traffic_weight.reset();
+        self.region_stranded.reset();
+        self.region_served.reset();
+        for r in regions {
+            let drained = memory.drained_regions().contains_key(r);
+            self.traffic_weight
+                .with_label_values(&[r])
+                .set(if drained { 0 } else { 100 });
+            let held = memory.activations().iter().any(|a| {
+                a.phase == ActivationPhase::Active && a.target == Target::Region(r.to_string())
+            });
+            self.region_stranded
+                .with_label_values(&[r])
+                .set(i64::from(drained && !held));
+            let served: f64 = snap
+                .nodes
+                .iter()
+                .filter(|n| n.region == r)
+                .filter_map(|n| signals.get(&n.node_id))
+                .map(|s| s.served_per_second)
+                .sum();
+            self.region_served.with_label_values(&[r]).set(served);
+        }
+        self.quarantined.reset();
+        for id in memory.quarantined_nodes().keys() {
+            self.quarantined
+                .with_label_values(&[&id.to_string()])
+                .set(1);
+        }
+        let budgets = Engine::budgets(playbook, memory, snap.at_ms);
+        self.rate_limit_remaining
+            .set(i64::from(budgets.rate_limit_remaining));
+        self.failure_budget_remaining.reset();
+        for f in &budgets.failure_budgets {
+            self.failure_budget_remaining
+                .with_label_values(&[f.action.name(), &f.target.to_string()])
+                .set(i64::from(f.remaining));
+        }
+        self.restart_budget_remaining.reset();
+        for r in &budgets.restart_budgets {
+            self.restart_budget_remaining
+                .with_label_values(&[&r.node.to_string()])
+                .set(i64::from(r.remaining));
         }
     }
 

@@ -120,6 +120,12 @@ pub fn scale_playbook(p: &mut roomkeeper_playbook::Playbook, f: f64) {
     }
     p.guards.cooldown_ms = scale(p.guards.cooldown_ms);
     p.guards.window_ms = scale(p.guards.window_ms);
+    let restarts = &mut p.guards.restart_budget;
+    restarts.window_ms = scale(restarts.window_ms);
+    restarts.backoff_base_ms = scale(restarts.backoff_base_ms);
+    let failures = &mut p.guards.failure_budget;
+    failures.window_ms = scale(failures.window_ms);
+    failures.retry_after_ms = scale(failures.retry_after_ms);
     if let Some(age) = &mut p.guards.max_snapshot_age_ms {
         *age = scale(*age).max(2_000);
     }

@@ -193,6 +193,7 @@ mod tests {
                 p99_ms: 0.0,
                 error_rate: 1.0,
                 requests: 40,
+                served_per_second: 0.0,
             },
         )]);
         let snap = build(&obs, &signals, rules());

@@ -55,7 +55,7 @@ impl Actuate for LocalActuator<'_> {
             .replace_voter(old, into_region)
             .await
             .map_err(failed)?;
-        refresh_endpoints(self.cluster, self.traffic);
+        refresh_endpoints(self.cluster, self.traffic, &[]);
         Ok(new)
     }
 

@@ -177,6 +177,11 @@ impl LocalCluster {
         self.blocked.insert(id, until);
     }
 
+    /// The node's host is down for a while (not for good).
+    pub fn is_temporarily_blocked(&self, id: u64) -> bool {
+        matches!(self.blocked.get(&id), Some(Some(_)))
+    }
+
     /// Ends a simulated host outage.
     pub fn unblock(&mut self, id: u64) {
         self.blocked.remove(&id);
@@ -216,11 +221,14 @@ impl LocalCluster {
             .arg(&key)
             .args(["--client-token", &ct, "--admin-token", &at])
             .arg("--enable-test-faults")
-            .env("ROOMKEEPER_LOG", "warn")
+            .env("ROOMKEEPER_LOG", "warn,openraft::raft::stream_append=off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
+            // Its own process group: a Ctrl-C in the terminal stops the demo,
+            // which then checks the orders on these nodes before stopping them.
+            .process_group(0)
             .spawn()
             .map_err(|source| LocalError::Spawn { id, source })?;
         node.child = Some(child);

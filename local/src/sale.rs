@@ -90,10 +90,10 @@ pub async fn final_read(
 }
 
 /// Points the storefront at every node of each region (new nodes join their
-/// region's pool).
-pub fn refresh_endpoints(cluster: &LocalCluster, traffic: &TrafficMap) {
+/// region's pool), except the `excluded` ones (quarantined by the playbook).
+pub fn refresh_endpoints(cluster: &LocalCluster, traffic: &TrafficMap, excluded: &[u64]) {
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in cluster.nodes.values() {
+    for n in cluster.nodes.values().filter(|n| !excluded.contains(&n.id)) {
         by_region
             .entry(n.info.region.clone())
             .or_default()

@@ -3,6 +3,7 @@
 //! regions, a flash-sale load, the control loop, and a live status view in the
 //! terminal plus a JSON status endpoint. `--scenario` injects a fault mid-sale.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,31 @@ pub enum Scenario {
     ControllerPartition,
 }
 
+impl Scenario {
+    /// The name a person types (`leader-kill`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::None => "none",
+            Scenario::LeaderKill => "leader-kill",
+            Scenario::RegionLoss => "region-loss",
+            Scenario::NodeFlap => "node-flap",
+            Scenario::QuorumLoss => "quorum-loss",
+            Scenario::ControllerPartition => "controller-partition",
+        }
+    }
+}
+
+/// Node ids as a person reads them: `1, 2, 3` (or `none`).
+fn ids(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Flags of `roomkeeper demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -72,9 +98,14 @@ pub struct DemoArgs {
     /// First of the three ports each node uses (raft, client API, admin API).
     #[arg(long, default_value_t = 17100)]
     pub base_port: u16,
-    /// Where node data and logs go (default: a fresh temporary directory).
+    /// Where node data, logs and the controller's decision record go
+    /// (default: a fresh temporary directory, kept after the run).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Remove the data directory when the demo ends (it is kept by default, so
+    /// `controller/decisions.jsonl` and the node logs can be read afterwards).
+    #[arg(long)]
+    pub clean: bool,
     /// Print one status line at a time instead of redrawing the screen.
     #[arg(long)]
     pub plain: bool,
@@ -104,6 +135,10 @@ pub struct DemoStatus {
     pub traffic_weights: std::collections::BTreeMap<String, u32>,
     pub sales_paused: bool,
     pub active_tiers: Vec<String>,
+    /// Nodes the playbook quarantined after their restart budget was spent.
+    pub quarantined_nodes: Vec<u64>,
+    /// What is left of every guard's budget.
+    pub budgets: Option<roomkeeper_playbook::GuardBudgets>,
     pub decisions: Vec<String>,
     /// "Why did it act / why did it not act", per target, in words.
     pub explanations: std::collections::BTreeMap<String, String>,
@@ -156,14 +191,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         traffic_weights: Default::default(),
         sales_paused: false,
         active_tiers: Vec::new(),
+        quarantined_nodes: Vec::new(),
+        budgets: None,
         decisions: Vec::new(),
         explanations: Default::default(),
         events: Vec::new(),
     }));
     let result = run_inner(&args, &mut cluster, client_token, status).await;
     cluster.shutdown().await;
-    if args.data_dir.is_none() && result.is_ok() {
-        let _ = std::fs::remove_dir_all(&data_dir);
+    if args.clean {
+        if let Err(e) = std::fs::remove_dir_all(&data_dir) {
+            eprintln!("could not remove {}: {e}", data_dir.display());
+        }
+    } else {
+        println!(
+            "data kept in {} (decisions: controller/decisions.jsonl; node logs: node-<id>.log; --clean removes it)",
+            data_dir.display()
+        );
     }
     result
 }
@@ -340,8 +384,9 @@ async fn run_inner(
                         &status,
                         started,
                         format!(
-                            "FAULT: region {} lost (nodes {victims:?} gone for good)",
-                            args.lose_region
+                            "FAULT: region {} lost (nodes {} gone for good)",
+                            args.lose_region,
+                            ids(&victims)
                         ),
                     );
                 }
@@ -354,7 +399,13 @@ async fn run_inner(
                     event(
                         &status,
                         started,
-                        format!("FAULT: node {flapping:?} starts flapping"),
+                        format!(
+                            "FAULT: node {} starts flapping",
+                            flapping.map_or_else(
+                                || "none (no follower)".to_string(),
+                                |n| n.to_string()
+                            )
+                        ),
                     );
                 }
                 Scenario::QuorumLoss => {
@@ -374,7 +425,10 @@ async fn run_inner(
                     event(
                         &status,
                         started,
-                        format!("FAULT: quorum lost (hosts of nodes {victims:?} down for 15 s)"),
+                        format!(
+                            "FAULT: quorum lost (hosts of nodes {} down for 15 s)",
+                            ids(&victims)
+                        ),
                     );
                     quorum_restore_at = Some((back, victims));
                 }
@@ -414,7 +468,10 @@ async fn run_inner(
                 event(
                     &status,
                     started,
-                    format!("hosts of nodes {victims:?} are back and their nodes start: quorum can return"),
+                    format!(
+                        "hosts of nodes {} are back and their nodes start: quorum can return",
+                        ids(&victims)
+                    ),
                 );
                 quorum_restore_at = None;
             }
@@ -453,7 +510,7 @@ async fn run_inner(
             }
             Err(e) => event(&status, started, format!("control loop error: {e}")),
         }
-        refresh_endpoints(cluster, &traffic);
+        refresh_endpoints(cluster, &traffic, &control.quarantined());
 
         let load = stats.summary();
         if let Ok(mut s) = status.lock() {
@@ -462,9 +519,21 @@ async fn run_inner(
                 .memory()
                 .activations()
                 .iter()
-                .map(|a| format!("{} (T{}) on {:?}: {:?}", a.tier, a.level, a.target, a.phase))
+                .map(|a| {
+                    let phase = match a.phase {
+                        roomkeeper_playbook::ActivationPhase::Active => "active",
+                        _ => "standing down",
+                    };
+                    format!("T{} {} on {}: {phase}", a.level, a.tier, a.target)
+                })
                 .collect();
             s.decisions = control.recent.iter().cloned().collect();
+            s.quarantined_nodes = control.quarantined();
+            s.budgets = Some(roomkeeper_playbook::Engine::budgets(
+                control.playbook(),
+                control.memory(),
+                now_ms(),
+            ));
             let mut explanations = std::collections::BTreeMap::new();
             explanations.insert("shard".to_string(), control.explain(&Target::Shard));
             for (region, _) in REGIONS {
@@ -494,23 +563,65 @@ async fn run_inner(
             render(&status, false);
         }
     }
+    // Stopping (Ctrl-C or --duration-secs) checks the orders before anything
+    // is torn down, within a bound: the whole ending takes under 10 s.
+    let ending = Instant::now();
     stop.store(true, Ordering::Relaxed);
     for b in buyers {
-        let _ = tokio::time::timeout(Duration::from_secs(4), b).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), b).await;
     }
     let load = stats.summary();
     println!(
         "\nsummary: {} orders acknowledged, {} refused by the store, {} errors, {} retries; longest gap between acknowledged orders {} ms",
         load.ok, load.rejected, load.errors, load.retries, load.longest_gap_ms
     );
-    check_acknowledged(cluster, &stats.acknowledged()).await;
+    bring_back_stopped_nodes(cluster).await;
+    let budget = Duration::from_secs(8).saturating_sub(ending.elapsed());
+    let verdict = check_acknowledged(cluster, &stats.acknowledged(), budget).await;
+    println!("{verdict}");
     check_invariants(cluster).await;
     Ok(())
 }
 
-/// Reads every acknowledged order back (linearizably, through any live node)
-/// and reports any that is missing or changed.
-async fn check_acknowledged(cluster: &mut LocalCluster, acked: &[(u64, String, u64)]) {
+/// Nodes stopped by the scenario (a host outage that has not ended yet, a
+/// killed leader the playbook has not restarted) are started again, so the
+/// check reads from a cluster with its quorum. Nodes whose host is gone for
+/// good (a lost region) and quarantined flappers stay down.
+async fn bring_back_stopped_nodes(cluster: &mut LocalCluster) {
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let mut started = Vec::new();
+    for id in ids {
+        if cluster.is_running(id) || !cluster.is_temporarily_blocked(id) {
+            continue;
+        }
+        cluster.unblock(id);
+        if cluster.spawn(id).is_ok() {
+            started.push(id);
+        }
+    }
+    if !started.is_empty() {
+        let list: Vec<String> = started.iter().map(u64::to_string).collect();
+        println!(
+            "started nodes {} again (their hosts' outage was still on) to check the orders",
+            list.join(", ")
+        );
+        cluster.apply_wan_latency().await;
+    }
+}
+
+/// Reads every acknowledged order back, linearizably, by buyer (one request
+/// per buyer, not per order) from the surviving nodes, leader first, and says
+/// in words whether every one is there. Gives up at `budget` and says how
+/// many it could not read rather than calling them lost.
+async fn check_acknowledged(
+    cluster: &mut LocalCluster,
+    acked: &[(u64, String, u64)],
+    budget: Duration,
+) -> String {
+    if acked.is_empty() {
+        return "acknowledged orders: none were acknowledged, nothing to check".into();
+    }
+    let deadline = Instant::now() + budget;
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     let mut addrs = Vec::new();
     for id in ids {
@@ -521,66 +632,117 @@ async fn check_acknowledged(cluster: &mut LocalCluster, acked: &[(u64, String, u
         }
     }
     if addrs.is_empty() {
-        println!("acknowledged orders: not checked, no node is running");
-        return;
+        return format!(
+            "acknowledged orders: {} NOT CHECKED: no node is running",
+            acked.len()
+        );
     }
-    // Ask the leader first: its linearizable reads need no forwarding.
-    if let Some(leader) = cluster.leader().await.and_then(|l| cluster.info(l)) {
+    let wait_leader = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(4));
+    if let Some(leader) = cluster
+        .wait_leader(wait_leader)
+        .await
+        .ok()
+        .and_then(|l| cluster.info(l))
+    {
         addrs.retain(|a| *a != leader.api_addr);
         addrs.insert(0, leader.api_addr.clone());
     }
+    let mut by_buyer: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    for (id, buyer, qty) in acked {
+        by_buyer
+            .entry(buyer.as_str())
+            .or_default()
+            .push((*id, *qty));
+    }
+    let buyers: Vec<String> = by_buyer.keys().map(|b| b.to_string()).collect();
     let http = cluster.http.clone();
     let token = cluster.cfg.client_token.clone();
-    let per_task = acked.len().div_ceil(64).max(1);
-    let checks = acked.chunks(per_task).map(|chunk| {
+    let per_task = buyers.len().div_ceil(32).max(1);
+    let reads = buyers.chunks(per_task).map(|chunk| {
         let (http, token, addrs) = (http.clone(), token.clone(), addrs.clone());
         let chunk = chunk.to_vec();
         async move {
-            let mut missing = Vec::new();
-            for (id, buyer, qty) in chunk {
-                let mut found = None;
+            let mut seen: Vec<(String, Option<BTreeMap<u64, u64>>)> = Vec::new();
+            for buyer in chunk {
+                let path = format!("/v1/buyers/{buyer}/orders?consistency=linearizable");
+                let mut orders = None;
                 for attempt in 0..addrs.len() * 2 {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
                     let addr = &addrs[attempt % addrs.len()];
-                    let path = format!("/v1/orders/{id}");
+                    let left = deadline.saturating_duration_since(Instant::now());
                     match http
-                        .get(addr, &path, Some(&token), Duration::from_secs(3))
+                        .get(addr, &path, Some(&token), left.min(Duration::from_secs(2)))
                         .await
                     {
                         Ok(r) if r.status == 200 => {
-                            found = Some(
-                                r.body["buyer"] == json!(buyer) && r.body["qty"] == json!(qty),
+                            orders = Some(
+                                r.body
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter(|o| {
+                                        o["room"] == json!(ROOM) && o["status"] != "cancelled"
+                                    })
+                                    .filter_map(|o| {
+                                        Some((o["order_id"].as_u64()?, o["qty"].as_u64()?))
+                                    })
+                                    .collect(),
                             );
                             break;
                         }
-                        Ok(r) if r.status == 404 => {
-                            found = Some(false);
-                            break;
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                 }
-                if found != Some(true) {
-                    missing.push((id, found.is_none()));
-                }
+                seen.push((buyer, orders));
             }
-            missing
+            seen
         }
     });
-    let missing: Vec<(u64, bool)> = futures_util::future::join_all(checks)
+    let results: Vec<(String, Option<BTreeMap<u64, u64>>)> = futures_util::future::join_all(reads)
         .await
         .into_iter()
         .flatten()
         .collect();
-    let unreadable = missing.iter().filter(|(_, unknown)| *unknown).count();
-    let lost = missing.len() - unreadable;
-    if missing.is_empty() {
-        println!("all {} acknowledged orders present", acked.len());
+    let (mut present, mut lost, mut unread) = (0usize, Vec::new(), 0usize);
+    for (buyer, orders) in &results {
+        let expected = by_buyer
+            .get(buyer.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        match orders {
+            None => unread += expected.len(),
+            Some(found) => {
+                for (id, qty) in expected {
+                    if found.get(id) == Some(qty) {
+                        present += 1;
+                    } else {
+                        lost.push(*id);
+                    }
+                }
+            }
+        }
+    }
+    if lost.is_empty() && unread == 0 {
+        format!(
+            "all {present} acknowledged orders present on the surviving nodes (read back linearizably by buyer, {} buyers)",
+            buyers.len()
+        )
+    } else if lost.is_empty() {
+        format!(
+            "acknowledged orders: {present} present, {unread} NOT CHECKED (no node answered for their buyers before the deadline); none found missing"
+        )
     } else {
-        println!(
-            "acknowledged orders: {} checked, {lost} LOST or altered, {unreadable} could not be read: {:?}",
-            acked.len(),
-            missing.iter().take(10).collect::<Vec<_>>()
-        );
+        let first: Vec<String> = lost.iter().take(10).map(u64::to_string).collect();
+        format!(
+            "acknowledged orders: {} LOST or altered (order ids {}{}), {present} present, {unread} not checked",
+            lost.len(),
+            first.join(", "),
+            if lost.len() > 10 { ", …" } else { "" }
+        )
     }
 }
 
@@ -650,18 +812,20 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
         return;
     }
     out.push_str(&format!(
-        "roomkeeper demo — scenario {:?} — {} — t={}s   (Ctrl-C stops everything)\n\n",
-        s.scenario, s.phase, s.elapsed_secs
+        "roomkeeper demo — scenario {} — {} — t={}s   (Ctrl-C stops everything)\n\n",
+        s.scenario.name(),
+        s.phase,
+        s.elapsed_secs
     ));
     if let Some(o) = &s.observation {
         out.push_str(&format!(
-            "leader: {}   term: {}   voters: {:?}   learners: {:?}\n\n",
+            "leader: {}   term: {}   voters: {}   learners: {}\n\n",
             o.leader
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "NONE".into()),
             o.term,
-            o.voters,
-            o.learners
+            ids(&o.voters),
+            ids(&o.learners)
         ));
         out.push_str("REGION     WEIGHT  NODE  PROCESS  ROLE        TERM  APPLIED   LAG\n");
         for region in o.regions() {

@@ -62,11 +62,16 @@ fn limit_malloc_arenas_for_nodes() {
 fn main() -> anyhow::Result<()> {
     #[cfg(unix)]
     limit_malloc_arenas_for_nodes();
+    // Colours only on a terminal: node logs go to files. openraft's stream
+    // append logs an ERROR when its core stops, which is every normal
+    // shutdown; a real fatal error is reported by the core itself.
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("ROOMKEEPER_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            EnvFilter::try_from_env("ROOMKEEPER_LOG").unwrap_or_else(|_| {
+                EnvFilter::new("info,openraft=warn,openraft::raft::stream_append=off")
+            }),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -4,6 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use roomkeeper_e2e::{binary, http};
 
 #[test]
@@ -100,6 +102,100 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
     assert!(
         String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
         "node processes of demo {pid} left running"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The README's way to stop the demo: Ctrl-C (SIGINT to the demo alone, as a
+/// terminal sends it to the foreground process group; the nodes run in their
+/// own group). The demo stops the load, reads every acknowledged order back
+/// from the surviving nodes, says so in words, and exits within 10 s; its
+/// data directory, with the decision record, is kept.
+#[test]
+fn ctrl_c_checks_every_acknowledged_order_and_exits_within_10_s() {
+    let status_addr = format!(
+        "127.0.0.1:{}",
+        roomkeeper_e2e::ports::free_port().expect("a free port")
+    );
+    let base_port = 30_000 + (std::process::id() % 5_000) as u16 * 3;
+    let data_dir =
+        std::env::temp_dir().join(format!("roomkeeper-demo-ctrlc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let child = Command::new(binary())
+        .args(["demo", "--plain", "--status-addr", &status_addr])
+        .args(["--base-port", &base_port.to_string()])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start demo");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    let started = Instant::now();
+    let mut ok = 0;
+    while started.elapsed() < Duration::from_secs(40) && ok < 300 {
+        if let Ok(r) = http(
+            "GET",
+            &status_addr,
+            "/status",
+            None,
+            None,
+            Duration::from_secs(1),
+        ) {
+            ok = r.body["load"]["ok"].as_u64().unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    kill(pid, Signal::SIGINT).expect("send SIGINT to the demo");
+    let interrupted = Instant::now();
+    let out = child.wait_with_output().expect("demo output");
+    let took = interrupted.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(ok >= 300, "orders never flowed ({ok})\n{context}");
+    assert!(out.status.success(), "demo failed on Ctrl-C\n{context}");
+    assert!(
+        took <= Duration::from_secs(10),
+        "the demo took {took:?} to stop after Ctrl-C\n{context}"
+    );
+    assert!(
+        stdout.contains("acknowledged orders present on the surviving nodes"),
+        "Ctrl-C must check every acknowledged order\n{context}"
+    );
+    assert!(
+        !stdout.contains("NOT CHECKED") && !stdout.contains("LOST"),
+        "{context}"
+    );
+    assert!(stdout.contains("invariants hold"), "{context}");
+    for debug in ["Some(", "None", "Region(", "LeaderKill", "[1,"] {
+        assert!(
+            !stdout.contains(debug),
+            "Rust debug formatting in what people read ({debug})\n{context}"
+        );
+    }
+    let decisions = data_dir.join("controller/decisions.jsonl");
+    assert!(
+        data_dir.join("controller").is_dir(),
+        "the data directory (with {}) is kept\n{context}",
+        decisions.display()
+    );
+    // Node logs carry no colour codes and no ERROR for a normal shutdown.
+    for entry in std::fs::read_dir(&data_dir).expect("data dir").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".log") {
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            assert!(!log.contains('\u{1b}'), "ANSI codes in {name}:\n{log}");
+            assert!(!log.contains("ERROR"), "ERROR in {name}:\n{log}");
+        }
+    }
+    let ps = Command::new("pgrep")
+        .args(["-f", &data_dir.display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "node processes left running after Ctrl-C"
     );
     let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -375,10 +375,11 @@ fn two_voter_region_lost_keeps_quorum_and_is_evacuated() {
 }
 
 #[test]
-fn a_flapping_node_stays_within_the_rate_limit_then_pages_a_human() {
-    // At a time scale of 0.05 the default guards allow 6 cluster-changing actions
-    // per 30 s and one restart of a node per 3 s: a node crashing two seconds
-    // after every start exhausts that budget within the run.
+fn a_flapping_node_is_restarted_within_its_budget_then_quarantined_and_a_human_paged() {
+    // At a time scale of 0.05 the default guards allow 3 restarts of one node
+    // per 30 s, with a back-off doubling from 0.5 s, and 6 cluster-changing
+    // actions per 30 s: a node crashing two seconds after every start spends
+    // its restart budget within the run.
     let run = run_demo(
         "flap",
         3,
@@ -414,12 +415,47 @@ fn a_flapping_node_stays_within_the_rate_limit_then_pages_a_human() {
             run.context()
         );
     }
+    // Restarts stop at the budget: the flapping node is restarted at most
+    // three times, then quarantined, and a human is paged with the evidence.
+    let restarts: Vec<&Value> = run.executed("restartNode");
+    let flapping = restarts
+        .first()
+        .map(|d| d["target"]["node"].clone())
+        .unwrap_or_else(|| panic!("T1 restarted nothing\n{}", run.context()));
+    let of_flapping = restarts
+        .iter()
+        .filter(|d| d["target"]["node"] == flapping)
+        .count();
     assert!(
-        run.decisions.iter().any(|d| d["action"] == "pageHuman"
-            && d["reason"].as_str().unwrap_or("").contains("rate limit")),
-        "the engine must escalate to a human instead of looping\n{}",
+        of_flapping <= 3,
+        "node {flapping} restarted {of_flapping} times, past its budget of 3\n{}",
         run.context()
     );
+    assert!(
+        run.decisions.iter().any(|d| d["action"] == "pageHuman"
+            && d["reason"].as_str().unwrap_or("").contains("quarantine")),
+        "the engine must quarantine the node and page a human\n{}",
+        run.context()
+    );
+    let last = run.last_status();
+    assert!(
+        last["quarantined_nodes"]
+            .as_array()
+            .is_some_and(|q| q.contains(&flapping)),
+        "/status shows the quarantine\n{}",
+        run.context()
+    );
+    assert!(
+        run.metrics.contains(&format!(
+            "roomkeeper_playbook_node_quarantined{{node_id=\"{flapping}\"}} 1"
+        )),
+        "/metrics shows the quarantine\n{}",
+        run.metrics
+    );
+    let weights = &last["traffic_weights"];
+    for r in ["eu-west", "us-east", "ap-south"] {
+        assert_eq!(weights[r], 100, "traffic untouched\n{}", run.context());
+    }
 }
 
 #[test]

@@ -470,7 +470,7 @@ impl Injector {
                 // Let the partition bite before the change starts.
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
                 let new = w.cluster.replace_voter(old, &region).await?;
-                refresh_endpoints(&w.cluster, &w.traffic);
+                refresh_endpoints(&w.cluster, &w.traffic, &[]);
                 self.apply(w).await;
                 (
                     format!("node {old} cut off, then replaced by new voter {new} in {region} while partitioned"),

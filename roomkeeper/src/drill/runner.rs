@@ -444,7 +444,7 @@ async fn run_inner(
                 }
                 Err(e) => log.event(rec.now_ms(), format!("control loop error: {e}")),
             }
-            refresh_endpoints(&world.cluster, &world.traffic);
+            refresh_endpoints(&world.cluster, &world.traffic, &control.quarantined());
         }
 
         // Abort conditions.
