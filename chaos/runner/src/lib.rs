@@ -16,6 +16,7 @@ mod run;
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use roomkeeper_chaos::history::History;
 use roomkeeper_chaos::report::{DecisionMark, DrillReport, GameDayRecord, NodeInvariant};
 use roomkeeper_control::http::JsonClient;
 use roomkeeper_control::load::TrafficMap;
+use roomkeeper_control::recorded_load::Storm;
 use roomkeeper_control::ClusterObservation;
 use roomkeeper_playbook::{Decision, Disposition, Target};
 
@@ -202,6 +204,24 @@ pub fn mark(d: &Decision, start_unix_ms: u64) -> DecisionMark {
         disposition: disposition(&d.disposition),
         reason: d.reason.clone(),
     }
+}
+
+/// Starts a `retryStorm` (client behaviour, the same for every binding):
+/// short client timeouts, ambiguous orders retried with the same key.
+/// Returns what was done, in words.
+pub fn storm_on(storm: &Storm, f: &FaultSpec) -> String {
+    let t = f.client_timeout_ms.unwrap_or(100);
+    let d = f.duplicates.unwrap_or(1);
+    storm.timeout_ms.store(t, Ordering::Relaxed);
+    storm.duplicates.store(d, Ordering::Relaxed);
+    storm.active.store(true, Ordering::Relaxed);
+    format!("clients time out after {t} ms and retry each ambiguous order with the same idempotency key, {d} copies at once")
+}
+
+/// Ends a `retryStorm`.
+pub fn storm_off(storm: &Storm) -> String {
+    storm.active.store(false, Ordering::Relaxed);
+    "clients back to their normal timeout".to_string()
 }
 
 /// Milliseconds since the Unix epoch.

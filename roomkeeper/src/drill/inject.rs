@@ -8,7 +8,6 @@
 //! others in place.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -487,17 +486,7 @@ impl Injector {
                     State::ControllerDown,
                 )
             }
-            FaultKind::RetryStorm => {
-                let t = f.client_timeout_ms.unwrap_or(100);
-                let d = f.duplicates.unwrap_or(1);
-                w.storm.timeout_ms.store(t, Ordering::Relaxed);
-                w.storm.duplicates.store(d, Ordering::Relaxed);
-                w.storm.active.store(true, Ordering::Relaxed);
-                (
-                    format!("clients time out after {t} ms and retry each ambiguous order with the same idempotency key, {d} copies at once"),
-                    State::Storm,
-                )
-            }
+            FaultKind::RetryStorm => (roomkeeper_drill::storm_on(&w.storm, f), State::Storm),
         };
         self.active.insert(
             index,
@@ -571,10 +560,7 @@ impl Injector {
                 w.restart_controller().await?;
                 "the controller starts again from its persisted memory".to_string()
             }
-            State::Storm => {
-                w.storm.active.store(false, Ordering::Relaxed);
-                "clients back to their normal timeout".to_string()
-            }
+            State::Storm => roomkeeper_drill::storm_off(&w.storm),
         };
         Ok(what)
     }
