@@ -1,20 +1,24 @@
 //! `ChaosDrill` on Kubernetes: the operator runs a drill against a
-//! LiveRoomCluster of its namespace (recorded flash-sale load through the pods'
-//! client API, faults through the Kubernetes API), checks the recorded history
-//! with the same checker as local drills, and writes the verdict into the
-//! drill's status. A drill runs once; its status is its record.
+//! LiveRoomCluster of its namespace through the one drill runner
+//! (`roomkeeper-drill`, the same code as `roomkeeper drill run`): recorded
+//! flash-sale load through the pods' client API, faults through the
+//! Kubernetes API, the same abort conditions, probes, timeline and report. A
+//! drill runs once; its status is its record, the full report is in the
+//! ConfigMap `<drill>-report` (`report.json`).
 //!
-//! Faults this runner carries out: `killLeader` and `killNode` (pod deletion
-//! with no grace period). Other kinds need injectors inside the node's network
-//! or disk and are refused up front with a condition, never half-run.
+//! This file is the Kubernetes binding: the CRD types, the reconcile, the
+//! status, a `DrillTarget` over the cluster's pods ([`KubeTarget`]), a
+//! non-blocking `FaultInjector` ([`PodFaults`]: pod deletion, NetworkPolicy
+//! partitions, retry storms) and a `ReportSink` into the ConfigMap. Fault
+//! kinds that need an injector inside the node's network or disk are refused
+//! up front with the field named, never half-run.
 
 // kube's `printcolumn(name = …, type_ = …)` repeats key names by design.
 #![allow(clippy::duplicated_attributes)]
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -25,13 +29,14 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, ResourceExt};
 use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec, NodeRole, RegionPick};
-use roomkeeper_chaos::history::{History, OpKind};
-use roomkeeper_chaos::recorder::Recorder;
-use roomkeeper_chaos::report::{evaluate, order_counts, verdict, NodeInvariant, Phases};
+use roomkeeper_chaos::history::History;
+use roomkeeper_chaos::report::{DecisionMark, DrillReport, NodeInvariant};
 use roomkeeper_control::http::JsonClient;
 use roomkeeper_control::load::TrafficMap;
-use roomkeeper_control::recorded_load::{final_read_at, Load, LoadConfig, Storm};
-use roomkeeper_control::setup::{catalog_listings, create_sale_at};
+use roomkeeper_control::recorded_load::Storm;
+use roomkeeper_control::ClusterObservation;
+use roomkeeper_drill::{ClientSide, DrillTarget, FaultInjector, ReportSink, RunConfig, Tick};
+use roomkeeper_playbook::{DecisionId, EngineMemory};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -39,10 +44,11 @@ use serde_json::json;
 use crate::controller::{pod_is_ready, secret_value};
 use crate::crd::LiveRoomCluster;
 use crate::nodes::NodeAdmin;
-use crate::plan::leader;
+use crate::plan::{leader, PodView};
 use crate::resources::{
     partition_policy, Names, CLUSTER_LABEL, PARTITION_LABEL, PARTITION_RUN_LABEL, REGION_LABEL,
 };
+use crate::tier::observation;
 
 /// A chaos drill run by the operator against a LiveRoomCluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
@@ -129,35 +135,18 @@ pub const SUPPORTED_FAULTS: [FaultKind; 8] = [
     FaultKind::QuorumLoss,
 ];
 
-/// Why the spec cannot run on Kubernetes, if it cannot.
+/// Why the spec cannot run on Kubernetes, if it cannot: each problem names
+/// its field.
 pub fn unsupported(spec: &DrillSpec) -> Option<String> {
-    if let Err(errors) = roomkeeper_chaos::drill::validate(spec) {
-        return Some(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
+    if let Err(why) =
+        roomkeeper_drill::check_kinds(spec, &SUPPORTED_FAULTS, "the Kubernetes drill runner")
+    {
+        return Some(why);
     }
-    let bad: Vec<String> = spec
-        .faults
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| !SUPPORTED_FAULTS.contains(&f.kind))
-        .map(|(i, f)| {
-            let supported: Vec<String> = SUPPORTED_FAULTS.iter().map(ToString::to_string).collect();
-            format!(
-                "spec.faults[{i}].kind: {} is not run by the Kubernetes drill runner ({} are)",
-                f.kind,
-                supported.join(", ")
-            )
-        })
-        .collect();
     if spec.game_day == Some(true) {
         return Some("spec.gameDay: game days run locally (`roomkeeper drill run --game-day`), not in the operator".into());
     }
-    (!bad.is_empty()).then(|| bad.join("; "))
+    None
 }
 
 struct DrillContext {
@@ -237,11 +226,13 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
             // Started by a replica that is gone: its faults and load stopped
             // with it. Re-running would inject the faults twice; record it,
             // and take down any partition it left in place.
+            let run = run_id(&drill);
             if let Err(e) = heal_partitions(
                 &ctx.client,
                 &ns,
                 &drill.spec.0.target.cluster,
-                &run_id(&drill),
+                &run,
+                &format!("{run}-"),
             )
             .await
             {
@@ -342,9 +333,9 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
     Ok(Action::requeue(Duration::from_secs(10)))
 }
 
-/// The cluster's pods with IPs, and the leader's pod name.
-async fn pods_of(ctx: &DrillContext, ns: &str, cluster: &str) -> Result<Vec<Pod>, String> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+/// The cluster's pods.
+async fn pods_of(client: &Client, ns: &str, cluster: &str) -> Result<Vec<Pod>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}")))
         .await
         .map(|l| l.items)
@@ -355,32 +346,8 @@ fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone()
 }
 
-async fn leader_pod(
-    ctx: &DrillContext,
-    admin: &NodeAdmin,
-    ns: &str,
-    cluster: &str,
-) -> Result<Option<String>, String> {
-    let lrcs: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), ns);
-    let lrc = lrcs
-        .get(cluster)
-        .await
-        .map_err(|e| format!("reading {cluster}: {e}"))?;
-    // The operator's own status can lag a failover; ask the nodes.
-    let mut views = Vec::new();
-    for p in pods_of(ctx, ns, cluster).await? {
-        if let Some(ip) = pod_ip(&p) {
-            views.push(crate::plan::PodView {
-                pod: p.name_any(),
-                status: admin.status(&ip).await.ok(),
-                ip: Some(ip),
-                ..crate::plan::PodView::default()
-            });
-        }
-    }
-    Ok(leader(&views)
-        .map(|(p, _)| p.pod.clone())
-        .or(lrc.status.and_then(|s| s.leader)))
+fn api_addr(ip: &str) -> String {
+    format!("{ip}:{}", crate::resources::API_PORT)
 }
 
 /// A short id of one drill run (from the object's uid): names its room, its
@@ -396,13 +363,26 @@ fn run_id(drill: &ChaosDrill) -> String {
         .to_lowercase()
 }
 
-/// Takes down every partition of run `run` on `cluster`: labels first (the
-/// pods fall back under the cluster's policy), then the side policies.
+/// The seed of one drill run, from the object's uid (recorded in the report):
+/// a re-created drill draws again, the same object always draws the same.
+pub fn seed_of(uid: &str) -> u64 {
+    let hex: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    u64::from_str_radix(&hex, 16).unwrap_or_else(|_| u64::from(crc32fast::hash(uid.as_bytes())))
+}
+
+/// Takes down the partitions of run `run` on `cluster` whose group starts
+/// with `prefix` (`<run>-` for all of them): labels first (the pods fall back
+/// under the cluster's policy), then the side policies.
 async fn heal_partitions(
     client: &Client,
     ns: &str,
     cluster: &str,
     run: &str,
+    prefix: &str,
 ) -> Result<Vec<String>, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut healed = Vec::new();
@@ -416,7 +396,7 @@ async fn heal_partitions(
         let ours = p
             .labels()
             .get(PARTITION_LABEL)
-            .is_some_and(|g| g.starts_with(&format!("{run}-")));
+            .is_some_and(|g| g.starts_with(prefix));
         if !ours {
             continue;
         }
@@ -435,8 +415,12 @@ async fn heal_partitions(
         .list(&ListParams::default().labels(&format!("{PARTITION_RUN_LABEL}={run}")))
         .await
         .map_err(|e| format!("listing partition policies: {e}"))?;
+    let ours = format!("{cluster}-partition-{prefix}");
     for np in sides.items {
         let name = np.name_any();
+        if !name.starts_with(&ours) {
+            continue;
+        }
         match policies.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -444,26 +428,6 @@ async fn heal_partitions(
         }
     }
     Ok(healed)
-}
-
-/// What one fault did: when it started and healed (drill clock), in words.
-struct Injected {
-    start_ms: u64,
-    end_ms: u64,
-    lines: Vec<String>,
-}
-
-/// The Kubernetes injectors that work through pods: deletion, one at a time.
-struct PodFaults<'a> {
-    ctx: &'a DrillContext,
-    admin: &'a NodeAdmin,
-    ns: &'a str,
-    cluster: &'a str,
-    rec: &'a Recorder,
-    /// This run's id: the prefix of its partition groups.
-    run: &'a str,
-    /// The drill, owner of the policies it creates.
-    owner: Option<OwnerReference>,
 }
 
 /// Pod names grouped by region, from `(pod, region)` pairs.
@@ -476,50 +440,331 @@ fn by_region(pods: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
 }
 
 /// How long a deleted pod may take to come back Ready before the drill goes on.
-const POD_BACK_TIMEOUT_MS: u64 = 60_000;
+const POD_BACK_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl PodFaults<'_> {
-    /// The cluster's pods as (name, region), the leader's name.
-    async fn members(&self) -> Result<(Vec<(String, String)>, String), String> {
-        let leader = leader_pod(self.ctx, self.admin, self.ns, self.cluster)
-            .await?
-            .unwrap_or_default();
-        let mut pods: Vec<(String, String)> = pods_of(self.ctx, self.ns, self.cluster)
-            .await?
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| {
-                (
-                    p.name_any(),
-                    p.labels().get(REGION_LABEL).cloned().unwrap_or_default(),
-                )
-            })
-            .collect();
-        pods.sort();
-        Ok((pods, leader))
+/// The Kubernetes binding's `DrillTarget`: a LiveRoomCluster of this
+/// namespace, reached through its pods' client and admin APIs. Its control
+/// loop is the operator's own; the decisions it recorded during the drill
+/// are read from the engine memory (`<cluster>-playbook-memory`).
+struct KubeTarget<'a> {
+    ctx: &'a DrillContext,
+    ns: &'a str,
+    cluster: &'a str,
+    admin: NodeAdmin,
+    token: String,
+    traffic: Arc<TrafficMap>,
+    home_region: String,
+    /// Pod name → node id, from the nodes' own answers.
+    ids: BTreeMap<String, u64>,
+    /// Decisions already reported.
+    seen: BTreeSet<DecisionId>,
+    memory_unreadable: bool,
+}
+
+impl KubeTarget<'_> {
+    async fn pods(&self) -> Result<Vec<Pod>, String> {
+        pods_of(&self.ctx.client, self.ns, self.cluster).await
     }
 
-    /// The pod a fault's selector names (default: a follower).
-    async fn select(&self, f: &FaultSpec) -> Result<String, String> {
-        let (pods, leader) = self.members().await?;
-        if f.kind == FaultKind::KillLeader {
-            return Some(leader)
-                .filter(|l| !l.is_empty())
-                .ok_or_else(|| "no leader".to_string());
+    /// Every pod with an IP, with its node's answer.
+    async fn views(&mut self) -> Vec<PodView> {
+        let pods: Vec<(Pod, String)> = self
+            .pods()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| pod_ip(&p).map(|ip| (p, ip)))
+            .collect();
+        // Every pod at once: a deleted pod's address may take the whole timeout.
+        let admin = &self.admin;
+        let statuses = futures::future::join_all(pods.iter().map(|(_, ip)| admin.status(ip))).await;
+        let mut views = Vec::new();
+        for ((p, ip), status) in pods.into_iter().zip(statuses) {
+            let status = status.ok();
+            let pod = p.name_any();
+            if let Some(s) = &status {
+                self.ids.insert(pod.clone(), s.node_id);
+            }
+            let region = p.labels().get(REGION_LABEL).cloned().unwrap_or_default();
+            views.push(PodView {
+                id: self.ids.get(&pod).copied(),
+                zone: region.clone(),
+                region,
+                pod,
+                ip: Some(ip),
+                status,
+                deleting: p.metadata.deletion_timestamp.is_some(),
+                ready: pod_is_ready(&p),
+                ..PodView::default()
+            });
         }
-        let want_leader = f.select.as_ref().and_then(|s| s.role) == Some(NodeRole::Leader);
-        let region = f.select.as_ref().and_then(|s| s.region.clone());
-        pods.into_iter()
-            .filter(|(n, r)| {
-                (n == &leader) == want_leader && region.as_ref().is_none_or(|want| want == r)
-            })
-            .map(|(n, _)| n)
-            .next()
-            .ok_or_else(|| "no pod matched the selector".to_string())
+        views
+    }
+
+    /// Points the load at every pod's current IP (a recreated pod has a new one).
+    fn refresh_endpoints(&self, views: &[PodView]) {
+        let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in views {
+            if let Some(ip) = &v.ip {
+                by_region
+                    .entry(v.region.clone())
+                    .or_default()
+                    .push(api_addr(ip));
+            }
+        }
+        for (region, addrs) in by_region {
+            self.traffic.set_endpoints(&region, addrs);
+            self.traffic.set_weight(&region, 100);
+        }
+    }
+
+    /// Client API addresses of every pod, the leader's first.
+    async fn addresses(&mut self) -> Vec<String> {
+        let views = self.views().await;
+        let mut addrs: Vec<String> = views
+            .iter()
+            .filter_map(|v| v.ip.as_deref().map(api_addr))
+            .collect();
+        if let Some(ip) = leader(&views).and_then(|(v, _)| v.ip.clone()) {
+            let l = api_addr(&ip);
+            addrs.retain(|a| *a != l);
+            addrs.insert(0, l);
+        }
+        addrs
+    }
+
+    /// The decisions the operator's loop recorded since the drill started
+    /// and not reported yet.
+    async fn new_decisions(&mut self, start_unix_ms: u64) -> Result<Vec<DecisionMark>, String> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let name = format!("{}-playbook-memory", self.cluster);
+        let Some(cm) = cms
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("reading ConfigMap {name}: {e}"))?
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(text) = cm.data.and_then(|d| d.get("memory.json").cloned()) else {
+            return Ok(Vec::new());
+        };
+        let memory: EngineMemory = serde_json::from_str(&text)
+            .map_err(|e| format!("ConfigMap {name}: unreadable engine memory: {e}"))?;
+        let mut out = Vec::new();
+        for r in memory.records() {
+            let d = &r.decision;
+            if d.at_ms >= start_unix_ms && self.seen.insert(d.id) {
+                out.push(roomkeeper_drill::mark(d, start_unix_ms));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl DrillTarget for KubeTarget<'_> {
+    async fn prepare(&mut self) -> Result<(), String> {
+        let names = Names {
+            cluster: self.cluster,
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let tokens = secrets
+            .get(&names.tokens())
+            .await
+            .map_err(|e| format!("reading the tokens Secret: {e}"))?;
+        self.token =
+            secret_value(&tokens, "client-token").ok_or("the tokens Secret has no client-token")?;
+        self.admin = NodeAdmin::new(self.ctx.http.clone(), secret_value(&tokens, "admin-token"));
+        let views = self.views().await;
+        self.refresh_endpoints(&views);
+        self.home_region = views
+            .iter()
+            .map(|v| v.region.clone())
+            .min()
+            .unwrap_or_default();
+        Ok(())
+    }
+
+    fn client(&self) -> ClientSide {
+        ClientSide {
+            http: self.ctx.http.clone(),
+            token: self.token.clone(),
+            traffic: self.traffic.clone(),
+            home_region: self.home_region.clone(),
+        }
+    }
+
+    async fn sale_address(&mut self) -> Result<String, String> {
+        let views = self.views().await;
+        leader(&views)
+            .and_then(|(v, _)| v.ip.as_deref().map(api_addr))
+            .ok_or_else(|| "the cluster has no leader".to_string())
+    }
+
+    async fn observe(&mut self, at_unix_ms: u64) -> ClusterObservation {
+        let views = self.views().await;
+        self.refresh_endpoints(&views);
+        observation(&views, at_unix_ms)
+    }
+
+    async fn tick(&mut self, _obs: &ClusterObservation, start_unix_ms: u64, _now_ms: u64) -> Tick {
+        let mut tick = Tick::default();
+        match self.new_decisions(start_unix_ms).await {
+            Ok(d) => tick.decisions = d,
+            Err(e) if !self.memory_unreadable => {
+                self.memory_unreadable = true;
+                tick.events.push(format!(
+                    "the operator's decisions cannot be read ({e}); the report lists none"
+                ));
+            }
+            Err(_) => {}
+        }
+        tick
+    }
+
+    async fn audit(
+        &mut self,
+        skip: &BTreeSet<u64>,
+        _timeout: Duration,
+    ) -> (Vec<NodeInvariant>, Vec<String>) {
+        let views: Vec<(String, String, u64)> = self
+            .views()
+            .await
+            .into_iter()
+            .filter(|v| !v.deleting)
+            .filter_map(|v| Some((v.pod, v.ip?, v.id?)))
+            .filter(|(_, _, id)| !skip.contains(id))
+            .collect();
+        let admin = &self.admin;
+        let audits =
+            futures::future::join_all(views.iter().map(|(_, ip, _)| admin.invariants(ip))).await;
+        let (mut invariants, mut errors) = (Vec::new(), Vec::new());
+        for ((pod, _, id), audit) in views.into_iter().zip(audits) {
+            match audit {
+                Ok((ok, detail)) => invariants.push(NodeInvariant {
+                    node: id,
+                    ok,
+                    detail: format!("{pod}: {detail}"),
+                }),
+                Err(e) => errors.push(format!("invariant audit of {pod}: {e}")),
+            }
+        }
+        (invariants, errors)
+    }
+
+    async fn heal_everything(&mut self) -> Vec<String> {
+        // The injector healed its partitions; the StatefulSet brings pods back.
+        let deadline = tokio::time::Instant::now() + POD_BACK_TIMEOUT;
+        loop {
+            let views = self.views().await;
+            let settled = views
+                .iter()
+                .all(|v| v.ready && !v.deleting && v.status.is_some())
+                && leader(&views).is_some_and(|(l, _)| {
+                    let committed = l.status.as_ref().map_or(0, |s| s.committed_index);
+                    views
+                        .iter()
+                        .filter_map(|v| v.status.as_ref())
+                        .all(|s| s.applied_index >= committed)
+                });
+            if settled {
+                self.refresh_endpoints(&views);
+                return Vec::new();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // As locally: the final read goes on, leader first; what is
+                // missing shows in the checker, not as a run error.
+                tracing::warn!(cluster = %self.cluster, "the cluster did not settle after the faults were healed");
+                self.refresh_endpoints(&views);
+                return Vec::new();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn final_read_addresses(&mut self) -> Vec<String> {
+        self.addresses().await
+    }
+}
+
+/// One Kubernetes fault in effect: a state machine the runner steps.
+enum PodFault {
+    /// A deleted pod, until the StatefulSet brought it back Ready.
+    Killed {
+        pod: String,
+        uid: Option<String>,
+        since: Instant,
+        done: bool,
+    },
+    /// Every pod in turn, followers first and the leader last.
+    Rolling {
+        queue: VecDeque<String>,
+        current: Option<(String, Option<String>, Instant)>,
+        period: Duration,
+        next_at: Instant,
+        done: Vec<String>,
+        total: usize,
+    },
+    /// A pod deleted every `period`, once it is back.
+    Flap {
+        pod: String,
+        /// The uid of the deleted pod, while waiting for it to come back.
+        waiting: Option<String>,
+        period: Duration,
+        next_at: Instant,
+        crashes: u32,
+    },
+    /// Side policies and labels with this group prefix.
+    Partition {
+        prefix: String,
+    },
+    Storm,
+}
+
+/// The Kubernetes `FaultInjector`: pod deletion, NetworkPolicy partitions,
+/// client retry storms. Nothing blocks: multi-step faults advance in `step`.
+struct PodFaults<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    cluster: &'a str,
+    /// This run's id: the prefix of its partition groups.
+    run: &'a str,
+    /// The drill, owner of the policies it creates.
+    owner: Option<OwnerReference>,
+    storm: Arc<Storm>,
+    active: BTreeMap<usize, PodFault>,
+}
+
+/// A pod is back: the same name, a new object, Ready.
+fn is_back(pods: &[Pod], pod: &str, old_uid: Option<&String>) -> bool {
+    pods.iter().any(|p| {
+        p.name_any() == pod
+            && p.metadata.uid.as_ref() != old_uid
+            && p.metadata.deletion_timestamp.is_none()
+            && pod_is_ready(p)
+    })
+}
+
+impl PodFaults<'_> {
+    async fn pods(&self) -> Result<Vec<Pod>, String> {
+        pods_of(self.client, self.ns, self.cluster).await
+    }
+
+    /// The cluster's live pods as (name, region), sorted, and the leader's
+    /// pod: as the nodes answer now (the operator's status can lag a failover).
+    async fn members(target: &mut KubeTarget<'_>) -> (Vec<(String, String)>, Option<String>) {
+        let views = target.views().await;
+        let leader = leader(&views).map(|(v, _)| v.pod.clone());
+        let mut pods: Vec<(String, String)> = views
+            .into_iter()
+            .filter(|v| !v.deleting)
+            .map(|v| (v.pod, v.region))
+            .collect();
+        pods.sort();
+        (pods, leader)
     }
 
     async fn delete(&self, pod: &str, grace: Option<u32>) -> Result<(), String> {
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), self.ns);
         pods.delete(
             pod,
             &DeleteParams {
@@ -532,132 +777,49 @@ impl PodFaults<'_> {
         .map_err(|e| format!("deleting pod {pod}: {e}"))
     }
 
-    /// Waits until the StatefulSet brought `pod` back and it is Ready.
-    async fn wait_back(&self, pod: &str) -> Result<bool, String> {
-        let deadline = self.rec.now_ms() + POD_BACK_TIMEOUT_MS;
-        while self.rec.now_ms() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let back = pods_of(self.ctx, self.ns, self.cluster)
-                .await?
-                .iter()
-                .any(|p| {
-                    p.name_any() == pod
-                        && p.metadata.deletion_timestamp.is_none()
-                        && pod_is_ready(p)
-                });
-            if back {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// Deletes `pod` with no grace period (a crash); returns the uid of the
+    /// object deleted (its successor has another).
+    async fn crash(&self, pod: &str) -> Result<Option<String>, String> {
+        let uid = self
+            .pods()
+            .await?
+            .into_iter()
+            .find(|p| p.name_any() == pod)
+            .and_then(|p| p.metadata.uid);
+        self.delete(pod, Some(0)).await?;
+        Ok(uid)
     }
 
-    /// killLeader / killNode: delete the pod with grace 0 (a crash); the fault
-    /// lasts until the StatefulSet brought it back.
-    async fn kill(&self, f: &FaultSpec) -> Result<Injected, String> {
-        let victim = self.select(f).await?;
-        let start = self.rec.now_ms();
-        self.delete(&victim, Some(0)).await?;
-        let mut lines = vec![format!(
-            "{} at {start} ms: deleted pod {victim} (grace 0)",
-            f.kind
-        )];
-        if !self.wait_back(&victim).await? {
-            lines.push(format!(
-                "{victim} was not Ready again within {POD_BACK_TIMEOUT_MS} ms"
-            ));
+    /// The pod a fault's selector names (default: a follower).
+    fn select(
+        f: &FaultSpec,
+        pods: &[(String, String)],
+        leader: Option<&String>,
+    ) -> Result<String, String> {
+        if f.kind == FaultKind::KillLeader {
+            return leader.cloned().ok_or_else(|| "no leader".to_string());
         }
-        Ok(Injected {
-            start_ms: start,
-            end_ms: self.rec.now_ms(),
-            lines,
-        })
-    }
-
-    /// rollingRestart: every pod in turn, followers first and the leader last,
-    /// each deleted with its grace period (an orderly stop), the next one
-    /// `periodMs` after the previous is Ready again.
-    async fn rolling_restart(&self, f: &FaultSpec) -> Result<Injected, String> {
-        let (pods, leader) = self.members().await?;
-        let mut order: Vec<String> = pods.into_iter().map(|(n, _)| n).collect();
-        order.sort_by_key(|n| n == &leader);
-        let period = Duration::from_millis(f.period_ms.unwrap_or(3_000));
-        let start = self.rec.now_ms();
-        let mut lines = Vec::new();
-        for pod in &order {
-            let t = self.rec.now_ms();
-            self.delete(pod, None).await?;
-            let back = self.wait_back(pod).await?;
-            lines.push(format!(
-                "rollingRestart at {t} ms: restarted pod {pod}{}",
-                if back {
-                    ""
-                } else {
-                    " (not Ready again in time)"
-                }
-            ));
-            tokio::time::sleep(period).await;
-        }
-        Ok(Injected {
-            start_ms: start,
-            end_ms: self.rec.now_ms(),
-            lines,
-        })
-    }
-
-    /// Cuts each group of pods off from every other pod of the cluster for
-    /// the fault's duration (NetworkPolicy: a side policy per group, then the
-    /// pods labelled into it), then heals.
-    async fn partition(&self, f: &FaultSpec, groups: Vec<Vec<String>>) -> Result<Injected, String> {
-        let policies: Api<NetworkPolicy> = Api::namespaced(self.ctx.client.clone(), self.ns);
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.ns);
-        let start = self.rec.now_ms();
-        let mut lines = Vec::new();
-        for (i, members) in groups.iter().enumerate() {
-            let group = format!("{}-{i}", self.run);
-            let np = partition_policy(self.cluster, self.ns, &group, self.run, self.owner.clone());
-            let name = np.name_any();
-            policies
-                .patch(
-                    &name,
-                    &PatchParams::apply(crate::controller::MANAGER).force(),
-                    &Patch::Apply(&np),
-                )
-                .await
-                .map_err(|e| format!("applying {name}: {e}"))?;
-            for pod in members {
-                pods.patch(
-                    pod,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": {PARTITION_LABEL: group}}})),
-                )
-                .await
-                .map_err(|e| format!("labelling {pod}: {e}"))?;
-            }
-            lines.push(format!(
-                "{} at {start} ms: cut off {} (NetworkPolicy {name})",
-                f.kind,
-                members.join(", ")
-            ));
-        }
-        tokio::time::sleep(Duration::from_secs(f.duration_secs.unwrap_or(10))).await;
-        let healed = heal_partitions(&self.ctx.client, self.ns, self.cluster, self.run).await?;
-        let end = self.rec.now_ms();
-        lines.push(format!("healed at {end} ms: {}", healed.join(", ")));
-        Ok(Injected {
-            start_ms: start,
-            end_ms: end,
-            lines,
-        })
+        let want_leader = f.select.as_ref().and_then(|s| s.role) == Some(NodeRole::Leader);
+        let region = f.select.as_ref().and_then(|s| s.region.clone());
+        pods.iter()
+            .filter(|(n, r)| {
+                (Some(n) == leader) == want_leader && region.as_ref().is_none_or(|want| want == r)
+            })
+            .map(|(n, _)| n.clone())
+            .next()
+            .ok_or_else(|| "no pod matched the selector".to_string())
     }
 
     /// The pods of the region a partitionRegion fault names.
-    async fn region_pods(&self, f: &FaultSpec) -> Result<Vec<String>, String> {
-        let (pods, leader) = self.members().await?;
-        let mut regions = by_region(&pods);
+    fn region_pods(
+        f: &FaultSpec,
+        pods: &[(String, String)],
+        leader: Option<&String>,
+    ) -> Result<Vec<String>, String> {
+        let mut regions = by_region(pods);
         let leader_region = pods
             .iter()
-            .find(|(p, _)| *p == leader)
+            .find(|(p, _)| Some(p) == leader)
             .map(|(_, r)| r.clone());
         let sel = f.select.clone().unwrap_or_default();
         let region = match (sel.region, sel.region_of) {
@@ -678,9 +840,8 @@ impl PodFaults<'_> {
     }
 
     /// A majority of the pods, one per region first, each cut off alone.
-    async fn majority(&self) -> Result<Vec<Vec<String>>, String> {
-        let (pods, _) = self.members().await?;
-        let regions = by_region(&pods);
+    fn majority(pods: &[(String, String)]) -> Vec<Vec<String>> {
+        let regions = by_region(pods);
         let mut round_robin = Vec::new();
         for round in 0.. {
             let before = round_robin.len();
@@ -694,35 +855,350 @@ impl PodFaults<'_> {
             }
         }
         round_robin.truncate(pods.len() / 2 + 1);
-        Ok(round_robin.into_iter().map(|p| vec![p]).collect())
+        round_robin.into_iter().map(|p| vec![p]).collect()
     }
 
-    /// flapNode: the selected pod (default a follower) crashes, comes back,
-    /// and crashes again `periodMs` later, for `durationSecs`.
-    async fn flap(&self, f: &FaultSpec) -> Result<Injected, String> {
-        let victim = self.select(f).await?;
-        let period = Duration::from_millis(f.period_ms.unwrap_or(4_000));
-        let start = self.rec.now_ms();
-        let until = start + f.duration_secs.unwrap_or(16) * 1000;
-        let mut crashes = 0;
-        while self.rec.now_ms() < until {
-            self.delete(&victim, Some(0)).await?;
-            crashes += 1;
-            self.wait_back(&victim).await?;
-            tokio::time::sleep(period).await;
+    /// Cuts each group of pods off from every other pod of the cluster
+    /// (NetworkPolicy: a side policy per group, then the pods labelled into it).
+    async fn partition(
+        &self,
+        index: usize,
+        groups: Vec<Vec<String>>,
+    ) -> Result<(String, PodFault), String> {
+        let policies: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), self.ns);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), self.ns);
+        let prefix = format!("{}-{index}-", self.run);
+        let mut lines = Vec::new();
+        for (g, members) in groups.iter().enumerate() {
+            let group = format!("{prefix}{g}");
+            let np = partition_policy(self.cluster, self.ns, &group, self.run, self.owner.clone());
+            let name = np.name_any();
+            policies
+                .patch(
+                    &name,
+                    &PatchParams::apply(crate::controller::MANAGER).force(),
+                    &Patch::Apply(&np),
+                )
+                .await
+                .map_err(|e| format!("applying {name}: {e}"))?;
+            for pod in members {
+                pods.patch(
+                    pod,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {PARTITION_LABEL: group}}})),
+                )
+                .await
+                .map_err(|e| format!("labelling {pod}: {e}"))?;
+            }
+            lines.push(format!(
+                "cut off {} (NetworkPolicy {name})",
+                members.join(", ")
+            ));
         }
-        Ok(Injected {
-            start_ms: start,
-            end_ms: self.rec.now_ms(),
-            lines: vec![format!(
-                "flapNode at {start} ms: deleted pod {victim} {crashes} times (grace 0), {} ms apart",
-                period.as_millis()
-            )],
-        })
+        Ok((lines.join("; "), PodFault::Partition { prefix }))
     }
 }
 
-/// Runs the drill; returns the finished status (phase/timestamps filled by the caller).
+impl<'t> FaultInjector<KubeTarget<'t>> for PodFaults<'_> {
+    fn check(&self, spec: &DrillSpec) -> Result<(), String> {
+        match unsupported(spec) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    async fn inject(
+        &mut self,
+        target: &mut KubeTarget<'t>,
+        index: usize,
+        f: &FaultSpec,
+        _obs: &ClusterObservation,
+    ) -> Result<String, String> {
+        let (pods, leader) = Self::members(target).await;
+        let (detail, state) = match f.kind {
+            FaultKind::KillLeader | FaultKind::KillNode => {
+                let pod = Self::select(f, &pods, leader.as_ref())?;
+                let uid = self.crash(&pod).await?;
+                (
+                    format!("deleted pod {pod} (grace 0)"),
+                    PodFault::Killed {
+                        pod,
+                        uid,
+                        since: Instant::now(),
+                        done: false,
+                    },
+                )
+            }
+            FaultKind::RollingRestart => {
+                let mut order: Vec<String> = pods.into_iter().map(|(n, _)| n).collect();
+                order.sort_by_key(|n| Some(n) == leader.as_ref());
+                let period = Duration::from_millis(f.period_ms.unwrap_or(3_000));
+                (
+                    format!(
+                        "restart every pod in turn, followers first: {}, {} ms apart",
+                        order.join(", "),
+                        period.as_millis()
+                    ),
+                    PodFault::Rolling {
+                        total: order.len(),
+                        queue: order.into(),
+                        current: None,
+                        period,
+                        next_at: Instant::now(),
+                        done: Vec::new(),
+                    },
+                )
+            }
+            FaultKind::FlapNode => {
+                let pod = Self::select(f, &pods, leader.as_ref())?;
+                let period = Duration::from_millis(f.period_ms.unwrap_or(4_000));
+                let uid = self.crash(&pod).await?;
+                (
+                    format!(
+                        "pod {pod} deleted (grace 0), and again {} ms after each return",
+                        period.as_millis()
+                    ),
+                    PodFault::Flap {
+                        pod,
+                        waiting: uid.or_else(|| Some(String::new())),
+                        period,
+                        next_at: Instant::now(),
+                        crashes: 1,
+                    },
+                )
+            }
+            FaultKind::PartitionNode => {
+                let pod = Self::select(f, &pods, leader.as_ref())?;
+                self.partition(index, vec![vec![pod]]).await?
+            }
+            FaultKind::PartitionRegion => {
+                let members = Self::region_pods(f, &pods, leader.as_ref())?;
+                self.partition(index, vec![members]).await?
+            }
+            FaultKind::QuorumLoss => self.partition(index, Self::majority(&pods)).await?,
+            FaultKind::RetryStorm => (roomkeeper_drill::storm_on(&self.storm, f), PodFault::Storm),
+            other => return Err(format!("{other} is not run on Kubernetes")),
+        };
+        self.active.insert(index, state);
+        Ok(detail)
+    }
+
+    async fn heal(&mut self, _target: &mut KubeTarget<'t>, index: usize) -> Result<String, String> {
+        let Some(state) = self.active.remove(&index) else {
+            return Ok(String::new());
+        };
+        Ok(match state {
+            PodFault::Killed { pod, done, .. } => {
+                if done {
+                    format!("pod {pod} is back")
+                } else {
+                    format!("pod {pod} not back yet; the StatefulSet brings it back")
+                }
+            }
+            PodFault::Rolling {
+                done, queue, total, ..
+            } => format!(
+                "rolling restart ended: {} of {total} pods done, not reached: {:?}",
+                done.len(),
+                Vec::from(queue)
+            ),
+            PodFault::Flap { pod, crashes, .. } => {
+                format!("pod {pod} stops flapping after {crashes} crash(es)")
+            }
+            PodFault::Partition { prefix } => {
+                let healed =
+                    heal_partitions(self.client, self.ns, self.cluster, self.run, &prefix).await?;
+                format!("partition removed: {}", healed.join(", "))
+            }
+            PodFault::Storm => roomkeeper_drill::storm_off(&self.storm),
+        })
+    }
+
+    async fn step(&mut self, _target: &mut KubeTarget<'t>) -> Vec<(usize, String)> {
+        let moving = self.active.values().any(|s| {
+            matches!(
+                s,
+                PodFault::Killed { done: false, .. }
+                    | PodFault::Rolling { .. }
+                    | PodFault::Flap { .. }
+            )
+        });
+        if !moving {
+            return Vec::new();
+        }
+        let pods = match self.pods().await {
+            Ok(p) => p,
+            Err(e) => return vec![(*self.active.keys().next().unwrap_or(&0), e)],
+        };
+        let uid_of = |name: &str| {
+            pods.iter()
+                .find(|p| p.name_any() == name)
+                .and_then(|p| p.metadata.uid.clone())
+        };
+        let mut events = Vec::new();
+        let mut deletes: Vec<(usize, String, Option<u32>)> = Vec::new();
+        for (i, state) in &mut self.active {
+            match state {
+                PodFault::Killed {
+                    pod,
+                    uid,
+                    since,
+                    done,
+                } if !*done => {
+                    if is_back(&pods, pod, uid.as_ref()) {
+                        *done = true;
+                        events.push((
+                            *i,
+                            format!(
+                                "pod {pod} Ready again after {:.1} s",
+                                since.elapsed().as_secs_f64()
+                            ),
+                        ));
+                    } else if since.elapsed() > POD_BACK_TIMEOUT {
+                        *done = true;
+                        events.push((
+                            *i,
+                            format!(
+                                "pod {pod} not Ready again within {} s",
+                                POD_BACK_TIMEOUT.as_secs()
+                            ),
+                        ));
+                    }
+                }
+                PodFault::Rolling {
+                    queue,
+                    current,
+                    period,
+                    next_at,
+                    done,
+                    ..
+                } => {
+                    if let Some((pod, uid, at)) = current.clone() {
+                        let back = is_back(&pods, &pod, uid.as_ref());
+                        if back || at.elapsed() > POD_BACK_TIMEOUT {
+                            events.push((
+                                *i,
+                                format!(
+                                    "restarted pod {pod}{}",
+                                    if back {
+                                        format!(
+                                            ", Ready again after {:.1} s",
+                                            at.elapsed().as_secs_f64()
+                                        )
+                                    } else {
+                                        " (not Ready again in time)".to_string()
+                                    }
+                                ),
+                            ));
+                            done.push(pod);
+                            *current = None;
+                            *next_at = Instant::now() + *period;
+                        }
+                    } else if Instant::now() >= *next_at {
+                        if let Some(pod) = queue.pop_front() {
+                            *current = Some((pod.clone(), uid_of(&pod), Instant::now()));
+                            // With its grace period: an orderly stop, as an upgrade does.
+                            deletes.push((*i, pod, None));
+                        }
+                    }
+                }
+                PodFault::Flap {
+                    pod,
+                    waiting,
+                    period,
+                    next_at,
+                    crashes,
+                } => match waiting.clone() {
+                    Some(uid) if is_back(&pods, pod, Some(&uid)) => {
+                        *waiting = None;
+                        *next_at = Instant::now() + *period;
+                        events.push((*i, format!("pod {pod} back")));
+                    }
+                    Some(_) => {}
+                    None if Instant::now() >= *next_at => {
+                        *waiting = uid_of(pod).or_else(|| Some(String::new()));
+                        *crashes += 1;
+                        deletes.push((*i, pod.clone(), Some(0)));
+                    }
+                    None => {}
+                },
+                _ => {}
+            }
+        }
+        for (i, pod, grace) in deletes {
+            match self.delete(&pod, grace).await {
+                Ok(()) => events.push((
+                    i,
+                    format!(
+                        "deleted pod {pod} ({})",
+                        grace.map_or("with its grace period".to_string(), |g| format!(
+                            "grace {g}"
+                        ))
+                    ),
+                )),
+                Err(e) => events.push((i, e)),
+            }
+        }
+        events
+    }
+
+    fn finished(&self) -> Vec<usize> {
+        self.active
+            .iter()
+            .filter(|(_, s)| match s {
+                PodFault::Killed { done, .. } => *done,
+                PodFault::Rolling { queue, current, .. } => queue.is_empty() && current.is_none(),
+                _ => false,
+            })
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    fn busy(&self) -> Vec<usize> {
+        self.active
+            .iter()
+            .filter(|(_, s)| matches!(s, PodFault::Rolling { .. }))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
+
+/// The Kubernetes outputs: the full report in the ConfigMap `<drill>-report`
+/// (owned by the drill); the status is written by the reconcile.
+struct ConfigMapSink<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    name: String,
+    owner: Option<OwnerReference>,
+}
+
+impl ReportSink for ConfigMapSink<'_> {
+    async fn write(&mut self, report: &DrillReport, _history: &History) -> Result<(), String> {
+        let text = serde_json::to_string(report).map_err(|e| e.to_string())?;
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.ns.to_string()),
+                owner_references: self.owner.clone().map(|o| vec![o]),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("report.json".to_string(), text)])),
+            ..ConfigMap::default()
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.ns);
+        cms.patch(
+            &self.name,
+            &PatchParams::apply(crate::controller::MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("writing the report ConfigMap: {e}"))
+    }
+}
+
+/// Runs the drill through the one runner; returns the finished status
+/// (phase/timestamps filled by the caller).
 async fn execute(
     ctx: &DrillContext,
     drill: &ChaosDrill,
@@ -730,276 +1206,74 @@ async fn execute(
 ) -> Result<ChaosDrillStatus, String> {
     let spec = &drill.spec.0;
     let cluster = spec.target.cluster.clone();
-    let names = Names { cluster: &cluster };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let tokens = secrets
-        .get(&names.tokens())
-        .await
-        .map_err(|e| format!("reading the tokens Secret: {e}"))?;
-    let token =
-        secret_value(&tokens, "client-token").ok_or("the tokens Secret has no client-token")?;
-    let admin = NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token"));
-    let pods = pods_of(ctx, ns, &cluster).await?;
-    let traffic = Arc::new(TrafficMap::default());
-    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in &pods {
-        if let (Some(ip), Some(region)) = (pod_ip(p), p.labels().get(REGION_LABEL)) {
-            by_region
-                .entry(region.clone())
-                .or_default()
-                .push(format!("{ip}:{}", crate::resources::API_PORT));
-        }
-    }
-    for (region, addrs) in &by_region {
-        traffic.set_endpoints(region, addrs.clone());
-        traffic.set_weight(region, 100);
-    }
-    let all_addrs: Vec<String> = by_region.values().flatten().cloned().collect();
-    let leader_name = leader_pod(ctx, &admin, ns, &cluster)
-        .await?
-        .ok_or("the cluster has no leader")?;
-    let leader_addr = pods
-        .iter()
-        .find(|p| p.name_any() == leader_name)
-        .and_then(pod_ip)
-        .map(|ip| format!("{ip}:{}", crate::resources::API_PORT))
-        .ok_or("the leader pod has no IP")?;
-
-    // The sale: a room of its own per run, and buyers and keys of its own: the
-    // cluster outlives drills, and a buyer's key spans rooms.
     let run_id = run_id(drill);
-    let name: String = drill.name_any().chars().take(100).collect();
-    let room = format!("drill-{name}-{run_id}");
-    let (skus, hot, listings) = catalog_listings(&spec.load.catalog);
-    let region0 = by_region.keys().next().cloned().unwrap_or_default();
-    create_sale_at(
-        &ctx.http,
-        &leader_addr,
-        &token,
-        &room,
-        "Drill flash sale",
-        &region0,
-        &listings,
-    )
-    .await
-    .map_err(|e| format!("creating the sale: {e}"))?;
-
-    let rec = Arc::new(Recorder::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = Load {
-        cfg: Arc::new(LoadConfig {
-            room: room.clone(),
-            skus,
-            hot_skus: hot,
-            probe_skus: Vec::new(),
-            probe_window: Duration::from_secs(4),
-            clients: spec.load.clients,
-            think: Duration::from_millis(spec.load.think_time_ms),
-            client_timeout: Duration::from_millis(spec.load.client_timeout_ms.unwrap_or(3_000)),
-            retry_deadline: Duration::from_millis(spec.load.retry_deadline_ms.unwrap_or(10_000)),
-            client_token: token.clone(),
-            seed: 7,
-            run_id: format!("{run_id}-"),
-        }),
-        rec: rec.clone(),
-        traffic: traffic.clone(),
-        stop: stop.clone(),
-        storm: Arc::new(Storm {
-            active: AtomicBool::new(false),
-            timeout_ms: AtomicU64::new(0),
-            duplicates: AtomicU32::new(1),
-        }),
-        http: ctx.http.clone(),
-    };
-    let tasks = load.start(false);
-
-    // Faults on schedule.
-    let mut faults_done = Vec::new();
-    let mut fault_start: Option<u64> = None;
-    let mut fault_end: Option<u64> = None;
-    let mut order: Vec<usize> = (0..spec.faults.len()).collect();
-    order.sort_by_key(|i| spec.faults[*i].after_secs);
-    let mut run_errors = Vec::new();
-    let storm = load.storm.clone();
-    let faults = PodFaults {
+    let owner = kube::Resource::controller_owner_ref(drill, &());
+    let storm = Arc::new(Storm::default());
+    let mut target = KubeTarget {
         ctx,
-        admin: &admin,
         ns,
         cluster: &cluster,
-        rec: &rec,
+        admin: NodeAdmin::new(ctx.http.clone(), None),
+        token: String::new(),
+        traffic: Arc::new(TrafficMap::default()),
+        home_region: String::new(),
+        ids: BTreeMap::new(),
+        seen: BTreeSet::new(),
+        memory_unreadable: false,
+    };
+    let mut injector = PodFaults {
+        client: &ctx.client,
+        ns,
+        cluster: &cluster,
         run: &run_id,
-        owner: kube::Resource::controller_owner_ref(drill, &()),
+        owner: owner.clone(),
+        storm: storm.clone(),
+        active: BTreeMap::new(),
     };
-    for i in order {
-        let f = &spec.faults[i];
-        let at = f.after_secs * 1000;
-        while rec.now_ms() < at {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let ran = match f.kind {
-            FaultKind::KillLeader | FaultKind::KillNode => faults.kill(f).await,
-            FaultKind::RollingRestart => faults.rolling_restart(f).await,
-            FaultKind::FlapNode => faults.flap(f).await,
-            FaultKind::PartitionNode => match faults.select(f).await {
-                Ok(pod) => faults.partition(f, vec![vec![pod]]).await,
-                Err(e) => Err(e),
-            },
-            FaultKind::PartitionRegion => match faults.region_pods(f).await {
-                Ok(pods) => faults.partition(f, vec![pods]).await,
-                Err(e) => Err(e),
-            },
-            FaultKind::QuorumLoss => match faults.majority().await {
-                Ok(groups) => faults.partition(f, groups).await,
-                Err(e) => Err(e),
-            },
-            FaultKind::RetryStorm => {
-                let t = f.client_timeout_ms.unwrap_or(100);
-                let d = f.duplicates.unwrap_or(1);
-                let start = rec.now_ms();
-                storm.timeout_ms.store(t, Ordering::Relaxed);
-                storm.duplicates.store(d, Ordering::Relaxed);
-                storm.active.store(true, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(f.duration_secs.unwrap_or(10))).await;
-                storm.active.store(false, Ordering::Relaxed);
-                Ok(Injected {
-                    start_ms: start,
-                    end_ms: rec.now_ms(),
-                    lines: vec![format!(
-                        "retryStorm at {start} ms: clients time out after {t} ms and retry each ambiguous order with the same idempotency key, {d} copies at once"
-                    )],
-                })
-            }
-            other => Err(format!("fault {i}: {other} is not run on Kubernetes")),
-        };
-        match ran {
-            Ok(done) => {
-                fault_start.get_or_insert(done.start_ms);
-                fault_end = Some(fault_end.unwrap_or(0).max(done.end_ms));
-                faults_done.extend(done.lines);
-            }
-            Err(e) => run_errors.push(format!("fault {i} ({}): {e}", f.kind)),
-        }
-    }
+    let cm_name = format!("{}-report", drill.name_any());
+    let mut sink = ConfigMapSink {
+        client: &ctx.client,
+        ns,
+        name: cm_name.clone(),
+        owner,
+    };
+    // A room of its own per run, and buyers and keys of its own: the cluster
+    // outlives drills, and a buyer's key spans rooms.
+    let name: String = drill.name_any().chars().take(100).collect();
+    let cfg = RunConfig {
+        name: drill.name_any(),
+        spec: spec.clone(),
+        seed: seed_of(&drill.uid().unwrap_or_default()),
+        room: format!("drill-{name}-{run_id}"),
+        buyer_prefix: format!("{run_id}-"),
+        interruptible: false,
+        echo: false,
+        storm,
+    };
+    let result = roomkeeper_drill::run(&cfg, &mut target, &mut injector, &mut sink).await;
     // A fault that failed half-way may have left a partition behind.
-    if let Err(e) = heal_partitions(&ctx.client, ns, &cluster, &run_id).await {
-        run_errors.push(e);
+    let leftover = heal_partitions(&ctx.client, ns, &cluster, &run_id, &format!("{run_id}-")).await;
+    let report = result?;
+    let mut status = status_of(&report, cm_name);
+    if let Err(e) = leftover {
+        status.message = Some(format!("{}; {e}", status.message.unwrap_or_default()));
     }
-    let end_ms = spec.duration_secs * 1000;
-    while rec.now_ms() < end_ms {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let load_end = rec.now_ms();
+    Ok(status)
+}
 
-    // Final read on the healed cluster, then the checker.
-    let ops = rec.ops();
-    let mut buyers: Vec<(String, String)> = ops
-        .iter()
-        .filter_map(|o| match &o.kind {
-            OpKind::PlaceOrder { buyer, key, .. } => Some((buyer.clone(), key.clone())),
-            OpKind::ReadStock { .. } => None,
-        })
-        .collect();
-    buyers.sort();
-    buyers.dedup();
-    let mut history = History {
-        ops,
-        ..History::default()
-    };
-    let leader_name = leader_pod(ctx, &admin, ns, &cluster)
-        .await?
-        .unwrap_or_default();
-    let mut addrs = all_addrs.clone();
-    if let Some(l) = pods_of(ctx, ns, &cluster)
-        .await?
-        .iter()
-        .find(|p| p.name_any() == leader_name)
-        .and_then(pod_ip)
-    {
-        let l = format!("{l}:{}", crate::resources::API_PORT);
-        addrs.retain(|a| *a != l);
-        addrs.insert(0, l);
-    }
-    match final_read_at(&ctx.http, &addrs, &token, &room, &buyers).await {
-        Ok(f) => {
-            history.listings = f.listings;
-            history.final_stock_left = f.stock_left;
-            history.final_orders = f.orders;
-        }
-        Err(e) => run_errors.push(format!("final read failed: {e}")),
-    }
-    // Every node audits its own state machine.
-    let mut invariants = Vec::new();
-    for p in pods_of(ctx, ns, &cluster).await? {
-        let Some(ip) = pod_ip(&p) else { continue };
-        match admin.invariants(&ip).await {
-            Ok((ok, detail)) => invariants.push(NodeInvariant {
-                node: admin.status(&ip).await.map(|s| s.node_id).unwrap_or(0),
-                ok,
-                detail: format!("{}: {detail}", p.name_any()),
-            }),
-            Err(e) => run_errors.push(format!("invariant audit of {}: {e}", p.name_any())),
-        }
-    }
-    let h2 = history.clone();
-    let check = tokio::task::spawn_blocking(move || roomkeeper_chaos::check(&h2))
-        .await
-        .map_err(|e| format!("the history checker panicked: {e}"))?;
-    let phases = Phases {
-        fault_start_ms: fault_start,
-        fault_end_ms: fault_end,
-        end_ms: load_end,
-    };
-    let probes = evaluate(
-        &spec.hypothesis.probes,
-        &history,
-        &check,
-        &phases,
-        &[],
-        &invariants,
-    );
-    let v = verdict(false, &run_errors, &check, &invariants, &probes);
-    let counts = order_counts(&history);
+/// The drill's status from its report: the printer columns and the fields
+/// `kubectl get chaosdrill -o yaml` shows; the whole report is in `cm_name`.
+fn status_of(report: &DrillReport, cm_name: String) -> ChaosDrillStatus {
+    let check = &report.check;
+    let v = report.verdict;
     let oversold = check
         .violations
         .iter()
         .filter(|v| matches!(v, roomkeeper_chaos::checker::Violation::Oversell { .. }))
         .count();
-
-    // The full report goes into a ConfigMap owned by the drill.
-    let cm_name = format!("{}-report", drill.name_any());
-    let report = json!({
-        "verdict": v.as_str(), "orders": counts, "check": check, "probes": probes,
-        "faults": faults_done, "runErrors": run_errors, "phases": {
-            "faultStartMs": fault_start, "faultEndMs": fault_end, "endMs": load_end
-        }
-    });
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(cm_name.clone()),
-            namespace: Some(ns.to_string()),
-            owner_references: kube::Resource::controller_owner_ref(drill, &()).map(|o| vec![o]),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "report.json".to_string(),
-            report.to_string(),
-        )])),
-        ..ConfigMap::default()
-    };
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    cms.patch(
-        &cm_name,
-        &PatchParams::apply(crate::controller::MANAGER).force(),
-        &Patch::Apply(&cm),
-    )
-    .await
-    .map_err(|e| format!("writing the report ConfigMap: {e}"))?;
-
     let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut problems = report.run_errors.clone();
+    problems.extend(report.abort_reason.iter().map(|r| format!("aborted: {r}")));
     let message = format!(
         "{}: {} orders acknowledged, {} lost, {} oversold, RTO {} ms{}",
         v.as_str(),
@@ -1007,19 +1281,30 @@ async fn execute(
         check.rpo,
         oversold,
         check.rto_ms,
-        if run_errors.is_empty() {
+        if problems.is_empty() {
             String::new()
         } else {
-            format!("; errors: {}", run_errors.join("; "))
+            format!("; {}", problems.join("; "))
         }
     );
-    Ok(ChaosDrillStatus {
+    // What was injected, in order: every fault line of the event log.
+    let faults = report
+        .events
+        .iter()
+        .filter(|e| {
+            e.text.starts_with("FAULT ")
+                || e.text.starts_with("HEAL ")
+                || e.text.starts_with("fault ")
+        })
+        .map(|e| format!("{} ms: {}", e.at_ms, e.text))
+        .collect();
+    ChaosDrillStatus {
         verdict: Some(v.as_str().into()),
         message: Some(message.clone()),
         acked: Some(as_i64(check.acknowledged)),
         lost: Some(as_i64(check.rpo)),
         oversold: Some(as_i64(oversold)),
-        unknown_ops: Some(as_i64(counts.unknown_ops)),
+        unknown_ops: Some(as_i64(report.orders.unknown_ops)),
         rto_ms: i64::try_from(check.rto_ms).ok(),
         violations: check
             .violations
@@ -1027,7 +1312,8 @@ async fn execute(
             .take(20)
             .map(ToString::to_string)
             .collect(),
-        probes: probes
+        probes: report
+            .probes
             .iter()
             .map(|p| {
                 format!(
@@ -1038,7 +1324,7 @@ async fn execute(
                 )
             })
             .collect(),
-        faults: faults_done,
+        faults,
         report_config_map: Some(cm_name),
         conditions: vec![condition(
             "Completed",
@@ -1051,7 +1337,7 @@ async fn execute(
             &message,
         )],
         ..ChaosDrillStatus::default()
-    })
+    }
 }
 
 #[cfg(test)]
@@ -1087,6 +1373,15 @@ mod tests {
             why.contains("diskStall") && !why.contains("retryStorm is not"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn the_seed_comes_from_the_drills_uid() {
+        let a = seed_of("3f2a9c1e-7b44-4d0a-9e1f-0c5b2d8a6e71");
+        assert_eq!(a, 0x3f2a_9c1e_7b44_4d0a);
+        assert_eq!(a, seed_of("3f2a9c1e-7b44-4d0a-9e1f-0c5b2d8a6e71"));
+        assert_ne!(a, seed_of("3f2a9c1e-7b44-4d0b-9e1f-0c5b2d8a6e71"));
+        assert_ne!(seed_of("not-a-uid"), 7, "never the old hard-coded seed");
     }
 
     #[test]

@@ -717,9 +717,16 @@ async fn lifecycle(
     let ds = run_library_drill(&admin, "leader-kill").await?;
     ensure!(ds["acked"].as_i64().unwrap_or(0) > 100, "{ds}");
     let report_cm = ds["reportConfigMap"].as_str().context("report ConfigMap")?;
-    Api::<ConfigMap>::namespaced(admin.clone(), NS)
+    let cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get(report_cm)
         .await?;
+    let kube_report: Value = serde_json::from_str(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("report.json"))
+            .context("report.json in the report ConfigMap")?,
+    )?;
+    same_report_shape_as_a_local_run("leader-kill", &kube_report).await?;
     wait_ready_voters(&lrcs, "5/5", 60).await?;
     // Every pod restarted in turn under load, followers first, as an upgrade does.
     let ds = run_library_drill(&admin, "rolling-restart").await?;
@@ -1095,11 +1102,10 @@ async fn lifecycle(
     Ok(())
 }
 
-/// Runs `chaos/drills/<name>.yaml` as a ChaosDrill against this test's
-/// cluster and returns its status once it completed with a PASS verdict, no
-/// acknowledged order lost and none oversold. Its playbookTier probes are
-/// dropped: on Kubernetes the StatefulSet, not the playbook, brings pods back.
-async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
+/// `chaos/drills/<name>.yaml` as this test runs it: against this test's
+/// cluster, without its playbookTier probes (on Kubernetes the StatefulSet,
+/// not the playbook, brings pods back).
+fn library_drill(name: &str) -> Result<Value> {
     let mut drill: Value = serde_yaml::from_str(&std::fs::read_to_string(
         roomkeeper_e2e::operator::repo_root().join(format!("chaos/drills/{name}.yaml")),
     )?)?;
@@ -1107,6 +1113,103 @@ async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
     if let Some(probes) = drill["spec"]["hypothesis"]["probes"].as_array_mut() {
         probes.retain(|p| p["kind"] != json!("playbookTier"));
     }
+    Ok(drill)
+}
+
+/// The probe names of a report, in order.
+fn probe_names(report: &Value) -> Vec<String> {
+    report["probes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The same ChaosDrill file gives the same report locally (`roomkeeper drill
+/// run`, processes on loopback) and on Kubernetes (the operator): one runner,
+/// so the same sections, the same probes, the same abort conditions, and on
+/// both a timeline and an event log.
+async fn same_report_shape_as_a_local_run(name: &str, kube_report: &Value) -> Result<()> {
+    let drill = library_drill(name)?;
+    let dir =
+        std::env::temp_dir().join(format!("roomkeeper-op-local-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, serde_yaml::to_string(&drill)?)?;
+    let out = dir.join("run");
+    let started = Instant::now();
+    let (file2, out2) = (file.clone(), out.clone());
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(roomkeeper_e2e::binary())
+            .current_dir(roomkeeper_e2e::operator::repo_root())
+            .args(["drill", "run"])
+            .arg(&file2)
+            .arg("--out")
+            .arg(&out2)
+            .args(["--seed", "42", "--base-port", "17720"])
+            .env("ROOMKEEPER_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    })
+    .await??;
+    eprintln!(
+        "local run of {name}: {status} in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let local: Value = serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    let sections = |r: &Value| -> Vec<String> {
+        r.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    ensure!(
+        sections(&local) == sections(kube_report),
+        "report sections differ: local {:?}, Kubernetes {:?}",
+        sections(&local),
+        sections(kube_report)
+    );
+    ensure!(
+        !probe_names(&local).is_empty() && probe_names(&local) == probe_names(kube_report),
+        "probes differ: local {:?}, Kubernetes {:?}",
+        probe_names(&local),
+        probe_names(kube_report)
+    );
+    ensure!(
+        local["spec"]["abort"] == kube_report["spec"]["abort"]
+            && local["abort_reason"] == kube_report["abort_reason"],
+        "abort conditions differ: local {} / {}, Kubernetes {} / {}",
+        local["spec"]["abort"],
+        local["abort_reason"],
+        kube_report["spec"]["abort"],
+        kube_report["abort_reason"]
+    );
+    for r in [&local, kube_report] {
+        ensure!(
+            r["timeline"].as_array().is_some_and(|t| !t.is_empty())
+                && r["events"].as_array().is_some_and(|e| !e.is_empty())
+                && r["faults"][0]["end_ms"].is_u64(),
+            "a timeline, events and a healed fault in {r}"
+        );
+    }
+    // The operator's playbook decisions reach the report too (read from its
+    // engine memory), as the local loop's do.
+    ensure!(
+        kube_report["decisions"].is_array(),
+        "decisions: {}",
+        kube_report["decisions"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs `chaos/drills/<name>.yaml` as a ChaosDrill against this test's
+/// cluster and returns its status once it completed with a PASS verdict, no
+/// acknowledged order lost and none oversold.
+async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
+    let drill = library_drill(name)?;
     apply_yaml(admin, &serde_yaml::to_string(&drill)?, NS).await?;
     let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
     eventually(

@@ -8,7 +8,6 @@
 //! others in place.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +50,9 @@ pub struct World {
     pub regions_total: u32,
     pub traffic: Arc<TrafficMap>,
     pub storm: Arc<Storm>,
+    /// A game day's human, if this is one.
+    pub game_day: Option<super::gameday::GameDay>,
+    pub automation_resumed: bool,
 }
 
 impl World {
@@ -107,8 +109,8 @@ enum State {
 pub struct Active {
     pub index: usize,
     pub kind: FaultKind,
-    /// When the fault heals on its own schedule (None: at the end of the drill).
-    pub heal_at: Option<Instant>,
+    /// The fault has a `durationSecs` (the runner heals it on schedule).
+    pub timed: bool,
     /// A fault that finished by itself (a rolling restart).
     pub finished: bool,
     state: State,
@@ -121,6 +123,8 @@ pub struct Injector {
     rng: Rng,
     paused: BTreeSet<u64>,
     wan_base_ms: u64,
+    /// When the merged settings were last pushed again.
+    pub last_repush: Instant,
 }
 
 fn majority(voters: usize) -> usize {
@@ -135,6 +139,7 @@ impl Injector {
             rng: Rng::new(seed ^ 0xFA17),
             paused: BTreeSet::new(),
             wan_base_ms,
+            last_repush: Instant::now(),
         }
     }
 
@@ -267,9 +272,6 @@ impl Injector {
         f: &FaultSpec,
     ) -> Result<String, InjectError> {
         let sel = f.select.clone().unwrap_or_default();
-        let heal_at = f
-            .duration_secs
-            .map(|d| Instant::now() + Duration::from_secs(d));
         let (detail, state) = match f.kind {
             FaultKind::KillLeader | FaultKind::KillNode => {
                 let role = if f.kind == FaultKind::KillLeader {
@@ -484,24 +486,14 @@ impl Injector {
                     State::ControllerDown,
                 )
             }
-            FaultKind::RetryStorm => {
-                let t = f.client_timeout_ms.unwrap_or(100);
-                let d = f.duplicates.unwrap_or(1);
-                w.storm.timeout_ms.store(t, Ordering::Relaxed);
-                w.storm.duplicates.store(d, Ordering::Relaxed);
-                w.storm.active.store(true, Ordering::Relaxed);
-                (
-                    format!("clients time out after {t} ms and retry each ambiguous order with the same idempotency key, {d} copies at once"),
-                    State::Storm,
-                )
-            }
+            FaultKind::RetryStorm => (roomkeeper_drill::storm_on(&w.storm, f), State::Storm),
         };
         self.active.insert(
             index,
             Active {
                 index,
                 kind: f.kind,
-                heal_at,
+                timed: f.duration_secs.is_some(),
                 finished: false,
                 state,
             },
@@ -568,23 +560,21 @@ impl Injector {
                 w.restart_controller().await?;
                 "the controller starts again from its persisted memory".to_string()
             }
-            State::Storm => {
-                w.storm.active.store(false, Ordering::Relaxed);
-                "clients back to their normal timeout".to_string()
-            }
+            State::Storm => roomkeeper_drill::storm_off(&w.storm),
         };
         Ok(what)
     }
 
     /// Advances faults that act over time (flapping, rolling restart). Returns events.
-    pub async fn step(&mut self, w: &mut World) -> Vec<String> {
-        let mut events = Vec::new();
+    pub async fn step_faults(&mut self, w: &mut World) -> Vec<(usize, String)> {
+        let mut all = Vec::new();
         for a in self.active.values_mut() {
+            let mut events = Vec::new();
             match &mut a.state {
                 // A kill without a duration lasts until the node runs again
                 // (the playbook's job); the heal then only records it.
                 State::Killed(nodes)
-                    if a.heal_at.is_none()
+                    if !a.timed
                         && !a.finished
                         && nodes.iter().all(|n| w.cluster.is_running(*n)) =>
                 {
@@ -651,8 +641,9 @@ impl Injector {
                 }
                 _ => {}
             }
+            all.extend(events.into_iter().map(|e| (a.index, e)));
         }
-        events
+        all
     }
 
     /// Pushes every node's merged fault settings again (restarted nodes start

@@ -1,37 +1,32 @@
-//! Runs one drill against a local loopback cluster: start the cluster and the
-//! control loop (as `roomkeeper demo` does), run the recorded load, inject
-//! and heal faults on schedule, evaluate abort conditions, heal, read the
-//! final state, check the history, and write the report.
+//! The local binding of the one drill runner (`roomkeeper-drill`): the drill
+//! runs against a loopback cluster of node processes with its own control
+//! loop (as `roomkeeper demo` does). [`World`] is the `DrillTarget`, the
+//! [`Injector`] the `FaultInjector`, [`FileSink`] writes `history.json`,
+//! `report.json` and `report.html`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use roomkeeper_chaos::drill::{default_topology, DrillManifest, DrillSpec};
-use roomkeeper_chaos::history::{History, OpKind};
-use roomkeeper_chaos::recorder::Recorder;
-use roomkeeper_chaos::report::{
-    evaluate, order_counts, timeline, verdict, DecisionMark, DrillReport, EventMark, FaultRecord,
-    NodeInvariant, Phases,
-};
-use roomkeeper_control::setup::{scale_playbook, token, ListingSpec};
+use roomkeeper_chaos::drill::{default_topology, DrillManifest, DrillSpec, FaultKind, FaultSpec};
+use roomkeeper_chaos::history::History;
+use roomkeeper_chaos::report::{DrillReport, GameDayRecord, NodeInvariant};
+use roomkeeper_control::observation::ClusterObservation;
+use roomkeeper_control::setup::{scale_playbook, token};
 use roomkeeper_control::{ControlLoop, FileStore};
+use roomkeeper_drill::{mark, ClientSide, DrillTarget, FaultInjector, ReportSink, RunConfig, Tick};
 use roomkeeper_local::observe::observe;
-use roomkeeper_local::sale::{create_sale, final_read, refresh_endpoints, traffic_map};
+use roomkeeper_local::sale::{refresh_endpoints, traffic_map};
 use roomkeeper_local::{LocalActuator, LocalCluster, LocalClusterConfig, RegionSpec};
-use roomkeeper_playbook::{Decision, Disposition, Target};
 use serde_json::json;
 
 use super::gameday::{Command as GdCommand, GameDay};
 use super::inject::{Injector, World};
-use roomkeeper_control::recorded_load::{Load, LoadConfig, Storm};
+use roomkeeper_control::recorded_load::Storm;
 
 const ROOM: &str = "drill-room";
-/// Each linearizability probe listing is used for this long.
-const PROBE_WINDOW: Duration = Duration::from_secs(4);
 
 /// How to run a drill.
 #[derive(Debug, Clone)]
@@ -43,55 +38,6 @@ pub struct RunOptions {
     pub game_day: bool,
     pub binary: PathBuf,
     pub runbooks_dir: Option<PathBuf>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn disposition(d: &Disposition) -> String {
-    match d {
-        Disposition::Execute => "execute".into(),
-        Disposition::DryRun => "dryRun".into(),
-        Disposition::AwaitingApproval { .. } => "awaitingApproval".into(),
-        Disposition::Suppressed { guard, .. } => format!("suppressed by {}", guard.name()),
-    }
-}
-
-fn target(t: &Target) -> String {
-    match t {
-        Target::Node(n) => format!("node {n}"),
-        Target::Region(r) => format!("region {r}"),
-        Target::Shard => "shard".into(),
-    }
-}
-
-fn mark(d: &Decision, start_unix: u64) -> DecisionMark {
-    DecisionMark {
-        at_ms: d.at_ms.saturating_sub(start_unix),
-        tier: d.tier.clone(),
-        level: d.level,
-        action: format!("{:?}", d.action),
-        target: target(&d.target),
-        disposition: disposition(&d.disposition),
-        reason: d.reason.clone(),
-    }
-}
-
-struct Log {
-    events: Vec<EventMark>,
-}
-
-impl Log {
-    fn event(&mut self, at_ms: u64, text: impl Into<String>) {
-        let text = text.into();
-        eprintln!("[{:>6.1}s] {text}", at_ms as f64 / 1000.0);
-        tracing::debug!(at_ms, %text, "drill event");
-        self.events.push(EventMark { at_ms, text });
-    }
 }
 
 /// Runs a drill; writes `history.json`, `report.json` and `report.html` into
@@ -146,6 +92,7 @@ pub async fn run_drill(m: &DrillManifest, opts: &RunOptions) -> anyhow::Result<D
         .context("opening the control loop")?;
     let cluster = LocalCluster::new(cfg).context("preparing the local cluster")?;
     let storm = Arc::new(Storm::default());
+    let mut injector = Injector::new(opts.seed, cluster.cfg.wan_latency_ms);
     let mut world = World {
         cluster,
         control: Some(control),
@@ -154,10 +101,26 @@ pub async fn run_drill(m: &DrillManifest, opts: &RunOptions) -> anyhow::Result<D
         regions_total,
         traffic: Arc::new(Default::default()),
         storm: storm.clone(),
+        game_day: game_day.then(|| GameDay::start(opts.runbooks_dir.as_deref())),
+        automation_resumed: false,
     };
-    let result = run_inner(m, spec, opts, &mut world, game_day).await;
+    let run = RunConfig {
+        name: m.metadata.name.clone(),
+        spec: spec.clone(),
+        seed: opts.seed,
+        room: ROOM.into(),
+        // A fresh cluster per drill: no earlier run's buyers to avoid.
+        buyer_prefix: String::new(),
+        interruptible: true,
+        echo: true,
+        storm,
+    };
+    let mut sink = FileSink {
+        dir: opts.out_dir.clone(),
+    };
+    let result = roomkeeper_drill::run(&run, &mut world, &mut injector, &mut sink).await;
     world.cluster.shutdown().await;
-    let report = result?;
+    let report = result.map_err(|e| anyhow::anyhow!(e))?;
     let keep = spec
         .record
         .as_ref()
@@ -172,515 +135,260 @@ pub async fn run_drill(m: &DrillManifest, opts: &RunOptions) -> anyhow::Result<D
     Ok(report)
 }
 
-async fn run_inner(
-    m: &DrillManifest,
-    spec: &DrillSpec,
-    opts: &RunOptions,
-    world: &mut World,
-    game_day: bool,
-) -> anyhow::Result<DrillReport> {
-    let voters: u32 = world
-        .cluster
-        .cfg
-        .regions
-        .iter()
-        .map(|r| r.voters as u32)
-        .sum();
-    eprintln!(
-        "drill {}: starting {voters} voters across {} regions (data in {}) …",
-        m.metadata.name,
-        world.cluster.cfg.regions.len(),
-        world.cluster.cfg.data_dir.display()
-    );
-    world
-        .cluster
-        .start()
-        .await
-        .context("starting the cluster")?;
-
-    // The sale.
-    let (skus, hot, mut listings) = roomkeeper_control::setup::catalog_listings(&spec.load.catalog);
-    let probe_on = spec.load.linearizability_probe.unwrap_or(true);
-    let probes: Vec<String> = if probe_on {
-        (0..spec.duration_secs / PROBE_WINDOW.as_secs() + 2)
-            .map(|i| format!("probe-{i:03}"))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    listings.extend(probes.iter().map(|s| ListingSpec {
-        sku: s.clone(),
-        stock: 15,
-        per_buyer_limit: 5,
-    }));
-    let home = world.cluster.cfg.regions[0].name.clone();
-    create_sale(&world.cluster, ROOM, "Drill flash sale", &home, &listings)
-        .await
-        .context("creating the sale")?;
-    world.traffic = Arc::new(traffic_map(&world.cluster));
-
-    let rec = Arc::new(Recorder::new());
-    let start_unix = unix_ms();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = Load {
-        cfg: Arc::new(LoadConfig {
-            room: ROOM.into(),
-            skus,
-            hot_skus: hot,
-            probe_skus: probes,
-            probe_window: PROBE_WINDOW,
-            clients: spec.load.clients,
-            think: Duration::from_millis(spec.load.think_time_ms),
-            client_timeout: Duration::from_millis(spec.load.client_timeout_ms.unwrap_or(3_000)),
-            retry_deadline: Duration::from_millis(spec.load.retry_deadline_ms.unwrap_or(10_000)),
-            client_token: world.cluster.cfg.client_token.clone(),
-            seed: opts.seed,
-            // A fresh cluster per drill: no earlier run's buyers to avoid.
-            run_id: String::new(),
-        }),
-        rec: rec.clone(),
-        traffic: world.traffic.clone(),
-        stop: stop.clone(),
-        storm: world.storm.clone(),
-        http: world.cluster.http.clone(),
-    };
-    let tasks = load.start(probe_on);
-    let mut log = Log { events: Vec::new() };
-    log.event(
-        0,
-        format!(
-            "load started: {} buyers, {} ms think time{}",
-            spec.load.clients,
-            spec.load.think_time_ms,
-            if probe_on {
-                ", linearizability probe on"
-            } else {
-                ""
-            }
-        ),
-    );
-
-    let mut injector = Injector::new(opts.seed, world.cluster.cfg.wan_latency_ms);
-    let mut pending: BTreeSet<usize> = (0..spec.faults.len()).collect();
-    let mut faults: BTreeMap<usize, FaultRecord> = BTreeMap::new();
-    let mut decisions: Vec<DecisionMark> = Vec::new();
-    let mut run_errors: Vec<String> = Vec::new();
-    let mut abort_reason: Option<String> = None;
-    let mut gd = game_day.then(|| GameDay::start(opts.runbooks_dir.as_deref()));
-    let mut automation_resumed = false;
-    let abort = spec.abort.clone().unwrap_or_default();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_progress = Instant::now();
-    let mut last_invariants = Instant::now();
-    let mut last_acked = 0u64;
-    let mut last_repush = Instant::now();
-    let end_ms = spec.duration_secs * 1000;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-
-    loop {
-        tokio::select! {
-            _ = &mut ctrl_c => {
-                abort_reason = Some("interrupted (Ctrl-C)".into());
-                break;
-            }
-            _ = tick.tick() => {}
+impl World {
+    /// Runs one game-day poll: the human's commands. Returns events and
+    /// whether every fault is to end now.
+    async fn game_day_poll(&mut self, now_ms: u64) -> (Vec<String>, bool) {
+        let Some(g) = self.game_day.as_mut() else {
+            return (Vec::new(), false);
+        };
+        let (cmds, absent) = g.poll(now_ms);
+        let mut events = Vec::new();
+        let mut heal = false;
+        if absent {
+            self.resume_automation();
+            events.push("game day: no operator present (stdin closed); human steps skipped, automation handed back to the playbook".to_string());
         }
-        let now = rec.now_ms();
-        if now >= end_ms {
-            break;
-        }
-        let obs = observe(&mut world.cluster, unix_ms()).await;
-
-        // Faults due now.
-        let due: Vec<usize> = pending
-            .iter()
-            .copied()
-            .filter(|i| spec.faults[*i].after_secs * 1000 <= now)
-            .collect();
-        for i in due {
-            pending.remove(&i);
-            let f = &spec.faults[i];
-            match injector.inject(world, &obs, i, f).await {
-                Ok(detail) => {
-                    log.event(rec.now_ms(), format!("FAULT {i} {}: {detail}", f.kind));
-                    faults.insert(
-                        i,
-                        FaultRecord {
-                            index: i,
-                            kind: f.kind.to_string(),
-                            detail,
-                            start_ms: rec.now_ms(),
-                            end_ms: None,
-                        },
-                    );
-                    if let Some(g) = gd.as_mut() {
-                        g.fault_started(rec.now_ms());
+        for c in cmds {
+            events.push(match c {
+                GdCommand::Restart(n) => {
+                    self.cluster.kill(n).await;
+                    match self.cluster.spawn(n) {
+                        Ok(()) => format!("operator restarted node {n}"),
+                        Err(e) => format!("operator restart of node {n} failed: {e}"),
                     }
                 }
-                Err(e) => {
-                    let msg = format!("fault {i} {} could not be injected: {e}", f.kind);
-                    log.event(rec.now_ms(), msg.clone());
-                    run_errors.push(msg);
+                GdCommand::Transfer(n) => match self.cluster.transfer_leader(n).await {
+                    Ok(()) => format!("operator moved leadership to node {n}"),
+                    Err(e) => format!("operator leader transfer to {n} failed: {e}"),
+                },
+                GdCommand::ResumeAutomation => {
+                    self.resume_automation();
+                    "operator handed control back to the playbook".into()
                 }
-            }
-        }
-        // Faults that end now.
-        let ending: Vec<usize> = injector
-            .active
-            .values()
-            .filter(|a| a.finished || a.heal_at.is_some_and(|t| Instant::now() >= t))
-            .map(|a| a.index)
-            .collect();
-        for i in ending {
-            heal_one(
-                &mut injector,
-                world,
-                &mut faults,
-                &mut log,
-                &mut run_errors,
-                &rec,
-                i,
-            )
-            .await;
-        }
-        for e in injector.step(world).await {
-            log.event(rec.now_ms(), e);
-        }
-        if last_repush.elapsed() >= Duration::from_secs(1) {
-            last_repush = Instant::now();
-            injector.repush(world).await;
-        }
-
-        // Game day.
-        if let Some(g) = gd.as_mut() {
-            let (cmds, absent) = g.poll(rec.now_ms());
-            if absent {
-                world.playbook.paused = false;
-                if let Some(c) = world.control.as_mut() {
-                    c.set_paused(false);
+                GdCommand::Heal => {
+                    heal = true;
+                    "operator asked to end every fault".into()
                 }
-                automation_resumed = true;
-                log.event(
-                    rec.now_ms(),
-                    "game day: no operator present (stdin closed); human steps skipped, automation handed back to the playbook",
-                );
-            }
-            for c in cmds {
-                let msg = match c {
-                    GdCommand::Restart(n) => {
-                        world.cluster.kill(n).await;
-                        match world.cluster.spawn(n) {
-                            Ok(()) => format!("operator restarted node {n}"),
-                            Err(e) => format!("operator restart of node {n} failed: {e}"),
-                        }
-                    }
-                    GdCommand::Transfer(n) => match world.cluster.transfer_leader(n).await {
-                        Ok(()) => format!("operator moved leadership to node {n}"),
-                        Err(e) => format!("operator leader transfer to {n} failed: {e}"),
-                    },
-                    GdCommand::ResumeAutomation => {
-                        world.playbook.paused = false;
-                        if let Some(c) = world.control.as_mut() {
-                            c.set_paused(false);
-                        }
-                        automation_resumed = true;
-                        "operator handed control back to the playbook".into()
-                    }
-                    GdCommand::Heal => {
-                        let idx: Vec<usize> = injector.active.keys().copied().collect();
-                        for i in idx {
-                            heal_one(
-                                &mut injector,
-                                world,
-                                &mut faults,
-                                &mut log,
-                                &mut run_errors,
-                                &rec,
-                                i,
-                            )
-                            .await;
-                        }
-                        "operator ended every fault".into()
-                    }
-                };
-                log.event(rec.now_ms(), msg);
-            }
+            });
         }
+        (events, heal)
+    }
 
-        // The control loop.
-        if let Some(control) = world.control.as_mut() {
+    fn resume_automation(&mut self) {
+        self.playbook.paused = false;
+        if let Some(c) = self.control.as_mut() {
+            c.set_paused(false);
+        }
+        self.automation_resumed = true;
+    }
+}
+
+impl DrillTarget for World {
+    async fn prepare(&mut self) -> Result<(), String> {
+        let voters: usize = self.cluster.cfg.regions.iter().map(|r| r.voters).sum();
+        eprintln!(
+            "drill: starting {voters} voters across {} regions (data in {}) …",
+            self.cluster.cfg.regions.len(),
+            self.cluster.cfg.data_dir.display()
+        );
+        self.cluster
+            .start()
+            .await
+            .map_err(|e| format!("starting the cluster: {e}"))?;
+        self.traffic = Arc::new(traffic_map(&self.cluster));
+        Ok(())
+    }
+
+    fn client(&self) -> ClientSide {
+        ClientSide {
+            http: self.cluster.http.clone(),
+            token: self.cluster.cfg.client_token.clone(),
+            traffic: self.traffic.clone(),
+            home_region: self.cluster.cfg.regions[0].name.clone(),
+        }
+    }
+
+    async fn sale_address(&mut self) -> Result<String, String> {
+        let leader = self
+            .cluster
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("creating the sale: {e}"))?;
+        self.cluster
+            .info(leader)
+            .map(|i| i.api_addr.clone())
+            .ok_or_else(|| format!("creating the sale: node {leader} unknown"))
+    }
+
+    async fn observe(&mut self, at_unix_ms: u64) -> ClusterObservation {
+        observe(&mut self.cluster, at_unix_ms).await
+    }
+
+    async fn tick(&mut self, obs: &ClusterObservation, start_unix_ms: u64, now_ms: u64) -> Tick {
+        let (mut events, heal_all_faults) = self.game_day_poll(now_ms).await;
+        let mut decisions = Vec::new();
+        if let Some(control) = self.control.as_mut() {
             let signals = BTreeMap::new();
             let mut actuator = LocalActuator {
-                cluster: &mut world.cluster,
-                traffic: &world.traffic,
+                cluster: &mut self.cluster,
+                traffic: &self.traffic,
             };
-            let mut journal = world.store.clone();
+            let mut journal = self.store.clone();
             match control
-                .tick(
-                    &obs,
-                    &signals,
-                    &mut actuator,
-                    &mut world.store,
-                    &mut journal,
-                )
+                .tick(obs, &signals, &mut actuator, &mut self.store, &mut journal)
                 .await
             {
-                Ok(ds) => {
-                    for d in &ds {
-                        let mk = mark(d, start_unix);
-                        if d.disposition.is_execute() {
-                            log.event(
-                                mk.at_ms,
-                                format!(
-                                    "playbook {} {} {}: {}",
-                                    mk.tier, mk.action, mk.target, mk.reason
-                                ),
-                            );
-                        }
-                        decisions.push(mk);
-                    }
-                }
-                Err(e) => log.event(rec.now_ms(), format!("control loop error: {e}")),
+                Ok(ds) => decisions.extend(ds.iter().map(|d| mark(d, start_unix_ms))),
+                Err(e) => events.push(format!("control loop error: {e}")),
             }
-            refresh_endpoints(&world.cluster, &world.traffic, &control.quarantined());
+            refresh_endpoints(&self.cluster, &self.traffic, &control.quarantined());
         }
+        Tick {
+            decisions,
+            events,
+            heal_all_faults,
+        }
+    }
 
-        // Abort conditions.
-        if let Some(secs) = abort.no_orders_for_secs {
-            let since = rec.last_ack_ms().unwrap_or(0);
-            if now.saturating_sub(since) > secs * 1000 {
-                abort_reason = Some(format!("no order acknowledged for {secs} s"));
+    async fn audit(
+        &mut self,
+        skip: &BTreeSet<u64>,
+        timeout: Duration,
+    ) -> (Vec<NodeInvariant>, Vec<String>) {
+        (
+            node_invariants(&mut self.cluster, skip, timeout).await,
+            Vec::new(),
+        )
+    }
+
+    async fn heal_everything(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.control.is_none() {
+            if let Err(e) = self.restart_controller().await {
+                errors.push(format!("controller restart failed: {e}"));
             }
         }
-        if let Some(max) = abort.max_unknown_ops {
-            if rec.unknown() > max {
-                abort_reason = Some(format!(
-                    "{} operations with an unknown outcome (limit {max})",
-                    rec.unknown()
-                ));
-            }
-        }
-        if abort.on_invariant_violation.unwrap_or(true)
-            && last_invariants.elapsed() >= Duration::from_secs(5)
-        {
-            last_invariants = Instant::now();
-            for inv in node_invariants(
-                &mut world.cluster,
-                injector.paused(),
-                Duration::from_secs(1),
-            )
-            .await
-            {
-                if !inv.ok {
-                    abort_reason = Some(format!(
-                        "node {} broke an invariant: {}",
-                        inv.node, inv.detail
+        let ids: Vec<u64> = self.cluster.nodes.keys().copied().collect();
+        for id in ids {
+            self.cluster.unblock(id);
+            if !self.cluster.is_running(id) {
+                if let Err(e) = self.cluster.spawn(id) {
+                    errors.push(format!(
+                        "node {id} could not be started for the final read: {e}"
                     ));
                 }
             }
         }
-        if abort_reason.is_some() {
-            break;
-        }
+        self.cluster.clear_faults().await;
+        settle(&mut self.cluster, Duration::from_secs(30)).await;
+        self.cluster.clear_faults().await;
+        errors
+    }
 
-        if last_progress.elapsed() >= Duration::from_secs(2) {
-            let acked = rec.acked();
-            let rate = (acked - last_acked) as f64 / last_progress.elapsed().as_secs_f64();
-            last_acked = acked;
-            last_progress = Instant::now();
-            let active: Vec<String> = injector
-                .active
-                .values()
-                .map(|a| a.kind.to_string())
-                .collect();
-            eprintln!(
-                "[{:>6.1}s] leader {} · acked {acked} ({rate:.0}/s) · unknown {} · faults: {}{}",
-                now as f64 / 1000.0,
-                obs.leader
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "none".into()),
-                rec.unknown(),
-                if active.is_empty() {
-                    "none".into()
-                } else {
-                    active.join(", ")
-                },
-                if world.traffic.is_paused() {
-                    " · SALES PAUSED"
-                } else {
-                    ""
+    async fn final_read_addresses(&mut self) -> Vec<String> {
+        let ids: Vec<u64> = self.cluster.nodes.keys().copied().collect();
+        let mut addrs = Vec::new();
+        for id in ids {
+            if self.cluster.is_running(id) {
+                if let Some(i) = self.cluster.info(id) {
+                    addrs.push(i.api_addr.clone());
                 }
-            );
-        }
-    }
-
-    // Stop, heal, read back, check.
-    if let Some(r) = &abort_reason {
-        log.event(
-            rec.now_ms(),
-            format!("ABORT: {r}; healing every fault first"),
-        );
-    }
-    let load_end_ms = rec.now_ms();
-    stop.store(true, Ordering::Relaxed);
-    let idx: Vec<usize> = injector.active.keys().copied().collect();
-    for i in idx {
-        heal_one(
-            &mut injector,
-            world,
-            &mut faults,
-            &mut log,
-            &mut run_errors,
-            &rec,
-            i,
-        )
-        .await;
-    }
-    for i in pending {
-        log.event(
-            load_end_ms,
-            format!("fault {i} {} never injected", spec.faults[i].kind),
-        );
-    }
-    let wait = Duration::from_millis(spec.load.retry_deadline_ms.unwrap_or(10_000))
-        + Duration::from_secs(5);
-    for t in tasks {
-        if tokio::time::timeout(wait, t).await.is_err() {
-            run_errors.push("a load task did not stop in time".into());
-        }
-    }
-    if world.control.is_none() {
-        if let Err(e) = world.restart_controller().await {
-            run_errors.push(format!("controller restart failed: {e}"));
-        }
-    }
-    let ids: Vec<u64> = world.cluster.nodes.keys().copied().collect();
-    for id in ids {
-        world.cluster.unblock(id);
-        if !world.cluster.is_running(id) {
-            if let Err(e) = world.cluster.spawn(id) {
-                run_errors.push(format!(
-                    "node {id} could not be started for the final read: {e}"
-                ));
             }
         }
-    }
-    world.cluster.clear_faults().await;
-    log.event(
-        rec.now_ms(),
-        "healed: every node running, injected faults removed; reading the final state",
-    );
-    settle(&mut world.cluster, Duration::from_secs(30)).await;
-    world.cluster.clear_faults().await;
-
-    let ops = rec.ops();
-    let mut buyers: Vec<(String, String)> = ops
-        .iter()
-        .filter_map(|o| match &o.kind {
-            OpKind::PlaceOrder { buyer, key, .. } => Some((buyer.clone(), key.clone())),
-            _ => None,
-        })
-        .collect();
-    buyers.sort();
-    buyers.dedup();
-    let mut history = History {
-        ops,
-        ..History::default()
-    };
-    match final_read(&mut world.cluster, ROOM, &buyers).await {
-        Ok(f) => {
-            history.listings = f.listings;
-            history.final_stock_left = f.stock_left;
-            history.final_orders = f.orders;
+        if let Some(l) = self
+            .cluster
+            .leader()
+            .await
+            .and_then(|l| self.cluster.info(l))
+        {
+            addrs.retain(|a| *a != l.api_addr);
+            addrs.insert(0, l.api_addr.clone());
         }
-        Err(e) => run_errors.push(format!("final read failed: {e}")),
+        addrs
     }
-    let invariants =
-        node_invariants(&mut world.cluster, &BTreeSet::new(), Duration::from_secs(5)).await;
-    let h2 = history.clone();
-    let check = tokio::task::spawn_blocking(move || roomkeeper_chaos::check(&h2))
-        .await
-        .context("the history checker panicked")?;
 
-    let fault_start = faults.values().map(|f| f.start_ms).min();
-    let fault_end = faults.values().filter_map(|f| f.end_ms).max();
-    let phases = Phases {
-        fault_start_ms: fault_start,
-        fault_end_ms: fault_end,
-        end_ms: load_end_ms,
-    };
-    let probes = evaluate(
-        &spec.hypothesis.probes,
-        &history,
-        &check,
-        &phases,
-        &decisions,
-        &invariants,
-    );
-    let v = verdict(
-        abort_reason.is_some(),
-        &run_errors,
-        &check,
-        &invariants,
-        &probes,
-    );
-    let bucket_ms = spec
-        .record
-        .as_ref()
-        .and_then(|r| r.timeline_bucket_ms)
-        .unwrap_or(1000);
-    let report = DrillReport {
-        name: m.metadata.name.clone(),
-        description: spec.description.clone(),
-        started_unix_ms: start_unix,
-        duration_ms: load_end_ms,
-        seed: opts.seed,
-        verdict: v,
-        abort_reason,
-        run_errors,
-        probes,
-        orders: order_counts(&history),
-        check,
-        faults: faults.into_values().collect(),
-        decisions,
-        events: log.events,
-        invariants,
-        timeline: timeline(&history, bucket_ms, load_end_ms),
-        bucket_ms,
-        game_day: gd.map(|g| g.finish(automation_resumed)),
-        spec: spec.clone(),
-    };
-    write_outputs(&opts.out_dir, &report, &history, spec)?;
-    Ok(report)
+    fn fault_started(&mut self, at_ms: u64) {
+        if let Some(g) = self.game_day.as_mut() {
+            g.fault_started(at_ms);
+        }
+    }
+
+    fn progress_note(&self) -> String {
+        if self.traffic.is_paused() {
+            "SALES PAUSED".into()
+        } else {
+            String::new()
+        }
+    }
+
+    fn game_day(&mut self) -> Option<GameDayRecord> {
+        let resumed = self.automation_resumed;
+        self.game_day.take().map(|g| g.finish(resumed))
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn heal_one(
-    injector: &mut Injector,
-    world: &mut World,
-    faults: &mut BTreeMap<usize, FaultRecord>,
-    log: &mut Log,
-    run_errors: &mut Vec<String>,
-    rec: &Recorder,
-    i: usize,
-) {
-    match injector.heal(world, i).await {
-        Ok(what) => {
-            if let Some(f) = faults.get_mut(&i) {
-                f.end_ms = Some(rec.now_ms());
-                log.event(rec.now_ms(), format!("HEAL {i} {}: {what}", f.kind));
-            }
+impl FaultInjector<World> for Injector {
+    fn check(&self, spec: &DrillSpec) -> Result<(), String> {
+        roomkeeper_drill::check_kinds(spec, &FaultKind::ALL, "the local drill runner")
+    }
+
+    async fn inject(
+        &mut self,
+        w: &mut World,
+        index: usize,
+        fault: &FaultSpec,
+        obs: &ClusterObservation,
+    ) -> Result<String, String> {
+        Injector::inject(self, w, obs, index, fault)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn heal(&mut self, w: &mut World, index: usize) -> Result<String, String> {
+        Injector::heal(self, w, index)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn step(&mut self, w: &mut World) -> Vec<(usize, String)> {
+        let events = self.step_faults(w).await;
+        if self.last_repush.elapsed() >= Duration::from_secs(1) {
+            self.last_repush = Instant::now();
+            self.repush(w).await;
         }
-        Err(e) => {
-            let msg = format!("fault {i} could not be healed: {e}");
-            log.event(rec.now_ms(), msg.clone());
-            run_errors.push(msg);
-            if let Some(f) = faults.get_mut(&i) {
-                f.end_ms = Some(rec.now_ms());
-            }
-        }
+        events
+    }
+
+    fn finished(&self) -> Vec<usize> {
+        self.active
+            .values()
+            .filter(|a| a.finished)
+            .map(|a| a.index)
+            .collect()
+    }
+
+    fn busy(&self) -> Vec<usize> {
+        self.active
+            .values()
+            .filter(|a| a.kind == FaultKind::RollingRestart && !a.finished)
+            .map(|a| a.index)
+            .collect()
+    }
+
+    fn paused(&self) -> BTreeSet<u64> {
+        Injector::paused(self).clone()
+    }
+}
+
+/// The local outputs: files in the run directory.
+pub struct FileSink {
+    pub dir: PathBuf,
+}
+
+impl ReportSink for FileSink {
+    async fn write(&mut self, report: &DrillReport, history: &History) -> Result<(), String> {
+        write_outputs(&self.dir, report, history, &report.spec).map_err(|e| format!("{e:#}"))
     }
 }
 
