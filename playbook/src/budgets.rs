@@ -11,8 +11,9 @@ use crate::memory::{DecisionRecord, EngineMemory};
 use crate::playbook::{ActionKind, Guards, Playbook};
 
 /// What is left of every guard's budget at one instant. Bindings export it as
-/// metrics (`…_rate_limit_remaining`, `…_failure_budget_remaining{action,target}`,
-/// `…_restart_budget_remaining{node}`, `…_quarantined{node}`) and show it in
+/// metrics (`roomkeeper_playbook_rate_limit_remaining`,
+/// `…_failure_budget_remaining{action,target}`, `…_restart_budget_remaining{node_id}`,
+/// `…_node_quarantined{node_id}`) and show it in
 /// status. Targets not listed have their whole budget.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
