@@ -21,18 +21,22 @@ runs=("$@")
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The bench's etcd client (etcd-client) compiles etcd's protobuf API when it is
+# built: protoc and the protobuf well-known types.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "==> missing ${need_apt[*]} (not root): those peers will be SKIPPED"
+    echo "==> missing ${need_apt[*]} (not root): a missing peer is SKIPPED; without protoc the build fails"
   fi
 fi
 
-echo "==> cargo build --release -p roomkeeper"
-cargo build --release --locked -p roomkeeper
+echo "==> cargo build --release -p roomkeeper --features bench"
+cargo build --release --locked -p roomkeeper --features bench
 bin=target/release/roomkeeper
 mkdir -p "$OUT"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The bench's etcd client (etcd-client) compiles etcd's protobuf API when it is
+# built: protoc and the protobuf well-known types.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 # The Kubernetes harness makes its CA and serving certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The kubelet bridge gives pods network namespaces (ip) and enforces

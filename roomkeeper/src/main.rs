@@ -5,7 +5,6 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-mod bench;
 mod demo;
 mod drill;
 mod node_cmd;
@@ -23,6 +22,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Run one order-store replica (a Raft node of a shard).
     Node(node_cmd::NodeArgs),
@@ -33,7 +34,19 @@ enum Cmd {
     /// The Kubernetes operator: run it, or render its CustomResourceDefinitions.
     Operator(operator_cmd::OperatorArgs),
     /// Flash-sale load bench: roomkeeper against etcd and Redis in the same run.
-    Bench(bench::BenchArgs),
+    #[cfg(feature = "bench")]
+    Bench(roomkeeper_bench::BenchArgs),
+    /// Flash-sale load bench (not in this build: `--features bench`, see scripts/bench.sh).
+    #[cfg(not(feature = "bench"))]
+    Bench(NoBench),
+}
+
+/// `roomkeeper bench` in a binary built without the benchmark.
+#[cfg(not(feature = "bench"))]
+#[derive(clap::Args, Debug)]
+struct NoBench {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
 }
 
 /// glibc gives every thread that allocates its own heap arena (up to eight per
@@ -83,7 +96,12 @@ fn main() -> anyhow::Result<()> {
             Cmd::Node(args) => node_cmd::run(args).await,
             Cmd::Demo(args) => demo::run(args).await,
             Cmd::Drill(args) => drill::run(args).await,
-            Cmd::Bench(args) => bench::run(args).await,
+            #[cfg(feature = "bench")]
+            Cmd::Bench(args) => Ok(roomkeeper_bench::run(args).await?),
+            #[cfg(not(feature = "bench"))]
+            Cmd::Bench(_) => anyhow::bail!(
+                "this roomkeeper was built without the benchmark: run scripts/bench.sh, or build with `cargo build --release -p roomkeeper --features bench` (its etcd client needs protoc: apt-get install protobuf-compiler libprotobuf-dev)"
+            ),
             Cmd::Operator(args) => operator_cmd::run(args).await,
         }
     })

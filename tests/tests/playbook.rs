@@ -531,6 +531,35 @@ fn lost_quorum_pauses_sales_and_they_resume_when_it_returns() {
         "orders flow again\n{}",
         run.context()
     );
+    // Converged back to normal: no region left drained (the observed bug: T2
+    // drained a region during the global outage and its restore was rate
+    // limited forever), no tier still active.
+    for r in ["eu-west", "us-east", "ap-south"] {
+        assert_eq!(
+            last["traffic_weights"][r],
+            100,
+            "{r} left drained after quorum returned\n{}",
+            run.context()
+        );
+    }
+    let active: Vec<&Value> = last["active_tiers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t.as_str().is_some_and(|t| t.ends_with(": active")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        active.is_empty(),
+        "tiers still active after the fault cleared: {active:?}\n{}",
+        run.context()
+    );
+    assert!(
+        !run.executed("setTrafficWeightZero").iter().any(|_| true),
+        "no region is drained for a whole-cluster quorum loss\n{}",
+        run.context()
+    );
 }
 
 fn untouched_after_leader_kill(flag: &str, slot: u16, expect: &str) {

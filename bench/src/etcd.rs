@@ -1,5 +1,7 @@
 //! The etcd peer: three members of Debian's `etcd` on loopback (default
-//! timeouts, fsync on), driven through the v3 JSON gateway.
+//! timeouts, fsync on), driven through etcd's native gRPC API with the
+//! `etcd-client` crate: one client (one HTTP/2 connection) per member, shared
+//! by the buyers that send to that member.
 //!
 //! place_order is an optimistic transaction, written the way etcd's users
 //! should write it: every buyer caches each SKU's stock and `mod_revision`
@@ -18,22 +20,33 @@
 //! transaction, which only makes etcd slower).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetResponse, KeyValue, KvClient, StatusResponse,
+    Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use serde_json::json;
 
-use super::b64;
-use super::http::HttpConn;
-use super::leader::LeaderCell;
-use super::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
-use super::report::TargetResult;
-use super::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
-use super::{Ctx, Scenario, PRICE_CENTS};
+use crate::leader::LeaderCell;
+use crate::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
+use crate::report::TargetResult;
+use crate::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
+use crate::{Ctx, Scenario, PRICE_CENTS};
 
 pub const TARGET: &str = "etcd";
+/// Which client drives this target, for the report.
+pub const CLIENT: &str =
+    "etcd-client crate, native gRPC: one HTTP/2 connection per member, shared by the buyers sending to it";
+
+/// Bound on one KV request (as for the other targets).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one status probe (leader discovery).
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn stock_key(room: &str, sku: &str) -> String {
     format!("/rk/{room}/stock/{sku}")
@@ -43,54 +56,33 @@ pub fn order_key(room: &str, idempotency_key: &str) -> String {
     format!("/rk/{room}/orders/{idempotency_key}")
 }
 
-/// gRPC-gateway JSON renders int64 as a string; accept both.
-fn int_field(v: &Value, name: &str) -> Option<i64> {
-    match v.get(name)? {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
-}
-
-/// The place-order transaction body.
+/// The place-order transaction.
 pub fn place_order_txn(
     stock_key: &str,
     cached_mod_revision: i64,
     new_stock: i64,
     order_key: &str,
     order_value: &str,
-) -> Value {
-    let sk = b64::encode(stock_key.as_bytes());
-    let ok = b64::encode(order_key.as_bytes());
-    json!({
-        "compare": [
-            {"target": "MOD", "result": "EQUAL", "key": sk, "mod_revision": cached_mod_revision.to_string()},
-            {"target": "CREATE", "result": "EQUAL", "key": ok, "create_revision": "0"},
-        ],
-        "success": [
-            {"request_put": {"key": sk, "value": b64::encode(new_stock.to_string().as_bytes())}},
-            {"request_put": {"key": ok, "value": b64::encode(order_value.as_bytes())}},
-        ],
-        "failure": [
-            {"request_range": {"key": sk}},
-            {"request_range": {"key": ok}},
-        ],
-    })
+) -> Txn {
+    Txn::new()
+        .when([
+            Compare::mod_revision(stock_key, CompareOp::Equal, cached_mod_revision),
+            Compare::create_revision(order_key, CompareOp::Equal, 0),
+        ])
+        .and_then([
+            TxnOp::put(stock_key, new_stock.to_string(), None),
+            TxnOp::put(order_key, order_value, None),
+        ])
+        .or_else([TxnOp::get(stock_key, None), TxnOp::get(order_key, None)])
 }
 
 /// A batch of unconditional puts (setup).
-pub fn put_many_txn(kvs: &[(String, String)]) -> Value {
-    let ops: Vec<Value> = kvs
+pub fn put_many_txn(kvs: &[(String, String)]) -> Txn {
+    let ops: Vec<TxnOp> = kvs
         .iter()
-        .map(|(k, v)| {
-            json!({"request_put": {"key": b64::encode(k.as_bytes()), "value": b64::encode(v.as_bytes())}})
-        })
+        .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
         .collect();
-    json!({ "success": ops })
-}
-
-pub fn range_body(key: &str) -> Value {
-    json!({ "key": b64::encode(key.as_bytes()) })
+    Txn::new().and_then(ops)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,33 +91,21 @@ pub struct Versioned {
     pub mod_revision: i64,
 }
 
-/// The first key-value of a range response, decoded as a stock counter.
-fn first_kv_stock(range: &Value) -> Result<Option<Versioned>> {
-    let Some(kv) = range
-        .get("kvs")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-    else {
-        return Ok(None);
-    };
-    let raw = kv.get("value").and_then(Value::as_str).unwrap_or("");
-    let bytes = b64::decode(raw).context("etcd value")?;
-    let stock = std::str::from_utf8(&bytes)
+/// A key-value decoded as a stock counter.
+fn stock_of(kv: &KeyValue) -> Result<Versioned> {
+    let stock = std::str::from_utf8(kv.value())
         .context("etcd stock value is not UTF-8")?
         .trim()
         .parse::<i64>()
         .context("etcd stock value is not a number")?;
-    let mod_revision =
-        int_field(kv, "mod_revision").ok_or_else(|| anyhow!("kv without mod_revision"))?;
-    Ok(Some(Versioned {
+    Ok(Versioned {
         stock,
-        mod_revision,
-    }))
+        mod_revision: kv.mod_revision(),
+    })
 }
 
-pub fn parse_range(body: &[u8]) -> Result<Option<Versioned>> {
-    let v: Value = serde_json::from_slice(body).context("etcd range response is not JSON")?;
-    first_kv_stock(&v)
+pub fn parse_range(resp: &GetResponse) -> Result<Option<Versioned>> {
+    resp.kvs().first().map(stock_of).transpose()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,59 +120,120 @@ pub enum TxnOutcome {
     },
 }
 
-pub fn parse_txn(body: &[u8]) -> Result<TxnOutcome> {
-    let v: Value = serde_json::from_slice(body).context("etcd txn response is not JSON")?;
-    if let Some(err) = v.get("error").and_then(Value::as_str) {
-        bail!("etcd: {err}");
-    }
-    let succeeded = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
-    if succeeded {
-        let revision = v
-            .get("header")
-            .and_then(|h| int_field(h, "revision"))
+pub fn parse_txn(resp: &TxnResponse) -> Result<TxnOutcome> {
+    if resp.succeeded() {
+        let revision = resp
+            .header()
+            .map(|h| h.revision())
             .ok_or_else(|| anyhow!("etcd txn response without header.revision"))?;
         return Ok(TxnOutcome::Applied { revision });
     }
-    let responses = v
-        .get("responses")
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("etcd txn response without responses"))?;
-    let range = |i: usize| responses.get(i).and_then(|r| r.get("response_range"));
-    let stock = match range(0) {
-        Some(r) => first_kv_stock(r)?,
-        None => None,
+    let ranges: Vec<GetResponse> = resp
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let [stock, order] = ranges.as_slice() else {
+        bail!(
+            "etcd txn failed without the two ranges of its else branch ({} found)",
+            ranges.len()
+        );
     };
-    let order_exists = range(1)
-        .and_then(|r| r.get("kvs"))
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty());
     Ok(TxnOutcome::Conflict {
-        stock,
-        order_exists,
+        stock: parse_range(stock)?,
+        order_exists: !order.kvs().is_empty(),
     })
 }
 
-/// `member_id` and `leader` from a maintenance/status answer.
-pub fn parse_status(body: &[u8]) -> Result<(String, Option<String>)> {
-    let v: Value = serde_json::from_slice(body).context("etcd status response is not JSON")?;
-    let member = v
-        .get("header")
-        .and_then(|h| h.get("member_id"))
-        .and_then(|m| match m {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
+/// `member_id` and `leader` (None while there is none) from a status answer.
+pub fn parse_status(resp: &StatusResponse) -> Result<(u64, Option<u64>)> {
+    let member = resp
+        .header()
+        .map(|h| h.member_id())
         .ok_or_else(|| anyhow!("etcd status without header.member_id"))?;
-    let leader = v
-        .get("leader")
-        .and_then(|m| match m {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .filter(|l| l != "0");
+    let leader = Some(resp.leader()).filter(|l| *l != 0);
     Ok((member, leader))
+}
+
+/// A client error as one short line for the report's samples.
+fn reason(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+/// Runs one request with a deadline, flattening both failures to a line.
+async fn bounded<T>(
+    limit: Duration,
+    request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(reason(&e)),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// One `etcd-client` client per member, each connected to that member only
+/// (so that writes go where the bench sends them).
+#[derive(Clone)]
+pub struct Members(Arc<Vec<(SocketAddr, Client)>>);
+
+impl Members {
+    async fn connect(addrs: &[SocketAddr]) -> Result<Self> {
+        let mut clients = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(REQUEST_TIMEOUT);
+            let client = Client::connect([format!("http://{addr}")], Some(options))
+                .await
+                .with_context(|| format!("etcd client for {addr}"))?;
+            clients.push((*addr, client));
+        }
+        Ok(Self(Arc::new(clients)))
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.0.iter().map(|(a, _)| *a).collect()
+    }
+
+    fn kv(&self, addr: SocketAddr) -> Option<KvClient> {
+        self.0
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, c)| c.kv_client())
+    }
+
+    async fn status(&self, idx: usize) -> Result<(u64, Option<u64>)> {
+        let mut m = self.0[idx].1.maintenance_client();
+        let resp = bounded(STATUS_TIMEOUT, m.status())
+            .await
+            .map_err(|e| anyhow!("etcd status of {}: {e}", self.0[idx].0))?;
+        parse_status(&resp)
+    }
+
+    /// The client address of whichever member says it is leader; all
+    /// members are asked at once, so a dead one costs no extra wait.
+    async fn discover_leader(&self) -> Result<SocketAddr> {
+        let mut set = tokio::task::JoinSet::new();
+        for idx in 0..self.0.len() {
+            let me = self.clone();
+            set.spawn(async move { (idx, me.status(idx).await) });
+        }
+        while let Some(joined) = set.join_next().await {
+            if let Ok((idx, Ok((me, Some(leader))))) = joined {
+                if me == leader {
+                    return Ok(self.0[idx].0);
+                }
+            }
+        }
+        bail!("no etcd leader")
+    }
 }
 
 struct Member {
@@ -265,6 +306,7 @@ impl EtcdCluster {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
+        let clients = Members::connect(&self.client_addrs()).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for m in &mut self.members {
@@ -272,8 +314,8 @@ impl EtcdCluster {
             }
             let mut healthy = 0;
             let mut leader_known = false;
-            for addr in self.client_addrs() {
-                if let Ok((_, leader)) = member_status(addr).await {
+            for idx in 0..self.members.len() {
+                if let Ok((_, leader)) = clients.status(idx).await {
                     healthy += 1;
                     leader_known |= leader.is_some();
                 }
@@ -289,9 +331,9 @@ impl EtcdCluster {
     }
 
     /// Index of the member that is currently leader.
-    async fn leader_index(&self) -> Result<usize> {
-        for (i, m) in self.members.iter().enumerate() {
-            if let Ok((me, Some(leader))) = member_status(m.client).await {
+    async fn leader_index(&self, clients: &Members) -> Result<usize> {
+        for i in 0..self.members.len() {
+            if let Ok((me, Some(leader))) = clients.status(i).await {
                 if me == leader {
                     return Ok(i);
                 }
@@ -306,29 +348,7 @@ impl EtcdCluster {
     }
 }
 
-async fn member_status(addr: SocketAddr) -> Result<(String, Option<String>)> {
-    let mut conn = HttpConn::new(addr, None)?.with_timeout(Duration::from_millis(500));
-    let resp = conn.post_json("/v3/maintenance/status", &json!({})).await?;
-    if !resp.is_success() {
-        bail!("etcd status: HTTP {}: {}", resp.status, resp.body_text());
-    }
-    parse_status(&resp.body)
-}
-
-/// The client address of whichever member says it is leader.
-async fn discover_leader(members: &[SocketAddr]) -> Result<SocketAddr> {
-    for addr in members {
-        if let Ok((me, Some(leader))) = member_status(*addr).await {
-            if me == leader {
-                return Ok(*addr);
-            }
-        }
-    }
-    bail!("no etcd leader")
-}
-
-async fn setup(addr: SocketAddr, ctx: &Ctx) -> Result<()> {
-    let mut conn = HttpConn::new(addr, None)?.with_timeout(Duration::from_secs(30));
+async fn setup(kv: &mut KvClient, ctx: &Ctx) -> Result<()> {
     let skus = ctx.catalog.skus();
     let stock = ctx.catalog.stock().to_string();
     let all: Vec<(String, String)> = (0..skus)
@@ -336,22 +356,18 @@ async fn setup(addr: SocketAddr, ctx: &Ctx) -> Result<()> {
         .collect();
     // etcd allows 128 operations per transaction by default.
     for chunk in all.chunks(100) {
-        let resp = conn
-            .post_json("/v3/kv/txn", &put_many_txn(chunk))
+        bounded(Duration::from_secs(30), kv.txn(put_many_txn(chunk)))
             .await
-            .context("etcd setup put")?;
-        if !resp.is_success() {
-            bail!("etcd setup: HTTP {}: {}", resp.status, resp.body_text());
-        }
+            .map_err(|e| anyhow!("etcd setup put: {e}"))?;
     }
     Ok(())
 }
 
 pub struct EtcdDriver {
-    conn: HttpConn,
+    kv: KvClient,
+    members: Members,
     leader: Arc<LeaderCell>,
     seen: u64,
-    members: Arc<Vec<SocketAddr>>,
     /// Send to the leader (default) or stay on a fixed member.
     follow_leader: bool,
     room: String,
@@ -359,6 +375,12 @@ pub struct EtcdDriver {
 }
 
 impl EtcdDriver {
+    fn retarget(&mut self, addr: SocketAddr) {
+        if let Some(kv) = self.members.kv(addr) {
+            self.kv = kv;
+        }
+    }
+
     async fn rediscover(&mut self) {
         if !self.follow_leader {
             return;
@@ -366,12 +388,10 @@ impl EtcdDriver {
         let members = self.members.clone();
         let (gen, addr) = self
             .leader
-            .refresh(self.seen, || async move { discover_leader(&members).await })
+            .refresh(self.seen, || async move { members.discover_leader().await })
             .await;
         self.seen = gen;
-        if let Err(e) = self.conn.retarget(addr) {
-            tracing::debug!(error = %e, "retarget");
-        }
+        self.retarget(addr);
     }
 
     fn transport_retry(reason: String) -> Outcome {
@@ -382,23 +402,13 @@ impl EtcdDriver {
     }
 
     async fn read_stock(&mut self, key: &str) -> std::result::Result<Option<Versioned>, Outcome> {
-        match self.conn.post_json("/v3/kv/range", &range_body(key)).await {
-            Ok(resp) if resp.is_success() => parse_range(&resp.body).map_err(|e| Outcome::Error {
+        match bounded(REQUEST_TIMEOUT, self.kv.get(key, None)).await {
+            Ok(resp) => parse_range(&resp).map_err(|e| Outcome::Error {
                 reason: format!("etcd range: {e:#}"),
             }),
-            Ok(resp) => {
-                self.rediscover().await;
-                Err(Self::transport_retry(format!(
-                    "etcd range HTTP {}",
-                    resp.status
-                )))
-            }
             Err(e) => {
                 self.rediscover().await;
-                Err(Self::transport_retry(format!(
-                    "etcd range: {}",
-                    e.root_cause()
-                )))
+                Err(Self::transport_retry(format!("etcd range: {e}")))
             }
         }
     }
@@ -410,11 +420,7 @@ impl Driver for EtcdDriver {
             let (gen, addr) = self.leader.get();
             if gen != self.seen {
                 self.seen = gen;
-                if let Err(e) = self.conn.retarget(addr) {
-                    return Outcome::Error {
-                        reason: format!("{e:#}"),
-                    };
-                }
+                self.retarget(addr);
             }
         }
         let sku = sku_name(req.sku);
@@ -454,28 +460,21 @@ impl Driver for EtcdDriver {
                 refreshed_for_stock = true;
                 continue;
             }
-            let body = place_order_txn(
+            let txn = place_order_txn(
                 &skey,
                 cached.mod_revision,
                 cached.stock - 1,
                 &okey,
                 &order_value,
             );
-            let resp = match self.conn.post_json("/v3/kv/txn", &body).await {
+            let resp = match bounded(REQUEST_TIMEOUT, self.kv.txn(txn)).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.rediscover().await;
-                    return Self::transport_retry(format!("etcd txn: {}", e.root_cause()));
+                    return Self::transport_retry(format!("etcd txn: {e}"));
                 }
             };
-            if !resp.is_success() {
-                self.rediscover().await;
-                return Outcome::Retry {
-                    reason: format!("etcd txn HTTP {}: {}", resp.status, resp.body_text()),
-                    after_ms: 20,
-                };
-            }
-            match parse_txn(&resp.body) {
+            match parse_txn(&resp) {
                 Ok(TxnOutcome::Applied { revision }) => {
                     self.cache.insert(
                         req.sku,
@@ -546,22 +545,31 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
 }
 
 async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
-    let members = Arc::new(cluster.client_addrs());
-    let leader_addr = discover_leader(&members).await?;
-    setup(leader_addr, ctx).await?;
+    let members = Members::connect(&cluster.client_addrs()).await?;
+    let addrs = members.addrs();
+    let leader_addr = members.discover_leader().await?;
+    let leader_kv = || {
+        members
+            .kv(leader_addr)
+            .ok_or_else(|| anyhow!("etcd leader {leader_addr} is not a member"))
+    };
+    setup(&mut leader_kv()?, ctx).await?;
     let leader = Arc::new(LeaderCell::new(leader_addr));
     let mut drivers = Vec::with_capacity(ctx.clients);
     for i in 0..ctx.clients {
-        let addr = if ctx.etcd_spread {
-            members[i % members.len()]
+        let kv = if ctx.etcd_spread {
+            let addr = addrs[i % addrs.len()];
+            members
+                .kv(addr)
+                .ok_or_else(|| anyhow!("no etcd client for {addr}"))?
         } else {
-            leader_addr
+            leader_kv()?
         };
         drivers.push(EtcdDriver {
-            conn: HttpConn::new(addr, None)?,
+            kv,
+            members: members.clone(),
             leader: leader.clone(),
             seen: 0,
-            members: members.clone(),
             follow_leader: !ctx.etcd_spread || ctx.scenario == Scenario::LeaderKill,
             room: ctx.room.clone(),
             cache: HashMap::new(),
@@ -593,9 +601,9 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
             let kill_at = ctx.kill_at();
             let killer = async {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(start + kill_at)).await;
-                let idx = cluster.leader_index().await?;
+                let idx = cluster.leader_index(&members).await?;
                 let m = &mut cluster.members[idx];
-                let event = super::KillEvent::now(format!("etcd {}", m.name), start);
+                let event = crate::KillEvent::now(format!("etcd {}", m.name), start);
                 eprintln!(
                     "  >>> SIGKILL etcd leader {} at {:.1} s (unix ms {})",
                     m.name,
@@ -610,7 +618,7 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
             let killed = killed?;
             let mut r =
                 TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);
-            r.leader_kill = Some(super::kill_report(&stats, killed, None));
+            r.leader_kill = Some(crate::kill_report(&stats, killed, None));
             Ok(r)
         }
     }
@@ -619,66 +627,138 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn b64s(s: &str) -> String {
-        b64::encode(s.as_bytes())
-    }
+    use etcd_client::proto::{
+        PbCompareTarget, PbKeyValue, PbRangeResponse, PbResponseHeader, PbResponseOp,
+        PbStatusResponse, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
+        PbTxnResponse,
+    };
 
     #[test]
-    fn txn_body_has_guarded_puts_and_fallback_ranges() {
-        let body = place_order_txn(
+    fn txn_has_guarded_puts_and_fallback_ranges() {
+        let txn = place_order_txn(
             "/rk/r/stock/sku-00001",
             42,
             99,
             "/rk/r/orders/k1",
             "{\"qty\":1}",
         );
-        assert_eq!(body["compare"][0]["target"], "MOD");
-        assert_eq!(body["compare"][0]["mod_revision"], "42");
-        assert_eq!(body["compare"][0]["key"], b64s("/rk/r/stock/sku-00001"));
-        assert_eq!(body["compare"][1]["target"], "CREATE");
-        assert_eq!(body["compare"][1]["create_revision"], "0");
-        assert_eq!(body["success"][0]["request_put"]["value"], b64s("99"));
+        let req = PbTxnRequest::from(txn);
+        assert_eq!(req.compare.len(), 2);
+        assert_eq!(req.compare[0].target, PbCompareTarget::Mod as i32);
         assert_eq!(
-            body["success"][1]["request_put"]["key"],
-            b64s("/rk/r/orders/k1")
+            req.compare[0].target_union,
+            Some(PbTargetUnion::ModRevision(42))
         );
+        assert_eq!(req.compare[0].key, b"/rk/r/stock/sku-00001");
+        assert_eq!(req.compare[1].target, PbCompareTarget::Create as i32);
         assert_eq!(
-            body["success"][1]["request_put"]["value"],
-            b64s("{\"qty\":1}")
+            req.compare[1].target_union,
+            Some(PbTargetUnion::CreateRevision(0))
         );
+        assert_eq!(req.compare[1].key, b"/rk/r/orders/k1");
+        let puts: Vec<(Vec<u8>, Vec<u8>)> = req
+            .success
+            .iter()
+            .map(|op| match &op.request {
+                Some(PbTxnOpRequest::RequestPut(p)) => (p.key.clone(), p.value.clone()),
+                other => panic!("expected a put, got {other:?}"),
+            })
+            .collect();
         assert_eq!(
-            body["failure"][0]["request_range"]["key"],
-            b64s("/rk/r/stock/sku-00001")
+            puts,
+            vec![
+                (b"/rk/r/stock/sku-00001".to_vec(), b"99".to_vec()),
+                (b"/rk/r/orders/k1".to_vec(), b"{\"qty\":1}".to_vec()),
+            ]
         );
+        let ranges: Vec<Vec<u8>> = req
+            .failure
+            .iter()
+            .map(|op| match &op.request {
+                Some(PbTxnOpRequest::RequestRange(r)) => r.key.clone(),
+                other => panic!("expected a range, got {other:?}"),
+            })
+            .collect();
         assert_eq!(
-            body["failure"][1]["request_range"]["key"],
-            b64s("/rk/r/orders/k1")
+            ranges,
+            vec![
+                b"/rk/r/stock/sku-00001".to_vec(),
+                b"/rk/r/orders/k1".to_vec()
+            ]
         );
     }
 
     #[test]
     fn put_many_builds_one_op_per_pair() {
-        let body = put_many_txn(&[("a".into(), "1".into()), ("b".into(), "2".into())]);
-        assert_eq!(body["success"].as_array().unwrap().len(), 2);
-        assert_eq!(body["success"][1]["request_put"]["key"], b64s("b"));
-        assert!(body.get("compare").is_none());
+        let req = PbTxnRequest::from(put_many_txn(&[
+            ("a".into(), "1".into()),
+            ("b".into(), "2".into()),
+        ]));
+        assert_eq!(req.success.len(), 2);
+        match &req.success[1].request {
+            Some(PbTxnOpRequest::RequestPut(p)) => {
+                assert_eq!(p.key, b"b");
+                assert_eq!(p.value, b"2");
+            }
+            other => panic!("expected a put, got {other:?}"),
+        }
+        assert!(req.compare.is_empty());
+        assert!(req.failure.is_empty());
     }
 
-    // Answers captured from etcd 3.4.23's gateway.
-    const APPLIED: &str = r#"{"header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"3","raft_term":"2"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"3"}}},{"response_put":{"header":{"revision":"3"}}}]}"#;
-    const CONFLICT: &str = r#"{"header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"2","raft_term":"2"},"responses":[{"response_range":{"header":{"revision":"2"},"kvs":[{"key":"L2E=","create_revision":"2","mod_revision":"2","version":"1","value":"NQ=="}],"count":"1"}},{"response_range":{"header":{"revision":"2"}}}]}"#;
-    const REPLAYED: &str = r#"{"header":{"revision":"3"},"responses":[{"response_range":{"header":{"revision":"3"},"kvs":[{"key":"L2E=","create_revision":"2","mod_revision":"3","version":"2","value":"NQ=="}],"count":"1"}},{"response_range":{"header":{"revision":"3"},"kvs":[{"key":"L28x","create_revision":"3","mod_revision":"3","version":"1","value":"NQ=="}],"count":"1"}}]}"#;
-    const STATUS: &str = r#"{"header":{"cluster_id":"1","member_id":"13668033151171901709","revision":"3","raft_term":"2"},"version":"3.4.23","dbSize":"20480","leader":"13668033151171901709","raftIndex":"7","raftTerm":"2"}"#;
+    fn kv(key: &str, value: &str, create_revision: i64, mod_revision: i64) -> PbKeyValue {
+        PbKeyValue {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            create_revision,
+            mod_revision,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    fn header(revision: i64) -> Option<PbResponseHeader> {
+        Some(PbResponseHeader {
+            cluster_id: 1,
+            member_id: 13668033151171901709,
+            revision,
+            raft_term: 2,
+        })
+    }
+
+    fn range(kvs: Vec<PbKeyValue>) -> PbRangeResponse {
+        PbRangeResponse {
+            header: header(2),
+            count: kvs.len() as i64,
+            kvs,
+            more: false,
+        }
+    }
+
+    fn conflict(stock: Vec<PbKeyValue>, order: Vec<PbKeyValue>) -> TxnResponse {
+        let op = |r| PbResponseOp {
+            response: Some(PbTxnOpResponse::ResponseRange(r)),
+        };
+        TxnResponse(PbTxnResponse {
+            header: header(3),
+            succeeded: false,
+            responses: vec![op(range(stock)), op(range(order))],
+        })
+    }
 
     #[test]
     fn parses_txn_answers() {
+        let applied = TxnResponse(PbTxnResponse {
+            header: header(3),
+            succeeded: true,
+            responses: Vec::new(),
+        });
         assert_eq!(
-            parse_txn(APPLIED.as_bytes()).unwrap(),
+            parse_txn(&applied).unwrap(),
             TxnOutcome::Applied { revision: 3 }
         );
         assert_eq!(
-            parse_txn(CONFLICT.as_bytes()).unwrap(),
+            parse_txn(&conflict(vec![kv("/a", "5", 2, 2)], vec![])).unwrap(),
             TxnOutcome::Conflict {
                 stock: Some(Versioned {
                     stock: 5,
@@ -688,7 +768,11 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_txn(REPLAYED.as_bytes()).unwrap(),
+            parse_txn(&conflict(
+                vec![kv("/a", "5", 2, 3)],
+                vec![kv("/o1", "{}", 3, 3)]
+            ))
+            .unwrap(),
             TxnOutcome::Conflict {
                 stock: Some(Versioned {
                     stock: 5,
@@ -697,29 +781,46 @@ mod tests {
                 order_exists: true
             }
         );
-        assert!(parse_txn(br#"{"error":"etcdserver: no leader","code":14}"#).is_err());
-        assert!(parse_txn(b"not json").is_err());
+        let headless = TxnResponse(PbTxnResponse {
+            header: None,
+            succeeded: true,
+            responses: Vec::new(),
+        });
+        assert!(parse_txn(&headless).is_err());
+        let no_ranges = TxnResponse(PbTxnResponse {
+            header: header(3),
+            succeeded: false,
+            responses: Vec::new(),
+        });
+        assert!(parse_txn(&no_ranges).is_err());
+        assert!(parse_txn(&conflict(vec![kv("/a", "five", 2, 2)], vec![])).is_err());
     }
 
     #[test]
     fn parses_range_and_status() {
-        let range = r#"{"header":{"revision":"2"},"kvs":[{"key":"L2E=","create_revision":"2","mod_revision":"2","version":"1","value":"NQ=="}],"count":"1"}"#;
         assert_eq!(
-            parse_range(range.as_bytes()).unwrap(),
+            parse_range(&GetResponse(range(vec![kv("/a", "5", 2, 2)]))).unwrap(),
             Some(Versioned {
                 stock: 5,
                 mod_revision: 2
             })
         );
-        assert_eq!(
-            parse_range(br#"{"header":{"revision":"2"}}"#).unwrap(),
-            None
-        );
-        let (me, leader) = parse_status(STATUS.as_bytes()).unwrap();
-        assert_eq!(me, "13668033151171901709");
-        assert_eq!(leader.as_deref(), Some("13668033151171901709"));
-        let (_, none) = parse_status(br#"{"header":{"member_id":"5"},"leader":"0"}"#).unwrap();
+        assert_eq!(parse_range(&GetResponse(range(vec![]))).unwrap(), None);
+        let status = |leader| {
+            StatusResponse(PbStatusResponse {
+                header: header(3),
+                version: "3.4.23".into(),
+                leader,
+                ..PbStatusResponse::default()
+            })
+        };
+        let (me, leader) = parse_status(&status(13668033151171901709)).unwrap();
+        assert_eq!(me, 13668033151171901709);
+        assert_eq!(leader, Some(13668033151171901709));
+        let (_, none) = parse_status(&status(0)).unwrap();
         assert_eq!(none, None);
+        let headless = StatusResponse(PbStatusResponse::default());
+        assert!(parse_status(&headless).is_err());
     }
 
     #[test]

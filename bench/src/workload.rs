@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use tokio::task::JoinSet;
 
-use super::hist::Histogram;
-use super::procs::Rng;
+use crate::latency::Latency;
+use crate::procs::Rng;
 
 /// Buyers are drawn from a pool this large (the per-buyer limit is set high
 /// enough that it never binds).
@@ -75,7 +75,7 @@ pub struct Ack {
 pub struct LoadStats {
     /// Latency of acknowledged orders in the window, microseconds, from the
     /// first attempt to the acknowledgement (retries included).
-    pub hist: Histogram,
+    pub hist: Latency,
     pub ok: u64,
     pub rejected: u64,
     /// Failed attempts in the window.
@@ -168,7 +168,7 @@ pub fn longest_gap(slots: &[u32], lo: u64, hi: u64) -> (u64, u64) {
 
 #[derive(Default)]
 struct ClientStats {
-    hist: Histogram,
+    hist: Latency,
     ok: u64,
     rejected: u64,
     errors: u64,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::workload::LoadStats;
+use crate::workload::LoadStats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +50,8 @@ pub struct Audit {
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetResult {
     pub target: String,
+    /// The client library (and connection scheme) that drove this target.
+    pub client: String,
     pub scenario: String,
     pub catalog: String,
     pub clients: usize,
@@ -87,6 +89,7 @@ impl TargetResult {
     pub fn empty(target: &str, scenario: &str, catalog: &str, clients: usize) -> Self {
         Self {
             target: target.to_string(),
+            client: String::new(),
             scenario: scenario.to_string(),
             catalog: catalog.to_string(),
             clients,
@@ -299,6 +302,15 @@ pub fn format_table(results: &[TargetResult]) -> String {
                 );
             }
         }
+    }
+    out
+}
+
+/// One line per target: which client drove it.
+pub fn format_clients(results: &[TargetResult]) -> String {
+    let mut out = String::new();
+    for r in results.iter().filter(|r| !r.client.is_empty()) {
+        let _ = writeln!(out, "  {:<11} {}", r.target, r.client);
     }
     out
 }
@@ -556,6 +568,21 @@ mod tests {
         assert!(lines[0].starts_with("target"));
         assert!(lines[1].contains("20000") && lines[1].contains("5.00"));
         assert!(lines[2].contains("SKIPPED: binary `etcd` not found"));
+    }
+
+    #[test]
+    fn clients_are_named_per_target() {
+        let mut rows = vec![
+            row("etcd", "hot", 64, 800.0, 480.0),
+            row("roomkeeper", "hot", 64, 20_000.0, 5.0),
+        ];
+        rows[0].client = "etcd-client, gRPC".into();
+        let t = format_clients(&rows);
+        assert_eq!(t, "  etcd        etcd-client, gRPC\n");
+        rows[1].client = "hyper, HTTP/1.1".into();
+        assert_eq!(format_clients(&rows).lines().count(), 2);
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(json["client"], "etcd-client, gRPC");
     }
 
     #[test]

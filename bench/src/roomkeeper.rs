@@ -15,14 +15,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::http::{HttpConn, Response};
-use super::leader::LeaderCell;
-use super::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
-use super::report::{Audit, TargetResult};
-use super::workload::{self, sku_name, Ack, Driver, LoadStats, OrderReq, Outcome, Plan};
-use super::{Ctx, Scenario, PER_BUYER_LIMIT, PRICE_CENTS};
+use crate::http::{HttpConn, Response};
+use crate::leader::LeaderCell;
+use crate::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
+use crate::report::{Audit, TargetResult};
+use crate::workload::{self, sku_name, Ack, Driver, LoadStats, OrderReq, Outcome, Plan};
+use crate::{Ctx, Scenario, PER_BUYER_LIMIT, PRICE_CENTS};
 
 pub const TARGET: &str = "roomkeeper";
+/// Which client drives this target, for the report.
+pub const CLIENT: &str =
+    "hyper, HTTP/1.1 keep-alive with JSON bodies: one connection per buyer, to the leader";
 const REGION: &str = "local";
 /// Parallel connections for setup, audit and read-back.
 const AUX_CONNS: usize = 32;
@@ -945,7 +948,7 @@ async fn leader_kill(
                 .iter()
                 .position(|n| n.id == st.node_id)
                 .ok_or_else(|| anyhow!("leader id {} is not one of our nodes", st.node_id))?;
-            let event = super::KillEvent::now(format!("node {}", st.node_id), start);
+            let event = crate::KillEvent::now(format!("node {}", st.node_id), start);
             eprintln!(
                 "  >>> SIGKILL roomkeeper leader node {} at {:.1} s (unix ms {})",
                 st.node_id,
@@ -990,7 +993,7 @@ async fn leader_kill(
         }
         Err(e) => r.note = Some(format!("audit could not run: {e:#}")),
     }
-    r.leader_kill = Some(super::kill_report(&stats, event, Some(&v)));
+    r.leader_kill = Some(crate::kill_report(&stats, event, Some(&v)));
     Ok(r)
 }
 

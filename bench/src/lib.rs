@@ -1,23 +1,25 @@
-//! `roomkeeper bench`: a closed-loop flash-sale load generator that measures
-//! our store and its peers (etcd, Redis) in the same run on the same machine,
-//! so every figure can be read as a ratio. See docs/benchmarks.md.
+//! The flash-sale benchmark behind `roomkeeper bench`: a closed-loop load
+//! generator that measures our store and its peers (etcd, Redis) in the same
+//! run on the same machine, so every figure can be read as a ratio. See
+//! docs/benchmarks.md for the method and README.md for this crate's boundary.
+//!
+//! The public surface is [`BenchArgs`] (clap arguments, flattened into the
+//! binary's `bench` subcommand) and [`run`]. Everything else is internal.
+#![forbid(unsafe_code)]
 
-mod b64;
 mod etcd;
-mod hist;
 mod http;
+mod latency;
 mod leader;
 mod procs;
 mod redis;
 mod report;
-mod resp;
 mod roomkeeper;
 mod workload;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use report::{KillReport, Status, TargetResult};
@@ -157,6 +159,43 @@ pub struct BenchArgs {
     pub keep_dir: bool,
 }
 
+/// Why `roomkeeper bench` failed. Missed performance targets are not
+/// failures (they are reported as `MISS`); these are.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The arguments make no sense together.
+    #[error("{0}")]
+    InvalidArgs(String),
+    /// Ctrl-C or SIGTERM; the servers the bench started were stopped.
+    #[error("interrupted by {0}; the servers the bench started were stopped")]
+    Interrupted(&'static str),
+    /// The run could not start (no randomness for its id).
+    #[error("the bench could not start")]
+    Start(#[source] anyhow::Error),
+    /// roomkeeper could not be started or driven.
+    #[error("roomkeeper failed during the bench")]
+    Roomkeeper(#[source] anyhow::Error),
+    /// Acknowledged orders missing or altered after the leader kill.
+    #[error(
+        "roomkeeper lost {lost} and altered {mismatched} acknowledged orders after the leader kill"
+    )]
+    OrdersLost { lost: u64, mismatched: u64 },
+    /// Stock sold per the store disagrees with the orders it acknowledged.
+    #[error("roomkeeper audit failed: store sold {sold} units, bench acknowledged {acknowledged} (+{unknown} unknown)")]
+    AuditFailed {
+        sold: u64,
+        acknowledged: u64,
+        unknown: u64,
+    },
+    /// The JSON report could not be written.
+    #[error("writing the results to {path}")]
+    WriteResults {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Everything a target needs to run the workload.
 pub(crate) struct Ctx {
     pub run_id: String,
@@ -287,35 +326,38 @@ struct JsonConfig<'a> {
     external_roomkeeper: bool,
 }
 
-fn validate(args: &BenchArgs) -> Result<()> {
+fn validate(args: &BenchArgs) -> std::result::Result<(), BenchError> {
+    let invalid = |why: &str| Err(BenchError::InvalidArgs(why.to_string()));
     if args.clients == 0 {
-        bail!("--clients must be at least 1");
+        return invalid("--clients must be at least 1");
     }
     if args.rounds == 0 || args.rounds > 20 {
-        bail!("--rounds must be between 1 and 20");
+        return invalid("--rounds must be between 1 and 20");
     }
     if args.duration_secs == 0 {
-        bail!("--duration-secs must be at least 1");
+        return invalid("--duration-secs must be at least 1");
     }
     if args.duration_secs > 3600 || args.warmup_secs > 600 {
-        bail!("--duration-secs is limited to 3600 and --warmup-secs to 600");
+        return invalid("--duration-secs is limited to 3600 and --warmup-secs to 600");
     }
     if args.scenario == Scenario::LeaderKill {
         if args.target == TargetSel::Redis {
-            bail!("--scenario leader-kill applies to roomkeeper and etcd (Redis runs one node)");
+            return invalid(
+                "--scenario leader-kill applies to roomkeeper and etcd (Redis runs one node)",
+            );
         }
         if let Some(k) = args.kill_at_secs {
             let end = (args.warmup_secs + args.duration_secs) as f64;
             if !(args.warmup_secs as f64..end).contains(&k) {
-                bail!(
+                return invalid(&format!(
                     "--kill-at-secs must fall inside the measurement ({}..{end} s)",
                     args.warmup_secs
-                );
+                ));
             }
         }
     }
     if args.roomkeeper_api.is_empty() && !args.roomkeeper_admin.is_empty() {
-        bail!("--roomkeeper-admin only makes sense with --roomkeeper-api");
+        return invalid("--roomkeeper-admin only makes sense with --roomkeeper-api");
     }
     Ok(())
 }
@@ -345,18 +387,16 @@ async fn shutdown_signal() -> &'static str {
 /// Runs the benchmark. Servers the bench started are torn down on every
 /// path: normally, on error, and on Ctrl-C / SIGTERM (the run future is
 /// dropped, which SIGKILLs every child and removes the scratch directories).
-pub async fn run(args: BenchArgs) -> Result<()> {
+pub async fn run(args: BenchArgs) -> std::result::Result<(), BenchError> {
     validate(&args)?;
     tokio::select! {
         r = run_inner(&args) => r,
-        sig = shutdown_signal() => {
-            bail!("interrupted by {sig}; the servers the bench started were stopped")
-        }
+        sig = shutdown_signal() => Err(BenchError::Interrupted(sig)),
     }
 }
 
-async fn run_inner(args: &BenchArgs) -> Result<()> {
-    let run_id = procs::random_hex(4)?;
+async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
+    let run_id = procs::random_hex(4).map_err(BenchError::Start)?;
     let started_unix_ms = unix_ms();
     let ctx = Ctx {
         room: args
@@ -411,29 +451,34 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
             if rounds[i].iter().any(|r| r.status == Status::Skipped) {
                 continue;
             }
-            let (name, outcome) = match t {
-                TargetSel::Etcd => (etcd::TARGET, etcd::run(&ctx).await),
-                TargetSel::Redis => (redis::TARGET, redis::run(&ctx).await),
-                TargetSel::Roomkeeper | TargetSel::All => {
-                    (roomkeeper::TARGET, roomkeeper::run(&ctx).await)
-                }
+            let (name, client, outcome) = match t {
+                TargetSel::Etcd => (etcd::TARGET, etcd::CLIENT, etcd::run(&ctx).await),
+                TargetSel::Redis => (redis::TARGET, redis::CLIENT, redis::run(&ctx).await),
+                TargetSel::Roomkeeper | TargetSel::All => (
+                    roomkeeper::TARGET,
+                    roomkeeper::CLIENT,
+                    roomkeeper::run(&ctx).await,
+                ),
             };
-            match outcome {
-                Ok(r) => rounds[i].push(r),
+            let mut result = match outcome {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("\n!!!!! FAILED {name}: {e:#}\n");
-                    rounds[i].push(TargetResult::failed(
+                    let r = TargetResult::failed(
                         name,
                         ctx.scenario.name(),
                         ctx.catalog.name(),
                         ctx.clients,
                         format!("{e:#}"),
-                    ));
+                    );
                     if name == roomkeeper::TARGET {
                         roomkeeper_failure.get_or_insert(e);
                     }
+                    r
                 }
-            }
+            };
+            result.client = client.to_string();
+            rounds[i].push(result);
         }
     }
     let all_results: Vec<TargetResult> = rounds.iter().flatten().cloned().collect();
@@ -445,6 +490,8 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
     let checks = report::evaluate_targets(&results);
     println!();
     print!("{}", report::format_table(&results));
+    println!("\nclients:");
+    print!("{}", report::format_clients(&results));
     let kill_table = report::format_kill_table(&results);
     if !kill_table.is_empty() {
         println!("\nleader killed (SIGKILL) under load:");
@@ -508,13 +555,18 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
             all_rounds: if args.rounds > 1 { &all_results } else { &[] },
             targets: &checks,
         };
-        let text = serde_json::to_string_pretty(&doc).context("encoding results")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        let written = serde_json::to_string_pretty(&doc)
+            .map_err(std::io::Error::from)
+            .and_then(|text| std::fs::write(path, text + "\n"));
+        written.map_err(|source| BenchError::WriteResults {
+            path: path.clone(),
+            source,
+        })?;
         eprintln!("results written to {}", path.display());
     }
 
     if let Some(e) = roomkeeper_failure {
-        return Err(e.context("roomkeeper failed during the bench"));
+        return Err(BenchError::Roomkeeper(e));
     }
     for r in all_results
         .iter()
@@ -522,21 +574,19 @@ async fn run_inner(args: &BenchArgs) -> Result<()> {
     {
         if let Some(k) = &r.leader_kill {
             if k.lost.unwrap_or(0) > 0 || k.mismatched.unwrap_or(0) > 0 {
-                bail!(
-                    "roomkeeper lost {} and altered {} acknowledged orders after the leader kill",
-                    k.lost.unwrap_or(0),
-                    k.mismatched.unwrap_or(0)
-                );
+                return Err(BenchError::OrdersLost {
+                    lost: k.lost.unwrap_or(0),
+                    mismatched: k.mismatched.unwrap_or(0),
+                });
             }
         }
         if let Some(a) = &r.audit {
             if !a.ok {
-                bail!(
-                    "roomkeeper audit failed: store sold {} units, bench acknowledged {} (+{} unknown)",
-                    a.sold,
-                    a.acknowledged,
-                    a.unknown
-                );
+                return Err(BenchError::AuditFailed {
+                    sold: a.sold,
+                    acknowledged: a.acknowledged,
+                    unknown: a.unknown,
+                });
             }
         }
     }
@@ -605,6 +655,26 @@ mod tests {
         ]))
         .is_err());
         assert!(validate(&parse(&["--roomkeeper-admin", "127.0.0.1:1"])).is_err());
+        assert!(matches!(
+            validate(&parse(&["--rounds", "0"])),
+            Err(BenchError::InvalidArgs(why)) if why.contains("--rounds")
+        ));
+    }
+
+    #[test]
+    fn errors_keep_their_cause() {
+        use std::error::Error as _;
+        let e = BenchError::Roomkeeper(anyhow::anyhow!("node 2 exited"));
+        assert_eq!(e.to_string(), "roomkeeper failed during the bench");
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("node 2 exited")
+        );
+        let lost = BenchError::OrdersLost {
+            lost: 2,
+            mismatched: 0,
+        };
+        assert!(lost.to_string().contains("lost 2 and altered 0"));
     }
 
     #[test]
