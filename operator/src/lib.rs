@@ -1,4 +1,5 @@
 //! The roomkeeper Kubernetes operator.
+#![forbid(unsafe_code)]
 pub mod controller;
 pub mod crd;
 pub mod drill;
