@@ -80,6 +80,8 @@ pub struct Context {
     /// "added node 7" into the "added node 6" event.
     pub reporter: kube::runtime::events::Reporter,
     pub playbooks: crate::tier::PlaybookStates,
+    /// Retry delays of clusters whose reconcile failed, per `namespace/name`.
+    pub backoff: crate::backoff::Backoff,
 }
 
 impl Context {
@@ -163,15 +165,21 @@ pub async fn run(
         .await;
 }
 
+/// A failed reconcile retries after a delay that doubles with each failure of
+/// the same cluster in a row (1 s up to 5 min), so a cluster whose API calls
+/// or nodes keep failing does not hammer them; a success starts it over.
 fn error_policy(lrc: Arc<LiveRoomCluster>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(cluster = %lrc.name_any(), error = %err, "reconcile failed");
+    let key = crate::backoff::key(lrc.namespace().as_deref(), &lrc.name_any());
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(cluster = %key, error = %err, retry_in = ?delay, "reconcile failed");
     ctx.metrics.errors.with_label_values(&[err.kind()]).inc();
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
 }
 
 async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
+    let key = crate::backoff::key(Some(&ns), &lrc.name_any());
     let api: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, lrc, |event| async {
         match event {
@@ -185,6 +193,9 @@ async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Actio
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
     ctx.metrics.reconciles.inc();
     ctx.metrics
         .reconcile_duration
