@@ -1392,3 +1392,7 @@ pub async fn run_playbooks(
         .for_each(|_| async {})
         .await;
 }
+
+#[cfg(test)]
+#[path = "controller_scenarios.rs"]
+mod scenarios;
