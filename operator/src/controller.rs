@@ -46,13 +46,15 @@ pub enum Error {
     #[error("order-store node: {0}")]
     Node(#[from] crate::nodes::NodeError),
     #[error("identity map: {0}")]
-    Identity(String),
+    Identity(#[from] crate::resources::IdentityError),
+    #[error("no randomness for a new key: {0}")]
+    Randomness(getrandom::Error),
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("object has no namespace")]
     NoNamespace,
     #[error("playbook: {0}")]
-    Playbook(String),
+    Playbook(#[from] roomkeeper_control::ControlError),
 }
 
 impl Error {
@@ -63,6 +65,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Node(_) => "node",
             Error::Identity(_) => "identity",
+            Error::Randomness(_) => "randomness",
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "shape",
             Error::Playbook(_) => "playbook",
@@ -191,7 +194,7 @@ async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Actio
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     });
     if result.is_ok() {
         ctx.backoff.succeeded(&key);
@@ -236,7 +239,7 @@ where
 
 fn random_hex(bytes: usize) -> Result<String, Error> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| Error::Identity(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut buf).map_err(Error::Randomness)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -611,7 +614,7 @@ async fn ensure_identities(
 ) -> Result<(Identities, BTreeMap<String, u64>), Error> {
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let existing = cm_api.get_opt(&names.identities()).await?;
-    let mut ids = Identities::parse(existing.as_ref()).map_err(Error::Identity)?;
+    let mut ids = Identities::parse(existing.as_ref())?;
     let slots = resources::slots(lrc);
     if ids.assign(&slots, floor) {
         ctx.event_for(

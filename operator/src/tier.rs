@@ -306,7 +306,7 @@ pub async fn run(
     let mut control = match opened {
         Ok(c) => c,
         Err(ControlError::InvalidPlaybook(why)) => return Ok(Err(why)),
-        Err(e) => return Err(Error::Playbook(e.to_string())),
+        Err(e) => return Err(Error::Playbook(e)),
     };
     let obs = observation(views, now_ms());
     let mut actuator = KubeActuator {
@@ -334,6 +334,6 @@ pub async fn run(
             tracing::debug!(cluster = %name, decisions = decisions.len(), "playbook engine decided");
             Ok(Ok(tier))
         }
-        Err(e) => Err(Error::Playbook(e.to_string())),
+        Err(e) => Err(Error::Playbook(e)),
     }
 }
