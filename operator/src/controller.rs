@@ -1061,7 +1061,7 @@ async fn run_playbook(
     views: &[PodView],
     admin: &NodeAdmin,
     step: &Step,
-) -> Result<Result<String, String>, Error> {
+) -> Result<Result<String, crate::tier::PlaybookUnavailable>, Error> {
     if matches!(step, Step::Wait(_) | Step::Converged) {
         crate::tier::run(lrc, ctx, views, admin).await
     } else {
@@ -1078,7 +1078,7 @@ fn status_after_step(
     mut status: LiveRoomClusterStatus,
     step: &Step,
     taken: StepTaken,
-    tier: Result<String, String>,
+    tier: Result<String, crate::tier::PlaybookUnavailable>,
 ) -> LiveRoomClusterStatus {
     let StepTaken {
         progressing,
@@ -1091,7 +1091,7 @@ fn status_after_step(
         }
         Err(why) => {
             status.active_tier = Some("unknown".into());
-            (false, why.clone())
+            (false, why.to_string())
         }
     };
     let step_text = match &step {
