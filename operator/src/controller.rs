@@ -46,13 +46,15 @@ pub enum Error {
     #[error("order-store node: {0}")]
     Node(#[from] crate::nodes::NodeError),
     #[error("identity map: {0}")]
-    Identity(String),
+    Identity(#[from] crate::resources::IdentityError),
+    #[error("no randomness for a new key: {0}")]
+    Randomness(getrandom::Error),
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("object has no namespace")]
     NoNamespace,
     #[error("playbook: {0}")]
-    Playbook(String),
+    Playbook(#[from] roomkeeper_control::ControlError),
 }
 
 impl Error {
@@ -63,6 +65,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Node(_) => "node",
             Error::Identity(_) => "identity",
+            Error::Randomness(_) => "randomness",
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "shape",
             Error::Playbook(_) => "playbook",
@@ -80,6 +83,8 @@ pub struct Context {
     /// "added node 7" into the "added node 6" event.
     pub reporter: kube::runtime::events::Reporter,
     pub playbooks: crate::tier::PlaybookStates,
+    /// Retry delays of clusters whose reconcile failed, per `namespace/name`.
+    pub backoff: crate::backoff::Backoff,
 }
 
 impl Context {
@@ -163,15 +168,21 @@ pub async fn run(
         .await;
 }
 
+/// A failed reconcile retries after a delay that doubles with each failure of
+/// the same cluster in a row (1 s up to 5 min), so a cluster whose API calls
+/// or nodes keep failing does not hammer them; a success starts it over.
 fn error_policy(lrc: Arc<LiveRoomCluster>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(cluster = %lrc.name_any(), error = %err, "reconcile failed");
+    let key = crate::backoff::key(lrc.namespace().as_deref(), &lrc.name_any());
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(cluster = %key, error = %err, retry_in = ?delay, "reconcile failed");
     ctx.metrics.errors.with_label_values(&[err.kind()]).inc();
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
 }
 
 async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
+    let key = crate::backoff::key(Some(&ns), &lrc.name_any());
     let api: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, lrc, |event| async {
         match event {
@@ -183,8 +194,11 @@ async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Actio
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     });
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
     ctx.metrics.reconciles.inc();
     ctx.metrics
         .reconcile_duration
@@ -225,7 +239,7 @@ where
 
 fn random_hex(bytes: usize) -> Result<String, Error> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| Error::Identity(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut buf).map_err(Error::Randomness)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -359,6 +373,17 @@ fn with_conditions(
     status
 }
 
+/// What the nodes of a cluster's pods said when probed.
+struct NodeReplies {
+    /// Pod name to the status its node reported.
+    statuses: BTreeMap<String, roomkeeper_api::NodeStatus>,
+    /// Pod name to the node id its node reports quarantined under (D11).
+    quarantined: BTreeMap<String, u64>,
+}
+
+/// One reconcile of a cluster that is not being deleted. Each step below makes
+/// its API calls in this order: validate, secrets, pods, nodes, identities,
+/// workload, (paused?), membership step, playbook, status.
 async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
     let name = lrc.name_any();
@@ -366,34 +391,123 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     let base = lrc.status.clone().unwrap_or_default();
 
     if let Err(problems) = validate_spec(&lrc.spec) {
-        let msg = problems.join("; ");
-        let already = base
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec" && c.message == msg);
-        if !already {
-            ctx.event_for(lrc, true, "InvalidSpec", msg.clone()).await;
-        }
-        let mut status = base.clone();
-        status.phase = Some("Invalid".into());
-        let status = with_conditions(
-            status,
-            lrc,
-            &[
-                ("Ready", false, "InvalidSpec", &msg),
-                ("Degraded", true, "InvalidSpec", &msg),
-            ],
-        );
-        write_status(ctx, lrc, status).await?;
-        return Ok(Action::await_change());
+        return report_invalid_spec(ctx, lrc, &base, problems).await;
     }
 
     // Credentials first: pods mount them.
     tracing::debug!(cluster = %name, phase = "secrets", "reconcile");
-    let tokens = ensure_secret(
+    let admin = ensure_secrets(ctx, lrc, &ns, &names).await?;
+
+    // Pods and what their nodes say, before ids: the membership raises the id floor.
+    tracing::debug!(cluster = %name, phase = "list pods", "reconcile");
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
+        .await?
+        .items;
+    tracing::debug!(cluster = %name, phase = "probe nodes", "reconcile");
+    let replies = observe_nodes(&admin, &pods).await;
+    let floor = id_floor(&replies.statuses);
+    let members_now = members_now(&replies.statuses, &base);
+
+    // Node ids: append-only identity map.
+    tracing::debug!(cluster = %name, phase = "identities", "reconcile");
+    let (mut ids, wiped) = ensure_identities(
         ctx,
         lrc,
         &ns,
+        &names,
+        floor,
+        &members_now,
+        replies.quarantined,
+    )
+    .await?;
+    let slots = resources::slots(lrc);
+
+    let update_revision = apply_workload(ctx, lrc, &ns, &names, &ids, &members_now, &pods).await?;
+    tracing::debug!(cluster = %name, phase = "network policy", "reconcile");
+    apply_if_changed(ctx, &ns, resources::network_policy(lrc)).await?;
+
+    let views = pod_views(&pods, &ids, &replies.statuses, &wiped, &update_revision);
+    let mut status = observed_status(lrc, &ids, &views, base.clone());
+    if lrc.spec.paused {
+        return report_paused(ctx, lrc, status).await;
+    }
+
+    let slot_ids: Vec<(resources::Slot, u64)> = slots
+        .iter()
+        .filter_map(|s| ids.id_of(&s.pod).map(|id| (s.clone(), id)))
+        .collect();
+    let step = plan::next_step(&slot_ids, &views, base.bootstrapped);
+    if !matches!(step, Step::Wait(_) | Step::Converged) {
+        tracing::info!(cluster = %name, ?step, "membership step");
+    }
+    let taken = MembershipStep {
+        ctx,
+        lrc,
+        ns: &ns,
+        admin: &admin,
+        pods_api: &pods_api,
+        views: &views,
+        slots: &slots,
+        floor,
+    }
+    .take(&step, &mut ids, &mut status)
+    .await?;
+
+    tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
+    let tier = run_playbook(ctx, lrc, &base, &views, &admin, &step).await?;
+    let progressing = taken.progressing;
+    let status = status_after_step(lrc, status, &step, taken, tier);
+    write_status(ctx, lrc, status).await?;
+    Ok(if progressing {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(Duration::from_secs(15))
+    })
+}
+
+/// An invalid spec: say so once as an event, and in the status; act on nothing.
+async fn report_invalid_spec(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    base: &LiveRoomClusterStatus,
+    problems: Vec<String>,
+) -> Result<Action, Error> {
+    let msg = problems.join("; ");
+    let already = base
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec" && c.message == msg);
+    if !already {
+        ctx.event_for(lrc, true, "InvalidSpec", msg.clone()).await;
+    }
+    let mut status = base.clone();
+    status.phase = Some("Invalid".into());
+    let status = with_conditions(
+        status,
+        lrc,
+        &[
+            ("Ready", false, "InvalidSpec", &msg),
+            ("Degraded", true, "InvalidSpec", &msg),
+        ],
+    );
+    write_status(ctx, lrc, status).await?;
+    Ok(Action::await_change())
+}
+
+/// The tokens and contact-key Secrets, created once; returns the admin client
+/// that carries the admin token.
+async fn ensure_secrets(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    names: &Names<'_>,
+) -> Result<NodeAdmin, Error> {
+    let tokens = ensure_secret(
+        ctx,
+        lrc,
+        ns,
         names.tokens(),
         BTreeMap::from([
             ("client-token".to_string(), random_hex(24)?),
@@ -404,20 +518,19 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     ensure_secret(
         ctx,
         lrc,
-        &ns,
+        ns,
         names.contact_keys(),
         BTreeMap::from([("keys".to_string(), format!("1 {}\n", random_hex(32)?))]),
     )
     .await?;
-    let admin = NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token"));
+    Ok(NodeAdmin::new(
+        ctx.http.clone(),
+        secret_value(&tokens, "admin-token"),
+    ))
+}
 
-    // Pods and what their nodes say, before ids: the membership raises the id floor.
-    tracing::debug!(cluster = %name, phase = "list pods", "reconcile");
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = pods_api
-        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
-        .await?
-        .items;
+/// Asks every pod with an IP for its node's status, all at once.
+async fn observe_nodes(admin: &NodeAdmin, pods: &[Pod]) -> NodeReplies {
     let mut statuses = BTreeMap::new();
     let mut quarantined: BTreeMap<String, u64> = BTreeMap::new();
     let probes = pods.iter().filter_map(|p| {
@@ -426,7 +539,6 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         let pod = p.name_any();
         Some(async move { (pod, admin.status(&ip).await) })
     });
-    tracing::debug!(cluster = %name, phase = "probe nodes", "reconcile");
     for (pod, result) in futures::future::join_all(probes).await {
         match result {
             Ok(s) => {
@@ -439,7 +551,15 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             Err(e) => tracing::debug!(%pod, error = %e, "node did not answer"),
         }
     }
-    let floor = statuses
+    NodeReplies {
+        statuses,
+        quarantined,
+    }
+}
+
+/// The lowest id a new node may get: above every id any node names.
+fn id_floor(statuses: &BTreeMap<String, roomkeeper_api::NodeStatus>) -> u64 {
+    statuses
         .values()
         .flat_map(|s| {
             s.voters
@@ -449,12 +569,17 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                 .chain([s.node_id])
         })
         .max()
-        .map_or(1, |m| m + 1);
+        .map_or(1, |m| m + 1)
+}
 
-    // Who is still a Raft member: the leader knows. Without a leader (it is
-    // moving) count every id any node or the last status names: shrinking a
-    // StatefulSet under a member would take a voter down unannounced. (A node
-    // removed from the group may still list itself; the leader's view wins.)
+/// Who is still a Raft member: the leader knows. Without a leader (it is
+/// moving) count every id any node or the last status names: shrinking a
+/// StatefulSet under a member would take a voter down unannounced. (A node
+/// removed from the group may still list itself; the leader's view wins.)
+fn members_now(
+    statuses: &BTreeMap<String, roomkeeper_api::NodeStatus>,
+    base: &LiveRoomClusterStatus,
+) -> Vec<u64> {
     let leader_view = statuses
         .values()
         .find(|s| s.leader_id == Some(s.node_id) && s.role == "leader");
@@ -472,12 +597,24 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     };
     members_now.sort_unstable();
     members_now.dedup();
+    members_now
+}
 
-    // Node ids: append-only identity map.
-    tracing::debug!(cluster = %name, phase = "identities", "reconcile");
-    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+/// Reads the identity map, gives new slots ids, records current members as
+/// joined and writes the map back if it changed. Returns the map and the
+/// quarantine replies that count (pod to wiped id).
+async fn ensure_identities(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    names: &Names<'_>,
+    floor: u64,
+    members_now: &[u64],
+    quarantined: BTreeMap<String, u64>,
+) -> Result<(Identities, BTreeMap<String, u64>), Error> {
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let existing = cm_api.get_opt(&names.identities()).await?;
-    let mut ids = Identities::parse(existing.as_ref()).map_err(Error::Identity)?;
+    let mut ids = Identities::parse(existing.as_ref())?;
     let slots = resources::slots(lrc);
     if ids.assign(&slots, floor) {
         ctx.event_for(
@@ -491,7 +628,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     // Every member is recorded as joined before any further step (a promotion
     // above all): from then on, its node refuses to rejoin on an empty volume.
     ids.mark_joined(members_now.iter().copied());
-    apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
+    apply_if_changed(ctx, ns, resources::identities_configmap(lrc, &ids)).await?;
     // A quarantine reply counts only for the id the map gives that pod, or an
     // id no pod holds any more (retired, its pod not yet restarted): never
     // for another pod's id, whatever a stale mount or IP made the node say.
@@ -499,26 +636,44 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         .into_iter()
         .filter(|(pod, id)| ids.id_of(pod) == Some(*id) || ids.pod_of(*id).is_none())
         .collect();
+    Ok((ids, wiped))
+}
 
-    // Owned objects per region. A StatefulSet keeps pods that are still Raft
-    // members even when the spec shrank: they leave the membership first.
-    // The replicas a region's StatefulSet needs to keep its highest-ordinal
-    // pod that is still a member.
-    let still_members = |sts_name: &str| {
-        ids.by_pod
-            .iter()
-            .filter(|(_, (id, _))| members_now.contains(id))
-            .filter_map(|(pod, _)| pod.strip_prefix(&format!("{sts_name}-")))
-            .filter_map(|ordinal| ordinal.parse::<i32>().ok())
-            .map(|o| o + 1)
-            .max()
-            .unwrap_or(0)
-    };
+/// The replicas a region's StatefulSet needs to keep its highest-ordinal pod
+/// that is still a member.
+fn still_members(ids: &Identities, members_now: &[u64], sts_name: &str) -> i32 {
+    ids.by_pod
+        .iter()
+        .filter(|(_, (id, _))| members_now.contains(id))
+        .filter_map(|(pod, _)| pod.strip_prefix(&format!("{sts_name}-")))
+        .filter_map(|ordinal| ordinal.parse::<i32>().ok())
+        .map(|o| o + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Owned objects per region, and the regions that left the spec shrunk then
+/// removed. Returns each region's StatefulSet update revision.
+async fn apply_workload(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    names: &Names<'_>,
+    ids: &Identities,
+    members_now: &[u64],
+    pods: &[Pod],
+) -> Result<BTreeMap<String, String>, Error> {
+    // A StatefulSet keeps pods that are still Raft members even when the spec
+    // shrank: they leave the membership first.
     for region in &lrc.spec.regions {
         let mut sts = resources::statefulset(lrc, region);
         let wanted = region.voters + region.learners;
-        sts.spec.replicas = Some(wanted.max(still_members(&names.statefulset(&region.name))));
-        if apply_if_changed(ctx, &ns, sts).await? {
+        sts.spec.replicas = Some(wanted.max(still_members(
+            ids,
+            members_now,
+            &names.statefulset(&region.name),
+        )));
+        if apply_if_changed(ctx, ns, sts).await? {
             ctx.event_for(
                 lrc,
                 false,
@@ -527,17 +682,17 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
-        apply_if_changed(ctx, &ns, resources::peers_service(lrc, region)).await?;
-        apply_if_changed(ctx, &ns, resources::client_service(lrc, region)).await?;
-        apply_if_changed(ctx, &ns, resources::pdb(lrc, region)).await?;
+        apply_if_changed(ctx, ns, resources::peers_service(lrc, region)).await?;
+        apply_if_changed(ctx, ns, resources::client_service(lrc, region)).await?;
+        apply_if_changed(ctx, ns, resources::pdb(lrc, region)).await?;
     }
     // Regions removed from the spec: their pods are in no slot, so the planner
     // takes their members out of the group; the StatefulSet shrinks behind
     // them (whenScaled: Delete drops their volumes) and goes, with its
     // Services and budget, once no pod of it is left.
-    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let owned_sets = sts_api
-        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", names.cluster)))
         .await?
         .items;
     // Which pods run an outdated template: each set's update revision, from
@@ -558,7 +713,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             continue;
         }
         let sts_name = old.name_any();
-        let keep = still_members(&sts_name);
+        let keep = still_members(ids, members_now, &sts_name);
         let replicas = old.spec.replicas;
         if replicas != Some(keep) {
             sts_api
@@ -584,10 +739,10 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
             continue;
         }
         let dp = DeleteParams::background();
-        delete_if_present::<StatefulSet>(ctx, &ns, &sts_name, &dp).await?;
-        delete_if_present::<Service>(ctx, &ns, &names.peers_service(&region), &dp).await?;
-        delete_if_present::<Service>(ctx, &ns, &names.client_service(&region), &dp).await?;
-        delete_if_present::<PodDisruptionBudget>(ctx, &ns, &sts_name, &dp).await?;
+        delete_if_present::<StatefulSet>(ctx, ns, &sts_name, &dp).await?;
+        delete_if_present::<Service>(ctx, ns, &names.peers_service(&region), &dp).await?;
+        delete_if_present::<Service>(ctx, ns, &names.client_service(&region), &dp).await?;
+        delete_if_present::<PodDisruptionBudget>(ctx, ns, &sts_name, &dp).await?;
         ctx.event_for(
             lrc,
             false,
@@ -596,11 +751,18 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    tracing::debug!(cluster = %name, phase = "network policy", "reconcile");
-    apply_if_changed(ctx, &ns, resources::network_policy(lrc)).await?;
+    Ok(update_revision)
+}
 
-    let views: Vec<PodView> = pods
-        .iter()
+/// What the planner sees of each pod.
+fn pod_views(
+    pods: &[Pod],
+    ids: &Identities,
+    statuses: &BTreeMap<String, roomkeeper_api::NodeStatus>,
+    wiped: &BTreeMap<String, u64>,
+    update_revision: &BTreeMap<String, String>,
+) -> Vec<PodView> {
+    pods.iter()
         .map(|p| {
             let pod = p.name_any();
             let region = p.labels().get(REGION_LABEL).cloned().unwrap_or_default();
@@ -630,233 +792,298 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                 pod,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let mut status = observed_status(lrc, &ids, &views, base.clone());
-    if lrc.spec.paused {
-        status.phase = Some("Paused".into());
-        let status = with_conditions(
-            status,
+/// `spec.paused`: the observed status only, no step and no playbook.
+async fn report_paused(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    mut status: LiveRoomClusterStatus,
+) -> Result<Action, Error> {
+    status.phase = Some("Paused".into());
+    let status = with_conditions(
+        status,
+        lrc,
+        &[(
+            "Progressing",
+            false,
+            "Paused",
+            "spec.paused is set: membership and playbook actions stop",
+        )],
+    );
+    write_status(ctx, lrc, status).await?;
+    Ok(Action::requeue(Duration::from_secs(15)))
+}
+
+/// What taking a membership step left to report.
+struct StepTaken {
+    progressing: bool,
+    degraded: Option<String>,
+}
+
+/// Everything one membership step may act on.
+struct MembershipStep<'a> {
+    ctx: &'a Context,
+    lrc: &'a LiveRoomCluster,
+    ns: &'a str,
+    admin: &'a NodeAdmin,
+    pods_api: &'a Api<Pod>,
+    views: &'a [PodView],
+    slots: &'a [resources::Slot],
+    floor: u64,
+}
+
+impl MembershipStep<'_> {
+    /// Takes the planner's one step: node admin calls, identity map writes,
+    /// pod deletions and their events.
+    async fn take(
+        &self,
+        step: &Step,
+        ids: &mut Identities,
+        status: &mut LiveRoomClusterStatus,
+    ) -> Result<StepTaken, Error> {
+        let MembershipStep {
+            ctx,
             lrc,
-            &[(
-                "Progressing",
-                false,
-                "Paused",
-                "spec.paused is set: membership and playbook actions stop",
-            )],
-        );
-        write_status(ctx, lrc, status).await?;
-        return Ok(Action::requeue(Duration::from_secs(15)));
-    }
-
-    let slot_ids: Vec<(resources::Slot, u64)> = slots
-        .iter()
-        .filter_map(|s| ids.id_of(&s.pod).map(|id| (s.clone(), id)))
-        .collect();
-    let step = plan::next_step(&slot_ids, &views, base.bootstrapped);
-    let leader_ip = plan::leader(&views).and_then(|(p, _)| p.ip.clone());
-    let mut progressing = true;
-    let mut degraded: Option<String> = None;
-    if !matches!(step, Step::Wait(_) | Step::Converged) {
-        tracing::info!(cluster = %name, ?step, "membership step");
-    }
-    match &step {
-        Step::Bootstrap { via, members } => {
-            let ip = views
-                .iter()
-                .find(|v| &v.pod == via)
-                .and_then(|v| v.ip.clone())
-                .unwrap_or_default();
-            // Recorded as joined before they can vote: a wipe in between
-            // must find the node quarantined (marking early costs at most a
-            // replacement, never safety).
-            ids.mark_joined(members.keys().copied());
-            apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
-            admin.init(&ip, members).await?;
-            status.bootstrapped = true;
-            ctx.event_for(
-                lrc,
-                false,
-                "Bootstrapped",
-                format!(
-                    "initialized the Raft group on {via} with voters {:?}",
-                    members.keys().collect::<Vec<_>>()
-                ),
-            )
-            .await;
-        }
-        Step::AddLearner { id, pod, node } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            ids.mark_joined([*id]);
-            apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
-            admin.add_learner(&ip, *id, node).await?;
-            ctx.event_for(
-                lrc,
-                false,
-                "LearnerAdded",
-                format!("added node {id} ({pod}) as a learner"),
-            )
-            .await;
-        }
-        Step::Promote { id, pod } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            admin.promote(&ip, *id).await?;
-            ctx.event_for(
-                lrc,
-                false,
-                "VoterPromoted",
-                format!("promoted node {id} ({pod}) to voter"),
-            )
-            .await;
-        }
-        Step::Remove { id, voter } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            admin.remove(&ip, *id).await?;
-            // A node that left the group for good gives up its id: if its pod
-            // name comes back (scale up again), it joins under a fresh id.
-            let leaving_pod = ids.pod_of(*id).map(str::to_string);
-            if let Some(pod) = leaving_pod {
-                if !slots.iter().any(|s| s.pod == pod) {
-                    ids.retire(&pod);
-                    apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
-                }
-            }
-            let what = if *voter {
-                "from the voters"
-            } else {
-                "from the group"
-            };
-            ctx.event_for(
-                lrc,
-                false,
-                "MemberRemoved",
-                format!("removed node {id} {what}"),
-            )
-            .await;
-        }
-        Step::SeedPeerAddresses { raft_addrs } => {
-            let mut told = Vec::new();
-            for v in views.iter().filter(|v| v.status.is_some()) {
-                let Some(ip) = v.ip.as_deref() else { continue };
-                match admin.seed_peer_addresses(ip, raft_addrs).await {
-                    Ok(changed) if !changed.is_empty() => told.push(v.pod.clone()),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(pod = %v.pod, error = %e, "could not seed peer addresses")
-                    }
-                }
-            }
-            if !told.is_empty() {
+            ns,
+            admin,
+            pods_api,
+            views,
+            slots,
+            floor,
+        } = *self;
+        let name = lrc.name_any();
+        let leader_ip = plan::leader(views).and_then(|(p, _)| p.ip.clone());
+        let mut progressing = true;
+        let mut degraded: Option<String> = None;
+        match step {
+            Step::Bootstrap { via, members } => {
+                let ip = views
+                    .iter()
+                    .find(|v| &v.pod == via)
+                    .and_then(|v| v.ip.clone())
+                    .unwrap_or_default();
+                // Recorded as joined before they can vote: a wipe in between
+                // must find the node quarantined (marking early costs at most a
+                // replacement, never safety).
+                ids.mark_joined(members.keys().copied());
+                apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                admin.init(&ip, members).await?;
+                status.bootstrapped = true;
                 ctx.event_for(
                     lrc,
                     false,
-                    "PeerAddressesSeeded",
+                    "Bootstrapped",
                     format!(
-                        "no leader and members moved: told {} where members {:?} are now",
-                        told.join(", "),
-                        raft_addrs
+                        "initialized the Raft group on {via} with voters {:?}",
+                        members.keys().collect::<Vec<_>>()
                     ),
                 )
                 .await;
             }
-        }
-        Step::UpdateAddresses { id, pod, node } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            admin.update_addresses(&ip, *id, node).await?;
-            ctx.event_for(
-                lrc,
-                false,
-                "AddressesUpdated",
-                format!(
-                    "node {id} ({pod}) came back at {}; recorded its new addresses",
-                    node.raft_addr
-                ),
-            )
-            .await;
-        }
-        Step::RemoveWiped { id, pod, voter } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            admin.remove(&ip, *id).await?;
-            let what = if *voter { "voter" } else { "learner" };
-            ctx.event_for(
-                lrc,
-                true,
-                "WipedVolume",
-                format!(
-                    "node {id} ({pod}) lost its volume and stays out of Raft; removed {what} {id} \
-                     from the group, the pod rejoins under a new id"
-                ),
-            )
-            .await;
-        }
-        Step::ReplaceWiped { pod, id } => {
-            if ids.id_of(pod) == Some(*id) {
-                ids.retire(pod);
-                ids.assign(&slots, floor);
-                apply_if_changed(ctx, &ns, resources::identities_configmap(lrc, &ids)).await?;
-                let new = ids
-                    .id_of(pod)
-                    .map_or_else(|| "none (no longer wanted)".to_string(), |n| n.to_string());
+            Step::AddLearner { id, pod, node } => {
+                let ip = leader_ip.clone().unwrap_or_default();
+                ids.mark_joined([*id]);
+                apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                admin.add_learner(&ip, *id, node).await?;
                 ctx.event_for(
                     lrc,
                     false,
-                    "NodeIdRetired",
-                    format!("retired node {id} of {pod} (wiped volume); its new id is {new}"),
+                    "LearnerAdded",
+                    format!("added node {id} ({pod}) as a learner"),
                 )
                 .await;
             }
-            pods_api.delete(pod, &DeleteParams::default()).await?;
-            ctx.event_for(
-                lrc,
-                false,
-                "WipedPodRestarted",
-                format!("restarting {pod} under its new node id"),
-            )
-            .await;
-        }
-        Step::TransferLeader { to, reason } => {
-            let ip = leader_ip.clone().unwrap_or_default();
-            admin.transfer_leader(&ip, *to).await?;
-            ctx.event_for(
-                lrc,
-                false,
-                "LeadershipTransferred",
-                format!("moved leadership to node {to}: {reason}"),
-            )
-            .await;
-        }
-        Step::RestartForUpdate { pod } => {
-            pods_api.delete(pod, &DeleteParams::default()).await?;
-            ctx.event_for(
-                lrc,
-                false,
-                "RollingRestart",
-                format!("restarting {pod} for the new template"),
-            )
-            .await;
-        }
-        Step::Wait(why) => {
-            tracing::info!(cluster = %name, reason = %why, "waiting");
-            if why.contains("refusing")
-                || why.contains("no live quorum")
-                || why.contains("no leader")
-            {
-                degraded = Some(why.clone());
+            Step::Promote { id, pod } => {
+                let ip = leader_ip.clone().unwrap_or_default();
+                admin.promote(&ip, *id).await?;
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "VoterPromoted",
+                    format!("promoted node {id} ({pod}) to voter"),
+                )
+                .await;
             }
+            Step::Remove { id, voter } => {
+                let ip = leader_ip.clone().unwrap_or_default();
+                admin.remove(&ip, *id).await?;
+                // A node that left the group for good gives up its id: if its pod
+                // name comes back (scale up again), it joins under a fresh id.
+                let leaving_pod = ids.pod_of(*id).map(str::to_string);
+                if let Some(pod) = leaving_pod {
+                    if !slots.iter().any(|s| s.pod == pod) {
+                        ids.retire(&pod);
+                        apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids))
+                            .await?;
+                    }
+                }
+                let what = if *voter {
+                    "from the voters"
+                } else {
+                    "from the group"
+                };
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "MemberRemoved",
+                    format!("removed node {id} {what}"),
+                )
+                .await;
+            }
+            Step::SeedPeerAddresses { raft_addrs } => {
+                let mut told = Vec::new();
+                for v in views.iter().filter(|v| v.status.is_some()) {
+                    let Some(ip) = v.ip.as_deref() else { continue };
+                    match admin.seed_peer_addresses(ip, raft_addrs).await {
+                        Ok(changed) if !changed.is_empty() => told.push(v.pod.clone()),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(pod = %v.pod, error = %e, "could not seed peer addresses")
+                        }
+                    }
+                }
+                if !told.is_empty() {
+                    ctx.event_for(
+                        lrc,
+                        false,
+                        "PeerAddressesSeeded",
+                        format!(
+                            "no leader and members moved: told {} where members {:?} are now",
+                            told.join(", "),
+                            raft_addrs
+                        ),
+                    )
+                    .await;
+                }
+            }
+            Step::UpdateAddresses { id, pod, node } => {
+                let ip = leader_ip.clone().unwrap_or_default();
+                admin.update_addresses(&ip, *id, node).await?;
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "AddressesUpdated",
+                    format!(
+                        "node {id} ({pod}) came back at {}; recorded its new addresses",
+                        node.raft_addr
+                    ),
+                )
+                .await;
+            }
+            Step::RemoveWiped { id, pod, voter } => {
+                let ip = leader_ip.clone().unwrap_or_default();
+                admin.remove(&ip, *id).await?;
+                let what = if *voter { "voter" } else { "learner" };
+                ctx.event_for(
+                    lrc,
+                    true,
+                    "WipedVolume",
+                    format!(
+                    "node {id} ({pod}) lost its volume and stays out of Raft; removed {what} {id} \
+                     from the group, the pod rejoins under a new id"
+                ),
+                )
+                .await;
+            }
+            Step::ReplaceWiped { pod, id } => {
+                if ids.id_of(pod) == Some(*id) {
+                    ids.retire(pod);
+                    ids.assign(slots, floor);
+                    apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                    let new = ids
+                        .id_of(pod)
+                        .map_or_else(|| "none (no longer wanted)".to_string(), |n| n.to_string());
+                    ctx.event_for(
+                        lrc,
+                        false,
+                        "NodeIdRetired",
+                        format!("retired node {id} of {pod} (wiped volume); its new id is {new}"),
+                    )
+                    .await;
+                }
+                pods_api.delete(pod, &DeleteParams::default()).await?;
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "WipedPodRestarted",
+                    format!("restarting {pod} under its new node id"),
+                )
+                .await;
+            }
+            Step::TransferLeader { to, reason } => {
+                let ip = leader_ip.clone().unwrap_or_default();
+                admin.transfer_leader(&ip, *to).await?;
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "LeadershipTransferred",
+                    format!("moved leadership to node {to}: {reason}"),
+                )
+                .await;
+            }
+            Step::RestartForUpdate { pod } => {
+                pods_api.delete(pod, &DeleteParams::default()).await?;
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "RollingRestart",
+                    format!("restarting {pod} for the new template"),
+                )
+                .await;
+            }
+            Step::Wait(why) => {
+                tracing::info!(cluster = %name, reason = %why, "waiting");
+                if why.contains("refusing")
+                    || why.contains("no live quorum")
+                    || why.contains("no leader")
+                {
+                    degraded = Some(why.clone());
+                }
+            }
+            Step::Converged => progressing = false,
         }
-        Step::Converged => progressing = false,
+        Ok(StepTaken {
+            progressing,
+            degraded,
+        })
     }
-    tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
-    // The playbook acts only on a cluster the operator is not changing right
-    // now: its view was taken before this step.
-    let tier = if matches!(step, Step::Wait(_) | Step::Converged) {
-        crate::tier::run(lrc, ctx, &views, &admin).await?
+}
+
+/// The playbook acts only on a cluster the operator is not changing right
+/// now: its view was taken before this step. Returns the tier in force, or why
+/// the playbook cannot run.
+async fn run_playbook(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    base: &LiveRoomClusterStatus,
+    views: &[PodView],
+    admin: &NodeAdmin,
+    step: &Step,
+) -> Result<Result<String, crate::tier::PlaybookUnavailable>, Error> {
+    if matches!(step, Step::Wait(_) | Step::Converged) {
+        crate::tier::run(lrc, ctx, views, admin).await
     } else {
-        Ok(base
+        Ok(Ok(base
             .active_tier
             .clone()
-            .unwrap_or_else(|| "T0 watch".into()))
-    };
+            .unwrap_or_else(|| "T0 watch".into())))
+    }
+}
+
+/// The status after the step: phase and conditions.
+fn status_after_step(
+    lrc: &LiveRoomCluster,
+    mut status: LiveRoomClusterStatus,
+    step: &Step,
+    taken: StepTaken,
+    tier: Result<String, crate::tier::PlaybookUnavailable>,
+) -> LiveRoomClusterStatus {
+    let StepTaken {
+        progressing,
+        degraded,
+    } = taken;
     let (tier_ok, tier_msg) = match &tier {
         Ok(t) => {
             status.active_tier = Some(t.clone());
@@ -864,7 +1091,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         }
         Err(why) => {
             status.active_tier = Some("unknown".into());
-            (false, why.clone())
+            (false, why.to_string())
         }
     };
     let step_text = match &step {
@@ -890,7 +1117,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     let degraded_msg = degraded
         .clone()
         .unwrap_or_else(|| "every voter is live".into());
-    let status = with_conditions(
+    with_conditions(
         status,
         lrc,
         &[
@@ -945,13 +1172,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
                 &tier_msg,
             ),
         ],
-    );
-    write_status(ctx, lrc, status).await?;
-    Ok(if progressing {
-        Action::requeue(Duration::from_secs(2))
-    } else {
-        Action::requeue(Duration::from_secs(15))
-    })
+    )
 }
 
 /// The status fields that describe what is observed (not the step taken).
@@ -1174,3 +1395,7 @@ pub async fn run_playbooks(
         .for_each(|_| async {})
         .await;
 }
+
+#[cfg(test)]
+#[path = "controller_scenarios.rs"]
+mod scenarios;

@@ -1,4 +1,6 @@
 //! The roomkeeper Kubernetes operator.
+#![forbid(unsafe_code)]
+pub mod backoff;
 pub mod controller;
 pub mod crd;
 pub mod drill;

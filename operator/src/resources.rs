@@ -170,9 +170,23 @@ pub struct Identities {
     pub joined: BTreeSet<u64>,
 }
 
+/// Why the identity map ConfigMap cannot be read. The reconcile stops on it:
+/// guessing ids would hand a volume another node's identity.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("nodes line {line}: expected `<pod> <id> [zone]`")]
+    MalformedLine { line: usize },
+    #[error("nodes line {line}: id {id:?} is not a number")]
+    BadId { line: usize, id: String },
+    #[error("next-id {0:?} is not a number")]
+    BadNextId(String),
+    #[error("joined {0}")]
+    BadJoined(#[from] roomkeeper_api::admin::BadJoinedId),
+}
+
 impl Identities {
     /// Parses the ConfigMap's `nodes` and `next-id` keys.
-    pub fn parse(cm: Option<&ConfigMap>) -> Result<Identities, String> {
+    pub fn parse(cm: Option<&ConfigMap>) -> Result<Identities, IdentityError> {
         let mut ids = Identities {
             by_pod: BTreeMap::new(),
             next_id: 1,
@@ -189,14 +203,12 @@ impl Identities {
                 }
                 let mut parts = line.split_whitespace();
                 let (Some(pod), Some(id)) = (parts.next(), parts.next()) else {
-                    return Err(format!(
-                        "nodes line {}: expected `<pod> <id> [zone]`",
-                        n + 1
-                    ));
+                    return Err(IdentityError::MalformedLine { line: n + 1 });
                 };
-                let id: u64 = id
-                    .parse()
-                    .map_err(|_| format!("nodes line {}: id {id:?} is not a number", n + 1))?;
+                let id: u64 = id.parse().map_err(|_| IdentityError::BadId {
+                    line: n + 1,
+                    id: id.to_string(),
+                })?;
                 ids.next_id = ids.next_id.max(id + 1);
                 ids.by_pod
                     .insert(pod.to_string(), (id, parts.next().map(str::to_string)));
@@ -206,11 +218,11 @@ impl Identities {
             let next: u64 = next
                 .trim()
                 .parse()
-                .map_err(|_| format!("next-id {next:?} is not a number"))?;
+                .map_err(|_| IdentityError::BadNextId(next.clone()))?;
             ids.next_id = ids.next_id.max(next);
         }
         if let Some(joined) = data.get("joined") {
-            ids.joined = parse_joined_ids(joined).map_err(|e| format!("joined {e}"))?;
+            ids.joined = parse_joined_ids(joined)?;
         }
         Ok(ids)
     }
@@ -827,13 +839,15 @@ mod tests {
         };
         assert!(Identities::parse(Some(&cm))
             .unwrap_err()
+            .to_string()
             .contains("not a number"));
         let cm = ConfigMap {
             data: Some(BTreeMap::from([("joined".into(), "1\n2 x\n".into())])),
             ..ConfigMap::default()
         };
         let err = Identities::parse(Some(&cm)).unwrap_err();
-        assert!(err.contains("joined line 2"), "{err}");
+        assert!(matches!(err, IdentityError::BadJoined(_)), "{err:?}");
+        assert!(err.to_string().contains("joined line 2"), "{err}");
     }
 
     #[test]

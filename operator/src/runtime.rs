@@ -279,6 +279,7 @@ pub async fn run(
             instance: Some(cfg.identity.clone()),
         },
         playbooks: crate::tier::PlaybookStates::default(),
+        backoff: crate::backoff::Backoff::default(),
     });
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let ctl_stop = |rx: watch::Receiver<bool>| async move {

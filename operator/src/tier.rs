@@ -66,15 +66,42 @@ pub fn tier_name(memory: &EngineMemory) -> String {
         )
 }
 
-async fn load_playbook(lrc: &LiveRoomCluster, ctx: &Context, ns: &str) -> Result<Playbook, String> {
+/// Why a cluster's playbook cannot run now. Not a reconcile failure: the
+/// cluster's status says it (condition PlaybookReady False) and membership
+/// work goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaybookUnavailable {
+    #[error("FailoverPlaybook {0:?} not found")]
+    NotFound(String),
+    #[error("reading FailoverPlaybook {name:?}: {source}")]
+    Unreadable {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The playbook cannot work on this cluster (the engine's reason).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+async fn load_playbook(
+    lrc: &LiveRoomCluster,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Playbook, PlaybookUnavailable> {
     let mut playbook = match &lrc.spec.playbook_ref {
         None => default_playbook(),
         Some(r) => {
             let api: Api<FailoverPlaybook> = Api::namespaced(ctx.client.clone(), ns);
             match api.get_opt(&r.name).await {
                 Ok(Some(f)) => f.spec.0,
-                Ok(None) => return Err(format!("FailoverPlaybook {:?} not found", r.name)),
-                Err(e) => return Err(format!("reading FailoverPlaybook {:?}: {e}", r.name)),
+                Ok(None) => return Err(PlaybookUnavailable::NotFound(r.name.clone())),
+                Err(e) => {
+                    return Err(PlaybookUnavailable::Unreadable {
+                        name: r.name.clone(),
+                        source: e,
+                    })
+                }
             }
         }
     };
@@ -265,7 +292,7 @@ pub async fn run(
     ctx: &Context,
     views: &[PodView],
     admin: &NodeAdmin,
-) -> Result<Result<String, String>, Error> {
+) -> Result<Result<String, PlaybookUnavailable>, Error> {
     let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
     let name = cluster_name(lrc);
     let playbook = match load_playbook(lrc, ctx, &ns).await {
@@ -305,8 +332,10 @@ pub async fn run(
     };
     let mut control = match opened {
         Ok(c) => c,
-        Err(ControlError::InvalidPlaybook(why)) => return Ok(Err(why)),
-        Err(e) => return Err(Error::Playbook(e.to_string())),
+        Err(ControlError::InvalidPlaybook(why)) => {
+            return Ok(Err(PlaybookUnavailable::Invalid(why)))
+        }
+        Err(e) => return Err(Error::Playbook(e)),
     };
     let obs = observation(views, now_ms());
     let mut actuator = KubeActuator {
@@ -334,6 +363,6 @@ pub async fn run(
             tracing::debug!(cluster = %name, decisions = decisions.len(), "playbook engine decided");
             Ok(Ok(tier))
         }
-        Err(e) => Err(Error::Playbook(e.to_string())),
+        Err(e) => Err(Error::Playbook(e)),
     }
 }
