@@ -496,6 +496,9 @@ impl RkCluster {
                     addrs.zone.clone(),
                     "--contact-key-file".into(),
                     key_file.display().to_string(),
+                    // Compared with etcd and Redis, which the bench runs
+                    // without TLS either.
+                    "--insecure-plaintext-raft".into(),
                 ],
                 env: vec![
                     ("ROOMKEEPER_CLIENT_TOKEN".into(), client_token.into()),

@@ -19,6 +19,30 @@ use roomkeeper_control::http::JsonClient;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The cluster id of a local cluster, in its frames and certificates.
+pub const CLUSTER_ID: &str = "local";
+
+/// Runs `roomkeeper raft-certs <args>` (the same binary as the nodes).
+fn run_certs(bin: &std::path::Path, what: &str, args: &[&str]) -> Result<(), LocalError> {
+    let out = std::process::Command::new(bin)
+        .arg("raft-certs")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| LocalError::Certs {
+            what: what.to_string(),
+            message: format!("{}: {e}", bin.display()),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LocalError::Certs {
+            what: what.to_string(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
 /// Errors of the local binding.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -29,6 +53,8 @@ pub enum LocalError {
     },
     #[error("cannot start node {id}: {source}")]
     Spawn { id: u64, source: std::io::Error },
+    #[error("cannot make Raft certificates ({what}): {message}")]
+    Certs { what: String, message: String },
     #[error("node {id} did not become healthy within {waited:?} (see {log})")]
     NotHealthy {
         id: u64,
@@ -102,6 +128,9 @@ pub struct LocalCluster {
     next_id: u64,
     pub http: JsonClient,
     key_file: PathBuf,
+    /// The cluster's throwaway Raft CA (`ca.crt`, `ca.key`); node
+    /// certificates are issued from it into `node-<id>-tls/` at each start.
+    ca_dir: PathBuf,
     /// Nodes whose host is down (a simulated outage): they cannot be started
     /// until the instant given, or ever with `None`.
     blocked: BTreeMap<u64, Option<Instant>>,
@@ -133,8 +162,23 @@ impl LocalCluster {
             format!("# demo key: never use in production\n0 {key}\n"),
         )
         .map_err(io(&key_file))?;
+        // A throwaway CA per cluster (a new one each run): nodes talk mutual
+        // TLS as in production, with certificates nobody else trusts.
+        let ca_dir = cfg.data_dir.join("raft-ca");
+        run_certs(
+            &cfg.binary,
+            "the cluster CA",
+            &[
+                "ca",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--out",
+                &ca_dir.display().to_string(),
+            ],
+        )?;
         Ok(Self {
             cfg,
+            ca_dir,
             nodes: BTreeMap::new(),
             next_id: 1,
             http: JsonClient::new(),
@@ -198,6 +242,22 @@ impl LocalCluster {
         let data = self.cfg.data_dir.join(format!("node-{id}"));
         let log_path = self.cfg.data_dir.join(format!("node-{id}.log"));
         let key = self.key_file.clone();
+        let tls_dir = self.cfg.data_dir.join(format!("node-{id}-tls"));
+        run_certs(
+            &bin,
+            &format!("node {id}"),
+            &[
+                "node",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--ca-dir",
+                &self.ca_dir.display().to_string(),
+                "--id",
+                &id.to_string(),
+                "--out",
+                &tls_dir.display().to_string(),
+            ],
+        )?;
         let (ct, at) = (self.cfg.client_token.clone(), self.cfg.admin_token.clone());
         let node = self.nodes.get_mut(&id).ok_or(LocalError::UnknownNode(id))?;
         let log = std::fs::OpenOptions::new()
@@ -220,6 +280,9 @@ impl LocalCluster {
             .arg("--contact-key-file")
             .arg(&key)
             .args(["--client-token", &ct, "--admin-token", &at])
+            .args(["--cluster-id", CLUSTER_ID])
+            .arg("--raft-tls-dir")
+            .arg(&tls_dir)
             .arg("--enable-test-faults")
             .env("ROOMKEEPER_LOG", "warn,openraft::raft::stream_append=off")
             .stdin(Stdio::null())

@@ -407,6 +407,9 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         &os.snapshot_every_entries.to_string(),
         "--max-inflight-writes",
         &os.max_inflight_writes.to_string(),
+        // Not yet: the operator does not issue Raft certificates (issue 16,
+        // docs/security.md), so its pods talk plaintext between themselves.
+        "--insecure-plaintext-raft",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -3,7 +3,8 @@
 //! Layers, each meeting the others only through openraft's traits:
 //! - `log_store`: the durable Raft log (raft-log, group commit, checksums);
 //! - `state_machine`: committed entries applied to the order state, snapshots;
-//! - `transport`: framed, pipelined node-to-node RPCs;
+//! - `transport`: framed, pipelined node-to-node RPCs, bounded and checked per frame;
+//! - `raft_tls`: mutual TLS between nodes, node identities, issuing certificates;
 //! - `proposer`: batching client commands into log entries, overload and quorum checks;
 //! - `api` / `admin`: the client and admin HTTP listeners;
 //! - `node`: wiring and metrics;
@@ -17,14 +18,16 @@ pub mod faults;
 pub mod log_store;
 pub mod metrics;
 pub mod node;
+pub mod probe;
 pub mod proposer;
 pub mod quarantine;
+pub mod raft_tls;
 pub mod raft_types;
 pub mod state_machine;
 pub mod transport;
 pub mod wire;
 
-pub use node::{NodeConfig, NodeContext, NodeError, NodeHandle};
+pub use node::{NodeConfig, NodeContext, NodeError, NodeHandle, RaftSecurity};
 pub use raft_types::{NodeId, NodeInfo};
 
 #[cfg(test)]

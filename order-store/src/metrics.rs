@@ -38,6 +38,9 @@ pub struct NodeMetrics {
     pub write_batch_commands: Histogram,
     pub state_orders: IntGauge,
     pub sales_paused: IntGauge,
+    pub raft_connections_open: IntGauge,
+    pub raft_connections_refused_total: IntCounterVec,
+    pub raft_requests_refused_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -164,6 +167,24 @@ impl NodeMetrics {
                 "roomkeeper_sales_paused",
                 "1 when sales are paused on this shard",
             )?,
+            raft_connections_open: IntGauge::new(
+                "roomkeeper_raft_connections_open",
+                "Peer connections open on the Raft listener",
+            )?,
+            raft_connections_refused_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_raft_connections_refused_total",
+                    "Raft listener connections closed before serving anything, by reason",
+                ),
+                &["reason"],
+            )?,
+            raft_requests_refused_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_raft_requests_refused_total",
+                    "Raft frames refused (and their connection closed), by reason",
+                ),
+                &["reason"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -192,6 +213,9 @@ impl NodeMetrics {
         r.register(Box::new(self.write_batch_commands.clone()))?;
         r.register(Box::new(self.state_orders.clone()))?;
         r.register(Box::new(self.sales_paused.clone()))?;
+        r.register(Box::new(self.raft_connections_open.clone()))?;
+        r.register(Box::new(self.raft_connections_refused_total.clone()))?;
+        r.register(Box::new(self.raft_requests_refused_total.clone()))?;
         Ok(())
     }
 

@@ -16,9 +16,12 @@ use crate::faults::Faults;
 use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
 use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
+use crate::raft_tls::{RaftTls, RaftTlsError};
 use crate::raft_types::{NodeId, NodeInfo, Raft};
 use crate::state_machine::{SnapshotError, StateMachine};
-use crate::transport::{LeaderContact, Network, PeerPool, RaftServer};
+use crate::transport::{
+    LeaderContact, ListenerLimits, Network, PeerPool, RaftServer, RaftServerParts,
+};
 
 /// Everything needed to start a node.
 #[derive(Debug)]
@@ -46,6 +49,22 @@ pub struct NodeConfig {
     pub keep_entries_after_snapshot: u64,
     /// Client writes in flight on this node beyond which requests get 429.
     pub max_inflight_writes: usize,
+    /// Connection caps and frame deadlines of the Raft listener.
+    pub raft_limits: ListenerLimits,
+    /// The cluster every Raft frame and certificate names.
+    pub cluster_id: String,
+    /// How peers are authenticated on the Raft transport.
+    pub raft_security: RaftSecurity,
+}
+
+/// How peers are authenticated on the Raft transport.
+#[derive(Debug, Clone)]
+pub enum RaftSecurity {
+    /// Mutual TLS with `ca.crt`, `tls.crt`, `tls.key` from this directory.
+    Tls(PathBuf),
+    /// No authentication, no encryption: anyone who reaches the Raft port
+    /// can write. Only behind `--insecure-plaintext-raft`.
+    InsecurePlaintext,
 }
 
 impl NodeConfig {
@@ -70,6 +89,9 @@ impl NodeConfig {
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
             max_inflight_writes: 4096,
+            raft_limits: ListenerLimits::default(),
+            cluster_id: "local".into(),
+            raft_security: RaftSecurity::InsecurePlaintext,
         }
     }
 }
@@ -95,6 +117,8 @@ pub enum NodeError {
     Raft(String),
     #[error("blocking task failed: {0}")]
     Join(String),
+    #[error("raft TLS: {0}")]
+    Tls(#[from] RaftTlsError),
 }
 
 /// Shared by every handler of the node.
@@ -105,7 +129,7 @@ pub struct NodeContext {
     pub sm: StateMachine,
     pub proposer: Proposer,
     pub pool: Arc<PeerPool>,
-    pub keyring: ContactKeyring,
+    pub keyring: Arc<ContactKeyring>,
     pub metrics: NodeMetrics,
     pub contact: Arc<LeaderContact>,
     pub faults: Arc<Faults>,
@@ -136,6 +160,19 @@ impl NodeHandle {
     /// Opens storage, starts Raft and every listener.
     pub async fn start(cfg: NodeConfig) -> Result<Self, NodeError> {
         let metrics = NodeMetrics::new(cfg.node_id, &cfg.region, &cfg.zone)?;
+        let tls = match &cfg.raft_security {
+            RaftSecurity::Tls(dir) => {
+                Some(Arc::new(RaftTls::load(dir, &cfg.cluster_id, cfg.node_id)?))
+            }
+            RaftSecurity::InsecurePlaintext => {
+                crate::raft_tls::check_cluster_id(&cfg.cluster_id).map_err(RaftTlsError::from)?;
+                tracing::warn!(
+                    "raft transport is PLAINTEXT and unauthenticated: anyone who reaches the raft port can write"
+                );
+                None
+            }
+        };
+        let keyring = Arc::new(cfg.keyring);
         let faults = Faults::new();
         let raft_listener = bind("raft", &cfg.raft_addr).await?;
         let api_listener = bind("client API", &cfg.api_addr).await?;
@@ -181,7 +218,12 @@ impl NodeHandle {
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
 
-        let pool = PeerPool::new(cfg.node_id, faults.clone());
+        let pool = PeerPool::new(
+            cfg.node_id,
+            cfg.cluster_id.clone(),
+            tls.clone(),
+            faults.clone(),
+        );
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
@@ -211,7 +253,7 @@ impl NodeHandle {
             sm,
             proposer: proposer.clone(),
             pool,
-            keyring: cfg.keyring,
+            keyring: keyring.clone(),
             metrics: metrics.clone(),
             contact: contact.clone(),
             faults: faults.clone(),
@@ -222,12 +264,18 @@ impl NodeHandle {
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),
         });
 
-        let server = RaftServer {
+        let server = RaftServer::new(RaftServerParts {
+            node_id: cfg.node_id,
+            cluster: cfg.cluster_id.clone(),
             raft: raft.clone(),
             proposer,
             faults,
             contact,
-        };
+            metrics: metrics.clone(),
+            limits: cfg.raft_limits,
+            tls,
+            keyring,
+        });
         tokio::spawn(server.serve(raft_listener));
         let api = crate::api::router(ctx.clone());
         tokio::spawn(async move {

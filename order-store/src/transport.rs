@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,12 +27,15 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::contact::ContactKeyring;
 use crate::faults::Faults;
+use crate::metrics::NodeMetrics;
 use crate::proposer::{Proposer, WriteError};
+use crate::raft_tls::RaftTls;
 use crate::raft_types::{
     BatchOutcome, NodeId, NodeInfo, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote,
 };
-use crate::wire::{encode_frame, read_frame};
+use crate::wire::{encode_frame, read_frame, read_frame_within, FrameDeadline, WireError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
@@ -72,11 +76,16 @@ pub enum RpcResponse {
     Failed(String),
 }
 
+/// One frame. Requests name the cluster, the sender and the node they are
+/// for: a frame for another cluster or node is refused and counted, and with
+/// TLS `from` must be the node the sender's certificate names.
 #[derive(Debug, Serialize, Deserialize)]
-struct Envelope<T> {
-    id: u64,
-    from: NodeId,
-    body: T,
+pub(crate) struct Envelope<T> {
+    pub(crate) id: u64,
+    pub(crate) cluster: String,
+    pub(crate) from: NodeId,
+    pub(crate) to: NodeId,
+    pub(crate) body: T,
 }
 
 /// Why a call to a peer failed.
@@ -95,6 +104,11 @@ pub enum CallError {
     #[error("peer {0} answered with an unexpected message")]
     Protocol(NodeId),
 }
+
+/// A peer stream, plain TCP or TLS over it.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
 
 type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<RpcResponse>>>>;
 
@@ -122,6 +136,10 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(150);
 /// Outgoing connections to every peer, shared by Raft replication and forwarding.
 pub struct PeerPool {
     self_id: NodeId,
+    /// The cluster every frame names.
+    cluster: String,
+    /// Mutual TLS to peers; `None` only with `--insecure-plaintext-raft`.
+    tls: Option<Arc<RaftTls>>,
     next_id: AtomicU64,
     /// One slot per peer. A slot is locked while its connection is opened, the
     /// map only long enough to find the slot: connecting to a peer behind a
@@ -141,9 +159,16 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
-    pub fn new(self_id: NodeId, faults: Arc<Faults>) -> Arc<Self> {
+    pub fn new(
+        self_id: NodeId,
+        cluster: String,
+        tls: Option<Arc<RaftTls>>,
+        faults: Arc<Faults>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             self_id,
+            cluster,
+            tls,
             next_id: AtomicU64::new(1),
             conns: std::sync::Mutex::new(HashMap::new()),
             addresses: std::sync::RwLock::new(HashMap::new()),
@@ -207,6 +232,26 @@ impl PeerPool {
         changed
     }
 
+    /// Opens a stream to `target`: TCP, then TLS asking for `target`'s name.
+    async fn open_stream(&self, target: NodeId, addr: &str) -> Result<PeerStream, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = tls
+            .server_name(target)
+            .ok_or_else(|| format!("no TLS name for node {target}"))?;
+        let stream = tls
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with node {target} at {addr}: {e}"))?;
+        Ok(Box::new(stream))
+    }
+
     async fn connection(&self, target: NodeId, addr: &str) -> Result<Arc<Connection>, CallError> {
         let slot = {
             let mut conns = self
@@ -226,12 +271,12 @@ impl PeerPool {
                 return Err(CallError::NotSent(target, why.clone()));
             }
         }
-        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-        {
-            Err(_) => Err(format!("connect to {addr} timed out")),
-            Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
-            Ok(Ok(stream)) => Ok(stream),
-        };
+        let connected =
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.open_stream(target, addr)).await {
+                Err(_) => Err(format!("connect to {addr} timed out")),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(stream)) => Ok(stream),
+            };
         let stream = match connected {
             Ok(s) => {
                 conn_slot.failed = None;
@@ -242,8 +287,7 @@ impl PeerPool {
                 return Err(CallError::NotSent(target, why));
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
@@ -322,7 +366,9 @@ impl PeerPool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&Envelope {
             id,
+            cluster: self.cluster.clone(),
             from: self.self_id,
+            to: target,
             body,
         })
         .map_err(|e| CallError::NotSent(target, e.to_string()))?;
@@ -573,24 +619,220 @@ impl LeaderContact {
     }
 }
 
+/// Bounds of the Raft listener: what one unauthenticated remote can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// Open peer connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one remote IP address beyond this are closed at once.
+    pub max_connections_per_address: usize,
+    /// How long a frame may take once started; also the time a new
+    /// connection has to deliver its first complete frame.
+    pub frame: FrameDeadline,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_connections_per_address: 64,
+            frame: FrameDeadline::default(),
+        }
+    }
+}
+
+/// Open connections, in total and per remote address.
+#[derive(Default)]
+struct ConnCounts {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Held by a connection's task; gives its place back when dropped.
+struct ConnPermit {
+    counts: Arc<Mutex<ConnCounts>>,
+    addr: IpAddr,
+    open: prometheus::IntGauge,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.per_address.get_mut(&self.addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.per_address.remove(&self.addr);
+                }
+            }
+        }
+        self.open.dec();
+    }
+}
+
 /// Everything the server side needs to answer peers.
 #[derive(Clone)]
 pub struct RaftServer {
+    pub node_id: NodeId,
+    pub cluster: String,
     pub raft: Raft,
     pub proposer: Proposer,
     pub faults: Arc<Faults>,
     pub contact: Arc<LeaderContact>,
+    pub metrics: NodeMetrics,
+    pub limits: ListenerLimits,
+    /// Mutual TLS; `None` only with `--insecure-plaintext-raft`.
+    pub tls: Option<Arc<RaftTls>>,
+    /// Opens forwarded contacts: a forwarded order must carry a sealed one.
+    pub keyring: Arc<ContactKeyring>,
+    counts: Arc<Mutex<ConnCounts>>,
+}
+
+/// What the server side is built from (see `RaftServer`).
+pub struct RaftServerParts {
+    pub node_id: NodeId,
+    pub cluster: String,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub faults: Arc<Faults>,
+    pub contact: Arc<LeaderContact>,
+    pub metrics: NodeMetrics,
+    pub limits: ListenerLimits,
+    pub tls: Option<Arc<RaftTls>>,
+    pub keyring: Arc<ContactKeyring>,
+}
+
+/// Why a request frame is refused; the label of
+/// `roomkeeper_raft_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The frame names another cluster.
+    WrongCluster,
+    /// The frame is for another node.
+    WrongNode,
+    /// `from` is not the node the TLS certificate names, or the Raft message
+    /// claims another leader or candidate than its sender.
+    IdentityMismatch,
+    /// A forward or read index from a node outside this leader's membership.
+    NotMember,
+    /// A forwarded order whose contact is not sealed with the cluster's keys.
+    UnsealedContact,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::WrongCluster => "wrong_cluster",
+            Refusal::WrongNode => "wrong_node",
+            Refusal::IdentityMismatch => "identity_mismatch",
+            Refusal::NotMember => "not_member",
+            Refusal::UnsealedContact => "unsealed_contact",
+        }
+    }
+}
+
+/// The node id a Raft vote is for (the leader or candidate).
+fn vote_node(v: &Vote) -> NodeId {
+    *openraft::vote::RaftLeaderId::node_id(v.leader_id())
 }
 
 impl RaftServer {
+    pub fn new(p: RaftServerParts) -> Self {
+        Self {
+            node_id: p.node_id,
+            cluster: p.cluster,
+            raft: p.raft,
+            proposer: p.proposer,
+            faults: p.faults,
+            contact: p.contact,
+            metrics: p.metrics,
+            limits: p.limits,
+            tls: p.tls,
+            keyring: p.keyring,
+            counts: Arc::new(Mutex::new(ConnCounts::default())),
+        }
+    }
+
+    /// Checks a request against the frame's header, the sender's certificate
+    /// and this node's membership (the rule per request: docs/security.md).
+    fn check(&self, env: &Envelope<RpcRequest>, peer: Option<NodeId>) -> Result<(), Refusal> {
+        if env.cluster != self.cluster {
+            return Err(Refusal::WrongCluster);
+        }
+        if env.to != self.node_id {
+            return Err(Refusal::WrongNode);
+        }
+        if peer.is_some_and(|p| p != env.from) {
+            return Err(Refusal::IdentityMismatch);
+        }
+        let claimed = match &env.body {
+            RpcRequest::AppendEntries(r) => Some(vote_node(&r.vote)),
+            RpcRequest::Vote(r) | RpcRequest::PreVote(r) => Some(vote_node(&r.vote)),
+            RpcRequest::SnapshotChunk { vote, .. } => Some(vote_node(vote)),
+            RpcRequest::TransferLeader(r) => Some(vote_node(r.from_leader())),
+            RpcRequest::Forward(_) | RpcRequest::ReadIndex => None,
+        };
+        if claimed.is_some_and(|c| c != env.from) {
+            return Err(Refusal::IdentityMismatch);
+        }
+        use openraft::async_runtime::WatchReceiver;
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let stored = &m.membership_config;
+        let membership = stored.membership();
+        let is_node = membership.get_node(&env.from).is_some();
+        let is_voter = membership.voter_ids().any(|v| v == env.from);
+        // This node knows no membership yet (a learner being added), or the
+        // request is for a term after its newest membership was written (the
+        // sender may have been added since): Raft must let those through.
+        let membership_term = stored
+            .log_id()
+            .as_ref()
+            .map(|l| openraft::vote::RaftLeaderId::term(l.committed_leader_id()));
+        let newer = |v: &Vote| {
+            membership_term.is_none_or(|t| openraft::vote::RaftLeaderId::term(v.leader_id()) > t)
+        };
+        let allowed = match &env.body {
+            // Only members may use the leader: it acts on their word.
+            RpcRequest::Forward(_) | RpcRequest::ReadIndex => is_node,
+            // Leaders: any member (voters replicate to learners), or newer.
+            RpcRequest::AppendEntries(r) => is_node || newer(&r.vote),
+            RpcRequest::SnapshotChunk { vote, .. } => is_node || newer(vote),
+            RpcRequest::TransferLeader(r) => is_node || newer(r.from_leader()),
+            // Candidates: voters only, or newer.
+            RpcRequest::Vote(r) | RpcRequest::PreVote(r) => is_voter || newer(&r.vote),
+        };
+        if !allowed {
+            return Err(Refusal::NotMember);
+        }
+        drop(m);
+        if let RpcRequest::Forward(cmds) = &env.body {
+            for cmd in cmds {
+                if let Command::PlaceOrder { contact, .. } = cmd {
+                    if self.keyring.open(contact).is_err() {
+                        return Err(Refusal::UnsealedContact);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts peer connections until the listener fails.
     pub async fn serve(self, listener: TcpListener) {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((stream, remote)) => {
+                    let Some(permit) = self.admit(remote.ip()) else {
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let me = self.clone();
-                    tokio::spawn(async move { me.connection(stream).await });
+                    tokio::spawn(async move {
+                        me.accept(stream).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "raft listener accept failed");
@@ -600,8 +842,89 @@ impl RaftServer {
         }
     }
 
-    async fn connection(self, stream: TcpStream) {
-        let (rd, wr) = stream.into_split();
+    /// Takes a connection slot for `addr`, or counts why there is none.
+    fn admit(&self, addr: IpAddr) -> Option<ConnPermit> {
+        let refused = {
+            let Ok(mut c) = self.counts.lock() else {
+                return None;
+            };
+            let from_addr = c.per_address.get(&addr).copied().unwrap_or(0);
+            if c.total >= self.limits.max_connections {
+                Some("total_limit")
+            } else if from_addr >= self.limits.max_connections_per_address {
+                Some("address_limit")
+            } else {
+                c.total += 1;
+                *c.per_address.entry(addr).or_insert(0) += 1;
+                None
+            }
+        };
+        if let Some(reason) = refused {
+            self.refuse_connection(reason);
+            tracing::debug!(%addr, reason, "raft connection refused");
+            return None;
+        }
+        self.metrics.raft_connections_open.inc();
+        Some(ConnPermit {
+            counts: self.counts.clone(),
+            addr,
+            open: self.metrics.raft_connections_open.clone(),
+        })
+    }
+
+    /// Runs one accepted connection: the TLS handshake (within the frame
+    /// deadline) and the peer's identity first, unless plaintext.
+    async fn accept(self, stream: TcpStream) {
+        let Some(tls) = self.tls.clone() else {
+            return self.connection(stream, None).await;
+        };
+        let handshake = tokio::time::timeout(self.limits.frame.base, tls.acceptor.accept(stream));
+        let stream = match handshake.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.refuse_connection("tls_handshake");
+                tracing::debug!(error = %e, "raft TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.refuse_connection("tls_handshake_timeout");
+                return;
+            }
+        };
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| crate::raft_tls::identity_of(cert, &self.cluster));
+        let Some(peer) = peer else {
+            self.refuse_connection("no_node_identity");
+            tracing::warn!("raft peer certificate names no node of this cluster");
+            return;
+        };
+        self.connection(stream, Some(peer)).await
+    }
+
+    fn refuse_connection(&self, reason: &'static str) {
+        self.metrics
+            .raft_connections_refused_total
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn refuse_request(&self, reason: &'static str) {
+        self.metrics
+            .raft_requests_refused_total
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Serves one connection; `peer` is the node its certificate names.
+    async fn connection<S>(self, stream: S, peer: Option<NodeId>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         tokio::spawn(async move {
             let mut w = BufWriter::new(wr);
@@ -622,15 +945,60 @@ impl RaftServer {
         let mut r = BufReader::new(rd);
         let mut scratch = Vec::new();
         let mut snapshot_buf: Vec<u8> = Vec::new();
+        let mut first = true;
         loop {
-            let env = match read_frame::<_, Envelope<RpcRequest>>(&mut r, &mut scratch).await {
+            let read = read_frame_within::<_, Envelope<RpcRequest>>(
+                &mut r,
+                &mut scratch,
+                self.limits.frame,
+            );
+            // A new connection must say something within the frame deadline:
+            // idle sockets that never send a frame do not hold a slot.
+            let read = if first {
+                match tokio::time::timeout(self.limits.frame.base, read).await {
+                    Ok(r) => r,
+                    Err(_) => Err(WireError::Timeout),
+                }
+            } else {
+                read.await
+            };
+            first = false;
+            let env = match read {
                 Ok(Some(env)) => env,
                 Ok(None) => return,
                 Err(e) => {
+                    let reason = match e {
+                        WireError::TooLarge(_) => Some("frame_too_large"),
+                        WireError::Timeout => Some("frame_timeout"),
+                        WireError::Decode(_) => Some("malformed"),
+                        WireError::Io(_) | WireError::Encode(_) => None,
+                    };
+                    if let Some(reason) = reason {
+                        self.refuse_request(reason);
+                    }
                     tracing::debug!(error = %e, "peer connection closed");
                     return;
                 }
             };
+            if let Err(refusal) = self.check(&env, peer) {
+                self.refuse_request(refusal.label());
+                tracing::warn!(
+                    from = env.from,
+                    peer = ?peer,
+                    reason = refusal.label(),
+                    "raft request refused"
+                );
+                match refusal {
+                    // Members that lag may not know of a new member yet: say
+                    // why, keep the connection.
+                    Refusal::NotMember | Refusal::UnsealedContact => {
+                        let msg = format!("refused: {}", refusal.label());
+                        respond(&tx, env.id, RpcResponse::Failed(msg)).await;
+                        continue;
+                    }
+                    _ => return,
+                }
+            }
             if self.faults.is_isolated(env.from) {
                 continue; // dropped on the floor, as a partition would
             }
@@ -748,7 +1116,14 @@ pub async fn leader_read_index(raft: &Raft) -> Result<u64, WriteError> {
 }
 
 async fn respond(tx: &mpsc::Sender<Vec<u8>>, id: u64, body: RpcResponse) {
-    match encode_frame(&Envelope { id, from: 0, body }) {
+    let env = Envelope {
+        id,
+        cluster: String::new(),
+        from: 0,
+        to: 0,
+        body,
+    };
+    match encode_frame(&env) {
         Ok(frame) => {
             let _ = tx.send(frame).await;
         }
@@ -761,7 +1136,7 @@ mod addresses {
     use super::*;
 
     fn pool() -> Arc<PeerPool> {
-        PeerPool::new(1, crate::faults::Faults::new())
+        PeerPool::new(1, "c".into(), None, crate::faults::Faults::new())
     }
 
     #[test]
@@ -823,7 +1198,7 @@ mod fuzz {
                 room: "r".into(), sku: "s".into(), buyer: k.clone(), qty,
                 idempotency_key: k.clone(), contact: vec![1, 2],
             }).collect();
-            let env = Envelope { id: 9, from: 2, body: RpcRequest::Forward(cmds.clone()) };
+            let env = Envelope { id: 9, cluster: "c".into(), from: 2, to: 1, body: RpcRequest::Forward(cmds.clone()) };
             let frame = crate::wire::encode_frame(&env).expect("encode");
             let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
             let got = rt.block_on(async {

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod certs_cmd;
 mod demo;
 mod drill;
 mod node_cmd;
@@ -27,6 +28,11 @@ struct Cli {
 enum Cmd {
     /// Run one order-store replica (a Raft node of a shard).
     Node(node_cmd::NodeArgs),
+    /// Make a cluster CA and node certificates for the Raft transport's mutual TLS.
+    RaftCerts(certs_cmd::CertsArgs),
+    /// Security tests: send one hand-made request to a Raft port, as a hostile peer would.
+    #[command(hide = true)]
+    RaftProbe(certs_cmd::ProbeArgs),
     /// Run a local multi-region cluster with a flash-sale load and live status.
     Demo(demo::DemoArgs),
     /// Chaos drills on a local cluster: run one, run the library, render reports.
@@ -94,6 +100,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Cmd::Node(args) => node_cmd::run(args).await,
+            Cmd::RaftCerts(args) => certs_cmd::run(args),
+            Cmd::RaftProbe(args) => certs_cmd::probe(args).await,
             Cmd::Demo(args) => demo::run(args).await,
             Cmd::Drill(args) => drill::run(args).await,
             #[cfg(feature = "bench")]

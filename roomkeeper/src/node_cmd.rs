@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use roomkeeper_order_store::contact::ContactKeyring;
 use roomkeeper_order_store::quarantine::parse_joined_ids;
-use roomkeeper_order_store::{NodeConfig, NodeHandle};
+use roomkeeper_order_store::transport::ListenerLimits;
+use roomkeeper_order_store::wire::FrameDeadline;
+use roomkeeper_order_store::{NodeConfig, NodeHandle, RaftSecurity};
 
 /// Flags of `roomkeeper node`.
 #[derive(Debug, Args)]
@@ -80,6 +82,33 @@ pub struct NodeArgs {
     /// Client writes in flight beyond which new ones are refused at once with 429.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inflight_writes: u64,
+    /// Cluster id, named in every Raft frame and in every node certificate
+    /// (`node-<id>.<cluster-id>.raft.roomkeeper`). A DNS name.
+    #[arg(long, default_value = "local")]
+    pub cluster_id: String,
+    /// Directory holding `ca.crt`, `tls.crt` and `tls.key` (the cert-manager
+    /// layout): mutual TLS between nodes, peers must present a certificate of
+    /// this cluster's CA naming their node id.
+    #[arg(
+        long,
+        required_unless_present = "insecure_plaintext_raft",
+        conflicts_with = "insecure_plaintext_raft"
+    )]
+    pub raft_tls_dir: Option<PathBuf>,
+    /// DANGEROUS: node-to-node traffic in plain text with no authentication;
+    /// anyone who reaches the Raft port can write orders. Local experiments only.
+    #[arg(long)]
+    pub insecure_plaintext_raft: bool,
+    /// Raft listener: open peer connections beyond this are closed at once.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_max_connections: u64,
+    /// Raft listener: open connections from one IP address beyond this are closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_max_connections_per_address: u64,
+    /// Raft listener: time a started frame (and a new connection's first
+    /// frame) has to arrive, plus one second per 256 KiB of its length.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub raft_frame_timeout_ms: u64,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -134,6 +163,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.snapshot_every_entries = args.snapshot_every_entries;
     cfg.keep_entries_after_snapshot = args.keep_entries_after_snapshot;
     cfg.max_inflight_writes = usize::try_from(args.max_inflight_writes).unwrap_or(usize::MAX);
+    cfg.cluster_id = args.cluster_id;
+    cfg.raft_security = match args.raft_tls_dir {
+        Some(dir) => RaftSecurity::Tls(dir),
+        None => RaftSecurity::InsecurePlaintext,
+    };
+    cfg.raft_limits = ListenerLimits {
+        max_connections: usize::try_from(args.raft_max_connections).unwrap_or(usize::MAX),
+        max_connections_per_address: usize::try_from(args.raft_max_connections_per_address)
+            .unwrap_or(usize::MAX),
+        frame: FrameDeadline {
+            base: std::time::Duration::from_millis(args.raft_frame_timeout_ms),
+            ..FrameDeadline::default()
+        },
+    };
     let node = NodeHandle::start(cfg).await.with_context(|| {
         format!(
             "starting node {} with data in {}",

@@ -126,6 +126,23 @@ fn dechunk(s: &str) -> String {
     out
 }
 
+/// The cluster id of test clusters, in their frames and certificates.
+pub const CLUSTER_ID: &str = "e2e";
+
+/// Runs `roomkeeper raft-certs <args>` and insists it worked.
+pub fn raft_certs(args: &[&str]) {
+    let out = Command::new(binary())
+        .arg("raft-certs")
+        .args(args)
+        .output()
+        .expect("run roomkeeper raft-certs");
+    assert!(
+        out.status.success(),
+        "roomkeeper raft-certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn free_port() -> u16 {
     ports::free_port().expect("a free loopback port")
 }
@@ -199,6 +216,13 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("create cluster dir");
         let key_file = dir.join("contact.key");
         std::fs::write(&key_file, format!("0 {}\n", "ab".repeat(32))).expect("write key");
+        raft_certs(&[
+            "ca",
+            "--cluster-id",
+            CLUSTER_ID,
+            "--out",
+            &dir.join("raft-ca").display().to_string(),
+        ]);
         let nodes = opts
             .regions
             .iter()
@@ -256,6 +280,36 @@ impl Cluster {
         let bin = binary();
         let key = self.key_file.clone();
         let opts = self.opts.clone();
+        // Mutual TLS between nodes, a node certificate from the cluster's
+        // throwaway CA, unless the test asks for plaintext.
+        let tls_dir = self.dir.join(format!("node-{id}-tls"));
+        let tls_args: Vec<String> = if opts
+            .extra_args
+            .iter()
+            .any(|a| a == "--insecure-plaintext-raft")
+        {
+            Vec::new()
+        } else {
+            let ca = self.dir.join("raft-ca").display().to_string();
+            let out = tls_dir.display().to_string();
+            raft_certs(&[
+                "node",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--ca-dir",
+                &ca,
+                "--id",
+                &id.to_string(),
+                "--out",
+                &out,
+            ]);
+            vec![
+                "--cluster-id".into(),
+                CLUSTER_ID.into(),
+                "--raft-tls-dir".into(),
+                out,
+            ]
+        };
         let n = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -292,6 +346,7 @@ impl Cluster {
                 "--keep-entries-after-snapshot",
                 &opts.keep_entries_after_snapshot.to_string(),
             ])
+            .args(&tls_args)
             .args(&opts.extra_args)
             .env("ROOMKEEPER_LOG", "info,openraft=warn")
             .stdout(Stdio::null())

@@ -296,6 +296,8 @@ fn statefulset() -> serde_json::Value {
                             "--admin-addr", "$(POD_IP):7301",
                             "--region", "harness-region", "--zone", "harness-zone-a",
                             "--contact-key-file", "/etc/roomkeeper/keys/contact.key",
+                            // The harness checks pod lifecycle, not peer authentication.
+                            "--insecure-plaintext-raft",
                         ],
                         "env": [
                             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},

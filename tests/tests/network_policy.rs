@@ -155,6 +155,8 @@ fn node_pod(name: &str, id: u32, labels: serde_json::Value) -> Pod {
                     "--admin-addr", format!("$(POD_IP):{ADMIN}"),
                     "--region", "harness-region", "--zone", "harness-zone-a",
                     "--contact-key-file", "/etc/roomkeeper/keys/contact.key",
+                    // These pods test NetworkPolicy flows, not peer auth.
+                    "--insecure-plaintext-raft",
                 ],
                 "env": [
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},

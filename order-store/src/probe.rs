@@ -1,0 +1,219 @@
+//! A hostile peer, for security tests (`roomkeeper raft-probe`): sends one
+//! hand-made request to a node's Raft port — with any header, any claimed
+//! sender, plain TCP or TLS with any certificate — and reports the answer.
+//! It trusts any server certificate: it is the attacker, not a node.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use roomkeeper_order_state::Command;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::raft_types::{NodeId, Vote};
+use crate::transport::{Envelope, RpcRequest, RpcResponse};
+use crate::wire::{encode_frame, read_frame};
+
+/// How the probe connects.
+#[derive(Debug, Clone)]
+pub enum ProbeTransport {
+    Plain,
+    /// TLS without a client certificate.
+    TlsNoCert,
+    /// TLS presenting `tls.crt`/`tls.key` from this directory.
+    TlsWithCert(std::path::PathBuf),
+}
+
+/// What the probe asks for.
+#[derive(Debug, Clone)]
+pub enum ProbeRequest {
+    /// A forwarded order whose contact is sent as given (not sealed).
+    ForwardOrder {
+        room: String,
+        sku: String,
+        buyer: String,
+        contact: String,
+    },
+    ReadIndex,
+    /// A vote request for `candidate` in `term`.
+    Vote {
+        candidate: NodeId,
+        term: u64,
+    },
+    /// An empty append (a heartbeat) from `leader` in `term`.
+    Append {
+        leader: NodeId,
+        term: u64,
+    },
+}
+
+/// The frame header the probe sends.
+#[derive(Debug, Clone)]
+pub struct ProbeHeader {
+    pub cluster: String,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_config(cert_dir: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    match cert_dir {
+        None => Ok(builder.with_no_client_auth()),
+        Some(dir) => {
+            let chain = CertificateDer::pem_file_iter(dir.join("tls.crt"))
+                .map_err(|e| e.to_string())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let key =
+                PrivateKeyDer::from_pem_file(dir.join("tls.key")).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    frame: &[u8],
+) -> Result<RpcResponse, String> {
+    let (rd, mut wr) = tokio::io::split(stream);
+    crate::wire::write_frame(&mut wr, frame)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    tokio::io::AsyncWriteExt::flush(&mut wr)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut r = BufReader::new(rd);
+    let mut scratch = Vec::new();
+    match read_frame::<_, Envelope<RpcResponse>>(&mut r, &mut scratch).await {
+        Ok(Some(env)) => Ok(env.body),
+        Ok(None) => Err("connection closed without an answer".into()),
+        Err(e) => Err(format!("connection failed: {e}")),
+    }
+}
+
+/// Sends one request and returns the answer (`Debug`-printed), or why none came.
+pub async fn probe(
+    addr: &str,
+    transport: ProbeTransport,
+    header: ProbeHeader,
+    request: ProbeRequest,
+) -> Result<String, String> {
+    let body = match request {
+        ProbeRequest::ForwardOrder {
+            room,
+            sku,
+            buyer,
+            contact,
+        } => RpcRequest::Forward(vec![Command::PlaceOrder {
+            room,
+            sku,
+            idempotency_key: format!("probe-{buyer}"),
+            buyer,
+            qty: 1,
+            contact: contact.into_bytes(),
+        }]),
+        ProbeRequest::ReadIndex => RpcRequest::ReadIndex,
+        ProbeRequest::Vote { candidate, term } => {
+            RpcRequest::Vote(VoteRequest::new(Vote::new(term, candidate), None))
+        }
+        ProbeRequest::Append { leader, term } => RpcRequest::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(term, leader),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        }),
+    };
+    let frame = encode_frame(&Envelope {
+        id: 1,
+        cluster: header.cluster,
+        from: header.from,
+        to: header.to,
+        body,
+    })
+    .map_err(|e| e.to_string())?;
+    let run = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let cert_dir = match &transport {
+            ProbeTransport::Plain => return exchange(tcp, &frame).await,
+            ProbeTransport::TlsNoCert => None,
+            ProbeTransport::TlsWithCert(dir) => Some(dir.as_path()),
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(cert_dir)?));
+        let name = ServerName::try_from("probe.invalid").map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        exchange(tls, &frame).await
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())??;
+    Ok(format!("{answer:?}"))
+}
