@@ -13,6 +13,11 @@ use roomkeeper_order_store::{NodeConfig, NodeHandle, RaftSecurity};
 
 /// Flags of `roomkeeper node`.
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("raft_security")
+        .required(true)
+        .args(["raft_tls_dir", "insecure_plaintext_raft"])
+))]
 pub struct NodeArgs {
     /// Raft node id: unique in the shard and never reused.
     #[arg(
@@ -89,11 +94,7 @@ pub struct NodeArgs {
     /// Directory holding `ca.crt`, `tls.crt` and `tls.key` (the cert-manager
     /// layout): mutual TLS between nodes, peers must present a certificate of
     /// this cluster's CA naming their node id.
-    #[arg(
-        long,
-        required_unless_present = "insecure_plaintext_raft",
-        conflicts_with = "insecure_plaintext_raft"
-    )]
+    #[arg(long)]
     pub raft_tls_dir: Option<PathBuf>,
     /// DANGEROUS: node-to-node traffic in plain text with no authentication;
     /// anyone who reaches the Raft port can write orders. Local experiments only.
@@ -357,6 +358,43 @@ pub async fn wait_for_shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn the_raft_transport_is_tls_or_explicitly_plaintext_never_by_default() {
+        use clap::Parser;
+        let base = [
+            "x",
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+            "--contact-key-file",
+            "k",
+        ];
+        let err = Cli::try_parse_from(base).expect_err("neither flag");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--raft-tls-dir") && msg.contains("--insecure-plaintext-raft"),
+            "{msg}"
+        );
+        let tls = Cli::try_parse_from(base.iter().chain(&["--raft-tls-dir", "t"])).expect("tls");
+        assert_eq!(tls.node.raft_tls_dir, Some(PathBuf::from("t")));
+        let plain =
+            Cli::try_parse_from(base.iter().chain(&["--insecure-plaintext-raft"])).expect("plain");
+        assert!(plain.node.insecure_plaintext_raft);
+        Cli::try_parse_from(base.iter().chain(&[
+            "--raft-tls-dir",
+            "t",
+            "--insecure-plaintext-raft",
+        ]))
+        .expect_err("both");
+    }
 
     #[test]
     fn identity_lines_are_looked_up_by_pod_name() {
