@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use roomkeeper_api::NodeId;
 use roomkeeper_playbook::{
     validate_for_regions, ActionKind, ActionOutcome, Decision, Disposition, Engine, EngineMemory,
-    HealthSnapshot, Phase, Playbook, Target,
+    GuardBudgets, HealthSnapshot, Phase, Playbook, Target,
 };
 
 use crate::actuate::{carry_out, Actuate, Constraints};
@@ -40,6 +40,9 @@ pub struct ControlLoop {
     history: VecDeque<HealthSnapshot>,
     /// What the store holds, to skip writes that change nothing.
     saved: Option<String>,
+    /// What is left of every guard's budget after the last tick, computed
+    /// once per tick for the metrics and for status views.
+    budgets: Option<GuardBudgets>,
     /// Recent decisions in words, newest last, for status views.
     pub recent: VecDeque<String>,
     pub metrics: Option<ControlMetrics>,
@@ -99,6 +102,7 @@ impl ControlLoop {
             memory,
             history: VecDeque::new(),
             saved: None,
+            budgets: None,
             recent: VecDeque::new(),
             metrics: ControlMetrics::new()
                 .map_err(|e| tracing::warn!(error = %e, "control metrics unavailable"))
@@ -136,6 +140,12 @@ impl ControlLoop {
 
     pub fn memory(&self) -> &EngineMemory {
         &self.memory
+    }
+
+    /// What was left of every guard's budget at the last tick (`None`
+    /// before the first).
+    pub fn budgets(&self) -> Option<&GuardBudgets> {
+        self.budgets.as_ref()
     }
 
     /// The snapshot this loop would feed the engine for `obs`.
@@ -218,12 +228,14 @@ impl ControlLoop {
             self.push_recent(line);
             let _ = self.memory.record_outcome(d.id, outcome);
         }
+        let budgets = Engine::budgets(&self.playbook, &self.memory, now);
         if let Some(m) = &self.metrics {
             m.tiers(&self.memory);
             if let Some(snap) = self.history.back() {
-                m.playbook_state(&self.playbook, &self.memory, snap, signals);
+                m.playbook_state(&budgets, &self.memory, snap, signals);
             }
         }
+        self.budgets = Some(budgets);
         self.save(store).await?;
         Ok(decisions)
     }
@@ -384,6 +396,7 @@ mod tests {
             .await
             .expect("open");
         let mut act = Recorder::default();
+        assert!(ctl.budgets().is_none(), "no budgets before the first tick");
         for i in 0..=40 {
             let obs = observation(1_000_000 + i * 500, 3);
             ctl.tick(&obs, &BTreeMap::new(), &mut act, &mut store, &mut journal)
@@ -391,6 +404,16 @@ mod tests {
                 .expect("tick");
         }
         assert_eq!(act.restarts.first(), Some(&3), "T1 restarted the dead node");
+        // The budgets the last tick computed are kept as they were then.
+        let budgets = ctl.budgets().expect("budgets after a tick");
+        assert_eq!(
+            budgets,
+            &Engine::budgets(&ctl.playbook, &ctl.memory, 1_000_000 + 40 * 500)
+        );
+        assert!(
+            budgets.rate_limit_used > 0,
+            "the restart counts: {budgets:?}"
+        );
         let log = std::fs::read_to_string(dir.join("decisions.jsonl")).expect("log");
         assert!(log.contains("\"kind\":\"outcome\""), "{log}");
         assert!(
