@@ -37,7 +37,9 @@ pub struct ControlLoop {
     playbook: Playbook,
     rules: SnapshotRules,
     memory: EngineMemory,
-    history: VecDeque<HealthSnapshot>,
+    /// Snapshots of the playbook's look-back window, oldest first; a `Vec`
+    /// so the engine borrows it as a slice.
+    history: Vec<HealthSnapshot>,
     /// What the store holds, to skip writes that change nothing.
     saved: Option<String>,
     /// What is left of every guard's budget after the last tick, computed
@@ -100,7 +102,7 @@ impl ControlLoop {
             rules: SnapshotRules::from_playbook(&playbook, regions_total),
             playbook,
             memory,
-            history: VecDeque::new(),
+            history: Vec::new(),
             saved: None,
             budgets: None,
             recent: VecDeque::new(),
@@ -177,17 +179,15 @@ impl ControlLoop {
             m.observe(&snap);
         }
         let now = obs.at_ms;
-        self.history.push_back(snap);
+        self.history.push(snap);
         let keep = self.playbook.history_needed_ms() + 10_000;
-        while self
+        let expired = self
             .history
-            .front()
-            .is_some_and(|s| now.saturating_sub(s.at_ms) > keep)
-        {
-            self.history.pop_front();
-        }
-        let history: Vec<HealthSnapshot> = self.history.iter().cloned().collect();
-        let decisions = Engine::decide(&self.playbook, &history, now, &mut self.memory);
+            .iter()
+            .take_while(|s| now.saturating_sub(s.at_ms) > keep)
+            .count();
+        self.history.drain(..expired);
+        let decisions = Engine::decide(&self.playbook, &self.history, now, &mut self.memory);
         for d in &decisions {
             journal.decided(d).await?;
             self.remember(d);
@@ -231,7 +231,7 @@ impl ControlLoop {
         let budgets = Engine::budgets(&self.playbook, &self.memory, now);
         if let Some(m) = &self.metrics {
             m.tiers(&self.memory);
-            if let Some(snap) = self.history.back() {
+            if let Some(snap) = self.history.last() {
                 m.playbook_state(&budgets, &self.memory, snap, signals);
             }
         }
@@ -252,9 +252,8 @@ impl ControlLoop {
 
     /// Why did (or didn't) the engine act on `target`, in words.
     pub fn explain(&self, target: &Target) -> String {
-        let history: Vec<HealthSnapshot> = self.history.iter().cloned().collect();
-        let now = self.history.back().map_or(0, |s| s.at_ms);
-        Engine::explain(&self.playbook, &history, now, &self.memory, target)
+        let now = self.history.last().map_or(0, |s| s.at_ms);
+        Engine::explain(&self.playbook, &self.history, now, &self.memory, target)
     }
 
     fn remember(&mut self, d: &Decision) {
