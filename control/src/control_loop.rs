@@ -244,7 +244,7 @@ impl ControlLoop {
         let text = serde_json::to_string(&self.memory)
             .map_err(|e| StoreError::Backend(format!("engine memory: {e}")))?;
         if self.saved.as_deref() != Some(text.as_str()) {
-            store.save(&self.memory).await?;
+            store.save(&text).await?;
             self.saved = Some(text);
         }
         Ok(())
