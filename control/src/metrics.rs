@@ -8,7 +8,7 @@ use prometheus::{
 };
 use roomkeeper_api::NodeId;
 use roomkeeper_playbook::{
-    ActivationPhase, Decision, Disposition, Engine, EngineMemory, HealthSnapshot, Playbook, Target,
+    ActivationPhase, Decision, Disposition, EngineMemory, GuardBudgets, HealthSnapshot, Target,
 };
 
 use crate::load::EndpointSignal;
@@ -214,10 +214,10 @@ impl ControlMetrics {
 
     /// Mirrors what the playbook holds: sales, traffic weights, stranded
     /// regions, quarantines, what buyers get per region, and every guard's
-    /// remaining budget.
+    /// remaining budget (`budgets`, as the loop computed them this tick).
     pub fn playbook_state(
         &self,
-        playbook: &Playbook,
+        budgets: &GuardBudgets,
         memory: &EngineMemory,
         snap: &HealthSnapshot,
         signals: &BTreeMap<NodeId, EndpointSignal>,
@@ -257,7 +257,6 @@ impl ControlMetrics {
                 .with_label_values(&[&id.to_string()])
                 .set(1);
         }
-        let budgets = Engine::budgets(playbook, memory, snap.at_ms);
         self.rate_limit_remaining
             .set(i64::from(budgets.rate_limit_remaining));
         self.failure_budget_remaining.reset();

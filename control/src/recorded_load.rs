@@ -62,7 +62,8 @@ pub struct Load {
     pub http: JsonClient,
 }
 
-/// A small deterministic generator (splitmix64).
+/// A small deterministic generator (splitmix64): the drills' recorded load
+/// and the benchmark's buyers; not for secrets.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -501,5 +502,17 @@ mod tests {
         let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert!(Rng::new(4).below(10) < 10);
+    }
+
+    #[test]
+    fn the_generator_spreads_evenly() {
+        let mut rng = Rng::new(7);
+        let mut counts = [0u32; 16];
+        for _ in 0..160_000 {
+            counts[rng.below(16)] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        }
     }
 }

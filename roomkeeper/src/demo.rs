@@ -529,11 +529,7 @@ async fn run_inner(
                 .collect();
             s.decisions = control.recent.iter().cloned().collect();
             s.quarantined_nodes = control.quarantined();
-            s.budgets = Some(roomkeeper_playbook::Engine::budgets(
-                control.playbook(),
-                control.memory(),
-                now_ms(),
-            ));
+            s.budgets = control.budgets().cloned();
             let mut explanations = std::collections::BTreeMap::new();
             explanations.insert("shard".to_string(), control.explain(&Target::Shard));
             for (region, _) in REGIONS {
