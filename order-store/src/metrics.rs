@@ -38,6 +38,8 @@ pub struct NodeMetrics {
     pub write_batch_commands: Histogram,
     pub state_orders: IntGauge,
     pub sales_paused: IntGauge,
+    /// Connections, caps and timeouts of the client and admin listeners.
+    pub http_edges: crate::http_server::EdgeMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -164,6 +166,7 @@ impl NodeMetrics {
                 "roomkeeper_sales_paused",
                 "1 when sales are paused on this shard",
             )?,
+            http_edges: crate::http_server::EdgeMetrics::new(&registry)?,
             registry,
         };
         m.register_all()?;

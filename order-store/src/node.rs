@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::admin::role_name;
 use crate::contact::ContactKeyring;
 use crate::faults::Faults;
+use crate::http_server::HttpLimits;
 use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
 use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
@@ -46,6 +47,8 @@ pub struct NodeConfig {
     pub keep_entries_after_snapshot: u64,
     /// Client writes in flight on this node beyond which requests get 429.
     pub max_inflight_writes: usize,
+    /// Timeouts and connection caps of the client and admin listeners.
+    pub http_limits: HttpLimits,
 }
 
 impl NodeConfig {
@@ -70,6 +73,7 @@ impl NodeConfig {
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
             max_inflight_writes: 4096,
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -229,18 +233,23 @@ impl NodeHandle {
             contact,
         };
         tokio::spawn(server.serve(raft_listener));
-        let api = crate::api::router(ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(api_listener, api).await {
-                tracing::error!(error = %e, "client API server stopped");
-            }
-        });
-        let admin = crate::admin::router(ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, admin).await {
-                tracing::error!(error = %e, "admin API server stopped");
-            }
-        });
+        let edges = metrics.http_edges.clone();
+        tokio::spawn(crate::http_server::serve(
+            api_listener,
+            "client",
+            crate::api::router(ctx.clone()),
+            cfg.http_limits.clone(),
+            crate::api::MAX_BODY_BYTES,
+            edges.clone(),
+        ));
+        tokio::spawn(crate::http_server::serve(
+            admin_listener,
+            "admin",
+            crate::admin::router(ctx.clone()),
+            cfg.http_limits,
+            crate::admin::MAX_BODY_BYTES,
+            edges,
+        ));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tracing::info!(
             node_id = cfg.node_id,

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use roomkeeper_order_store::contact::ContactKeyring;
+use roomkeeper_order_store::http_server::HttpLimits;
 use roomkeeper_order_store::quarantine::parse_joined_ids;
 use roomkeeper_order_store::{NodeConfig, NodeHandle};
 
@@ -80,6 +82,20 @@ pub struct NodeArgs {
     /// Client writes in flight beyond which new ones are refused at once with 429.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inflight_writes: u64,
+    /// Time a client of the client or admin API has to send a request head;
+    /// also how long a keep-alive connection may sit idle between requests.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+    /// Time a client has to send a request body once its head arrived.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_ms: u64,
+    /// Open connections accepted on each of the client and admin listeners.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
+    /// Open connections accepted from one IP address on each listener (behind
+    /// an ingress every client shares its address: raise this to the total).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections_per_peer: u64,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -134,6 +150,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.snapshot_every_entries = args.snapshot_every_entries;
     cfg.keep_entries_after_snapshot = args.keep_entries_after_snapshot;
     cfg.max_inflight_writes = usize::try_from(args.max_inflight_writes).unwrap_or(usize::MAX);
+    cfg.http_limits = HttpLimits {
+        header_read_timeout: Duration::from_millis(args.http_header_timeout_ms),
+        body_timeout: Duration::from_millis(args.http_body_timeout_ms),
+        max_connections: usize::try_from(args.http_max_connections).unwrap_or(usize::MAX),
+        max_connections_per_peer: usize::try_from(args.http_max_connections_per_peer)
+            .unwrap_or(usize::MAX),
+    };
     let node = NodeHandle::start(cfg).await.with_context(|| {
         format!(
             "starting node {} with data in {}",
