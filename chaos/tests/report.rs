@@ -425,18 +425,11 @@ fn orders_accepted_counts_refused_and_unknown_orders() {
         ..History::default()
     };
     let c = check(&h);
-    let r = evaluate(
-        &[ProbeSpec {
-            min_percent: Some(40),
-            ..probe(ProbeKind::OrdersAccepted)
-        }],
-        &h,
-        &c,
-        &PHASES,
-        &[],
-        &inv(),
-        &[],
-    );
+    let p = [ProbeSpec {
+        min_percent: Some(40),
+        ..probe(ProbeKind::OrdersAccepted)
+    }];
+    let r = evaluate(&p, &h, &c, &PHASES, &[], &inv(), &[]);
     assert_eq!(
         r[0].measured, "40.0% accepted (2 of 5 orders; 2 refused, 1 unknown)",
         "{r:?}"

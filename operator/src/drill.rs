@@ -703,14 +703,10 @@ impl DrillTarget for KubeTarget<'_> {
     /// From the operator's engine memory, as its loop left it at the last
     /// tick: the operator routes no storefront, so weights are what the
     /// engine drained.
-    async fn control_state(
-        &mut self,
-        obs: &ClusterObservation,
-        now_ms: u64,
-    ) -> Option<ControlState> {
+    async fn control_state(&mut self, obs: &ClusterObservation, at: u64) -> Option<ControlState> {
         let memory = self.memory.as_ref()?;
         Some(roomkeeper_control::state::control_state(
-            memory, obs, None, now_ms,
+            memory, obs, None, at,
         ))
     }
 }

@@ -93,6 +93,13 @@ pub(crate) fn abort_now(
     None
 }
 
+/// What the binding's control loop did and held during the run.
+#[derive(Default)]
+struct Seen {
+    decisions: Vec<DecisionMark>,
+    control: Vec<ControlState>,
+}
+
 /// One tick of the binding's control loop (and, on a game day, the human):
 /// its decisions and events are logged, what it holds afterwards is sampled.
 /// Returns whether a human asked to end every fault.
@@ -102,8 +109,7 @@ async fn control_tick<T: DrillTarget>(
     start_unix: u64,
     rec: &Recorder,
     log: &mut Log,
-    decisions: &mut Vec<DecisionMark>,
-    control: &mut Vec<ControlState>,
+    seen: &mut Seen,
 ) -> bool {
     let t = target.tick(obs, start_unix, rec.now_ms()).await;
     for d in t.decisions {
@@ -116,13 +122,13 @@ async fn control_tick<T: DrillTarget>(
                 ),
             );
         }
-        decisions.push(d);
+        seen.decisions.push(d);
     }
     for e in t.events {
         log.event(rec.now_ms(), e);
     }
     if let Some(s) = target.control_state(obs, rec.now_ms()).await {
-        control.push(s);
+        seen.control.push(s);
     }
     t.heal_all_faults
 }
@@ -275,8 +281,7 @@ where
         active: BTreeMap::new(),
         run_errors: Vec::new(),
     };
-    let mut decisions: Vec<DecisionMark> = Vec::new();
-    let mut control: Vec<ControlState> = Vec::new();
+    let mut seen = Seen::default();
     let mut abort_reason: Option<String> = None;
     let abort = spec.abort.clone().unwrap_or_default();
     let mut tick = tokio::time::interval(TICK);
@@ -375,16 +380,7 @@ where
         }
 
         // The binding's control loop (and, on a game day, the human).
-        let heal_all = control_tick(
-            target,
-            &obs,
-            start_unix,
-            &rec,
-            &mut log,
-            &mut decisions,
-            &mut control,
-        )
-        .await;
+        let heal_all = control_tick(target, &obs, start_unix, &rec, &mut log, &mut seen).await;
         if heal_all {
             faults.heal_all(injector, target, &mut log, &rec).await;
             log.event(rec.now_ms(), "operator ended every fault");
@@ -491,18 +487,9 @@ where
     let mut normal_since: Option<u64> = None;
     loop {
         let obs = target.observe(unix_ms()).await;
-        control_tick(
-            target,
-            &obs,
-            start_unix,
-            &rec,
-            &mut log,
-            &mut decisions,
-            &mut control,
-        )
-        .await;
+        control_tick(target, &obs, start_unix, &rec, &mut log, &mut seen).await;
         let now = rec.now_ms();
-        match control.last() {
+        match seen.control.last() {
             Some(s) if s.not_normal().is_empty() => {
                 normal_since.get_or_insert(now);
             }
@@ -512,12 +499,13 @@ where
         if abort_reason.is_some()
             || now >= deadline
             || normal_since.is_some_and(|t| now >= t + SETTLED_FOR_MS)
-            || control.is_empty()
+            || seen.control.is_empty()
         {
             break;
         }
         tokio::time::sleep(TICK).await;
     }
+    let Seen { decisions, control } = seen;
     let final_control = control.last().cloned();
     if let Some(c) = &final_control {
         let left = c.not_normal();

@@ -310,17 +310,11 @@ impl DrillTarget for World {
         addrs
     }
 
-    async fn control_state(
-        &mut self,
-        obs: &ClusterObservation,
-        now_ms: u64,
-    ) -> Option<ControlState> {
-        let control = self.control.as_ref()?;
+    async fn control_state(&mut self, obs: &ClusterObservation, at: u64) -> Option<ControlState> {
+        let memory = self.control.as_ref()?.memory();
+        let routing = Some(self.traffic.as_ref());
         Some(roomkeeper_control::state::control_state(
-            control.memory(),
-            obs,
-            Some(&self.traffic),
-            now_ms,
+            memory, obs, routing, at,
         ))
     }
 
