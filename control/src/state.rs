@@ -88,3 +88,74 @@ fn held(memory: &EngineMemory, region: &str) -> bool {
         a.phase == ActivationPhase::Active && a.target == Target::Region(region.to_string())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::NodeObservation;
+    use roomkeeper_api::NodeStatus;
+
+    fn node(id: u64, region: &str, leader: bool) -> NodeObservation {
+        NodeObservation {
+            node_id: id,
+            region: region.into(),
+            zone: format!("{region}-a"),
+            process_alive: Some(true),
+            healthz_ok: true,
+            status: Some(NodeStatus {
+                node_id: id,
+                role: if leader { "leader" } else { "follower" }.into(),
+                term: 2,
+                leader_id: Some(1),
+                voters: vec![1, 2],
+                ..NodeStatus::default()
+            }),
+        }
+    }
+
+    fn memory(drained: &[&str]) -> EngineMemory {
+        let regions: serde_json::Map<String, serde_json::Value> = drained
+            .iter()
+            .map(|r| (r.to_string(), serde_json::json!("engine")))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "nextDecisionId": 1, "records": [], "activations": [], "drainedRegions": regions
+        }))
+        .expect("memory")
+    }
+
+    #[test]
+    fn a_drained_region_no_tier_holds_is_stranded_and_not_normal() {
+        let obs = ClusterObservation::new(0, vec![node(1, "eu", true), node(2, "ap", false)]);
+        let s = control_state(&memory(&["ap"]), &obs, None, 7);
+        assert_eq!(s.at_ms, 7);
+        assert_eq!(s.weights["ap"], 0);
+        assert_eq!(s.weights["eu"], 100);
+        assert_eq!(s.stranded, vec!["ap".to_string()]);
+        assert!(is_stranded(&memory(&["ap"]), "ap"));
+        assert_eq!(s.not_normal(), vec!["region ap at weight 0".to_string()]);
+        assert_eq!(s.leader, Some(1));
+        assert_eq!(s.leader_away, None);
+        let s = control_state(&memory(&[]), &obs, None, 7);
+        assert!(s.not_normal().is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn the_storefronts_routing_counts_and_a_leader_in_a_drained_region_is_away() {
+        let obs = ClusterObservation::new(0, vec![node(1, "eu", true), node(2, "ap", false)]);
+        let routing = TrafficMap::default();
+        routing.set_weight("eu", 0);
+        routing.set_paused(true);
+        let s = control_state(&memory(&[]), &obs, Some(&routing), 0);
+        assert_eq!(s.weights["eu"], 0);
+        assert!(s.sales_paused);
+        assert_eq!(s.stranded, vec!["eu".to_string()]);
+        assert_eq!(
+            s.leader_away.as_deref(),
+            Some("leader 1 is in region eu at weight 0")
+        );
+        let headless = ClusterObservation::new(0, vec![node(2, "ap", false)]);
+        let s = control_state(&memory(&[]), &headless, None, 0);
+        assert_eq!(s.leader_away.as_deref(), Some("no leader elected"));
+    }
+}
