@@ -7,9 +7,7 @@ use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use roomkeeper_api::NodeId;
-use roomkeeper_playbook::{
-    ActivationPhase, Decision, Disposition, EngineMemory, GuardBudgets, HealthSnapshot, Target,
-};
+use roomkeeper_playbook::{Decision, Disposition, EngineMemory, GuardBudgets, HealthSnapshot};
 
 use crate::load::EndpointSignal;
 
@@ -236,12 +234,9 @@ impl ControlMetrics {
             self.traffic_weight
                 .with_label_values(&[r])
                 .set(if drained { 0 } else { 100 });
-            let held = memory.activations().iter().any(|a| {
-                a.phase == ActivationPhase::Active && a.target == Target::Region(r.to_string())
-            });
             self.region_stranded
                 .with_label_values(&[r])
-                .set(i64::from(drained && !held));
+                .set(i64::from(crate::state::is_stranded(memory, r)));
             let served: f64 = snap
                 .nodes
                 .iter()

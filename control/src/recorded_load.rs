@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::{HttpError, JsonClient, JsonReply};
-use crate::load::TrafficMap;
+use crate::load::{served, EndpointStats, TrafficMap};
 use roomkeeper_chaos::history::{FinalOrder, OpKind, OpResult};
 use roomkeeper_chaos::recorder::Recorder;
 use serde_json::{json, Value};
@@ -60,6 +60,9 @@ pub struct Load {
     pub stop: Arc<AtomicBool>,
     pub storm: Arc<Storm>,
     pub http: JsonClient,
+    /// What buyers feel of each endpoint (latency, served or not), for the
+    /// control loop's client-side signals — the same the demo's load feeds.
+    pub endpoints: Arc<EndpointStats>,
 }
 
 /// A small deterministic generator (splitmix64): the drills' recorded load
@@ -218,10 +221,12 @@ impl Load {
                             key: key.to_string(),
                         },
                     );
+                    let sent = std::time::Instant::now();
                     let r = self
                         .http
                         .post(&addr, path, body, Some(&self.cfg.client_token), timeout)
                         .await;
+                    self.endpoints.record(&addr, sent.elapsed(), served(&r));
                     if matches!(r, Err(HttpError::Transport { .. })) {
                         self.traffic.mark_down(&addr);
                     }

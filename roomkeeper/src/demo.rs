@@ -477,12 +477,7 @@ async fn run_inner(
             }
         }
 
-        let by_addr = stats.endpoint_signals();
-        let signals: std::collections::BTreeMap<u64, _> = cluster
-            .nodes
-            .values()
-            .filter_map(|n| by_addr.get(&n.info.api_addr).map(|s| (n.id, *s)))
-            .collect();
+        let signals = roomkeeper_local::sale::node_signals(cluster, &stats.endpoints);
         let mut actuator = LocalActuator {
             cluster,
             traffic: &traffic,
