@@ -16,11 +16,19 @@ pub struct PutRoom {
 }
 
 /// `PUT /v1/rooms/{room}/listings/{sku}`.
+///
+/// Bounds (checked by the node, refused with `invalid_request` and `field`):
+/// `price_cents` ≤ `MAX_PRICE_CENTS` (10^9) so that price × qty stays below
+/// 2^53 (exact for JSON clients that read numbers as doubles); `stock` and
+/// `per_buyer_limit` ≤ `MAX_STOCK` (10^9). Ids are never `.` or `..`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutListing {
+    /// At most `roomkeeper_order_state::command::MAX_PRICE_CENTS`.
     pub price_cents: u64,
+    /// At most `roomkeeper_order_state::command::MAX_STOCK`.
     pub stock: u32,
+    /// Between 1 and `MAX_STOCK`.
     pub per_buyer_limit: u32,
     pub state: ListingState,
 }
@@ -31,7 +39,10 @@ pub struct PutListing {
 pub struct PlaceOrder {
     pub sku: String,
     pub buyer: String,
+    /// Between 1 and `roomkeeper_order_state::command::MAX_ORDER_QTY` (10^4).
     pub qty: u32,
+    /// Identifies the order for retries. Only an accepted order is remembered
+    /// under its key; a refused one leaves nothing and a retry is decided again.
     pub idempotency_key: String,
     /// Buyer contact data; sealed by the node before it enters the log.
     #[serde(default)]
@@ -65,6 +76,8 @@ pub struct ReadParams {
 }
 
 /// Every refusal of the client and admin APIs: `{code, message, field?, retry_after_ms?}`.
+/// The only refusals without it are hyper's own answers to an unparsable
+/// request head (400, 414, 431 with an empty body; see the OpenAPI file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
+use roomkeeper_api::client::{PlaceOrder, PutListing, PutRoom};
+use roomkeeper_api::{leader_of, NodeInfo, NodeStatus};
+use roomkeeper_order_state::{ListingState, RoomState};
 use serde_json::{json, Value};
 
 use crate::http::{HttpConn, Response};
@@ -32,22 +34,13 @@ const AUX_CONNS: usize = 32;
 
 // ---------------------------------------------------------------- pure parts
 
-#[derive(Serialize)]
-struct PlaceOrderBody<'a> {
-    sku: &'a str,
-    buyer: &'a str,
-    qty: u32,
-    idempotency_key: &'a str,
-    contact: &'a str,
-}
-
 pub fn order_body(sku: &str, req: &OrderReq) -> Result<Vec<u8>> {
-    serde_json::to_vec(&PlaceOrderBody {
-        sku,
-        buyer: &req.buyer,
+    serde_json::to_vec(&PlaceOrder {
+        sku: sku.to_string(),
+        buyer: req.buyer.clone(),
         qty: 1,
-        idempotency_key: &req.idempotency_key,
-        contact: &req.contact,
+        idempotency_key: req.idempotency_key.clone(),
+        contact: req.contact.clone(),
     })
     .context("encoding order")
 }
@@ -138,75 +131,25 @@ pub fn classify(resp: &Response, want_id: bool) -> (Outcome, bool) {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub node_id: u64,
-    pub role: String,
-    pub term: u64,
-    pub leader_id: Option<u64>,
-    pub voters: Vec<u64>,
-    pub committed_index: u64,
-    pub applied_index: u64,
-    /// api_addr of each member, by id.
-    pub api_addrs: BTreeMap<u64, String>,
-}
-
+/// A node's `/admin/status` answer, in the API's own type.
 pub fn parse_status(body: &[u8]) -> Result<NodeStatus> {
-    let v: Value = serde_json::from_slice(body).context("admin status is not JSON")?;
-    let u = |k: &str| v.get(k).and_then(Value::as_u64);
-    let mut api_addrs = BTreeMap::new();
-    if let Some(members) = v.get("members").and_then(Value::as_object) {
-        for (id, info) in members {
-            if let (Ok(id), Some(api)) = (
-                id.parse::<u64>(),
-                info.get("api_addr").and_then(Value::as_str),
-            ) {
-                api_addrs.insert(id, api.to_string());
-            }
-        }
-    }
-    Ok(NodeStatus {
-        node_id: u("node_id").ok_or_else(|| anyhow!("admin status without node_id"))?,
-        role: v
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string(),
-        term: u("term").unwrap_or(0),
-        leader_id: u("leader_id"),
-        voters: v
-            .get("voters")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default(),
-        committed_index: u("committed_index").unwrap_or(0),
-        applied_index: u("applied_index").unwrap_or(0),
-        api_addrs,
-    })
+    serde_json::from_slice(body).context("admin status is not the API's NodeStatus")
 }
 
-/// The node that leads in the newest term any node knows of. A node that
-/// says it leads an older term (a restarted former leader that has not heard
-/// of the election yet) is not the leader; neither is anyone while the newest
-/// term has no leader (an election in progress).
-pub fn pick_leader(all: &[NodeStatus]) -> Option<&NodeStatus> {
-    let newest = all.iter().map(|s| s.term).max()?;
-    all.iter().find(|s| s.role == "leader" && s.term == newest)
-}
-
+/// The `/admin/init` body: every member a voter.
 pub fn init_body(nodes: &[(u64, NodeAddrs)]) -> Value {
-    let members: serde_json::Map<String, Value> = nodes
+    let members: BTreeMap<String, NodeInfo> = nodes
         .iter()
         .map(|(id, a)| {
             (
                 id.to_string(),
-                json!({
-                    "raft_addr": a.raft.to_string(),
-                    "api_addr": a.api.to_string(),
-                    "admin_addr": a.admin.to_string(),
-                    "region": REGION,
-                    "zone": a.zone,
-                }),
+                NodeInfo {
+                    raft_addr: a.raft.to_string(),
+                    api_addr: a.api.to_string(),
+                    admin_addr: a.admin.to_string(),
+                    region: REGION.to_string(),
+                    zone: a.zone.clone(),
+                },
             )
         })
         .collect();
@@ -270,7 +213,7 @@ impl Routing {
 
     async fn leader_status(&self) -> Result<NodeStatus> {
         let all = self.statuses().await;
-        pick_leader(&all)
+        leader_of(&all)
             .cloned()
             .ok_or_else(|| anyhow!("no node leads in the newest term ({} answered)", all.len()))
     }
@@ -278,11 +221,11 @@ impl Routing {
     /// The api address of the leader.
     async fn discover(&self) -> Result<SocketAddr> {
         let st = self.leader_status().await?;
-        let api = st
-            .api_addrs
-            .get(&st.node_id)
+        let me = st
+            .members
+            .get(&st.node_id.to_string())
             .ok_or_else(|| anyhow!("leader {} does not list its own api_addr", st.node_id))?;
-        resolve(api).await
+        resolve(&me.api_addr).await
     }
 
     fn uses_leader(&self) -> bool {
@@ -611,17 +554,21 @@ async fn setup_catalog(routing: &Routing, ctx: &Ctx) -> Result<()> {
         &mut c,
         hyper::Method::PUT,
         &room_path,
-        Some(&json!({"title": "roomkeeper bench flash sale", "home_region": REGION, "state": "live"})),
+        Some(&serde_json::to_value(PutRoom {
+            title: "roomkeeper bench flash sale".into(),
+            home_region: REGION.into(),
+            state: RoomState::Live,
+        })?),
     )
     .await?;
     ensure_ok(resp, "PUT room")?;
     let skus = ctx.catalog.skus();
-    let listing = json!({
-        "price_cents": PRICE_CENTS,
-        "stock": ctx.catalog.stock(),
-        "per_buyer_limit": PER_BUYER_LIMIT,
-        "state": "open",
-    });
+    let listing = serde_json::to_value(PutListing {
+        price_cents: PRICE_CENTS,
+        stock: u32::try_from(ctx.catalog.stock()).context("stock per SKU above u32")?,
+        per_buyer_limit: u32::try_from(PER_BUYER_LIMIT).context("per-buyer limit above u32")?,
+        state: ListingState::Open,
+    })?;
     let listing = Arc::new(listing);
     let room_path = Arc::new(room_path);
     let mut set = tokio::task::JoinSet::new();
@@ -1112,6 +1059,8 @@ mod tests {
     fn parses_admin_status() {
         let body = r#"{"node_id":2,"region":"local","zone":"local-b","role":"leader","term":3,
             "leader_id":2,"last_log_index":10,"committed_index":9,"applied_index":8,
+            "snapshot_index":0,"purged_index":0,"millis_since_quorum_ack":3,"orders":7,
+            "sales_paused":false,"test_faults_enabled":false,
             "voters":[1,2,3],"learners":[],
             "members":{"1":{"raft_addr":"127.0.0.1:1","api_addr":"127.0.0.1:2","admin_addr":"127.0.0.1:3","region":"local","zone":"local-a"},
                        "2":{"raft_addr":"127.0.0.1:4","api_addr":"127.0.0.1:5","admin_addr":"127.0.0.1:6","region":"local","zone":"local-b"}},
@@ -1123,35 +1072,14 @@ mod tests {
         assert_eq!(st.voters, vec![1, 2, 3]);
         assert_eq!(st.committed_index, 9);
         assert_eq!(st.applied_index, 8);
-        assert_eq!(
-            st.api_addrs.get(&2).map(String::as_str),
-            Some("127.0.0.1:5")
+        assert_eq!(st.members["2"].api_addr, "127.0.0.1:5");
+        let partial =
+            parse_status(br#"{"node_id":1,"role":"follower","leader_id":null}"#).unwrap_err();
+        assert!(
+            format!("{partial:#}").contains("missing field"),
+            "{partial:#}"
         );
-        let follower =
-            parse_status(br#"{"node_id":1,"role":"follower","leader_id":null}"#).unwrap();
-        assert_eq!(follower.leader_id, None);
         assert!(parse_status(b"{}").is_err());
-    }
-
-    #[test]
-    fn the_leader_is_the_one_of_the_newest_term() {
-        let st = |id: u64, role: &str, term: u64| NodeStatus {
-            node_id: id,
-            role: role.into(),
-            term,
-            ..NodeStatus::default()
-        };
-        let stale = [st(1, "leader", 3), st(2, "leader", 4), st(3, "follower", 4)];
-        assert_eq!(pick_leader(&stale).map(|s| s.node_id), Some(2));
-        let electing = [
-            st(1, "leader", 3),
-            st(2, "candidate", 4),
-            st(3, "follower", 3),
-        ];
-        assert_eq!(pick_leader(&electing), None);
-        assert_eq!(pick_leader(&[]), None);
-        let normal = [st(1, "follower", 5), st(3, "leader", 5)];
-        assert_eq!(pick_leader(&normal).map(|s| s.node_id), Some(3));
     }
 
     #[test]

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
+use roomkeeper_control::recorded_load::Rng;
 use tokio::task::JoinSet;
 
 use crate::latency::Latency;
-use crate::procs::Rng;
 
 /// Buyers are drawn from a pool this large (the per-buyer limit is set high
 /// enough that it never binds).
-pub const BUYER_POOL: u64 = 100_000;
+pub const BUYER_POOL: usize = 100_000;
 
 #[derive(Clone, Debug)]
 pub struct OrderReq {
@@ -239,7 +239,7 @@ pub async fn run_load<D: Driver>(
             let mut seq = 0u64;
             while Instant::now() < end {
                 seq += 1;
-                let sku = rng.below(plan.skus as u64) as usize;
+                let sku = rng.below(plan.skus);
                 let req = OrderReq {
                     sku,
                     buyer: format!("buyer-{}", rng.below(BUYER_POOL)),

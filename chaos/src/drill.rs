@@ -371,6 +371,15 @@ pub enum ProbeKind {
     PlaybookTier,
     /// Orders flow again (a second with at least half the steady rate) within `withinSecs` of the last heal.
     Recovery,
+    /// Accepted orders per second in `phase` (default fault) are at least
+    /// `minPercentOfSteady` % of the steady phase's rate (what buyers get
+    /// during the fault against the pre-fault baseline).
+    Throughput,
+    /// Within `withinSecs` of the last heal the control loop is back to
+    /// normal and stays so: every region at traffic weight 100, sales open,
+    /// no tier active, a leader elected on a node that takes traffic. Read
+    /// from the control loop the binding runs (or the operator's memory).
+    FullRecovery,
 }
 
 impl ProbeKind {
@@ -384,6 +393,8 @@ impl ProbeKind {
             ProbeKind::Rpo => "rpo",
             ProbeKind::PlaybookTier => "playbookTier",
             ProbeKind::Recovery => "recovery",
+            ProbeKind::Throughput => "throughput",
+            ProbeKind::FullRecovery => "fullRecovery",
         }
     }
 }
@@ -421,12 +432,16 @@ pub struct ProbeSpec {
     /// A name for the report (default: derived from kind and thresholds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Phase looked at (ordersAccepted, latency; default whole).
+    /// Phase looked at (ordersAccepted, latency: default whole; throughput: default fault).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<DrillPhase>,
     /// Least share of orders acknowledged, 0–100 (ordersAccepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_percent: Option<u32>,
+    /// Least accepted orders/s in the phase, as a percentage of the steady
+    /// phase's rate, 1–100 (throughput).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_percent_of_steady: Option<u32>,
     /// Percentile, 1–100 (latency; default 99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentile: Option<u32>,
@@ -439,7 +454,8 @@ pub struct ProbeSpec {
     /// Tier name (`heal`) or `T<level>` (`T1`) (playbookTier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
-    /// Deadline in seconds (playbookTier: after the first fault; recovery: after the last heal).
+    /// Deadline in seconds (playbookTier: after the first fault; recovery,
+    /// fullRecovery: after the last heal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub within_secs: Option<u64>,
     /// Reached (default) or notReached (playbookTier).
@@ -862,11 +878,13 @@ fn validate_probe(e: &mut Errs, p: &str, pr: &ProbeSpec, drill_secs: u64) {
         ProbeKind::Rto => &["maxMs"],
         ProbeKind::Rpo => &["max"],
         ProbeKind::PlaybookTier => &["tier", "withinSecs", "expect"],
-        ProbeKind::Recovery => &["withinSecs"],
+        ProbeKind::Recovery | ProbeKind::FullRecovery => &["withinSecs"],
+        ProbeKind::Throughput => &["phase", "minPercentOfSteady"],
     };
     let given = [
         ("phase", pr.phase.is_some()),
         ("minPercent", pr.min_percent.is_some()),
+        ("minPercentOfSteady", pr.min_percent_of_steady.is_some()),
         ("percentile", pr.percentile.is_some()),
         ("maxMs", pr.max_ms.is_some()),
         ("max", pr.max.is_some()),
@@ -915,7 +933,25 @@ fn validate_probe(e: &mut Errs, p: &str, pr: &ProbeSpec, drill_secs: u64) {
                 }
             }
         }
-        ProbeKind::Recovery => need(e, "withinSecs", pr.within_secs.is_some()),
+        ProbeKind::Recovery | ProbeKind::FullRecovery => {
+            need(e, "withinSecs", pr.within_secs.is_some())
+        }
+        ProbeKind::Throughput => {
+            need(e, "minPercentOfSteady", pr.min_percent_of_steady.is_some());
+            if pr.min_percent_of_steady.is_some_and(|m| m == 0 || m > 100) {
+                e.push(format!("{p}.minPercentOfSteady"), "must be 1–100");
+            }
+            match pr.phase {
+                Some(DrillPhase::Fault) | Some(DrillPhase::Recovery) | None => {}
+                Some(other) => e.push(
+                    format!("{p}.phase"),
+                    format!(
+                        "{} is not compared with the steady rate: use fault or recovery",
+                        phase_str(other)
+                    ),
+                ),
+            }
+        }
         ProbeKind::Invariants | ProbeKind::Rpo => {}
     }
     if pr.within_secs.is_some_and(|w| w > drill_secs) {
@@ -983,6 +1019,15 @@ impl ProbeSpec {
             },
             ProbeKind::Recovery => format!(
                 "orders flow again within {} s of the last heal",
+                self.within_secs.unwrap_or(0)
+            ),
+            ProbeKind::Throughput => format!(
+                "accepted orders/s ≥ {}% of steady ({})",
+                self.min_percent_of_steady.unwrap_or(0),
+                phase_str(self.phase.unwrap_or(DrillPhase::Fault))
+            ),
+            ProbeKind::FullRecovery => format!(
+                "weights 100, sales open, no tier active, leader on a serving node within {} s of the last heal",
                 self.within_secs.unwrap_or(0)
             ),
         }
@@ -1076,6 +1121,33 @@ spec:
         assert!(errors(&bad)[0].contains("kind must be"));
         let bad = GOOD.replace("name: t", "name: Bad_Name");
         assert!(errors(&bad)[0].starts_with("metadata.name"));
+    }
+
+    #[test]
+    fn throughput_and_full_recovery_probes_take_their_own_parameters() {
+        let with = |probe: &str| GOOD.replace("{kind: invariants}", probe);
+        assert_eq!(
+            errors(&with("{kind: throughput, minPercentOfSteady: 60}")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            errors(&with("{kind: throughput}")),
+            vec!["spec.hypothesis.probes[0].minPercentOfSteady: required for throughput"]
+        );
+        assert_eq!(
+            errors(&with(
+                "{kind: throughput, minPercentOfSteady: 60, phase: steady}"
+            )),
+            vec!["spec.hypothesis.probes[0].phase: steady is not compared with the steady rate: use fault or recovery"]
+        );
+        assert_eq!(
+            errors(&with("{kind: fullRecovery, withinSecs: 20, minPercent: 3}")),
+            vec!["spec.hypothesis.probes[0].minPercent: not a parameter of fullRecovery"]
+        );
+        assert_eq!(
+            errors(&with("{kind: fullRecovery}")),
+            vec!["spec.hypothesis.probes[0].withinSecs: required for fullRecovery"]
+        );
     }
 
     #[test]

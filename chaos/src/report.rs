@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::Report;
-use crate::drill::{DrillPhase, DrillSpec, ProbeKind, ProbeSpec, TierExpectation};
+use crate::drill::{phase_str, DrillPhase, DrillSpec, ProbeKind, ProbeSpec, TierExpectation};
 use crate::history::{History, OpKind, OpResult};
 
 /// Rejection codes that say "the store is not available right now", as opposed
@@ -62,9 +62,10 @@ pub struct OrderCounts {
     pub orders: usize,
     /// Orders acknowledged.
     pub acked: usize,
-    /// Orders refused with a business answer (sold out, limit…).
+    /// Orders not acknowledged whose last answer was a refusal: sold out,
+    /// limit, or not available now after every retry.
     pub refused: usize,
-    /// Orders never acknowledged nor refused (unavailable, timed out).
+    /// Orders with no definite answer in the end (timed out, outcome unknown).
     pub failed: usize,
     /// Attempts with an unknown outcome (timeouts, resets, 5xx).
     pub unknown_ops: usize,
@@ -171,6 +172,9 @@ pub struct DrillReport {
     pub timeline: Vec<Bucket>,
     pub bucket_ms: u64,
     pub game_day: Option<GameDayRecord>,
+    /// What the control loop held at the end of the run (`None`: the binding
+    /// reports no control-loop state).
+    pub final_control: Option<ControlState>,
     /// The drill as run.
     pub spec: DrillSpec,
 }
@@ -182,6 +186,17 @@ struct OrderFacts {
     acked_at: Option<u64>,
     refused: bool,
     attempts: usize,
+    /// Invocation time and whether the latest attempt was a definite refusal
+    /// (any code but an unknown outcome).
+    last: (u64, bool),
+}
+
+impl OrderFacts {
+    /// Not acknowledged, and the store's last word was a refusal (sold out,
+    /// limit, or "not available now" after every retry).
+    fn refused_in_the_end(&self) -> bool {
+        self.acked_at.is_none() && (self.refused || self.last.1)
+    }
 }
 
 fn order_facts(h: &History) -> BTreeMap<(String, String), OrderFacts> {
@@ -195,9 +210,17 @@ fn order_facts(h: &History) -> BTreeMap<(String, String), OrderFacts> {
             acked_at: None,
             refused: false,
             attempts: 0,
+            last: (op.invoke_ms, false),
         });
         f.first_invoke = f.first_invoke.min(op.invoke_ms);
         f.attempts += 1;
+        if op.invoke_ms >= f.last.0 {
+            let code = match &op.result {
+                OpResult::Rejected { code } => Some(code.as_str()),
+                _ => None,
+            };
+            f.last = (op.invoke_ms, code.is_some_and(|c| c != "outcome_unknown"));
+        }
         match &op.result {
             OpResult::Placed { .. } => {
                 if let Some(c) = op.complete_ms {
@@ -217,10 +240,7 @@ fn order_facts(h: &History) -> BTreeMap<(String, String), OrderFacts> {
 pub fn order_counts(h: &History) -> OrderCounts {
     let facts = order_facts(h);
     let acked = facts.values().filter(|f| f.acked_at.is_some()).count();
-    let refused = facts
-        .values()
-        .filter(|f| f.acked_at.is_none() && f.refused)
-        .count();
+    let refused = facts.values().filter(|f| f.refused_in_the_end()).count();
     OrderCounts {
         ops: h.ops.len(),
         orders: facts.len(),
@@ -323,6 +343,7 @@ pub fn evaluate(
     phases: &Phases,
     decisions: &[DecisionMark],
     invariants: &[NodeInvariant],
+    control: &[ControlState],
 ) -> Vec<ProbeResult> {
     let facts = order_facts(h);
     probes
@@ -331,12 +352,16 @@ pub fn evaluate(
             let (passed, measured) = match p.kind {
                 ProbeKind::OrdersAccepted => {
                     let (a, b) = phases.range(p.phase.unwrap_or(DrillPhase::Whole));
+                    // Every order tried in the phase counts: accepted,
+                    // refused (sold out, limit, or unavailable after every
+                    // retry) and unknown (no definite answer) alike.
                     let in_phase: Vec<&OrderFacts> = facts
                         .values()
                         .filter(|f| f.first_invoke >= a && f.first_invoke < b)
-                        .filter(|f| f.acked_at.is_some() || !f.refused)
                         .collect();
                     let acked = in_phase.iter().filter(|f| f.acked_at.is_some()).count();
+                    let refused = in_phase.iter().filter(|f| f.refused_in_the_end()).count();
+                    let unknown = in_phase.len() - acked - refused;
                     let min = p.min_percent.unwrap_or(0);
                     if in_phase.is_empty() {
                         (min == 0, "no orders in this phase".to_string())
@@ -344,7 +369,10 @@ pub fn evaluate(
                         let pct = acked as f64 * 100.0 / in_phase.len() as f64;
                         (
                             pct + 1e-9 >= f64::from(min),
-                            format!("{pct:.1}% ({acked} of {} orders)", in_phase.len()),
+                            format!(
+                                "{pct:.1}% accepted ({acked} of {} orders; {refused} refused, {unknown} unknown)",
+                                in_phase.len()
+                            ),
                         )
                     }
                 }
@@ -454,6 +482,15 @@ pub fn evaluate(
                     }
                 }
                 ProbeKind::Recovery => recovery(h, phases, p.within_secs.unwrap_or(0)),
+                ProbeKind::Throughput => throughput(
+                    h,
+                    phases,
+                    p.phase.unwrap_or(DrillPhase::Fault),
+                    p.min_percent_of_steady.unwrap_or(0),
+                ),
+                ProbeKind::FullRecovery => {
+                    full_recovery(control, phases, p.within_secs.unwrap_or(0))
+                }
             };
             ProbeResult {
                 name: p.display_name(),
@@ -501,14 +538,151 @@ fn recovery(h: &History, phases: &Phases, within_secs: u64) -> (bool, String) {
     }
 }
 
+/// Accepted orders per second over `[a, b)` (by acknowledgement time).
+fn accepted_rate(facts: &BTreeMap<(String, String), OrderFacts>, a: u64, b: u64) -> f64 {
+    let n = facts
+        .values()
+        .filter_map(|f| f.acked_at)
+        .filter(|t| *t >= a && *t < b)
+        .count();
+    n as f64 * 1000.0 / b.saturating_sub(a).max(1) as f64
+}
+
+/// Accepted orders/s in `phase` against the steady phase's rate. The steady
+/// rate leaves out the first second (connections warming up).
+fn throughput(h: &History, phases: &Phases, phase: DrillPhase, min_pct: u32) -> (bool, String) {
+    let (Some(start), Some(end)) = (phases.fault_start_ms, phases.fault_end_ms) else {
+        return (false, "no fault was injected and healed".into());
+    };
+    const WARM_UP_MS: u64 = 1_000;
+    if start < WARM_UP_MS + 1_000 {
+        return (
+            false,
+            "no steady phase to compare with (the first fault came within 2 s)".into(),
+        );
+    }
+    let (a, b) = match phase {
+        DrillPhase::Recovery => (end, phases.end_ms),
+        _ => (start, end.max(start)),
+    };
+    if b <= a {
+        return (false, format!("the {} phase is empty", phase_str(phase)));
+    }
+    let facts = order_facts(h);
+    let steady = accepted_rate(&facts, WARM_UP_MS, start);
+    if steady <= 0.0 {
+        return (false, "no order was accepted before the fault".into());
+    }
+    let rate = accepted_rate(&facts, a, b);
+    let pct = rate * 100.0 / steady;
+    (
+        pct + 1e-9 >= f64::from(min_pct),
+        format!(
+            "{rate:.0} accepted orders/s during the {} phase ({:.1} s) = {pct:.0}% of the steady {steady:.0}/s",
+            phase_str(phase),
+            (b - a) as f64 / 1000.0
+        ),
+    )
+}
+
+/// What the binding's control loop held at one moment of the drill: what
+/// `fullRecovery` and the stranded-region check read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlState {
+    /// Drill clock.
+    pub at_ms: u64,
+    /// Traffic weight per region (100 normal, 0 drained).
+    pub weights: BTreeMap<String, u32>,
+    pub sales_paused: bool,
+    /// Open tier activations, in words (`T2 move on region ap-south: active`).
+    pub tiers: Vec<String>,
+    /// Regions at weight 0 that no active tier holds there: nobody will
+    /// bring them back.
+    pub stranded: Vec<String>,
+    /// The elected leader, if any.
+    pub leader: Option<u64>,
+    /// Why the leader is not home (none elected, quarantined, in a region at
+    /// weight 0); `None` when it is.
+    pub leader_away: Option<String>,
+}
+
+impl ControlState {
+    /// What is not back to normal, in words (empty when everything is).
+    pub fn not_normal(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .weights
+            .iter()
+            .filter(|(_, w)| **w != 100)
+            .map(|(r, w)| format!("region {r} at weight {w}"))
+            .collect();
+        if self.sales_paused {
+            left.push("sales paused".into());
+        }
+        left.extend(self.tiers.iter().cloned());
+        left.extend(self.leader_away.iter().cloned());
+        left
+    }
+}
+
+/// From when after the last heal the control loop was back to normal and
+/// stayed so, against the deadline.
+fn full_recovery(control: &[ControlState], phases: &Phases, within_secs: u64) -> (bool, String) {
+    let Some(end) = phases.fault_end_ms else {
+        return (false, "no fault was healed".into());
+    };
+    if control.is_empty() {
+        return (
+            false,
+            "not measured: this binding reports no control-loop state".into(),
+        );
+    }
+    let after: Vec<&ControlState> = control.iter().filter(|s| s.at_ms >= end).collect();
+    let Some(last) = after.last() else {
+        return (
+            false,
+            "not measured: no control-loop state after the last heal".into(),
+        );
+    };
+    let mut since = None;
+    for s in &after {
+        if s.not_normal().is_empty() {
+            since.get_or_insert(s.at_ms);
+        } else {
+            since = None;
+        }
+    }
+    let secs = |t: u64| t.saturating_sub(end) as f64 / 1000.0;
+    match since {
+        Some(t) => (
+            t <= end + within_secs * 1000,
+            format!(
+                "back to normal {:.1} s after the last heal and still at {:.1} s (leader {})",
+                secs(t),
+                secs(last.at_ms),
+                last.leader.map_or_else(|| "none".into(), |l| l.to_string())
+            ),
+        ),
+        None => (
+            false,
+            format!(
+                "not back to normal {:.1} s after the last heal: {}",
+                secs(last.at_ms),
+                last.not_normal().join("; ")
+            ),
+        ),
+    }
+}
+
 /// PASS iff not aborted, no run error, the checker found nothing, every node's
-/// invariants hold and every probe passed.
+/// invariants hold, every probe passed and no region was left stranded (at
+/// weight 0 with no active tier to bring it back) at the end.
 pub fn verdict(
     aborted: bool,
     run_errors: &[String],
     check: &Report,
     invariants: &[NodeInvariant],
     probes: &[ProbeResult],
+    final_control: Option<&ControlState>,
 ) -> Verdict {
     if aborted {
         Verdict::Aborted
@@ -516,6 +690,7 @@ pub fn verdict(
         && check.valid
         && invariants.iter().all(|i| i.ok)
         && probes.iter().all(|p| p.passed)
+        && final_control.is_none_or(|c| c.stranded.is_empty())
     {
         Verdict::Pass
     } else {
@@ -560,7 +735,7 @@ impl DrillReport {
         let o = &self.orders;
         let _ = writeln!(
             s,
-            "  orders: {} tried, {} acknowledged, {} refused (business), {} failed; {} ops, {} unknown, {} retries, {} stock reads",
+            "  orders: {} tried: {} accepted, {} refused, {} unknown; {} ops, {} with an unknown outcome, {} retries, {} stock reads",
             o.orders, o.acked, o.refused, o.failed, o.ops, o.unknown_ops, o.retries, o.reads
         );
         let c = &self.check;
@@ -583,6 +758,25 @@ impl DrillReport {
         );
         for v in c.violations.iter().take(10) {
             let _ = writeln!(s, "    violation: {v}");
+        }
+        if let Some(c) = &self.final_control {
+            let left = c.not_normal();
+            let _ = writeln!(
+                s,
+                "  control loop at the end: {}",
+                if left.is_empty() {
+                    "every region at weight 100, sales open, no tier active, leader home"
+                        .to_string()
+                } else {
+                    left.join("; ")
+                }
+            );
+            for r in &c.stranded {
+                let _ = writeln!(
+                    s,
+                    "  STRANDED: region {r} is at weight 0 and no tier is active to restore it"
+                );
+            }
         }
         for p in &self.probes {
             let _ = writeln!(
@@ -655,6 +849,15 @@ table{{border-collapse:collapse;margin:1em 0;width:100%}}td,th{{border-bottom:1p
         for e in &self.run_errors {
             let _ = write!(s, "<p class=\"fail\">Run error: {}</p>", esc(e));
         }
+        if let Some(c) = &self.final_control {
+            for r in &c.stranded {
+                let _ = write!(
+                    s,
+                    "<p class=\"fail\">Stranded: region {} is at weight 0 and no tier is active to restore it.</p>",
+                    esc(r)
+                );
+            }
+        }
         s.push_str(&self.svg());
         s.push_str("<h2>Hypothesis</h2><table><tr><th></th><th>probe</th><th>measured</th></tr>");
         for p in &self.probes {
@@ -674,7 +877,7 @@ table{{border-collapse:collapse;margin:1em 0;width:100%}}td,th{{border-bottom:1p
             s,
             "<h2>History check</h2><table>\
 <tr><td>verdict</td><td class=\"{}\">{}</td></tr>\
-<tr><td>orders tried / acknowledged / refused / failed</td><td>{} / {} / {} / {}</td></tr>\
+<tr><td>orders tried / accepted / refused / unknown</td><td>{} / {} / {} / {}</td></tr>\
 <tr><td>operations / unknown outcomes / retries / stock reads</td><td>{} / {} / {} / {}</td></tr>\
 <tr><td>acknowledged orders lost (RPO)</td><td>{}</td></tr>\
 <tr><td>RTO (longest gap between acknowledged orders)</td><td>{} ms</td></tr>\

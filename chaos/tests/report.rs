@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use roomkeeper_chaos::drill::{DrillManifest, DrillPhase, ProbeKind, ProbeSpec, TierExpectation};
 use roomkeeper_chaos::report::{
-    evaluate, order_counts, timeline, verdict, DecisionMark, DrillReport, FaultRecord,
-    NodeInvariant, Phases, Verdict,
+    evaluate, order_counts, timeline, verdict, ControlState, DecisionMark, DrillReport,
+    FaultRecord, NodeInvariant, Phases, Verdict,
 };
 use roomkeeper_chaos::{check, FinalOrder, History, Op, OpKind, OpResult};
 
@@ -98,6 +98,7 @@ fn probe(kind: ProbeKind) -> ProbeSpec {
         name: None,
         phase: None,
         min_percent: None,
+        min_percent_of_steady: None,
         percentile: None,
         max_ms: None,
         max: None,
@@ -195,7 +196,7 @@ fn probes_measure_what_they_say() {
             ..probe(ProbeKind::Recovery)
         },
     ];
-    let r = evaluate(&probes, &h, &c, &PHASES, &decisions, &inv());
+    let r = evaluate(&probes, &h, &c, &PHASES, &decisions, &inv(), &[]);
     let passed: Vec<bool> = r.iter().map(|p| p.passed).collect();
     assert_eq!(
         passed,
@@ -203,15 +204,28 @@ fn probes_measure_what_they_say() {
         "{r:#?}"
     );
     assert!(
-        r[1].measured.starts_with("10.0% (3 of 30 orders)"),
+        r[1].measured == "10.0% accepted (3 of 30 orders; 0 refused, 27 unknown)",
         "{}",
         r[1].measured
     );
-    assert_eq!(verdict(false, &[], &c, &inv(), &r), Verdict::Fail);
-    assert_eq!(verdict(false, &[], &c, &inv(), &r[..1]), Verdict::Pass);
-    assert_eq!(verdict(true, &[], &c, &inv(), &r[..1]), Verdict::Aborted);
+    assert_eq!(verdict(false, &[], &c, &inv(), &r, None), Verdict::Fail);
     assert_eq!(
-        verdict(false, &["final read failed".into()], &c, &inv(), &r[..1]),
+        verdict(false, &[], &c, &inv(), &r[..1], None),
+        Verdict::Pass
+    );
+    assert_eq!(
+        verdict(true, &[], &c, &inv(), &r[..1], None),
+        Verdict::Aborted
+    );
+    assert_eq!(
+        verdict(
+            false,
+            &["final read failed".into()],
+            &c,
+            &inv(),
+            &r[..1],
+            None
+        ),
         Verdict::Fail
     );
 }
@@ -235,6 +249,7 @@ fn a_lost_order_or_a_broken_node_fails_the_invariants_probe() {
         &PHASES,
         &[],
         &inv(),
+        &[],
     );
     assert!(!r[0].passed && !r[1].passed, "{r:?}");
     assert!(r[0].measured.contains("o3"), "{}", r[0].measured);
@@ -251,9 +266,13 @@ fn a_lost_order_or_a_broken_node_fails_the_invariants_probe() {
         &PHASES,
         &[],
         &broken,
+        &[],
     );
     assert!(!r[0].passed && r[0].measured.contains("node 2"), "{r:?}");
-    assert_eq!(verdict(false, &[], &good, &broken, &[]), Verdict::Fail);
+    assert_eq!(
+        verdict(false, &[], &good, &broken, &[], None),
+        Verdict::Fail
+    );
 }
 
 #[test]
@@ -288,7 +307,7 @@ fn the_html_report_has_a_timeline_with_fault_bands_and_markers_and_escapes_text(
         verdict: Verdict::Pass,
         abort_reason: None,
         run_errors: vec![],
-        probes: evaluate(&spec.hypothesis.probes, &h, &c, &PHASES, &[], &inv()),
+        probes: evaluate(&spec.hypothesis.probes, &h, &c, &PHASES, &[], &inv(), &[]),
         orders: order_counts(&h),
         check: c,
         faults: vec![FaultRecord {
@@ -312,6 +331,7 @@ fn the_html_report_has_a_timeline_with_fault_bands_and_markers_and_escapes_text(
         timeline: timeline(&h, 1_000, 10_000),
         bucket_ms: 1_000,
         game_day: None,
+        final_control: None,
         spec,
     };
     let html = report.html();
@@ -331,4 +351,197 @@ fn the_html_report_has_a_timeline_with_fault_bands_and_markers_and_escapes_text(
     let back: DrillReport =
         serde_json::from_slice(&serde_json::to_vec(&report).expect("json")).expect("parse");
     assert_eq!(back, report);
+}
+
+#[test]
+fn orders_accepted_counts_refused_and_unknown_orders() {
+    let ops = vec![
+        order(
+            0,
+            1,
+            100,
+            5,
+            "a",
+            OpResult::Placed {
+                order_id: "o1".into(),
+            },
+        ),
+        order(
+            1,
+            1,
+            200,
+            5,
+            "b",
+            OpResult::Rejected {
+                code: "sold_out".into(),
+            },
+        ),
+        order(2, 1, 300, 5, "c", OpResult::Unknown),
+        // Unavailable, retried, still unavailable when the retries ran out.
+        order(
+            3,
+            1,
+            400,
+            5,
+            "d",
+            OpResult::Rejected {
+                code: "no_quorum".into(),
+            },
+        ),
+        order(
+            4,
+            1,
+            500,
+            5,
+            "d",
+            OpResult::Rejected {
+                code: "no_quorum".into(),
+            },
+        ),
+        // Unavailable first, then acknowledged.
+        order(
+            5,
+            1,
+            600,
+            5,
+            "e",
+            OpResult::Rejected {
+                code: "not_leader".into(),
+            },
+        ),
+        order(
+            6,
+            1,
+            700,
+            5,
+            "e",
+            OpResult::Placed {
+                order_id: "o2".into(),
+            },
+        ),
+    ];
+    let h = History {
+        ops,
+        ..History::default()
+    };
+    let c = check(&h);
+    let p = [ProbeSpec {
+        min_percent: Some(40),
+        ..probe(ProbeKind::OrdersAccepted)
+    }];
+    let r = evaluate(&p, &h, &c, &PHASES, &[], &inv(), &[]);
+    assert_eq!(
+        r[0].measured, "40.0% accepted (2 of 5 orders; 2 refused, 1 unknown)",
+        "{r:?}"
+    );
+    assert!(r[0].passed);
+    let o = order_counts(&h);
+    assert_eq!((o.orders, o.acked, o.refused, o.failed), (5, 2, 2, 1));
+}
+
+#[test]
+fn throughput_compares_the_phase_with_the_steady_rate() {
+    let h = history();
+    let c = check(&h);
+    let probes = [
+        ProbeSpec {
+            min_percent_of_steady: Some(50),
+            ..probe(ProbeKind::Throughput)
+        },
+        ProbeSpec {
+            min_percent_of_steady: Some(100),
+            phase: Some(DrillPhase::Recovery),
+            ..probe(ProbeKind::Throughput)
+        },
+    ];
+    let r = evaluate(&probes, &h, &c, &PHASES, &[], &inv(), &[]);
+    // Steady 10/s; nothing acknowledged during the outage; 33 in the 3 s after.
+    assert!(!r[0].passed, "{r:?}");
+    assert_eq!(
+        r[0].measured,
+        "0 accepted orders/s during the fault phase (3.0 s) = 0% of the steady 10/s"
+    );
+    assert!(r[1].passed, "{r:?}");
+    assert!(r[1].measured.contains("= 110% of the steady 10/s"), "{r:?}");
+    assert_eq!(r[0].name, "accepted orders/s ≥ 50% of steady (fault)");
+}
+
+fn state(at_ms: u64, drained: Option<&str>, tier: bool) -> ControlState {
+    let mut weights = BTreeMap::from([("eu".to_string(), 100), ("ap".to_string(), 100)]);
+    if let Some(r) = drained {
+        weights.insert(r.to_string(), 0);
+    }
+    ControlState {
+        at_ms,
+        weights,
+        sales_paused: false,
+        tiers: if tier {
+            vec!["T2 move on region ap: active".into()]
+        } else {
+            vec![]
+        },
+        stranded: if drained.is_some() && !tier {
+            vec![drained.unwrap_or_default().to_string()]
+        } else {
+            vec![]
+        },
+        leader: Some(1),
+        leader_away: None,
+    }
+}
+
+#[test]
+fn full_recovery_needs_the_control_loop_back_to_normal_in_time_and_staying_so() {
+    let h = history();
+    let c = check(&h);
+    let within = |s: u64| ProbeSpec {
+        within_secs: Some(s),
+        ..probe(ProbeKind::FullRecovery)
+    };
+    let eval = |states: &[ControlState], s: u64| {
+        evaluate(&[within(s)], &h, &c, &PHASES, &[], &inv(), states).remove(0)
+    };
+    // Drained during the fault, back to normal 1 s after the heal at 7 s.
+    let good = [
+        state(5_000, Some("ap"), true),
+        state(7_500, Some("ap"), true),
+        state(8_000, None, false),
+        state(9_500, None, false),
+    ];
+    let r = eval(&good, 2);
+    assert!(r.passed, "{r:?}");
+    assert!(
+        r.measured
+            .starts_with("back to normal 1.0 s after the last heal"),
+        "{r:?}"
+    );
+    assert!(!eval(&good, 0).passed);
+    // Normal for a moment, then drained again: not recovered.
+    let relapse = [state(8_000, None, false), state(9_000, Some("ap"), true)];
+    let r = eval(&relapse, 5);
+    assert!(!r.passed);
+    assert!(
+        r.measured
+            .contains("region ap at weight 0; T2 move on region ap: active"),
+        "{r:?}"
+    );
+    // A binding that reports nothing is not silently passed.
+    let r = eval(&[], 60);
+    assert!(!r.passed && r.measured.starts_with("not measured"), "{r:?}");
+}
+
+#[test]
+fn a_region_left_stranded_fails_the_drill() {
+    let c = check(&history());
+    let stranded = state(9_000, Some("ap"), false);
+    assert_eq!(stranded.stranded, vec!["ap".to_string()]);
+    assert_eq!(
+        verdict(false, &[], &c, &inv(), &[], Some(&stranded)),
+        Verdict::Fail
+    );
+    let held = state(9_000, Some("ap"), true);
+    assert_eq!(
+        verdict(false, &[], &c, &inv(), &[], Some(&held)),
+        Verdict::Pass
+    );
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use roomkeeper_api::NodeId;
 use roomkeeper_playbook::{
     validate_for_regions, ActionKind, ActionOutcome, Decision, Disposition, Engine, EngineMemory,
-    HealthSnapshot, Phase, Playbook, Target,
+    GuardBudgets, HealthSnapshot, Phase, Playbook, Target,
 };
 
 use crate::actuate::{carry_out, Actuate, Constraints};
@@ -37,9 +37,14 @@ pub struct ControlLoop {
     playbook: Playbook,
     rules: SnapshotRules,
     memory: EngineMemory,
-    history: VecDeque<HealthSnapshot>,
+    /// Snapshots of the playbook's look-back window, oldest first; a `Vec`
+    /// so the engine borrows it as a slice.
+    history: Vec<HealthSnapshot>,
     /// What the store holds, to skip writes that change nothing.
     saved: Option<String>,
+    /// What is left of every guard's budget after the last tick, computed
+    /// once per tick for the metrics and for status views.
+    budgets: Option<GuardBudgets>,
     /// Recent decisions in words, newest last, for status views.
     pub recent: VecDeque<String>,
     pub metrics: Option<ControlMetrics>,
@@ -97,8 +102,9 @@ impl ControlLoop {
             rules: SnapshotRules::from_playbook(&playbook, regions_total),
             playbook,
             memory,
-            history: VecDeque::new(),
+            history: Vec::new(),
             saved: None,
+            budgets: None,
             recent: VecDeque::new(),
             metrics: ControlMetrics::new()
                 .map_err(|e| tracing::warn!(error = %e, "control metrics unavailable"))
@@ -138,6 +144,12 @@ impl ControlLoop {
         &self.memory
     }
 
+    /// What was left of every guard's budget at the last tick (`None`
+    /// before the first).
+    pub fn budgets(&self) -> Option<&GuardBudgets> {
+        self.budgets.as_ref()
+    }
+
     /// The snapshot this loop would feed the engine for `obs`.
     pub fn snapshot(
         &self,
@@ -167,17 +179,15 @@ impl ControlLoop {
             m.observe(&snap);
         }
         let now = obs.at_ms;
-        self.history.push_back(snap);
+        self.history.push(snap);
         let keep = self.playbook.history_needed_ms() + 10_000;
-        while self
+        let expired = self
             .history
-            .front()
-            .is_some_and(|s| now.saturating_sub(s.at_ms) > keep)
-        {
-            self.history.pop_front();
-        }
-        let history: Vec<HealthSnapshot> = self.history.iter().cloned().collect();
-        let decisions = Engine::decide(&self.playbook, &history, now, &mut self.memory);
+            .iter()
+            .take_while(|s| now.saturating_sub(s.at_ms) > keep)
+            .count();
+        self.history.drain(..expired);
+        let decisions = Engine::decide(&self.playbook, &self.history, now, &mut self.memory);
         for d in &decisions {
             journal.decided(d).await?;
             self.remember(d);
@@ -218,12 +228,14 @@ impl ControlLoop {
             self.push_recent(line);
             let _ = self.memory.record_outcome(d.id, outcome);
         }
+        let budgets = Engine::budgets(&self.playbook, &self.memory, now);
         if let Some(m) = &self.metrics {
             m.tiers(&self.memory);
-            if let Some(snap) = self.history.back() {
-                m.playbook_state(&self.playbook, &self.memory, snap, signals);
+            if let Some(snap) = self.history.last() {
+                m.playbook_state(&budgets, &self.memory, snap, signals);
             }
         }
+        self.budgets = Some(budgets);
         self.save(store).await?;
         Ok(decisions)
     }
@@ -232,7 +244,7 @@ impl ControlLoop {
         let text = serde_json::to_string(&self.memory)
             .map_err(|e| StoreError::Backend(format!("engine memory: {e}")))?;
         if self.saved.as_deref() != Some(text.as_str()) {
-            store.save(&self.memory).await?;
+            store.save(&text).await?;
             self.saved = Some(text);
         }
         Ok(())
@@ -240,9 +252,8 @@ impl ControlLoop {
 
     /// Why did (or didn't) the engine act on `target`, in words.
     pub fn explain(&self, target: &Target) -> String {
-        let history: Vec<HealthSnapshot> = self.history.iter().cloned().collect();
-        let now = self.history.back().map_or(0, |s| s.at_ms);
-        Engine::explain(&self.playbook, &history, now, &self.memory, target)
+        let now = self.history.last().map_or(0, |s| s.at_ms);
+        Engine::explain(&self.playbook, &self.history, now, &self.memory, target)
     }
 
     fn remember(&mut self, d: &Decision) {
@@ -384,6 +395,7 @@ mod tests {
             .await
             .expect("open");
         let mut act = Recorder::default();
+        assert!(ctl.budgets().is_none(), "no budgets before the first tick");
         for i in 0..=40 {
             let obs = observation(1_000_000 + i * 500, 3);
             ctl.tick(&obs, &BTreeMap::new(), &mut act, &mut store, &mut journal)
@@ -391,6 +403,16 @@ mod tests {
                 .expect("tick");
         }
         assert_eq!(act.restarts.first(), Some(&3), "T1 restarted the dead node");
+        // The budgets the last tick computed are kept as they were then.
+        let budgets = ctl.budgets().expect("budgets after a tick");
+        assert_eq!(
+            budgets,
+            &Engine::budgets(&ctl.playbook, &ctl.memory, 1_000_000 + 40 * 500)
+        );
+        assert!(
+            budgets.rate_limit_used > 0,
+            "the restart counts: {budgets:?}"
+        );
         let log = std::fs::read_to_string(dir.join("decisions.jsonl")).expect("log");
         assert!(log.contains("\"kind\":\"outcome\""), "{log}");
         assert!(

@@ -60,7 +60,10 @@ impl JsonClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the nodes' keep-alive idle limit (`--http-header-timeout-ms`,
+            // 10 s by default), so a pooled connection is dropped here before
+            // the node closes it and no request races that close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build(connector);
         Self { client }
     }

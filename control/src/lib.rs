@@ -17,6 +17,7 @@ pub mod observation;
 pub mod recorded_load;
 pub mod setup;
 pub mod snapshot;
+pub mod state;
 
 pub use actuate::{ActError, Actuate};
 pub use control_loop::{ControlError, ControlLoop};

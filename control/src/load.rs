@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::http::JsonClient;
+use crate::http::{JsonClient, JsonReply};
 
 /// Where buyers send orders: client API addresses per region, and weights.
 #[derive(Debug, Default)]
@@ -110,8 +110,15 @@ pub struct LoadStats {
     longest_gap_ms: AtomicU64,
     /// Every acknowledged order: (order id, buyer, quantity), checked after the run.
     acknowledged: Mutex<Vec<(u64, String, u64)>>,
-    /// Per endpoint: recent (when, latency µs, served) of requests sent there —
-    /// the client-side view of each node's order latency and error rate.
+    /// The client-side view of each node's order latency and error rate.
+    pub endpoints: EndpointStats,
+}
+
+/// Per endpoint: recent (when, latency µs, served) of requests sent there —
+/// what buyers feel of each node. The demo's load and the drill's recorded
+/// load both feed it; the control loop reads it as [`EndpointSignal`]s.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
     per_endpoint: Mutex<BTreeMap<String, VecDeque<Sample>>>,
 }
 
@@ -143,8 +150,16 @@ pub struct LoadSummary {
 
 const WINDOW: Duration = Duration::from_secs(3);
 
-impl LoadStats {
-    fn record_endpoint(&self, addr: &str, latency: Duration, served: bool) {
+/// Whether a request was served, as its client sees it: an answer below 500
+/// that is not "overloaded" (a business refusal is served; a timeout, a
+/// reset or a 5xx is not).
+pub fn served<E>(r: &Result<JsonReply, E>) -> bool {
+    matches!(r, Ok(r) if r.status < 500 && r.status != 429)
+}
+
+impl EndpointStats {
+    /// Records one request sent to `addr`: its latency and whether it was served.
+    pub fn record(&self, addr: &str, latency: Duration, served: bool) {
         let now = Instant::now();
         if let Ok(mut m) = self.per_endpoint.lock() {
             let q = m.entry(addr.to_string()).or_default();
@@ -198,6 +213,13 @@ impl LoadStats {
                 ))
             })
             .collect()
+    }
+}
+
+impl LoadStats {
+    /// Client-side latency and error rate per endpoint over the last few seconds.
+    pub fn endpoint_signals(&self) -> BTreeMap<String, EndpointSignal> {
+        self.endpoints.endpoint_signals()
     }
 
     /// Every order the store acknowledged during the run.
@@ -325,8 +347,7 @@ pub fn start_buyers(
                                 Duration::from_secs(3),
                             )
                             .await;
-                        let served = matches!(&r, Ok(r) if r.status < 500 && r.status != 429);
-                        stats.record_endpoint(&addr, sent.elapsed(), served);
+                        stats.endpoints.record(&addr, sent.elapsed(), served(&r));
                         match r {
                             Ok(r) if r.status == 201 || r.status == 200 => {
                                 stats.record_ok(started.elapsed());

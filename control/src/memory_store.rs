@@ -28,11 +28,10 @@ pub enum StoreError {
 pub trait MemoryStore {
     /// The memory saved by an earlier controller, if any.
     fn load(&mut self) -> impl Future<Output = Result<Option<EngineMemory>, StoreError>> + Send;
-    /// Saves the memory (called after every tick that changed it).
-    fn save(
-        &mut self,
-        memory: &EngineMemory,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Saves the memory, given as its JSON text: the loop serializes it once
+    /// per tick, compares it with the last save and calls this only when it
+    /// changed.
+    fn save(&mut self, json: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Where decisions and outcomes are written for people and tools to read.
@@ -120,11 +119,10 @@ impl MemoryStore for FileStore {
         }
     }
 
-    async fn save(&mut self, memory: &EngineMemory) -> Result<(), StoreError> {
+    async fn save(&mut self, json: &str) -> Result<(), StoreError> {
         let path = self.memory_path();
-        let bytes = serde_json::to_vec(memory).map_err(|e| StoreError::Backend(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::write(&tmp, json).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 }

@@ -7,9 +7,7 @@ use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use roomkeeper_api::NodeId;
-use roomkeeper_playbook::{
-    ActivationPhase, Decision, Disposition, Engine, EngineMemory, HealthSnapshot, Playbook, Target,
-};
+use roomkeeper_playbook::{Decision, Disposition, EngineMemory, GuardBudgets, HealthSnapshot};
 
 use crate::load::EndpointSignal;
 
@@ -214,10 +212,10 @@ impl ControlMetrics {
 
     /// Mirrors what the playbook holds: sales, traffic weights, stranded
     /// regions, quarantines, what buyers get per region, and every guard's
-    /// remaining budget.
+    /// remaining budget (`budgets`, as the loop computed them this tick).
     pub fn playbook_state(
         &self,
-        playbook: &Playbook,
+        budgets: &GuardBudgets,
         memory: &EngineMemory,
         snap: &HealthSnapshot,
         signals: &BTreeMap<NodeId, EndpointSignal>,
@@ -236,12 +234,9 @@ impl ControlMetrics {
             self.traffic_weight
                 .with_label_values(&[r])
                 .set(if drained { 0 } else { 100 });
-            let held = memory.activations().iter().any(|a| {
-                a.phase == ActivationPhase::Active && a.target == Target::Region(r.to_string())
-            });
             self.region_stranded
                 .with_label_values(&[r])
-                .set(i64::from(drained && !held));
+                .set(i64::from(crate::state::is_stranded(memory, r)));
             let served: f64 = snap
                 .nodes
                 .iter()
@@ -257,7 +252,6 @@ impl ControlMetrics {
                 .with_label_values(&[&id.to_string()])
                 .set(1);
         }
-        let budgets = Engine::budgets(playbook, memory, snap.at_ms);
         self.rate_limit_remaining
             .set(i64::from(budgets.rate_limit_remaining));
         self.failure_budget_remaining.reset();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::{HttpError, JsonClient, JsonReply};
-use crate::load::TrafficMap;
+use crate::load::{served, EndpointStats, TrafficMap};
 use roomkeeper_chaos::history::{FinalOrder, OpKind, OpResult};
 use roomkeeper_chaos::recorder::Recorder;
 use serde_json::{json, Value};
@@ -60,9 +60,13 @@ pub struct Load {
     pub stop: Arc<AtomicBool>,
     pub storm: Arc<Storm>,
     pub http: JsonClient,
+    /// What buyers feel of each endpoint (latency, served or not), for the
+    /// control loop's client-side signals — the same the demo's load feeds.
+    pub endpoints: Arc<EndpointStats>,
 }
 
-/// A small deterministic generator (splitmix64).
+/// A small deterministic generator (splitmix64): the drills' recorded load
+/// and the benchmark's buyers; not for secrets.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -217,10 +221,12 @@ impl Load {
                             key: key.to_string(),
                         },
                     );
+                    let sent = std::time::Instant::now();
                     let r = self
                         .http
                         .post(&addr, path, body, Some(&self.cfg.client_token), timeout)
                         .await;
+                    self.endpoints.record(&addr, sent.elapsed(), served(&r));
                     if matches!(r, Err(HttpError::Transport { .. })) {
                         self.traffic.mark_down(&addr);
                     }
@@ -501,5 +507,17 @@ mod tests {
         let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert!(Rng::new(4).below(10) < 10);
+    }
+
+    #[test]
+    fn the_generator_spreads_evenly() {
+        let mut rng = Rng::new(7);
+        let mut counts = [0u32; 16];
+        for _ in 0..160_000 {
+            counts[rng.below(16)] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        }
     }
 }

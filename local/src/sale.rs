@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use roomkeeper_control::load::TrafficMap;
+use roomkeeper_control::load::{EndpointSignal, EndpointStats, TrafficMap};
 use roomkeeper_control::recorded_load::{final_read_at, FinalReadError, FinalState};
 use roomkeeper_control::setup::{create_sale_at, ListingSpec, SetupError};
 
@@ -102,4 +102,19 @@ pub fn refresh_endpoints(cluster: &LocalCluster, traffic: &TrafficMap, excluded:
     for (region, addrs) in by_region {
         traffic.set_endpoints(&region, addrs);
     }
+}
+
+/// What buyers felt of each node recently (latency, served or not), keyed by
+/// node id: the control loop's client-side signals. The demo's load and a
+/// drill's recorded load both record into an [`EndpointStats`].
+pub fn node_signals(
+    cluster: &LocalCluster,
+    endpoints: &EndpointStats,
+) -> BTreeMap<u64, EndpointSignal> {
+    let by_addr = endpoints.endpoint_signals();
+    cluster
+        .nodes
+        .values()
+        .filter_map(|n| by_addr.get(&n.info.api_addr).map(|s| (n.id, *s)))
+        .collect()
 }

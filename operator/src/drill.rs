@@ -30,9 +30,9 @@ use kube::runtime::watcher;
 use kube::{Client, CustomResource, ResourceExt};
 use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec, NodeRole, RegionPick};
 use roomkeeper_chaos::history::History;
-use roomkeeper_chaos::report::{DecisionMark, DrillReport, NodeInvariant};
+use roomkeeper_chaos::report::{ControlState, DecisionMark, DrillReport, NodeInvariant};
 use roomkeeper_control::http::JsonClient;
-use roomkeeper_control::load::TrafficMap;
+use roomkeeper_control::load::{EndpointStats, TrafficMap};
 use roomkeeper_control::recorded_load::Storm;
 use roomkeeper_control::ClusterObservation;
 use roomkeeper_drill::{ClientSide, DrillTarget, FaultInjector, ReportSink, RunConfig, Tick};
@@ -459,6 +459,11 @@ struct KubeTarget<'a> {
     /// Decisions already reported.
     seen: BTreeSet<DecisionId>,
     memory_unreadable: bool,
+    /// The operator's engine memory as last read (`None`: unreadable).
+    memory: Option<EngineMemory>,
+    /// What the drill's buyers feel of each pod (recorded by the load; the
+    /// operator's own loop does not read it yet).
+    endpoints: Arc<EndpointStats>,
 }
 
 impl KubeTarget<'_> {
@@ -533,9 +538,10 @@ impl KubeTarget<'_> {
         addrs
     }
 
-    /// The decisions the operator's loop recorded since the drill started
-    /// and not reported yet.
-    async fn new_decisions(&mut self, start_unix_ms: u64) -> Result<Vec<DecisionMark>, String> {
+    /// Reads the operator's engine memory (ConfigMap
+    /// `<cluster>-playbook-memory`): what its loop holds. No ConfigMap yet
+    /// means the loop has decided nothing.
+    async fn read_memory(&self) -> Result<EngineMemory, String> {
         let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), self.ns);
         let name = format!("{}-playbook-memory", self.cluster);
         let Some(cm) = cms
@@ -543,13 +549,21 @@ impl KubeTarget<'_> {
             .await
             .map_err(|e| format!("reading ConfigMap {name}: {e}"))?
         else {
-            return Ok(Vec::new());
+            return Ok(EngineMemory::default());
         };
         let Some(text) = cm.data.and_then(|d| d.get("memory.json").cloned()) else {
-            return Ok(Vec::new());
+            return Ok(EngineMemory::default());
         };
-        let memory: EngineMemory = serde_json::from_str(&text)
-            .map_err(|e| format!("ConfigMap {name}: unreadable engine memory: {e}"))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("ConfigMap {name}: unreadable engine memory: {e}"))
+    }
+
+    /// The decisions the operator's loop recorded since the drill started
+    /// and not reported yet; keeps the memory read for [`DrillTarget::control_state`].
+    async fn new_decisions(&mut self, start_unix_ms: u64) -> Result<Vec<DecisionMark>, String> {
+        let memory = self.read_memory().await;
+        self.memory = memory.as_ref().ok().cloned();
+        let memory = memory?;
         let mut out = Vec::new();
         for r in memory.records() {
             let d = &r.decision;
@@ -590,6 +604,7 @@ impl DrillTarget for KubeTarget<'_> {
             token: self.token.clone(),
             traffic: self.traffic.clone(),
             home_region: self.home_region.clone(),
+            endpoints: self.endpoints.clone(),
         }
     }
 
@@ -683,6 +698,16 @@ impl DrillTarget for KubeTarget<'_> {
 
     async fn final_read_addresses(&mut self) -> Vec<String> {
         self.addresses().await
+    }
+
+    /// From the operator's engine memory, as its loop left it at the last
+    /// tick: the operator routes no storefront, so weights are what the
+    /// engine drained.
+    async fn control_state(&mut self, obs: &ClusterObservation, at: u64) -> Option<ControlState> {
+        let memory = self.memory.as_ref()?;
+        Some(roomkeeper_control::state::control_state(
+            memory, obs, None, at,
+        ))
     }
 }
 
@@ -1220,6 +1245,8 @@ async fn execute(
         ids: BTreeMap::new(),
         seen: BTreeSet::new(),
         memory_unreadable: false,
+        memory: None,
+        endpoints: Arc::new(EndpointStats::default()),
     };
     let mut injector = PodFaults {
         client: &ctx.client,

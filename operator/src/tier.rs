@@ -147,10 +147,9 @@ impl MemoryStore for ConfigMapStore<'_> {
         }
     }
 
-    async fn save(&mut self, memory: &EngineMemory) -> Result<(), StoreError> {
-        let text = serde_json::to_string(memory).map_err(|e| StoreError::Backend(e.to_string()))?;
+    async fn save(&mut self, json: &str) -> Result<(), StoreError> {
         let mut cm = self.template.clone();
-        cm.data = Some(BTreeMap::from([(MEMORY_KEY.to_string(), text)]));
+        cm.data = Some(BTreeMap::from([(MEMORY_KEY.to_string(), json.to_string())]));
         self.api
             .patch(
                 &self.name,

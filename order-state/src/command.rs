@@ -9,8 +9,17 @@ use serde::{Deserialize, Serialize};
 pub const MAX_ID_LEN: usize = 128;
 /// Largest quantity one order may ask for.
 pub const MAX_ORDER_QTY: u32 = 10_000;
-/// Largest stock one listing may hold.
+/// Largest stock one listing may hold (also the largest per-buyer limit).
 pub const MAX_STOCK: u32 = 1_000_000_000;
+/// Largest integer a JSON client decoding numbers as IEEE doubles reads exactly (2^53 − 1).
+pub const MAX_JSON_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// Largest listing price, in cents (10 million currency units). Chosen so that
+/// an order's total (`price × qty` ≤ 10^13) stays below 2^53 and a listing's
+/// whole stock (`price × stock` ≤ 10^18) fits a signed 64-bit sum.
+pub const MAX_PRICE_CENTS: u64 = 1_000_000_000;
+
+const _: () = assert!(MAX_PRICE_CENTS * MAX_ORDER_QTY as u64 <= MAX_JSON_SAFE_INTEGER);
+const _: () = assert!(MAX_PRICE_CENTS * MAX_STOCK as u64 <= i64::MAX as u64);
 /// Largest encrypted contact blob accepted, in bytes.
 pub const MAX_CONTACT_LEN: usize = 1024;
 /// Longest room title, in bytes.
@@ -183,6 +192,14 @@ fn check_id(field: &'static str, value: &str) -> Result<(), InvalidField> {
             reason: format!("must be at most {MAX_ID_LEN} bytes, got {}", value.len()),
         });
     }
+    // `.` and `..` are path segments with a meaning of their own: a proxy or a
+    // client library may resolve them before the request reaches a node.
+    if value == "." || value == ".." {
+        return Err(InvalidField {
+            field,
+            reason: "must not be `.` or `..`".into(),
+        });
+    }
     if let Some(c) = value
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
@@ -219,22 +236,29 @@ impl Command {
             Command::UpsertListing {
                 room,
                 sku,
+                price_cents,
                 stock_total,
                 per_buyer_limit,
                 ..
             } => {
                 check_id("room", room)?;
                 check_id("sku", sku)?;
+                if *price_cents > MAX_PRICE_CENTS {
+                    return Err(InvalidField {
+                        field: "price_cents",
+                        reason: format!("must be at most {MAX_PRICE_CENTS}"),
+                    });
+                }
                 if *stock_total > MAX_STOCK {
                     return Err(InvalidField {
                         field: "stock",
                         reason: format!("must be at most {MAX_STOCK}"),
                     });
                 }
-                if *per_buyer_limit == 0 {
+                if *per_buyer_limit == 0 || *per_buyer_limit > MAX_STOCK {
                     return Err(InvalidField {
                         field: "per_buyer_limit",
-                        reason: "must be at least 1".into(),
+                        reason: format!("must be between 1 and {MAX_STOCK}"),
                     });
                 }
                 Ok(())
@@ -353,6 +377,66 @@ impl Outcome {
         match self {
             Outcome::Rejected { code, .. } => code.as_str(),
             _ => "ok",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(price_cents: u64, per_buyer_limit: u32) -> Command {
+        Command::UpsertListing {
+            room: "r".into(),
+            sku: "s".into(),
+            price_cents,
+            stock_total: 10,
+            per_buyer_limit,
+            state: ListingState::Open,
+        }
+    }
+
+    fn room(id: &str) -> Command {
+        Command::UpsertRoom {
+            room: id.into(),
+            title: String::new(),
+            home_region: "eu".into(),
+            state: RoomState::Live,
+        }
+    }
+
+    #[test]
+    fn prices_are_bounded_so_totals_stay_json_safe() {
+        assert!(listing(MAX_PRICE_CENTS, 1).validate().is_ok());
+        for bad in [MAX_PRICE_CENTS + 1, MAX_JSON_SAFE_INTEGER + 1, u64::MAX] {
+            let e = listing(bad, 1).validate().unwrap_err();
+            assert_eq!(e.field, "price_cents");
+        }
+        // The largest order total a client can be shown is exact in a double.
+        let total = MAX_PRICE_CENTS * u64::from(MAX_ORDER_QTY);
+        assert_eq!(total as f64 as u64, total);
+    }
+
+    #[test]
+    fn per_buyer_limit_is_bounded_like_stock() {
+        assert!(listing(1, MAX_STOCK).validate().is_ok());
+        assert_eq!(
+            listing(1, MAX_STOCK + 1).validate().unwrap_err().field,
+            "per_buyer_limit"
+        );
+        assert_eq!(
+            listing(1, 0).validate().unwrap_err().field,
+            "per_buyer_limit"
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_not_ids() {
+        for bad in [".", ".."] {
+            assert_eq!(room(bad).validate().unwrap_err().field, "room");
+        }
+        for ok in ["...", ".a", "a.", "a..b"] {
+            assert!(room(ok).validate().is_ok(), "{ok} refused");
         }
     }
 }

@@ -55,7 +55,9 @@ struct Buyer {
     last_order: u64,
 }
 
-/// What an idempotency key resolved to the first time it was used.
+/// What an idempotency key resolved to the first time it was used. Only
+/// accepted orders are recorded now; `Rejected` entries are still read from
+/// states written before refused orders stopped leaving records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FirstOutcome {
     Order(u64),
@@ -184,6 +186,9 @@ pub struct StateSummary {
     pub orders: u64,
     pub live_orders: u64,
     pub buyers: u64,
+    /// Entries of the idempotency table (one per accepted order).
+    #[serde(default)]
+    pub idempotency_keys: u64,
     pub sales_paused: bool,
     pub pause_reason: String,
 }
@@ -329,7 +334,14 @@ impl ShardState {
                 return self.replay(first.unpack(), listing_idx, qty);
             }
         }
-        let decision = self.check_order(room, listing_idx, buyer_idx, qty);
+        // A refused order leaves no trace: no buyer, no idempotency entry. A
+        // retry is decided again against the state of its own turn, which is the
+        // same refusal while nothing changed (docs/decisions.md, "Refused orders
+        // leave no state").
+        let l = match self.check_order(room, listing_idx, buyer_idx, qty) {
+            Ok(l) => l,
+            Err(code) => return rejected(code),
+        };
         let b = match buyer_idx {
             Some(b) => b,
             None => {
@@ -343,43 +355,28 @@ impl ShardState {
                 b
             }
         };
-        match decision {
-            Err(code) => {
-                self.idempotency.insert(
-                    (b, key.into()),
-                    PackedOutcome::pack(FirstOutcome::Rejected {
-                        listing: listing_idx,
-                        qty,
-                        code,
-                    }),
-                );
-                rejected(code)
-            }
-            Ok(l) => {
-                let listing = &mut self.listings[l as usize];
-                listing.stock_left -= qty;
-                let order = Order {
-                    listing: l,
-                    buyer: b,
-                    qty,
-                    status: OrderStatus::Placed,
-                    price_cents: listing.price_cents,
-                    created_at_ms: at,
-                    updated_at_ms: at,
-                    contact: contact.into(),
-                    prev_of_buyer: self.buyers[b as usize].last_order,
-                };
-                self.orders.push(order);
-                let id = self.orders.len() as u64;
-                *self.held.entry((l, b)).or_insert(0) += qty;
-                self.buyers[b as usize].last_order = id;
-                self.idempotency.insert(
-                    (b, key.into()),
-                    PackedOutcome::pack(FirstOutcome::Order(id)),
-                );
-                self.order_outcome(id, false)
-            }
-        }
+        let listing = &mut self.listings[l as usize];
+        listing.stock_left -= qty;
+        let order = Order {
+            listing: l,
+            buyer: b,
+            qty,
+            status: OrderStatus::Placed,
+            price_cents: listing.price_cents,
+            created_at_ms: at,
+            updated_at_ms: at,
+            contact: contact.into(),
+            prev_of_buyer: self.buyers[b as usize].last_order,
+        };
+        self.orders.push(order);
+        let id = self.orders.len() as u64;
+        *self.held.entry((l, b)).or_insert(0) += qty;
+        self.buyers[b as usize].last_order = id;
+        self.idempotency.insert(
+            (b, key.into()),
+            PackedOutcome::pack(FirstOutcome::Order(id)),
+        );
+        self.order_outcome(id, false)
     }
 
     /// Decides a new order; returns the listing index on success.
@@ -562,6 +559,7 @@ impl ShardState {
             orders: self.orders.len() as u64,
             live_orders: self.orders.iter().filter(|o| o.status.is_live()).count() as u64,
             buyers: self.buyers.len() as u64,
+            idempotency_keys: self.idempotency.len() as u64,
             sales_paused: self.sales_paused,
             pause_reason: self.pause_reason.clone(),
         }
@@ -718,6 +716,45 @@ mod as_pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejections_recorded_by_older_versions_still_replay() {
+        let mut s = ShardState::new();
+        let place = Command::PlaceOrder {
+            room: "r".into(),
+            sku: "s".into(),
+            buyer: "b".into(),
+            qty: 1,
+            idempotency_key: "k".into(),
+            contact: vec![],
+        };
+        // What a state written before refused orders stopped leaving records holds.
+        s.buyers.push(Buyer {
+            name: Arc::from("b"),
+            last_order: 0,
+        });
+        s.idempotency.insert(
+            (0, "k".into()),
+            PackedOutcome::pack(FirstOutcome::Rejected {
+                listing: None,
+                qty: 1,
+                code: RejectCode::RoomNotFound,
+            }),
+        );
+        let bytes = serde_json::to_vec(&s).expect("serialize");
+        let mut back: ShardState = serde_json::from_slice(&bytes).expect("deserialize");
+        assert_eq!(
+            back.apply(&Stamped {
+                at_ms: 1,
+                command: place
+            }),
+            Outcome::Rejected {
+                code: RejectCode::RoomNotFound,
+                replayed: true
+            }
+        );
+        back.check_invariants().expect("invariants");
+    }
 
     #[test]
     fn packed_outcomes_round_trip() {

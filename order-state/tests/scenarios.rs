@@ -194,6 +194,73 @@ fn paused_sales_refuse_orders_and_resume() {
 }
 
 #[test]
+fn refused_orders_leave_no_buyer_and_no_key_behind() {
+    let mut s = live_room_with_listing(1, 1);
+    let before = s.clone();
+    let unknown_room = Command::PlaceOrder {
+        room: "no-such-room".into(),
+        sku: "sku-1".into(),
+        buyer: "stranger".into(),
+        qty: 1,
+        idempotency_key: "k".into(),
+        contact: b"sealed".to_vec(),
+    };
+    for i in 0..1000u64 {
+        let mut c = unknown_room.clone();
+        if let Command::PlaceOrder {
+            buyer,
+            idempotency_key,
+            ..
+        } = &mut c
+        {
+            *buyer = format!("b{i}");
+            *idempotency_key = format!("k{i}");
+        }
+        assert_eq!(code(&s.apply(&at(3, c))), Some(RejectCode::RoomNotFound));
+        assert_eq!(
+            code(&s.apply(&at(3, order(&format!("b{i}"), "k", 2)))),
+            Some(RejectCode::LimitExceeded)
+        );
+    }
+    assert_eq!(s, before);
+    assert_eq!(s.summary().buyers, 0);
+    assert_eq!(s.summary().idempotency_keys, 0);
+}
+
+#[test]
+fn a_refused_key_is_refused_the_same_way_until_the_state_changes() {
+    let mut s = live_room_with_listing(1, 1);
+    let Outcome::Order { order: o, .. } = s.apply(&at(3, order("a", "k1", 1))) else {
+        panic!()
+    };
+    for t in 4..6 {
+        assert_eq!(
+            s.apply(&at(t, order("b", "k", 1))),
+            Outcome::Rejected {
+                code: RejectCode::SoldOut,
+                replayed: false
+            }
+        );
+    }
+    s.apply(&at(
+        6,
+        Command::CancelOrder {
+            order_id: o.order_id,
+        },
+    ));
+    // The refusal had no effect, so the same key now buys the freed unit, once.
+    let Outcome::Order { order: o2, .. } = s.apply(&at(7, order("b", "k", 1))) else {
+        panic!()
+    };
+    assert!(matches!(
+        s.apply(&at(8, order("b", "k", 1))),
+        Outcome::Order { order, replayed: true } if order.order_id == o2.order_id
+    ));
+    assert_eq!(s.summary().idempotency_keys, 2);
+    s.check_invariants().expect("invariants");
+}
+
+#[test]
 fn malformed_commands_are_rejected_without_effect() {
     let mut s = live_room_with_listing(5, 5);
     let before = s.clone();

@@ -23,6 +23,9 @@ use crate::faults::FaultSettings;
 use crate::node::NodeContext;
 use crate::raft_types::{NodeId, NodeInfo};
 
+/// Largest admin request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     (
         status,
@@ -32,7 +35,12 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Res
 }
 
 fn bad_json(r: JsonRejection) -> Response {
-    error(r.status(), "invalid_json", r.body_text())
+    let code = match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_json",
+    };
+    error(r.status(), code, r.body_text())
 }
 
 /// A JSON body whose rejection is answered in the admin API's error format.
@@ -149,7 +157,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(protected)
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }
 

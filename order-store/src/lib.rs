@@ -7,6 +7,7 @@
 //! - `raft_tls`: mutual TLS between nodes, node identities, issuing certificates;
 //! - `proposer`: batching client commands into log entries, overload and quorum checks;
 //! - `api` / `admin`: the client and admin HTTP listeners;
+//! - `http_server`: their accept loop: timeouts, connection caps, JSON refusals;
 //! - `node`: wiring and metrics;
 //! - `quarantine`: the admin listener of a node that must not join Raft (wiped volume).
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod api;
 pub mod contact;
 pub mod faults;
+pub mod http_server;
 pub mod log_store;
 pub mod metrics;
 pub mod node;

@@ -41,6 +41,8 @@ pub struct NodeMetrics {
     pub raft_connections_open: IntGauge,
     pub raft_connections_refused_total: IntCounterVec,
     pub raft_requests_refused_total: IntCounterVec,
+    /// Connections, caps and timeouts of the client and admin listeners.
+    pub http_edges: crate::http_server::EdgeMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -185,6 +187,7 @@ impl NodeMetrics {
                 ),
                 &["reason"],
             )?,
+            http_edges: crate::http_server::EdgeMetrics::new(&registry)?,
             registry,
         };
         m.register_all()?;

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::admin::role_name;
 use crate::contact::ContactKeyring;
 use crate::faults::Faults;
+use crate::http_server::HttpLimits;
 use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
 use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     pub cluster_id: String,
     /// How peers are authenticated on the Raft transport.
     pub raft_security: RaftSecurity,
+    /// Timeouts and connection caps of the client and admin listeners.
+    pub http_limits: HttpLimits,
 }
 
 /// How peers are authenticated on the Raft transport.
@@ -92,6 +95,7 @@ impl NodeConfig {
             raft_limits: ListenerLimits::default(),
             cluster_id: "local".into(),
             raft_security: RaftSecurity::InsecurePlaintext,
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -277,18 +281,23 @@ impl NodeHandle {
             keyring,
         });
         tokio::spawn(server.serve(raft_listener));
-        let api = crate::api::router(ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(api_listener, api).await {
-                tracing::error!(error = %e, "client API server stopped");
-            }
-        });
-        let admin = crate::admin::router(ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, admin).await {
-                tracing::error!(error = %e, "admin API server stopped");
-            }
-        });
+        let edges = metrics.http_edges.clone();
+        tokio::spawn(crate::http_server::serve(
+            api_listener,
+            "client",
+            crate::api::router(ctx.clone()),
+            cfg.http_limits.clone(),
+            crate::api::MAX_BODY_BYTES,
+            edges.clone(),
+        ));
+        tokio::spawn(crate::http_server::serve(
+            admin_listener,
+            "admin",
+            crate::admin::router(ctx.clone()),
+            cfg.http_limits,
+            crate::admin::MAX_BODY_BYTES,
+            edges,
+        ));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tracing::info!(
             node_id = cfg.node_id,

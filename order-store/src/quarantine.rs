@@ -76,7 +76,20 @@ pub async fn serve_wiped(
         .route("/metrics", get(metrics))
         .fallback(refuse)
         .with_state(state);
-    axum::serve(listener, app).await
+    // The same edge limits as a running node's admin listener; their metrics
+    // go to a registry of their own (the quarantine `/metrics` is fixed text).
+    let edges = crate::http_server::EdgeMetrics::new(&prometheus::Registry::new())
+        .map_err(std::io::Error::other)?;
+    crate::http_server::serve(
+        listener,
+        "admin",
+        app,
+        crate::http_server::HttpLimits::default(),
+        crate::admin::MAX_BODY_BYTES,
+        edges,
+    )
+    .await;
+    Ok(())
 }
 
 async fn readyz(State(q): State<Arc<Quarantine>>) -> Response {

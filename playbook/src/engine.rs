@@ -400,16 +400,18 @@ fn step_tier(
                                 out,
                                 tick,
                                 tier,
-                                Phase::StandDown,
-                                step,
-                                action_target(step, target),
-                                reason,
-                                evidence(&creading, csince),
-                                Disposition::Suppressed {
-                                    guard: Guard::ApprovalGate,
-                                    why: format!("approval request #{id} withdrawn: {why}"),
+                                Draft {
+                                    phase: Phase::StandDown,
+                                    action: step,
+                                    target: action_target(step, target),
+                                    reason,
+                                    evidence: evidence(&creading, csince),
+                                    disposition: Disposition::Suppressed {
+                                        guard: Guard::ApprovalGate,
+                                        why: format!("approval request #{id} withdrawn: {why}"),
+                                    },
+                                    follows: Some(id),
                                 },
-                                Some(id),
                             );
                         }
                         if tier.stand_down_actions.is_empty() {
@@ -580,16 +582,18 @@ fn work_steps(
                             out,
                             tick,
                             tier,
-                            phase,
-                            action,
-                            action_target(action, &act.target),
-                            reason,
-                            ev,
-                            Disposition::Suppressed {
-                                guard: Guard::ApprovalGate,
-                                why,
+                            Draft {
+                                phase,
+                                action,
+                                target: action_target(action, &act.target),
+                                reason,
+                                evidence: ev,
+                                disposition: Disposition::Suppressed {
+                                    guard: Guard::ApprovalGate,
+                                    why,
+                                },
+                                follows: Some(decision_id),
                             },
-                            Some(decision_id),
                         );
                         memory.activations[idx].steps[j].state = StepState::Finished {
                             decision_id: Some(decision_id),
@@ -639,18 +643,20 @@ fn work_steps(
                                 out,
                                 tick,
                                 tier,
-                                phase,
-                                action,
-                                action_target(action, &act.target),
-                                reason,
-                                ev,
-                                Disposition::Suppressed {
+                                Draft {
+                                    phase,
+                                    action,
+                                    target: action_target(action, &act.target),
+                                    reason,
+                                    evidence: ev,
+                                    disposition: Disposition::Suppressed {
                                     guard: Guard::ApprovalGate,
                                     why: format!(
                                         "nobody answered the approval request within {waited}; the tier's declared default is to reject"
                                     ),
                                 },
-                                Some(decision_id),
+                                    follows: Some(decision_id),
+                                },
                             );
                             memory.activations[idx].steps[j].state = StepState::Finished {
                                 decision_id: Some(decision_id),
@@ -698,13 +704,15 @@ fn attempt(
                 out,
                 tick,
                 tier,
-                phase,
-                action,
-                target.clone(),
-                reason,
-                evidence.clone(),
-                Disposition::Suppressed { guard, why },
-                follows,
+                Draft {
+                    phase,
+                    action,
+                    target: target.clone(),
+                    reason,
+                    evidence: evidence.clone(),
+                    disposition: Disposition::Suppressed { guard, why },
+                    follows,
+                },
             );
             let quarantined = quarantine(tick, tier, &target, id, evidence, memory, out);
             memory.activations[idx].steps[j].last_suppressed_by = Some(if quarantined {
@@ -720,13 +728,15 @@ fn attempt(
                     out,
                     tick,
                     tier,
-                    phase,
-                    action,
-                    target.clone(),
-                    reason,
-                    evidence,
-                    Disposition::Suppressed { guard, why },
-                    follows,
+                    Draft {
+                        phase,
+                        action,
+                        target: target.clone(),
+                        reason,
+                        evidence,
+                        disposition: Disposition::Suppressed { guard, why },
+                        follows,
+                    },
                 ));
                 memory.activations[idx].steps[j].last_suppressed_by = Some(guard);
             }
@@ -739,13 +749,15 @@ fn attempt(
                 out,
                 tick,
                 tier,
-                phase,
-                action,
-                target.clone(),
-                reason,
-                evidence.clone(),
-                Disposition::Suppressed { guard, why },
-                follows,
+                Draft {
+                    phase,
+                    action,
+                    target: target.clone(),
+                    reason,
+                    evidence: evidence.clone(),
+                    disposition: Disposition::Suppressed { guard, why },
+                    follows,
+                },
             );
             memory.activations[idx].steps[j].state = StepState::Finished {
                 decision_id: Some(id),
@@ -757,13 +769,15 @@ fn attempt(
                 out,
                 tick,
                 tier,
-                phase,
-                action,
-                target,
-                reason,
-                evidence,
-                Disposition::Suppressed { guard, why },
-                follows,
+                Draft {
+                    phase,
+                    action,
+                    target,
+                    reason,
+                    evidence,
+                    disposition: Disposition::Suppressed { guard, why },
+                    follows,
+                },
             );
             memory.activations[idx].steps[j].last_suppressed_by = Some(guard);
         }
@@ -790,13 +804,15 @@ fn attempt(
         out,
         tick,
         tier,
-        phase,
-        action,
-        target.clone(),
-        reason,
-        evidence,
-        disposition,
-        follows,
+        Draft {
+            phase,
+            action,
+            target: target.clone(),
+            reason,
+            evidence,
+            disposition,
+            follows,
+        },
     );
     let s = &mut memory.activations[idx].steps[j];
     s.last_suppressed_by = None;
@@ -854,22 +870,21 @@ fn escalate_to_human(
         out,
         tick,
         tier,
-        Phase::Escalation,
-        ActionKind::PageHuman,
-        target.clone(),
-        reason,
-        evidence,
-        disposition,
-        Some(limited),
+        Draft {
+            phase: Phase::Escalation,
+            action: ActionKind::PageHuman,
+            target: target.clone(),
+            reason,
+            evidence,
+            disposition,
+            follows: Some(limited),
+        },
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    memory: &mut EngineMemory,
-    out: &mut Vec<Decision>,
-    tick: &Tick<'_>,
-    tier: &Tier,
+/// What a decision says, before [`emit`] gives it an id, a time and an
+/// origin.
+struct Draft {
     phase: Phase,
     action: ActionKind,
     target: Target,
@@ -877,12 +892,32 @@ fn emit(
     evidence: Vec<Evidence>,
     disposition: Disposition,
     follows: Option<DecisionId>,
+}
+
+/// Records `draft` as a decision of `tier`, now.
+fn emit(
+    memory: &mut EngineMemory,
+    out: &mut Vec<Decision>,
+    tick: &Tick<'_>,
+    tier: &Tier,
+    draft: Draft,
 ) -> DecisionId {
-    emit_as(
-        memory,
-        out,
-        tick.now,
-        (&tier.name, Some(tier.level)),
+    emit_as(memory, out, tick.now, (&tier.name, Some(tier.level)), draft)
+}
+
+/// Who a decision is attributed to: a tier's name and level (`converge`
+/// decisions have no level).
+type Origin<'a> = (&'a str, Option<u8>);
+
+/// Records `draft` as a decision of `origin` at `now`.
+fn emit_as(
+    memory: &mut EngineMemory,
+    out: &mut Vec<Decision>,
+    now: u64,
+    origin: Origin<'_>,
+    draft: Draft,
+) -> DecisionId {
+    let Draft {
         phase,
         action,
         target,
@@ -890,27 +925,7 @@ fn emit(
         evidence,
         disposition,
         follows,
-    )
-}
-
-/// Who a decision is attributed to: a tier's name and level (`converge`
-/// decisions have no level).
-type Origin<'a> = (&'a str, Option<u8>);
-
-#[allow(clippy::too_many_arguments)]
-fn emit_as(
-    memory: &mut EngineMemory,
-    out: &mut Vec<Decision>,
-    now: u64,
-    origin: Origin<'_>,
-    phase: Phase,
-    action: ActionKind,
-    target: Target,
-    reason: String,
-    evidence: Vec<Evidence>,
-    disposition: Disposition,
-    follows: Option<DecisionId>,
-) -> DecisionId {
+    } = draft;
     let d = Decision {
         id: memory.take_id(),
         at_ms: now,
@@ -1725,13 +1740,15 @@ fn block_failed_action(
         out,
         tick.now,
         origin,
-        Phase::Escalation,
-        ActionKind::PageHuman,
-        target.clone(),
-        reason,
-        evidence,
-        disposition,
-        suppressed,
+        Draft {
+            phase: Phase::Escalation,
+            action: ActionKind::PageHuman,
+            target: target.clone(),
+            reason,
+            evidence,
+            disposition,
+            follows: suppressed,
+        },
     );
 }
 
@@ -1783,17 +1800,19 @@ fn quarantine(
         out,
         tick,
         tier,
-        Phase::Escalation,
-        ActionKind::PageHuman,
-        target.clone(),
-        reason.clone(),
-        ev.clone(),
-        if dry {
-            Disposition::DryRun
-        } else {
-            Disposition::Execute
+        Draft {
+            phase: Phase::Escalation,
+            action: ActionKind::PageHuman,
+            target: target.clone(),
+            reason: reason.clone(),
+            evidence: ev.clone(),
+            disposition: if dry {
+                Disposition::DryRun
+            } else {
+                Disposition::Execute
+            },
+            follows: Some(suppressed),
         },
-        Some(suppressed),
     );
     if dry {
         return false;
@@ -1892,13 +1911,15 @@ fn review_quarantines(tick: &Tick<'_>, memory: &mut EngineMemory, out: &mut Vec<
             out,
             tick.now,
             (&q.tier, level),
-            Phase::StandDown,
-            ActionKind::RecordEvent,
-            target,
-            reason,
-            evidence,
-            Disposition::Execute,
-            q.page_decision,
+            Draft {
+                phase: Phase::StandDown,
+                action: ActionKind::RecordEvent,
+                target,
+                reason,
+                evidence,
+                disposition: Disposition::Execute,
+                follows: q.page_decision,
+            },
         );
     }
 }
@@ -2072,13 +2093,15 @@ fn converge(tick: &Tick<'_>, memory: &mut EngineMemory, out: &mut Vec<Decision>)
                     out,
                     tick.now,
                     origin,
-                    Phase::StandDown,
-                    action,
-                    target.clone(),
-                    reason,
-                    evidence,
-                    Disposition::Suppressed { guard, why },
-                    None,
+                    Draft {
+                        phase: Phase::StandDown,
+                        action,
+                        target: target.clone(),
+                        reason,
+                        evidence,
+                        disposition: Disposition::Suppressed { guard, why },
+                        follows: None,
+                    },
                 ));
             }
             if guard == Guard::FailureBudget {
@@ -2095,13 +2118,15 @@ fn converge(tick: &Tick<'_>, memory: &mut EngineMemory, out: &mut Vec<Decision>)
                     out,
                     tick.now,
                     origin,
-                    Phase::StandDown,
-                    action,
-                    target,
-                    reason,
-                    evidence,
-                    Disposition::DryRun,
-                    None,
+                    Draft {
+                        phase: Phase::StandDown,
+                        action,
+                        target,
+                        reason,
+                        evidence,
+                        disposition: Disposition::DryRun,
+                        follows: None,
+                    },
                 );
             }
             continue;
@@ -2112,13 +2137,15 @@ fn converge(tick: &Tick<'_>, memory: &mut EngineMemory, out: &mut Vec<Decision>)
             out,
             tick.now,
             origin,
-            Phase::StandDown,
-            action,
-            target.clone(),
-            reason,
-            evidence,
-            Disposition::Execute,
-            None,
+            Draft {
+                phase: Phase::StandDown,
+                action,
+                target: target.clone(),
+                reason,
+                evidence,
+                disposition: Disposition::Execute,
+                follows: None,
+            },
         );
         memory.apply_effect(action, &target, EffectOwner::Engine);
     }

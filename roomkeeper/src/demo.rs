@@ -477,12 +477,7 @@ async fn run_inner(
             }
         }
 
-        let by_addr = stats.endpoint_signals();
-        let signals: std::collections::BTreeMap<u64, _> = cluster
-            .nodes
-            .values()
-            .filter_map(|n| by_addr.get(&n.info.api_addr).map(|s| (n.id, *s)))
-            .collect();
+        let signals = roomkeeper_local::sale::node_signals(cluster, &stats.endpoints);
         let mut actuator = LocalActuator {
             cluster,
             traffic: &traffic,
@@ -529,11 +524,7 @@ async fn run_inner(
                 .collect();
             s.decisions = control.recent.iter().cloned().collect();
             s.quarantined_nodes = control.quarantined();
-            s.budgets = Some(roomkeeper_playbook::Engine::budgets(
-                control.playbook(),
-                control.memory(),
-                now_ms(),
-            ));
+            s.budgets = control.budgets().cloned();
             let mut explanations = std::collections::BTreeMap::new();
             explanations.insert("shard".to_string(), control.explain(&Target::Shard));
             for (region, _) in REGIONS {

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use roomkeeper_order_store::contact::ContactKeyring;
+use roomkeeper_order_store::http_server::HttpLimits;
 use roomkeeper_order_store::quarantine::parse_joined_ids;
 use roomkeeper_order_store::transport::ListenerLimits;
 use roomkeeper_order_store::wire::FrameDeadline;
@@ -110,6 +112,20 @@ pub struct NodeArgs {
     /// frame) has to arrive, plus one second per 256 KiB of its length.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub raft_frame_timeout_ms: u64,
+    /// Time a client of the client or admin API has to send a request head;
+    /// also how long a keep-alive connection may sit idle between requests.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+    /// Time a client has to send a request body once its head arrived.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_ms: u64,
+    /// Open connections accepted on each of the client and admin listeners.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
+    /// Open connections accepted from one IP address on each listener (behind
+    /// an ingress every client shares its address: raise this to the total).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections_per_peer: u64,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -177,6 +193,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             base: std::time::Duration::from_millis(args.raft_frame_timeout_ms),
             ..FrameDeadline::default()
         },
+    };
+    cfg.http_limits = HttpLimits {
+        header_read_timeout: Duration::from_millis(args.http_header_timeout_ms),
+        body_timeout: Duration::from_millis(args.http_body_timeout_ms),
+        max_connections: usize::try_from(args.http_max_connections).unwrap_or(usize::MAX),
+        max_connections_per_peer: usize::try_from(args.http_max_connections_per_peer)
+            .unwrap_or(usize::MAX),
     };
     let node = NodeHandle::start(cfg).await.with_context(|| {
         format!(

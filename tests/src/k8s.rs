@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::ports::free_port;
+use crate::ports::{reserve, Reserved};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 /// Kubernetes version the pinned binaries are built from (tests/k8s-bins/go.mod).
@@ -98,11 +100,9 @@ struct Proc {
 
 impl Proc {
     fn kill(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
         // The process leads its own group (process_group(0)): kill the group.
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -113,9 +113,19 @@ impl Proc {
 struct ProcSet {
     dir: PathBuf,
     procs: Vec<Proc>,
+    /// The processes' ports, held until they are killed (see [`crate::ports`]).
+    ports: Vec<Reserved>,
 }
 
 impl ProcSet {
+    /// A loopback port picked by the kernel, reserved for the life of the set.
+    fn port(&mut self) -> Result<u16> {
+        let r = reserve()?;
+        let port = r.port();
+        self.ports.push(r);
+        Ok(port)
+    }
+
     fn kill_all(&mut self) {
         while let Some(mut p) = self.procs.pop() {
             p.kill();
@@ -169,6 +179,7 @@ impl KubeHarness {
         let mut procs = ProcSet {
             dir: dir.clone(),
             procs: Vec::new(),
+            ports: Vec::new(),
         };
         let kubeconfig = dir.join("admin.kubeconfig");
         // On error `procs` is dropped, which kills whatever was started.
@@ -228,6 +239,7 @@ impl KubeHarness {
             procs: ProcSet {
                 dir: PathBuf::new(),
                 procs: Vec::new(),
+                ports: Vec::new(),
             },
             external: true,
         })
@@ -353,8 +365,8 @@ async fn boot(
     )?;
 
     // etcd
-    let etcd_client = free_port()?;
-    let etcd_peer = free_port()?;
+    let etcd_client = procs.port()?;
+    let etcd_peer = procs.port()?;
     let etcd_url = format!("http://127.0.0.1:{etcd_client}");
     let peer_url = format!("http://127.0.0.1:{etcd_peer}");
     let etcd_data = procs.dir.join("etcd-data");
@@ -390,7 +402,7 @@ async fn boot(
         .await?;
 
     // kube-apiserver
-    let api_port = free_port()?;
+    let api_port = procs.port()?;
     let server = format!("https://127.0.0.1:{api_port}");
     let p = |f: &str| pki.join(f).display().to_string();
     procs.spawn(
@@ -434,7 +446,7 @@ async fn boot(
         .await?;
 
     // kube-controller-manager
-    let kcm_port = free_port()?;
+    let kcm_port = procs.port()?;
     let kubeconfig = kubeconfig_path.display().to_string();
     procs.spawn(
         bins,

@@ -55,8 +55,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -107,12 +109,10 @@ fn now_time() -> Value {
     serde_json::to_value(Time(Timestamp::now())).unwrap_or(Value::Null)
 }
 
-fn signal_group(pgid: i32, sig: libc::c_int) {
+fn signal_group(pgid: i32, sig: Signal) {
     if pgid > 0 {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(-pgid, sig);
-        }
+        // A group already gone (ESRCH) is what the caller wanted anyway.
+        let _ = killpg(Pid::from_raw(pgid), sig);
     }
 }
 
@@ -232,7 +232,7 @@ impl Shared {
         let mut pods = lock(&self.pods);
         for (_, h) in pods.drain() {
             for pgid in lock(&h.pgids).iter() {
-                signal_group(*pgid, libc::SIGKILL);
+                signal_group(*pgid, Signal::SIGKILL);
             }
             h.task.abort();
         }
@@ -407,13 +407,9 @@ impl KubeletBridge {
             std::thread::scope(|scope| {
                 scope
                     .spawn(|| -> Result<std::net::TcpStream> {
-                        use std::os::fd::AsRawFd;
-                        // SAFETY: setns(2) on an open namespace fd; it affects
-                        // only this short-lived thread.
-                        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                            return Err(std::io::Error::last_os_error())
-                                .with_context(|| format!("setns {}", path.display()));
-                        }
+                        // Affects only this short-lived thread.
+                        setns(&f, CloneFlags::CLONE_NEWNET)
+                            .with_context(|| format!("setns {}", path.display()))?;
                         std::net::TcpStream::connect_timeout(&addr, timeout)
                             .with_context(|| format!("connecting to {addr}"))
                     })
@@ -467,7 +463,7 @@ impl KubeletBridge {
         for h in pods.values() {
             if h.namespace == namespace && h.name == name {
                 for pgid in lock(&h.pgids).iter() {
-                    signal_group(*pgid, libc::SIGKILL);
+                    signal_group(*pgid, Signal::SIGKILL);
                     killed = true;
                 }
             }
@@ -878,7 +874,7 @@ async fn sync_once(shared: &Arc<Shared>, reader: &Store<Pod>) {
     for uid in gone {
         if let Some(h) = pods.remove(&uid) {
             for pgid in lock(&h.pgids).iter() {
-                signal_group(*pgid, libc::SIGKILL);
+                signal_group(*pgid, Signal::SIGKILL);
             }
             h.task.abort();
             tracing::info!(pod = %format!("{}/{}", h.namespace, h.name), %uid, "kubelet bridge: pod gone");
@@ -1368,7 +1364,7 @@ impl PodWorker {
         tracing::info!(pod = %self.key(), grace_s = grace.as_secs(), "kubelet bridge: terminating pod");
         for c in &self.containers {
             if c.child.is_some() {
-                signal_group(c.pid, libc::SIGTERM);
+                signal_group(c.pid, Signal::SIGTERM);
             }
         }
         let deadline = Instant::now() + grace;
@@ -1390,7 +1386,7 @@ impl PodWorker {
         for c in &mut self.containers {
             if let Some(mut child) = c.child.take() {
                 tracing::warn!(pod = %format!("{}/{}", self.ns, self.name), container = %c.spec.name, "kubelet bridge: grace period over; SIGKILL");
-                signal_group(c.pid, libc::SIGKILL);
+                signal_group(c.pid, Signal::SIGKILL);
                 let _ = child.kill().await;
             }
         }
@@ -1461,13 +1457,12 @@ impl PodWorker {
             use std::os::fd::AsRawFd;
             let fd = f.as_raw_fd();
             // SAFETY: the closure only calls setns(2), which is
-            // async-signal-safe, on an fd that is open in the child.
+            // async-signal-safe, on an fd that is open in the child (the
+            // namespace file stays open until spawn returns).
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    setns(fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
                 });
             }
         }
@@ -1811,33 +1806,22 @@ async fn run_probe(probe: &Probe, c: &Container, ip: Ipv4Addr) -> Result<bool> {
         let port = port_of(&h.port)?;
         let host = h.host.clone().unwrap_or_else(|| ip.to_string());
         let path = h.path.clone().unwrap_or_else(|| "/".to_string());
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n"
-        );
+        let mut req = http::Request::get(path)
+            .header(http::header::HOST, format!("{host}:{port}"))
+            .header(http::header::USER_AGENT, "kube-probe/1.37")
+            .header(http::header::ACCEPT, "*/*");
         for hh in h.http_headers.iter().flatten() {
-            req.push_str(&format!("{}: {}\r\n", hh.name, hh.value));
+            req = req.header(hh.name.as_str(), hh.value.as_str());
         }
-        req.push_str("\r\n");
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .context("probe request")?;
         let fut = async {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            s.write_all(req.as_bytes()).await?;
-            let mut buf = [0u8; 64];
-            let mut n = 0;
-            while n < 12 {
-                let r = s.read(&mut buf[n..]).await?;
-                if r == 0 {
-                    break;
-                }
-                n += r;
-            }
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+            let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            crate::http_client::exchange(hyper_util::rt::TokioIo::new(s), req).await
         };
         return Ok(match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(head)) => head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse::<u16>().ok())
-                .is_some_and(|code| (200..400).contains(&code)),
+            Ok(Ok(res)) => (200..400).contains(&res.status),
             _ => false,
         });
     }

@@ -1,10 +1,11 @@
 //! Harness for end-to-end tests: real `roomkeeper node` processes on loopback,
-//! a tiny blocking HTTP client, and helpers to kill, pause, restart and inspect
+//! a blocking HTTP client, and helpers to kill, pause, restart and inspect
 //! nodes. Every process is killed when the `Cluster` is dropped.
 //!
 //! The binary comes from `ROOMKEEPER_BIN`, else `target/release/roomkeeper`,
 //! else `target/debug/roomkeeper` (build it first: `cargo build -p roomkeeper`).
 
+pub mod http_client;
 pub mod k8s;
 pub mod kubelet;
 pub mod netns;
@@ -12,13 +13,16 @@ pub mod netpol;
 pub mod operator;
 pub mod ports;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use nix::sys::signal::Signal;
+use roomkeeper_api::client::{PlaceOrder, PutListing, PutRoom};
+use roomkeeper_api::{leader_of, NodeInfo, NodeStatus};
+use roomkeeper_order_state::{ListingState, RoomState};
 use serde_json::{json, Value};
 
 pub const CLIENT_TOKEN: &str = "client-secret-token";
@@ -39,7 +43,7 @@ pub fn binary() -> PathBuf {
     panic!("roomkeeper binary not found: run `cargo build --release -p roomkeeper` or set ROOMKEEPER_BIN")
 }
 
-/// A response from the tiny HTTP client.
+/// A response of [`http`]: the body as JSON when it is JSON, else as a string.
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
@@ -53,7 +57,9 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`. Errors are transport errors.
+/// One HTTP/1.1 request on a new connection (see [`http_client`]); the whole
+/// exchange must finish within `timeout`. Errors are transport errors, named
+/// with the request.
 pub fn http(
     method: &str,
     addr: &str,
@@ -62,68 +68,14 @@ pub fn http(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(
-        &addr
-            .parse()
-            .map_err(|e| std::io::Error::other(format!("{addr}: {e}")))?,
-        timeout,
-    )?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let body = body.unwrap_or(b"");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, payload) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("malformed status line"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let payload = if chunked {
-        dechunk(payload)
-    } else {
-        payload.to_string()
-    };
-    let retry_after = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("retry-after:"))
-        .map(|l| l[12..].trim().to_string());
-    let body = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+    let req = http_client::build(method, addr, path, body, token)?;
+    let res = http_client::block_on(http_client::request(addr, req, timeout))?;
+    let text = res.text();
     Ok(Reply {
-        status,
-        body,
-        retry_after,
+        status: res.status,
+        retry_after: res.header("retry-after").map(str::to_string),
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
     })
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// The cluster id of test clusters, in their frames and certificates.
@@ -143,8 +95,10 @@ pub fn raft_certs(args: &[&str]) {
     );
 }
 
-fn free_port() -> u16 {
-    ports::free_port().expect("a free loopback port")
+/// A loopback address picked by the kernel, as `ip:port`, and its reservation.
+pub fn reserve_addr() -> (String, ports::Reserved) {
+    let r = ports::reserve().unwrap_or_else(|e| panic!("reserving a loopback port: {e:#}"));
+    (r.addr().to_string(), r)
 }
 
 /// One node process and its addresses.
@@ -157,14 +111,20 @@ pub struct Node {
     pub admin_addr: String,
     pub child: Option<Child>,
     pub log_path: PathBuf,
+    /// Holds the three ports for the life of the cluster, so that the node
+    /// binds them again after a restart (see [`ports`]).
+    pub reserved: Vec<ports::Reserved>,
 }
 
 impl Node {
-    pub fn info(&self) -> Value {
-        json!({
-            "raft_addr": self.raft_addr, "api_addr": self.api_addr, "admin_addr": self.admin_addr,
-            "region": self.region, "zone": format!("{}-a", self.region),
-        })
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            raft_addr: self.raft_addr.clone(),
+            api_addr: self.api_addr.clone(),
+            admin_addr: self.admin_addr.clone(),
+            region: self.region.clone(),
+            zone: format!("{}-a", self.region),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -229,15 +189,19 @@ impl Cluster {
             .enumerate()
             .map(|(i, region)| {
                 let id = i as u64 + 1;
+                let (raft_addr, raft) = reserve_addr();
+                let (api_addr, api) = reserve_addr();
+                let (admin_addr, admin) = reserve_addr();
                 Node {
                     id,
                     region: region.clone(),
                     data_dir: dir.join(format!("node-{id}")),
-                    raft_addr: format!("127.0.0.1:{}", free_port()),
-                    api_addr: format!("127.0.0.1:{}", free_port()),
-                    admin_addr: format!("127.0.0.1:{}", free_port()),
+                    raft_addr,
+                    api_addr,
+                    admin_addr,
                     child: None,
                     log_path: dir.join(format!("node-{id}.log")),
+                    reserved: vec![raft, api, admin],
                 }
             })
             .collect();
@@ -379,7 +343,7 @@ impl Cluster {
 
     /// Bootstraps the group on node 1 with every node a voter.
     pub fn initialize(&self) {
-        let members: serde_json::Map<String, Value> = self
+        let members: BTreeMap<String, NodeInfo> = self
             .nodes
             .iter()
             .map(|n| (n.id.to_string(), n.info()))
@@ -433,22 +397,22 @@ impl Cluster {
             .map(|r| r.body)
     }
 
-    /// The leader as running nodes agree on it (a majority of live answers).
+    /// A node's `/admin/status`, typed; `None` when it does not answer.
+    pub fn node_status(&self, id: u64) -> Option<NodeStatus> {
+        self.status(id)
+            .and_then(|v| serde_json::from_value::<NodeStatus>(v).ok())
+    }
+
+    /// The leader among the running nodes' answers, by the one rule every
+    /// plane uses ([`roomkeeper_api::leader_of`]: the claim in the newest term).
     pub fn leader(&self) -> Option<u64> {
-        let running: Vec<u64> = self
+        let statuses: Vec<NodeStatus> = self
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .map(|n| n.id)
+            .filter_map(|n| self.node_status(n.id))
             .collect();
-        for id in &running {
-            if let Some(s) = self.status(*id) {
-                if s["role"] == "leader" {
-                    return Some(*id);
-                }
-            }
-        }
-        None
+        leader_of(&statuses).map(|s| s.node_id)
     }
 
     pub fn wait_leader(&self, timeout: Duration) -> u64 {
@@ -468,15 +432,12 @@ impl Cluster {
         }
     }
 
-    /// SIGSTOP / SIGCONT, as a stalled process.
-    pub fn signal(&self, id: u64, sig: &str) {
+    /// Sends a signal (SIGSTOP / SIGCONT: a stalled process) to a running node.
+    pub fn signal(&self, id: u64, sig: Signal) {
         if let Some(pid) = self.node(id).pid() {
-            let ok = Command::new("kill")
-                .args([&format!("-{sig}"), &pid.to_string()])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "kill -{sig} {pid} failed");
+            if let Err(e) = signal_pid(pid, sig) {
+                panic!("{sig} to node {id} (pid {pid}) failed: {e}");
+            }
         }
     }
 
@@ -497,17 +458,22 @@ impl Cluster {
     /// Creates a live room with listings, through any node.
     pub fn create_room(&self, room: &str, skus: &[(&str, u32, u32)]) {
         let via = self.wait_leader(Duration::from_secs(10));
+        let body = to_json(&PutRoom {
+            title: "flash sale".into(),
+            home_region: "region-1".into(),
+            state: RoomState::Live,
+        });
         let r = self
-            .client(
-                "PUT",
-                via,
-                &format!("/v1/rooms/{room}"),
-                Some(r#"{"title":"flash sale","home_region":"region-1","state":"live"}"#),
-            )
+            .client("PUT", via, &format!("/v1/rooms/{room}"), Some(&body))
             .expect("put room");
         assert_eq!(r.status, 200, "put room: {:?}", r.body);
         for (sku, stock, limit) in skus {
-            let body = json!({"price_cents": 1999, "stock": stock, "per_buyer_limit": limit, "state": "open"}).to_string();
+            let body = to_json(&PutListing {
+                price_cents: 1999,
+                stock: *stock,
+                per_buyer_limit: *limit,
+                state: ListingState::Open,
+            });
             let r = self
                 .client(
                     "PUT",
@@ -565,9 +531,8 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
-                let _ = Command::new("kill")
-                    .args(["-CONT", &c.id().to_string()])
-                    .status();
+                // A stopped process is killed too, but resumed it exits at once.
+                let _ = signal_pid(c.id(), Signal::SIGCONT);
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -581,6 +546,28 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// The body of one order (`POST /v1/rooms/{room}/orders`), without contact data.
+pub fn order_body(sku: &str, buyer: &str, qty: u32, key: &str) -> String {
+    to_json(&PlaceOrder {
+        sku: sku.to_string(),
+        buyer: buyer.to_string(),
+        qty,
+        idempotency_key: key.to_string(),
+        contact: String::new(),
+    })
+}
+
+/// A request body of the roomkeeper API as JSON text.
+pub fn to_json<T: serde::Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_else(|e| panic!("serializing a request body: {e}"))
+}
+
+/// Sends `sig` to one process.
+pub fn signal_pid(pid: u32, sig: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
 }
 
 /// Polls `cond` until true or panics after `timeout`.
@@ -672,7 +659,13 @@ pub fn place_order_with_retries(
     qty: u64,
     deadline: Instant,
 ) -> Attempt {
-    let body = json!({"sku": sku, "buyer": buyer, "qty": qty, "idempotency_key": key, "contact": "+1 555 0100"}).to_string();
+    let body = to_json(&PlaceOrder {
+        sku: sku.to_string(),
+        buyer: buyer.to_string(),
+        qty: u32::try_from(qty).unwrap_or(u32::MAX),
+        idempotency_key: key.to_string(),
+        contact: "+1 555 0100".to_string(),
+    });
     let mut i = key.len();
     while Instant::now() < deadline {
         let addr = &c.api_addrs[i % c.api_addrs.len()];

@@ -57,8 +57,7 @@ pub fn unavailable_reason() -> Option<String> {
     if std::env::var("ROOMKEEPER_E2E_POD_NETWORK").as_deref() == Ok("loopback") {
         return Some("ROOMKEEPER_E2E_POD_NETWORK=loopback".to_string());
     }
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not running as root".to_string());
     }
     for tool in [["ip", "-V"], ["nft", "--version"]] {

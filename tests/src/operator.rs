@@ -85,6 +85,8 @@ pub struct OperatorProcess {
     pub http_port: u16,
     pub log: PathBuf,
     child: Option<Child>,
+    /// Keeps `http_port` ours while the process runs (see [`crate::ports`]).
+    _http: crate::ports::Reserved,
 }
 
 impl OperatorProcess {
@@ -97,7 +99,8 @@ impl OperatorProcess {
         identity: &str,
         lease_secs: u64,
     ) -> Result<OperatorProcess> {
-        let http_port = crate::ports::free_port()?;
+        let http = crate::ports::reserve()?;
+        let http_port = http.port();
         let log = dir.join(format!("operator-{identity}.log"));
         let out = File::options().create(true).append(true).open(&log)?;
         let err = out.try_clone()?;
@@ -131,6 +134,7 @@ impl OperatorProcess {
             http_port,
             log,
             child: Some(child),
+            _http: http,
         })
     }
 
@@ -147,11 +151,9 @@ impl OperatorProcess {
         let Some(mut c) = self.child.take() else {
             return Ok(());
         };
-        let pid = i32::try_from(c.id()).context("pid")?;
-        // SAFETY: kill(2) on a child pid we own; no memory is touched.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!("could not signal operator {pid}");
-        }
+        let pid = c.id();
+        crate::signal_pid(pid, crate::Signal::SIGTERM)
+            .with_context(|| format!("could not signal operator {pid}"))?;
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if c.try_wait()?.is_some() {
@@ -169,27 +171,9 @@ impl OperatorProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// GET one of its HTTP endpoints.
+    /// GET one of its HTTP endpoints: status and body.
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let status: u16 = buf
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no HTTP status")?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        get(&format!("127.0.0.1:{}", self.http_port), path)
     }
 
     /// A metric's value from `/metrics`: the sum over all its label sets;
@@ -211,6 +195,17 @@ impl OperatorProcess {
     pub fn log_tail(&self, lines: usize) -> String {
         crate::k8s::tail_file(&self.log, lines)
     }
+}
+
+/// `GET` on a loopback address with a 3 s deadline: status and body as text.
+pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let req = crate::http_client::build("GET", addr, path, None, None)?;
+    let res = crate::http_client::block_on(crate::http_client::request(
+        addr,
+        req,
+        Duration::from_secs(3),
+    ))?;
+    Ok((res.status, res.text()))
 }
 
 impl Drop for OperatorProcess {

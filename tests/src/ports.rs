@@ -1,75 +1,106 @@
-//! Loopback ports for servers the tests start.
+//! Loopback ports for servers the tests start: the kernel picks them (a bind
+//! to `127.0.0.1:0`) and the test keeps them for as long as it holds the
+//! [`Reserved`] socket. No port is guessed.
 //!
-//! Asking the kernel for port 0 and releasing it is racy: the port lies in the
-//! ephemeral range, so any outgoing connection (a load thread of a test running
-//! alongside) may take it as its local port before the server binds it. CI saw
-//! exactly that ("Address already in use" for a node's API address). Ports
-//! handed out here lie outside the ephemeral range, come from a per-process
-//! counter (never the same port twice in one test binary) and are checked free
-//! by binding once.
+//! Asking for port 0 and releasing the port before the server binds it is
+//! racy: the port lies in the ephemeral range, so any outgoing connection (a
+//! load thread of a test running alongside) may take it as its local port in
+//! between. CI saw exactly that ("Address already in use" for a node's API
+//! address). So the port is never released: the reservation stays bound, with
+//! `SO_REUSEADDR` and without listening. On Linux
+//! - the server binds and listens on the same address when it sets
+//!   `SO_REUSEADDR` too, which Rust's std and Tokio listeners and Go's `net`
+//!   (etcd, kube-apiserver, kube-controller-manager) do;
+//! - connect(2) never picks a port some socket is bound to as its local port,
+//!   so no outgoing connection takes the port while it is reserved;
+//! - a reservation does not listen: connecting to a killed server is refused,
+//!   and the restarted server binds the same address again.
+//!
+//! A server that binds without `SO_REUSEADDR` fails with "Address already in
+//! use" at once: loud, never a flake.
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::net::SocketAddr;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use socket2::{Domain, Protocol, Socket, Type};
 
-/// The window ports are taken from: below the kernel's ephemeral range when
-/// there is room, else above it.
-fn window() -> (u32, u32) {
-    static WINDOW: OnceLock<(u32, u32)> = OnceLock::new();
-    *WINDOW.get_or_init(|| {
-        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| {
-                let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
-                Some((it.next()??, it.next()??))
-            })
-            .unwrap_or((32768, 60999));
-        if lo >= 12000 {
-            (10000, lo)
-        } else {
-            (hi + 1, 65536)
-        }
-    })
+/// A loopback address picked by the kernel and held for a server to bind.
+#[derive(Debug)]
+pub struct Reserved {
+    _socket: Socket,
+    addr: SocketAddr,
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A loopback port outside the ephemeral range that was free a moment ago and
-/// that this process has not handed out before.
-pub fn free_port() -> Result<u16> {
-    let (lo, hi) = window();
-    let span = hi - lo;
-    // Processes started close together begin at different offsets.
-    let offset = std::process::id().wrapping_mul(7919) % span;
-    for _ in 0..span.min(4096) {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = lo + (offset + n) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
+impl Reserved {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
-    bail!("no free loopback port in {lo}..{hi}")
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+/// Reserves a loopback port (see the module documentation). The socket is
+/// close-on-exec: servers the test starts do not inherit it.
+pub fn reserve() -> Result<Reserved> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+        .context("creating a socket to reserve a port")?;
+    socket
+        .set_reuse_address(true)
+        .context("setting SO_REUSEADDR on a port reservation")?;
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .context("binding 127.0.0.1:0 to reserve a port")?;
+    let addr = socket
+        .local_addr()
+        .context("reading a reserved address")?
+        .as_socket()
+        .context("a reserved address that is not an IP address")?;
+    Ok(Reserved {
+        _socket: socket,
+        addr,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
     use super::*;
 
     #[test]
-    fn ports_are_distinct_and_outside_the_ephemeral_range() {
-        let (lo, hi) = window();
-        let ports: Vec<u16> = (0..64).map(|_| free_port().unwrap()).collect();
-        let mut sorted = ports.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), ports.len(), "a port was handed out twice");
-        for p in ports {
-            assert!((lo..hi).contains(&u32::from(p)), "{p} outside {lo}..{hi}");
+    fn reserved_ports_are_distinct() {
+        let held: Vec<Reserved> = (0..64).map(|_| reserve().unwrap()).collect();
+        let mut ports: Vec<u16> = held.iter().map(Reserved::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), held.len(), "a port was handed out twice");
+    }
+
+    #[test]
+    fn a_server_binds_a_reserved_port_again_and_again_and_nothing_else_can() {
+        let r = reserve().unwrap();
+        // std's listener sets SO_REUSEADDR, like Tokio's and Go's.
+        for round in 0..2 {
+            let server = TcpListener::bind(r.addr()).unwrap();
+            let mut client = TcpStream::connect(r.addr()).unwrap();
+            let (mut conn, _) = server.accept().unwrap();
+            conn.write_all(b"hi").unwrap();
+            let mut got = [0u8; 2];
+            client.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hi", "round {round}");
+            drop((server, conn, client));
+            let refused = TcpStream::connect(r.addr()).unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "the reservation itself must not accept connections"
+            );
         }
+        let plain = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let taken = plain.bind(&r.addr().into()).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use roomkeeper_api::client::PlaceOrder;
 use roomkeeper_e2e::{
-    http, run_buyers, wait_until, Attempt, Cluster, ClusterOptions, CLIENT_TOKEN,
+    http, order_body, run_buyers, to_json, wait_until, Attempt, Cluster, ClusterOptions,
+    CLIENT_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -104,9 +106,16 @@ fn three_node_cluster_forms_serves_and_agrees() {
         .into_iter()
         .find(|id| Some(*id) != c.leader())
         .expect("a follower");
+    let ann = to_json(&PlaceOrder {
+        sku: "sku-1".into(),
+        buyer: "ann".into(),
+        qty: 2,
+        idempotency_key: "k1".into(),
+        contact: "ann@example.com".into(),
+    });
     // A follower forwards the write to the leader.
     let r = c
-        .client("POST", follower, "/v1/rooms/room-a/orders", Some(r#"{"sku":"sku-1","buyer":"ann","qty":2,"idempotency_key":"k1","contact":"ann@example.com"}"#))
+        .client("POST", follower, "/v1/rooms/room-a/orders", Some(&ann))
         .expect("order");
     assert_eq!(r.status, 201, "{:?}", r.body);
     // Read-your-writes on the follower with the default linearizable read.
@@ -116,7 +125,7 @@ fn three_node_cluster_forms_serves_and_agrees() {
     );
     // Same key again returns the first outcome, not a second order.
     let again = c
-        .client("POST", follower, "/v1/rooms/room-a/orders", Some(r#"{"sku":"sku-1","buyer":"ann","qty":2,"idempotency_key":"k1","contact":"ann@example.com"}"#))
+        .client("POST", follower, "/v1/rooms/room-a/orders", Some(&ann))
         .expect("repeat");
     assert_eq!(again.status, 200);
     assert_eq!(again.body["replayed"], json!(true));
@@ -126,7 +135,7 @@ fn three_node_cluster_forms_serves_and_agrees() {
             "POST",
             follower,
             "/v1/rooms/room-a/orders",
-            Some(r#"{"sku":"sku-1","buyer":"ann","qty":1,"idempotency_key":"k2"}"#),
+            Some(&order_body("sku-1", "ann", 1, "k2")),
         )
         .expect("limit");
     assert_eq!((limited.status, limited.code()), (409, "limit_exceeded"));
@@ -360,7 +369,7 @@ fn torn_log_tail_is_truncated_and_the_node_catches_up() {
         .find(|&i| i != leader)
         .expect("follower");
     for i in 0..20 {
-        let body = json!({"sku":"sku-1","buyer":format!("b{i}"),"qty":1,"idempotency_key":format!("k{i}")}).to_string();
+        let body = order_body("sku-1", &format!("b{i}"), 1, &format!("k{i}"));
         assert_eq!(
             c.client("POST", leader, "/v1/rooms/room-t/orders", Some(&body))
                 .expect("order")
@@ -415,7 +424,7 @@ fn damaged_log_refuses_to_start_with_a_clear_error() {
             "POST",
             leader,
             "/v1/rooms/room-g/orders",
-            Some(r#"{"sku":"sku-1","buyer":"z","qty":1,"idempotency_key":"z"}"#),
+            Some(&order_body("sku-1", "z", 1, "z")),
         )
         .expect("order");
     assert_eq!(r.status, 201);
@@ -501,7 +510,7 @@ fn a_member_whose_volume_was_wiped_stays_out_of_raft_under_its_old_id() {
             "POST",
             leader,
             "/v1/rooms/room-w/orders",
-            Some(r#"{"sku":"sku-1","buyer":"w","qty":1,"idempotency_key":"w"}"#),
+            Some(&order_body("sku-1", "w", 1, "w")),
         )
         .expect("order");
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -668,8 +677,9 @@ fn a_member_that_moved_is_reached_again_once_its_addresses_are_updated() {
     {
         let n = &mut c.nodes[(moved - 1) as usize];
         for addr in [&mut n.raft_addr, &mut n.api_addr, &mut n.admin_addr] {
-            let port = roomkeeper_e2e::ports::free_port().expect("port");
-            *addr = format!("127.0.0.1:{port}");
+            let (new, reserved) = roomkeeper_e2e::reserve_addr();
+            *addr = new;
+            n.reserved.push(reserved);
         }
     }
     c.spawn(moved);
@@ -679,9 +689,7 @@ fn a_member_that_moved_is_reached_again_once_its_addresses_are_updated() {
             "POST",
             leader,
             "/v1/rooms/room-m/orders",
-            Some(&format!(
-                r#"{{"sku":"sku-1","buyer":"m{i}","qty":1,"idempotency_key":"m{i}"}}"#
-            )),
+            Some(&order_body("sku-1", &format!("m{i}"), 1, &format!("m{i}"))),
         )
         .expect("order")
     };
@@ -711,7 +719,7 @@ fn a_member_that_moved_is_reached_again_once_its_addresses_are_updated() {
         )
         .expect("unknown id");
     assert_eq!((r.status, r.code()), (404, "not_a_member"), "{:?}", r.body);
-    info["region"] = json!("elsewhere");
+    info.region = "elsewhere".into();
     let r = c
         .admin(
             "POST",
@@ -782,7 +790,7 @@ fn lost_quorum_fails_orders_fast_with_a_reason_and_recovers() {
             "POST",
             leader,
             "/v1/rooms/room-q/orders",
-            Some(r#"{"sku":"sku-1","buyer":"q","qty":1,"idempotency_key":"q1"}"#),
+            Some(&order_body("sku-1", "q", 1, "q1")),
         )
         .expect("order without quorum");
     let took = started.elapsed();
@@ -821,7 +829,7 @@ fn lost_quorum_fails_orders_fast_with_a_reason_and_recovers() {
                 "POST",
                 l,
                 "/v1/rooms/room-q/orders",
-                Some(r#"{"sku":"sku-1","buyer":"q","qty":1,"idempotency_key":"q2"}"#),
+                Some(&order_body("sku-1", "q", 1, "q2")),
             )
             .map(|r| r.status == 201 || r.status == 200)
             .unwrap_or(false);
@@ -841,7 +849,7 @@ fn leadership_moves_on_demand_and_membership_changes_one_step_at_a_time() {
     ];
     let c = Cluster::start(opts);
     // Bootstrap with three voters; node 4 joins as a learner, is promoted, then removed.
-    let members: serde_json::Map<String, Value> = c.nodes[..3]
+    let members: std::collections::BTreeMap<String, roomkeeper_api::NodeInfo> = c.nodes[..3]
         .iter()
         .map(|n| (n.id.to_string(), n.info()))
         .collect();
@@ -918,9 +926,16 @@ fn overload_is_refused_fast_with_429_and_retry_after() {
         .map(|i| {
             let addr = addr.clone();
             std::thread::spawn(move || {
-                let body = json!({"sku":"sku-1","buyer":format!("o{i}"),"qty":1,"idempotency_key":format!("o{i}")}).to_string();
+                let body = order_body("sku-1", &format!("o{i}"), 1, &format!("o{i}"));
                 let started = Instant::now();
-                let r = http("POST", &addr, "/v1/rooms/room-o/orders", Some(body.as_bytes()), Some(CLIENT_TOKEN), Duration::from_secs(10));
+                let r = http(
+                    "POST",
+                    &addr,
+                    "/v1/rooms/room-o/orders",
+                    Some(body.as_bytes()),
+                    Some(CLIENT_TOKEN),
+                    Duration::from_secs(10),
+                );
                 (r, started.elapsed())
             })
         })

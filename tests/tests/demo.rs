@@ -113,10 +113,7 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
 /// data directory, with the decision record, is kept.
 #[test]
 fn ctrl_c_checks_every_acknowledged_order_and_exits_within_10_s() {
-    let status_addr = format!(
-        "127.0.0.1:{}",
-        roomkeeper_e2e::ports::free_port().expect("a free port")
-    );
+    let (status_addr, _status_port) = roomkeeper_e2e::reserve_addr();
     let base_port = 30_000 + (std::process::id() % 5_000) as u16 * 3;
     let data_dir =
         std::env::temp_dir().join(format!("roomkeeper-demo-ctrlc-{}", std::process::id()));

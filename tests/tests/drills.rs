@@ -168,6 +168,17 @@ fn leader_kill_passes_and_the_playbook_heals() {
     let _ = std::fs::remove_dir_all(&r.out);
 }
 
+/// The probe of `kind` in a report.
+fn probe<'a>(report: &'a Value, kind: &str) -> &'a Value {
+    report["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["kind"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+/// A minority region cut off: buyers sent there wait or are refused, so
+/// accepted orders/s fall; the client-side signals show it, T2 drains the
+/// region, throughput holds, and after the heal the region is restored.
 #[test]
 fn minority_region_partition_passes() {
     let r = passing("partition-minority-region", 17520);
@@ -175,7 +186,64 @@ fn minority_region_partition_passes() {
         .as_str()
         .unwrap_or("")
         .contains("cut off from the other regions"));
+    for kind in ["throughput", "fullRecovery", "ordersAccepted"] {
+        assert_eq!(
+            probe(&r.report, kind)["passed"],
+            true,
+            "{kind}\n{}",
+            r.context()
+        );
+    }
+    let decisions = r.report["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let acted = |action: &str| {
+        decisions
+            .iter()
+            .any(|d| d["tier"] == "move" && d["action"] == action && d["disposition"] == "execute")
+    };
+    assert!(
+        acted("SetTrafficWeightZero") && acted("RestoreTrafficWeight"),
+        "T2 drained the cut-off region on what buyers felt and restored it\n{}",
+        r.context()
+    );
+    assert!(
+        r.report["final_control"]["stranded"]
+            .as_array()
+            .is_some_and(|s| s.is_empty()),
+        "{}",
+        r.report["final_control"]
+    );
     let _ = std::fs::remove_dir_all(&r.out);
+}
+
+/// The same drill with the playbook in dry-run (it decides, nothing acts) —
+/// the behaviour before the drill's load fed client-side signals: buyers
+/// lose most of their throughput for the whole partition and the
+/// hypothesis fails on it.
+#[test]
+fn minority_region_partition_fails_its_hypothesis_without_the_playbooks_reaction() {
+    let dir = std::env::temp_dir().join(format!("roomkeeper-drillfile-dry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut drill: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("chaos/drills/partition-minority-region.yaml"))
+            .expect("drill file"),
+    )
+    .expect("yaml");
+    drill["spec"]["playbook"] = serde_json::json!({"dryRun": true});
+    let file = dir.join("partition-minority-region.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&drill).expect("yaml")).expect("write");
+    let r = run_drill(&file, "partition-minority-region-dry", 17640);
+    assert!(!r.output.status.success(), "{}", r.context());
+    assert_eq!(r.report["verdict"], "FAIL", "{}", r.context());
+    let t = probe(&r.report, "throughput");
+    assert_eq!(t["passed"], false, "{t}\n{}", r.context());
+    // What failed is what buyers got, not the data.
+    assert_eq!(r.report["check"]["valid"], true);
+    assert_eq!(probe(&r.report, "invariants")["passed"], true);
+    let _ = std::fs::remove_dir_all(&r.out);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, PostParams};
 use roomkeeper_e2e::k8s::{eventually, in_ci, init_test_tracing, KubeHarness};
-use roomkeeper_e2e::operator::{apply_yaml, repo_root};
+use roomkeeper_e2e::operator::{apply_yaml, get, repo_root};
 use serde_json::{json, Value};
 
 /// The chart, relative to the repository root.
@@ -795,8 +795,9 @@ async fn chart_objects_are_accepted_by_a_real_api_server() {
         "control plane up in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let port = roomkeeper_e2e::ports::free_port().expect("port");
-    let result = scenario(&h, &helm, port).await;
+    // Held until the operator is gone (see roomkeeper_e2e::ports).
+    let metrics = roomkeeper_e2e::ports::reserve().expect("a loopback port");
+    let result = scenario(&h, &helm, metrics.port()).await;
     if let Err(e) = result {
         eprintln!("{}", h.dump_logs(40));
         eprintln!(
@@ -920,29 +921,6 @@ async fn scenario(h: &KubeHarness, helm: &Helm, port: u16) -> Result<()> {
     Ok(())
 }
 
-/// `GET` on loopback: status and body.
-fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// The chart's operator container run as a local process: its command and
 /// args as rendered, its env with the downward API resolved as the kubelet
 /// would, and the ServiceAccount's kubeconfig in place of the mounted token.
@@ -1000,12 +978,9 @@ impl ChartOperator {
         let Some(mut c) = self.child.take() else {
             return Ok(());
         };
-        let pid = i32::try_from(c.id())?;
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        ensure!(
-            unsafe { libc::kill(pid, libc::SIGTERM) } == 0,
-            "could not signal the operator"
-        );
+        let pid = c.id();
+        roomkeeper_e2e::signal_pid(pid, roomkeeper_e2e::Signal::SIGTERM)
+            .with_context(|| format!("could not signal the operator (pid {pid})"))?;
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(status) = c.try_wait()? {

@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec};
 use roomkeeper_chaos::history::History;
-use roomkeeper_chaos::report::{DecisionMark, DrillReport, GameDayRecord, NodeInvariant};
+use roomkeeper_chaos::report::{
+    ControlState, DecisionMark, DrillReport, GameDayRecord, NodeInvariant,
+};
 use roomkeeper_control::http::JsonClient;
-use roomkeeper_control::load::TrafficMap;
+use roomkeeper_control::load::{EndpointStats, TrafficMap};
 use roomkeeper_control::recorded_load::Storm;
 use roomkeeper_control::ClusterObservation;
 use roomkeeper_playbook::{Decision, Disposition, Target};
@@ -40,6 +42,9 @@ pub struct ClientSide {
     pub traffic: Arc<TrafficMap>,
     /// The sale's home region.
     pub home_region: String,
+    /// Where the load records what buyers feel of each endpoint; the
+    /// binding turns it into the control loop's client-side signals.
+    pub endpoints: Arc<EndpointStats>,
 }
 
 /// What the binding's own control loop did during one tick.
@@ -85,6 +90,16 @@ pub trait DrillTarget: Send {
     fn heal_everything(&mut self) -> impl Future<Output = Vec<String>> + Send;
     /// Client API addresses for the final read, the leader's first.
     fn final_read_addresses(&mut self) -> impl Future<Output = Vec<String>> + Send;
+    /// What the control loop holds now (weights, sales, tiers, leader), on
+    /// the drill clock `now_ms`; `None` when the binding cannot see it (the
+    /// `fullRecovery` probe then fails as not measured).
+    fn control_state(
+        &mut self,
+        _obs: &ClusterObservation,
+        _now_ms: u64,
+    ) -> impl Future<Output = Option<ControlState>> + Send {
+        std::future::ready(None)
+    }
     /// A fault was injected at `at_ms` (game days time the human from here).
     fn fault_started(&mut self, _at_ms: u64) {}
     /// Extra words for the progress line (e.g. "SALES PAUSED").

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use roomkeeper_chaos::drill::{AbortSpec, DrillSpec};
+use roomkeeper_chaos::drill::{AbortSpec, DrillSpec, ProbeKind};
 use roomkeeper_chaos::history::{History, OpKind};
 use roomkeeper_chaos::recorder::Recorder;
 use roomkeeper_chaos::report::{
-    evaluate, order_counts, timeline, verdict, DecisionMark, DrillReport, EventMark, FaultRecord,
-    Phases,
+    evaluate, order_counts, timeline, verdict, ControlState, DecisionMark, DrillReport, EventMark,
+    FaultRecord, Phases,
 };
 use roomkeeper_control::recorded_load::{final_read_at, Load, LoadConfig, Storm};
 use roomkeeper_control::setup::{catalog_listings, create_sale_at, ListingSpec};
@@ -23,6 +23,9 @@ const PROBE_WINDOW: Duration = Duration::from_secs(4);
 const BUSY_GRACE_MS: u64 = 90_000;
 /// The loop's period.
 const TICK: Duration = Duration::from_millis(500);
+/// After the load, the control loop counts as back to normal once it has
+/// stayed so this long.
+const SETTLED_FOR_MS: u64 = 3_000;
 
 /// One run of a drill.
 #[derive(Debug, Clone)]
@@ -88,6 +91,46 @@ pub(crate) fn abort_now(
         }
     }
     None
+}
+
+/// What the binding's control loop did and held during the run.
+#[derive(Default)]
+struct Seen {
+    decisions: Vec<DecisionMark>,
+    control: Vec<ControlState>,
+}
+
+/// One tick of the binding's control loop (and, on a game day, the human):
+/// its decisions and events are logged, what it holds afterwards is sampled.
+/// Returns whether a human asked to end every fault.
+async fn control_tick<T: DrillTarget>(
+    target: &mut T,
+    obs: &roomkeeper_control::ClusterObservation,
+    start_unix: u64,
+    rec: &Recorder,
+    log: &mut Log,
+    seen: &mut Seen,
+) -> bool {
+    let t = target.tick(obs, start_unix, rec.now_ms()).await;
+    for d in t.decisions {
+        if d.disposition == "execute" {
+            log.event(
+                d.at_ms,
+                format!(
+                    "playbook {} {} {}: {}",
+                    d.tier, d.action, d.target, d.reason
+                ),
+            );
+        }
+        seen.decisions.push(d);
+    }
+    for e in t.events {
+        log.event(rec.now_ms(), e);
+    }
+    if let Some(s) = target.control_state(obs, rec.now_ms()).await {
+        seen.control.push(s);
+    }
+    t.heal_all_faults
 }
 
 /// What the loop keeps about faults.
@@ -209,6 +252,7 @@ where
         stop: stop.clone(),
         storm: cfg.storm.clone(),
         http: client.http.clone(),
+        endpoints: client.endpoints.clone(),
     };
     let tasks = load.start(probe_on);
     let mut log = Log {
@@ -237,7 +281,7 @@ where
         active: BTreeMap::new(),
         run_errors: Vec::new(),
     };
-    let mut decisions: Vec<DecisionMark> = Vec::new();
+    let mut seen = Seen::default();
     let mut abort_reason: Option<String> = None;
     let abort = spec.abort.clone().unwrap_or_default();
     let mut tick = tokio::time::interval(TICK);
@@ -336,23 +380,8 @@ where
         }
 
         // The binding's control loop (and, on a game day, the human).
-        let t = target.tick(&obs, start_unix, rec.now_ms()).await;
-        for d in t.decisions {
-            if d.disposition == "execute" {
-                log.event(
-                    d.at_ms,
-                    format!(
-                        "playbook {} {} {}: {}",
-                        d.tier, d.action, d.target, d.reason
-                    ),
-                );
-            }
-            decisions.push(d);
-        }
-        for e in t.events {
-            log.event(rec.now_ms(), e);
-        }
-        if t.heal_all_faults {
+        let heal_all = control_tick(target, &obs, start_unix, &rec, &mut log, &mut seen).await;
+        if heal_all {
             faults.heal_all(injector, target, &mut log, &rec).await;
             log.event(rec.now_ms(), "operator ended every fault");
         }
@@ -442,6 +471,53 @@ where
         rec.now_ms(),
         "healed: every fault removed, the cluster settled; reading the final state",
     );
+    // The control loop runs on until it is back to normal (or the
+    // fullRecovery deadline passed): what it holds at the end decides
+    // whether a region was left stranded.
+    let last_heal = faults.records.values().filter_map(|f| f.end_ms).max();
+    let deadline = spec
+        .hypothesis
+        .probes
+        .iter()
+        .filter(|p| p.kind == ProbeKind::FullRecovery)
+        .filter_map(|p| p.within_secs)
+        .max()
+        .zip(last_heal)
+        .map(|(w, h)| h + w * 1000);
+    let mut normal_since: Option<u64> = None;
+    loop {
+        let obs = target.observe(unix_ms()).await;
+        control_tick(target, &obs, start_unix, &rec, &mut log, &mut seen).await;
+        let now = rec.now_ms();
+        match seen.control.last() {
+            Some(s) if s.not_normal().is_empty() => {
+                normal_since.get_or_insert(now);
+            }
+            _ => normal_since = None,
+        }
+        let Some(deadline) = deadline else { break };
+        if abort_reason.is_some()
+            || now >= deadline
+            || normal_since.is_some_and(|t| now >= t + SETTLED_FOR_MS)
+            || seen.control.is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    let Seen { decisions, control } = seen;
+    let final_control = control.last().cloned();
+    if let Some(c) = &final_control {
+        let left = c.not_normal();
+        log.event(
+            rec.now_ms(),
+            if left.is_empty() {
+                "control loop back to normal: every region at weight 100, sales open, no tier active, leader home".to_string()
+            } else {
+                format!("control loop at the end: {}", left.join("; "))
+            },
+        );
+    }
 
     let ops = rec.ops();
     let mut buyers: Vec<(String, String)> = ops
@@ -486,6 +562,7 @@ where
         &phases,
         &decisions,
         &invariants,
+        &control,
     );
     let v = verdict(
         abort_reason.is_some(),
@@ -493,6 +570,7 @@ where
         &check,
         &invariants,
         &probes,
+        final_control.as_ref(),
     );
     let bucket_ms = spec
         .record
@@ -518,6 +596,7 @@ where
         timeline: timeline(&history, bucket_ms, load_end_ms),
         bucket_ms,
         game_day: target.game_day(),
+        final_control,
         spec: spec.clone(),
     };
     sink.write(&report, &history).await?;

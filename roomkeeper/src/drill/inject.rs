@@ -50,6 +50,9 @@ pub struct World {
     pub regions_total: u32,
     pub traffic: Arc<TrafficMap>,
     pub storm: Arc<Storm>,
+    /// What the drill's buyers feel of each node: the control loop's
+    /// client-side signals, as in the demo.
+    pub endpoints: Arc<roomkeeper_control::load::EndpointStats>,
     /// A game day's human, if this is one.
     pub game_day: Option<super::gameday::GameDay>,
     pub automation_resumed: bool,

@@ -4,7 +4,7 @@
 //! [`Injector`] the `FaultInjector`, [`FileSink`] writes `history.json`,
 //! `report.json` and `report.html`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use roomkeeper_chaos::drill::{default_topology, DrillManifest, DrillSpec, FaultKind, FaultSpec};
 use roomkeeper_chaos::history::History;
-use roomkeeper_chaos::report::{DrillReport, GameDayRecord, NodeInvariant};
+use roomkeeper_chaos::report::{ControlState, DrillReport, GameDayRecord, NodeInvariant};
 use roomkeeper_control::observation::ClusterObservation;
 use roomkeeper_control::setup::{scale_playbook, token};
 use roomkeeper_control::{ControlLoop, FileStore};
 use roomkeeper_drill::{mark, ClientSide, DrillTarget, FaultInjector, ReportSink, RunConfig, Tick};
 use roomkeeper_local::observe::observe;
-use roomkeeper_local::sale::{refresh_endpoints, traffic_map};
+use roomkeeper_local::sale::{node_signals, refresh_endpoints, traffic_map};
 use roomkeeper_local::{LocalActuator, LocalCluster, LocalClusterConfig, RegionSpec};
 use serde_json::json;
 
@@ -101,6 +101,7 @@ pub async fn run_drill(m: &DrillManifest, opts: &RunOptions) -> anyhow::Result<D
         regions_total,
         traffic: Arc::new(Default::default()),
         storm: storm.clone(),
+        endpoints: Arc::new(Default::default()),
         game_day: game_day.then(|| GameDay::start(opts.runbooks_dir.as_deref())),
         automation_resumed: false,
     };
@@ -206,6 +207,7 @@ impl DrillTarget for World {
             token: self.cluster.cfg.client_token.clone(),
             traffic: self.traffic.clone(),
             home_region: self.cluster.cfg.regions[0].name.clone(),
+            endpoints: self.endpoints.clone(),
         }
     }
 
@@ -229,7 +231,7 @@ impl DrillTarget for World {
         let (mut events, heal_all_faults) = self.game_day_poll(now_ms).await;
         let mut decisions = Vec::new();
         if let Some(control) = self.control.as_mut() {
-            let signals = BTreeMap::new();
+            let signals = node_signals(&self.cluster, &self.endpoints);
             let mut actuator = LocalActuator {
                 cluster: &mut self.cluster,
                 traffic: &self.traffic,
@@ -306,6 +308,14 @@ impl DrillTarget for World {
             addrs.insert(0, l.api_addr.clone());
         }
         addrs
+    }
+
+    async fn control_state(&mut self, obs: &ClusterObservation, at: u64) -> Option<ControlState> {
+        let memory = self.control.as_ref()?.memory();
+        let routing = Some(self.traffic.as_ref());
+        Some(roomkeeper_control::state::control_state(
+            memory, obs, routing, at,
+        ))
     }
 
     fn fault_started(&mut self, at_ms: u64) {
