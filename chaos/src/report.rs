@@ -197,6 +197,13 @@ impl OrderFacts {
     fn refused_in_the_end(&self) -> bool {
         self.acked_at.is_none() && (self.refused || self.last.1)
     }
+
+    /// Not acknowledged because the store gave a business answer (sold out,
+    /// over the buyer's limit…): the buyer was served an answer, the store was
+    /// available. Not a loss of availability.
+    fn answered_by_business_rule(&self) -> bool {
+        self.acked_at.is_none() && self.refused
+    }
 }
 
 fn order_facts(h: &History) -> BTreeMap<(String, String), OrderFacts> {
@@ -352,26 +359,40 @@ pub fn evaluate(
             let (passed, measured) = match p.kind {
                 ProbeKind::OrdersAccepted => {
                     let (a, b) = phases.range(p.phase.unwrap_or(DrillPhase::Whole));
-                    // Every order tried in the phase counts: accepted,
-                    // refused (sold out, limit, or unavailable after every
-                    // retry) and unknown (no definite answer) alike.
+                    // Every order the store could have taken counts:
+                    // accepted, refused as unavailable (after every retry)
+                    // and unknown (no definite answer) alike. An order given
+                    // a business answer (sold out, over the limit) was
+                    // served and is reported, not counted against.
                     let in_phase: Vec<&OrderFacts> = facts
                         .values()
                         .filter(|f| f.first_invoke >= a && f.first_invoke < b)
                         .collect();
+                    let answered = in_phase
+                        .iter()
+                        .filter(|f| f.answered_by_business_rule())
+                        .count();
+                    let counted = in_phase.len() - answered;
                     let acked = in_phase.iter().filter(|f| f.acked_at.is_some()).count();
-                    let refused = in_phase.iter().filter(|f| f.refused_in_the_end()).count();
-                    let unknown = in_phase.len() - acked - refused;
+                    let unavailable = in_phase
+                        .iter()
+                        .filter(|f| f.refused_in_the_end() && !f.answered_by_business_rule())
+                        .count();
+                    let unknown = counted - acked - unavailable;
                     let min = p.min_percent.unwrap_or(0);
-                    if in_phase.is_empty() {
+                    if counted == 0 {
                         (min == 0, "no orders in this phase".to_string())
                     } else {
-                        let pct = acked as f64 * 100.0 / in_phase.len() as f64;
+                        let pct = acked as f64 * 100.0 / counted as f64;
+                        let business = if answered > 0 {
+                            format!("; {answered} more answered sold out or over the limit")
+                        } else {
+                            String::new()
+                        };
                         (
                             pct + 1e-9 >= f64::from(min),
                             format!(
-                                "{pct:.1}% accepted ({acked} of {} orders; {refused} refused, {unknown} unknown)",
-                                in_phase.len()
+                                "{pct:.1}% accepted ({acked} of {counted} orders; {unavailable} refused as unavailable, {unknown} unknown{business})"
                             ),
                         )
                     }

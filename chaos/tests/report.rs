@@ -204,7 +204,7 @@ fn probes_measure_what_they_say() {
         "{r:#?}"
     );
     assert!(
-        r[1].measured == "10.0% accepted (3 of 30 orders; 0 refused, 27 unknown)",
+        r[1].measured == "10.0% accepted (3 of 30 orders; 0 refused as unavailable, 27 unknown)",
         "{}",
         r[1].measured
     );
@@ -354,7 +354,7 @@ fn the_html_report_has_a_timeline_with_fault_bands_and_markers_and_escapes_text(
 }
 
 #[test]
-fn orders_accepted_counts_refused_and_unknown_orders() {
+fn orders_accepted_counts_unavailable_and_unknown_orders_not_business_answers() {
     let ops = vec![
         order(
             0,
@@ -425,16 +425,24 @@ fn orders_accepted_counts_refused_and_unknown_orders() {
         ..History::default()
     };
     let c = check(&h);
-    let p = [ProbeSpec {
-        min_percent: Some(40),
-        ..probe(ProbeKind::OrdersAccepted)
-    }];
+    let p = [
+        ProbeSpec {
+            min_percent: Some(50),
+            ..probe(ProbeKind::OrdersAccepted)
+        },
+        ProbeSpec {
+            min_percent: Some(51),
+            ..probe(ProbeKind::OrdersAccepted)
+        },
+    ];
     let r = evaluate(&p, &h, &c, &PHASES, &[], &inv(), &[]);
     assert_eq!(
-        r[0].measured, "40.0% accepted (2 of 5 orders; 2 refused, 1 unknown)",
+        r[0].measured,
+        "50.0% accepted (2 of 4 orders; 1 refused as unavailable, 1 unknown; 1 more answered sold out or over the limit)",
         "{r:?}"
     );
     assert!(r[0].passed);
+    assert!(!r[1].passed, "a sold-out answer must not count as accepted");
     let o = order_counts(&h);
     assert_eq!((o.orders, o.acked, o.refused, o.failed), (5, 2, 2, 1));
 }
