@@ -8,10 +8,11 @@ use roomkeeper_api::admin::parse_joined_ids;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -433,6 +434,7 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: region.resources.clone(),
+        security_context: Some(node_container_security()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".to_string(),
@@ -496,6 +498,7 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    security_context: Some(node_pod_security()),
                     termination_grace_period_seconds: Some(30),
                     enable_service_links: Some(false),
                     automount_service_account_token: Some(false),
@@ -544,6 +547,46 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
+    }
+}
+
+/// The uid and gid node containers run as: not root, and the group that owns
+/// the data volume (`fsGroup`), so the node can write its Raft log there.
+pub const NODE_UID: i64 = 65532;
+
+/// Pod-level hardening of a node pod (the Kubernetes "restricted" Pod
+/// Security Standard): not root, the runtime's default seccomp profile, the
+/// data volume group-owned by the node's group.
+fn node_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NODE_UID),
+        run_as_group: Some(NODE_UID),
+        fs_group: Some(NODE_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Container-level hardening of a node: a read-only root filesystem (the node
+/// writes only to its data volume), no capabilities, no privilege escalation.
+fn node_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -780,6 +823,44 @@ mod tests {
         lrc.metadata.namespace = Some("ns".into());
         lrc.metadata.uid = Some("uid-1".into());
         lrc
+    }
+
+    #[test]
+    fn node_pods_meet_the_restricted_pod_security_standard() {
+        let lrc = cluster(&[("east", 3, 0)]);
+        let sts = statefulset(&lrc, &lrc.spec.regions[0]);
+        let pod = sts.spec.template.spec.expect("pod spec");
+        let ps = pod.security_context.expect("pod security context");
+        assert_eq!(ps.run_as_non_root, Some(true));
+        assert!(ps.run_as_user.is_some_and(|u| u != 0), "not root");
+        assert_eq!(ps.fs_group, ps.run_as_group, "the data volume is writable");
+        assert_eq!(
+            ps.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        for c in &pod.containers {
+            let cs = c
+                .security_context
+                .clone()
+                .expect("container security context");
+            assert_eq!(cs.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(cs.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(
+                cs.capabilities.and_then(|c| c.drop),
+                Some(vec!["ALL".to_string()]),
+                "{}",
+                c.name
+            );
+            // The only writable mount is the data volume.
+            let writable: Vec<&str> = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.read_only != Some(true))
+                .map(|m| m.mount_path.as_str())
+                .collect();
+            assert_eq!(writable, vec![DATA_DIR], "{}", c.name);
+        }
     }
 
     #[test]
