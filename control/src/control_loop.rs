@@ -13,7 +13,7 @@ use roomkeeper_playbook::{
     GuardBudgets, HealthSnapshot, Phase, Playbook, Target,
 };
 
-use crate::actuate::{carry_out, Actuate, Constraints};
+use crate::actuate::{carry_out, gate_drift, Actuate, Constraints};
 use crate::load::EndpointSignal;
 use crate::memory_store::{Journal, MemoryStore, StoreError};
 use crate::metrics::ControlMetrics;
@@ -228,6 +228,13 @@ impl ControlLoop {
             self.push_recent(line);
             let _ = self.memory.record_outcome(d.id, outcome);
         }
+        let gate_decided = decisions.iter().any(|d| {
+            d.disposition.is_execute()
+                && matches!(d.action, ActionKind::PauseSales | ActionKind::ResumeSales)
+        });
+        if !gate_decided {
+            self.keep_sales_gate(obs, actuator).await;
+        }
         let budgets = Engine::budgets(&self.playbook, &self.memory, now);
         if let Some(m) = &self.metrics {
             m.tiers(&self.memory);
@@ -238,6 +245,29 @@ impl ControlLoop {
         self.budgets = Some(budgets);
         self.save(store).await?;
         Ok(decisions)
+    }
+
+    /// Sets the nodes' sales gate again where it drifted from the memory's
+    /// effect (a restarted node forgets its edge gate; a replicated pause
+    /// may commit late). Not a new decision: the effect is already decided,
+    /// so nothing is journaled; a paused or dry-run playbook changes nothing.
+    async fn keep_sales_gate<A: Actuate>(&mut self, obs: &ClusterObservation, actuator: &mut A) {
+        if self.playbook.paused || self.playbook.dry_run {
+            return;
+        }
+        let want = self.memory.sales_paused().is_some();
+        let drifted = gate_drift(obs, want);
+        if drifted.is_empty() {
+            return;
+        }
+        match actuator.set_sales_paused(want).await {
+            Ok(detail) => {
+                tracing::info!(nodes = ?drifted, paused = want, %detail, "sales gate set again");
+            }
+            Err(e) => {
+                tracing::warn!(nodes = ?drifted, paused = want, error = %e, "sales gate drifted and could not be set");
+            }
+        }
     }
 
     async fn save<S: MemoryStore>(&mut self, store: &mut S) -> Result<(), ControlError> {

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
-use roomkeeper_api::NodeId;
+use roomkeeper_api::{NodeId, SalesGate};
+use roomkeeper_control::actuate::sales_gate_summary;
 use roomkeeper_control::observation::{ClusterObservation, NodeObservation};
 use roomkeeper_control::{
     ActError, Actuate, ControlError, ControlLoop, Journal, MemoryStore, StoreError,
@@ -275,12 +276,29 @@ impl Actuate for KubeActuator<'_> {
     }
 
     async fn set_sales_paused(&mut self, paused: bool) -> Result<String, ActError> {
-        let action = if paused {
-            ActionKind::PauseSales
-        } else {
-            ActionKind::ResumeSales
+        let gate = SalesGate {
+            paused,
+            reason: if paused {
+                "T4: the operator paused sales".into()
+            } else {
+                "the operator resumed sales".into()
+            },
         };
-        Err(unsupported(action, "runbooks/tier-t4-protect.md"))
+        let admin = self.admin;
+        let calls = self
+            .views
+            .iter()
+            .filter(|v| !v.deleting)
+            .filter_map(|v| Some((v.id?, v.ip.clone()?)))
+            .map(|(id, ip)| {
+                let gate = &gate;
+                async move {
+                    let reply = admin.sales_gate(&ip, gate).await.map_err(|e| e.to_string());
+                    (id, reply)
+                }
+            });
+        let replies = futures::future::join_all(calls).await;
+        sales_gate_summary(paused, &replies)
     }
 }
 
