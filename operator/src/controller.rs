@@ -458,7 +458,8 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
     let tier = run_playbook(ctx, lrc, &base, &views, &admin, &step).await?;
     let progressing = taken.progressing;
-    let status = status_after_step(lrc, status, &step, taken, tier);
+    let mut status = status_after_step(lrc, status, &step, taken, tier);
+    crate::tier::show_weights(ctx, lrc, &mut status);
     write_status(ctx, lrc, status).await?;
     Ok(if progressing {
         Action::requeue(Duration::from_secs(2))
@@ -1265,6 +1266,7 @@ fn observed_status(
                             .count(),
                     )
                     .unwrap_or(0),
+                    traffic_weight: None,
                 }
             })
             .collect();
