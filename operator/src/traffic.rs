@@ -178,7 +178,7 @@ impl HttpRouteRouter {
                 what: format!("reading HTTPRoute {name}"),
                 source,
             })?;
-        obj.map(|o| serde_json::to_value(o).map_err(|e| kube::Error::SerdeError(e)))
+        obj.map(|o| serde_json::to_value(o).map_err(kube::Error::SerdeError))
             .transpose()
             .map_err(|source| RouteError::Kube {
                 what: format!("reading HTTPRoute {name}"),
