@@ -41,6 +41,14 @@ if command -v go >/dev/null 2>&1; then
 else
   echo "==> go is missing: the Kubernetes harness tests will be SKIPPED loudly (and fail under CI)"
 fi
+echo "==> Gateway API CRDs (HTTPRoute, for the operator's traffic weights)"
+if command -v go >/dev/null 2>&1; then
+  # Read from the Go module sigs.k8s.io/gateway-api in the module cache, then cached.
+  ROOMKEEPER_GATEWAY_API_DIR="$(bash scripts/gateway-api-crds.sh | tee /dev/stderr | tail -n 1)"
+  export ROOMKEEPER_GATEWAY_API_DIR
+else
+  echo "==> go is missing: the traffic-router tests will be SKIPPED loudly (and fail under CI)"
+fi
 echo "==> helm (renders and lints the operator's chart, charts/roomkeeper-operator)"
 if command -v go >/dev/null 2>&1; then
   # Built once from the pinned Go module in tests/helm-bin (about 3 minutes), then cached.

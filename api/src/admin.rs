@@ -63,6 +63,10 @@ pub struct NodeStatus {
     /// whose volume was wiped).
     #[serde(default)]
     pub fresh_data_dir: bool,
+    /// The node-local sales gate is closed: this node refuses orders with
+    /// `sales_paused` before any Raft work (`POST /admin/sales`).
+    #[serde(default)]
+    pub edge_sales_paused: bool,
 }
 
 impl NodeStatus {
@@ -90,6 +94,40 @@ impl NodeStatus {
     pub fn is_member(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.learners.contains(&id)
     }
+}
+
+/// `POST /admin/sales`: close (or open) the node's sales gate. The node
+/// refuses orders with `sales_paused` at its API edge at once, needing no
+/// quorum; a leader also commits the replicated pause so every replica and
+/// any later leader refuse orders too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesGate {
+    pub paused: bool,
+    /// Why, in words; recorded with the replicated pause.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What became of the replicated pause asked of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReplicatedGate {
+    /// The leader committed the change.
+    Committed,
+    /// This node is not the leader; only its edge gate changed.
+    NotLeader { leader: Option<NodeId> },
+    /// The leader could not commit it (no quorum, timeout).
+    Failed { message: String },
+}
+
+/// The answer to [`SalesGate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalesGateReply {
+    pub node_id: NodeId,
+    /// The node's edge gate after the call.
+    pub edge_paused: bool,
+    pub replicated: ReplicatedGate,
 }
 
 /// The error code every admin call of a quarantined node answers with (HTTP 409).

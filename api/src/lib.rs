@@ -10,5 +10,8 @@ pub mod client;
 pub mod leader;
 pub mod raft_identity;
 
-pub use admin::{NodeId, NodeInfo, NodeStatus, QuarantineReply, ReplicationProgress};
+pub use admin::{
+    NodeId, NodeInfo, NodeStatus, QuarantineReply, ReplicatedGate, ReplicationProgress, SalesGate,
+    SalesGateReply,
+};
 pub use leader::{leader_of, membership_of};

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use roomkeeper_api::NodeId;
+use roomkeeper_api::{NodeId, ReplicatedGate, SalesGateReply};
 use roomkeeper_playbook::{ActionKind, Decision, Target};
 
 use crate::observation::{ClusterObservation, NodeObservation};
@@ -149,6 +149,80 @@ pub fn evacuation_plan(
     Ok(plan)
 }
 
+/// What setting the sales gate of every node a binding reached did, in
+/// words; both bindings call `POST /admin/sales` on each node and report
+/// through this. It succeeds when at least one node answered: the edge gate
+/// of a reachable node is what stops buyers, and the loop sets the gate
+/// again on every node that drifts (see [`gate_drift`]).
+pub fn sales_gate_summary(
+    paused: bool,
+    replies: &[(NodeId, Result<SalesGateReply, String>)],
+) -> Result<String, ActError> {
+    let verb = if paused { "paused" } else { "resumed" };
+    let reached: Vec<String> = replies
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let unreachable: Vec<String> = replies
+        .iter()
+        .filter_map(|(id, r)| r.as_ref().err().map(|e| format!("{id} ({e})")))
+        .collect();
+    if reached.is_empty() {
+        return Err(ActError::Failed(format!(
+            "sales not {verb}: no node answered the sales gate call{}",
+            if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", unreachable.join(", "))
+            }
+        )));
+    }
+    let mut replicated = None;
+    let mut failures = Vec::new();
+    for (id, r) in replies {
+        match r {
+            Ok(SalesGateReply {
+                replicated: ReplicatedGate::Committed,
+                ..
+            }) => replicated = Some(*id),
+            Ok(SalesGateReply {
+                replicated: ReplicatedGate::Failed { message },
+                ..
+            }) => failures.push(format!("leader {id}: {message}")),
+            _ => {}
+        }
+    }
+    let mut words = format!("sales {verb} at the edge of nodes {}", reached.join(", "));
+    if !unreachable.is_empty() {
+        words.push_str(&format!(" (unreachable: {})", unreachable.join(", ")));
+    }
+    match (replicated, failures.is_empty()) {
+        (Some(id), _) => words.push_str(&format!("; the replicated gate committed by leader {id}")),
+        (None, false) => words.push_str(&format!(
+            "; the replicated gate not committed ({}): the edge gates hold",
+            failures.join("; ")
+        )),
+        (None, true) => words.push_str("; no leader answered: the edge gates hold"),
+    }
+    Ok(words)
+}
+
+/// Nodes whose sales gate is not what the engine memory wants: a node whose
+/// edge gate differs (a restarted node forgets it), or, when sales should
+/// be open, a leader whose replicated state is still paused.
+pub fn gate_drift(obs: &ClusterObservation, want_paused: bool) -> Vec<NodeId> {
+    obs.nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .filter(|s| {
+            s.edge_sales_paused != want_paused
+                || (!want_paused && s.claims_leadership() && s.sales_paused)
+        })
+        .map(|s| s.node_id)
+        .collect()
+}
+
 /// What the engine memory says the actuators must respect.
 #[derive(Debug, Clone, Default)]
 pub struct Constraints {
@@ -273,6 +347,82 @@ mod tests {
         );
         let none = ClusterObservation::new(0, Vec::new());
         assert!(successor(&none, &Target::Shard, 2_000, &[]).is_err());
+    }
+
+    fn gate_reply(
+        id: NodeId,
+        replicated: ReplicatedGate,
+    ) -> (NodeId, Result<SalesGateReply, String>) {
+        (
+            id,
+            Ok(SalesGateReply {
+                node_id: id,
+                edge_paused: true,
+                replicated,
+            }),
+        )
+    }
+
+    #[test]
+    fn the_sales_gate_holds_when_any_node_answered_and_says_what_replicated() {
+        let replies = vec![
+            gate_reply(1, ReplicatedGate::Committed),
+            gate_reply(2, ReplicatedGate::NotLeader { leader: Some(1) }),
+            (3, Err("connection refused".to_string())),
+        ];
+        let words = sales_gate_summary(true, &replies).expect("paused");
+        assert!(
+            words.contains("paused at the edge of nodes 1, 2"),
+            "{words}"
+        );
+        assert!(
+            words.contains("unreachable: 3 (connection refused)"),
+            "{words}"
+        );
+        assert!(words.contains("committed by leader 1"), "{words}");
+
+        let no_quorum = vec![
+            gate_reply(
+                1,
+                ReplicatedGate::Failed {
+                    message: "not committed within 2000 ms".into(),
+                },
+            ),
+            gate_reply(2, ReplicatedGate::NotLeader { leader: None }),
+        ];
+        let words = sales_gate_summary(true, &no_quorum).expect("paused at the edge");
+        assert!(
+            words.contains("not committed (leader 1: not committed within"),
+            "{words}"
+        );
+
+        let nobody = vec![(1, Err("timeout".to_string()))];
+        let err = sales_gate_summary(false, &nobody).expect_err("nobody answered");
+        assert!(err.to_string().contains("sales not resumed"), "{err}");
+    }
+
+    #[test]
+    fn gate_drift_names_forgetful_nodes_and_a_leader_still_paused() {
+        let mut o = obs(1, &[]);
+        assert!(gate_drift(&o, false).is_empty(), "all open, none wanted");
+        assert_eq!(
+            gate_drift(&o, true),
+            vec![1],
+            "only node 1 reports a status"
+        );
+        if let Some(s) = o.nodes[0].status.as_mut() {
+            s.edge_sales_paused = true;
+        }
+        assert!(gate_drift(&o, true).is_empty());
+        if let Some(s) = o.nodes[0].status.as_mut() {
+            s.edge_sales_paused = false;
+            s.sales_paused = true;
+        }
+        assert_eq!(
+            gate_drift(&o, false),
+            vec![1],
+            "a leader still paused in the replicated state must be opened"
+        );
     }
 
     #[test]

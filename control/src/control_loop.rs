@@ -13,7 +13,7 @@ use roomkeeper_playbook::{
     GuardBudgets, HealthSnapshot, Phase, Playbook, Target,
 };
 
-use crate::actuate::{carry_out, Actuate, Constraints};
+use crate::actuate::{carry_out, gate_drift, Actuate, Constraints};
 use crate::load::EndpointSignal;
 use crate::memory_store::{Journal, MemoryStore, StoreError};
 use crate::metrics::ControlMetrics;
@@ -228,6 +228,13 @@ impl ControlLoop {
             self.push_recent(line);
             let _ = self.memory.record_outcome(d.id, outcome);
         }
+        let gate_decided = decisions.iter().any(|d| {
+            d.disposition.is_execute()
+                && matches!(d.action, ActionKind::PauseSales | ActionKind::ResumeSales)
+        });
+        if !gate_decided {
+            self.keep_sales_gate(obs, actuator).await;
+        }
         let budgets = Engine::budgets(&self.playbook, &self.memory, now);
         if let Some(m) = &self.metrics {
             m.tiers(&self.memory);
@@ -238,6 +245,29 @@ impl ControlLoop {
         self.budgets = Some(budgets);
         self.save(store).await?;
         Ok(decisions)
+    }
+
+    /// Sets the nodes' sales gate again where it drifted from the memory's
+    /// effect (a restarted node forgets its edge gate; a replicated pause
+    /// may commit late). Not a new decision: the effect is already decided,
+    /// so nothing is journaled; a paused or dry-run playbook changes nothing.
+    async fn keep_sales_gate<A: Actuate>(&mut self, obs: &ClusterObservation, actuator: &mut A) {
+        if self.playbook.paused || self.playbook.dry_run {
+            return;
+        }
+        let want = self.memory.sales_paused().is_some();
+        let drifted = gate_drift(obs, want);
+        if drifted.is_empty() {
+            return;
+        }
+        match actuator.set_sales_paused(want).await {
+            Ok(detail) => {
+                tracing::info!(nodes = ?drifted, paused = want, %detail, "sales gate set again");
+            }
+            Err(e) => {
+                tracing::warn!(nodes = ?drifted, paused = want, error = %e, "sales gate drifted and could not be set");
+            }
+        }
     }
 
     async fn save<S: MemoryStore>(&mut self, store: &mut S) -> Result<(), ControlError> {
@@ -295,6 +325,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         restarts: Vec<NodeId>,
+        gates: Vec<bool>,
     }
 
     impl Actuate for Recorder {
@@ -315,6 +346,7 @@ mod tests {
             Ok(old + 100)
         }
         async fn set_sales_paused(&mut self, p: bool) -> Result<String, ActError> {
+            self.gates.push(p);
             Ok(format!("paused {p}"))
         }
     }
@@ -418,6 +450,97 @@ mod tests {
         assert!(
             !log.contains("at_ms"),
             "one casing in the decision log: {log}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Nodes 1..=3 down (no process, no answer), 4 and 5 up without a
+    /// leader, reporting their edge sales gate as `edge`.
+    fn quorum_lost(at_ms: u64, edge: bool) -> ClusterObservation {
+        let regions = ["eu-west", "us-east", "ap-south", "eu-west", "us-east"];
+        let nodes = (1..=5u64)
+            .map(|id| {
+                let alive = id > 3;
+                NodeObservation {
+                    node_id: id,
+                    region: regions[(id - 1) as usize].into(),
+                    zone: "a".into(),
+                    process_alive: Some(alive),
+                    healthz_ok: alive,
+                    status: alive.then(|| NodeStatus {
+                        node_id: id,
+                        role: "candidate".into(),
+                        term: 3,
+                        leader_id: None,
+                        voters: vec![1, 2, 3, 4, 5],
+                        edge_sales_paused: edge,
+                        ..NodeStatus::default()
+                    }),
+                }
+            })
+            .collect();
+        ClusterObservation::new(at_ms, nodes)
+    }
+
+    #[tokio::test]
+    async fn the_sales_gate_is_set_again_on_nodes_that_forgot_it_while_t4_holds() {
+        let dir = temp_dir("gate");
+        let mut store = FileStore::open(&dir).expect("store");
+        let mut journal = store.clone();
+        let mut ctl = ControlLoop::open(&mut store, default_playbook(), 3)
+            .await
+            .expect("open");
+        let mut act = Recorder::default();
+        let mut t = 1_000_000;
+        for _ in 0..=30 {
+            ctl.tick(
+                &quorum_lost(t, false),
+                &BTreeMap::new(),
+                &mut act,
+                &mut store,
+                &mut journal,
+            )
+            .await
+            .expect("tick");
+            t += 500;
+        }
+        assert!(ctl.memory().sales_paused().is_some(), "T4 paused sales");
+        let decided = act.gates.len();
+        assert!(
+            decided >= 2,
+            "T4 paused, then the drifted gates were set again: {:?}",
+            act.gates
+        );
+        assert!(act.gates.iter().all(|p| *p), "only pauses: {:?}", act.gates);
+        // Nodes that report their gate closed are left alone.
+        for _ in 0..5 {
+            ctl.tick(
+                &quorum_lost(t, true),
+                &BTreeMap::new(),
+                &mut act,
+                &mut store,
+                &mut journal,
+            )
+            .await
+            .expect("tick");
+            t += 500;
+        }
+        assert_eq!(act.gates.len(), decided, "no call while every gate holds");
+        // A paused playbook changes nothing, drift or not.
+        ctl.set_paused(true);
+        ctl.tick(
+            &quorum_lost(t, false),
+            &BTreeMap::new(),
+            &mut act,
+            &mut store,
+            &mut journal,
+        )
+        .await
+        .expect("tick");
+        assert_eq!(
+            act.gates.len(),
+            decided,
+            "paused automation leaves the gates alone"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

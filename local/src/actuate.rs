@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use roomkeeper_api::NodeId;
-use roomkeeper_control::actuate::{ActError, Actuate};
+use roomkeeper_control::actuate::{sales_gate_summary, ActError, Actuate};
 use roomkeeper_control::load::TrafficMap;
 
 use crate::cluster::LocalCluster;
@@ -60,11 +60,20 @@ impl Actuate for LocalActuator<'_> {
     }
 
     async fn set_sales_paused(&mut self, paused: bool) -> Result<String, ActError> {
+        // The store refuses orders itself (the nodes' sales gate), as on
+        // Kubernetes; the storefront stops sending them too.
+        let reason = if paused {
+            "T4: the control loop paused sales"
+        } else {
+            "the control loop resumed sales"
+        };
+        let replies = self.cluster.set_sales_gate(paused, reason).await;
+        let words = sales_gate_summary(paused, &replies)?;
         self.traffic.set_paused(paused);
         Ok(if paused {
-            "sales paused: the storefront stops taking orders".into()
+            format!("{words}; the storefront stops taking orders")
         } else {
-            "sales resumed".into()
+            words
         })
     }
 }

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use roomkeeper_api::NodeInfo;
-use roomkeeper_api::NodeStatus;
+use roomkeeper_api::{NodeStatus, SalesGate, SalesGateReply};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
@@ -620,6 +620,39 @@ impl LocalCluster {
         )
         .await?;
         Ok(new)
+    }
+
+    /// Sets the sales gate (`POST /admin/sales`) of every running node, all
+    /// at once; each node's answer or why it gave none.
+    pub async fn set_sales_gate(
+        &mut self,
+        paused: bool,
+        reason: &str,
+    ) -> Vec<(u64, Result<SalesGateReply, String>)> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let mut running = Vec::new();
+        for id in ids {
+            if self.is_running(id) {
+                running.push(id);
+            }
+        }
+        let body = json!(SalesGate {
+            paused,
+            reason: reason.to_string(),
+        });
+        let this = &*self;
+        let calls = running.iter().map(|&id| {
+            let body = body.clone();
+            async move {
+                let reply = this
+                    .admin(id, hyper::Method::POST, "/admin/sales", Some(body))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()));
+                (id, reply)
+            }
+        });
+        futures_util::future::join_all(calls).await
     }
 
     /// Kills every process.

@@ -458,9 +458,15 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
     let tier = run_playbook(ctx, lrc, &base, &views, &admin, &step).await?;
     let progressing = taken.progressing;
-    let status = status_after_step(lrc, status, &step, taken, tier);
+    // A node that does not answer, or a tier in force, is a hold-down the
+    // playbook is timing: tick it every 2 s, not every 15 s, so it acts
+    // within its hold-down plus a tick.
+    let watching = views.iter().any(|v| v.status.is_none() && !v.deleting)
+        || tier.as_ref().is_ok_and(|t| t != "T0 watch");
+    let mut status = status_after_step(lrc, status, &step, taken, tier);
+    crate::tier::show_weights(ctx, lrc, &mut status);
     write_status(ctx, lrc, status).await?;
-    Ok(if progressing {
+    Ok(if progressing || watching {
         Action::requeue(Duration::from_secs(2))
     } else {
         Action::requeue(Duration::from_secs(15))
@@ -1265,6 +1271,7 @@ fn observed_status(
                             .count(),
                     )
                     .unwrap_or(0),
+                    traffic_weight: None,
                 }
             })
             .collect();

@@ -307,6 +307,10 @@ pub struct RegionStatus {
     pub learners: i32,
     /// Pods running with a pod IP.
     pub running_pods: i32,
+    /// The region's weight for new buyers in the cluster's traffic router
+    /// (the `<cluster>-buyers` HTTPRoute); 0 = drained. Absent without a router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_weight: Option<i32>,
 }
 
 /// One Raft member.

@@ -11,4 +11,5 @@ pub mod resources;
 pub mod runtime;
 pub mod schedule;
 pub mod tier;
+pub mod traffic;
 pub mod validate;

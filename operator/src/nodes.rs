@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyper::Method;
-use roomkeeper_api::{NodeInfo, NodeStatus, QuarantineReply};
+use roomkeeper_api::{NodeInfo, NodeStatus, QuarantineReply, SalesGate, SalesGateReply};
 use roomkeeper_control::http::JsonClient;
 use serde_json::{json, Value};
 
@@ -231,6 +231,21 @@ impl NodeAdmin {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Sets the node's sales gate; on the leader the replicated pause too
+    /// (the node bounds that wait itself).
+    pub async fn sales_gate(
+        &self,
+        pod_ip: &str,
+        gate: &SalesGate,
+    ) -> Result<SalesGateReply, NodeError> {
+        let body = json!(gate);
+        let reply = self.post(pod_ip, "/admin/sales", body, TIMEOUT).await?;
+        serde_json::from_value(reply).map_err(|e| NodeError::Unreachable {
+            addr: format!("{pod_ip}:{ADMIN_PORT}"),
+            message: format!("unreadable sales gate reply: {e}"),
+        })
     }
 
     pub async fn transfer_leader(&self, leader_ip: &str, to: u64) -> Result<(), NodeError> {

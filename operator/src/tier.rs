@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
-use roomkeeper_api::NodeId;
+use roomkeeper_api::{NodeId, SalesGate};
+use roomkeeper_control::actuate::sales_gate_summary;
 use roomkeeper_control::observation::{ClusterObservation, NodeObservation};
 use roomkeeper_control::{
     ActError, Actuate, ControlError, ControlLoop, Journal, MemoryStore, StoreError,
@@ -22,15 +23,36 @@ use roomkeeper_playbook::{
 };
 
 use crate::controller::{Context, Error};
-use crate::crd::{FailoverPlaybook, LiveRoomCluster};
+use crate::crd::{FailoverPlaybook, LiveRoomCluster, LiveRoomClusterStatus};
 use crate::nodes::NodeAdmin;
 use crate::plan::PodView;
 use crate::resources::{self, cluster_name};
+use crate::traffic::{HttpRouteRouter, TrafficRouter, FULL_WEIGHT};
 
 /// The control loop of every cluster this replica reconciles.
 #[derive(Default)]
 pub struct PlaybookStates {
     inner: Mutex<HashMap<String, ControlLoop>>,
+    /// The traffic weights last read from each cluster's router, for status.
+    weights: Mutex<HashMap<String, BTreeMap<String, u32>>>,
+}
+
+/// Shows the weights the router last reported in `status.regions[].trafficWeight`.
+pub fn show_weights(ctx: &Context, lrc: &LiveRoomCluster, status: &mut LiveRoomClusterStatus) {
+    let key = format!(
+        "{}/{}",
+        lrc.namespace().unwrap_or_default(),
+        cluster_name(lrc)
+    );
+    let Ok(all) = ctx.playbooks.weights.lock() else {
+        return;
+    };
+    let weights = all.get(&key);
+    for r in &mut status.regions {
+        r.traffic_weight = weights
+            .and_then(|w| w.get(&r.name))
+            .map(|w| i32::try_from(*w).unwrap_or(i32::MAX));
+    }
 }
 
 /// What the operator sees of the cluster: one observation per node id the
@@ -214,6 +236,7 @@ struct KubeActuator<'a> {
     ns: String,
     views: &'a [PodView],
     admin: &'a NodeAdmin,
+    router: &'a HttpRouteRouter,
 }
 
 /// The runbook a human follows for an action this binding does not carry out yet.
@@ -258,13 +281,11 @@ impl Actuate for KubeActuator<'_> {
         Ok(format!("asked leader {from} to hand over to node {to}"))
     }
 
-    async fn set_traffic_weight(&mut self, _region: &str, weight: u32) -> Result<String, ActError> {
-        let action = if weight == 0 {
-            ActionKind::SetTrafficWeightZero
-        } else {
-            ActionKind::RestoreTrafficWeight
-        };
-        Err(unsupported(action, "runbooks/tier-t2-move.md"))
+    async fn set_traffic_weight(&mut self, region: &str, weight: u32) -> Result<String, ActError> {
+        self.router
+            .set_weight(region, weight)
+            .await
+            .map_err(|e| ActError::Failed(e.to_string()))
     }
 
     async fn replace_voter(&mut self, _old: NodeId, _into: &str) -> Result<NodeId, ActError> {
@@ -275,12 +296,29 @@ impl Actuate for KubeActuator<'_> {
     }
 
     async fn set_sales_paused(&mut self, paused: bool) -> Result<String, ActError> {
-        let action = if paused {
-            ActionKind::PauseSales
-        } else {
-            ActionKind::ResumeSales
+        let gate = SalesGate {
+            paused,
+            reason: if paused {
+                "T4: the operator paused sales".into()
+            } else {
+                "the operator resumed sales".into()
+            },
         };
-        Err(unsupported(action, "runbooks/tier-t4-protect.md"))
+        let admin = self.admin;
+        let calls = self
+            .views
+            .iter()
+            .filter(|v| !v.deleting)
+            .filter_map(|v| Some((v.id?, v.ip.clone()?)))
+            .map(|(id, ip)| {
+                let gate = &gate;
+                async move {
+                    let reply = admin.sales_gate(&ip, gate).await.map_err(|e| e.to_string());
+                    (id, reply)
+                }
+            });
+        let replies = futures::future::join_all(calls).await;
+        sales_gate_summary(paused, &replies)
     }
 }
 
@@ -336,12 +374,44 @@ pub async fn run(
         }
         Err(e) => return Err(Error::Playbook(e)),
     };
+    let router = HttpRouteRouter::new(
+        ctx.client.clone(),
+        &ns,
+        &name,
+        lrc.spec.regions.iter().map(|r| r.name.clone()).collect(),
+        kube::Resource::controller_owner_ref(lrc, &()),
+    );
+    // The route lists every region; a new one starts where the engine
+    // memory says (0 when drained). Without the Gateway API CRD the cluster
+    // runs on, and a weight change fails naming the CRD.
+    let drained: Vec<String> = control.memory().drained_regions().keys().cloned().collect();
+    let initial = |r: &str| {
+        if drained.iter().any(|d| d == r) {
+            0
+        } else {
+            FULL_WEIGHT
+        }
+    };
+    match router.ensure(&initial).await {
+        Ok(weights) => {
+            if let Ok(mut m) = ctx.playbooks.weights.lock() {
+                m.insert(key.clone(), weights);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(cluster = %name, router = router.kind(), error = %e, "traffic weights unavailable");
+            if let Ok(mut m) = ctx.playbooks.weights.lock() {
+                m.remove(&key);
+            }
+        }
+    }
     let obs = observation(views, now_ms());
     let mut actuator = KubeActuator {
         ctx,
         ns: ns.clone(),
         views,
         admin,
+        router: &router,
     };
     let mut journal = EventJournal { lrc, ctx };
     let ticked = control

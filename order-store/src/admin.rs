@@ -3,7 +3,9 @@
 //! and (only when the node was started for tests) fault injection.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -17,6 +19,9 @@ use openraft::Instant as _;
 use openraft::{ChangeMembers, ServerState};
 use serde::Deserialize;
 use serde_json::json;
+
+use roomkeeper_api::admin::{ReplicatedGate, SalesGate, SalesGateReply};
+use roomkeeper_order_state::{Command, Outcome};
 
 use crate::api::bearer_matches;
 use crate::faults::FaultSettings;
@@ -133,6 +138,7 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
         sales_paused,
         test_faults_enabled: ctx.test_faults_enabled,
         fresh_data_dir: ctx.fresh_data_dir,
+        edge_sales_paused: ctx.edge_sales_paused.load(Ordering::Relaxed),
     }
 }
 
@@ -148,6 +154,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/admin/remove", post(remove))
         .route("/admin/voters", post(replace_voters))
         .route("/admin/transfer-leader", post(transfer_leader))
+        .route("/admin/sales", post(sales_gate))
         .route("/admin/snapshot", post(snapshot))
         .route("/admin/invariants", get(invariants))
         .route("/admin/faults", get(get_faults).post(set_faults))
@@ -426,6 +433,59 @@ async fn transfer_leader(
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({"transferring_to": b.to}))).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }
+}
+
+/// How long a leader waits for the replicated pause to commit; past it the
+/// edge gate alone holds (quorum is likely lost, which is when T4 pauses).
+const GATE_COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes or opens the node's sales gate (D-number in docs/decisions.md:
+/// "Sales pause at the edge"): the edge flag at once, and on the leader the
+/// replicated `SetSalesPaused` too, bounded by [`GATE_COMMIT_TIMEOUT`].
+async fn sales_gate(
+    State(ctx): State<Arc<NodeContext>>,
+    AdminJson(b): AdminJson<SalesGate>,
+) -> Response {
+    if let Err(e) = (Command::SetSalesPaused {
+        paused: b.paused,
+        reason: b.reason.clone(),
+    })
+    .validate()
+    {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", e);
+    }
+    ctx.edge_sales_paused.store(b.paused, Ordering::Relaxed);
+    tracing::info!(paused = b.paused, reason = %b.reason, "sales gate set at the edge");
+    let leader = ctx.raft.metrics().borrow_watched().current_leader;
+    let replicated = if leader != Some(ctx.node_id) {
+        ReplicatedGate::NotLeader { leader }
+    } else {
+        let cmd = Command::SetSalesPaused {
+            paused: b.paused,
+            reason: b.reason,
+        };
+        match tokio::time::timeout(GATE_COMMIT_TIMEOUT, ctx.proposer.submit(cmd)).await {
+            Ok(Ok(Outcome::Rejected { code, .. })) => ReplicatedGate::Failed {
+                message: code.to_string(),
+            },
+            Ok(Ok(_)) => ReplicatedGate::Committed,
+            Ok(Err(e)) => ReplicatedGate::Failed {
+                message: e.to_string(),
+            },
+            Err(_) => ReplicatedGate::Failed {
+                message: format!(
+                    "not committed within {} ms",
+                    GATE_COMMIT_TIMEOUT.as_millis()
+                ),
+            },
+        }
+    };
+    Json(SalesGateReply {
+        node_id: ctx.node_id,
+        edge_paused: b.paused,
+        replicated,
+    })
+    .into_response()
 }
 
 async fn snapshot(State(ctx): State<Arc<NodeContext>>) -> Response {

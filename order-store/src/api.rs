@@ -373,6 +373,12 @@ async fn place_order(
     Path(room): Path<String>,
     body: Result<Json<PlaceOrder>, JsonRejection>,
 ) -> ApiResult<Response> {
+    if ctx
+        .edge_sales_paused
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::rejected(RejectCode::SalesPaused));
+    }
     let Json(b) = body?;
     if b.contact.len() > 512 {
         return Err(ApiError::invalid(InvalidField {

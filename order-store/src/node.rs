@@ -143,6 +143,10 @@ pub struct NodeContext {
     pub admin_token: Option<String>,
     /// Client writes in flight beyond this are refused with 429.
     pub write_slots: Semaphore,
+    /// The node-local sales gate (`POST /admin/sales`): while set, orders
+    /// are refused with `sales_paused` before any Raft work. Not persisted;
+    /// the control loop sets it again while its pause lasts.
+    pub edge_sales_paused: std::sync::atomic::AtomicBool,
 }
 
 /// A running node.
@@ -266,6 +270,7 @@ impl NodeHandle {
             client_token: cfg.client_token,
             admin_token: cfg.admin_token,
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),
+            edge_sales_paused: std::sync::atomic::AtomicBool::new(false),
         });
 
         let server = RaftServer::new(RaftServerParts {

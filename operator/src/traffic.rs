@@ -1,0 +1,320 @@
+//! Where new buyers go: per-region traffic weights behind a plain interface
+//! ([`TrafficRouter`]), so another router (a DNS GSLB such as k8gb, a mesh)
+//! can be added without touching the engine or the actuator. The one
+//! implementation here publishes the weights as the `backendRefs` of a
+//! Gateway API `HTTPRoute` the operator owns per cluster: one backend per
+//! region, the region's client Service, `weight` = the region's weight. The
+//! route is the record of the weights, so they survive operator restarts.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use serde_json::{json, Value};
+
+use crate::resources::{labels, Names, API_PORT};
+
+/// The Gateway API group and the CRD the router needs.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const HTTPROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+/// The weight a region has until something sets it.
+pub const FULL_WEIGHT: u32 = 100;
+
+/// Why a weight could not be read or set.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("the CustomResourceDefinition {HTTPROUTE_CRD} (Gateway API, v1) is not installed in this cluster: install the Gateway API standard CRDs so the operator can move traffic")]
+    CrdMissing,
+    #[error("region {0:?} is not in the cluster's spec")]
+    UnknownRegion(String),
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// A way to steer new buyers between regions. `weight` is relative: 0 sends
+/// a region no new buyers.
+pub trait TrafficRouter {
+    /// The router's kind, in messages (`HTTPRoute`).
+    fn kind(&self) -> &'static str;
+    /// Makes sure the route exists and lists every region; a region without
+    /// a weight yet gets `initial(region)`. Returns the weights in force.
+    fn ensure(
+        &self,
+        initial: &(dyn Fn(&str) -> u32 + Sync),
+    ) -> impl Future<Output = Result<BTreeMap<String, u32>, RouteError>> + Send;
+    /// Sets one region's weight; returns what was done, in words.
+    fn set_weight(
+        &self,
+        region: &str,
+        weight: u32,
+    ) -> impl Future<Output = Result<String, RouteError>> + Send;
+}
+
+/// The weights of `backendRefs`, keyed by region through the Service names.
+pub fn weights_of(route: &Value, services: &BTreeMap<String, String>) -> BTreeMap<String, u32> {
+    let mut weights = BTreeMap::new();
+    let refs = route["spec"]["rules"][0]["backendRefs"].as_array();
+    for r in refs.into_iter().flatten() {
+        let Some(name) = r["name"].as_str() else {
+            continue;
+        };
+        if let Some((region, _)) = services.iter().find(|(_, s)| s.as_str() == name) {
+            // Gateway API: an absent weight is 1; only the ratio matters.
+            let w = r["weight"].as_u64().unwrap_or(1);
+            weights.insert(region.clone(), u32::try_from(w).unwrap_or(u32::MAX));
+        }
+    }
+    weights
+}
+
+/// The route's spec for these weights (regions in spec order).
+pub fn route_spec(
+    regions: &[String],
+    services: &BTreeMap<String, String>,
+    weights: &BTreeMap<String, u32>,
+) -> Value {
+    let refs: Vec<Value> = regions
+        .iter()
+        .filter_map(|r| {
+            let svc = services.get(r)?;
+            Some(json!({
+                "kind": "Service",
+                "name": svc,
+                "port": API_PORT,
+                "weight": weights.get(r).copied().unwrap_or(FULL_WEIGHT),
+            }))
+        })
+        .collect();
+    json!({ "rules": [ { "backendRefs": refs } ] })
+}
+
+/// The Gateway API `HTTPRoute` of one cluster, `<cluster>-buyers`. The
+/// operator owns its `rules` (server-side apply); attach it to a Gateway by
+/// adding `parentRefs` under another field manager.
+pub struct HttpRouteRouter {
+    client: Client,
+    ns: String,
+    cluster: String,
+    regions: Vec<String>,
+    owner: Option<OwnerReference>,
+}
+
+impl HttpRouteRouter {
+    pub fn new(
+        client: Client,
+        ns: &str,
+        cluster: &str,
+        regions: Vec<String>,
+        owner: Option<OwnerReference>,
+    ) -> Self {
+        HttpRouteRouter {
+            client,
+            ns: ns.to_string(),
+            cluster: cluster.to_string(),
+            regions,
+            owner,
+        }
+    }
+
+    pub fn resource() -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(GATEWAY_GROUP, "v1", "HTTPRoute"),
+            "httproutes",
+        )
+    }
+
+    /// The route's name.
+    pub fn name(&self) -> String {
+        format!("{}-buyers", self.cluster)
+    }
+
+    fn services(&self) -> BTreeMap<String, String> {
+        let names = Names {
+            cluster: &self.cluster,
+        };
+        self.regions
+            .iter()
+            .map(|r| (r.clone(), names.client_service(r)))
+            .collect()
+    }
+
+    fn api(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, &Self::resource())
+    }
+
+    /// Whether the API server serves `httproutes` in the Gateway API group
+    /// (discovery needs no RBAC beyond being authenticated).
+    async fn crd_installed(&self) -> Result<(), RouteError> {
+        match self
+            .client
+            .list_api_group_resources(&format!("{GATEWAY_GROUP}/v1"))
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.name == "httproutes") => Ok(()),
+            Ok(_) => Err(RouteError::CrdMissing),
+            Err(kube::Error::Api(e)) if e.code == 404 => Err(RouteError::CrdMissing),
+            Err(source) => Err(RouteError::Kube {
+                what: format!("discovering {GATEWAY_GROUP}/v1"),
+                source,
+            }),
+        }
+    }
+
+    async fn current(&self) -> Result<Option<Value>, RouteError> {
+        self.crd_installed().await?;
+        let name = self.name();
+        let obj = self
+            .api()
+            .get_opt(&name)
+            .await
+            .map_err(|source| RouteError::Kube {
+                what: format!("reading HTTPRoute {name}"),
+                source,
+            })?;
+        obj.map(|o| serde_json::to_value(o).map_err(kube::Error::SerdeError))
+            .transpose()
+            .map_err(|source| RouteError::Kube {
+                what: format!("reading HTTPRoute {name}"),
+                source,
+            })
+    }
+
+    async fn apply(&self, weights: &BTreeMap<String, u32>) -> Result<(), RouteError> {
+        let name = self.name();
+        let mut meta = json!({
+            "name": name,
+            "namespace": self.ns,
+            "labels": labels(&self.cluster, None),
+        });
+        if let Some(o) = &self.owner {
+            meta["ownerReferences"] = json!([o]);
+        }
+        let obj = json!({
+            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+            "kind": "HTTPRoute",
+            "metadata": meta,
+            "spec": route_spec(&self.regions, &self.services(), weights),
+        });
+        self.api()
+            .patch(
+                &name,
+                &PatchParams::apply(crate::controller::MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(|source| RouteError::Kube {
+                what: format!("applying HTTPRoute {name}"),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+impl TrafficRouter for HttpRouteRouter {
+    fn kind(&self) -> &'static str {
+        "HTTPRoute"
+    }
+
+    async fn ensure(
+        &self,
+        initial: &(dyn Fn(&str) -> u32 + Sync),
+    ) -> Result<BTreeMap<String, u32>, RouteError> {
+        let services = self.services();
+        let existing = self
+            .current()
+            .await?
+            .map(|r| weights_of(&r, &services))
+            .unwrap_or_default();
+        let weights: BTreeMap<String, u32> = self
+            .regions
+            .iter()
+            .map(|r| {
+                let w = existing.get(r).copied().unwrap_or_else(|| initial(r));
+                (r.clone(), w)
+            })
+            .collect();
+        if weights != existing {
+            self.apply(&weights).await?;
+        }
+        Ok(weights)
+    }
+
+    async fn set_weight(&self, region: &str, weight: u32) -> Result<String, RouteError> {
+        if !self.regions.iter().any(|r| r == region) {
+            return Err(RouteError::UnknownRegion(region.to_string()));
+        }
+        let services = self.services();
+        let mut weights = self
+            .current()
+            .await?
+            .map(|r| weights_of(&r, &services))
+            .unwrap_or_default();
+        for r in &self.regions {
+            weights.entry(r.clone()).or_insert(FULL_WEIGHT);
+        }
+        let before = weights.insert(region.to_string(), weight);
+        self.apply(&weights).await?;
+        Ok(format!(
+            "HTTPRoute {}: weight of {region} {} → {weight}",
+            self.name(),
+            before.map_or_else(|| "unset".to_string(), |w| w.to_string())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services() -> BTreeMap<String, String> {
+        ["us", "eu", "ap"]
+            .iter()
+            .map(|r| (r.to_string(), format!("shop-{r}")))
+            .collect()
+    }
+
+    #[test]
+    fn weights_round_trip_through_the_route_spec_in_spec_order() {
+        let regions: Vec<String> = ["us", "eu", "ap"].iter().map(|s| s.to_string()).collect();
+        let weights = BTreeMap::from([("us".to_string(), 0), ("eu".to_string(), 100)]);
+        let spec = route_spec(&regions, &services(), &weights);
+        let refs = spec["rules"][0]["backendRefs"].as_array().expect("refs");
+        let names: Vec<&str> = refs.iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(names, ["shop-us", "shop-eu", "shop-ap"]);
+        assert_eq!(
+            refs[2]["weight"],
+            json!(FULL_WEIGHT),
+            "unset is full weight"
+        );
+        assert_eq!(refs[0]["port"], json!(API_PORT));
+        let back = weights_of(&json!({ "spec": spec }), &services());
+        assert_eq!(
+            back,
+            BTreeMap::from([
+                ("us".to_string(), 0),
+                ("eu".to_string(), 100),
+                ("ap".to_string(), 100)
+            ])
+        );
+    }
+
+    #[test]
+    fn foreign_backends_are_ignored_and_an_absent_weight_is_one() {
+        let route = json!({"spec": {"rules": [{"backendRefs": [
+            {"name": "shop-us"},
+            {"name": "someone-else", "weight": 7}
+        ]}]}});
+        assert_eq!(
+            weights_of(&route, &services()),
+            BTreeMap::from([("us".to_string(), 1)])
+        );
+        assert!(weights_of(&json!({}), &services()).is_empty());
+    }
+}
