@@ -19,8 +19,7 @@ pub fn latency_slo_bucket(target_seconds: f64) -> Option<f64> {
     LATENCY_BUCKETS_SECONDS
         .iter()
         .copied()
-        .filter(|b| *b <= target_seconds)
-        .last()
+        .rfind(|b| *b <= target_seconds)
 }
 
 #[cfg(test)]
