@@ -222,7 +222,25 @@ fn alerts_fire_on_leader_kill_and_quorum_loss_and_resolve_after_heal() {
     prom.wait_for("3 targets up", Duration::from_secs(20), |p| {
         p.targets_up() == 3
     });
-    // A healthy cluster: rules evaluate, nothing pages.
+    // A healthy cluster: every node's invariant audit ran and found nothing
+    // (the series RoomkeeperInvariantViolated reads), and nothing pages.
+    prom.wait_for("3 clean invariant audits", Duration::from_secs(20), |p| {
+        http(
+            "GET",
+            &p.addr,
+            "/api/v1/query?query=roomkeeper_state_invariant_violated",
+            None,
+            None,
+            Duration::from_secs(2),
+        )
+        .is_ok_and(|r| {
+            let v = r.body["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            v.len() == 3 && v.iter().all(|s| s["value"][1] == "0")
+        })
+    });
     std::thread::sleep(Duration::from_secs(4));
     let noisy: Vec<_> = prom.alerts();
     assert!(noisy.is_empty(), "alerts on a healthy cluster: {noisy:?}");
