@@ -17,6 +17,10 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # NetworkPolicy (nft); without them it falls back to loopback pods.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# The alert rules are checked and unit-tested by promtool, and an end-to-end
+# test scrapes a local cluster with a real Prometheus: both ship in Debian's
+# prometheus package.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${need_apt[*]}"

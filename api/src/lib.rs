@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod client;
 pub mod leader;
+pub mod metrics;
 pub mod raft_identity;
 
 pub use admin::{

@@ -388,6 +388,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
     let name = lrc.name_any();
     let names = Names { cluster: &name };
+    ctx.metrics.set_slo(&ns, &name, &lrc.spec.slo);
     let base = lrc.status.clone().unwrap_or_default();
 
     if let Err(problems) = validate_spec(&lrc.spec) {
@@ -1288,6 +1289,7 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
     let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
     let name = lrc.name_any();
     let names = Names { cluster: &name };
+    ctx.metrics.remove_slo(&ns, &name);
     let dp = DeleteParams::background();
     let destroy = lrc.spec.deletion_policy == DeletionPolicy::Delete;
     let note = if destroy {

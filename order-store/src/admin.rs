@@ -497,7 +497,7 @@ async fn snapshot(State(ctx): State<Arc<NodeContext>>) -> Response {
 
 async fn invariants(State(ctx): State<Arc<NodeContext>>) -> Response {
     let applied = ctx.sm.applied_index();
-    let (result, summary) = ctx.sm.read(|s| (s.check_invariants(), s.summary()));
+    let (result, summary) = ctx.sm.audit(&ctx.metrics);
     let body = match result {
         Ok(()) => json!({"ok": true, "applied_index": applied, "summary": summary}),
         Err(v) => {

@@ -38,6 +38,8 @@ pub struct NodeMetrics {
     pub write_batch_commands: Histogram,
     pub state_orders: IntGauge,
     pub sales_paused: IntGauge,
+    pub state_invariant_violated: IntGauge,
+    pub state_invariant_audit_seconds: Histogram,
     pub raft_connections_open: IntGauge,
     pub raft_connections_refused_total: IntCounterVec,
     pub raft_requests_refused_total: IntCounterVec,
@@ -45,10 +47,7 @@ pub struct NodeMetrics {
     pub http_edges: crate::http_server::EdgeMetrics,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
-    4.096,
-];
+use roomkeeper_api::metrics::LATENCY_BUCKETS_SECONDS as LATENCY_BUCKETS;
 
 impl NodeMetrics {
     pub fn new(node_id: u64, region: &str, zone: &str) -> Result<Self, MetricsError> {
@@ -169,6 +168,17 @@ impl NodeMetrics {
                 "roomkeeper_sales_paused",
                 "1 when sales are paused on this shard",
             )?,
+            state_invariant_violated: IntGauge::new(
+                "roomkeeper_state_invariant_violated",
+                "1 when the last audit of the state machine found an invariant broken (oversell, stock or per-buyer counters off)",
+            )?,
+            state_invariant_audit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "roomkeeper_state_invariant_audit_seconds",
+                    "Time one invariant audit of the state machine held its read lock",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
             raft_connections_open: IntGauge::new(
                 "roomkeeper_raft_connections_open",
                 "Peer connections open on the Raft listener",
@@ -216,6 +226,8 @@ impl NodeMetrics {
         r.register(Box::new(self.write_batch_commands.clone()))?;
         r.register(Box::new(self.state_orders.clone()))?;
         r.register(Box::new(self.sales_paused.clone()))?;
+        r.register(Box::new(self.state_invariant_violated.clone()))?;
+        r.register(Box::new(self.state_invariant_audit_seconds.clone()))?;
         r.register(Box::new(self.raft_connections_open.clone()))?;
         r.register(Box::new(self.raft_connections_refused_total.clone()))?;
         r.register(Box::new(self.raft_requests_refused_total.clone()))?;

@@ -304,6 +304,7 @@ impl NodeHandle {
             edges,
         ));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
+        tokio::spawn(audit_invariants(ctx.clone()));
         tracing::info!(
             node_id = cfg.node_id,
             region = %info.region,
@@ -325,6 +326,27 @@ impl NodeHandle {
 }
 
 /// Mirrors Raft metrics into Prometheus gauges as they change.
+/// How often a node audits its state machine's invariants on its own (the
+/// `roomkeeper_state_invariant_violated` alert reads the verdict). The audit
+/// holds the state's read lock, so applying waits for it: a few milliseconds
+/// per hundred thousand orders (`roomkeeper_state_invariant_audit_seconds`).
+pub const INVARIANT_AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+async fn audit_invariants(ctx: Arc<NodeContext>) {
+    let mut every = tokio::time::interval(INVARIANT_AUDIT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let audit_ctx = ctx.clone();
+        // The audit walks every order: off the async workers.
+        let joined =
+            tokio::task::spawn_blocking(move || drop(audit_ctx.sm.audit(&audit_ctx.metrics))).await;
+        if let Err(e) = joined {
+            tracing::warn!(error = %e, "invariant audit task failed");
+        }
+    }
+}
+
 async fn track_raft_metrics(raft: Raft, metrics: NodeMetrics, pool: Arc<PeerPool>) {
     let mut rx = raft.metrics();
     let mut last_leader = None;

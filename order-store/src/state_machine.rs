@@ -15,7 +15,9 @@ use std::time::Instant;
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use roomkeeper_order_state::{Command, Outcome, ShardState, Stamped};
+use roomkeeper_order_state::{
+    Command, InvariantViolation, Outcome, ShardState, Stamped, StateSummary,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -161,6 +163,26 @@ impl StateMachine {
             Ok(d) => f(&d.state),
             Err(poisoned) => f(&poisoned.into_inner().state),
         }
+    }
+
+    /// Checks the state's invariants (stock never below zero, stock accounted
+    /// for by live orders, per-buyer counters) under the read lock, and records
+    /// the verdict and the time the lock was held in `metrics`. The
+    /// `/admin/invariants` endpoint and the node's periodic audit both use it,
+    /// so `roomkeeper_state_invariant_violated` reflects the newest audit.
+    pub fn audit(&self, metrics: &NodeMetrics) -> (Result<(), InvariantViolation>, StateSummary) {
+        let started = Instant::now();
+        let (result, summary) = self.read(|s| (s.check_invariants(), s.summary()));
+        metrics
+            .state_invariant_audit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .state_invariant_violated
+            .set(i64::from(result.is_err()));
+        if let Err(v) = &result {
+            tracing::error!(violation = %v, "state machine invariant violated");
+        }
+        (result, summary)
     }
 
     /// Index of the last applied entry.
