@@ -7,6 +7,7 @@
 //! - `raft_tls`: mutual TLS between nodes, node identities, issuing certificates;
 //! - `proposer`: batching client commands into log entries, overload and quorum checks;
 //! - `api` / `admin`: the client and admin HTTP listeners;
+//! - `auth`: scoped client tokens (token file, hashed secrets, scopes);
 //! - `http_server`: their accept loop: timeouts, connection caps, JSON refusals;
 //! - `node`: wiring and metrics;
 //! - `quarantine`: the admin listener of a node that must not join Raft (wiped volume).
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod contact;
 pub mod faults;
 pub mod http_server;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use roomkeeper_order_store::auth::TokenTable;
 use roomkeeper_order_store::contact::ContactKeyring;
 use roomkeeper_order_store::http_server::HttpLimits;
 use roomkeeper_order_store::quarantine::parse_joined_ids;
@@ -62,9 +63,15 @@ pub struct NodeArgs {
     /// Key file that seals buyer contacts (`<id> <64 hex chars>` per line).
     #[arg(long)]
     pub contact_key_file: PathBuf,
-    /// Bearer token required by the client API (unset: open, with a warning).
+    /// Bearer token required by the client API, with every scope (named
+    /// `client-token`). Unset, and no `--client-tokens-file`: open, with a warning.
     #[arg(long, env = "ROOMKEEPER_CLIENT_TOKEN", hide_env_values = true)]
     pub client_token: Option<String>,
+    /// Scoped client tokens: one per line, `<name> sha256:<hex> <rooms> <verbs>`
+    /// (rooms `a,b,live-*` or `*`; verbs from order, manage_listings,
+    /// read_contact, or `*`). `roomkeeper client-token-hash` prints the hash.
+    #[arg(long)]
+    pub client_tokens_file: Option<PathBuf>,
     /// Bearer token required by the admin API (unset: open, with a warning).
     #[arg(long, env = "ROOMKEEPER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -135,7 +142,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             args.contact_key_file.display()
         )
     })?;
-    if args.client_token.is_none() {
+    let client_tokens = match &args.client_tokens_file {
+        Some(path) => Some(
+            TokenTable::from_file(path)
+                .with_context(|| format!("loading client tokens from {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(t) = &client_tokens {
+        tracing::info!(tokens = t.len(), "client tokens loaded");
+    }
+    if args.client_token.is_none() && client_tokens.is_none() {
         tracing::warn!("client API has no token: anyone who reaches it can order");
     }
     if args.admin_token.is_none() {
@@ -171,6 +188,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.region = args.region;
     cfg.zone = zone;
     cfg.client_token = args.client_token;
+    cfg.client_tokens = client_tokens;
     cfg.admin_token = args.admin_token;
     cfg.test_faults_enabled = args.enable_test_faults;
     cfg.fresh_data_dir = fresh_data_dir;

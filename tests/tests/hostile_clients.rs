@@ -554,3 +554,277 @@ fn ten_thousand_refused_orders_leave_every_replica_unchanged() {
     assert_eq!(again.code(), "sold_out");
     assert_eq!(summaries(&c), after);
 }
+
+/// A client with `secret` as its bearer token.
+fn as_token(
+    c: &Cluster,
+    secret: &str,
+    via: u64,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> roomkeeper_e2e::Reply {
+    http(
+        method,
+        &c.node(via).api_addr,
+        path,
+        body.map(str::as_bytes),
+        Some(secret),
+        Duration::from_secs(6),
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn assert_forbidden(r: &roomkeeper_e2e::Reply, missing: &str, what: &str) {
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "forbidden"),
+        "{what}: {:?}",
+        r.body
+    );
+    assert_eq!(r.body["missing_scope"], missing, "{what}: {:?}", r.body);
+}
+
+/// Issue 16: a token scoped to room A cannot order in room B or read
+/// contact; only `read_contact` gets the contact back in plain text. Three
+/// nodes, so writes through a follower are forwarded and re-checked.
+#[test]
+fn scoped_tokens_reach_only_their_rooms_and_verbs() {
+    use roomkeeper_e2e::{write_client_tokens, ScopedToken};
+    let tokens = write_client_tokens(&[
+        ScopedToken {
+            name: "shop-a",
+            secret: "shop-a-secret",
+            rooms: "room-a",
+            verbs: "order",
+        },
+        ScopedToken {
+            name: "support",
+            secret: "support-secret",
+            rooms: "room-a",
+            verbs: "read_contact",
+        },
+        ScopedToken {
+            name: "catalog",
+            secret: "catalog-secret",
+            rooms: "room-*",
+            verbs: "manage_listings",
+        },
+    ]);
+    let tokens_arg = tokens.display().to_string();
+    // The harness's --client-token stays the all-scopes `client-token`.
+    let c = cluster(3, &["--client-tokens-file", &tokens_arg]);
+    c.create_room("room-a", &[("sku-1", 100, 100)]);
+    c.create_room("room-b", &[("sku-1", 100, 100)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let order = |key: &str| {
+        json!({"sku": "sku-1", "buyer": "bob", "qty": 1, "idempotency_key": key, "contact": "MARKER-bob-phone"})
+            .to_string()
+    };
+
+    // shop-a orders in room A, through the leader and through a follower.
+    for via in [leader, follower] {
+        let r = as_token(
+            &c,
+            "shop-a-secret",
+            via,
+            "POST",
+            "/v1/rooms/room-a/orders",
+            Some(&order(&format!("a-{via}"))),
+        );
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let in_a = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "POST",
+        "/v1/rooms/room-a/orders",
+        Some(&order("a-last")),
+    );
+    let order_a = in_a.body["order_id"].as_u64().expect("order id");
+    // ... but not in room B, through either node, and room B is untouched.
+    let stock_b = || {
+        c.client("GET", leader, "/v1/rooms/room-b/listings/sku-1", None)
+            .expect("listing")
+            .body["stock_left"]
+            .clone()
+    };
+    let before = stock_b();
+    for via in [leader, follower] {
+        let r = as_token(
+            &c,
+            "shop-a-secret",
+            via,
+            "POST",
+            "/v1/rooms/room-b/orders",
+            Some(&order("b-1")),
+        );
+        assert_forbidden(&r, "order", "shop-a ordering in room B");
+    }
+    assert_eq!(stock_b(), before);
+    // An order in room B (by the all-scopes token) is out of shop-a's reach.
+    let r = c
+        .client(
+            "POST",
+            leader,
+            "/v1/rooms/room-b/orders",
+            Some(&order("b-flag")),
+        )
+        .expect("order");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let order_b = r.body["order_id"].as_u64().expect("order id");
+    for (method, path, missing) in [
+        ("POST", format!("/v1/orders/{order_b}/cancel"), "order"),
+        ("POST", format!("/v1/orders/{order_b}/pay"), "order"),
+        ("GET", format!("/v1/orders/{order_b}"), "room"),
+        ("GET", "/v1/rooms/room-b".to_string(), "room"),
+        ("GET", "/v1/rooms/room-b/listings/sku-1".to_string(), "room"),
+        (
+            "GET",
+            format!("/v1/orders/{order_a}/contact"),
+            "read_contact",
+        ),
+    ] {
+        let r = as_token(&c, "shop-a-secret", follower, method, &path, None);
+        assert_forbidden(&r, missing, &format!("shop-a {method} {path}"));
+    }
+    let put =
+        json!({"price_cents": 1, "stock": 5, "per_buyer_limit": 1, "state": "open"}).to_string();
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "PUT",
+        "/v1/rooms/room-a/listings/sku-2",
+        Some(&put),
+    );
+    assert_forbidden(&r, "manage_listings", "shop-a managing listings");
+    // Its own room's reads work; a buyer's orders are listed for its rooms only.
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        follower,
+        "GET",
+        "/v1/rooms/room-a/listings/sku-1",
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "GET",
+        "/v1/buyers/bob/orders",
+        None,
+    );
+    let rooms: Vec<&str> = r
+        .body
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter_map(|o| o["room"].as_str())
+        .collect();
+    assert_eq!(rooms, ["room-a"; 3], "{:?}", r.body);
+    let r = c
+        .client("GET", leader, "/v1/buyers/bob/orders", None)
+        .expect("orders");
+    assert_eq!(
+        r.body.as_array().map(Vec::len),
+        Some(4),
+        "the all-scopes token sees both rooms"
+    );
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "POST",
+        &format!("/v1/orders/{order_a}/pay"),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("paid")),
+        "{:?}",
+        r.body
+    );
+
+    // Only read_contact opens a contact, and only in its rooms.
+    let r = as_token(
+        &c,
+        "support-secret",
+        follower,
+        "GET",
+        &format!("/v1/orders/{order_a}/contact"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["contact"], "MARKER-bob-phone");
+    let r = as_token(
+        &c,
+        "support-secret",
+        leader,
+        "GET",
+        &format!("/v1/orders/{order_b}/contact"),
+        None,
+    );
+    assert_forbidden(&r, "read_contact", "support reading room B's contact");
+    let r = as_token(
+        &c,
+        "support-secret",
+        leader,
+        "POST",
+        "/v1/rooms/room-a/orders",
+        Some(&order("s-1")),
+    );
+    assert_forbidden(&r, "order", "support ordering");
+    // The plain order view never carries the contact.
+    let r = c
+        .client("GET", leader, &format!("/v1/orders/{order_a}"), None)
+        .expect("order");
+    assert!(!r.body.to_string().contains("MARKER"), "{:?}", r.body);
+
+    // catalog manages listings in every room-* room, nothing else.
+    let r = as_token(
+        &c,
+        "catalog-secret",
+        follower,
+        "PUT",
+        "/v1/rooms/room-a/listings/sku-2",
+        Some(&put),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let room = json!({"home_region": "region-1", "state": "live"}).to_string();
+    let r = as_token(
+        &c,
+        "catalog-secret",
+        leader,
+        "PUT",
+        "/v1/rooms/other",
+        Some(&room),
+    );
+    assert_forbidden(&r, "manage_listings", "catalog outside room-*");
+    let r = as_token(
+        &c,
+        "catalog-secret",
+        leader,
+        "POST",
+        "/v1/rooms/room-a/orders",
+        Some(&order("c-1")),
+    );
+    assert_forbidden(&r, "order", "catalog ordering");
+
+    // Unknown or missing tokens are 401, whatever the route.
+    for secret in ["nope", "shop-a-secre", "shop-a-secret2"] {
+        let r = as_token(&c, secret, leader, "GET", "/v1/rooms/room-a", None);
+        assert_eq!((r.status, r.code()), (401, "unauthorized"), "{secret}");
+    }
+    c.wait_converged(Duration::from_secs(10));
+    c.assert_invariants();
+    let _ = std::fs::remove_file(tokens);
+}
