@@ -55,6 +55,21 @@ impl ApiError {
         }
     }
 
+    /// 429 `rate_limited`: over the per-token or per-buyer limit; counted.
+    fn rate_limited(ctx: &NodeContext, limit: &'static str, wait: Duration) -> Self {
+        ctx.metrics
+            .rate_limited_requests_total
+            .with_label_values(&[limit])
+            .inc();
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("over the per-{limit} rate limit; retry later"),
+        );
+        err.retry_after = Some(wait.max(Duration::from_millis(1)));
+        err
+    }
+
     /// 403 `forbidden`: the caller's token lacks `verb` for `room`.
     fn forbidden(caller: &Principal, verb: Option<Verb>, room: &str) -> Self {
         let what = verb.map_or("any scope", Verb::as_str);
@@ -205,6 +220,9 @@ impl axum::extract::FromRequestParts<Arc<NodeContext>> for Caller {
                 "missing or wrong bearer token",
             ));
         };
+        if let Err(wait) = ctx.limiter.check_token(&p.name, Instant::now()) {
+            return Err(ApiError::rate_limited(&ctx, "token", wait));
+        }
         Ok(Caller(p.clone()))
     }
 }
@@ -441,6 +459,9 @@ async fn place_order(
 ) -> ApiResult<Response> {
     caller.require(Verb::Order, &room)?;
     let Json(b) = body?;
+    if let Err(wait) = ctx.limiter.check_buyer(&b.buyer, Instant::now()) {
+        return Err(ApiError::rate_limited(&ctx, "buyer", wait));
+    }
     if b.contact.len() > 512 {
         return Err(ApiError::invalid(InvalidField {
             field: "contact",
@@ -475,7 +496,8 @@ async fn place_order(
     }
 }
 
-fn parse_order_id(raw: &str) -> ApiResult<u64> {
+/// An order id from a path segment: a positive integer.
+pub fn parse_order_id(raw: &str) -> ApiResult<u64> {
     raw.parse::<u64>().ok().filter(|&id| id > 0).ok_or_else(|| {
         ApiError::invalid(InvalidField {
             field: "order_id",

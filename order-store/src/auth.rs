@@ -365,6 +365,14 @@ impl TokenTable {
         Ok(())
     }
 
+    /// Every name a caller can have (the tokens', or `anonymous`).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .map(|e| e.principal.name.as_str())
+            .chain(self.anonymous.as_ref().map(|p| p.name.as_str()))
+    }
+
     /// True when no token is configured: the API is open.
     pub fn is_open(&self) -> bool {
         self.anonymous.is_some()

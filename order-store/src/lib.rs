@@ -27,6 +27,7 @@ pub mod proposer;
 pub mod quarantine;
 pub mod raft_tls;
 pub mod raft_types;
+pub mod rate_limit;
 pub mod state_machine;
 pub mod transport;
 pub mod wire;

@@ -20,6 +20,7 @@ use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
 use crate::raft_tls::{RaftTls, RaftTlsError};
 use crate::raft_types::{NodeId, NodeInfo, Raft};
+use crate::rate_limit::{RateLimiter, RateLimits};
 use crate::state_machine::{SnapshotError, StateMachine};
 use crate::transport::{
     LeaderContact, ListenerLimits, Network, PeerPool, RaftServer, RaftServerParts,
@@ -40,6 +41,8 @@ pub struct NodeConfig {
     pub client_token: Option<String>,
     /// Scoped client tokens (`--client-tokens-file`, see `auth.rs`).
     pub client_tokens: Option<TokenTable>,
+    /// Per-token and per-buyer rate limits of the client API.
+    pub rate_limits: RateLimits,
     pub admin_token: Option<String>,
     pub test_faults_enabled: bool,
     /// This process found no data directory and started an empty one. Reported
@@ -88,6 +91,7 @@ impl NodeConfig {
             keyring,
             client_token: None,
             client_tokens: None,
+            rate_limits: RateLimits::default(),
             admin_token: None,
             test_faults_enabled: false,
             fresh_data_dir: false,
@@ -148,6 +152,8 @@ pub struct NodeContext {
     pub fresh_data_dir: bool,
     /// Client tokens and their scopes (open when none is configured).
     pub clients: Arc<TokenTable>,
+    /// Per-token and per-buyer buckets.
+    pub limiter: RateLimiter,
     pub admin_token: Option<String>,
     /// Client writes in flight beyond this are refused with 429.
     pub write_slots: Semaphore,
@@ -280,6 +286,7 @@ impl NodeHandle {
             faults: faults.clone(),
             test_faults_enabled: cfg.test_faults_enabled,
             fresh_data_dir: cfg.fresh_data_dir,
+            limiter: RateLimiter::new(cfg.rate_limits, clients.names()),
             clients: clients.clone(),
             admin_token: cfg.admin_token,
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),

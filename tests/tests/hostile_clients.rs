@@ -828,3 +828,92 @@ fn scoped_tokens_reach_only_their_rooms_and_verbs() {
     c.assert_invariants();
     let _ = std::fs::remove_file(tokens);
 }
+
+/// Issue 16: per-buyer and per-token rate limits engage (429 `rate_limited`
+/// with `Retry-After`), spare everyone else, are counted, and recover.
+#[test]
+fn rate_limits_engage_per_buyer_and_per_token_and_recover() {
+    let c = cluster(
+        1,
+        &[
+            "--rate-limit-buyer-per-sec",
+            "2",
+            "--rate-limit-buyer-burst",
+            "3",
+            "--rate-limit-token-per-sec",
+            "20",
+            "--rate-limit-token-burst",
+            "40",
+        ],
+    );
+    c.create_room("room-a", &[("sku-1", 1000, 1000)]);
+    let order = |buyer: &str, key: &str| {
+        c.client(
+            "POST",
+            1,
+            "/v1/rooms/room-a/orders",
+            Some(
+                &json!({"sku": "sku-1", "buyer": buyer, "qty": 1, "idempotency_key": key})
+                    .to_string(),
+            ),
+        )
+        .expect("order")
+    };
+    // A bot buyer: its burst of 3, then refused; another buyer is not.
+    for i in 0..3 {
+        let r = order("bot", &format!("bot-{i}"));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let r = order("bot", "bot-3");
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{:?}", r.body);
+    assert_eq!(
+        r.retry_after.as_deref(),
+        Some("1"),
+        "Retry-After in whole seconds"
+    );
+    let wait = r.body["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!((1..=500).contains(&wait), "{wait} ms");
+    assert_eq!(
+        order("human", "human-1").status,
+        201,
+        "another buyer is not limited"
+    );
+    // The refused order left nothing: its key is decided again once allowed.
+    std::thread::sleep(Duration::from_millis(wait + 50));
+    let r = order("bot", "bot-3");
+    assert_eq!(r.status, 201, "the buyer's limit recovers: {:?}", r.body);
+    assert!(
+        metric(
+            &c,
+            1,
+            "roomkeeper_rate_limited_requests_total{limit=\"buyer\"}"
+        ) >= 1.0
+    );
+
+    // The token: 40 at once, then 20/s. A burst of reads runs into it.
+    let started = Instant::now();
+    let mut limited = None;
+    for _ in 0..120 {
+        let r = c.client("GET", 1, "/v1/rooms/room-a", None).expect("read");
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let r = limited.unwrap_or_else(|| panic!("no 429 in 120 reads over {:?}", started.elapsed()));
+    assert_eq!(r.code(), "rate_limited", "{:?}", r.body);
+    assert!(r.retry_after.is_some());
+    assert!(
+        metric(
+            &c,
+            1,
+            "roomkeeper_rate_limited_requests_total{limit=\"token\"}"
+        ) >= 1.0
+    );
+    // ... and recovers.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.client("GET", 1, "/v1/rooms/room-a", None).expect("read");
+    assert_eq!(r.status, 200, "the token's limit recovers: {:?}", r.body);
+    c.assert_invariants();
+}
