@@ -221,7 +221,7 @@ impl axum::extract::FromRequestParts<Arc<NodeContext>> for Caller {
             ));
         };
         if let Err(wait) = ctx.limiter.check_token(&p.name, Instant::now()) {
-            return Err(ApiError::rate_limited(&ctx, "token", wait));
+            return Err(ApiError::rate_limited(ctx, "token", wait));
         }
         Ok(Caller(p.clone()))
     }

@@ -141,7 +141,7 @@ impl Scope {
 
     /// True when the scope names every room.
     pub fn every_room(&self) -> bool {
-        self.rooms.iter().any(|r| *r == RoomPattern::Any)
+        self.rooms.contains(&RoomPattern::Any)
     }
 
     /// True when the scope reaches `room` (with any verb).

@@ -12,7 +12,7 @@
 //! evicted buyer starts again with a full bucket.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -170,9 +170,7 @@ impl RateLimiter {
         if rate.is_off() || self.limits.max_tracked_buyers == 0 || buyer.len() > MAX_ID_LEN {
             return Ok(());
         }
-        let mut h = self.hasher.build_hasher();
-        buyer.hash(&mut h);
-        let shard = &self.buyers[(h.finish() as usize) % BUYER_SHARDS];
+        let shard = &self.buyers[(self.hasher.hash_one(buyer) as usize) % BUYER_SHARDS];
         let Ok(mut map) = shard.lock() else {
             return Ok(());
         };
