@@ -18,6 +18,8 @@ pub mod api;
 pub mod auth;
 pub mod contact;
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_server;
 pub mod log_store;
 pub mod metrics;
