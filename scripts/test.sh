@@ -63,3 +63,8 @@ else
 fi
 echo "==> cargo test"
 ROOMKEEPER_BIN="$PWD/target/release/roomkeeper" cargo test --workspace --locked -- --test-threads=2
+# Fuzzing last: installing cargo-fuzz and building the targets (their own
+# workspace, nightly, sanitizer) is the slow part; each target then runs
+# ROOMKEEPER_FUZZ_SECONDS (0 skips). docs/security.md has the timings.
+echo "==> fuzzing: every cargo-fuzz target of fuzz/ for ${ROOMKEEPER_FUZZ_SECONDS:-15} s (scripts/fuzz.sh; a longer run: scripts/fuzz.sh 600)"
+bash scripts/fuzz.sh "${ROOMKEEPER_FUZZ_SECONDS:-15}"

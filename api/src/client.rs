@@ -58,6 +58,14 @@ pub struct OrderResponse {
     pub replayed: bool,
 }
 
+/// `GET /v1/orders/{order_id}/contact`: the buyer's contact, opened. Only a
+/// token with the `read_contact` verb on the order's room gets it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderContact {
+    pub order_id: u64,
+    pub contact: String,
+}
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,4 +94,8 @@ pub struct ErrorBody {
     pub field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For `forbidden`: the verb the token lacks (`order`,
+    /// `manage_listings`, `read_contact`), or `room` for a read outside its rooms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_scope: Option<String>,
 }

@@ -133,6 +133,10 @@ pub enum RejectCode {
     IdempotencyKeyReused,
     #[error("the request is invalid")]
     InvalidRequest,
+    /// Never produced by the state machine: the leader's answer to a forwarded
+    /// command the client's token does not allow (docs/security.md).
+    #[error("the client's token does not allow this")]
+    Forbidden,
 }
 
 impl RejectCode {
@@ -151,11 +155,12 @@ impl RejectCode {
             RejectCode::SalesPaused => "sales_paused",
             RejectCode::IdempotencyKeyReused => "idempotency_key_reused",
             RejectCode::InvalidRequest => "invalid_request",
+            RejectCode::Forbidden => "forbidden",
         }
     }
 
     /// Every code, for metrics and documentation.
-    pub const ALL: [RejectCode; 12] = [
+    pub const ALL: [RejectCode; 13] = [
         RejectCode::RoomNotFound,
         RejectCode::RoomNotLive,
         RejectCode::ListingNotFound,
@@ -168,6 +173,7 @@ impl RejectCode {
         RejectCode::SalesPaused,
         RejectCode::IdempotencyKeyReused,
         RejectCode::InvalidRequest,
+        RejectCode::Forbidden,
     ];
 }
 

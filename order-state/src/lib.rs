@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod state;
 
 pub use command::{

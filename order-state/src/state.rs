@@ -512,6 +512,12 @@ impl ShardState {
         })
     }
 
+    /// The room of an order (for authorization: no allocation).
+    pub fn order_room(&self, order_id: u64) -> Option<&str> {
+        let o = &self.orders[order_index(order_id, self.orders.len())?];
+        Some(&self.listings[o.listing as usize].room)
+    }
+
     /// The encrypted contact of an order, for the node that holds the key.
     pub fn order_contact(&self, order_id: u64) -> Option<&[u8]> {
         order_index(order_id, self.orders.len()).map(|i| &*self.orders[i].contact)

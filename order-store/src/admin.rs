@@ -221,6 +221,18 @@ async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
         .into_response()
 }
 
+/// Decodes `bytes` as every admin request body (the fuzz harness, `fuzzing.rs`).
+#[doc(hidden)]
+pub fn decode_every_body(bytes: &[u8]) {
+    let _ = serde_json::from_slice::<InitBody>(bytes);
+    let _ = serde_json::from_slice::<LearnerBody>(bytes);
+    let _ = serde_json::from_slice::<PeerAddressesBody>(bytes);
+    let _ = serde_json::from_slice::<NodeIdBody>(bytes);
+    let _ = serde_json::from_slice::<VotersBody>(bytes);
+    let _ = serde_json::from_slice::<TransferBody>(bytes);
+    let _ = serde_json::from_slice::<FaultSettings>(bytes);
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InitBody {

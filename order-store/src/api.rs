@@ -21,6 +21,7 @@ use roomkeeper_order_state::{
 };
 use serde_json::json;
 
+use crate::auth::{Principal, Verb};
 use crate::node::NodeContext;
 use crate::proposer::WriteError;
 use crate::transport::leader_read_index;
@@ -38,6 +39,8 @@ pub struct ApiError {
     message: String,
     field: Option<&'static str>,
     retry_after: Option<Duration>,
+    /// The verb a `forbidden` refusal lacked.
+    missing_scope: Option<&'static str>,
 }
 
 impl ApiError {
@@ -48,7 +51,35 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            missing_scope: None,
         }
+    }
+
+    /// 429 `rate_limited`: over the per-token or per-buyer limit; counted.
+    fn rate_limited(ctx: &NodeContext, limit: &'static str, wait: Duration) -> Self {
+        ctx.metrics
+            .rate_limited_requests_total
+            .with_label_values(&[limit])
+            .inc();
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("over the per-{limit} rate limit; retry later"),
+        );
+        err.retry_after = Some(wait.max(Duration::from_millis(1)));
+        err
+    }
+
+    /// 403 `forbidden`: the caller's token lacks `verb` for `room`.
+    fn forbidden(caller: &Principal, verb: Option<Verb>, room: &str) -> Self {
+        let what = verb.map_or("any scope", Verb::as_str);
+        let mut err = Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {} lacks {what} for room {room}", caller.name),
+        );
+        err.missing_scope = Some(verb.map_or("room", Verb::as_str));
+        err
     }
 
     fn invalid(e: InvalidField) -> Self {
@@ -63,6 +94,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             RejectCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            RejectCode::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::CONFLICT,
         };
         Self::new(status, code.as_str(), code.to_string())
@@ -108,6 +140,9 @@ impl IntoResponse for ApiError {
         if let Some(r) = self.retry_after {
             body["retry_after_ms"] = json!(r.as_millis() as u64);
         }
+        if let Some(m) = self.missing_scope {
+            body["missing_scope"] = json!(m);
+        }
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(r) = self.retry_after {
             let secs = r.as_secs().max(1);
@@ -134,31 +169,69 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/v1/orders/{order_id}", get(get_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/orders/{order_id}/pay", post(pay_order))
+        .route("/v1/orders/{order_id}/contact", get(get_contact))
         .route("/v1/buyers/{buyer}/orders", get(orders_of_buyer))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(middleware::from_fn_with_state(
-            ctx.clone(),
-            authenticate_and_measure,
-        ))
+        .fallback(|_: Caller| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .layer(middleware::from_fn_with_state(ctx.clone(), measure))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }
 
-async fn authenticate_and_measure(
+/// The authenticated caller of a request (docs in `auth.rs`): every handler
+/// takes one first, so a request without a valid token is refused with 401
+/// before anything else is looked at.
+pub struct Caller(pub Arc<Principal>);
+
+impl Caller {
+    /// Refuses with 403 unless the token allows `verb` in `room`.
+    fn require(&self, verb: Verb, room: &str) -> ApiResult<()> {
+        match self.0.scope.allows(verb, room) {
+            true => Ok(()),
+            false => Err(ApiError::forbidden(&self.0, Some(verb), room)),
+        }
+    }
+
+    /// Refuses with 403 unless the token reaches `room` with some verb (reads).
+    fn require_room(&self, room: &str) -> ApiResult<()> {
+        match self.0.scope.covers_room(room) {
+            true => Ok(()),
+            false => Err(ApiError::forbidden(&self.0, None, room)),
+        }
+    }
+}
+
+impl axum::extract::FromRequestParts<Arc<NodeContext>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Arc<NodeContext>,
+    ) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let Some(p) = ctx.clients.authenticate(header) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            ));
+        };
+        if let Err(wait) = ctx.limiter.check_token(&p.name, Instant::now()) {
+            return Err(ApiError::rate_limited(ctx, "token", wait));
+        }
+        Ok(Caller(p.clone()))
+    }
+}
+
+async fn measure(
     State(ctx): State<Arc<NodeContext>>,
     req: Request<axum::body::Body>,
     next: Next,
 ) -> Response {
-    if let Some(token) = &ctx.client_token {
-        if !bearer_matches(req.headers(), token) {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            )
-            .into_response();
-        }
-    }
     let route = route_label(req.uri().path(), req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
@@ -200,7 +273,7 @@ fn route_label(path: &str, method: &axum::http::Method) -> &'static str {
     }
 }
 
-async fn write(ctx: &NodeContext, command: Command) -> ApiResult<Outcome> {
+async fn write(ctx: &NodeContext, caller: &Caller, command: Command) -> ApiResult<Outcome> {
     command.validate().map_err(ApiError::invalid)?;
     let Ok(_permit) = ctx.write_slots.try_acquire() else {
         ctx.metrics
@@ -210,7 +283,7 @@ async fn write(ctx: &NodeContext, command: Command) -> ApiResult<Outcome> {
         return Err(WriteError::Overloaded.into());
     };
     ctx.metrics.http_inflight_requests.inc();
-    let res = ctx.proposer.submit(command).await;
+    let res = ctx.proposer.submit(command, caller.0.clone()).await;
     ctx.metrics.http_inflight_requests.dec();
     match res {
         Ok(Outcome::Rejected { code, .. }) => Err(ApiError::rejected(code)),
@@ -289,10 +362,12 @@ async fn ready_to_read(ctx: &NodeContext, params: &ReadParams) -> ApiResult<()> 
 }
 
 async fn put_room(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(room): Path<String>,
     body: Result<Json<PutRoom>, JsonRejection>,
 ) -> ApiResult<Json<RoomView>> {
+    caller.require(Verb::ManageListings, &room)?;
     let Json(b) = body?;
     let cmd = Command::UpsertRoom {
         room,
@@ -300,17 +375,19 @@ async fn put_room(
         home_region: b.home_region,
         state: b.state,
     };
-    match write(&ctx, cmd).await? {
+    match write(&ctx, &caller, cmd).await? {
         Outcome::Room(v) => Ok(Json(v)),
         other => Err(unexpected(other)),
     }
 }
 
 async fn get_room(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(room): Path<String>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult<Json<RoomView>> {
+    caller.require_room(&room)?;
     let Query(params) = params?;
     ready_to_read(&ctx, &params).await?;
     ctx.sm
@@ -320,10 +397,12 @@ async fn get_room(
 }
 
 async fn put_listing(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path((room, sku)): Path<(String, String)>,
     body: Result<Json<PutListing>, JsonRejection>,
 ) -> ApiResult<Json<ListingView>> {
+    caller.require(Verb::ManageListings, &room)?;
     let Json(b) = body?;
     let cmd = Command::UpsertListing {
         room,
@@ -333,17 +412,19 @@ async fn put_listing(
         per_buyer_limit: b.per_buyer_limit,
         state: b.state,
     };
-    match write(&ctx, cmd).await? {
+    match write(&ctx, &caller, cmd).await? {
         Outcome::Listing(v) => Ok(Json(v)),
         other => Err(unexpected(other)),
     }
 }
 
 async fn get_listing(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path((room, sku)): Path<(String, String)>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult<Response> {
+    caller.require_room(&room)?;
     let Query(params) = params?;
     ready_to_read(&ctx, &params).await?;
     let applied = ctx.sm.applied_index();
@@ -359,20 +440,24 @@ async fn get_listing(
 }
 
 async fn list_listings(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(room): Path<String>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult<Json<Vec<ListingView>>> {
+    caller.require_room(&room)?;
     let Query(params) = params?;
     ready_to_read(&ctx, &params).await?;
     Ok(Json(ctx.sm.read(|s| s.listings_of_room(&room))))
 }
 
 async fn place_order(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(room): Path<String>,
     body: Result<Json<PlaceOrder>, JsonRejection>,
 ) -> ApiResult<Response> {
+    caller.require(Verb::Order, &room)?;
     if ctx
         .edge_sales_paused
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -380,6 +465,9 @@ async fn place_order(
         return Err(ApiError::rejected(RejectCode::SalesPaused));
     }
     let Json(b) = body?;
+    if let Err(wait) = ctx.limiter.check_buyer(&b.buyer, Instant::now()) {
+        return Err(ApiError::rate_limited(&ctx, "buyer", wait));
+    }
     if b.contact.len() > 512 {
         return Err(ApiError::invalid(InvalidField {
             field: "contact",
@@ -401,7 +489,7 @@ async fn place_order(
         idempotency_key: b.idempotency_key,
         contact,
     };
-    match write(&ctx, cmd).await? {
+    match write(&ctx, &caller, cmd).await? {
         Outcome::Order { order, replayed } => {
             let status = if replayed {
                 StatusCode::OK
@@ -414,7 +502,8 @@ async fn place_order(
     }
 }
 
-fn parse_order_id(raw: &str) -> ApiResult<u64> {
+/// An order id from a path segment: a positive integer.
+pub fn parse_order_id(raw: &str) -> ApiResult<u64> {
     raw.parse::<u64>().ok().filter(|&id| id > 0).ok_or_else(|| {
         ApiError::invalid(InvalidField {
             field: "order_id",
@@ -424,6 +513,7 @@ fn parse_order_id(raw: &str) -> ApiResult<u64> {
 }
 
 async fn get_order(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(order_id): Path<String>,
     params: Result<Query<ReadParams>, QueryRejection>,
@@ -431,47 +521,127 @@ async fn get_order(
     let Query(params) = params?;
     let id = parse_order_id(&order_id)?;
     ready_to_read(&ctx, &params).await?;
-    ctx.sm
+    let order = ctx
+        .sm
         .read(|s| s.order_view(id))
-        .map(Json)
-        .ok_or_else(|| ApiError::rejected(RejectCode::OrderNotFound))
+        .ok_or_else(|| ApiError::rejected(RejectCode::OrderNotFound))?;
+    caller.require_room(&order.room)?;
+    Ok(Json(order))
 }
 
-async fn transition(ctx: &NodeContext, raw: &str, pay: bool) -> ApiResult<Json<OrderView>> {
+/// Refuses unless the caller may use `verb` on the order's room. A token of
+/// every room needs no lookup; otherwise an order this replica has not
+/// applied yet is waited for (a linearizable read) before it is judged.
+async fn require_on_order(
+    ctx: &NodeContext,
+    caller: &Caller,
+    verb: Verb,
+    order_id: u64,
+) -> ApiResult<()> {
+    let scope = &caller.0.scope;
+    if scope.every_room() && scope.verbs.contains(verb) {
+        return Ok(());
+    }
+    let check = |ctx: &NodeContext| {
+        ctx.sm.read(|s| {
+            s.order_room(order_id)
+                .map(|room| caller.require(verb, room))
+        })
+    };
+    match check(ctx) {
+        Some(r) => r,
+        None => {
+            ready_to_read(ctx, &ReadParams::default()).await?;
+            check(ctx).unwrap_or_else(|| Err(ApiError::rejected(RejectCode::OrderNotFound)))
+        }
+    }
+}
+
+async fn transition(
+    ctx: &NodeContext,
+    caller: &Caller,
+    raw: &str,
+    pay: bool,
+) -> ApiResult<Json<OrderView>> {
     let order_id = parse_order_id(raw)?;
+    require_on_order(ctx, caller, Verb::Order, order_id).await?;
     let cmd = if pay {
         Command::PayOrder { order_id }
     } else {
         Command::CancelOrder { order_id }
     };
-    match write(ctx, cmd).await? {
+    match write(ctx, caller, cmd).await? {
         Outcome::Order { order, .. } => Ok(Json(order)),
         other => Err(unexpected(other)),
     }
 }
 
 async fn cancel_order(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<OrderView>> {
-    transition(&ctx, &id, false).await
+    transition(&ctx, &caller, &id, false).await
 }
 
 async fn pay_order(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<OrderView>> {
-    transition(&ctx, &id, true).await
+    transition(&ctx, &caller, &id, true).await
+}
+
+/// `GET /v1/orders/{id}/contact`: the buyer's contact in plain text, only
+/// for a token with `read_contact` on the order's room.
+async fn get_contact(
+    caller: Caller,
+    State(ctx): State<Arc<NodeContext>>,
+    Path(order_id): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Json<roomkeeper_api::client::OrderContact>> {
+    let Query(params) = params?;
+    let id = parse_order_id(&order_id)?;
+    ready_to_read(&ctx, &params).await?;
+    let sealed = ctx.sm.read(|s| {
+        s.order_room(id)
+            .map(|room| caller.require(Verb::ReadContact, room))
+            .map(|allowed| allowed.map(|()| s.order_contact(id).map(<[u8]>::to_vec)))
+    });
+    let sealed = sealed
+        .ok_or_else(|| ApiError::rejected(RejectCode::OrderNotFound))??
+        .unwrap_or_default();
+    let contact = match sealed.is_empty() {
+        true => String::new(),
+        false => {
+            let plain = ctx.keyring.open(&sealed).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unsealing_failed",
+                    e.to_string(),
+                )
+            })?;
+            String::from_utf8_lossy(&plain).into_owned()
+        }
+    };
+    Ok(Json(roomkeeper_api::client::OrderContact {
+        order_id: id,
+        contact,
+    }))
 }
 
 async fn orders_of_buyer(
+    caller: Caller,
     State(ctx): State<Arc<NodeContext>>,
     Path(buyer): Path<String>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult<Json<Vec<OrderView>>> {
     let Query(params) = params?;
     ready_to_read(&ctx, &params).await?;
-    Ok(Json(ctx.sm.read(|s| s.orders_of_buyer(&buyer))))
+    let mut orders = ctx.sm.read(|s| s.orders_of_buyer(&buyer));
+    // A token sees the buyer's orders in its own rooms only.
+    orders.retain(|o| caller.0.scope.covers_room(&o.room));
+    Ok(Json(orders))
 }
 
 fn unexpected(o: Outcome) -> ApiError {

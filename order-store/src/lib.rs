@@ -7,6 +7,7 @@
 //! - `raft_tls`: mutual TLS between nodes, node identities, issuing certificates;
 //! - `proposer`: batching client commands into log entries, overload and quorum checks;
 //! - `api` / `admin`: the client and admin HTTP listeners;
+//! - `auth`: scoped client tokens (token file, hashed secrets, scopes);
 //! - `http_server`: their accept loop: timeouts, connection caps, JSON refusals;
 //! - `node`: wiring and metrics;
 //! - `quarantine`: the admin listener of a node that must not join Raft (wiped volume).
@@ -14,8 +15,11 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod contact;
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_server;
 pub mod log_store;
 pub mod metrics;
@@ -25,6 +29,7 @@ pub mod proposer;
 pub mod quarantine;
 pub mod raft_tls;
 pub mod raft_types;
+pub mod rate_limit;
 pub mod state_machine;
 pub mod transport;
 pub mod wire;

@@ -43,6 +43,8 @@ pub struct NodeMetrics {
     pub raft_connections_open: IntGauge,
     pub raft_connections_refused_total: IntCounterVec,
     pub raft_requests_refused_total: IntCounterVec,
+    /// Client requests refused 429 `rate_limited`, by limit (`token`, `buyer`).
+    pub rate_limited_requests_total: IntCounterVec,
     /// Connections, caps and timeouts of the client and admin listeners.
     pub http_edges: crate::http_server::EdgeMetrics,
 }
@@ -149,6 +151,13 @@ impl NodeMetrics {
                 ),
                 &["reason"],
             )?,
+            rate_limited_requests_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_rate_limited_requests_total",
+                    "Client requests refused 429 rate_limited, by the limit they hit (token, buyer)",
+                ),
+                &["limit"],
+            )?,
             http_inflight_requests: IntGauge::new(
                 "roomkeeper_http_inflight_requests",
                 "Client write requests in flight",
@@ -231,6 +240,7 @@ impl NodeMetrics {
         r.register(Box::new(self.raft_connections_open.clone()))?;
         r.register(Box::new(self.raft_connections_refused_total.clone()))?;
         r.register(Box::new(self.raft_requests_refused_total.clone()))?;
+        r.register(Box::new(self.rate_limited_requests_total.clone()))?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::admin::role_name;
+use crate::auth::TokenTable;
 use crate::contact::ContactKeyring;
 use crate::faults::Faults;
 use crate::http_server::HttpLimits;
@@ -19,6 +20,7 @@ use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
 use crate::raft_tls::{RaftTls, RaftTlsError};
 use crate::raft_types::{NodeId, NodeInfo, Raft};
+use crate::rate_limit::{RateLimiter, RateLimits};
 use crate::state_machine::{SnapshotError, StateMachine};
 use crate::transport::{
     LeaderContact, ListenerLimits, Network, PeerPool, RaftServer, RaftServerParts,
@@ -35,7 +37,12 @@ pub struct NodeConfig {
     pub region: String,
     pub zone: String,
     pub keyring: ContactKeyring,
+    /// The single all-scopes client token (named `client-token`).
     pub client_token: Option<String>,
+    /// Scoped client tokens (`--client-tokens-file`, see `auth.rs`).
+    pub client_tokens: Option<TokenTable>,
+    /// Per-token and per-buyer rate limits of the client API.
+    pub rate_limits: RateLimits,
     pub admin_token: Option<String>,
     pub test_faults_enabled: bool,
     /// This process found no data directory and started an empty one. Reported
@@ -83,6 +90,8 @@ impl NodeConfig {
             zone: "local-a".into(),
             keyring,
             client_token: None,
+            client_tokens: None,
+            rate_limits: RateLimits::default(),
             admin_token: None,
             test_faults_enabled: false,
             fresh_data_dir: false,
@@ -123,6 +132,8 @@ pub enum NodeError {
     Join(String),
     #[error("raft TLS: {0}")]
     Tls(#[from] RaftTlsError),
+    #[error("client tokens: {0}")]
+    Tokens(String),
 }
 
 /// Shared by every handler of the node.
@@ -139,7 +150,10 @@ pub struct NodeContext {
     pub faults: Arc<Faults>,
     pub test_faults_enabled: bool,
     pub fresh_data_dir: bool,
-    pub client_token: Option<String>,
+    /// Client tokens and their scopes (open when none is configured).
+    pub clients: Arc<TokenTable>,
+    /// Per-token and per-buyer buckets.
+    pub limiter: RateLimiter,
     pub admin_token: Option<String>,
     /// Client writes in flight beyond this are refused with 429.
     pub write_slots: Semaphore,
@@ -181,6 +195,15 @@ impl NodeHandle {
             }
         };
         let keyring = Arc::new(cfg.keyring);
+        let clients = match (cfg.client_tokens, cfg.client_token) {
+            (None, None) => TokenTable::open(),
+            (Some(t), None) => t,
+            (t, Some(flag)) => t
+                .unwrap_or_else(TokenTable::open)
+                .with_flag_token(&flag)
+                .map_err(NodeError::Tokens)?,
+        };
+        let clients = Arc::new(clients);
         let faults = Faults::new();
         let raft_listener = bind("raft", &cfg.raft_addr).await?;
         let api_listener = bind("client API", &cfg.api_addr).await?;
@@ -267,7 +290,8 @@ impl NodeHandle {
             faults: faults.clone(),
             test_faults_enabled: cfg.test_faults_enabled,
             fresh_data_dir: cfg.fresh_data_dir,
-            client_token: cfg.client_token,
+            limiter: RateLimiter::new(cfg.rate_limits, clients.names()),
+            clients: clients.clone(),
             admin_token: cfg.admin_token,
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),
             edge_sales_paused: std::sync::atomic::AtomicBool::new(false),
@@ -284,6 +308,8 @@ impl NodeHandle {
             limits: cfg.raft_limits,
             tls,
             keyring,
+            clients,
+            sm: ctx.sm.clone(),
         });
         tokio::spawn(server.serve(raft_listener));
         let edges = metrics.http_edges.clone();

@@ -19,8 +19,9 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::auth::Principal;
 use crate::raft_types::{NodeId, Vote};
-use crate::transport::{Envelope, RpcRequest, RpcResponse};
+use crate::transport::{Envelope, ForwardBatch, RpcRequest, RpcResponse};
 use crate::wire::{encode_frame, read_frame};
 
 /// How the probe connects.
@@ -36,12 +37,15 @@ pub enum ProbeTransport {
 /// What the probe asks for.
 #[derive(Debug, Clone)]
 pub enum ProbeRequest {
-    /// A forwarded order whose contact is sent as given (not sealed).
+    /// A forwarded order whose contact is sent as given (not sealed) unless
+    /// `seal_with` names a contact key file, on behalf of `principal`.
     ForwardOrder {
         room: String,
         sku: String,
         buyer: String,
         contact: String,
+        seal_with: Option<std::path::PathBuf>,
+        principal: Principal,
     },
     ReadIndex,
     /// A vote request for `candidate` in `term`.
@@ -168,14 +172,25 @@ pub async fn probe(
             sku,
             buyer,
             contact,
-        } => RpcRequest::Forward(vec![Command::PlaceOrder {
-            room,
-            sku,
-            idempotency_key: format!("probe-{buyer}"),
-            buyer,
-            qty: 1,
-            contact: contact.into_bytes(),
-        }]),
+            seal_with,
+            principal,
+        } => {
+            let contact = match seal_with {
+                None => contact.into_bytes(),
+                Some(path) => crate::contact::ContactKeyring::from_file(&path)
+                    .and_then(|k| k.seal(contact.as_bytes()))
+                    .map_err(|e| e.to_string())?,
+            };
+            let order = Command::PlaceOrder {
+                room,
+                sku,
+                idempotency_key: format!("probe-{buyer}"),
+                buyer,
+                qty: 1,
+                contact,
+            };
+            RpcRequest::Forward(ForwardBatch::new(vec![order], &[Arc::new(principal)]))
+        }
         ProbeRequest::ReadIndex => RpcRequest::ReadIndex,
         ProbeRequest::Vote { candidate, term } => {
             RpcRequest::Vote(VoteRequest::new(Vote::new(term, candidate), None))

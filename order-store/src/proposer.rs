@@ -17,6 +17,7 @@ use roomkeeper_order_state::{Command, Outcome};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::auth::Principal;
 use crate::metrics::NodeMetrics;
 use crate::raft_types::{Batch, BatchOutcome, NodeId, Raft};
 use crate::transport::PeerPool;
@@ -88,6 +89,8 @@ impl Default for ProposerConfig {
 
 struct Pending {
     command: Command,
+    /// Who asked: travels with a forwarded write so the leader checks it again.
+    principal: Arc<Principal>,
     reply: oneshot::Sender<Result<Outcome, WriteError>>,
 }
 
@@ -131,11 +134,19 @@ impl Proposer {
         Self { tx, inner }
     }
 
-    /// Submits one command and waits for its outcome.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, WriteError> {
+    /// Submits one command on behalf of `principal` and waits for its outcome.
+    pub async fn submit(
+        &self,
+        command: Command,
+        principal: Arc<Principal>,
+    ) -> Result<Outcome, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Pending { command, reply })
+            .try_send(Pending {
+                command,
+                principal,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => WriteError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => {
@@ -167,7 +178,11 @@ impl Proposer {
 }
 
 impl Inner {
-    async fn route(&self, commands: Vec<Command>) -> Result<BatchOutcome, WriteError> {
+    async fn route(
+        &self,
+        commands: Vec<Command>,
+        principals: Vec<Arc<Principal>>,
+    ) -> Result<BatchOutcome, WriteError> {
         let m = self.raft.metrics().borrow_watched().clone();
         match m.current_leader {
             Some(l) if l == m.id => self.propose_as_leader(commands, &m).await,
@@ -178,7 +193,8 @@ impl Inner {
                     .get_node(&l)
                     .map(|n| n.raft_addr.clone())
                     .ok_or(WriteError::NoLeader)?;
-                self.pool.forward(l, &addr, commands).await
+                let batch = crate::transport::ForwardBatch::new(commands, &principals);
+                self.pool.forward(l, &addr, batch).await
             }
             None => Err(WriteError::NoLeader),
         }
@@ -226,11 +242,13 @@ async fn run(mut rx: mpsc::Receiver<Pending>, inner: Arc<Inner>) {
         };
         // Everything that queued while we waited for a slot rides in this entry.
         let mut commands = vec![first.command];
+        let mut principals = vec![first.principal];
         let mut replies = vec![first.reply];
         while commands.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(p) => {
                     commands.push(p.command);
+                    principals.push(p.principal);
                     replies.push(p.reply);
                 }
                 Err(_) => break,
@@ -239,7 +257,7 @@ async fn run(mut rx: mpsc::Receiver<Pending>, inner: Arc<Inner>) {
         let inner = inner.clone();
         tokio::spawn(async move {
             let n = commands.len();
-            match inner.route(commands).await {
+            match inner.route(commands, principals).await {
                 Ok(out) if out.outcomes.len() == n => {
                     for (reply, outcome) in replies.into_iter().zip(out.outcomes) {
                         let _ = reply.send(Ok(outcome));

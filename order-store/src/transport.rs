@@ -21,12 +21,13 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
-use roomkeeper_order_state::Command;
+use roomkeeper_order_state::{Command, Outcome, RejectCode, ShardState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{Principal, TokenTable, Verb};
 use crate::contact::ContactKeyring;
 use crate::faults::Faults;
 use crate::metrics::NodeMetrics;
@@ -35,6 +36,7 @@ use crate::raft_tls::RaftTls;
 use crate::raft_types::{
     BatchOutcome, NodeId, NodeInfo, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote,
 };
+use crate::state_machine::StateMachine;
 use crate::wire::{encode_frame, read_frame, read_frame_within, FrameDeadline, WireError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -55,8 +57,9 @@ pub enum RpcRequest {
         done: bool,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
-    /// Client commands a follower forwards to the leader.
-    Forward(Vec<Command>),
+    /// Client commands a follower forwards to the leader, each with the
+    /// token (name and scope) it came with.
+    Forward(ForwardBatch),
     /// A follower asks the leader for a linearizable read index.
     ReadIndex,
 }
@@ -74,6 +77,92 @@ pub enum RpcResponse {
     ReadIndex(Result<u64, WriteError>),
     /// The receiver could not handle the request (its Raft stopped, a bad chunk…).
     Failed(String),
+}
+
+/// Client commands forwarded to the leader with the identity of the client
+/// each came from: the leader authorizes every command again against its own
+/// token table (a follower cannot widen a token's scope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardBatch {
+    /// The distinct callers of the batch.
+    pub principals: Vec<Principal>,
+    /// Each command and the index of its caller in `principals`.
+    pub commands: Vec<(u32, Command)>,
+}
+
+impl ForwardBatch {
+    /// Pairs `commands[i]` with `principals[i]`; callers shared by several
+    /// commands (one token, many requests) are sent once.
+    pub fn new(commands: Vec<Command>, principals: &[Arc<Principal>]) -> Self {
+        let mut distinct: Vec<&Arc<Principal>> = Vec::new();
+        let mut out = Vec::with_capacity(commands.len());
+        for (cmd, p) in commands.into_iter().zip(principals) {
+            let i = match distinct
+                .iter()
+                .position(|d| Arc::ptr_eq(d, p) || ***d == **p)
+            {
+                Some(i) => i,
+                None => {
+                    distinct.push(p);
+                    distinct.len() - 1
+                }
+            };
+            out.push((i as u32, cmd));
+        }
+        Self {
+            principals: distinct.into_iter().map(|p| (**p).clone()).collect(),
+            commands: out,
+        }
+    }
+}
+
+/// What a client command needs: a verb, and the room it acts in (`None`:
+/// the room of an order the state does not hold).
+fn needs<'a>(state: &'a ShardState, cmd: &'a Command) -> Option<(Verb, Option<&'a str>)> {
+    match cmd {
+        Command::PlaceOrder { room, .. } => Some((Verb::Order, Some(room))),
+        Command::UpsertRoom { room, .. } | Command::UpsertListing { room, .. } => {
+            Some((Verb::ManageListings, Some(room)))
+        }
+        Command::CancelOrder { order_id } | Command::PayOrder { order_id } => {
+            Some((Verb::Order, state.order_room(*order_id)))
+        }
+        // No client token may pause sales: that is the operator's, on the leader.
+        Command::SetSalesPaused { .. } => None,
+    }
+}
+
+/// The leader's check of one forwarded command: allowed only when both the
+/// scope the follower sent and this node's own scope for that token name
+/// allow it. `Some(code)` is the refusal.
+pub fn authorize_forwarded(
+    table: &TokenTable,
+    state: &ShardState,
+    batch: &ForwardBatch,
+    index: u32,
+    cmd: &Command,
+) -> Option<RejectCode> {
+    let Some(sent) = batch.principals.get(index as usize) else {
+        return Some(RejectCode::Forbidden);
+    };
+    let Some(own) = table.scope_of(&sent.name) else {
+        return Some(RejectCode::Forbidden);
+    };
+    let Some((verb, room)) = needs(state, cmd) else {
+        return Some(RejectCode::Forbidden);
+    };
+    let ok = match room {
+        Some(room) => own.allows(verb, room) && sent.scope.allows(verb, room),
+        None => {
+            let everywhere = |s: &crate::auth::Scope| s.every_room() && s.verbs.contains(verb);
+            if everywhere(own) && everywhere(&sent.scope) {
+                true
+            } else {
+                return Some(RejectCode::OrderNotFound);
+            }
+        }
+    };
+    (!ok).then_some(RejectCode::Forbidden)
 }
 
 /// One frame. Requests name the cluster, the sender and the node they are
@@ -421,10 +510,10 @@ impl PeerPool {
         &self,
         leader: NodeId,
         addr: &str,
-        commands: Vec<Command>,
+        batch: ForwardBatch,
     ) -> Result<BatchOutcome, WriteError> {
         match self
-            .call(leader, addr, RpcRequest::Forward(commands), FORWARD_TIMEOUT)
+            .call(leader, addr, RpcRequest::Forward(batch), FORWARD_TIMEOUT)
             .await
         {
             Ok(RpcResponse::Forward(r)) => r,
@@ -685,6 +774,10 @@ pub struct RaftServer {
     pub tls: Option<Arc<RaftTls>>,
     /// Opens forwarded contacts: a forwarded order must carry a sealed one.
     pub keyring: Arc<ContactKeyring>,
+    /// This node's client tokens: forwarded writes are authorized again.
+    pub clients: Arc<TokenTable>,
+    /// The state forwarded cancels and pays are authorized against.
+    pub sm: StateMachine,
     counts: Arc<Mutex<ConnCounts>>,
 }
 
@@ -700,6 +793,8 @@ pub struct RaftServerParts {
     pub limits: ListenerLimits,
     pub tls: Option<Arc<RaftTls>>,
     pub keyring: Arc<ContactKeyring>,
+    pub clients: Arc<TokenTable>,
+    pub sm: StateMachine,
 }
 
 /// Why a request frame is refused; the label of
@@ -749,6 +844,8 @@ impl RaftServer {
             limits: p.limits,
             tls: p.tls,
             keyring: p.keyring,
+            clients: p.clients,
+            sm: p.sm,
             counts: Arc::new(Mutex::new(ConnCounts::default())),
         }
     }
@@ -806,8 +903,8 @@ impl RaftServer {
             return Err(Refusal::NotMember);
         }
         drop(m);
-        if let RpcRequest::Forward(cmds) = &env.body {
-            for cmd in cmds {
+        if let RpcRequest::Forward(batch) = &env.body {
+            for (_, cmd) in &batch.commands {
                 if let Command::PlaceOrder { contact, .. } = cmd {
                     if self.keyring.open(contact).is_err() {
                         return Err(Refusal::UnsealedContact);
@@ -1083,14 +1180,65 @@ impl RaftServer {
                 Ok(r) => RpcResponse::TransferLeader(r),
                 Err(e) => RpcResponse::Failed(e.to_string()),
             },
-            RpcRequest::Forward(commands) => {
-                RpcResponse::Forward(self.proposer.propose_local(commands).await)
-            }
+            RpcRequest::Forward(batch) => RpcResponse::Forward(self.forwarded(batch).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(leader_read_index(&self.raft).await),
             RpcRequest::SnapshotChunk { .. } => {
                 RpcResponse::Failed("snapshot chunk out of band".into())
             }
         }
+    }
+}
+
+impl RaftServer {
+    /// Proposes the forwarded commands this node's token table allows; the
+    /// others are answered `forbidden` (or `order_not_found`) in place and
+    /// counted as `roomkeeper_raft_requests_refused_total{reason="forbidden"}`.
+    async fn forwarded(&self, batch: ForwardBatch) -> Result<BatchOutcome, WriteError> {
+        let verdicts: Vec<Option<RejectCode>> = self.sm.read(|s| {
+            batch
+                .commands
+                .iter()
+                .map(|(i, cmd)| authorize_forwarded(&self.clients, s, &batch, *i, cmd))
+                .collect()
+        });
+        let refused = verdicts.iter().filter(|v| v.is_some()).count();
+        if refused == 0 {
+            let commands = batch.commands.into_iter().map(|(_, c)| c).collect();
+            return self.proposer.propose_local(commands).await;
+        }
+        for ((i, _), v) in batch.commands.iter().zip(&verdicts) {
+            if v == &Some(RejectCode::Forbidden) {
+                self.refuse_request("forbidden");
+                let name = batch.principals.get(*i as usize).map(|p| p.name.as_str());
+                tracing::warn!(token = ?name, "forwarded write refused: outside the token's scope");
+            }
+        }
+        let allowed: Vec<Command> = batch
+            .commands
+            .into_iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| v.is_none())
+            .map(|((_, c), _)| c)
+            .collect();
+        let mut done = match allowed.is_empty() {
+            true => Vec::new(),
+            false => self.proposer.propose_local(allowed).await?.outcomes,
+        }
+        .into_iter();
+        let mut outcomes = Vec::with_capacity(verdicts.len());
+        for v in verdicts {
+            match v {
+                Some(code) => outcomes.push(Outcome::Rejected {
+                    code,
+                    replayed: false,
+                }),
+                None => match done.next() {
+                    Some(o) => outcomes.push(o),
+                    None => return Err(WriteError::OutcomeUnknown),
+                },
+            }
+        }
+        Ok(BatchOutcome { outcomes })
     }
 }
 
@@ -1166,6 +1314,158 @@ mod addresses {
 }
 
 #[cfg(test)]
+mod forwarded_identity {
+    use super::*;
+    use crate::auth::{token_file_secret, Scope};
+    use roomkeeper_order_state::{ListingState, RoomState, Stamped};
+
+    fn order(room: &str) -> Command {
+        Command::PlaceOrder {
+            room: room.into(),
+            sku: "s".into(),
+            buyer: "b".into(),
+            qty: 1,
+            idempotency_key: "k".into(),
+            contact: vec![],
+        }
+    }
+
+    fn state_with_order_in(room: &str) -> ShardState {
+        let mut s = ShardState::new();
+        for command in [
+            Command::UpsertRoom {
+                room: room.into(),
+                title: String::new(),
+                home_region: "eu".into(),
+                state: RoomState::Live,
+            },
+            Command::UpsertListing {
+                room: room.into(),
+                sku: "s".into(),
+                price_cents: 1,
+                stock_total: 5,
+                per_buyer_limit: 5,
+                state: ListingState::Open,
+            },
+            order(room),
+        ] {
+            s.apply(&Stamped { at_ms: 1, command });
+        }
+        s
+    }
+
+    fn verdict(
+        table: &TokenTable,
+        state: &ShardState,
+        sent: Principal,
+        cmd: Command,
+    ) -> Option<RejectCode> {
+        let batch = ForwardBatch::new(vec![cmd], &[Arc::new(sent)]);
+        let (i, cmd) = &batch.commands[0];
+        authorize_forwarded(table, state, &batch, *i, cmd)
+    }
+
+    #[test]
+    fn the_leader_judges_by_its_own_table_not_the_scope_a_follower_sends() {
+        let table = TokenTable::parse(&format!(
+            "shop-a {} room-a order\nops {} * manage_listings\n",
+            token_file_secret(b"a"),
+            token_file_secret(b"o")
+        ))
+        .expect("table");
+        let state = state_with_order_in("room-b");
+        let shop = |rooms: &str, verbs: &str| Principal {
+            name: "shop-a".into(),
+            scope: Scope::parse(rooms, verbs).expect("scope"),
+        };
+        // As the follower saw it: allowed.
+        assert_eq!(
+            verdict(&table, &state, shop("room-a", "order"), order("room-a")),
+            None
+        );
+        // Room B, even when the follower claims a wider scope.
+        assert_eq!(
+            verdict(&table, &state, shop("*", "*"), order("room-b")),
+            Some(RejectCode::Forbidden)
+        );
+        // A narrower scope sent than the leader's own also binds.
+        assert_eq!(
+            verdict(&table, &state, shop("room-c", "order"), order("room-a")),
+            Some(RejectCode::Forbidden)
+        );
+        // A name the leader does not know, and pausing sales, never pass.
+        let stranger = Principal {
+            name: "stranger".into(),
+            scope: Scope::all(),
+        };
+        assert_eq!(
+            verdict(&table, &state, stranger, order("room-a")),
+            Some(RejectCode::Forbidden)
+        );
+        let pause = Command::SetSalesPaused {
+            paused: true,
+            reason: "x".into(),
+        };
+        assert_eq!(
+            verdict(&table, &state, shop("*", "*"), pause),
+            Some(RejectCode::Forbidden)
+        );
+        // Cancels are judged by the order's room in the leader's state.
+        let cancel = Command::CancelOrder { order_id: 1 };
+        assert_eq!(
+            verdict(&table, &state, shop("room-a", "order"), cancel),
+            Some(RejectCode::Forbidden)
+        );
+        let unknown = Command::PayOrder { order_id: 99 };
+        assert_eq!(
+            verdict(&table, &state, shop("room-a", "order"), unknown),
+            Some(RejectCode::OrderNotFound)
+        );
+        let ops = Principal {
+            name: "ops".into(),
+            scope: Scope::parse("*", "manage_listings").expect("scope"),
+        };
+        let listing = Command::UpsertRoom {
+            room: "room-z".into(),
+            title: String::new(),
+            home_region: "eu".into(),
+            state: RoomState::Live,
+        };
+        assert_eq!(verdict(&table, &state, ops.clone(), listing), None);
+        assert_eq!(
+            verdict(&table, &state, ops, order("room-z")),
+            Some(RejectCode::Forbidden)
+        );
+        // An open node (no tokens) trusts the scope its member sent.
+        let open = TokenTable::open();
+        assert_eq!(
+            verdict(&open, &state, shop("room-a", "order"), order("room-a")),
+            None
+        );
+        assert_eq!(
+            verdict(&open, &state, shop("room-a", "order"), order("room-b")),
+            Some(RejectCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn one_token_many_commands_travels_once() {
+        let a = Arc::new(Principal {
+            name: "a".into(),
+            scope: Scope::all(),
+        });
+        let b = Arc::new(Principal {
+            name: "b".into(),
+            scope: Scope::all(),
+        });
+        let batch = ForwardBatch::new(vec![order("r"), order("r"), order("r")], &[a.clone(), b, a]);
+        assert_eq!(batch.principals.len(), 2);
+        let idx: Vec<u32> = batch.commands.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![0, 1, 0]);
+    }
+}
+
+#[cfg(test)]
 mod fuzz {
     //! Peers are not trusted to send well-formed frames: decoding any bytes must
     //! fail cleanly, never panic or allocate without bound.
@@ -1198,7 +1498,10 @@ mod fuzz {
                 room: "r".into(), sku: "s".into(), buyer: k.clone(), qty,
                 idempotency_key: k.clone(), contact: vec![1, 2],
             }).collect();
-            let env = Envelope { id: 9, cluster: "c".into(), from: 2, to: 1, body: RpcRequest::Forward(cmds.clone()) };
+            let who = std::sync::Arc::new(crate::auth::Principal { name: "t".into(), scope: crate::auth::Scope::all() });
+            let batch = super::ForwardBatch::new(cmds.clone(), &vec![who; cmds.len()]);
+            prop_assert_eq!(batch.principals.len(), 1);
+            let env = Envelope { id: 9, cluster: "c".into(), from: 2, to: 1, body: RpcRequest::Forward(batch.clone()) };
             let frame = crate::wire::encode_frame(&env).expect("encode");
             let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
             let got = rt.block_on(async {
@@ -1207,7 +1510,7 @@ mod fuzz {
                 read_frame::<_, Envelope<RpcRequest>>(&mut r, &mut scratch).await
             }).expect("decode").expect("one frame");
             match got.body {
-                RpcRequest::Forward(back) => prop_assert_eq!(back, cmds),
+                RpcRequest::Forward(back) => prop_assert_eq!(back, batch),
                 other => prop_assert!(false, "decoded {:?}", other),
             }
         }

@@ -93,7 +93,8 @@ pub struct ProbeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ProbeCmd {
-    /// A forwarded order carrying `--contact` unsealed.
+    /// A forwarded order carrying `--contact` unsealed (or sealed with
+    /// `--seal-with`), on behalf of the token `--token-name`.
     ForwardOrder {
         #[arg(long)]
         room: String,
@@ -103,6 +104,18 @@ pub enum ProbeCmd {
         buyer: String,
         #[arg(long)]
         contact: String,
+        /// Seal the contact with this contact key file, as a node would.
+        #[arg(long)]
+        seal_with: Option<std::path::PathBuf>,
+        /// The client token the order claims to come from.
+        #[arg(long, default_value = "client-token")]
+        token_name: String,
+        /// The rooms the forwarded scope claims (token file syntax).
+        #[arg(long, default_value = "*")]
+        token_rooms: String,
+        /// The verbs the forwarded scope claims (token file syntax).
+        #[arg(long, default_value = "*")]
+        token_verbs: String,
     },
     /// A linearizable read index.
     ReadIndex,
@@ -136,11 +149,21 @@ pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
             sku,
             buyer,
             contact,
+            seal_with,
+            token_name,
+            token_rooms,
+            token_verbs,
         } => ProbeRequest::ForwardOrder {
             room,
             sku,
             buyer,
             contact,
+            seal_with,
+            principal: roomkeeper_order_store::auth::Principal {
+                name: token_name,
+                scope: roomkeeper_order_store::auth::Scope::parse(&token_rooms, &token_verbs)
+                    .map_err(anyhow::Error::msg)?,
+            },
         },
         ProbeCmd::ReadIndex => ProbeRequest::ReadIndex,
         ProbeCmd::Vote { candidate, term } => ProbeRequest::Vote { candidate, term },

@@ -33,6 +33,9 @@ enum Cmd {
     /// Security tests: send one hand-made request to a Raft port, as a hostile peer would.
     #[command(hide = true)]
     RaftProbe(certs_cmd::ProbeArgs),
+    /// Print the secret column of a client token file (`sha256:<hex>`) for a
+    /// token read from standard input (one line; the newline is not hashed).
+    ClientTokenHash,
     /// Run a local multi-region cluster with a flash-sale load and live status.
     Demo(demo::DemoArgs),
     /// Chaos drills on a local cluster: run one, run the library, render reports.
@@ -102,6 +105,17 @@ fn main() -> anyhow::Result<()> {
             Cmd::Node(args) => node_cmd::run(args).await,
             Cmd::RaftCerts(args) => certs_cmd::run(args),
             Cmd::RaftProbe(args) => certs_cmd::probe(args).await,
+            Cmd::ClientTokenHash => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                let secret = line.trim_end_matches(['\n', '\r']);
+                anyhow::ensure!(!secret.is_empty(), "no token on standard input");
+                println!(
+                    "{}",
+                    roomkeeper_order_store::auth::token_file_secret(secret.as_bytes())
+                );
+                Ok(())
+            }
             Cmd::Demo(args) => demo::run(args).await,
             Cmd::Drill(args) => drill::run(args).await,
             #[cfg(feature = "bench")]

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use roomkeeper_order_store::auth::TokenTable;
 use roomkeeper_order_store::contact::ContactKeyring;
 use roomkeeper_order_store::http_server::HttpLimits;
 use roomkeeper_order_store::quarantine::parse_joined_ids;
+use roomkeeper_order_store::rate_limit::{Rate, RateLimits};
 use roomkeeper_order_store::transport::ListenerLimits;
 use roomkeeper_order_store::wire::FrameDeadline;
 use roomkeeper_order_store::{NodeConfig, NodeHandle, RaftSecurity};
@@ -62,9 +64,15 @@ pub struct NodeArgs {
     /// Key file that seals buyer contacts (`<id> <64 hex chars>` per line).
     #[arg(long)]
     pub contact_key_file: PathBuf,
-    /// Bearer token required by the client API (unset: open, with a warning).
+    /// Bearer token required by the client API, with every scope (named
+    /// `client-token`). Unset, and no `--client-tokens-file`: open, with a warning.
     #[arg(long, env = "ROOMKEEPER_CLIENT_TOKEN", hide_env_values = true)]
     pub client_token: Option<String>,
+    /// Scoped client tokens: one per line, `<name> sha256:<hex> <rooms> <verbs>`
+    /// (rooms `a,b,live-*` or `*`; verbs from order, manage_listings,
+    /// read_contact, or `*`). `roomkeeper client-token-hash` prints the hash.
+    #[arg(long)]
+    pub client_tokens_file: Option<PathBuf>,
     /// Bearer token required by the admin API (unset: open, with a warning).
     #[arg(long, env = "ROOMKEEPER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -119,6 +127,23 @@ pub struct NodeArgs {
     /// Time a client has to send a request body once its head arrived.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_body_timeout_ms: u64,
+    /// Client API requests per second per token (every route); 0 turns the
+    /// limit off. Over it: 429 `rate_limited` with Retry-After.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate_limit_token_per_sec: f64,
+    /// Requests a token may send at once above its rate.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate_limit_token_burst: f64,
+    /// Orders per second per buyer id; 0 turns the limit off.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate_limit_buyer_per_sec: f64,
+    /// Orders a buyer may place at once above its rate.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate_limit_buyer_burst: f64,
+    /// Buyers whose rate is tracked at once (memory bound: idle buyers, then
+    /// the least recently seen, are forgotten first).
+    #[arg(long, default_value_t = 100_000)]
+    pub rate_limit_max_buyers: usize,
     /// Open connections accepted on each of the client and admin listeners.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_max_connections: u64,
@@ -135,7 +160,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             args.contact_key_file.display()
         )
     })?;
-    if args.client_token.is_none() {
+    let client_tokens = match &args.client_tokens_file {
+        Some(path) => Some(
+            TokenTable::from_file(path)
+                .with_context(|| format!("loading client tokens from {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(t) = &client_tokens {
+        tracing::info!(tokens = t.len(), "client tokens loaded");
+    }
+    if args.client_token.is_none() && client_tokens.is_none() {
         tracing::warn!("client API has no token: anyone who reaches it can order");
     }
     if args.admin_token.is_none() {
@@ -171,6 +206,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.region = args.region;
     cfg.zone = zone;
     cfg.client_token = args.client_token;
+    cfg.client_tokens = client_tokens;
+    cfg.rate_limits = RateLimits {
+        per_token: rate(
+            "token",
+            args.rate_limit_token_per_sec,
+            args.rate_limit_token_burst,
+        )?,
+        per_buyer: rate(
+            "buyer",
+            args.rate_limit_buyer_per_sec,
+            args.rate_limit_buyer_burst,
+        )?,
+        max_tracked_buyers: args.rate_limit_max_buyers,
+    };
     cfg.admin_token = args.admin_token;
     cfg.test_faults_enabled = args.enable_test_faults;
     cfg.fresh_data_dir = fresh_data_dir;
@@ -212,6 +261,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// A rate limit from its flags: finite, not negative, a burst of at least
+/// one request when on.
+fn rate(what: &str, per_sec: f64, burst: f64) -> anyhow::Result<Rate> {
+    anyhow::ensure!(
+        per_sec.is_finite() && per_sec >= 0.0 && burst.is_finite(),
+        "--rate-limit-{what}-per-sec and -burst must be finite and not negative"
+    );
+    anyhow::ensure!(
+        per_sec == 0.0 || burst >= 1.0,
+        "--rate-limit-{what}-burst must be at least 1 when the limit is on"
+    );
+    Ok(Rate { per_sec, burst })
 }
 
 /// Finds `pod` in an identity file: lines `<pod-name> <node-id> [zone]`, `#`

@@ -549,6 +549,48 @@ impl Drop for Cluster {
     }
 }
 
+/// A scoped client token for a node's `--client-tokens-file`.
+pub struct ScopedToken<'a> {
+    pub name: &'a str,
+    pub secret: &'a str,
+    pub rooms: &'a str,
+    pub verbs: &'a str,
+}
+
+/// Writes a client token file (hashes only, made by `roomkeeper
+/// client-token-hash`) and returns its path, unique per call.
+pub fn write_client_tokens(tokens: &[ScopedToken]) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut text = String::from("# name secret rooms verbs\n");
+    for t in tokens {
+        let mut child = Command::new(binary())
+            .arg("client-token-hash")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run roomkeeper client-token-hash");
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            writeln!(stdin, "{}", t.secret).expect("write the secret");
+        }
+        let out = child.wait_with_output().expect("client-token-hash");
+        assert!(out.status.success(), "client-token-hash failed");
+        let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            !hash.contains(t.secret),
+            "the token file must not hold the secret"
+        );
+        text.push_str(&format!("{} {hash} {} {}\n", t.name, t.rooms, t.verbs));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "roomkeeper-tokens-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text).expect("write the client token file");
+    path
+}
+
 /// The body of one order (`POST /v1/rooms/{room}/orders`), without contact data.
 pub fn order_body(sku: &str, buyer: &str, qty: u32, key: &str) -> String {
     to_json(&PlaceOrder {

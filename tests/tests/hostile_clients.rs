@@ -462,7 +462,9 @@ fn every_refusal_is_a_documented_json_error() {
 
 #[test]
 fn ten_thousand_refused_orders_leave_every_replica_unchanged() {
-    let c = cluster(3, &[]);
+    // Thousands of orders from a few buyer ids as fast as they go: the
+    // per-buyer rate limit would answer most of them (its own test is below).
+    let c = cluster(3, &["--rate-limit-buyer-per-sec", "0"]);
     c.create_room("r", &[("one", 1, 1), ("two", 10, 1)]);
     let leader = c.wait_leader(Duration::from_secs(10));
     let buy = |sku: &str, buyer: &str, key: &str| {
@@ -553,4 +555,367 @@ fn ten_thousand_refused_orders_leave_every_replica_unchanged() {
     assert_eq!(again.status, 409, "{again:?}");
     assert_eq!(again.code(), "sold_out");
     assert_eq!(summaries(&c), after);
+}
+
+/// A client with `secret` as its bearer token.
+fn as_token(
+    c: &Cluster,
+    secret: &str,
+    via: u64,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> roomkeeper_e2e::Reply {
+    http(
+        method,
+        &c.node(via).api_addr,
+        path,
+        body.map(str::as_bytes),
+        Some(secret),
+        Duration::from_secs(6),
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn assert_forbidden(r: &roomkeeper_e2e::Reply, missing: &str, what: &str) {
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "forbidden"),
+        "{what}: {:?}",
+        r.body
+    );
+    assert_eq!(r.body["missing_scope"], missing, "{what}: {:?}", r.body);
+}
+
+/// Issue 16: a token scoped to room A cannot order in room B or read
+/// contact; only `read_contact` gets the contact back in plain text. Three
+/// nodes, so writes through a follower are forwarded and re-checked.
+#[test]
+fn scoped_tokens_reach_only_their_rooms_and_verbs() {
+    use roomkeeper_e2e::{write_client_tokens, ScopedToken};
+    let tokens = write_client_tokens(&[
+        ScopedToken {
+            name: "shop-a",
+            secret: "shop-a-secret",
+            rooms: "room-a",
+            verbs: "order",
+        },
+        ScopedToken {
+            name: "support",
+            secret: "support-secret",
+            rooms: "room-a",
+            verbs: "read_contact",
+        },
+        ScopedToken {
+            name: "catalog",
+            secret: "catalog-secret",
+            rooms: "room-*",
+            verbs: "manage_listings",
+        },
+    ]);
+    let tokens_arg = tokens.display().to_string();
+    // The harness's --client-token stays the all-scopes `client-token`.
+    let c = cluster(3, &["--client-tokens-file", &tokens_arg]);
+    c.create_room("room-a", &[("sku-1", 100, 100)]);
+    c.create_room("room-b", &[("sku-1", 100, 100)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let order = |key: &str| {
+        json!({"sku": "sku-1", "buyer": "bob", "qty": 1, "idempotency_key": key, "contact": "MARKER-bob-phone"})
+            .to_string()
+    };
+
+    // shop-a orders in room A, through the leader and through a follower.
+    for via in [leader, follower] {
+        let r = as_token(
+            &c,
+            "shop-a-secret",
+            via,
+            "POST",
+            "/v1/rooms/room-a/orders",
+            Some(&order(&format!("a-{via}"))),
+        );
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let in_a = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "POST",
+        "/v1/rooms/room-a/orders",
+        Some(&order("a-last")),
+    );
+    let order_a = in_a.body["order_id"].as_u64().expect("order id");
+    // ... but not in room B, through either node, and room B is untouched.
+    let stock_b = || {
+        c.client("GET", leader, "/v1/rooms/room-b/listings/sku-1", None)
+            .expect("listing")
+            .body["stock_left"]
+            .clone()
+    };
+    let before = stock_b();
+    for via in [leader, follower] {
+        let r = as_token(
+            &c,
+            "shop-a-secret",
+            via,
+            "POST",
+            "/v1/rooms/room-b/orders",
+            Some(&order("b-1")),
+        );
+        assert_forbidden(&r, "order", "shop-a ordering in room B");
+    }
+    assert_eq!(stock_b(), before);
+    // An order in room B (by the all-scopes token) is out of shop-a's reach.
+    let r = c
+        .client(
+            "POST",
+            leader,
+            "/v1/rooms/room-b/orders",
+            Some(&order("b-flag")),
+        )
+        .expect("order");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let order_b = r.body["order_id"].as_u64().expect("order id");
+    for (method, path, missing) in [
+        ("POST", format!("/v1/orders/{order_b}/cancel"), "order"),
+        ("POST", format!("/v1/orders/{order_b}/pay"), "order"),
+        ("GET", format!("/v1/orders/{order_b}"), "room"),
+        ("GET", "/v1/rooms/room-b".to_string(), "room"),
+        ("GET", "/v1/rooms/room-b/listings/sku-1".to_string(), "room"),
+        (
+            "GET",
+            format!("/v1/orders/{order_a}/contact"),
+            "read_contact",
+        ),
+    ] {
+        let r = as_token(&c, "shop-a-secret", follower, method, &path, None);
+        assert_forbidden(&r, missing, &format!("shop-a {method} {path}"));
+    }
+    let put =
+        json!({"price_cents": 1, "stock": 5, "per_buyer_limit": 1, "state": "open"}).to_string();
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "PUT",
+        "/v1/rooms/room-a/listings/sku-2",
+        Some(&put),
+    );
+    assert_forbidden(&r, "manage_listings", "shop-a managing listings");
+    // Its own room's reads work; a buyer's orders are listed for its rooms only.
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        follower,
+        "GET",
+        "/v1/rooms/room-a/listings/sku-1",
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "GET",
+        "/v1/buyers/bob/orders",
+        None,
+    );
+    let rooms: Vec<&str> = r
+        .body
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter_map(|o| o["room"].as_str())
+        .collect();
+    assert_eq!(rooms, ["room-a"; 3], "{:?}", r.body);
+    let r = c
+        .client("GET", leader, "/v1/buyers/bob/orders", None)
+        .expect("orders");
+    assert_eq!(
+        r.body.as_array().map(Vec::len),
+        Some(4),
+        "the all-scopes token sees both rooms"
+    );
+    let r = as_token(
+        &c,
+        "shop-a-secret",
+        leader,
+        "POST",
+        &format!("/v1/orders/{order_a}/pay"),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("paid")),
+        "{:?}",
+        r.body
+    );
+
+    // Only read_contact opens a contact, and only in its rooms.
+    let r = as_token(
+        &c,
+        "support-secret",
+        follower,
+        "GET",
+        &format!("/v1/orders/{order_a}/contact"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["contact"], "MARKER-bob-phone");
+    let r = as_token(
+        &c,
+        "support-secret",
+        leader,
+        "GET",
+        &format!("/v1/orders/{order_b}/contact"),
+        None,
+    );
+    assert_forbidden(&r, "read_contact", "support reading room B's contact");
+    let r = as_token(
+        &c,
+        "support-secret",
+        leader,
+        "POST",
+        "/v1/rooms/room-a/orders",
+        Some(&order("s-1")),
+    );
+    assert_forbidden(&r, "order", "support ordering");
+    // The plain order view never carries the contact.
+    let r = c
+        .client("GET", leader, &format!("/v1/orders/{order_a}"), None)
+        .expect("order");
+    assert!(!r.body.to_string().contains("MARKER"), "{:?}", r.body);
+
+    // catalog manages listings in every room-* room, nothing else.
+    let r = as_token(
+        &c,
+        "catalog-secret",
+        follower,
+        "PUT",
+        "/v1/rooms/room-a/listings/sku-2",
+        Some(&put),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let room = json!({"home_region": "region-1", "state": "live"}).to_string();
+    let r = as_token(
+        &c,
+        "catalog-secret",
+        leader,
+        "PUT",
+        "/v1/rooms/other",
+        Some(&room),
+    );
+    assert_forbidden(&r, "manage_listings", "catalog outside room-*");
+    let r = as_token(
+        &c,
+        "catalog-secret",
+        leader,
+        "POST",
+        "/v1/rooms/room-a/orders",
+        Some(&order("c-1")),
+    );
+    assert_forbidden(&r, "order", "catalog ordering");
+
+    // Unknown or missing tokens are 401, whatever the route.
+    for secret in ["nope", "shop-a-secre", "shop-a-secret2"] {
+        let r = as_token(&c, secret, leader, "GET", "/v1/rooms/room-a", None);
+        assert_eq!((r.status, r.code()), (401, "unauthorized"), "{secret}");
+    }
+    c.wait_converged(Duration::from_secs(10));
+    c.assert_invariants();
+    let _ = std::fs::remove_file(tokens);
+}
+
+/// Issue 16: per-buyer and per-token rate limits engage (429 `rate_limited`
+/// with `Retry-After`), spare everyone else, are counted, and recover.
+#[test]
+fn rate_limits_engage_per_buyer_and_per_token_and_recover() {
+    let c = cluster(
+        1,
+        &[
+            "--rate-limit-buyer-per-sec",
+            "2",
+            "--rate-limit-buyer-burst",
+            "3",
+            "--rate-limit-token-per-sec",
+            "20",
+            "--rate-limit-token-burst",
+            "40",
+        ],
+    );
+    c.create_room("room-a", &[("sku-1", 1000, 1000)]);
+    let order = |buyer: &str, key: &str| {
+        c.client(
+            "POST",
+            1,
+            "/v1/rooms/room-a/orders",
+            Some(
+                &json!({"sku": "sku-1", "buyer": buyer, "qty": 1, "idempotency_key": key})
+                    .to_string(),
+            ),
+        )
+        .expect("order")
+    };
+    // A bot buyer: its burst of 3, then refused; another buyer is not.
+    for i in 0..3 {
+        let r = order("bot", &format!("bot-{i}"));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let r = order("bot", "bot-3");
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{:?}", r.body);
+    assert_eq!(
+        r.retry_after.as_deref(),
+        Some("1"),
+        "Retry-After in whole seconds"
+    );
+    let wait = r.body["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!((1..=500).contains(&wait), "{wait} ms");
+    assert_eq!(
+        order("human", "human-1").status,
+        201,
+        "another buyer is not limited"
+    );
+    // The refused order left nothing: its key is decided again once allowed.
+    std::thread::sleep(Duration::from_millis(wait + 50));
+    let r = order("bot", "bot-3");
+    assert_eq!(r.status, 201, "the buyer's limit recovers: {:?}", r.body);
+    assert!(
+        metric(
+            &c,
+            1,
+            "roomkeeper_rate_limited_requests_total{limit=\"buyer\"}"
+        ) >= 1.0
+    );
+
+    // The token: 40 at once, then 20/s. A burst of reads runs into it.
+    let started = Instant::now();
+    let mut limited = None;
+    for _ in 0..120 {
+        let r = c.client("GET", 1, "/v1/rooms/room-a", None).expect("read");
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let r = limited.unwrap_or_else(|| panic!("no 429 in 120 reads over {:?}", started.elapsed()));
+    assert_eq!(r.code(), "rate_limited", "{:?}", r.body);
+    assert!(r.retry_after.is_some());
+    assert!(
+        metric(
+            &c,
+            1,
+            "roomkeeper_rate_limited_requests_total{limit=\"token\"}"
+        ) >= 1.0
+    );
+    // ... and recovers.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.client("GET", 1, "/v1/rooms/room-a", None).expect("read");
+    assert_eq!(r.status, 200, "the token's limit recovers: {:?}", r.body);
+    c.assert_invariants();
 }

@@ -518,3 +518,121 @@ fn a_plaintext_cluster_still_refuses_non_members_and_unsealed_contacts() {
     assert_eq!(stock_left(&c, leader), stock);
     assert_eq!(order(&c, follower, "plain-ok"), 201);
 }
+
+/// Issue 16: `Forward` carries the client's token name and scope, and the
+/// leader authorizes every forwarded command again against its own token
+/// table. A member's certificate (a compromised follower) forwarding an
+/// order for room B on behalf of a room-A token is refused — also when it
+/// claims a wider scope, or a token the leader does not know.
+#[test]
+fn a_forwarded_order_outside_the_token_scope_is_refused_by_the_leader() {
+    use roomkeeper_e2e::{write_client_tokens, ScopedToken, CLUSTER_ID};
+    let tokens = write_client_tokens(&[ScopedToken {
+        name: "shop-a",
+        secret: "shop-a-secret",
+        rooms: "room-a",
+        verbs: "order",
+    }]);
+    let mut opts = ClusterOptions::nodes(3);
+    opts.extra_args = vec!["--client-tokens-file".into(), tokens.display().to_string()];
+    let c = Cluster::start_initialized(opts);
+    c.create_room("room-a", &[("sku-1", 100, 100)]);
+    c.create_room("room-b", &[("sku-1", 100, 100)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let laddr = c.node(leader).raft_addr.clone();
+    let member_cert = c
+        .dir
+        .join(format!("node-{follower}-tls"))
+        .display()
+        .to_string();
+    let key = c.dir.join("contact.key").display().to_string();
+    let tls = ["--tls-dir", member_cert.as_str()];
+    let as_member = (CLUSTER_ID, follower, leader);
+    let stock = |room: &str| {
+        c.client(
+            "GET",
+            leader,
+            &format!("/v1/rooms/{room}/listings/sku-1"),
+            None,
+        )
+        .expect("listing")
+        .body["stock_left"]
+            .clone()
+    };
+    let forward = |room: &str, buyer: &str, name: &str, rooms: &str, verbs: &str| {
+        probe(
+            &laddr,
+            &tls,
+            as_member,
+            &[
+                "forward-order",
+                "--room",
+                room,
+                "--sku",
+                "sku-1",
+                "--buyer",
+                buyer,
+                "--contact",
+                "sealed-by-the-probe",
+                "--seal-with",
+                &key,
+                "--token-name",
+                name,
+                "--token-rooms",
+                rooms,
+                "--token-verbs",
+                verbs,
+            ],
+        )
+        .expect("an answer")
+    };
+    let (a_before, b_before) = (stock("room-a"), stock("room-b"));
+    // The frame itself is good: the same forward for room A is carried out.
+    let r = forward("room-a", "alice", "shop-a", "room-a", "order");
+    assert!(r.contains("Order {"), "{r}");
+    assert_ne!(stock("room-a"), a_before);
+    // Room B: as sent, with a widened scope, or for an unknown token.
+    for (name, rooms, verbs) in [
+        ("shop-a", "room-a", "order"),
+        ("shop-a", "*", "*"),
+        ("shop-a", "room-b", "order"),
+        ("mallory", "*", "*"),
+    ] {
+        let r = forward("room-b", "mallory", name, rooms, verbs);
+        assert!(r.contains("Forbidden"), "{name} {rooms} {verbs}: {r}");
+        assert!(!r.contains("Order {"), "{r}");
+    }
+    assert_eq!(
+        stock("room-b"),
+        b_before,
+        "a refused forward changed room B"
+    );
+    let n = metric(
+        &c,
+        leader,
+        "roomkeeper_raft_requests_refused_total",
+        "forbidden",
+    );
+    assert!(n >= 4.0, "{n} forbidden forwards counted");
+    // Honest forwarding through a follower still works for the token's room.
+    let body =
+        json!({"sku": "sku-1", "buyer": "zoe", "qty": 1, "idempotency_key": "zoe-1"}).to_string();
+    let r = roomkeeper_e2e::http(
+        "POST",
+        &c.node(follower).api_addr,
+        "/v1/rooms/room-a/orders",
+        Some(body.as_bytes()),
+        Some("shop-a-secret"),
+        Duration::from_secs(6),
+    )
+    .expect("order");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    c.wait_converged(Duration::from_secs(10));
+    c.assert_invariants();
+    let _ = std::fs::remove_file(tokens);
+}
