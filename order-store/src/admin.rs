@@ -476,7 +476,14 @@ async fn sales_gate(
             paused: b.paused,
             reason: b.reason,
         };
-        match tokio::time::timeout(GATE_COMMIT_TIMEOUT, ctx.proposer.submit(cmd)).await {
+        // The admin token's caller: on the leader the command is proposed
+        // locally; were it forwarded, the leader would refuse it (no client
+        // verb covers pausing sales).
+        let operator = Arc::new(crate::auth::Principal {
+            name: "admin".into(),
+            scope: crate::auth::Scope::all(),
+        });
+        match tokio::time::timeout(GATE_COMMIT_TIMEOUT, ctx.proposer.submit(cmd, operator)).await {
             Ok(Ok(Outcome::Rejected { code, .. })) => ReplicatedGate::Failed {
                 message: code.to_string(),
             },
