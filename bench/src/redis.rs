@@ -411,13 +411,26 @@ pub fn parse_rb_csv(out: &str) -> Option<RbFigures> {
     })
 }
 
-/// Arguments of one `redis-benchmark` run of the order script.
-fn rb_args(ctx: &Ctx, addr: std::net::SocketAddr, sha: &str, requests: u64) -> Vec<String> {
+/// `redis-benchmark -r`: `__rand_int__` becomes a random number below this. It
+/// is a C `int` there; a larger value wraps and every key comes out the same
+/// (every order after the first would be a replay).
+const RB_KEYSPACE: u32 = 2_000_000_000;
+const _: () = assert!(RB_KEYSPACE <= i32::MAX as u32 && RB_KEYSPACE >= 1_000_000_000);
+
+/// Arguments of one `redis-benchmark` run of the order script; `phase` keeps
+/// the warm-up's keys apart from the measured run's.
+fn rb_args(
+    ctx: &Ctx,
+    addr: std::net::SocketAddr,
+    sha: &str,
+    requests: u64,
+    phase: &str,
+) -> Vec<String> {
     let sku = sku_name(0);
     let req = OrderReq {
         sku: 0,
         buyer: "buyer-__rand_int__".into(),
-        idempotency_key: format!("{}-rb-__rand_int__", ctx.run_id),
+        idempotency_key: format!("{}-rb{phase}-__rand_int__", ctx.run_id),
         contact: "+15550000000".into(),
     };
     let mut a: Vec<String> = vec![
@@ -429,9 +442,8 @@ fn rb_args(ctx: &Ctx, addr: std::net::SocketAddr, sha: &str, requests: u64) -> V
         ctx.clients.to_string(),
         "-n".into(),
         requests.to_string(),
-        // __rand_int__ becomes a random 12-digit number below this.
         "-r".into(),
-        "1000000000000".into(),
+        RB_KEYSPACE.to_string(),
         "--csv".into(),
         "EVALSHA".into(),
         sha.into(),
@@ -507,7 +519,7 @@ pub async fn run_redis_benchmark(ctx: &Ctx) -> Result<TargetResult> {
         eprintln!("== {RB_TARGET}: warm-up");
         let warm_n = (ctx.clients as u64 * 500).max(20_000);
         let started = Instant::now();
-        let warm = run_rb(&rb, &rb_args(ctx, addr, &sha, warm_n)).await?;
+        let warm = run_rb(&rb, &rb_args(ctx, addr, &sha, warm_n, "warm")).await?;
         let warm_rps = parse_rb_csv(&warm)
             .map(|f| f.rps)
             .unwrap_or_else(|| warm_n as f64 / started.elapsed().as_secs_f64().max(0.001));
@@ -520,7 +532,7 @@ pub async fn run_redis_benchmark(ctx: &Ctx) -> Result<TargetResult> {
         let server_pids: Vec<u32> = proc.pid().into_iter().collect();
         let cpu_before = crate::cpu::sample(&server_pids);
         let children_before = crate::cpu::reaped_children_cpu();
-        let out = run_rb(&rb, &rb_args(ctx, addr, &sha, n)).await?;
+        let out = run_rb(&rb, &rb_args(ctx, addr, &sha, n, "run")).await?;
         let cpu = cpu_before.until(&crate::cpu::sample(&server_pids));
         let tool_cpu = match (children_before, crate::cpu::reaped_children_cpu()) {
             (Some(a), Some(b)) => b.checked_sub(a),
