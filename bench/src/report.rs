@@ -671,7 +671,7 @@ mod tests {
         ];
         rows[0].client = "etcd-client, gRPC".into();
         let t = format_clients(&rows);
-        assert_eq!(t, "  etcd        etcd-client, gRPC\n");
+        assert_eq!(t, "  etcd            etcd-client, gRPC\n");
         rows[1].client = "hyper, HTTP/1.1".into();
         assert_eq!(format_clients(&rows).lines().count(), 2);
         let json = serde_json::to_value(&rows[0]).unwrap();
@@ -692,10 +692,36 @@ mod tests {
             vec![
                 ("hot, 64 clients: orders/s vs etcd", true),
                 ("hot, 64 clients: p99 vs etcd", true),
+                ("hot, 64 clients: roomkeeper p99", true),
                 ("hot, 64 clients: orders/s vs redis", false),
             ]
         );
         assert_eq!(checks[0].measured, "25.0x");
+        // With Redis also driven by redis-benchmark: issue 14's ratio, and how
+        // far the bench's own client is from Redis's tool.
+        let mut with_rb = rows.clone();
+        with_rb.push(row("redis-benchmark", "hot", 64, 63_000.0, 1.4));
+        let checks = evaluate_targets(&with_rb);
+        let rb: Vec<(&str, &str, bool)> = checks
+            .iter()
+            .filter(|c| c.name.contains("redis-benchmark"))
+            .map(|c| (c.name.as_str(), c.measured.as_str(), c.pass))
+            .collect();
+        assert_eq!(
+            rb,
+            vec![
+                (
+                    "hot, 64 clients: orders/s vs redis driven by redis-benchmark",
+                    "0.32x",
+                    false
+                ),
+                (
+                    "hot, 64 clients: the bench's RESP client vs redis-benchmark, same server",
+                    "0.95x",
+                    true
+                ),
+            ]
+        );
         // Different client counts answer nothing.
         let other = vec![
             row("roomkeeper", "hot", 32, 1.0, 1.0),
