@@ -7,7 +7,9 @@
 #   OUT=/tmp/b DURATION=20 ROUNDS=5 scripts/bench.sh hot   # only the hot run
 #
 # Configurations: hot (hot catalog, 64 clients), wide (wide catalog, 256
-# clients), kill (leader SIGKILLed under load, hot catalog, 64 clients).
+# clients), kill (leader SIGKILLed under load, hot catalog, 64 clients),
+# soldout (roomkeeper only, every order refused: what a refusal costs; not in
+# the default set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,8 @@ runs=("$@")
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Redis's own load tool drives the `redis-benchmark` target (issue 14).
+command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 # The bench's etcd client (etcd-client) compiles etcd's protobuf API when it is
 # built: protoc and the protobuf well-known types.
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
@@ -47,7 +51,8 @@ for run in "${runs[@]}"; do
     hot)  args=(--catalog hot --clients 64) ;;
     wide) args=(--catalog wide --clients 256) ;;
     kill) args=(--scenario leader-kill --catalog hot --clients 64) ;;
-    *) echo "unknown run '$run' (hot, wide, kill)" >&2; exit 2 ;;
+    soldout) args=(--target roomkeeper --catalog sold-out --clients 64) ;;
+    *) echo "unknown run '$run' (hot, wide, kill, soldout)" >&2; exit 2 ;;
   esac
   json="$OUT/$stamp-$run.json"
   echo

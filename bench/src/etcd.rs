@@ -583,6 +583,11 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
         duration: ctx.duration,
         record_acks: false,
         retry_grace: ctx.retry_grace(),
+        server_pids: cluster
+            .members
+            .iter()
+            .filter_map(|m| m.proc.pid())
+            .collect(),
     };
     let start = Instant::now();
     let scenario = ctx.scenario.name();

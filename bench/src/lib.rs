@@ -7,6 +7,7 @@
 //! binary's `bench` subcommand) and [`run`]. Everything else is internal.
 #![forbid(unsafe_code)]
 
+mod cpu;
 mod etcd;
 mod http;
 mod latency;
@@ -37,21 +38,25 @@ pub enum Catalog {
     Hot,
     /// 10,000 SKUs: little contention per SKU.
     Wide,
+    /// The hot catalog after the sale: 16 SKUs with no stock, every order is
+    /// refused `sold_out` (what a refusal costs the store).
+    SoldOut,
 }
 
 impl Catalog {
     pub(crate) fn skus(self) -> usize {
         match self {
-            Catalog::Hot => 16,
+            Catalog::Hot | Catalog::SoldOut => 16,
             Catalog::Wide => 10_000,
         }
     }
 
-    /// Stock per SKU: large enough never to sell out during a run.
+    /// Stock per SKU: large enough never to sell out during a run (none for sold-out).
     pub(crate) fn stock(self) -> u64 {
         match self {
             Catalog::Hot => 100_000_000,
             Catalog::Wide => 1_000_000,
+            Catalog::SoldOut => 0,
         }
     }
 
@@ -59,6 +64,7 @@ impl Catalog {
         match self {
             Catalog::Hot => "hot",
             Catalog::Wide => "wide",
+            Catalog::SoldOut => "sold-out",
         }
     }
 }
@@ -69,6 +75,8 @@ pub enum TargetSel {
     Roomkeeper,
     Etcd,
     Redis,
+    /// Redis driven by `redis-benchmark` instead of the bench's client.
+    RedisBenchmark,
     All,
 }
 
@@ -148,6 +156,9 @@ pub struct BenchArgs {
     /// Redis binary (Debian: redis-server).
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: String,
+    /// Redis's load tool (Debian: redis-tools), for the `redis-benchmark` target.
+    #[arg(long, default_value = "redis-benchmark")]
+    pub redis_benchmark_bin: String,
     /// Log filter (ROOMKEEPER_LOG) of the roomkeeper nodes the bench starts.
     #[arg(long, default_value = "info,openraft=warn")]
     pub node_log: String,
@@ -209,6 +220,7 @@ pub(crate) struct Ctx {
     pub keep_dir: bool,
     pub etcd_bin: String,
     pub redis_bin: String,
+    pub redis_benchmark_bin: String,
     pub etcd_spread: bool,
     pub rk_api: Vec<String>,
     pub rk_admin: Vec<String>,
@@ -341,7 +353,7 @@ fn validate(args: &BenchArgs) -> std::result::Result<(), BenchError> {
         return invalid("--duration-secs is limited to 3600 and --warmup-secs to 600");
     }
     if args.scenario == Scenario::LeaderKill {
-        if args.target == TargetSel::Redis {
+        if matches!(args.target, TargetSel::Redis | TargetSel::RedisBenchmark) {
             return invalid(
                 "--scenario leader-kill applies to roomkeeper and etcd (Redis runs one node)",
             );
@@ -413,6 +425,7 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
         keep_dir: args.keep_dir,
         etcd_bin: args.etcd_bin.clone(),
         redis_bin: args.redis_bin.clone(),
+        redis_benchmark_bin: args.redis_benchmark_bin.clone(),
         etcd_spread: args.etcd_spread,
         rk_api: args.roomkeeper_api.clone(),
         rk_admin: args.roomkeeper_admin.clone(),
@@ -423,7 +436,12 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
     };
     let targets: Vec<TargetSel> = match (args.target, args.scenario) {
         (TargetSel::All, Scenario::Steady) => {
-            vec![TargetSel::Etcd, TargetSel::Redis, TargetSel::Roomkeeper]
+            vec![
+                TargetSel::Etcd,
+                TargetSel::Redis,
+                TargetSel::RedisBenchmark,
+                TargetSel::Roomkeeper,
+            ]
         }
         (TargetSel::All, Scenario::LeaderKill) => vec![TargetSel::Etcd, TargetSel::Roomkeeper],
         (one, _) => vec![one],
@@ -454,6 +472,11 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
             let (name, client, outcome) = match t {
                 TargetSel::Etcd => (etcd::TARGET, etcd::CLIENT, etcd::run(&ctx).await),
                 TargetSel::Redis => (redis::TARGET, redis::CLIENT, redis::run(&ctx).await),
+                TargetSel::RedisBenchmark => (
+                    redis::RB_TARGET,
+                    redis::RB_CLIENT,
+                    redis::run_redis_benchmark(&ctx).await,
+                ),
                 TargetSel::Roomkeeper | TargetSel::All => (
                     roomkeeper::TARGET,
                     roomkeeper::CLIENT,
@@ -492,6 +515,11 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
     print!("{}", report::format_table(&results));
     println!("\nclients:");
     print!("{}", report::format_clients(&results));
+    let cpu = report::format_cpu(&results);
+    if !cpu.is_empty() {
+        println!("\nCPU µs per answered order in the window (kernel accounting; servers in start order):");
+        print!("{cpu}");
+    }
     let kill_table = report::format_kill_table(&results);
     if !kill_table.is_empty() {
         println!("\nleader killed (SIGKILL) under load:");
@@ -522,7 +550,7 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
              at hot/64, wide/256 and leader-kill/64 clients)"
         );
     } else {
-        println!("\ntargets (issue 2):");
+        println!("\ntargets (issues 2 and 14):");
         print!("{}", report::format_targets(&checks));
     }
 

@@ -18,6 +18,10 @@ use crate::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
 use crate::{Ctx, PER_BUYER_LIMIT, PRICE_CENTS};
 
 pub const TARGET: &str = "redis";
+/// The same server and script driven by Redis's own load tool.
+pub const RB_TARGET: &str = "redis-benchmark";
+pub const RB_CLIENT: &str = "redis-benchmark (Redis's own C load tool): one connection per client, \
+     the same EVALSHA, a fresh idempotency key and buyer per order (__rand_int__), one SKU of the catalog";
 /// Which client drives this target, for the report.
 pub const CLIENT: &str =
     "redis crate (tokio), RESP: multiplexed connections, one per core (at least two), shared by the buyers";
@@ -285,22 +289,11 @@ async fn drivers(client: &redis::Client, sha: &str, ctx: &Ctx) -> Result<Vec<Red
         .collect())
 }
 
-pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
-    let scenario = ctx.scenario.name();
-    let Some(bin) = procs::find_binary(&ctx.redis_bin) else {
-        let why = format!(
-            "binary `{}` not found (apt-get install redis-server)",
-            ctx.redis_bin
-        );
-        eprintln!("\n!!!!! SKIPPED redis: {why}\n");
-        return Ok(TargetResult::skipped(
-            TARGET,
-            scenario,
-            ctx.catalog.name(),
-            ctx.clients,
-            why,
-        ));
-    };
+/// Starts one `redis-server` with `appendfsync always` in a fresh directory.
+fn start_server(
+    ctx: &Ctx,
+    bin: std::path::PathBuf,
+) -> Result<(Proc, WorkDir, std::net::SocketAddr)> {
     let dir = WorkDir::create("redis", ctx.keep_dir)?;
     let port = free_ports(1)?[0];
     let addr = loopback(port);
@@ -334,7 +327,27 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
         env: vec![],
         log: dir.path().join("redis.log"),
     };
-    let mut proc = Proc::spawn(spec)?;
+    let proc = Proc::spawn(spec)?;
+    Ok((proc, dir, addr))
+}
+
+pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
+    let scenario = ctx.scenario.name();
+    let Some(bin) = procs::find_binary(&ctx.redis_bin) else {
+        let why = format!(
+            "binary `{}` not found (apt-get install redis-server)",
+            ctx.redis_bin
+        );
+        eprintln!("\n!!!!! SKIPPED redis: {why}\n");
+        return Ok(TargetResult::skipped(
+            TARGET,
+            scenario,
+            ctx.catalog.name(),
+            ctx.clients,
+            why,
+        ));
+    };
+    let (mut proc, dir, addr) = start_server(ctx, bin)?;
     let result = async {
         let client = redis::Client::open(format!("redis://{addr}/")).context("redis client")?;
         wait_ready(&mut proc, &client).await?;
@@ -350,6 +363,7 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
             duration: ctx.duration,
             record_acks: false,
             retry_grace: ctx.retry_grace(),
+            server_pids: proc.pid().into_iter().collect(),
         };
         let stats = workload::run_load(&plan, drivers, Instant::now()).await?;
         let mut r =
@@ -365,9 +379,209 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
     Ok(r)
 }
 
+/// What `redis-benchmark --csv` reports for one command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RbFigures {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Parses the last line of `redis-benchmark --csv` (redis 7: test, rps, avg,
+/// min, p50, p95, p99, max). The test name holds the command and its
+/// arguments unescaped, so the numbers are read from the end of the line.
+pub fn parse_rb_csv(out: &str) -> Option<RbFigures> {
+    let line = out.lines().rev().find(|l| !l.trim().is_empty())?;
+    let mut f = line
+        .rsplit(',')
+        .map(|v| v.trim().trim_matches('"').parse::<f64>());
+    let max_ms = f.next()?.ok()?;
+    let p99_ms = f.next()?.ok()?;
+    let _p95 = f.next()?.ok()?;
+    let p50_ms = f.next()?.ok()?;
+    let _min = f.next()?.ok()?;
+    let _avg = f.next()?.ok()?;
+    let rps = f.next()?.ok()?;
+    Some(RbFigures {
+        rps,
+        p50_ms,
+        p99_ms,
+        max_ms,
+    })
+}
+
+/// `redis-benchmark -r`: `__rand_int__` becomes a random number below this. It
+/// is a C `int` there; a larger value wraps and every key comes out the same
+/// (every order after the first would be a replay).
+const RB_KEYSPACE: u32 = 2_000_000_000;
+const _: () = assert!(RB_KEYSPACE <= i32::MAX as u32 && RB_KEYSPACE >= 1_000_000_000);
+
+/// Arguments of one `redis-benchmark` run of the order script; `phase` keeps
+/// the warm-up's keys apart from the measured run's.
+fn rb_args(
+    ctx: &Ctx,
+    addr: std::net::SocketAddr,
+    sha: &str,
+    requests: u64,
+    phase: &str,
+) -> Vec<String> {
+    let sku = sku_name(0);
+    let req = OrderReq {
+        sku: 0,
+        buyer: "buyer-__rand_int__".into(),
+        idempotency_key: format!("{}-rb{phase}-__rand_int__", ctx.run_id),
+        contact: "+15550000000".into(),
+    };
+    let mut a: Vec<String> = vec![
+        "-h".into(),
+        addr.ip().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+        "-c".into(),
+        ctx.clients.to_string(),
+        "-n".into(),
+        requests.to_string(),
+        "-r".into(),
+        RB_KEYSPACE.to_string(),
+        "--csv".into(),
+        "EVALSHA".into(),
+        sha.into(),
+        "5".into(),
+    ];
+    a.push(listing_key(&ctx.room, &sku));
+    a.push(bought_key(&ctx.room, &sku));
+    a.push(idem_key(&ctx.room, &req.idempotency_key));
+    a.push(seq_key(&ctx.room));
+    a.push(orders_key(&ctx.room));
+    a.push(req.buyer.clone());
+    a.push("1".into());
+    a.push(order_json(&sku, &req));
+    a
+}
+
+async fn run_rb(bin: &std::path::Path, args: &[String]) -> Result<String> {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} exited with {}: {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Redis peer driven by `redis-benchmark`: a fresh server, the same
+/// script and catalog; a warm-up run, then a measured one sized to last about
+/// `--duration-secs` at the rate the warm-up reached. Orders accepted are
+/// read back from the script's order sequence, so refusals are counted.
+pub async fn run_redis_benchmark(ctx: &Ctx) -> Result<TargetResult> {
+    let scenario = ctx.scenario.name();
+    let (Some(server), Some(rb)) = (
+        procs::find_binary(&ctx.redis_bin),
+        procs::find_binary(&ctx.redis_benchmark_bin),
+    ) else {
+        let why = format!(
+            "binaries `{}` and `{}` not both found (apt-get install redis-server redis-tools)",
+            ctx.redis_bin, ctx.redis_benchmark_bin
+        );
+        eprintln!("\n!!!!! SKIPPED {RB_TARGET}: {why}\n");
+        return Ok(TargetResult::skipped(
+            RB_TARGET,
+            scenario,
+            ctx.catalog.name(),
+            ctx.clients,
+            why,
+        ));
+    };
+    let (mut proc, dir, addr) = start_server(ctx, server)?;
+    let result = async {
+        let client = redis::Client::open(format!("redis://{addr}/")).context("redis client")?;
+        wait_ready(&mut proc, &client).await?;
+        let mut conn = connect(&client).await.context("connect redis")?;
+        let sha = setup(&mut conn, ctx).await?;
+        let seq = |mut c: MultiplexedConnection| async move {
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(seq_key(&ctx.room))
+                .query_async(&mut c)
+                .await
+                .context("GET order sequence")?;
+            Ok::<u64, anyhow::Error>(v.unwrap_or(0))
+        };
+        eprintln!("== {RB_TARGET}: warm-up");
+        let warm_n = (ctx.clients as u64 * 500).max(20_000);
+        let started = Instant::now();
+        let warm = run_rb(&rb, &rb_args(ctx, addr, &sha, warm_n, "warm")).await?;
+        let warm_rps = parse_rb_csv(&warm)
+            .map(|f| f.rps)
+            .unwrap_or_else(|| warm_n as f64 / started.elapsed().as_secs_f64().max(0.001));
+        let n = ((warm_rps * ctx.duration.as_secs_f64()) as u64).max(10_000);
+        eprintln!(
+            "== {RB_TARGET}: {n} orders ({:.0}/s in the warm-up)",
+            warm_rps
+        );
+        let before_seq = seq(conn.clone()).await?;
+        let server_pids: Vec<u32> = proc.pid().into_iter().collect();
+        let cpu_before = crate::cpu::sample(&server_pids);
+        let children_before = crate::cpu::reaped_children_cpu();
+        let out = run_rb(&rb, &rb_args(ctx, addr, &sha, n, "run")).await?;
+        let cpu = cpu_before.until(&crate::cpu::sample(&server_pids));
+        let tool_cpu = match (children_before, crate::cpu::reaped_children_cpu()) {
+            (Some(a), Some(b)) => b.checked_sub(a),
+            _ => None,
+        };
+        let accepted = seq(conn).await? - before_seq;
+        let f = parse_rb_csv(&out)
+            .with_context(|| format!("no figures in redis-benchmark's output: {out}"))?;
+        let mut r = TargetResult::empty(RB_TARGET, scenario, ctx.catalog.name(), ctx.clients);
+        r.duration_secs = n as f64 / f.rps.max(1.0);
+        r.ok = accepted;
+        r.rejected = n.saturating_sub(accepted);
+        r.orders_per_sec = f.rps * accepted as f64 / n as f64;
+        r.p50_ms = f.p50_ms;
+        r.p99_ms = f.p99_ms;
+        r.max_ms = f.max_ms;
+        let per = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6 / n as f64);
+        r.server_cpu_us_per_order = cpu.servers.iter().map(|d| per(*d)).collect();
+        r.bench_cpu_us_per_order = per(tool_cpu);
+        r.server_rss_mib = proc.rss_bytes().map(|b| b as f64 / 1048576.0);
+        Ok::<_, anyhow::Error>(r)
+    }
+    .await;
+    let stopped = proc.kill().await;
+    drop(dir);
+    let r = result?;
+    stopped.context("stopping redis-server")?;
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_benchmark_csv_is_read_from_the_end() {
+        let out = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
+                   \"EVALSHA abc 5 k {\"sku\":\"s\",\"qty\":1}\",\"61234.50\",\"0.950\",\"0.200\",\"0.903\",\"1.500\",\"2.111\",\"5.000\"\n";
+        assert_eq!(
+            parse_rb_csv(out),
+            Some(RbFigures {
+                rps: 61234.5,
+                p50_ms: 0.903,
+                p99_ms: 2.111,
+                max_ms: 5.0
+            })
+        );
+        assert_eq!(parse_rb_csv("ERROR: connection refused"), None);
+    }
 
     fn wire(bytes: &[u8]) -> Value {
         redis::parse_redis_value(bytes).unwrap()

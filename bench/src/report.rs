@@ -79,6 +79,11 @@ pub struct TargetResult {
     pub orders_in_store: Option<u64>,
     /// orders/s of every successful round, when there were several.
     pub rounds_orders_per_sec: Vec<f64>,
+    /// CPU µs per answered order (accepted or refused) in the window, per
+    /// server process in start order (`None`: it was not running throughout).
+    pub server_cpu_us_per_order: Vec<Option<f64>>,
+    /// The load generator's CPU µs per answered order.
+    pub bench_cpu_us_per_order: Option<f64>,
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -115,6 +120,8 @@ impl TargetResult {
             server_rss_mib: None,
             orders_in_store: None,
             rounds_orders_per_sec: Vec::new(),
+            server_cpu_us_per_order: Vec::new(),
+            bench_cpu_us_per_order: None,
         }
     }
 
@@ -168,7 +175,24 @@ impl TargetResult {
         r.mean_ms = h.mean() / 1000.0;
         r.per_second = stats.per_second();
         r.error_samples = stats.error_samples.clone();
+        let answered = stats.ok + stats.rejected;
+        let per_order = |d: Option<std::time::Duration>| {
+            d.filter(|_| answered > 0)
+                .map(|d| d.as_secs_f64() * 1e6 / answered as f64)
+        };
+        if let Some(cpu) = &stats.cpu {
+            r.server_cpu_us_per_order = cpu.servers.iter().map(|d| per_order(*d)).collect();
+            r.bench_cpu_us_per_order = per_order(cpu.load_generator);
+        }
         r
+    }
+
+    /// Sum over the server processes, when every one was measured.
+    pub fn server_cpu_us_total(&self) -> Option<f64> {
+        if self.server_cpu_us_per_order.is_empty() {
+            return None;
+        }
+        self.server_cpu_us_per_order.iter().copied().sum()
     }
 
     fn comparable(&self, other: &TargetResult) -> bool {
@@ -256,7 +280,7 @@ pub fn format_table(results: &[TargetResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<11} {:<11} {:<7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}  ratio (orders/s) to peers",
+        "{:<15} {:<11} {:<8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}  ratio (orders/s) to peers",
         "target",
         "scenario",
         "catalog",
@@ -273,7 +297,7 @@ pub fn format_table(results: &[TargetResult]) -> String {
             Status::Ok => {
                 let _ = writeln!(
                     out,
-                    "{:<11} {:<11} {:<7} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>8}  {}",
+                    "{:<15} {:<11} {:<8} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>8}  {}",
                     r.target,
                     r.scenario,
                     r.catalog,
@@ -297,7 +321,7 @@ pub fn format_table(results: &[TargetResult]) -> String {
                 let first_line = why.lines().next().unwrap_or("");
                 let _ = writeln!(
                     out,
-                    "{:<11} {:<11} {:<7} {:>7} {word}: {first_line}",
+                    "{:<15} {:<11} {:<8} {:>7} {word}: {first_line}",
                     r.target, r.scenario, r.catalog, r.clients
                 );
             }
@@ -310,7 +334,35 @@ pub fn format_table(results: &[TargetResult]) -> String {
 pub fn format_clients(results: &[TargetResult]) -> String {
     let mut out = String::new();
     for r in results.iter().filter(|r| !r.client.is_empty()) {
-        let _ = writeln!(out, "  {:<11} {}", r.target, r.client);
+        let _ = writeln!(out, "  {:<15} {}", r.target, r.client);
+    }
+    out
+}
+
+/// One line per measured target: CPU µs per answered order, per server
+/// process and in all, and the load generator's.
+pub fn format_cpu(results: &[TargetResult]) -> String {
+    let mut out = String::new();
+    for r in results.iter().filter(|r| r.status == Status::Ok) {
+        let Some(total) = r.server_cpu_us_total() else {
+            continue;
+        };
+        let each: Vec<String> = r
+            .server_cpu_us_per_order
+            .iter()
+            .map(|v| v.map_or("?".into(), |v| format!("{v:.1}")))
+            .collect();
+        let bench = r
+            .bench_cpu_us_per_order
+            .map_or("?".into(), |v| format!("{v:.1}"));
+        let _ = writeln!(
+            out,
+            "  {:<15} {:<8} {:>4}c  servers {total:.1} ({}), load generator {bench}",
+            r.target,
+            r.catalog,
+            r.clients,
+            each.join(" + ")
+        );
     }
     out
 }
@@ -428,6 +480,47 @@ pub fn evaluate_targets(results: &[TargetResult]) -> Vec<TargetCheck> {
                 pass: r >= 5.0,
             });
         }
+    }
+    // Issue 14: against Redis driven by its own load tool, hot 64 and wide 256.
+    for (catalog, clients) in [("hot", 64), ("wide", 256)] {
+        let (Some(rk), Some(rb)) = (
+            find(results, "roomkeeper", steady, catalog, clients),
+            find(results, "redis-benchmark", steady, catalog, clients),
+        ) else {
+            continue;
+        };
+        if rb.orders_per_sec > 0.0 {
+            let r = rk.orders_per_sec / rb.orders_per_sec;
+            checks.push(TargetCheck {
+                name: format!(
+                    "{catalog}, {clients} clients: orders/s vs redis driven by redis-benchmark"
+                ),
+                goal: ">= 1.0x".into(),
+                measured: format_ratio(r),
+                pass: r >= 1.0,
+            });
+        }
+        if let Some(redis) = find(results, "redis", steady, catalog, clients) {
+            if rb.orders_per_sec > 0.0 {
+                let r = redis.orders_per_sec / rb.orders_per_sec;
+                checks.push(TargetCheck {
+                    name: format!(
+                        "{catalog}, {clients} clients: the bench's RESP client vs redis-benchmark, same server"
+                    ),
+                    goal: ">= 0.95x (else quote redis-benchmark)".into(),
+                    measured: format_ratio(r),
+                    pass: r >= 0.95,
+                });
+            }
+        }
+    }
+    if let Some(rk) = find(results, "roomkeeper", steady, "hot", 64) {
+        checks.push(TargetCheck {
+            name: "hot, 64 clients: roomkeeper p99".into(),
+            goal: "<= 5 ms".into(),
+            measured: format!("{} ms", fmt_ms(rk.p99_ms)),
+            pass: rk.p99_ms <= 5.0,
+        });
     }
     if let (Some(rk), Some(redis)) = (
         find(results, "roomkeeper", steady, "hot", 64),
@@ -578,7 +671,7 @@ mod tests {
         ];
         rows[0].client = "etcd-client, gRPC".into();
         let t = format_clients(&rows);
-        assert_eq!(t, "  etcd        etcd-client, gRPC\n");
+        assert_eq!(t, "  etcd            etcd-client, gRPC\n");
         rows[1].client = "hyper, HTTP/1.1".into();
         assert_eq!(format_clients(&rows).lines().count(), 2);
         let json = serde_json::to_value(&rows[0]).unwrap();
@@ -599,10 +692,36 @@ mod tests {
             vec![
                 ("hot, 64 clients: orders/s vs etcd", true),
                 ("hot, 64 clients: p99 vs etcd", true),
+                ("hot, 64 clients: roomkeeper p99", true),
                 ("hot, 64 clients: orders/s vs redis", false),
             ]
         );
         assert_eq!(checks[0].measured, "25.0x");
+        // With Redis also driven by redis-benchmark: issue 14's ratio, and how
+        // far the bench's own client is from Redis's tool.
+        let mut with_rb = rows.clone();
+        with_rb.push(row("redis-benchmark", "hot", 64, 63_000.0, 1.4));
+        let checks = evaluate_targets(&with_rb);
+        let rb: Vec<(&str, &str, bool)> = checks
+            .iter()
+            .filter(|c| c.name.contains("redis-benchmark"))
+            .map(|c| (c.name.as_str(), c.measured.as_str(), c.pass))
+            .collect();
+        assert_eq!(
+            rb,
+            vec![
+                (
+                    "hot, 64 clients: orders/s vs redis driven by redis-benchmark",
+                    "0.32x",
+                    false
+                ),
+                (
+                    "hot, 64 clients: the bench's RESP client vs redis-benchmark, same server",
+                    "0.95x",
+                    true
+                ),
+            ]
+        );
         // Different client counts answer nothing.
         let other = vec![
             row("roomkeeper", "hot", 32, 1.0, 1.0),

@@ -530,6 +530,10 @@ impl RkCluster {
         }
     }
 
+    fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.proc.pid()).collect()
+    }
+
     fn max_rss_mib(&self) -> Option<f64> {
         self.nodes
             .iter()
@@ -787,7 +791,7 @@ fn drivers(
         .collect()
 }
 
-fn plan(ctx: &Ctx, record_acks: bool) -> Plan {
+fn plan(ctx: &Ctx, record_acks: bool, cluster: Option<&RkCluster>) -> Plan {
     Plan {
         label: format!("roomkeeper {} {}c", ctx.catalog.name(), ctx.clients),
         run_id: ctx.run_id.clone(),
@@ -796,6 +800,7 @@ fn plan(ctx: &Ctx, record_acks: bool) -> Plan {
         duration: ctx.duration,
         record_acks,
         retry_grace: ctx.retry_grace(),
+        server_pids: cluster.map(RkCluster::pids).unwrap_or_default(),
     }
 }
 
@@ -848,7 +853,7 @@ async fn steady(
     setup_catalog(&routing, ctx).await?;
     let skus = Arc::new((0..ctx.catalog.skus()).map(sku_name).collect::<Vec<_>>());
     let drivers = drivers(ctx, &routing, &skus, false)?;
-    let stats = workload::run_load(&plan(ctx, false), drivers, Instant::now()).await?;
+    let stats = workload::run_load(&plan(ctx, false, cluster), drivers, Instant::now()).await?;
     let mut r = TargetResult::from_stats(
         TARGET,
         ctx.scenario.name(),
@@ -885,7 +890,7 @@ async fn leader_kill(
     setup_catalog(&routing, ctx).await?;
     let skus = Arc::new((0..ctx.catalog.skus()).map(sku_name).collect::<Vec<_>>());
     let drivers = drivers(ctx, &routing, &skus, true)?;
-    let plan = plan(ctx, true);
+    let plan = plan(ctx, true, Some(&*cluster));
     let start = Instant::now();
     let kill_at = ctx.kill_at();
     let killer = {

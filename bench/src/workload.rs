@@ -61,6 +61,8 @@ pub struct Plan {
     pub record_acks: bool,
     /// How long after the end an order already started keeps retrying.
     pub retry_grace: Duration,
+    /// Server processes whose CPU time is measured over the window.
+    pub server_pids: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +94,8 @@ pub struct LoadStats {
     pub slots: Vec<u32>,
     pub warmup_ms: u64,
     pub end_ms: u64,
+    /// CPU spent in the measurement window (servers and load generator).
+    pub cpu: Option<crate::cpu::WindowCpu>,
 }
 
 impl LoadStats {
@@ -342,6 +346,16 @@ pub async fn run_load<D: Driver>(
         })
     };
 
+    let cpu = {
+        let pids = plan.server_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(warm_end.into()).await;
+            let first = crate::cpu::sample(&pids);
+            tokio::time::sleep_until(end.into()).await;
+            first.until(&crate::cpu::sample(&pids))
+        })
+    };
+
     let mut stats = LoadStats::default();
     let mut failure = None;
     while let Some(joined) = set.join_next().await {
@@ -354,8 +368,10 @@ pub async fn run_load<D: Driver>(
     }
     progress.abort();
     if let Some(e) = failure {
+        cpu.abort();
         return Err(e);
     }
+    stats.cpu = cpu.await.ok();
     stats.slots = shared
         .slots
         .iter()
@@ -416,6 +432,7 @@ mod tests {
             duration: Duration::from_millis(300),
             record_acks: true,
             retry_grace: Duration::from_millis(100),
+            server_pids: vec![],
         };
         let drivers = (0..4).map(|_| Flaky { n: 0 }).collect();
         let stats = run_load(&plan, drivers, Instant::now()).await.unwrap();

@@ -134,6 +134,20 @@ pub struct ShardState {
     pause_reason: String,
     #[serde(skip)]
     buyer_index: HashMap<Arc<str>, u32>,
+    /// `listing_index` by room, then sku: looked up with borrowed names (the
+    /// tuple key would need two owned strings per order).
+    #[serde(skip)]
+    listing_lookup: HashMap<String, HashMap<String, u32>>,
+}
+
+/// What applying a command did, before the answer is built (followers build none).
+enum Effect {
+    /// An order was placed, replayed or moved on: the answer is its view.
+    Order {
+        id: u64,
+        replayed: bool,
+    },
+    Outcome(Outcome),
 }
 
 /// The serialized form of `ShardState`: the same fields in the same order,
@@ -167,6 +181,7 @@ impl From<PersistedShard> for ShardState {
             sales_paused: p.sales_paused,
             pause_reason: p.pause_reason,
             buyer_index: HashMap::new(),
+            listing_lookup: HashMap::new(),
         };
         s.rebuild_indexes();
         s
@@ -200,14 +215,70 @@ impl ShardState {
 
     /// Applies one stamped command. Never panics on any input; refusals are outcomes.
     pub fn apply(&mut self, stamped: &Stamped) -> Outcome {
-        if stamped.command.validate().is_err() {
-            return Outcome::Rejected {
+        self.apply_command(stamped.at_ms, &stamped.command)
+    }
+
+    /// `apply` for a command stamped `at_ms`, without building a `Stamped` (no copy
+    /// of the command).
+    pub fn apply_command(&mut self, at_ms: u64, command: &Command) -> Outcome {
+        match self.apply_effect(at_ms, command) {
+            Effect::Order { id, replayed } => self.order_outcome(id, replayed),
+            Effect::Outcome(o) => o,
+        }
+    }
+
+    /// Applies a command nobody waits for (a follower, or a replay of the log):
+    /// the same change of state as `apply_command`, without building the answer.
+    /// Returns the outcome's metrics label (`ok`, `replayed` or a refusal code).
+    pub fn apply_unanswered(&mut self, at_ms: u64, command: &Command) -> &'static str {
+        match self.apply_effect(at_ms, command) {
+            Effect::Order { replayed: true, .. } => "replayed",
+            Effect::Order { .. } => "ok",
+            Effect::Outcome(o) => o.label(),
+        }
+    }
+
+    /// The refusal an order would get if it were applied to this state now, for
+    /// the cheap check before any Raft work (`None`: it might be accepted, or it
+    /// reuses an idempotency key and must be answered by the log). Only
+    /// `SoldOut` and `LimitExceeded` are reported: the refusals of a busy sale.
+    /// For an order that passed `Command::validate` (invalid ones are not judged).
+    pub fn order_refusal(
+        &self,
+        room: &str,
+        sku: &str,
+        buyer: &str,
+        qty: u32,
+        key: &str,
+    ) -> Option<RejectCode> {
+        if qty == 0 {
+            return None;
+        }
+        let listing_idx = self.listing_idx(room, sku);
+        let buyer_idx = self.buyer_index.get(buyer).copied();
+        if let Some(b) = buyer_idx {
+            if self.idempotency.contains_key(&(b, Box::<str>::from(key))) {
+                return None;
+            }
+        }
+        match self.check_order(room, listing_idx, buyer_idx, qty) {
+            Err(code @ (RejectCode::SoldOut | RejectCode::LimitExceeded)) => Some(code),
+            _ => None,
+        }
+    }
+
+    fn listing_idx(&self, room: &str, sku: &str) -> Option<u32> {
+        self.listing_lookup.get(room)?.get(sku).copied()
+    }
+
+    fn apply_effect(&mut self, at: u64, command: &Command) -> Effect {
+        if command.validate().is_err() {
+            return Effect::Outcome(Outcome::Rejected {
                 code: RejectCode::InvalidRequest,
                 replayed: false,
-            };
+            });
         }
-        let at = stamped.at_ms;
-        match &stamped.command {
+        Effect::Outcome(match command {
             Command::UpsertRoom {
                 room,
                 title,
@@ -250,11 +321,13 @@ impl ShardState {
                 qty,
                 idempotency_key,
                 contact,
-            } => self.place_order(room, sku, buyer, *qty, idempotency_key, contact, at),
+            } => return self.place_order(room, sku, buyer, *qty, idempotency_key, contact, at),
             Command::CancelOrder { order_id } => {
-                self.transition(*order_id, OrderStatus::Cancelled, at)
+                return self.transition(*order_id, OrderStatus::Cancelled, at)
             }
-            Command::PayOrder { order_id } => self.transition(*order_id, OrderStatus::Paid, at),
+            Command::PayOrder { order_id } => {
+                return self.transition(*order_id, OrderStatus::Paid, at)
+            }
             Command::SetSalesPaused { paused, reason } => {
                 self.sales_paused = *paused;
                 self.pause_reason = if *paused {
@@ -264,7 +337,7 @@ impl ShardState {
                 };
                 Outcome::SalesPaused { paused: *paused }
             }
-        }
+        })
     }
 
     fn upsert_listing(
@@ -308,6 +381,10 @@ impl ShardState {
                 let idx = self.listings.len() as u32;
                 self.listings.push(l);
                 self.listing_index.insert(key, idx);
+                self.listing_lookup
+                    .entry(room.to_string())
+                    .or_default()
+                    .insert(sku.to_string(), idx);
                 Outcome::Listing(view)
             }
         }
@@ -323,11 +400,8 @@ impl ShardState {
         key: &str,
         contact: &[u8],
         at: u64,
-    ) -> Outcome {
-        let listing_idx = self
-            .listing_index
-            .get(&(room.to_string(), sku.to_string()))
-            .copied();
+    ) -> Effect {
+        let listing_idx = self.listing_idx(room, sku);
         let buyer_idx = self.buyer_index.get(buyer).copied();
         if let Some(b) = buyer_idx {
             if let Some(first) = self.idempotency.get(&(b, Box::<str>::from(key))) {
@@ -340,7 +414,7 @@ impl ShardState {
         // leave no state").
         let l = match self.check_order(room, listing_idx, buyer_idx, qty) {
             Ok(l) => l,
-            Err(code) => return rejected(code),
+            Err(code) => return Effect::Outcome(rejected(code)),
         };
         let b = match buyer_idx {
             Some(b) => b,
@@ -376,7 +450,10 @@ impl ShardState {
             (b, key.into()),
             PackedOutcome::pack(FirstOutcome::Order(id)),
         );
-        self.order_outcome(id, false)
+        Effect::Order {
+            id,
+            replayed: false,
+        }
     }
 
     /// Decides a new order; returns the listing index on success.
@@ -411,14 +488,14 @@ impl ShardState {
         Ok(l)
     }
 
-    fn replay(&self, first: FirstOutcome, listing_idx: Option<u32>, qty: u32) -> Outcome {
+    fn replay(&self, first: FirstOutcome, listing_idx: Option<u32>, qty: u32) -> Effect {
         match first {
             FirstOutcome::Order(id) => {
                 let o = &self.orders[(id - 1) as usize];
                 if Some(o.listing) != listing_idx || o.qty != qty {
-                    return rejected(RejectCode::IdempotencyKeyReused);
+                    return Effect::Outcome(rejected(RejectCode::IdempotencyKeyReused));
                 }
-                self.order_outcome(id, true)
+                Effect::Order { id, replayed: true }
             }
             FirstOutcome::Rejected {
                 listing,
@@ -426,19 +503,19 @@ impl ShardState {
                 code,
             } => {
                 if listing != listing_idx || first_qty != qty {
-                    return rejected(RejectCode::IdempotencyKeyReused);
+                    return Effect::Outcome(rejected(RejectCode::IdempotencyKeyReused));
                 }
-                Outcome::Rejected {
+                Effect::Outcome(Outcome::Rejected {
                     code,
                     replayed: true,
-                }
+                })
             }
         }
     }
 
-    fn transition(&mut self, order_id: u64, to: OrderStatus, at: u64) -> Outcome {
+    fn transition(&mut self, order_id: u64, to: OrderStatus, at: u64) -> Effect {
         let Some(idx) = order_index(order_id, self.orders.len()) else {
-            return rejected(RejectCode::OrderNotFound);
+            return Effect::Outcome(rejected(RejectCode::OrderNotFound));
         };
         let o = &mut self.orders[idx];
         match (o.status, to) {
@@ -461,9 +538,12 @@ impl ShardState {
                     }
                 }
             }
-            _ => return rejected(RejectCode::InvalidTransition),
+            _ => return Effect::Outcome(rejected(RejectCode::InvalidTransition)),
         }
-        self.order_outcome(order_id, false)
+        Effect::Order {
+            id: order_id,
+            replayed: false,
+        }
     }
 
     fn order_outcome(&self, order_id: u64, replayed: bool) -> Outcome {
@@ -483,9 +563,8 @@ impl ShardState {
     }
 
     pub fn listing(&self, room: &str, sku: &str) -> Option<ListingView> {
-        self.listing_index
-            .get(&(room.to_string(), sku.to_string()))
-            .map(|&i| listing_view(&self.listings[i as usize]))
+        self.listing_idx(room, sku)
+            .map(|i| listing_view(&self.listings[i as usize]))
     }
 
     pub fn listings_of_room(&self, room: &str) -> Vec<ListingView> {
@@ -547,6 +626,13 @@ impl ShardState {
             .enumerate()
             .map(|(i, b)| (b.name.clone(), i as u32))
             .collect();
+        self.listing_lookup = HashMap::new();
+        for ((room, sku), &idx) in &self.listing_index {
+            self.listing_lookup
+                .entry(room.clone())
+                .or_default()
+                .insert(sku.clone(), idx);
+        }
     }
 
     /// The order an idempotency key produced, if it produced one.

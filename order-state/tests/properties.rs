@@ -76,6 +76,50 @@ proptest! {
     }
 
     #[test]
+    fn followers_apply_without_answers_to_the_same_state(cmds in prop::collection::vec(command(), 1..120)) {
+        // A follower applies with `apply_unanswered`, the leader with `apply`:
+        // both must reach the same state and count the same outcome label.
+        let mut leader = ShardState::new();
+        let mut follower = ShardState::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let outcome = leader.apply(&Stamped { at_ms: i as u64, command: cmd.clone() });
+            let label = follower.apply_unanswered(i as u64, cmd);
+            let want = match &outcome {
+                Outcome::Order { replayed: true, .. } => "replayed",
+                other => other.label(),
+            };
+            prop_assert_eq!(label, want, "step {} {:?}", i, cmd);
+            prop_assert_eq!(&leader, &follower, "step {} {:?}", i, cmd);
+        }
+    }
+
+    #[test]
+    fn the_cheap_order_check_refuses_only_what_apply_refuses(
+        cmds in prop::collection::vec(command(), 1..120),
+        probes in prop::collection::vec((0..ROOMS.len(), 0..SKUS.len(), 0..BUYERS.len(), 0u32..4, 0..KEYS.len()), 1..8),
+    ) {
+        // Whenever `order_refusal` answers, applying that order to the same
+        // state gives the same refusal and leaves the state as it was.
+        let mut state = ShardState::new();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            state.apply(&Stamped { at_ms: i as u64, command: cmd });
+            for &(r, s, b, qty, k) in &probes {
+                let Some(code) = state.order_refusal(ROOMS[r], SKUS[s], BUYERS[b], qty, KEYS[k]) else {
+                    continue;
+                };
+                let mut applied = state.clone();
+                let place = Command::PlaceOrder {
+                    room: ROOMS[r].into(), sku: SKUS[s].into(), buyer: BUYERS[b].into(), qty,
+                    idempotency_key: KEYS[k].into(), contact: vec![1],
+                };
+                let out = applied.apply(&Stamped { at_ms: 10_000, command: place });
+                prop_assert_eq!(out, Outcome::Rejected { code, replayed: false });
+                prop_assert_eq!(&applied, &state);
+            }
+        }
+    }
+
+    #[test]
     fn replaying_the_same_log_gives_the_same_state(cmds in prop::collection::vec(command(), 1..80)) {
         let log: Vec<Stamped> = cmds.into_iter().enumerate()
             .map(|(i, command)| Stamped { at_ms: 1_000 + i as u64, command }).collect();

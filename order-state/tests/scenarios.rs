@@ -319,3 +319,33 @@ fn commands_and_outcomes_survive_the_log_codec() {
     back.check_invariants()
         .expect("invariants after a snapshot round trip");
 }
+
+#[test]
+fn the_cheap_order_check_answers_sold_out_and_over_limit_but_never_a_used_key() {
+    let mut s = live_room_with_listing(2, 1);
+    assert_eq!(s.order_refusal("room-1", "sku-1", "a", 1, "k1"), None);
+    assert!(matches!(
+        s.apply(&at(3, order("a", "k1", 1))),
+        Outcome::Order { .. }
+    ));
+    // Over the per-buyer limit of 1.
+    assert_eq!(
+        s.order_refusal("room-1", "sku-1", "a", 1, "k2"),
+        Some(RejectCode::LimitExceeded)
+    );
+    // The key that placed the order replays through the log, never refused here.
+    assert_eq!(s.order_refusal("room-1", "sku-1", "a", 1, "k1"), None);
+    assert!(matches!(
+        s.apply(&at(4, order("b", "k1", 1))),
+        Outcome::Order { .. }
+    ));
+    assert_eq!(
+        s.order_refusal("room-1", "sku-1", "c", 1, "k1"),
+        Some(RejectCode::SoldOut)
+    );
+    // Other refusals (unknown listing, invalid quantity) are left to the log.
+    assert_eq!(s.order_refusal("room-1", "nope", "c", 1, "k1"), None);
+    // A cancellation frees the unit: the check sees it at once.
+    s.apply(&at(5, Command::CancelOrder { order_id: 2 }));
+    assert_eq!(s.order_refusal("room-1", "sku-1", "c", 1, "k1"), None);
+}

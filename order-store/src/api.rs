@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::auth::{Principal, Verb};
 use crate::node::NodeContext;
+use crate::precheck::early_refusal;
 use crate::proposer::WriteError;
 use crate::transport::leader_read_index;
 
@@ -474,21 +475,29 @@ async fn place_order(
             reason: "must be at most 512 bytes".into(),
         }));
     }
-    let contact = ctx.keyring.seal(b.contact.as_bytes()).map_err(|e| {
+    let mut cmd = Command::PlaceOrder {
+        room,
+        sku: b.sku,
+        buyer: b.buyer,
+        qty: b.qty,
+        idempotency_key: b.idempotency_key,
+        contact: Vec::new(),
+    };
+    cmd.validate().map_err(ApiError::invalid)?;
+    // Orders that must fail are answered before sealing or Raft (precheck.rs).
+    if let Some(code) = early_refusal(&ctx, &cmd).await {
+        return Err(ApiError::rejected(code));
+    }
+    let sealed = ctx.keyring.seal(b.contact.as_bytes()).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "sealing_failed",
             e.to_string(),
         )
     })?;
-    let cmd = Command::PlaceOrder {
-        room,
-        sku: b.sku,
-        buyer: b.buyer,
-        qty: b.qty,
-        idempotency_key: b.idempotency_key,
-        contact,
-    };
+    if let Command::PlaceOrder { contact, .. } = &mut cmd {
+        *contact = sealed;
+    }
     match write(&ctx, &caller, cmd).await? {
         Outcome::Order { order, replayed } => {
             let status = if replayed {

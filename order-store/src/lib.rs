@@ -24,6 +24,7 @@ pub mod http_server;
 pub mod log_store;
 pub mod metrics;
 pub mod node;
+pub mod precheck;
 pub mod probe;
 pub mod proposer;
 pub mod quarantine;

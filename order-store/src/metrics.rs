@@ -32,6 +32,8 @@ pub struct NodeMetrics {
     pub log_fsync_batch_entries: Histogram,
     pub apply_seconds: Histogram,
     pub orders_total: IntCounterVec,
+    /// Orders the leader refused from its applied state before any Raft work.
+    pub order_early_refusals_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub http_overload_rejections_total: IntCounterVec,
     pub http_inflight_requests: IntGauge,
@@ -136,6 +138,14 @@ impl NodeMetrics {
                 ),
                 &["outcome"],
             )?,
+            order_early_refusals_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_order_early_refusals_total",
+                    "Orders the leader refused from its applied state under its lease, \
+                     before any Raft work (not in roomkeeper_orders_total), by code",
+                ),
+                &["code"],
+            )?,
             http_request_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "roomkeeper_http_request_duration_seconds",
@@ -229,6 +239,7 @@ impl NodeMetrics {
         r.register(Box::new(self.log_fsync_batch_entries.clone()))?;
         r.register(Box::new(self.apply_seconds.clone()))?;
         r.register(Box::new(self.orders_total.clone()))?;
+        r.register(Box::new(self.order_early_refusals_total.clone()))?;
         r.register(Box::new(self.http_request_duration_seconds.clone()))?;
         r.register(Box::new(self.http_overload_rejections_total.clone()))?;
         r.register(Box::new(self.http_inflight_requests.clone()))?;

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub keep_entries_after_snapshot: u64,
     /// Client writes in flight on this node beyond which requests get 429.
     pub max_inflight_writes: usize,
+    /// Raft entries the proposer keeps in flight; commands that arrive while
+    /// all are out wait and ride together in the next entry (D2).
+    pub max_inflight_entries: usize,
     /// Connection caps and frame deadlines of the Raft listener.
     pub raft_limits: ListenerLimits,
     /// The cluster every Raft frame and certificate names.
@@ -101,6 +104,7 @@ impl NodeConfig {
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
             max_inflight_writes: 4096,
+            max_inflight_entries: ProposerConfig::default().max_inflight_entries,
             raft_limits: ListenerLimits::default(),
             cluster_id: "local".into(),
             raft_security: RaftSecurity::InsecurePlaintext,
@@ -266,6 +270,7 @@ impl NodeHandle {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let proposer_cfg = ProposerConfig {
+            max_inflight_entries: cfg.max_inflight_entries.max(1),
             quorum_timeout: Duration::from_millis(cfg.election_timeout_max_ms.max(500) * 2),
             ..ProposerConfig::default()
         };

@@ -80,7 +80,7 @@ impl Default for ProposerConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 8192,
-            max_inflight_entries: 16,
+            max_inflight_entries: 4,
             write_timeout: Duration::from_secs(3),
             quorum_timeout: Duration::from_millis(1000),
         }
@@ -167,48 +167,77 @@ impl Proposer {
 
     /// Proposes a batch on this node, which must be the leader (forwarded writes).
     pub async fn propose_local(&self, commands: Vec<Command>) -> Result<BatchOutcome, WriteError> {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(m.id) {
-            return Err(WriteError::NotLeader {
-                leader: m.current_leader,
-            });
+        match self.inner.where_to() {
+            Route::Here { quorum_stale } => {
+                self.inner.propose_as_leader(commands, quorum_stale).await
+            }
+            Route::Forward { leader, .. } => Err(WriteError::NotLeader {
+                leader: Some(leader),
+            }),
+            Route::NoLeader => Err(WriteError::NotLeader { leader: None }),
         }
-        self.inner.propose_as_leader(commands, &m).await
     }
 }
 
+/// Where a batch goes, read from the Raft metrics without copying them (a
+/// copy of the metrics allocates per batch: membership, replication maps).
+enum Route {
+    Here {
+        quorum_stale: bool,
+    },
+    Forward {
+        leader: NodeId,
+        addr: Option<String>,
+    },
+    NoLeader,
+}
+
 impl Inner {
+    fn where_to(&self) -> Route {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        match m.current_leader {
+            Some(l) if l == m.id => Route::Here {
+                quorum_stale: m
+                    .last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|acked| acked.elapsed() > self.cfg.quorum_timeout),
+            },
+            Some(l) => Route::Forward {
+                leader: l,
+                addr: m
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.raft_addr.clone()),
+            },
+            None => Route::NoLeader,
+        }
+    }
+
     async fn route(
         &self,
         commands: Vec<Command>,
         principals: Vec<Arc<Principal>>,
     ) -> Result<BatchOutcome, WriteError> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        match m.current_leader {
-            Some(l) if l == m.id => self.propose_as_leader(commands, &m).await,
-            Some(l) => {
-                let addr = m
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.raft_addr.clone())
-                    .ok_or(WriteError::NoLeader)?;
+        match self.where_to() {
+            Route::Here { quorum_stale } => self.propose_as_leader(commands, quorum_stale).await,
+            Route::Forward { leader, addr } => {
+                let addr = addr.ok_or(WriteError::NoLeader)?;
                 let batch = crate::transport::ForwardBatch::new(commands, &principals);
-                self.pool.forward(l, &addr, batch).await
+                self.pool.forward(leader, &addr, batch).await
             }
-            None => Err(WriteError::NoLeader),
+            Route::NoLeader => Err(WriteError::NoLeader),
         }
     }
 
     async fn propose_as_leader(
         &self,
         commands: Vec<Command>,
-        m: &openraft::RaftMetrics<crate::raft_types::TypeConfig>,
+        quorum_stale: bool,
     ) -> Result<BatchOutcome, WriteError> {
-        if let Some(acked) = &m.last_quorum_acked {
-            if acked.elapsed() > self.cfg.quorum_timeout {
-                return Err(WriteError::NoQuorum);
-            }
+        if quorum_stale {
+            return Err(WriteError::NoQuorum);
         }
         if let Some(metrics) = &self.metrics {
             metrics.write_batch_commands.observe(commands.len() as f64);

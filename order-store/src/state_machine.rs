@@ -15,9 +15,7 @@ use std::time::Instant;
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use roomkeeper_order_state::{
-    Command, InvariantViolation, Outcome, ShardState, Stamped, StateSummary,
-};
+use roomkeeper_order_state::{Command, InvariantViolation, Outcome, ShardState, StateSummary};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -199,19 +197,27 @@ impl StateMachine {
         self.shared.dir.join(SNAPSHOT_FILE)
     }
 
+    /// Applies a batch. Only the leader has a client waiting (`answer`); other
+    /// replicas change their state the same way without building the answers.
     fn apply_entry_payload(
         d: &mut Data,
         at_ms: u64,
         commands: &[Command],
         m: Option<&NodeMetrics>,
+        answer: bool,
     ) -> BatchOutcome {
+        if !answer {
+            for command in commands {
+                let label = d.state.apply_unanswered(at_ms, command);
+                if let (Some(m), Command::PlaceOrder { .. }) = (m, command) {
+                    m.orders_total.with_label_values(&[label]).inc();
+                }
+            }
+            return BatchOutcome::default();
+        }
         let mut outcomes = Vec::with_capacity(commands.len());
         for command in commands {
-            let stamped = Stamped {
-                at_ms,
-                command: command.clone(),
-            };
-            let outcome = d.state.apply(&stamped);
+            let outcome = d.state.apply_command(at_ms, command);
             if let (Some(m), Command::PlaceOrder { .. }) = (m, command) {
                 let label = match &outcome {
                     Outcome::Order { replayed: true, .. } => "replayed",
@@ -305,6 +311,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         batch.at_ms,
                         &batch.commands,
                         self.shared.metrics.as_ref(),
+                        responder.is_some(),
                     ),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(entry.log_id), m);

@@ -97,6 +97,10 @@ pub struct NodeArgs {
     /// Client writes in flight beyond which new ones are refused at once with 429.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inflight_writes: u64,
+    /// Raft entries the leader keeps in flight; orders arriving meanwhile are
+    /// batched into the next entry (fewer entries: larger batches, less work per order).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_inflight_entries: u64,
     /// Cluster id, named in every Raft frame and in every node certificate
     /// (`node-<id>.<cluster-id>.raft.roomkeeper`). A DNS name.
     #[arg(long, default_value = "local")]
@@ -229,6 +233,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.snapshot_every_entries = args.snapshot_every_entries;
     cfg.keep_entries_after_snapshot = args.keep_entries_after_snapshot;
     cfg.max_inflight_writes = usize::try_from(args.max_inflight_writes).unwrap_or(usize::MAX);
+    cfg.max_inflight_entries = usize::try_from(args.max_inflight_entries).unwrap_or(1024);
     cfg.cluster_id = args.cluster_id;
     cfg.raft_security = match args.raft_tls_dir {
         Some(dir) => RaftSecurity::Tls(dir),
