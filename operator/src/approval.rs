@@ -176,9 +176,9 @@ pub fn status(rec: &DecisionRecord, memory: &EngineMemory) -> FailoverApprovalSt
     let Some(v) = &rec.verdict else {
         return FailoverApprovalStatus {
             phase: Some("Pending".into()),
-            message: Some(format!(
-                "waiting for an answer; at the deadline the playbook's default applies"
-            )),
+            message: Some(
+                "waiting for an answer; at the deadline the playbook's default applies".to_string(),
+            ),
             ..Default::default()
         };
     };

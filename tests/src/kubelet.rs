@@ -471,6 +471,23 @@ impl KubeletBridge {
         killed
     }
 
+    /// Sends `sig` to the processes of pod `namespace/name` (SIGSTOP: a
+    /// node that hangs without exiting, so the bridge does not restart it;
+    /// SIGCONT resumes it). False when not running here.
+    pub fn signal_pod_process(&self, namespace: &str, name: &str, sig: Signal) -> bool {
+        let pods = lock(&self.shared.pods);
+        let mut sent = false;
+        for h in pods.values() {
+            if h.namespace == namespace && h.name == name {
+                for pgid in lock(&h.pgids).iter() {
+                    signal_group(*pgid, sig);
+                    sent = true;
+                }
+            }
+        }
+        sent
+    }
+
     /// Whether a pod recreated under the same name keeps its IP (the default,
     /// D12) or gets a new one, as on most real clusters.
     pub fn set_sticky_ips(&self, sticky: bool) {
