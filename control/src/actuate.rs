@@ -112,6 +112,60 @@ pub fn successor(
         })
 }
 
+/// Who should take leadership *into* `into` (a person's switchover to a
+/// named node or region): `Ok(None)` when the leader is already there;
+/// otherwise the voter inside `into` that the leader saw acknowledge within
+/// `ack_ms`, least behind first; never a quarantined node. The same rule as
+/// [`successor`], aimed instead of away.
+pub fn successor_into(
+    obs: &ClusterObservation,
+    into: &Target,
+    ack_ms: u64,
+    quarantined: &[NodeId],
+) -> Result<Option<(NodeId, NodeId)>, ActError> {
+    let leader = obs
+        .leader_status()
+        .ok_or_else(|| ActError::NoCandidate("the shard has no leader to move".into()))?;
+    if obs.node(leader.node_id).is_some_and(|n| inside(into, n)) {
+        return Ok(None);
+    }
+    if let Target::Node(id) = into {
+        let why = if !obs.voters.contains(id) {
+            Some(format!("node {id} is not a voter of the shard"))
+        } else if quarantined.contains(id) {
+            Some(format!(
+                "node {id} is quarantined (its restart budget was spent)"
+            ))
+        } else if !leader.acked_within(*id, ack_ms) {
+            Some(format!(
+                "the leader has not heard from node {id} within {ack_ms} ms: it is down, cut off or far behind"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ActError::NoCandidate(why));
+        }
+    }
+    obs.nodes
+        .iter()
+        .filter(|n| inside(into, n) && obs.voters.contains(&n.node_id))
+        .filter(|n| !quarantined.contains(&n.node_id))
+        .filter(|n| leader.acked_within(n.node_id, ack_ms))
+        .min_by_key(|n| {
+            (
+                leader.progress_of(n.node_id).map_or(u64::MAX, |p| p.lag),
+                n.node_id,
+            )
+        })
+        .map(|n| Some((leader.node_id, n.node_id)))
+        .ok_or_else(|| {
+            ActError::NoCandidate(format!(
+                "no voter in {into} that the leader heard from within {ack_ms} ms can take leadership"
+            ))
+        })
+}
+
 /// Where each voter of an evacuated region goes: one region each, always the
 /// surviving, not drained region that holds the fewest voters so far.
 pub fn evacuation_plan(
@@ -284,6 +338,25 @@ pub async fn carry_out<A: Actuate>(
     }
 }
 
+/// Carries out a person's switchover: leadership moves from the current
+/// leader into `into` ([`successor_into`]). Any other decision is carried
+/// out as [`carry_out`] does.
+pub async fn carry_out_into<A: Actuate>(
+    d: &Decision,
+    obs: &ClusterObservation,
+    actuator: &mut A,
+    limits: &Constraints,
+    into: &Target,
+) -> Result<String, ActError> {
+    if d.action != ActionKind::TransferLeadershipAway {
+        return carry_out(d, obs, actuator, limits).await;
+    }
+    match successor_into(obs, into, limits.ack_ms, &limits.quarantined)? {
+        None => Ok(format!("the leader is already in {into}")),
+        Some((from, to)) => actuator.transfer_leadership(from, to).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +496,30 @@ mod tests {
             vec![1],
             "a leader still paused in the replicated state must be opened"
         );
+    }
+
+    #[test]
+    fn a_switchover_goes_to_the_named_live_voter_or_says_why_not() {
+        let o = obs(1, &[(2, 10, 0), (3, 5_000, 0), (4, 10, 7), (5, 10, 3)]);
+        assert_eq!(
+            successor_into(&o, &Target::Node(4), 2_000, &[]),
+            Ok(Some((1, 4)))
+        );
+        assert_eq!(successor_into(&o, &Target::Node(1), 2_000, &[]), Ok(None));
+        assert_eq!(
+            successor_into(&o, &Target::Region("us".into()), 2_000, &[]),
+            Ok(Some((1, 4))),
+            "node 3 is silent, so us goes to node 4"
+        );
+        let silent = successor_into(&o, &Target::Node(3), 2_000, &[]).unwrap_err();
+        assert!(
+            silent.to_string().contains("not heard from node 3"),
+            "{silent}"
+        );
+        let stranger = successor_into(&o, &Target::Node(9), 2_000, &[]).unwrap_err();
+        assert!(stranger.to_string().contains("not a voter"), "{stranger}");
+        let q = successor_into(&o, &Target::Node(5), 2_000, &[5]).unwrap_err();
+        assert!(q.to_string().contains("quarantined"), "{q}");
     }
 
     #[test]

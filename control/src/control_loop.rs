@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use roomkeeper_api::NodeId;
 use roomkeeper_playbook::{
-    validate_for_regions, ActionKind, ActionOutcome, Decision, Disposition, Engine, EngineMemory,
-    GuardBudgets, HealthSnapshot, Phase, Playbook, Target,
+    validate_for_regions, ActionKind, ActionOutcome, Decision, DecisionId, Disposition, Engine,
+    EngineMemory, Guard, GuardBudgets, HealthSnapshot, MemoryError, OperatorCommand, Phase,
+    Playbook, Target,
 };
 
-use crate::actuate::{carry_out, gate_drift, Actuate, Constraints};
+use crate::actuate::{carry_out, carry_out_into, gate_drift, ActError, Actuate, Constraints};
 use crate::load::EndpointSignal;
 use crate::memory_store::{Journal, MemoryStore, StoreError};
 use crate::metrics::ControlMetrics;
@@ -280,6 +281,113 @@ impl ControlLoop {
         Ok(())
     }
 
+    /// A person's answer to an approval request, through the engine
+    /// memory's one approval path ([`EngineMemory::approve`] /
+    /// [`EngineMemory::reject`]); the next [`Self::tick`] re-checks the
+    /// guards and carries the approved action out, or records the rejection.
+    /// Saved at once, so an answer is not lost to a restart before that tick.
+    pub async fn answer<S: MemoryStore>(
+        &mut self,
+        id: DecisionId,
+        approved: bool,
+        by: &str,
+        note: &str,
+        at_ms: u64,
+        store: &mut S,
+    ) -> Result<Result<(), MemoryError>, ControlError> {
+        let answered = if approved {
+            self.memory.approve(id, by, at_ms)
+        } else {
+            self.memory.reject(id, by, note, at_ms)
+        };
+        if answered.is_ok() {
+            let what = if approved { "approved" } else { "rejected" };
+            self.push_recent(format!("approval request #{id} {what} by {by}"));
+            self.save(store).await?;
+        }
+        Ok(answered)
+    }
+
+    /// Whether the engine would refuse `command` now (the guards of
+    /// [`Engine::operator_command`], recorded nowhere), on the history of the
+    /// ticks so far.
+    pub fn refusal(&self, command: &OperatorCommand, now_ms: u64) -> Option<(Guard, String)> {
+        Engine::command_refusal(&self.playbook, &self.history, now_ms, &self.memory, command)
+    }
+
+    /// A person's command (a switchover, a failover step): the engine checks
+    /// and records it ([`Engine::operator_command`]), the journal gets the
+    /// decision, an accepted one is carried out through `actuator` — with
+    /// leadership moved into `leader_into` when given (a switchover to a
+    /// named node or region) — and the outcome is journaled and remembered.
+    /// Call it after a [`Self::tick`] on the same observation, so the guards
+    /// see it. Returns the decision and, when it was carried out, what
+    /// happened.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn command<A, S, J>(
+        &mut self,
+        command: OperatorCommand,
+        obs: &ClusterObservation,
+        leader_into: Option<&Target>,
+        actuator: &mut A,
+        store: &mut S,
+        journal: &mut J,
+    ) -> Result<(Decision, Option<Result<String, ActError>>), ControlError>
+    where
+        A: Actuate,
+        S: MemoryStore,
+        J: Journal,
+    {
+        if self.history.last().is_none_or(|s| s.at_ms < obs.at_ms) {
+            let snap = self.snapshot(obs, &BTreeMap::new());
+            self.history.push(snap);
+        }
+        let d = Engine::operator_command(
+            &self.playbook,
+            &self.history,
+            obs.at_ms,
+            &mut self.memory,
+            command,
+        );
+        journal.decided(&d).await?;
+        self.remember(&d);
+        if let Some(m) = &self.metrics {
+            m.decided(&d);
+        }
+        let mut result = None;
+        if d.disposition.is_execute() {
+            let limits = Constraints {
+                drained: self.memory.drained_regions().keys().cloned().collect(),
+                quarantined: self.quarantined(),
+                ack_ms: self.rules.replicating_ack_ms,
+            };
+            let done = match leader_into {
+                Some(into) => carry_out_into(&d, obs, actuator, &limits, into).await,
+                None => carry_out(&d, obs, actuator, &limits).await,
+            };
+            let outcome = match &done {
+                Ok(detail) => ActionOutcome::Succeeded {
+                    at_ms: now_ms(),
+                    detail: detail.clone(),
+                },
+                Err(error) => ActionOutcome::Failed {
+                    at_ms: now_ms(),
+                    error: error.to_string(),
+                },
+            };
+            if !d.action.is_notification() {
+                journal.outcome(&d, &outcome).await?;
+                if let (Some(m), ActionOutcome::Failed { .. }) = (&self.metrics, &outcome) {
+                    m.failed(&d);
+                }
+            }
+            let _ = self.memory.record_outcome(d.id, outcome);
+            result = Some(done);
+        }
+        self.save(store).await?;
+        Ok((d, result))
+    }
+
     /// Why did (or didn't) the engine act on `target`, in words.
     pub fn explain(&self, target: &Target) -> String {
         let now = self.history.last().map_or(0, |s| s.at_ms);
@@ -541,6 +649,101 @@ mod tests {
             act.gates.len(),
             decided,
             "paused automation leaves the gates alone"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_persons_answer_and_command_go_through_the_engine_and_the_actuator() {
+        use roomkeeper_playbook::{Approval, OnTimeout};
+        let dir = temp_dir("people");
+        let mut store = FileStore::open(&dir).expect("store");
+        let mut journal = store.clone();
+        let mut p = default_playbook();
+        let heal = p.tiers.iter_mut().find(|t| t.level == 1).expect("T1");
+        heal.approval = Some(Approval {
+            timeout_ms: 600_000,
+            on_timeout: OnTimeout::Reject,
+        });
+        let mut ctl = ControlLoop::open(&mut store, p, 3).await.expect("open");
+        let mut act = Recorder::default();
+        let mut waiting = None;
+        let mut now = 1_000_000;
+        for i in 0..=40 {
+            now = 1_000_000 + i * 500;
+            let ds = ctl
+                .tick(
+                    &observation(now, 3),
+                    &BTreeMap::new(),
+                    &mut act,
+                    &mut store,
+                    &mut journal,
+                )
+                .await
+                .expect("tick");
+            if let Some(d) = ds
+                .iter()
+                .find(|d| matches!(d.disposition, Disposition::AwaitingApproval { .. }))
+            {
+                waiting = Some(d.id);
+            }
+        }
+        let id = waiting.expect("T1 asks before restarting node 3");
+        assert!(act.restarts.is_empty(), "nothing happens until approved");
+        ctl.answer(id, true, "alice", "", now, &mut store)
+            .await
+            .expect("saved")
+            .expect("accepted");
+        let again = ctl
+            .answer(id, false, "bob", "", now, &mut store)
+            .await
+            .expect("saved");
+        assert!(again.is_err(), "an approval is answered once: {again:?}");
+        now += 500;
+        ctl.tick(
+            &observation(now, 3),
+            &BTreeMap::new(),
+            &mut act,
+            &mut store,
+            &mut journal,
+        )
+        .await
+        .expect("tick");
+        assert_eq!(act.restarts, vec![3], "approved, then carried out");
+
+        // Evacuating eu-west while node 3 (us-east) is down would leave two
+        // live voters of five outside it: the engine refuses, nothing acts.
+        let obs = observation(now, 3);
+        let cmd = OperatorCommand {
+            action: ActionKind::ReplaceVotersElsewhere,
+            target: Target::Region("eu-west".into()),
+            requested_by: "bob".into(),
+            approved_by: None,
+            reason: "drill".into(),
+        };
+        assert_eq!(
+            ctl.refusal(&cmd, now).map(|(g, _)| g),
+            Some(Guard::NeverBelowQuorum)
+        );
+        let (d, result) = ctl
+            .command(cmd, &obs, None, &mut act, &mut store, &mut journal)
+            .await
+            .expect("command");
+        assert!(
+            matches!(
+                d.disposition,
+                Disposition::Suppressed {
+                    guard: Guard::NeverBelowQuorum,
+                    ..
+                }
+            ),
+            "{d}"
+        );
+        assert!(result.is_none(), "a refused command is not carried out");
+        assert_eq!(
+            ctl.memory().record(d.id).map(|r| r.decision.id),
+            Some(d.id),
+            "recorded"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -157,6 +157,23 @@ pub async fn run(
                 )
             },
         )
+        // A person's answer or command is acted on at once, not at the
+        // next periodic reconcile.
+        .watches(
+            Api::<crate::approval::FailoverApproval>::all(client.clone()),
+            watcher::Config::default(),
+            |o| cluster_of(&o, &o.spec.cluster),
+        )
+        .watches(
+            Api::<crate::switchover::Switchover>::all(client.clone()),
+            watcher::Config::default(),
+            |o| cluster_of(&o, &o.spec.cluster),
+        )
+        .watches(
+            Api::<crate::switchover::Failover>::all(client.clone()),
+            watcher::Config::default(),
+            |o| cluster_of(&o, &o.spec.cluster),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -166,6 +183,17 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The LiveRoomCluster `cluster` in the namespace of `obj`.
+fn cluster_of<K: Resource>(
+    obj: &K,
+    cluster: &str,
+) -> Option<kube::runtime::reflector::ObjectRef<LiveRoomCluster>> {
+    Some(
+        kube::runtime::reflector::ObjectRef::<LiveRoomCluster>::new(cluster)
+            .within(&obj.namespace()?),
+    )
 }
 
 /// A failed reconcile retries after a delay that doubles with each failure of
@@ -432,6 +460,14 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     let views = pod_views(&pods, &ids, &replies.statuses, &wiped, &update_revision);
     let mut status = observed_status(lrc, &ids, &views, base.clone());
     if lrc.spec.paused {
+        // No membership step; the playbook still decides, with every action
+        // suppressed by the pause guard, so what it would do is recorded.
+        if let Err(why) = crate::tier::run(lrc, ctx, &views, &admin).await? {
+            tracing::debug!(cluster = %name, %why, "playbook not run while paused");
+        }
+        if let Some(h) = crate::tier::history(ctx, lrc) {
+            status.decisions = h;
+        }
         return report_paused(ctx, lrc, status).await;
     }
 
@@ -466,6 +502,9 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
         || tier.as_ref().is_ok_and(|t| t != "T0 watch");
     let mut status = status_after_step(lrc, status, &step, taken, tier);
     crate::tier::show_weights(ctx, lrc, &mut status);
+    if let Some(h) = crate::tier::history(ctx, lrc) {
+        status.decisions = h;
+    }
     write_status(ctx, lrc, status).await?;
     Ok(if progressing || watching {
         Action::requeue(Duration::from_secs(2))

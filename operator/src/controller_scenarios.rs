@@ -1407,3 +1407,139 @@ async fn deleting_a_cluster_under_the_delete_policy_also_removes_volumes_ids_and
         assert!(!done.world.contains_key(&p(gone)), "{gone} is deleted");
     }
 }
+
+/// A one-region playbook the engine accepts (the default one needs two
+/// regions), referenced by the cluster, and empty lists of the people's
+/// objects the playbook phase reads.
+fn with_solo_playbook(world: &mut BTreeMap<String, Value>, lrc: &mut LiveRoomCluster) {
+    lrc.spec.playbook_ref = Some(crate::crd::PlaybookRef {
+        name: "solo".into(),
+    });
+    world.insert(lrc_path(), serde_json::to_value(&*lrc).unwrap());
+    world.insert(
+        p("/apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/failoverplaybooks/solo"),
+        json!({
+            "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "FailoverPlaybook",
+            "metadata": {"name": "solo", "namespace": NS},
+            "spec": {
+                "tiers": [{"name": "watch", "level": 0,
+                           "trigger": {"condition": {"type": "nodeUnhealthy"}, "forMs": 1000, "clearForMs": 1000},
+                           "actions": ["recordEvent"]}],
+                "guards": {"minRegionsVisibleToAct": 1}
+            }
+        }),
+    );
+    for (plural, kind) in [
+        ("failoverapprovals", "FailoverApprovalList"),
+        ("switchovers", "SwitchoverList"),
+        ("failovers", "FailoverList"),
+    ] {
+        world.insert(
+            p(&format!("/apis/roomkeeper.dev/v1alpha1/namespaces/{{NS}}/{plural}")),
+            json!({"apiVersion": "roomkeeper.dev/v1alpha1", "kind": kind, "metadata": {}, "items": []}),
+        );
+    }
+}
+
+/// Puts a person's object into the world, at its path and in its list.
+fn put_command(world: &mut BTreeMap<String, Value>, plural: &str, obj: Value) {
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    let list = p(&format!(
+        "/apis/roomkeeper.dev/v1alpha1/namespaces/{{NS}}/{plural}"
+    ));
+    world.get_mut(&list).unwrap()["items"]
+        .as_array_mut()
+        .unwrap()
+        .push(obj.clone());
+    world.insert(format!("{list}/{name}"), obj);
+}
+
+#[tokio::test]
+async fn a_switchover_moves_leadership_once_and_a_forbidden_failover_changes_nothing() {
+    let s = three_voters(15);
+    let nodes = FakeNodes::start(&s).await;
+    let mut lrc = s.lrc();
+    let mut world = s.world();
+    with_solo_playbook(&mut world, &mut lrc);
+    put_command(
+        &mut world,
+        "switchovers",
+        json!({"apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Switchover",
+               "metadata": {"name": "to-3", "namespace": NS},
+               "spec": {"cluster": CLUSTER, "toNode": 3, "requestedBy": "alice", "reason": "host 1 maintenance"}}),
+    );
+    // Away from the only region: no voter would be left outside it.
+    put_command(
+        &mut world,
+        "failovers",
+        json!({"apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Failover",
+               "metadata": {"name": "away", "namespace": NS},
+               "spec": {"cluster": CLUSTER, "fromRegion": REGION, "requestedBy": "bob"}}),
+    );
+    let done = reconcile_once(lrc, world).await;
+    let admin = nodes.take();
+    assert_eq!(
+        admin.calls,
+        vec![format!("POST {} /admin/transfer-leader", s.ip(0))],
+        "only the switchover acts, through the leader"
+    );
+    assert_eq!(admin.bodies[0]["to"], 3, "{:?}", admin.bodies);
+    let sw =
+        &done.world[&p("/apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/switchovers/to-3")]["status"];
+    assert_eq!(sw["phase"], "Succeeded", "{sw}");
+    let fo =
+        &done.world[&p("/apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/failovers/away")]["status"];
+    assert_eq!(fo["phase"], "Refused", "{fo}");
+    assert_eq!(fo["guard"], "neverBelowQuorum", "{fo}");
+    assert_eq!(
+        fo["decisionIds"].as_array().map(Vec::len),
+        Some(1),
+        "only the refused step is recorded: {fo}"
+    );
+    // Both are in the cluster's decision history, as operator decisions.
+    let history = done.status()["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        history.iter().any(|d| d["tier"] == "operator"
+            && d["disposition"] == "execute"
+            && d["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("host 1 maintenance")),
+        "{history:?}"
+    );
+    assert!(
+        history.iter().any(|d| d["guard"] == "neverBelowQuorum"),
+        "{history:?}"
+    );
+    // The memory that holds them is saved for a restarted operator.
+    assert!(done.world.contains_key(&p(
+        "/api/v1/namespaces/{NS}/configmaps/shop-playbook-memory"
+    )));
+
+    // Decided objects are not carried out again.
+    let mut again = done.world.clone();
+    for plural in ["switchovers", "failovers"] {
+        let list = p(&format!(
+            "/apis/roomkeeper.dev/v1alpha1/namespaces/{{NS}}/{plural}"
+        ));
+        let items: Vec<Value> = again
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{list}/")) && !k.ends_with("/status"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        again.get_mut(&list).unwrap()["items"] = Value::Array(items);
+    }
+    let second = reconcile_once(done.lrc(), again).await;
+    assert!(nodes.take().calls.is_empty(), "carried out once");
+    assert!(
+        !second
+            .calls
+            .iter()
+            .any(|c| c.contains("/switchovers/") || c.contains("/failovers/")),
+        "{:?}",
+        second.calls
+    );
+}

@@ -292,6 +292,10 @@ pub struct LiveRoomClusterStatus {
     /// True once the Raft group was initialized; never goes back.
     #[serde(default)]
     pub bootstrapped: bool,
+    /// The newest playbook decisions (taken, blocked, awaiting approval,
+    /// dry-run), oldest first; every decision is also an Event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<crate::history::DecisionEntry>,
 }
 
 /// Counts of one region.
@@ -376,6 +380,9 @@ pub fn all_crds(
         FailoverPlaybook::crd(),
         crate::drill::ChaosDrill::crd(),
         crate::schedule::ChaosDrillSchedule::crd(),
+        crate::approval::FailoverApproval::crd(),
+        crate::switchover::Switchover::crd(),
+        crate::switchover::Failover::crd(),
     ]
 }
 
@@ -399,11 +406,15 @@ mod tests {
     use super::*;
 
     /// `crds/` is what the types render; regenerate with
-    /// `cargo run -p roomkeeper -- operator crds --out crds`.
+    /// `cargo run -p roomkeeper -- operator crds --out crds` (or
+    /// `ROOMKEEPER_BLESS=1 cargo test -p roomkeeper-operator --lib crd::`).
     #[test]
     fn crds_folder_is_up_to_date() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
         for (file, text) in render_crds().unwrap() {
+            if std::env::var_os("ROOMKEEPER_BLESS").is_some() {
+                std::fs::write(dir.join(&file), &text).unwrap();
+            }
             let on_disk = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
             assert!(
                 on_disk == text,

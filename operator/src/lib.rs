@@ -1,15 +1,18 @@
 //! The roomkeeper Kubernetes operator.
 #![forbid(unsafe_code)]
+pub mod approval;
 pub mod backoff;
 pub mod controller;
 pub mod crd;
 pub mod drill;
+pub mod history;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod resources;
 pub mod runtime;
 pub mod schedule;
+pub mod switchover;
 pub mod tier;
 pub mod traffic;
 pub mod validate;

@@ -213,6 +213,9 @@ async fn serve(
         .map_err(|source| RuntimeError::Listen { addr, source })
 }
 
+/// How long the controllers get to finish in-flight reconciles on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
 /// Runs the operator until `stop` resolves (SIGTERM) or the Lease is lost.
 pub async fn run(
     cfg: OperatorConfig,
@@ -333,10 +336,23 @@ pub async fn run(
         drill_ctl.abort();
         sched_ctl.abort();
     }
-    let _ = lrc_ctl.await;
-    let _ = fpb_ctl.await;
-    let _ = drill_ctl.await;
-    let _ = sched_ctl.await;
+    // In-flight reconciles finish, within a bound: a controller told to stop
+    // right after it started (SIGTERM just after taking the Lease) can wait
+    // for ever for a store its cut watch never fills (kube-runtime holds its
+    // runner until the store is ready). Then it is aborted, with a warning.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    for (name, task) in [
+        ("LiveRoomCluster", lrc_ctl),
+        ("FailoverPlaybook", fpb_ctl),
+        ("ChaosDrill", drill_ctl),
+        ("ChaosDrillSchedule", sched_ctl),
+    ] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!(controller = name, grace = ?SHUTDOWN_GRACE, "controller did not stop in time; aborted");
+            abort.abort();
+        }
+    }
     health.leader.store(false, Ordering::Relaxed);
     metrics.leader.set(0);
     if outcome.is_ok() {

@@ -414,6 +414,16 @@ pub async fn run(
         router: &router,
     };
     let mut journal = EventJournal { lrc, ctx };
+    // People's answers reach the engine before it decides (approval.rs).
+    let approvals = crate::approval::list(ctx, &ns, &name)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(cluster = %name, error = %e, "cannot list FailoverApprovals");
+            Vec::new()
+        });
+    let answered =
+        crate::approval::take_answers(ctx, lrc, &mut control, &approvals, obs.at_ms, &mut store)
+            .await;
     let ticked = control
         .tick(
             &obs,
@@ -423,10 +433,35 @@ pub async fn run(
             &mut journal,
         )
         .await;
+    // Then people's commands, on the same observation (switchover.rs), and
+    // the approval requests the tick left open, as objects.
+    let humans = match &ticked {
+        Ok(_) => {
+            let on_timeout = on_timeout_by_tier(control.playbook());
+            let commands = crate::switchover::carry_out_pending(
+                ctx,
+                lrc,
+                &mut control,
+                &obs,
+                &mut actuator,
+                &mut store,
+                &mut journal,
+            )
+            .await;
+            let published =
+                crate::approval::publish(ctx, lrc, control.memory(), &on_timeout, &approvals)
+                    .await
+                    .map_err(Error::from);
+            commands.and(published)
+        }
+        Err(_) => Ok(()),
+    };
     let tier = tier_name(control.memory());
     if let Ok(mut m) = ctx.playbooks.inner.lock() {
         m.insert(key, control);
     }
+    answered?;
+    humans?;
     match ticked {
         Ok(decisions) => {
             tracing::debug!(cluster = %name, decisions = decisions.len(), "playbook engine decided");
@@ -434,4 +469,35 @@ pub async fn run(
         }
         Err(e) => Err(Error::Playbook(e)),
     }
+}
+
+/// Each tier's declared default at an approval's deadline.
+fn on_timeout_by_tier(playbook: &Playbook) -> BTreeMap<String, String> {
+    playbook
+        .tiers
+        .iter()
+        .filter_map(|t| {
+            let a = t.approval.as_ref()?;
+            let word = match a.on_timeout {
+                roomkeeper_playbook::OnTimeout::Approve => "approve",
+                roomkeeper_playbook::OnTimeout::Reject => "reject",
+            };
+            Some((t.name.clone(), word.to_string()))
+        })
+        .collect()
+}
+
+/// The newest decisions of the cluster's control loop, for its status
+/// (history.rs); `None` before the playbook first ran in this operator.
+pub fn history(ctx: &Context, lrc: &LiveRoomCluster) -> Option<Vec<crate::history::DecisionEntry>> {
+    let key = format!(
+        "{}/{}",
+        lrc.namespace().unwrap_or_default(),
+        cluster_name(lrc)
+    );
+    ctx.playbooks
+        .inner
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).map(|c| crate::history::entries(c.memory())))
 }

@@ -232,6 +232,29 @@ impl Engine {
         memory.push(d)
     }
 
+    /// Whether [`Self::operator_command`] would refuse `command` now, and
+    /// why: the same guards, recorded nowhere. A binding that carries out a
+    /// person's request as several commands (a failover: leadership, traffic,
+    /// voters) asks this for every step before it takes the first, so a
+    /// request a guard forbids changes nothing.
+    pub fn command_refusal(
+        playbook: &Playbook,
+        history: &[HealthSnapshot],
+        now_ms: u64,
+        memory: &EngineMemory,
+        command: &OperatorCommand,
+    ) -> Option<(Guard, String)> {
+        let latest = history
+            .iter()
+            .filter(|s| s.at_ms <= now_ms)
+            .max_by_key(|s| s.at_ms);
+        let approved_by = command
+            .approved_by
+            .as_deref()
+            .filter(|a| !a.trim().is_empty());
+        operator_refusal(playbook, latest, memory, command, approved_by)
+    }
+
     /// "Why did it act / why did it not act" about a target, in words: each
     /// tier's live state for it (hold-down progress, active, standing down), the
     /// guards as they stand now, and the newest decision on record.

@@ -308,8 +308,37 @@ fn chart_rbac_and_crds_are_the_repositorys() {
         return;
     };
     // The release deploy/README.md installs: the same names as deploy/rbac.yaml.
-    let objs = helm.template("roomkeeper-operator", "roomkeeper-system", &[]);
+    let all = helm.template("roomkeeper-operator", "roomkeeper-system", &[]);
     let rbac = repo_rbac();
+    // deploy/approver-rbac.yaml (who may answer approvals), shipped as is;
+    // the rest must be deploy/rbac.yaml's.
+    let approver = parse_docs(
+        &std::fs::read_to_string(repo_root().join("deploy/approver-rbac.yaml"))
+            .expect("deploy/approver-rbac.yaml"),
+    )
+    .expect("deploy/approver-rbac.yaml parses");
+    let (shipped, objs): (Vec<Value>, Vec<Value>) = all.iter().cloned().partition(|o| {
+        approver
+            .iter()
+            .any(|a| kind_of(a) == kind_of(o) && name_of(a) == name_of(o))
+    });
+    assert_eq!(
+        shipped, approver,
+        "the chart ships deploy/approver-rbac.yaml"
+    );
+    let role = one(&approver, "ClusterRole");
+    assert_eq!(role["metadata"]["name"], "roomkeeper-approver");
+    let grants = permissions(&role["rules"]);
+    for verb in ["update", "patch"] {
+        assert!(
+            grants.contains(&(
+                "roomkeeper.dev".to_string(),
+                "failoverapprovals".to_string(),
+                verb.to_string()
+            )),
+            "roomkeeper-approver may {verb} failoverapprovals: {grants:?}"
+        );
+    }
 
     for kind in ["ClusterRole", "Role"] {
         let want = permissions(&one(&rbac, kind)["rules"]);
@@ -389,7 +418,7 @@ fn chart_rbac_and_crds_are_the_repositorys() {
         "the packaged chart's CRDs differ from crds/"
     );
     assert_eq!(
-        packaged, objs,
+        packaged, all,
         "the packaged chart renders differently from the chart directory"
     );
     let list = Command::new("tar")
@@ -442,7 +471,9 @@ fn chart_defaults_are_the_documented_ones() {
             "Role",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
         .into_iter()
         .map(String::from)

@@ -54,6 +54,9 @@ async fn install_crds(client: &Client) -> Result<()> {
         "crds/failoverplaybooks.roomkeeper.dev.yaml",
         "crds/chaosdrills.roomkeeper.dev.yaml",
         "crds/chaosdrillschedules.roomkeeper.dev.yaml",
+        "crds/failoverapprovals.roomkeeper.dev.yaml",
+        "crds/switchovers.roomkeeper.dev.yaml",
+        "crds/failovers.roomkeeper.dev.yaml",
     ] {
         apply_file(client, file, "default").await?;
     }
@@ -63,6 +66,9 @@ async fn install_crds(client: &Client) -> Result<()> {
         "failoverplaybooks.roomkeeper.dev",
         "chaosdrills.roomkeeper.dev",
         "chaosdrillschedules.roomkeeper.dev",
+        "failoverapprovals.roomkeeper.dev",
+        "switchovers.roomkeeper.dev",
+        "failovers.roomkeeper.dev",
     ] {
         eventually(
             Duration::from_secs(30),
