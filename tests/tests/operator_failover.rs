@@ -23,6 +23,9 @@ use roomkeeper_e2e::operator::{apply_file, apply_yaml, OperatorProcess};
 use roomkeeper_operator::traffic::{HttpRouteRouter, TrafficRouter, FULL_WEIGHT};
 use serde_json::{json, Value};
 
+/// Serializes the tests that run a whole cluster (`--test-threads=2` in CI).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const NS: &str = "shop";
 const LRC: &str = "flash-sale";
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
@@ -254,6 +257,9 @@ fn nanos() -> u128 {
 /// criteria resume sales. Nothing acknowledged is lost, nothing oversold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_pauses_sales_in_the_store_and_they_resume() {
+    // One cluster at a time: the drain is timed to the second, and two
+    // five-pod clusters on two cores would time each other.
+    let _serial = SERIAL.lock().await;
     init_test_tracing();
     let started = Instant::now();
     let Some(crd) = httproute_crd_or_skip("T4 on Kubernetes") else {
@@ -604,6 +610,9 @@ fn drain_playbook() -> Value {
 /// operator ticks the playbook every 2 s while a node does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_region_is_drained_in_the_httproute_and_restored() {
+    // One cluster at a time: the drain is timed to the second, and two
+    // five-pod clusters on two cores would time each other.
+    let _serial = SERIAL.lock().await;
     init_test_tracing();
     let started = Instant::now();
     let Some(crd) = httproute_crd_or_skip("region drain on Kubernetes") else {
