@@ -10,9 +10,11 @@ use roomkeeper_e2e::{binary, http};
 
 #[test]
 fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let status_addr = format!("127.0.0.1:{}", port.wrapping_add(7));
-    let base_port = 40_000 + (std::process::id() % 10_000) as u16 * 3 % 20_000;
+    // The status port is reserved and held (D26). The nodes' base port is
+    // below the ephemeral range (32768+), where no outgoing connection can
+    // take it; the two demo tests use disjoint ranges.
+    let (status_addr, _status_port) = roomkeeper_e2e::reserve_addr();
+    let base_port = 12_000 + (std::process::id() % 2_000) as u16 * 3;
     let data_dir =
         std::env::temp_dir().join(format!("roomkeeper-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -114,7 +116,8 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
 #[test]
 fn ctrl_c_checks_every_acknowledged_order_and_exits_within_10_s() {
     let (status_addr, _status_port) = roomkeeper_e2e::reserve_addr();
-    let base_port = 30_000 + (std::process::id() % 5_000) as u16 * 3;
+    // Below the ephemeral range, disjoint from the other demo test's.
+    let base_port = 24_000 + (std::process::id() % 2_000) as u16 * 3;
     let data_dir =
         std::env::temp_dir().join(format!("roomkeeper-demo-ctrlc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
