@@ -123,7 +123,9 @@ pub enum Command {
     /// the same contacts sealed under the newest one. The ciphertexts are made
     /// on the leader; no plaintext enters the log (docs/decisions.md, "Contact
     /// key rotation"). Only the admin API's re-seal proposes it.
-    ResealContacts { contacts: Vec<ResealedContact> },
+    ResealContacts {
+        contacts: Vec<ResealedContact>,
+    },
 }
 
 /// A command together with the leader's timestamp: the unit stored in the log.

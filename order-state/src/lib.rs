@@ -11,7 +11,7 @@ pub mod fuzzing;
 pub mod state;
 
 pub use command::{
-    contact_key_id, Command, InvalidField, ResealedContact, ListingState, ListingView, OrderStatus, OrderView, Outcome, RejectCode,
-    RoomState, RoomView, Stamped,
+    contact_key_id, Command, InvalidField, ListingState, ListingView, OrderStatus, OrderView,
+    Outcome, RejectCode, ResealedContact, RoomState, RoomView, Stamped,
 };
 pub use state::{InvariantViolation, ShardState, StateSummary};

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    contact_key_id, Command, ResealedContact, ListingState, ListingView, OrderStatus, OrderView, Outcome, RejectCode, RoomState,
-    RoomView, Stamped,
+    contact_key_id, Command, ListingState, ListingView, OrderStatus, OrderView, Outcome,
+    RejectCode, ResealedContact, RoomState, RoomView, Stamped,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -900,42 +900,85 @@ mod tests {
             todo.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             vec![1, 2]
         );
-        assert_eq!(s.contacts_not_under(2, 1, 10).len(), 1, "the cursor skips order 1");
+        assert_eq!(
+            s.contacts_not_under(2, 1, 10).len(),
+            1,
+            "the cursor skips order 1"
+        );
         let reseal = Command::ResealContacts {
             contacts: vec![
-                ResealedContact { order_id: 1, from_key: 1, contact: sealed(2, 9) },
-                ResealedContact { order_id: 2, from_key: 1, contact: sealed(2, 8) },
+                ResealedContact {
+                    order_id: 1,
+                    from_key: 1,
+                    contact: sealed(2, 9),
+                },
+                ResealedContact {
+                    order_id: 2,
+                    from_key: 1,
+                    contact: sealed(2, 8),
+                },
                 // Not under key 1 (any more): left alone.
-                ResealedContact { order_id: 3, from_key: 1, contact: sealed(2, 7) },
-                ResealedContact { order_id: 99, from_key: 1, contact: sealed(2, 6) },
+                ResealedContact {
+                    order_id: 3,
+                    from_key: 1,
+                    contact: sealed(2, 7),
+                },
+                ResealedContact {
+                    order_id: 99,
+                    from_key: 1,
+                    contact: sealed(2, 6),
+                },
             ],
         };
         assert_eq!(
             s.apply(&at(reseal.clone())),
-            Outcome::Resealed { resealed: 2, skipped: 2 }
+            Outcome::Resealed {
+                resealed: 2,
+                skipped: 2
+            }
         );
         assert_eq!(s.order_contact(1), Some(&sealed(2, 9)[..]));
         assert_eq!(s.order_contact(3), Some(&sealed(2, 3)[..]));
-        assert_eq!(s.contact_key_counts(), std::collections::BTreeMap::from([(2, 3)]));
+        assert_eq!(
+            s.contact_key_counts(),
+            std::collections::BTreeMap::from([(2, 3)])
+        );
         // The same entry applied again (a retried batch) changes nothing.
         let before = s.clone();
         assert_eq!(
             s.apply(&at(reseal)),
-            Outcome::Resealed { resealed: 0, skipped: 4 }
+            Outcome::Resealed {
+                resealed: 0,
+                skipped: 4
+            }
         );
         assert_eq!(s, before);
         s.check_invariants().expect("invariants");
         // Unsealed or empty blobs and oversized batches are refused whole.
         for bad in [
-            vec![ResealedContact { order_id: 1, from_key: 2, contact: b"plain".to_vec() }],
+            vec![ResealedContact {
+                order_id: 1,
+                from_key: 2,
+                contact: b"plain".to_vec(),
+            }],
             vec![],
             vec![
-                ResealedContact { order_id: 1, from_key: 2, contact: sealed(3, 1) };
+                ResealedContact {
+                    order_id: 1,
+                    from_key: 2,
+                    contact: sealed(3, 1)
+                };
                 crate::command::MAX_RESEAL_BATCH + 1
             ],
         ] {
             let o = s.apply(&at(Command::ResealContacts { contacts: bad }));
-            assert_eq!(o, Outcome::Rejected { code: RejectCode::InvalidRequest, replayed: false });
+            assert_eq!(
+                o,
+                Outcome::Rejected {
+                    code: RejectCode::InvalidRequest,
+                    replayed: false
+                }
+            );
         }
         assert_eq!(s, before);
     }

@@ -587,10 +587,7 @@ pub fn contact_keys_report(ctx: &NodeContext) -> ContactKeysReport {
                 retired: k.retired,
             })
             .collect(),
-        records: counts
-            .iter()
-            .map(|(id, n)| (id.to_string(), *n))
-            .collect(),
+        records: counts.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
         under_retired_keys,
         under_unknown_keys,
         ok: under_retired_keys == 0 && under_unknown_keys == 0,

@@ -170,10 +170,7 @@ impl ContactKeyring {
     /// Refuses a new keyring that cannot open every stored contact: every key
     /// id in `in_use` (records per key id) must be held by `self`.
     pub fn check_replaces(&self, in_use: &BTreeMap<u8, u64>) -> Result<(), ContactError> {
-        match in_use
-            .iter()
-            .find(|(id, n)| **n > 0 && !self.holds(**id))
-        {
+        match in_use.iter().find(|(id, n)| **n > 0 && !self.holds(**id)) {
             Some((id, n)) => Err(ContactError::KeyInUse {
                 id: *id,
                 records: *n,
@@ -327,15 +324,20 @@ mod tests {
     #[test]
     fn a_retired_key_never_seals_but_opens() {
         // The highest id is retired: the next one down seals.
-        let ring =
-            ContactKeyring::parse(&format!("1 {KEY_A}\n9 {KEY_B} retired")).expect("ring");
+        let ring = ContactKeyring::parse(&format!("1 {KEY_A}\n9 {KEY_B} retired")).expect("ring");
         assert_eq!(ring.sealing_key_id(), 1);
         assert!(ring.is_retired(9) && !ring.is_retired(1) && !ring.is_retired(5));
         assert_eq!(
             ring.key_infos(),
             vec![
-                KeyInfo { id: 1, retired: false },
-                KeyInfo { id: 9, retired: true }
+                KeyInfo {
+                    id: 1,
+                    retired: false
+                },
+                KeyInfo {
+                    id: 9,
+                    retired: true
+                }
             ]
         );
         assert!(matches!(
@@ -360,7 +362,11 @@ mod tests {
         let shared = ContactKeys::new(ContactKeyring::parse(&format!("1 {KEY_A}")).expect("a"));
         let before = shared.get();
         shared.replace(only_b);
-        assert_eq!(before.sealing_key_id(), 1, "a holder keeps the ring it took");
+        assert_eq!(
+            before.sealing_key_id(),
+            1,
+            "a holder keeps the ring it took"
+        );
         assert_eq!(shared.get().sealing_key_id(), 2);
     }
 

@@ -346,7 +346,10 @@ impl NodeHandle {
         ));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tokio::spawn(audit_invariants(ctx.clone()));
-        if let Some(path) = cfg.contact_key_file.filter(|_| !cfg.contact_key_reload.is_zero()) {
+        if let Some(path) = cfg
+            .contact_key_file
+            .filter(|_| !cfg.contact_key_reload.is_zero())
+        {
             tokio::spawn(watch_contact_keys(
                 ctx.clone(),
                 path,
