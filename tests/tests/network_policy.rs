@@ -231,13 +231,8 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
-/// Whether a fresh connection from pod `from` to `to:port` is established
+/// Whether a fresh connection from pod `from` of namespace `ns` to `to:port` is established
 /// (and, for the admin port, answers `/healthz` with 200).
-async fn reaches(bridge: &KubeletBridge, from: &str, to: Ipv4Addr, port: u16) -> Result<bool> {
-    reaches_from(bridge, NS, from, to, port).await
-}
-
-/// [`reaches`] from a pod of namespace `ns`.
 async fn reaches_from(
     bridge: &KubeletBridge,
     ns: &str,
