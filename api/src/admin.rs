@@ -180,6 +180,9 @@ pub struct ContactKey {
     pub id: u8,
     /// Marked `retired` in the key file: opens, never seals.
     pub retired: bool,
+    /// Marked `staged` in the key file: opens, does not seal yet.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 /// `GET /admin/contact-keys`: which keys one node holds and how many of its

@@ -585,6 +585,7 @@ pub fn contact_keys_report(ctx: &NodeContext) -> ContactKeysReport {
             .map(|k| ContactKey {
                 id: k.id,
                 retired: k.retired,
+                staged: k.staged,
             })
             .collect(),
         records: counts.iter().map(|(id, n)| (id.to_string(), *n)).collect(),

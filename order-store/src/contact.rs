@@ -3,18 +3,21 @@
 //! never hold it in plain text.
 //!
 //! Key file format (one key per line, `#` comments allowed):
-//! `<key-id 0-255> <64 hex chars> [retired]`.
-//! - **The newest key seals**: the key with the highest id not marked
-//!   `retired`. Line order does not matter; ids are never reused.
-//! - **Every key opens**, retired or not, so contacts sealed under an older
+//! `<key-id 0-255> <64 hex chars> [staged|retired]`.
+//! - **The newest key seals**: the key with the highest id marked neither
+//!   `staged` nor `retired`. Line order does not matter; ids are never reused.
+//! - **Every key opens**, whatever its mark, so contacts sealed under an older
 //!   key stay readable.
+//! - `staged` marks a key on its way in: it opens but does not seal yet, so
+//!   every node can hold it before any node seals with it (a leader must open
+//!   what a follower sealed).
 //! - `retired` marks a key on its way out: it never seals, and
 //!   `roomkeeper contact-keys check` fails while any record still uses it.
 //!
 //! Rotation (docs/security.md, docs/decisions.md "Contact key rotation"): add
-//! a line with a higher id and mark the old one `retired` (nodes reload the
-//! file on change), run `roomkeeper contact-keys reseal`, then `check`, then
-//! remove the old line.
+//! the new key with a higher id as `staged` on every node; then drop `staged`
+//! and mark the old one `retired` (nodes reload the file on change); run
+//! `roomkeeper contact-keys reseal`, then `check`, then remove the old line.
 //!
 //! Sealed format: `[version=1][key id][24-byte nonce][ciphertext+tag]`.
 
@@ -48,8 +51,8 @@ pub enum ContactError {
     Authentication,
     #[error("encryption failed")]
     Encrypt,
-    #[error("contact key file marks every key retired: one must seal")]
-    AllRetired,
+    #[error("contact key file marks every key staged or retired: one must seal")]
+    NoSealingKey,
     #[error("{records} stored contacts are sealed under key id {id}, which the new key file drops (re-seal first)")]
     KeyInUse { id: u8, records: u64 },
 }
@@ -59,13 +62,22 @@ pub enum ContactError {
 pub struct KeyInfo {
     pub id: u8,
     pub retired: bool,
+    pub staged: bool,
+}
+
+/// A key's mark in the key file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    Active,
+    Staged,
+    Retired,
 }
 
 /// The keys a node seals and opens contacts with.
 pub struct ContactKeyring {
-    /// Every key, by id, and whether it is retired.
-    keys: Vec<(u8, bool, XChaCha20Poly1305)>,
-    /// The id of the key that seals (the newest not retired).
+    /// Every key, by id, and its mark.
+    keys: Vec<(u8, Mark, XChaCha20Poly1305)>,
+    /// The id of the key that seals (the newest neither staged nor retired).
     sealing: u8,
 }
 
@@ -110,17 +122,22 @@ impl ContactKeyring {
                 .ok_or_else(|| bad("expected 64 hex characters after the id"))?;
             let bytes =
                 decode_hex(hex).ok_or_else(|| bad("key must be 64 hex characters (32 bytes)"))?;
-            let retired = match (parts.next(), parts.next()) {
-                (None, _) => false,
-                (Some("retired"), None) => true,
-                _ => return Err(bad("after the key only the word `retired` may follow")),
+            let mark = match (parts.next(), parts.next()) {
+                (None, _) => Mark::Active,
+                (Some("staged"), None) => Mark::Staged,
+                (Some("retired"), None) => Mark::Retired,
+                _ => {
+                    return Err(bad(
+                        "after the key only one word, `staged` or `retired`, may follow",
+                    ))
+                }
             };
             if keys.iter().any(|(k, _, _)| *k == id) {
                 return Err(bad("duplicate key id"));
             }
             let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
                 .map_err(|_| bad("key must be 32 bytes"))?;
-            keys.push((id, retired, cipher));
+            keys.push((id, mark, cipher));
         }
         if keys.is_empty() {
             return Err(ContactError::NoKey);
@@ -129,9 +146,9 @@ impl ContactKeyring {
         let sealing = keys
             .iter()
             .rev()
-            .find(|(_, retired, _)| !retired)
+            .find(|(_, mark, _)| *mark == Mark::Active)
             .map(|(id, _, _)| *id)
-            .ok_or(ContactError::AllRetired)?;
+            .ok_or(ContactError::NoSealingKey)?;
         Ok(Self { keys, sealing })
     }
 
@@ -140,25 +157,28 @@ impl ContactKeyring {
         self.sealing
     }
 
-    /// Every key's id and retired mark, by id.
+    /// Every key's id and mark, by id.
     pub fn key_infos(&self) -> Vec<KeyInfo> {
         self.keys
             .iter()
-            .map(|(id, retired, _)| KeyInfo {
+            .map(|(id, mark, _)| KeyInfo {
                 id: *id,
-                retired: *retired,
+                retired: *mark == Mark::Retired,
+                staged: *mark == Mark::Staged,
             })
             .collect()
     }
 
-    /// Whether this keyring holds key `id` (retired or not).
+    /// Whether this keyring holds key `id` (whatever its mark).
     pub fn holds(&self, id: u8) -> bool {
         self.keys.iter().any(|(k, _, _)| *k == id)
     }
 
     /// Whether key `id` is held and marked retired.
     pub fn is_retired(&self, id: u8) -> bool {
-        self.keys.iter().any(|(k, r, _)| *k == id && *r)
+        self.keys
+            .iter()
+            .any(|(k, m, _)| *k == id && *m == Mark::Retired)
     }
 
     /// Opens a sealed contact and seals it again under the sealing key.
@@ -184,7 +204,7 @@ impl ContactKeyring {
         let key = [seed; 32];
         match XChaCha20Poly1305::new_from_slice(&key) {
             Ok(c) => Self {
-                keys: vec![(0, false, c)],
+                keys: vec![(0, Mark::Active, c)],
                 sealing: 0,
             },
             Err(_) => Self {
@@ -194,7 +214,7 @@ impl ContactKeyring {
         }
     }
 
-    /// Encrypts a contact with the sealing key (the newest not retired).
+    /// Encrypts a contact with the sealing key (the newest neither staged nor retired).
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, ContactError> {
         let (id, _, cipher) = self
             .keys
@@ -290,6 +310,7 @@ mod tests {
 
     const KEY_A: &str = "0000000000000000000000000000000000000000000000000000000000000001";
     const KEY_B: &str = "00000000000000000000000000000000000000000000000000000000000000ff";
+    const KEY_C: &str = "0000000000000000000000000000000000000000000000000000000000000abc";
 
     #[test]
     fn sealed_contact_holds_no_plaintext_and_opens() {
@@ -322,32 +343,46 @@ mod tests {
     }
 
     #[test]
-    fn a_retired_key_never_seals_but_opens() {
-        // The highest id is retired: the next one down seals.
-        let ring = ContactKeyring::parse(&format!("1 {KEY_A}\n9 {KEY_B} retired")).expect("ring");
+    fn staged_and_retired_keys_open_but_never_seal() {
+        // The highest id is retired, the next staged: key 1 seals.
+        let ring =
+            ContactKeyring::parse(&format!("1 {KEY_A}\n5 {KEY_C} staged\n9 {KEY_B} retired"))
+                .expect("ring");
         assert_eq!(ring.sealing_key_id(), 1);
         assert!(ring.is_retired(9) && !ring.is_retired(1) && !ring.is_retired(5));
+        let info = |id, retired, staged| KeyInfo {
+            id,
+            retired,
+            staged,
+        };
         assert_eq!(
             ring.key_infos(),
             vec![
-                KeyInfo {
-                    id: 1,
-                    retired: false
-                },
-                KeyInfo {
-                    id: 9,
-                    retired: true
-                }
+                info(1, false, false),
+                info(5, false, true),
+                info(9, true, false)
             ]
         );
-        assert!(matches!(
-            ContactKeyring::parse(&format!("1 {KEY_A} retired")),
-            Err(ContactError::AllRetired)
-        ));
-        assert!(ContactKeyring::parse(&format!("1 {KEY_A} old"))
-            .expect_err("unknown word")
-            .to_string()
-            .contains("line 1"));
+        // A staged key opens what a node that already seals with it sealed.
+        let ahead = ContactKeyring::parse(&format!("1 {KEY_A}\n5 {KEY_C}")).expect("ahead");
+        assert_eq!(ahead.sealing_key_id(), 5);
+        let sealed = ahead.seal(b"carol").expect("seal");
+        assert_eq!(ring.open(&sealed).expect("open"), b"carol");
+        for text in [format!("1 {KEY_A} retired"), format!("1 {KEY_A} staged")] {
+            assert!(matches!(
+                ContactKeyring::parse(&text),
+                Err(ContactError::NoSealingKey)
+            ));
+        }
+        for bad in [
+            format!("1 {KEY_A} old"),
+            format!("1 {KEY_A} staged retired"),
+        ] {
+            assert!(ContactKeyring::parse(&bad)
+                .expect_err("unknown word")
+                .to_string()
+                .contains("line 1"));
+        }
     }
 
     #[test]

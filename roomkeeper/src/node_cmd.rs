@@ -61,8 +61,9 @@ pub struct NodeArgs {
     /// Zone within the region.
     #[arg(long, default_value = "local-a")]
     pub zone: String,
-    /// Key file that seals buyer contacts (`<id> <64 hex chars> [retired]`
-    /// per line; the highest id not retired seals, every key opens).
+    /// Key file that seals buyer contacts (`<id> <64 hex chars>
+    /// [staged|retired]` per line; the highest id neither staged nor retired
+    /// seals, every key opens).
     #[arg(long)]
     pub contact_key_file: PathBuf,
     /// How often the contact key file is checked for changes (0: never; a

@@ -151,7 +151,14 @@ fn contact_keys_rotate_live_reseal_through_raft_and_the_old_key_can_go() {
     write_keys(&c, &format!("2 {KEY_2}\n"), false, 1);
     ids.push((order(&c, follower, 20), 20));
 
-    // Rotate: key 2 is the newest; key 1 retired, still opens. No restart.
+    // Stage key 2 on every node first (it opens, key 1 still seals), then
+    // rotate: key 2 is the newest; key 1 retired, still opens. No restart.
+    write_keys(&c, &format!("1 {KEY_1}\n2 {KEY_2} staged\n"), true, 1);
+    let staged = report(&c, leader);
+    assert!(staged
+        .keys
+        .iter()
+        .any(|k| k.id == 2 && k.staged && !k.retired));
     write_keys(&c, &format!("1 {KEY_1} retired\n2 {KEY_2}\n"), true, 2);
     for n in 21..31 {
         let via = if n % 2 == 0 { leader } else { follower };
@@ -254,6 +261,19 @@ fn contact_keys_rotate_live_reseal_through_raft_and_the_old_key_can_go() {
         }
     }
     c.assert_invariants();
-    // The marker is in no data file and no node log.
+    // The marker is in no data file (log and snapshot) and no node log.
+    for id in c.ids() {
+        let r = c
+            .admin("POST", id, "/admin/snapshot", None)
+            .expect("snapshot");
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    for id in c.ids() {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("node {id} took a snapshot"),
+            || c.node_status(id).is_some_and(|s| s.snapshot_index > 0),
+        );
+    }
     assert_in_no_file(&c.dir, MARKER.as_bytes());
 }
