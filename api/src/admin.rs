@@ -173,3 +173,59 @@ pub fn parse_joined_ids(text: &str) -> Result<BTreeSet<NodeId>, BadJoinedId> {
     }
     Ok(ids)
 }
+
+/// One contact key as reports show it (never the key itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactKey {
+    pub id: u8,
+    /// Marked `retired` in the key file: opens, never seals.
+    pub retired: bool,
+    /// Marked `staged` in the key file: opens, does not seal yet.
+    #[serde(default)]
+    pub staged: bool,
+}
+
+/// `GET /admin/contact-keys`: which keys one node holds and how many of its
+/// stored contacts each key id seals. `ok` is false while any contact is
+/// sealed under a retired key or a key this node does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactKeysReport {
+    pub node_id: NodeId,
+    /// The Raft index this node had applied when it counted.
+    pub applied_index: u64,
+    /// The key id new contacts are sealed under (the newest not retired).
+    pub sealing_key_id: u8,
+    pub keys: Vec<ContactKey>,
+    /// Stored contacts per key id (decimal string keys, as JSON objects need).
+    pub records: BTreeMap<String, u64>,
+    /// Contacts under a key marked retired.
+    pub under_retired_keys: u64,
+    /// Contacts under a key id this node does not hold (unreadable here).
+    pub under_unknown_keys: u64,
+    pub ok: bool,
+}
+
+/// `POST /admin/contact-keys/reseal` (the leader only): re-seal every
+/// contact not under the sealing key, in batches through Raft.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResealRequest {
+    /// Contacts per Raft entry (1 to 256; default 256).
+    #[serde(default)]
+    pub batch: Option<u32>,
+}
+
+/// The answer to [`ResealRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResealReply {
+    pub node_id: NodeId,
+    pub sealing_key_id: u8,
+    /// Contacts replaced under the sealing key.
+    pub resealed: u64,
+    /// Contacts the leader found already moved when its entry applied.
+    pub skipped: u64,
+    /// Raft entries proposed.
+    pub batches: u64,
+    /// Contacts under a key this node does not hold: left as they are.
+    pub unreadable: u64,
+}

@@ -114,6 +114,7 @@ impl Scenario {
                 paused: self.paused,
                 dry_run: false,
                 deletion_policy: self.deleted.unwrap_or(DeletionPolicy::Retain),
+                network: Default::default(),
             },
         );
         lrc.metadata.namespace = Some(NS.into());

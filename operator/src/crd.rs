@@ -95,6 +95,29 @@ pub struct LiveRoomClusterSpec {
     /// same Raft group with its orders; `Delete` removes them too, for good.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Who besides the cluster's own pods and the operator may reach the nodes
+    /// (the cluster's NetworkPolicy).
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// Sources the cluster's NetworkPolicy admits besides its own pods (Raft) and
+/// the operator (admin API).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NetworkSpec {
+    /// Namespaces whose pods may call the order API (the ingress controller's
+    /// or the gateway's), besides every pod of the cluster's own namespace.
+    /// Unset: the order API admits every source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_namespace_selector:
+        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Namespaces whose Prometheus pods (label `app.kubernetes.io/name:
+    /// prometheus`) may scrape `/metrics` on the admin port. Unset: Prometheus
+    /// pods of every namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitoring_namespace_selector:
+        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// What happens to a deleted cluster's data.

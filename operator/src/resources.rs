@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use crate::crd::{LiveRoomCluster, RegionSpec};
+use crate::crd::{LiveRoomCluster, NetworkSpec, RegionSpec};
 
 pub const RAFT_PORT: i32 = 7101;
 pub const API_PORT: i32 = 7201;
@@ -692,12 +692,57 @@ fn side(cluster: &str, group: Option<&str>) -> LabelSelector {
 
 /// The ingress rules of node pods on one side: Raft only from the same side,
 /// the admin port only from the operator, the order API from anywhere.
-fn node_ingress(metadata: ObjectMeta, cluster: &str, group: Option<&str>) -> NetworkPolicy {
+/// The label prometheus-operator (and the Prometheus Helm charts) put on
+/// Prometheus server pods: the scrapers the admin port admits for `/metrics`.
+pub const PROMETHEUS_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "prometheus");
+
+fn node_ingress(
+    metadata: ObjectMeta,
+    cluster: &str,
+    group: Option<&str>,
+    network: &NetworkSpec,
+) -> NetworkPolicy {
     let tcp = |p: i32| NetworkPolicyPort {
         port: Some(IntOrString::Int(p)),
         protocol: Some("TCP".to_string()),
         ..NetworkPolicyPort::default()
     };
+    let pods_labelled = |key: &str, value: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+        ..LabelSelector::default()
+    };
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(pods_labelled("app.kubernetes.io/name", OPERATOR_APP)),
+        ..NetworkPolicyPeer::default()
+    };
+    let prometheus = NetworkPolicyPeer {
+        namespace_selector: Some(
+            network
+                .monitoring_namespace_selector
+                .clone()
+                .unwrap_or_default(),
+        ),
+        pod_selector: Some(pods_labelled(
+            PROMETHEUS_POD_LABEL.0,
+            PROMETHEUS_POD_LABEL.1,
+        )),
+        ..NetworkPolicyPeer::default()
+    };
+    // The order API: every pod of this namespace and the ingress's or
+    // gateway's namespaces when they are named; else every source.
+    let clients = network.client_namespace_selector.as_ref().map(|sel| {
+        vec![
+            NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            },
+            NetworkPolicyPeer {
+                namespace_selector: Some(sel.clone()),
+                ..NetworkPolicyPeer::default()
+            },
+        ]
+    });
     NetworkPolicy {
         metadata,
         spec: Some(NetworkPolicySpec {
@@ -712,21 +757,11 @@ fn node_ingress(metadata: ObjectMeta, cluster: &str, group: Option<&str>) -> Net
                     ports: Some(vec![tcp(RAFT_PORT)]),
                 },
                 NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        namespace_selector: Some(LabelSelector::default()),
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                "app.kubernetes.io/name".to_string(),
-                                OPERATOR_APP.to_string(),
-                            )])),
-                            ..LabelSelector::default()
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
+                    from: Some(vec![operator, prometheus]),
                     ports: Some(vec![tcp(ADMIN_PORT)]),
                 },
                 NetworkPolicyIngressRule {
-                    from: None,
+                    from: clients,
                     ports: Some(vec![tcp(API_PORT)]),
                 },
             ]),
@@ -735,13 +770,21 @@ fn node_ingress(metadata: ObjectMeta, cluster: &str, group: Option<&str>) -> Net
     }
 }
 
-/// Raft traffic only from the cluster's own nodes; the admin port only from the
-/// operator; the order API from anywhere (clients). Pods a drill partitioned
-/// off are neither selected nor admitted here (their side's policy is).
+/// Raft only between the cluster's own nodes (every region); the admin port
+/// only from the operator's pods and from Prometheus pods (`/metrics`; the
+/// rest of the admin API needs the admin token); the order API from the
+/// cluster's namespace and `spec.network.clientNamespaceSelector` (from
+/// anywhere when unset). Pods a drill partitioned off are neither selected
+/// nor admitted here (their side's policy is).
 pub fn network_policy(lrc: &LiveRoomCluster) -> NetworkPolicy {
     let cluster = cluster_name(lrc);
     let names = Names { cluster: &cluster };
-    node_ingress(meta(lrc, names.network_policy(), None), &cluster, None)
+    node_ingress(
+        meta(lrc, names.network_policy(), None),
+        &cluster,
+        None,
+        &lrc.spec.network,
+    )
 }
 
 /// The policy of one side of a drill's partition: its pods take Raft traffic
@@ -766,6 +809,7 @@ pub fn partition_policy(
         },
         cluster,
         Some(group),
+        &NetworkSpec::default(),
     )
 }
 
@@ -818,6 +862,7 @@ mod tests {
                 paused: false,
                 dry_run: false,
                 deletion_policy: DeletionPolicy::Retain,
+                network: Default::default(),
             },
         );
         lrc.metadata.namespace = Some("ns".into());
@@ -830,6 +875,8 @@ mod tests {
         let lrc = cluster(&[("east", 3, 0)]);
         let sts = statefulset(&lrc, &lrc.spec.regions[0]);
         let pod = sts.spec.template.spec.expect("pod spec");
+        // Nodes never call the Kubernetes API: no token in the pod.
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let ps = pod.security_context.expect("pod security context");
         assert_eq!(ps.run_as_non_root, Some(true));
         assert!(ps.run_as_user.is_some_and(|u| u != 0), "not root");
@@ -951,6 +998,93 @@ mod tests {
         assert!(args.contains(&"$(POD_IP):7101".to_string()), "{args:?}");
         let np = network_policy(&lrc).spec.unwrap();
         assert_eq!(np.ingress.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_network_policy_admits_only_the_flows_that_exist() {
+        let labels = |k: &str, v: &str| LabelSelector {
+            match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
+            ..LabelSelector::default()
+        };
+        let port_of =
+            |r: &NetworkPolicyIngressRule| r.ports.as_ref().unwrap()[0].port.clone().unwrap();
+        // Defaults: Raft from the cluster's pods only; admin from the
+        // operator and Prometheus pods of any namespace; the API from anyone.
+        let mut lrc = cluster(&[("east", 3, 0)]);
+        let rules = network_policy(&lrc).spec.unwrap().ingress.unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(port_of(&rules[0]), IntOrString::Int(RAFT_PORT));
+        let raft_from = rules[0].from.as_ref().unwrap();
+        assert_eq!(raft_from.len(), 1);
+        assert!(
+            raft_from[0].namespace_selector.is_none(),
+            "same namespace only"
+        );
+        assert_eq!(
+            raft_from[0]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[CLUSTER_LABEL],
+            "shop"
+        );
+        assert_eq!(port_of(&rules[1]), IntOrString::Int(ADMIN_PORT));
+        let admin_from = rules[1].from.as_ref().unwrap();
+        let any_ns = Some(LabelSelector::default());
+        assert_eq!(
+            admin_from,
+            &vec![
+                NetworkPolicyPeer {
+                    namespace_selector: any_ns.clone(),
+                    pod_selector: Some(labels("app.kubernetes.io/name", OPERATOR_APP)),
+                    ..NetworkPolicyPeer::default()
+                },
+                NetworkPolicyPeer {
+                    namespace_selector: any_ns,
+                    pod_selector: Some(labels("app.kubernetes.io/name", "prometheus")),
+                    ..NetworkPolicyPeer::default()
+                },
+            ]
+        );
+        assert_eq!(port_of(&rules[2]), IntOrString::Int(API_PORT));
+        assert!(rules[2].from.is_none(), "no client selector: every source");
+
+        // Named namespaces: the API from this namespace and the ingress's;
+        // /metrics from the monitoring namespace's Prometheus only.
+        lrc.spec.network = NetworkSpec {
+            client_namespace_selector: Some(labels("kubernetes.io/metadata.name", "ingress")),
+            monitoring_namespace_selector: Some(labels(
+                "kubernetes.io/metadata.name",
+                "monitoring",
+            )),
+        };
+        let rules = network_policy(&lrc).spec.unwrap().ingress.unwrap();
+        let prom = &rules[1].from.as_ref().unwrap()[1];
+        assert_eq!(
+            prom.namespace_selector,
+            Some(labels("kubernetes.io/metadata.name", "monitoring"))
+        );
+        assert_eq!(
+            rules[2].from.as_ref().unwrap(),
+            &vec![
+                NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector::default()),
+                    ..NetworkPolicyPeer::default()
+                },
+                NetworkPolicyPeer {
+                    namespace_selector: Some(labels("kubernetes.io/metadata.name", "ingress")),
+                    ..NetworkPolicyPeer::default()
+                },
+            ]
+        );
+        // The spec field round-trips under its documented names.
+        let v = serde_json::to_value(&lrc.spec).unwrap();
+        assert_eq!(
+            v["network"]["clientNamespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "ingress"
+        );
     }
 
     #[test]

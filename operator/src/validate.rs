@@ -114,6 +114,7 @@ mod tests {
             paused: false,
             dry_run: false,
             deletion_policy: DeletionPolicy::Retain,
+            network: Default::default(),
         }
     }
 

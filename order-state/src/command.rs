@@ -24,6 +24,29 @@ const _: () = assert!(MAX_PRICE_CENTS * MAX_STOCK as u64 <= i64::MAX as u64);
 pub const MAX_CONTACT_LEN: usize = 1024;
 /// Longest room title, in bytes.
 pub const MAX_TITLE_LEN: usize = 512;
+/// Most contacts one `ResealContacts` entry rewrites (a batch stays a small
+/// Raft entry: ≤ 256 × ~1 KiB, and orders keep flowing between batches).
+pub const MAX_RESEAL_BATCH: usize = 256;
+
+/// The key id of a sealed contact: its second byte (`[version][key id][nonce]
+/// [ciphertext]`, order-store/src/contact.rs). `None` for an order placed
+/// without contact data or a blob too short to name a key.
+pub fn contact_key_id(sealed: &[u8]) -> Option<u8> {
+    match sealed {
+        [1, id, ..] => Some(*id),
+        _ => None,
+    }
+}
+
+/// One contact of a [`Command::ResealContacts`]: already sealed on the leader
+/// under the newest key; replaces the order's contact only while that is
+/// still sealed under `from_key` (so a repeated or stale batch changes nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResealedContact {
+    pub order_id: u64,
+    pub from_key: u8,
+    pub contact: Vec<u8>,
+}
 
 /// Whether a room is selling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +118,13 @@ pub enum Command {
     SetSalesPaused {
         paused: bool,
         reason: String,
+    },
+    /// Contact key rotation: replace contacts sealed under an older key with
+    /// the same contacts sealed under the newest one. The ciphertexts are made
+    /// on the leader; no plaintext enters the log (docs/decisions.md, "Contact
+    /// key rotation"). Only the admin API's re-seal proposes it.
+    ResealContacts {
+        contacts: Vec<ResealedContact>,
     },
 }
 
@@ -305,6 +335,25 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::ResealContacts { contacts } => {
+                if contacts.is_empty() || contacts.len() > MAX_RESEAL_BATCH {
+                    return Err(InvalidField {
+                        field: "contacts",
+                        reason: format!("must hold between 1 and {MAX_RESEAL_BATCH} contacts"),
+                    });
+                }
+                for c in contacts {
+                    if c.contact.len() > MAX_CONTACT_LEN || contact_key_id(&c.contact).is_none() {
+                        return Err(InvalidField {
+                            field: "contact",
+                            reason: format!(
+                                "must be a sealed contact of at most {MAX_CONTACT_LEN} bytes"
+                            ),
+                        });
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -317,6 +366,7 @@ impl Command {
             Command::CancelOrder { .. } => "cancel_order",
             Command::PayOrder { .. } => "pay_order",
             Command::SetSalesPaused { .. } => "set_sales_paused",
+            Command::ResealContacts { .. } => "reseal_contacts",
         }
     }
 }
@@ -370,6 +420,12 @@ pub enum Outcome {
     },
     SalesPaused {
         paused: bool,
+    },
+    /// A `ResealContacts` applied: `resealed` contacts replaced, `skipped`
+    /// left as they were (no such order, or no longer under `from_key`).
+    Resealed {
+        resealed: u32,
+        skipped: u32,
     },
     Rejected {
         code: RejectCode,

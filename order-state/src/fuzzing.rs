@@ -3,7 +3,7 @@
 //! applied step by step with the invariant checker as the oracle. Kept in the
 //! crate so its regression cases run as plain unit tests.
 
-use crate::{Command, ListingState, Outcome, RoomState, ShardState, Stamped};
+use crate::{Command, ListingState, Outcome, ResealedContact, RoomState, ShardState, Stamped};
 
 const IDS: [&str; 6] = ["a", "b", "c", ".", "", "x:y.z-_"];
 
@@ -47,7 +47,7 @@ impl Bytes<'_> {
     }
 
     fn command(&mut self) -> Command {
-        match self.u8() % 7 {
+        match self.u8() % 8 {
             0 => Command::UpsertRoom {
                 room: self.id(),
                 title: self.id(),
@@ -69,7 +69,7 @@ impl Bytes<'_> {
                 buyer: self.id(),
                 qty: self.u32(),
                 idempotency_key: self.id(),
-                contact: vec![0; usize::from(self.u8()) * 8],
+                contact: sealed_like(self.u8()),
             },
             4 => Command::CancelOrder {
                 order_id: self.u64(),
@@ -77,12 +77,34 @@ impl Bytes<'_> {
             5 => Command::PayOrder {
                 order_id: self.u64(),
             },
-            _ => Command::SetSalesPaused {
+            6 => Command::SetSalesPaused {
                 paused: self.u8() & 1 == 0,
                 reason: self.id(),
             },
+            // Re-seals: 0 to 3 contacts (none is refused), any order id,
+            // from and to key ids 0..3, sometimes not sealed-looking.
+            _ => Command::ResealContacts {
+                contacts: (0..self.u8() % 4)
+                    .map(|_| ResealedContact {
+                        order_id: self.u64(),
+                        from_key: self.u8() % 3,
+                        contact: sealed_like(self.u8()),
+                    })
+                    .collect(),
+            },
         }
     }
+}
+
+/// A contact blob of `n × 8` bytes; when not empty it looks sealed (version
+/// 1) under key id `n % 3`, so re-seals find contacts under each key.
+fn sealed_like(n: u8) -> Vec<u8> {
+    let mut v = vec![0; usize::from(n) * 8];
+    if let [version, key, ..] = v.as_mut_slice() {
+        *version = 1;
+        *key = n % 3;
+    }
+    v
 }
 
 /// Decodes `data` into commands (at most 256).
@@ -132,6 +154,40 @@ pub fn commands(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_harness_reaches_a_reseal_that_moves_a_contact() {
+        // Room, listing, an order whose contact is under key 1, then a
+        // re-seal of order 1 from key 1 to a contact under key 2.
+        let seed = [
+            0, 0, 0, 0, 0, 1, 0, 0, 3, 5, 5, 0, 2, 0, 0, 0, 1, 0, 1, 7, 1, 1, 1, 2,
+        ];
+        let cmds = decode(&seed);
+        assert!(
+            matches!(cmds[3], Command::ResealContacts { .. }),
+            "{cmds:?}"
+        );
+        let mut s = ShardState::new();
+        let outs: Vec<Outcome> = cmds
+            .iter()
+            .map(|c| {
+                s.apply(&Stamped {
+                    at_ms: 1,
+                    command: c.clone(),
+                })
+            })
+            .collect();
+        assert_eq!(
+            outs[3],
+            Outcome::Resealed {
+                resealed: 1,
+                skipped: 0
+            },
+            "{outs:?}"
+        );
+        assert_eq!(s.contact_key_counts().get(&2), Some(&1));
+        commands(&seed);
+    }
 
     #[test]
     fn the_harness_reaches_orders_and_its_oracle_holds_on_seeds() {

@@ -11,7 +11,7 @@ pub mod fuzzing;
 pub mod state;
 
 pub use command::{
-    Command, InvalidField, ListingState, ListingView, OrderStatus, OrderView, Outcome, RejectCode,
-    RoomState, RoomView, Stamped,
+    contact_key_id, Command, InvalidField, ListingState, ListingView, OrderStatus, OrderView,
+    Outcome, RejectCode, ResealedContact, RoomState, RoomView, Stamped,
 };
 pub use state::{InvariantViolation, ShardState, StateSummary};

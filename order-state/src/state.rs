@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Command, ListingState, ListingView, OrderStatus, OrderView, Outcome, RejectCode, RoomState,
-    RoomView, Stamped,
+    contact_key_id, Command, ListingState, ListingView, OrderStatus, OrderView, Outcome,
+    RejectCode, ResealedContact, RoomState, RoomView, Stamped,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,7 +337,51 @@ impl ShardState {
                 };
                 Outcome::SalesPaused { paused: *paused }
             }
+            Command::ResealContacts { contacts } => self.reseal_contacts(contacts),
         })
+    }
+
+    fn reseal_contacts(&mut self, contacts: &[ResealedContact]) -> Outcome {
+        let (mut resealed, mut skipped) = (0u32, 0u32);
+        for c in contacts {
+            let slot = order_index(c.order_id, self.orders.len())
+                .map(|i| &mut self.orders[i].contact)
+                .filter(|old| contact_key_id(old) == Some(c.from_key));
+            match slot {
+                Some(old) => {
+                    *old = c.contact.as_slice().into();
+                    resealed += 1;
+                }
+                None => skipped += 1,
+            }
+        }
+        Outcome::Resealed { resealed, skipped }
+    }
+
+    /// How many stored contacts are sealed under each key id (orders placed
+    /// without contact data are not counted).
+    pub fn contact_key_counts(&self) -> std::collections::BTreeMap<u8, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for o in &self.orders {
+            if let Some(id) = contact_key_id(&o.contact) {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Up to `limit` contacts sealed under a key other than `keep`, from order
+    /// ids above `after`, in id order: `(order id, sealed contact)`.
+    pub fn contacts_not_under(&self, keep: u8, after: u64, limit: usize) -> Vec<(u64, Vec<u8>)> {
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        self.orders
+            .iter()
+            .enumerate()
+            .skip(start)
+            .filter(|(_, o)| contact_key_id(&o.contact).is_some_and(|id| id != keep))
+            .take(limit)
+            .map(|(i, o)| (i as u64 + 1, o.contact.to_vec()))
+            .collect()
     }
 
     fn upsert_listing(
@@ -808,6 +852,136 @@ mod as_pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sealed(key: u8, tag: u8) -> Vec<u8> {
+        let mut v = vec![1, key];
+        v.extend_from_slice(&[tag; 40]);
+        v
+    }
+
+    #[test]
+    fn reseal_replaces_only_contacts_still_under_the_old_key_and_repeats_change_nothing() {
+        let mut s = ShardState::new();
+        let at = |command| Stamped { at_ms: 1, command };
+        s.apply(&at(Command::UpsertRoom {
+            room: "r".into(),
+            title: String::new(),
+            home_region: "eu".into(),
+            state: RoomState::Live,
+        }));
+        s.apply(&at(Command::UpsertListing {
+            room: "r".into(),
+            sku: "s".into(),
+            price_cents: 1,
+            stock_total: 10,
+            per_buyer_limit: 10,
+            state: ListingState::Open,
+        }));
+        for (i, contact) in [sealed(1, 1), sealed(1, 2), sealed(2, 3), vec![]]
+            .into_iter()
+            .enumerate()
+        {
+            let o = s.apply(&at(Command::PlaceOrder {
+                room: "r".into(),
+                sku: "s".into(),
+                buyer: format!("b{i}"),
+                qty: 1,
+                idempotency_key: "k".into(),
+                contact,
+            }));
+            assert!(matches!(o, Outcome::Order { .. }), "{o:?}");
+        }
+        assert_eq!(
+            s.contact_key_counts(),
+            std::collections::BTreeMap::from([(1, 2), (2, 1)])
+        );
+        let todo = s.contacts_not_under(2, 0, 10);
+        assert_eq!(
+            todo.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            s.contacts_not_under(2, 1, 10).len(),
+            1,
+            "the cursor skips order 1"
+        );
+        let reseal = Command::ResealContacts {
+            contacts: vec![
+                ResealedContact {
+                    order_id: 1,
+                    from_key: 1,
+                    contact: sealed(2, 9),
+                },
+                ResealedContact {
+                    order_id: 2,
+                    from_key: 1,
+                    contact: sealed(2, 8),
+                },
+                // Not under key 1 (any more): left alone.
+                ResealedContact {
+                    order_id: 3,
+                    from_key: 1,
+                    contact: sealed(2, 7),
+                },
+                ResealedContact {
+                    order_id: 99,
+                    from_key: 1,
+                    contact: sealed(2, 6),
+                },
+            ],
+        };
+        assert_eq!(
+            s.apply(&at(reseal.clone())),
+            Outcome::Resealed {
+                resealed: 2,
+                skipped: 2
+            }
+        );
+        assert_eq!(s.order_contact(1), Some(&sealed(2, 9)[..]));
+        assert_eq!(s.order_contact(3), Some(&sealed(2, 3)[..]));
+        assert_eq!(
+            s.contact_key_counts(),
+            std::collections::BTreeMap::from([(2, 3)])
+        );
+        // The same entry applied again (a retried batch) changes nothing.
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&at(reseal)),
+            Outcome::Resealed {
+                resealed: 0,
+                skipped: 4
+            }
+        );
+        assert_eq!(s, before);
+        s.check_invariants().expect("invariants");
+        // Unsealed or empty blobs and oversized batches are refused whole.
+        for bad in [
+            vec![ResealedContact {
+                order_id: 1,
+                from_key: 2,
+                contact: b"plain".to_vec(),
+            }],
+            vec![],
+            vec![
+                ResealedContact {
+                    order_id: 1,
+                    from_key: 2,
+                    contact: sealed(3, 1)
+                };
+                crate::command::MAX_RESEAL_BATCH + 1
+            ],
+        ] {
+            let o = s.apply(&at(Command::ResealContacts { contacts: bad }));
+            assert_eq!(
+                o,
+                Outcome::Rejected {
+                    code: RejectCode::InvalidRequest,
+                    replayed: false
+                }
+            );
+        }
+        assert_eq!(s, before);
+    }
 
     #[test]
     fn rejections_recorded_by_older_versions_still_replay() {

@@ -51,6 +51,15 @@ fn command() -> impl Strategy<Value = Command> {
             paused,
             reason: "drill".into(),
         }),
+        // Contacts above are sealed-looking blobs under key 2; a re-seal moves
+        // some to key 3 (or asks for a key they are not under).
+        1 => (0u64..30, 2u8..4).prop_map(|(order_id, from_key)| Command::ResealContacts {
+            contacts: vec![roomkeeper_order_state::ResealedContact {
+                order_id,
+                from_key,
+                contact: vec![1, 3, 9],
+            }],
+        }),
     ]
 }
 

@@ -20,8 +20,12 @@ use openraft::{ChangeMembers, ServerState};
 use serde::Deserialize;
 use serde_json::json;
 
-use roomkeeper_api::admin::{ReplicatedGate, SalesGate, SalesGateReply};
-use roomkeeper_order_state::{Command, Outcome};
+use roomkeeper_api::admin::{
+    ContactKey, ContactKeysReport, ReplicatedGate, ResealReply, ResealRequest, SalesGate,
+    SalesGateReply,
+};
+use roomkeeper_order_state::command::MAX_RESEAL_BATCH;
+use roomkeeper_order_state::{contact_key_id, Command, Outcome, ResealedContact};
 
 use crate::api::bearer_matches;
 use crate::faults::FaultSettings;
@@ -158,6 +162,8 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/admin/snapshot", post(snapshot))
         .route("/admin/invariants", get(invariants))
         .route("/admin/faults", get(get_faults).post(set_faults))
+        .route("/admin/contact-keys", get(get_contact_keys))
+        .route("/admin/contact-keys/reseal", post(reseal_contacts))
         .layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -231,6 +237,7 @@ pub fn decode_every_body(bytes: &[u8]) {
     let _ = serde_json::from_slice::<VotersBody>(bytes);
     let _ = serde_json::from_slice::<TransferBody>(bytes);
     let _ = serde_json::from_slice::<FaultSettings>(bytes);
+    let _ = serde_json::from_slice::<ResealRequest>(bytes);
 }
 
 #[derive(Debug, Deserialize)]
@@ -551,4 +558,161 @@ async fn set_faults(
     tracing::warn!(?b, "fault injection changed");
     ctx.faults.set(&b);
     (StatusCode::OK, Json(ctx.faults.get())).into_response()
+}
+
+/// Which contact keys this node holds and how many of its stored contacts
+/// each key id seals (`roomkeeper contact-keys check`).
+pub fn contact_keys_report(ctx: &NodeContext) -> ContactKeysReport {
+    let ring = ctx.keyring.get();
+    let applied_index = ctx.sm.applied_index();
+    let counts = ctx.sm.read(|s| s.contact_key_counts());
+    let count_where = |f: &dyn Fn(u8) -> bool| -> u64 {
+        counts
+            .iter()
+            .filter(|(id, _)| f(**id))
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let under_retired_keys = count_where(&|id| ring.is_retired(id));
+    let under_unknown_keys = count_where(&|id| !ring.holds(id));
+    ContactKeysReport {
+        node_id: ctx.node_id,
+        applied_index,
+        sealing_key_id: ring.sealing_key_id(),
+        keys: ring
+            .key_infos()
+            .into_iter()
+            .map(|k| ContactKey {
+                id: k.id,
+                retired: k.retired,
+                staged: k.staged,
+            })
+            .collect(),
+        records: counts.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
+        under_retired_keys,
+        under_unknown_keys,
+        ok: under_retired_keys == 0 && under_unknown_keys == 0,
+    }
+}
+
+async fn get_contact_keys(State(ctx): State<Arc<NodeContext>>) -> Json<ContactKeysReport> {
+    Json(contact_keys_report(&ctx))
+}
+
+/// Re-seals every stored contact that is not under the sealing key: the
+/// leader opens each with its keyring, seals it under the newest key and
+/// proposes the ciphertexts in `ResealContacts` entries of at most `batch`
+/// contacts, one entry at a time, so orders keep committing between them.
+/// Each entry replaces a contact only while it is still under the key it was
+/// read under: running it again, or after an interruption, is safe and goes
+/// on where it stopped.
+async fn reseal_contacts(
+    State(ctx): State<Arc<NodeContext>>,
+    AdminJson(b): AdminJson<ResealRequest>,
+) -> Response {
+    let batch = b.batch.map_or(MAX_RESEAL_BATCH, |n| n as usize);
+    if batch == 0 || batch > MAX_RESEAL_BATCH {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("batch must be between 1 and {MAX_RESEAL_BATCH}"),
+        );
+    }
+    let operator = Arc::new(crate::auth::Principal {
+        name: "admin".into(),
+        scope: crate::auth::Scope::all(),
+    });
+    let ring = ctx.keyring.get();
+    let keep = ring.sealing_key_id();
+    let mut reply = ResealReply {
+        node_id: ctx.node_id,
+        sealing_key_id: keep,
+        resealed: 0,
+        skipped: 0,
+        batches: 0,
+        unreadable: 0,
+    };
+    let mut after = 0;
+    loop {
+        let leader = ctx.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(ctx.node_id) {
+            return error(
+                StatusCode::CONFLICT,
+                "not_leader",
+                format!(
+                    "re-seal must be asked of the leader ({leader:?}); {} contacts re-sealed before this node stopped leading: run it again there",
+                    reply.resealed
+                ),
+            );
+        }
+        let todo = ctx.sm.read(|s| s.contacts_not_under(keep, after, batch));
+        let Some(&(last, _)) = todo.last() else {
+            break;
+        };
+        after = last;
+        let mut contacts = Vec::with_capacity(todo.len());
+        for (order_id, sealed) in todo {
+            let Some(from_key) = contact_key_id(&sealed) else {
+                continue;
+            };
+            match ring.reseal(&sealed) {
+                Ok(contact) => contacts.push(ResealedContact {
+                    order_id,
+                    from_key,
+                    contact,
+                }),
+                Err(e) => {
+                    reply.unreadable += 1;
+                    tracing::warn!(order_id, from_key, error = %e, "contact cannot be re-sealed here; left as it is");
+                }
+            }
+        }
+        if contacts.is_empty() {
+            continue;
+        }
+        reply.batches += 1;
+        match ctx
+            .proposer
+            .submit(Command::ResealContacts { contacts }, operator.clone())
+            .await
+        {
+            Ok(Outcome::Resealed { resealed, skipped }) => {
+                reply.resealed += u64::from(resealed);
+                reply.skipped += u64::from(skipped);
+                ctx.metrics
+                    .contacts_resealed_total
+                    .inc_by(u64::from(resealed));
+            }
+            Ok(other) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    "reseal_refused",
+                    format!(
+                        "a re-seal entry was refused ({}) after {} contacts re-sealed",
+                        other.label(),
+                        reply.resealed
+                    ),
+                )
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!(
+                        "{e}; {} contacts re-sealed so far: run it again to go on",
+                        reply.resealed
+                    ),
+                )
+            }
+        }
+    }
+    tracing::info!(
+        sealing_key_id = keep,
+        resealed = reply.resealed,
+        skipped = reply.skipped,
+        batches = reply.batches,
+        unreadable = reply.unreadable,
+        "contact re-seal finished"
+    );
+    Json(reply).into_response()
 }

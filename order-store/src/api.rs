@@ -488,7 +488,7 @@ async fn place_order(
     if let Some(code) = early_refusal(&ctx, &cmd).await {
         return Err(ApiError::rejected(code));
     }
-    let sealed = ctx.keyring.seal(b.contact.as_bytes()).map_err(|e| {
+    let sealed = ctx.keyring.get().seal(b.contact.as_bytes()).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "sealing_failed",
@@ -623,7 +623,7 @@ async fn get_contact(
     let contact = match sealed.is_empty() {
         true => String::new(),
         false => {
-            let plain = ctx.keyring.open(&sealed).map_err(|e| {
+            let plain = ctx.keyring.get().open(&sealed).map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "unsealing_failed",

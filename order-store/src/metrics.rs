@@ -47,6 +47,12 @@ pub struct NodeMetrics {
     pub raft_requests_refused_total: IntCounterVec,
     /// Client requests refused 429 `rate_limited`, by limit (`token`, `buyer`).
     pub rate_limited_requests_total: IntCounterVec,
+    /// Contact key file reloads, by result (`ok`, `refused`).
+    pub contact_key_reloads_total: IntCounterVec,
+    /// The key id new contacts are sealed under.
+    pub contact_sealing_key_id: IntGauge,
+    /// Contacts this node re-sealed under the newest key (as leader).
+    pub contacts_resealed_total: IntCounter,
     /// Connections, caps and timeouts of the client and admin listeners.
     pub http_edges: crate::http_server::EdgeMetrics,
 }
@@ -216,6 +222,21 @@ impl NodeMetrics {
                 ),
                 &["reason"],
             )?,
+            contact_key_reloads_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_contact_key_reloads_total",
+                    "Changes of the contact key file judged, by result (ok, refused)",
+                ),
+                &["result"],
+            )?,
+            contact_sealing_key_id: IntGauge::new(
+                "roomkeeper_contact_sealing_key_id",
+                "The contact key id new orders are sealed under",
+            )?,
+            contacts_resealed_total: IntCounter::new(
+                "roomkeeper_contacts_resealed_total",
+                "Contacts re-sealed under the newest key by this node's re-seal runs",
+            )?,
             http_edges: crate::http_server::EdgeMetrics::new(&registry)?,
             registry,
         };
@@ -252,6 +273,9 @@ impl NodeMetrics {
         r.register(Box::new(self.raft_connections_refused_total.clone()))?;
         r.register(Box::new(self.raft_requests_refused_total.clone()))?;
         r.register(Box::new(self.rate_limited_requests_total.clone()))?;
+        r.register(Box::new(self.contact_key_reloads_total.clone()))?;
+        r.register(Box::new(self.contact_sealing_key_id.clone()))?;
+        r.register(Box::new(self.contacts_resealed_total.clone()))?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::role_name;
 use crate::auth::TokenTable;
-use crate::contact::ContactKeyring;
+use crate::contact::{ContactKeyring, ContactKeys};
 use crate::faults::Faults;
 use crate::http_server::HttpLimits;
 use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
@@ -37,6 +37,10 @@ pub struct NodeConfig {
     pub region: String,
     pub zone: String,
     pub keyring: ContactKeyring,
+    /// The file `keyring` came from: polled every `contact_key_reload` and
+    /// put in use when it changes (None, or a zero interval: never reloaded).
+    pub contact_key_file: Option<PathBuf>,
+    pub contact_key_reload: Duration,
     /// The single all-scopes client token (named `client-token`).
     pub client_token: Option<String>,
     /// Scoped client tokens (`--client-tokens-file`, see `auth.rs`).
@@ -92,6 +96,8 @@ impl NodeConfig {
             region: "local".into(),
             zone: "local-a".into(),
             keyring,
+            contact_key_file: None,
+            contact_key_reload: Duration::from_secs(2),
             client_token: None,
             client_tokens: None,
             rate_limits: RateLimits::default(),
@@ -148,7 +154,8 @@ pub struct NodeContext {
     pub sm: StateMachine,
     pub proposer: Proposer,
     pub pool: Arc<PeerPool>,
-    pub keyring: Arc<ContactKeyring>,
+    /// The contact keyring in use (reloaded when its file changes).
+    pub keyring: Arc<ContactKeys>,
     pub metrics: NodeMetrics,
     pub contact: Arc<LeaderContact>,
     pub faults: Arc<Faults>,
@@ -198,7 +205,10 @@ impl NodeHandle {
                 None
             }
         };
-        let keyring = Arc::new(cfg.keyring);
+        metrics
+            .contact_sealing_key_id
+            .set(i64::from(cfg.keyring.sealing_key_id()));
+        let keyring = Arc::new(ContactKeys::new(cfg.keyring));
         let clients = match (cfg.client_tokens, cfg.client_token) {
             (None, None) => TokenTable::open(),
             (Some(t), None) => t,
@@ -336,6 +346,16 @@ impl NodeHandle {
         ));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tokio::spawn(audit_invariants(ctx.clone()));
+        if let Some(path) = cfg
+            .contact_key_file
+            .filter(|_| !cfg.contact_key_reload.is_zero())
+        {
+            tokio::spawn(watch_contact_keys(
+                ctx.clone(),
+                path,
+                cfg.contact_key_reload,
+            ));
+        }
         tracing::info!(
             node_id = cfg.node_id,
             region = %info.region,
@@ -374,6 +394,75 @@ async fn audit_invariants(ctx: Arc<NodeContext>) {
             tokio::task::spawn_blocking(move || drop(audit_ctx.sm.audit(&audit_ctx.metrics))).await;
         if let Err(e) = joined {
             tracing::warn!(error = %e, "invariant audit task failed");
+        }
+    }
+}
+
+/// Polls the contact key file and puts a changed one in use (no restart). A
+/// file that does not parse, or that drops a key stored contacts still use,
+/// is refused: logged, counted (`roomkeeper_contact_key_reloads_total
+/// {result="refused"}`), and the keyring in use is kept. Each distinct file
+/// content is judged once.
+async fn watch_contact_keys(ctx: Arc<NodeContext>, path: PathBuf, every: Duration) {
+    let mut last = tokio::fs::read(&path).await.ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let text = match tokio::fs::read(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                // A Secret volume swaps its files by symlink: a read can
+                // miss once. Judged again at the next tick; counted once.
+                if last.is_some() {
+                    tracing::warn!(path = %path.display(), error = %e, "contact key file unreadable; keeping the keys in use");
+                    ctx.metrics
+                        .contact_key_reloads_total
+                        .with_label_values(&["refused"])
+                        .inc();
+                    last = None;
+                }
+                continue;
+            }
+        };
+        if last.as_deref() == Some(&text[..]) {
+            continue;
+        }
+        last = Some(text.clone());
+        let judged = std::str::from_utf8(&text)
+            .map_err(|_| crate::contact::ContactError::BadKeyLine {
+                line: 0,
+                reason: "the file is not UTF-8".into(),
+            })
+            .and_then(ContactKeyring::parse)
+            .and_then(|ring| {
+                let in_use = ctx.sm.read(|s| s.contact_key_counts());
+                ring.check_replaces(&in_use).map(|()| ring)
+            });
+        match judged {
+            Ok(ring) => {
+                tracing::info!(
+                    path = %path.display(),
+                    keys = ?ring.key_infos(),
+                    sealing_key_id = ring.sealing_key_id(),
+                    "contact keys reloaded"
+                );
+                ctx.metrics
+                    .contact_sealing_key_id
+                    .set(i64::from(ring.sealing_key_id()));
+                ctx.metrics
+                    .contact_key_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                ctx.keyring.replace(ring);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "contact key file refused; keeping the keys in use");
+                ctx.metrics
+                    .contact_key_reloads_total
+                    .with_label_values(&["refused"])
+                    .inc();
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Principal, TokenTable, Verb};
-use crate::contact::ContactKeyring;
+use crate::contact::ContactKeys;
 use crate::faults::Faults;
 use crate::metrics::NodeMetrics;
 use crate::proposer::{Proposer, WriteError};
@@ -127,8 +127,9 @@ fn needs<'a>(state: &'a ShardState, cmd: &'a Command) -> Option<(Verb, Option<&'
         Command::CancelOrder { order_id } | Command::PayOrder { order_id } => {
             Some((Verb::Order, state.order_room(*order_id)))
         }
-        // No client token may pause sales: that is the operator's, on the leader.
-        Command::SetSalesPaused { .. } => None,
+        // No client token may pause sales or re-seal contacts: those are the
+        // operator's, proposed on the leader.
+        Command::SetSalesPaused { .. } | Command::ResealContacts { .. } => None,
     }
 }
 
@@ -773,7 +774,7 @@ pub struct RaftServer {
     /// Mutual TLS; `None` only with `--insecure-plaintext-raft`.
     pub tls: Option<Arc<RaftTls>>,
     /// Opens forwarded contacts: a forwarded order must carry a sealed one.
-    pub keyring: Arc<ContactKeyring>,
+    pub keyring: Arc<ContactKeys>,
     /// This node's client tokens: forwarded writes are authorized again.
     pub clients: Arc<TokenTable>,
     /// The state forwarded cancels and pays are authorized against.
@@ -792,7 +793,7 @@ pub struct RaftServerParts {
     pub metrics: NodeMetrics,
     pub limits: ListenerLimits,
     pub tls: Option<Arc<RaftTls>>,
-    pub keyring: Arc<ContactKeyring>,
+    pub keyring: Arc<ContactKeys>,
     pub clients: Arc<TokenTable>,
     pub sm: StateMachine,
 }
@@ -904,9 +905,10 @@ impl RaftServer {
         }
         drop(m);
         if let RpcRequest::Forward(batch) = &env.body {
+            let keyring = self.keyring.get();
             for (_, cmd) in &batch.commands {
                 if let Command::PlaceOrder { contact, .. } = cmd {
-                    if self.keyring.open(contact).is_err() {
+                    if keyring.open(contact).is_err() {
                         return Err(Refusal::UnsealedContact);
                     }
                 }

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod certs_cmd;
+mod contact_keys_cmd;
 mod demo;
 mod drill;
 mod node_cmd;
@@ -40,6 +41,9 @@ enum Cmd {
     /// Print the secret column of a client token file (`sha256:<hex>`) for a
     /// token read from standard input (one line; the newline is not hashed).
     ClientTokenHash,
+    /// Contact key rotation: re-seal stored contacts under the newest key,
+    /// check that none uses a retired key.
+    ContactKeys(contact_keys_cmd::ContactKeysArgs),
     /// Run a local multi-region cluster with a flash-sale load and live status.
     Demo(demo::DemoArgs),
     /// Chaos drills on a local cluster: run one, run the library, render reports.
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            Cmd::ContactKeys(args) => contact_keys_cmd::run(args).await,
             Cmd::Demo(args) => demo::run(args).await,
             Cmd::Drill(args) => drill::run(args).await,
             #[cfg(feature = "bench")]

@@ -61,9 +61,15 @@ pub struct NodeArgs {
     /// Zone within the region.
     #[arg(long, default_value = "local-a")]
     pub zone: String,
-    /// Key file that seals buyer contacts (`<id> <64 hex chars>` per line).
+    /// Key file that seals buyer contacts (`<id> <64 hex chars>
+    /// [staged|retired]` per line; the highest id neither staged nor retired
+    /// seals, every key opens).
     #[arg(long)]
     pub contact_key_file: PathBuf,
+    /// How often the contact key file is checked for changes (0: never; a
+    /// changed file is put in use without a restart).
+    #[arg(long, default_value_t = 2000)]
+    pub contact_key_reload_ms: u64,
     /// Bearer token required by the client API, with every scope (named
     /// `client-token`). Unset, and no `--client-tokens-file`: open, with a warning.
     #[arg(long, env = "ROOMKEEPER_CLIENT_TOKEN", hide_env_values = true)]
@@ -204,6 +210,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&args.data_dir)?;
     let fresh_data_dir = pin_node_id(&args.data_dir, id)?;
     let mut cfg = NodeConfig::with_defaults(id, args.data_dir.clone(), keyring);
+    cfg.contact_key_file = Some(args.contact_key_file.clone());
+    cfg.contact_key_reload = std::time::Duration::from_millis(args.contact_key_reload_ms);
     cfg.raft_addr = args.raft_addr;
     cfg.api_addr = args.api_addr;
     cfg.admin_addr = args.admin_addr;

@@ -523,6 +523,11 @@ impl Cluster {
         }
     }
 
+    /// The contact key file every node reads (and reloads when it changes).
+    pub fn contact_key_file(&self) -> &Path {
+        &self.key_file
+    }
+
     pub fn node_log(&self, id: u64) -> String {
         std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
     }
@@ -605,6 +610,36 @@ pub fn order_body(sku: &str, buyer: &str, qty: u32, key: &str) -> String {
 /// A request body of the roomkeeper API as JSON text.
 pub fn to_json<T: serde::Serialize>(body: &T) -> String {
     serde_json::to_string(body).unwrap_or_else(|e| panic!("serializing a request body: {e}"))
+}
+
+/// Every file under `dir`, at any depth (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Panics naming the first file under `dir` whose bytes hold `needle` (a
+/// marker contact that must never be written in plain text).
+pub fn assert_in_no_file(dir: &Path, needle: &[u8]) {
+    for file in files_under(dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "plain-text {:?} found in {}",
+            String::from_utf8_lossy(needle),
+            file.display()
+        );
+    }
 }
 
 /// Sends `sig` to one process.

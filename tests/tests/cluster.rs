@@ -157,7 +157,7 @@ fn three_node_cluster_forms_serves_and_agrees() {
     c.assert_invariants();
     // The contact never reaches disk in plain text.
     for id in c.ids() {
-        for entry in walk(&c.node(id).data_dir) {
+        for entry in roomkeeper_e2e::files_under(&c.node(id).data_dir) {
             let bytes = std::fs::read(&entry).unwrap_or_default();
             assert!(
                 !bytes.windows(15).any(|w| w == b"ann@example.com"),
@@ -166,21 +166,6 @@ fn three_node_cluster_forms_serves_and_agrees() {
             );
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -350,7 +335,7 @@ fn every_node_killed_mid_load_then_restarted_holds_every_acknowledged_order() {
 }
 
 fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut wals: Vec<_> = walk(&dir.join("log"))
+    let mut wals: Vec<_> = roomkeeper_e2e::files_under(&dir.join("log"))
         .into_iter()
         .filter(|p| p.extension().map(|e| e == "wal").unwrap_or(false))
         .collect();

@@ -5,7 +5,11 @@
 //! other port); taking the label away and giving it to another pod flips
 //! reachability without restarting anything, and cuts an established
 //! connection, which carries data again once the label is back; the host
-//! always reaches every pod. A starting bridge removes what a dead test
+//! always reaches every pod. The operator's own policy for a cluster admits
+//! Raft only between its members, the order API only from its namespace and
+//! the ingress namespace, the admin port only from the operator's pods and
+//! the monitoring namespace's Prometheus — and refuses every other of those
+//! flows. A starting bridge removes what a dead test
 //! process left behind; a dropped bridge leaves neither namespaces nor its
 //! bridge device.
 //!
@@ -227,11 +231,17 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
-/// Whether a fresh connection from pod `from` to `to:port` is established
+/// Whether a fresh connection from pod `from` of namespace `ns` to `to:port` is established
 /// (and, for the admin port, answers `/healthz` with 200).
-async fn reaches(bridge: &KubeletBridge, from: &str, to: Ipv4Addr, port: u16) -> Result<bool> {
+async fn reaches_from(
+    bridge: &KubeletBridge,
+    ns: &str,
+    from: &str,
+    to: Ipv4Addr,
+    port: u16,
+) -> Result<bool> {
     match bridge
-        .connect_from_pod(NS, from, addr(to, port), BLOCKED_AFTER)
+        .connect_from_pod(ns, from, addr(to, port), BLOCKED_AFTER)
         .await
     {
         Ok(mut s) => {
@@ -266,7 +276,19 @@ async fn expect(
     port: u16,
     want: bool,
 ) -> Result<()> {
-    let got = reaches(bridge, from, to.1, port).await?;
+    expect_from(bridge, NS, from, to, port, want).await
+}
+
+/// [`expect`] from a pod of namespace `ns`.
+async fn expect_from(
+    bridge: &KubeletBridge,
+    ns: &str,
+    from: &str,
+    to: (&str, Ipv4Addr),
+    port: u16,
+    want: bool,
+) -> Result<()> {
+    let got = reaches_from(bridge, ns, from, to.1, port).await?;
     ensure!(
         got == want,
         "{from} -> {}:{port} {}, expected it {}",
@@ -298,11 +320,7 @@ async fn scenario(h: &KubeHarness, bridge: &KubeletBridge) -> Result<()> {
         .create(&pp, &obj(json!({"metadata": {"name": NS}})))
         .await?;
     Api::<Secret>::namespaced(admin.clone(), NS)
-        .create(
-            &pp,
-            &obj(json!({"metadata": {"name": "keys"},
-                "stringData": {"contact.key": format!("0 {}\n", "ab".repeat(32))}})),
-        )
+        .create(&pp, &keys_secret())
         .await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     pods.create(&pp, &node_pod("server", 1, json!({"app": "server"})))
@@ -454,5 +472,123 @@ async fn scenario(h: &KubeHarness, bridge: &KubeletBridge) -> Result<()> {
         rules.isolated.is_empty() && rules.pods.len() == 3,
         "after the policy's deletion: {rules:?}"
     );
+
+    // (e) The operator's own policy.
+    let t = Instant::now();
+    operator_policy(h, bridge, server, friend).await?;
+    eprintln!("(e) the operator's policy checked in {:?}", t.elapsed());
     Ok(())
+}
+
+const RAFT: u16 = 7101;
+const INGRESS_NS: &str = "rk-netpol-ingress";
+const MONITORING_NS: &str = "rk-netpol-monitoring";
+const ROLE: &str = "roomkeeper.dev/test-role";
+
+/// The policy the operator makes for a LiveRoomCluster `shop` whose members
+/// are `server` and `friend`, with the ingress and monitoring namespaces
+/// named by label: each flow that exists is admitted, the others refused.
+async fn operator_policy(
+    h: &KubeHarness,
+    bridge: &KubeletBridge,
+    server: (&str, Ipv4Addr),
+    friend: (&str, Ipv4Addr),
+) -> Result<()> {
+    let admin = h.admin_client();
+    let pp = PostParams::default();
+    // A gateway in the ingress namespace, and Prometheus in the monitoring
+    // one. The gateway carries the Prometheus label too: only Prometheus of
+    // the monitoring namespace may scrape.
+    let others = [
+        (INGRESS_NS, "ingress", "gateway", 5),
+        (MONITORING_NS, "monitoring", "prometheus", 4),
+    ];
+    for (ns, role, pod, id) in others {
+        Api::<Namespace>::all(admin.clone())
+            .create(
+                &pp,
+                &obj(json!({"metadata": {"name": ns, "labels": {ROLE: role}}})),
+            )
+            .await?;
+        Api::<Secret>::namespaced(admin.clone(), ns)
+            .create(&pp, &keys_secret())
+            .await?;
+        Api::<Pod>::namespaced(admin.clone(), ns)
+            .create(
+                &pp,
+                &node_pod(pod, id, json!({"app.kubernetes.io/name": "prometheus"})),
+            )
+            .await?;
+    }
+    for (ns, _, pod, _) in others {
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+        eventually(Duration::from_secs(90), &format!("{pod} Ready"), || {
+            let pods = pods.clone();
+            async move { pods.get(pod).await.is_ok_and(|p| is_ready(&p)) }
+        })
+        .await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let merge = PatchParams::default();
+    for member in ["server", "friend"] {
+        pods.patch(
+            member,
+            &merge,
+            &Patch::Merge(json!({"metadata": {"labels": {"roomkeeper.dev/cluster": "shop"}}})),
+        )
+        .await?;
+    }
+    let spec: roomkeeper_operator::crd::LiveRoomClusterSpec = serde_json::from_value(json!({
+        "regions": [{"name": "east", "voters": 3}],
+        "image": "ghcr.io/example/roomkeeper:test",
+        "network": {
+            "clientNamespaceSelector": {"matchLabels": {ROLE: "ingress"}},
+            "monitoringNamespaceSelector": {"matchLabels": {ROLE: "monitoring"}},
+        },
+    }))?;
+    let mut lrc = roomkeeper_operator::crd::LiveRoomCluster::new("shop", spec);
+    lrc.metadata.namespace = Some(NS.to_string());
+    let np = roomkeeper_operator::resources::network_policy(&lrc);
+    let np_name = np.metadata.name.clone().context("policy name")?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(admin.clone(), NS);
+    policies.create(&pp, &np).await?;
+    bridge.wait_synced(Duration::from_secs(20)).await?;
+
+    // Raft: members only (not a pod of the namespace, not another namespace).
+    expect_from(bridge, NS, "friend", server, RAFT, true).await?;
+    expect_from(bridge, NS, "server", friend, RAFT, true).await?;
+    expect_from(bridge, NS, "stranger", server, RAFT, false).await?;
+    expect_from(bridge, INGRESS_NS, "gateway", server, RAFT, false).await?;
+    expect_from(bridge, MONITORING_NS, "prometheus", server, RAFT, false).await?;
+    // The order API: this namespace and the ingress namespace.
+    expect_from(bridge, NS, "stranger", server, API, true).await?;
+    expect_from(bridge, INGRESS_NS, "gateway", server, API, true).await?;
+    expect_from(bridge, MONITORING_NS, "prometheus", server, API, false).await?;
+    // The admin port: Prometheus of the monitoring namespace (for /metrics);
+    // not a member, not a pod of the namespace, not Prometheus elsewhere.
+    expect_from(bridge, MONITORING_NS, "prometheus", server, ADMIN, true).await?;
+    expect_from(bridge, INGRESS_NS, "gateway", server, ADMIN, false).await?;
+    expect_from(bridge, NS, "friend", server, ADMIN, false).await?;
+    expect_from(bridge, NS, "stranger", server, ADMIN, false).await?;
+    // ... and the operator's pods.
+    pods.patch(
+        "stranger",
+        &merge,
+        &Patch::Merge(
+            json!({"metadata": {"labels": {"app.kubernetes.io/name": "roomkeeper-operator"}}}),
+        ),
+    )
+    .await?;
+    bridge.wait_synced(Duration::from_secs(20)).await?;
+    expect_from(bridge, NS, "stranger", server, ADMIN, true).await?;
+    expect_from(bridge, NS, "stranger", server, RAFT, false).await?;
+    policies.delete(&np_name, &Default::default()).await?;
+    bridge.wait_synced(Duration::from_secs(20)).await?;
+    expect_from(bridge, NS, "stranger", server, RAFT, true).await?;
+    Ok(())
+}
+
+fn keys_secret() -> Secret {
+    obj(json!({"metadata": {"name": "keys"},
+        "stringData": {"contact.key": format!("0 {}\n", "ab".repeat(32))}}))
 }

@@ -446,7 +446,7 @@ fn only_certified_members_of_this_cluster_reach_raft_and_forwarded_contacts_stay
     c.wait_converged(Duration::from_secs(10));
     c.assert_invariants();
     for id in c.ids() {
-        for file in walk(&c.node(id).data_dir) {
+        for file in roomkeeper_e2e::files_under(&c.node(id).data_dir) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             assert!(
                 !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
@@ -455,21 +455,6 @@ fn only_certified_members_of_this_cluster_reach_raft_and_forwarded_contacts_stay
             );
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// The hole this closes, shown on a plaintext cluster: a forwarded order with
