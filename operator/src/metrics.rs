@@ -95,7 +95,7 @@ impl OperatorMetrics {
         let slo_latency = GaugeVec::new(
             Opts::new(
                 "roomkeeper_operator_slo_latency_objective_seconds",
-                "spec.slo.p99LatencyMs of a LiveRoomCluster in seconds; le is the latency bucket the SLO is measured at (the largest not above it)",
+                "spec.slo.p99LatencyMs of a LiveRoomCluster in seconds; le is the latency bucket the SLO is measured at (the objective itself; for a value off the allowed list, the largest bucket below it)",
             ),
             &["roomkeeper_namespace", "roomkeeper_cluster", "le"],
         )?;
@@ -296,19 +296,22 @@ mod tests {
         m.set_slo("shop", "live", &slo);
         let text = m.render();
         assert!(text.contains(r#"roomkeeper_operator_slo_availability_objective_ratio{roomkeeper_cluster="live",roomkeeper_namespace="shop"} 0.9995"#), "{text}");
-        assert!(text.contains(r#"roomkeeper_operator_slo_latency_objective_seconds{le="0.032",roomkeeper_cluster="live",roomkeeper_namespace="shop"} 0.05"#), "{text}");
+        assert!(text.contains(r#"roomkeeper_operator_slo_latency_objective_seconds{le="0.05",roomkeeper_cluster="live",roomkeeper_namespace="shop"} 0.05"#), "{text}");
         // A new target moves the series to its bucket; the old one is gone.
         m.set_slo(
             "shop",
             "live",
             &SloSpec {
-                p99_latency_ms: 300,
+                p99_latency_ms: 250,
                 ..slo.clone()
             },
         );
         let text = m.render();
-        assert!(text.contains(r#"le="0.256""#), "{text}");
-        assert!(!text.contains(r#"le="0.032""#), "{text}");
+        assert!(text.contains(r#"roomkeeper_operator_slo_latency_objective_seconds{le="0.25",roomkeeper_cluster="live",roomkeeper_namespace="shop"} 0.25"#), "{text}");
+        assert!(
+            !text.contains(r#"roomkeeper_operator_slo_latency_objective_seconds{le="0.05""#),
+            "{text}"
+        );
         m.remove_slo("shop", "live");
         let text = m.render();
         assert!(!text.contains("roomkeeper_operator_slo_"), "{text}");
