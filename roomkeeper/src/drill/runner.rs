@@ -22,7 +22,7 @@ use roomkeeper_local::sale::{node_signals, refresh_endpoints, traffic_map};
 use roomkeeper_local::{LocalActuator, LocalCluster, LocalClusterConfig, RegionSpec};
 use serde_json::json;
 
-use super::gameday::{Command as GdCommand, GameDay};
+use super::gameday::{Command as GdCommand, FaultState, GameDay};
 use super::inject::{Injector, World};
 use roomkeeper_control::recorded_load::Storm;
 
@@ -228,6 +228,9 @@ impl DrillTarget for World {
     }
 
     async fn tick(&mut self, obs: &ClusterObservation, start_unix_ms: u64, now_ms: u64) -> Tick {
+        if let Some(g) = self.game_day.as_mut() {
+            g.observe(now_ms, FaultState::of(obs));
+        }
         let (mut events, heal_all_faults) = self.game_day_poll(now_ms).await;
         let mut decisions = Vec::new();
         if let Some(control) = self.control.as_mut() {
