@@ -24,6 +24,8 @@ pub struct OperatorMetrics {
     pub writes: IntCounterVec,
     pub leader: IntGauge,
     pub playbook_decisions: IntCounterVec,
+    /// Suppressed decisions by the guard that stopped them, per cluster.
+    pub guard_blocks: IntCounterVec,
     /// `spec.slo` of every LiveRoomCluster, as series the chart's burn-rate
     /// rules join on (docs/decisions.md, "SLO objectives as operator series").
     slo_availability: GaugeVec,
@@ -134,6 +136,14 @@ impl OperatorMetrics {
             ),
             SLO_LABELS,
         )?;
+        let guard_blocks = IntCounterVec::new(
+            Opts::new(
+                "roomkeeper_operator_playbook_guard_blocks_total",
+                "Playbook decisions a guard suppressed, by guard (majorityVisible, neverBelowQuorum, cooldown, ...)",
+            ),
+            &["roomkeeper_namespace", "roomkeeper_cluster", "guard"],
+        )?;
+        registry.register(Box::new(guard_blocks.clone()))?;
         registry.register(Box::new(approvals_pending.clone()))?;
         registry.register(Box::new(approval_oldest.clone()))?;
         registry.register(Box::new(regions_visible.clone()))?;
@@ -155,6 +165,7 @@ impl OperatorMetrics {
             writes,
             leader,
             playbook_decisions,
+            guard_blocks,
             slo_availability,
             slo_latency,
             approvals_pending,

@@ -288,6 +288,48 @@ mod tests {
         }
     }
 
+    /// RoomkeeperPlaybookGuardBlocking leaves out exactly the guards whose
+    /// blocks are Normal Events here.
+    #[test]
+    fn the_guard_alert_and_the_warning_events_split_guards_alike() {
+        use Guard::*;
+        let all = [
+            Paused,
+            StaleObservation,
+            MajorityVisible,
+            Cooldown,
+            RateLimit,
+            NeverBelowQuorum,
+            OneRegionAtATime,
+            ApprovalGate,
+            InvalidPlaybook,
+            OperatorCommand,
+            NoLeader,
+            Quarantined,
+            RestartBackOff,
+            RestartBudget,
+            FailureBudget,
+        ];
+        let mut pacing: Vec<&str> = all
+            .iter()
+            .filter(|g| guard_runbook(**g).is_none())
+            .map(|g| g.name())
+            .collect();
+        pacing.sort_unstable();
+        let rules = std::fs::read_to_string(
+            repo().join("charts/roomkeeper-operator/files/roomkeeper-nodes.rules.yaml"),
+        )
+        .expect("rule file");
+        let start = rules
+            .find("guard!~\"")
+            .expect("the guard alert's exclusion")
+            + 8;
+        let end = start + rules[start..].find('"').expect("closing quote");
+        let mut excluded: Vec<&str> = rules[start..end].split('|').collect();
+        excluded.sort_unstable();
+        assert_eq!(excluded, pacing);
+    }
+
     fn decision(level: Option<u8>, action: ActionKind, disposition: Disposition) -> Decision {
         Decision {
             id: 7,

@@ -208,6 +208,14 @@ impl Journal for EventJournal<'_> {
             .playbook_decisions
             .with_label_values(&[d.action.name(), disposition])
             .inc();
+        if let Disposition::Suppressed { guard, .. } = &d.disposition {
+            let ns = self.lrc.namespace().unwrap_or_default();
+            self.ctx
+                .metrics
+                .guard_blocks
+                .with_label_values(&[&ns, &cluster_name(self.lrc), guard.name()])
+                .inc();
+        }
         let (warning, note) = crate::runbooks::decision_event(d);
         self.ctx
             .event_for(self.lrc, warning, "PlaybookDecision", note)
