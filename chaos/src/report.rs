@@ -137,6 +137,13 @@ pub struct GameDayStep {
     pub after_fault_ms: Option<u64>,
     /// What the operator entered.
     pub answer: Option<String>,
+    /// Points this step earned toward the score.
+    #[serde(default)]
+    pub points: u32,
+    /// Why: the rule applied and what was measured (for a command: whether
+    /// it changed the fault's state).
+    #[serde(default)]
+    pub explanation: String,
 }
 
 /// The human side of a game day.
@@ -145,7 +152,8 @@ pub struct GameDayRecord {
     pub operator_present: bool,
     pub note: String,
     pub steps: Vec<GameDayStep>,
-    /// 0–100: detection, runbook and mitigation against their targets.
+    /// 0–100: detection, runbook and recovery against their targets, and
+    /// 0 unless an operator command fixed the fault. The sum of the steps' points.
     pub score: u32,
     pub scoring: String,
 }
@@ -813,7 +821,7 @@ impl DrillReport {
             for st in &g.steps {
                 let _ = writeln!(
                     s,
-                    "    {}: {}{}",
+                    "    {}: {}{} — {} pt{}",
                     st.step,
                     st.after_fault_ms
                         .map(|t| format!("{:.1} s after the fault", t as f64 / 1000.0))
@@ -821,7 +829,13 @@ impl DrillReport {
                     st.answer
                         .as_ref()
                         .map(|a| format!(" ({a})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    st.points,
+                    if st.explanation.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", st.explanation)
+                    }
                 );
             }
         }
@@ -964,7 +978,7 @@ table{{border-collapse:collapse;margin:1em 0;width:100%}}td,th{{border-bottom:1p
         if let Some(g) = &self.game_day {
             let _ = write!(
                 s,
-                "<h2>Game day</h2><p>{} — score <b>{}/100</b> <span class=\"muted\">({})</span></p><table><tr><th>step</th><th>after the fault</th><th>answer</th></tr>",
+                "<h2>Game day</h2><p>{} — score <b>{}/100</b> <span class=\"muted\">({})</span></p><table><tr><th>step</th><th>after the fault</th><th>answer</th><th>points</th><th>why</th></tr>",
                 esc(&g.note),
                 g.score,
                 esc(&g.scoring)
@@ -972,12 +986,14 @@ table{{border-collapse:collapse;margin:1em 0;width:100%}}td,th{{border-bottom:1p
             for st in &g.steps {
                 let _ = write!(
                     s,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&st.step),
                     st.after_fault_ms
                         .map(|t| format!("{:.1} s", t as f64 / 1000.0))
                         .unwrap_or_else(|| "not done".into()),
-                    esc(st.answer.as_deref().unwrap_or("—"))
+                    esc(st.answer.as_deref().unwrap_or("—")),
+                    st.points,
+                    esc(&st.explanation)
                 );
             }
             s.push_str("</table>");

@@ -371,7 +371,7 @@ pub async fn publish(
                             true,
                             "ApprovalRequested",
                             format!(
-                                "{} waits for approval until {}: kubectl patch failoverapproval {name} -n {ns} --type merge -p '{{\"spec\":{{\"decision\":\"approve\",\"approvedBy\":\"<you>\",\"reason\":\"<why>\"}}}}' (or \"deny\"); default at the deadline: {default}; runbooks/approval-requested.md",
+                                "{} waits for approval until {}: kubectl patch failoverapproval {name} -n {ns} --type merge -p '{{\"spec\":{{\"decision\":\"approve\",\"approvedBy\":\"<you>\",\"reason\":\"<why>\"}}}}' (or \"deny\"); default at the deadline: {default}",
                                 rec.decision, obj.spec.deadline
                             ),
                         )

@@ -103,7 +103,7 @@ impl Context {
                 EventType::Normal
             },
             reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(crate::runbooks::annotate(reason, warning, note)),
             action: reason.to_string(),
             secondary: None,
         };

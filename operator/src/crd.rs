@@ -250,8 +250,10 @@ pub struct SloSpec {
     /// Target share of order attempts that succeed, in percent.
     #[schemars(range(min = 50.0, max = 100.0))]
     pub availability_percent: f64,
-    /// Target p99 latency of placing an order.
-    #[schemars(range(min = 1))]
+    /// Target p99 latency of placing an order, in milliseconds: one of the node latency
+    /// histogram's bucket bounds (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000), so the
+    /// latency alerts measure exactly this threshold.
+    #[schemars(range(min = 1), extend("enum" = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]))]
     pub p99_latency_ms: i64,
     /// Longest tolerated gap without accepted orders during a failover.
     #[schemars(range(min = 1))]
@@ -444,6 +446,24 @@ mod tests {
                 "crds/{file} is out of date: run `cargo run -p roomkeeper -- operator crds --out crds`"
             );
         }
+    }
+
+    /// The API server accepts exactly the latency objectives the node's
+    /// histogram has a bucket for.
+    #[test]
+    fn latency_objectives_are_the_histogram_options() {
+        let crd =
+            serde_json::to_value(<LiveRoomCluster as kube::CustomResourceExt>::crd()).unwrap();
+        let p99 = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["slo"]["properties"]["p99LatencyMs"];
+        let allowed: Vec<i64> = p99["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no enum in {p99}"))
+            .iter()
+            .filter_map(serde_json::Value::as_i64)
+            .collect();
+        assert_eq!(allowed, roomkeeper_api::metrics::SLO_LATENCY_OPTIONS_MS);
+        assert!(allowed.contains(&SloSpec::default().p99_latency_ms));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The roomkeeper Kubernetes operator.
 #![forbid(unsafe_code)]
 pub mod approval;
+pub mod audit;
 pub mod backoff;
 pub mod controller;
 pub mod crd;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod resources;
+pub mod runbooks;
 pub mod runtime;
 pub mod schedule;
 pub mod switchover;

@@ -208,9 +208,17 @@ impl Journal for EventJournal<'_> {
             .playbook_decisions
             .with_label_values(&[d.action.name(), disposition])
             .inc();
-        let warning = matches!(d.action, ActionKind::PageHuman) || d.level.unwrap_or(0) >= 2;
+        if let Disposition::Suppressed { guard, .. } = &d.disposition {
+            let ns = self.lrc.namespace().unwrap_or_default();
+            self.ctx
+                .metrics
+                .guard_blocks
+                .with_label_values(&[&ns, &cluster_name(self.lrc), guard.name()])
+                .inc();
+        }
+        let (warning, note) = crate::runbooks::decision_event(d);
         self.ctx
-            .event_for(self.lrc, warning, "PlaybookDecision", d.to_string())
+            .event_for(self.lrc, warning, "PlaybookDecision", note)
             .await;
         Ok(())
     }
@@ -456,6 +464,7 @@ pub async fn run(
         }
         Err(_) => Ok(()),
     };
+    crate::audit::after_tick(ctx, lrc, (&ns, &name), views, &control, &obs).await;
     let tier = tier_name(control.memory());
     if let Ok(mut m) = ctx.playbooks.inner.lock() {
         m.insert(key, control);

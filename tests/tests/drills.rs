@@ -40,9 +40,14 @@ impl Run {
 }
 
 fn run_drill(file: &Path, name: &str, port: u16) -> Run {
+    run_drill_with_input(file, name, port, None)
+}
+
+/// Runs a drill; `input`, when given, is the operator's stdin (then closed).
+fn run_drill_with_input(file: &Path, name: &str, port: u16, input: Option<&str>) -> Run {
     let out = std::env::temp_dir().join(format!("roomkeeper-drill-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let output = Command::new(binary())
+    let mut child = Command::new(binary())
         .current_dir(repo())
         .args(["drill", "run"])
         .arg(file)
@@ -50,9 +55,23 @@ fn run_drill(file: &Path, name: &str, port: u16) -> Run {
         .arg(&out)
         .args(["--seed", "42", "--base-port", &port.to_string()])
         .env("ROOMKEEPER_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run roomkeeper drill");
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write the operator's input");
+        // Dropping stdin closes it: the operator's input ends here.
+    }
+    let output = child.wait_with_output().expect("wait for roomkeeper drill");
     let report = std::fs::read(out.join("report.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -323,6 +342,69 @@ fn a_game_day_without_an_operator_records_it_and_hands_over_to_automation() {
         "{}",
         r.context()
     );
+    let _ = std::fs::remove_dir_all(&r.out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scripted operator on stdin: detects, names the T1 runbook, tries a
+/// useless leader transfer, then restarts the killed node. The score counts
+/// the restart (its node answers again) and not the transfer, and says why.
+#[test]
+fn a_game_day_is_scored_by_the_command_that_fixed_the_fault() {
+    let dir =
+        std::env::temp_dir().join(format!("roomkeeper-drillfile-gdop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("gdop.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: roomkeeper.dev/v1alpha1\nkind: ChaosDrill\nmetadata: {name: gdop}\nspec:\n  target: {cluster: local}\n  durationSecs: 20\n  gameDay: true\n  faults:\n    - {kind: killNode, afterSecs: 4, select: {nodeId: 2}}\n  load: {clients: 4, thinkTimeMs: 20, catalog: {skus: 2, stock: 100000}}\n  hypothesis:\n    probes:\n      - {kind: invariants}\n",
+    )
+    .expect("write");
+    let r = run_drill_with_input(
+        &file,
+        "gdop",
+        17660,
+        Some("\nrunbooks/tier-t1-heal.md\ntransfer 99\nrestart 2\ndone\n"),
+    );
+    assert!(r.output.status.success(), "{}", r.context());
+    let gd = &r.report["game_day"];
+    assert_eq!(gd["operator_present"], true, "{gd}");
+    let steps = gd["steps"].as_array().expect("steps");
+    let step = |name: &str, answer: Option<&str>| -> &Value {
+        steps
+            .iter()
+            .find(|s| s["step"] == name && answer.is_none_or(|a| s["answer"] == a))
+            .unwrap_or_else(|| panic!("no step {name} {answer:?} in {gd}"))
+    };
+    let restart = step("command", Some("restart 2"));
+    assert!(
+        restart["explanation"]
+            .as_str()
+            .unwrap_or("")
+            .contains("node 2 was down and answers again"),
+        "{gd}\n{}",
+        r.context()
+    );
+    let transfer = step("command", Some("transfer 99"));
+    assert!(
+        transfer["explanation"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("changed nothing"),
+        "{gd}"
+    );
+    assert_eq!(step("runbook chosen", None)["points"], 20, "{gd}");
+    assert_eq!(step("detected", None)["points"], 40, "{gd}");
+    let recovered = step("recovered", None);
+    assert_eq!(recovered["points"], 40, "{gd}");
+    assert_eq!(gd["score"], 100, "{gd}");
+    // The report shows the explanation.
+    let html = std::fs::read_to_string(r.out.join("report.html")).expect("report.html");
+    assert!(
+        html.contains("node 2 was down and answers again"),
+        "report.html"
+    );
+    assert!(r.stdout().contains("score 100/100"), "{}", r.context());
     let _ = std::fs::remove_dir_all(&r.out);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,6 +33,7 @@ const OPERATOR_RULES: &str = "charts/roomkeeper-operator/templates/prometheusrul
 const RULE_TESTS: &[&str] = &[
     "tests/rules/roomkeeper-nodes.test.yaml",
     "tests/rules/roomkeeper-nodes-3d.test.yaml",
+    "tests/rules/roomkeeper-operator-view.test.yaml",
 ];
 const DASHBOARD: &str = "charts/roomkeeper-operator/files/dashboards/roomkeeper.json";
 /// The runbook base URL the rule file is written with (the chart replaces it).
@@ -621,6 +622,8 @@ fn chart_renders_the_node_monitoring_and_its_rules_pass_promtool() {
             "metrics.podMonitor.enabled=true",
             "--set",
             "grafanaDashboard.enabled=true",
+            "--set",
+            "metrics.prometheusRule.approvalPendingMinutes=12",
         ])
         .current_dir(repo_root())
         .env("HELM_CONFIG_HOME", dir.join("config"))
@@ -661,6 +664,16 @@ fn chart_renders_the_node_monitoring_and_its_rules_pass_promtool() {
             a.name
         );
     }
+    // The approval alert's threshold is the chart value, in seconds.
+    let approval = groups
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"] == "RoomkeeperApprovalPendingTooLong")
+        .expect("RoomkeeperApprovalPendingTooLong rendered");
+    let expr = approval["expr"].as_str().expect("expr");
+    assert!(expr.contains("> 720 # approvalPendingSeconds"), "{expr}");
     let path = dir.join("rendered-rules.yaml");
     let mut file = serde_yaml::Mapping::new();
     file.insert("groups".into(), groups.clone());

@@ -210,7 +210,7 @@ async fn scenario(
     // Each phase hangs another node: a node restarted twice within the
     // restart budget's window would wait for its back-off first.
     let restarted = approval_nothing_happens_until_approved_and_rbac_decides_who(
-        &admin, bridge, &lrcs, &oncall, &viewer,
+        &admin, bridge, &lrcs, &oncall, &viewer, ops,
     )
     .await?;
     approval_timeout_applies_the_declared_default_across_an_operator_restart(
@@ -380,6 +380,7 @@ async fn approval_nothing_happens_until_approved_and_rbac_decides_who(
     lrcs: &Api<DynamicObject>,
     oncall: &Client,
     viewer: &Client,
+    ops: &[OperatorProcess],
 ) -> Result<i64> {
     let (pod, node) = follower(lrcs, &[]).await?;
     let uid = pod_uid(admin, &pod).await?;
@@ -417,6 +418,35 @@ async fn approval_nothing_happens_until_approved_and_rbac_decides_who(
                     .unwrap_or_default()
                     .iter()
                     .any(|(_, n)| n.contains("awaiting approval"))
+        },
+    )
+    .await?;
+    // The request's Warning Event links its runbook, and the operator
+    // exports the unanswered request for RoomkeeperApprovalPendingTooLong.
+    eventually(
+        Duration::from_secs(10),
+        "the ApprovalRequested Event links runbooks/approval-requested.md",
+        || async {
+            events(admin)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|(_, n)| {
+                    n.contains("waits for approval")
+                        && n.ends_with("; runbook: runbooks/approval-requested.md")
+                })
+        },
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(10),
+        "roomkeeper_operator_approvals_pending is 1 and the oldest request ages",
+        || async {
+            ops.iter().any(|o| {
+                o.metric("roomkeeper_operator_approvals_pending") == Some(1.0)
+                    && o.metric("roomkeeper_operator_approval_pending_oldest_seconds")
+                        .is_some_and(|s| s > 0.0)
+            })
         },
     )
     .await?;

@@ -706,6 +706,32 @@ async fn region_drain(
         notes.iter().any(|n| n.contains("ap-south")),
         "an Event explains the drain: {notes:?}"
     );
+    // A T3 decision needs a person: its Event links the tier's runbook.
+    ensure!(
+        notes
+            .iter()
+            .any(|n| n.contains("ap-south")
+                && n.ends_with("; runbook: runbooks/tier-t3-evacuate.md")),
+        "the drain's Event links runbooks/tier-t3-evacuate.md: {notes:?}"
+    );
+    // The operator's own view, for the invariant alerts: 2 of 3 regions
+    // answer, and no committed entry went missing.
+    eventually(
+        Duration::from_secs(20),
+        "the operator exports 2 of 3 regions visible",
+        || async {
+            ops.iter().any(|o| {
+                o.metric("roomkeeper_operator_regions_visible") == Some(2.0)
+                    && o.metric("roomkeeper_operator_regions_total") == Some(3.0)
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        ops.iter()
+            .any(|o| o.metric("roomkeeper_operator_committed_entries_lost_total") == Some(0.0)),
+        "the commit audit runs and finds nothing lost"
+    );
     eprintln!(
         "ap-south drained {:.1} s after its node hung; events: {:?}",
         drained_after.as_secs_f64(),

@@ -3,7 +3,17 @@
 //! followed, then mitigation commands until `done`. Without an operator
 //! (stdin closed or empty, as in CI) the human steps are skipped, recorded as
 //! "no operator present", and automation is handed back to the playbook.
+//!
+//! Scored honestly: the runner shows the game day the cluster's state at
+//! every tick ([`FaultState`]: nodes that do not answer, whether there is a
+//! leader), and each command is judged by what it changed. A `restart <n>`
+//! counts when node n was down and answers again afterwards; a `transfer` or
+//! `resume` when the state improves before the next command; `heal` ends the
+//! faults by fiat and never counts. Without a command that fixed the fault
+//! the score is 0, whatever was typed; with one, detection, runbook and the
+//! time to recovery earn the points, each step saying why.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
@@ -21,6 +31,64 @@ pub enum Command {
     ResumeAutomation,
     /// End every fault now.
     Heal,
+}
+
+/// What the fault has done to the cluster at one instant: the nodes that do
+/// not answer, and whether a leader serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultState {
+    pub down: BTreeSet<u64>,
+    pub has_leader: bool,
+}
+
+impl FaultState {
+    /// From the runner's observation of the cluster.
+    pub fn of(obs: &roomkeeper_control::observation::ClusterObservation) -> Self {
+        FaultState {
+            down: obs
+                .nodes
+                .iter()
+                .filter(|n| !n.healthz_ok)
+                .map(|n| n.node_id)
+                .collect(),
+            has_leader: obs.leader.is_some(),
+        }
+    }
+
+    /// How many things are wrong (0: recovered).
+    pub fn problems(&self) -> usize {
+        self.down.len() + usize::from(!self.has_leader)
+    }
+
+    fn words(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.down.is_empty() {
+            let ids: Vec<String> = self.down.iter().map(u64::to_string).collect();
+            parts.push(format!("node(s) {} down", ids.join(", ")));
+        }
+        if !self.has_leader {
+            parts.push("no leader".to_string());
+        }
+        if parts.is_empty() {
+            "healthy".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A command the operator gave, and what it was seen to change.
+#[derive(Debug, Clone)]
+struct Issued {
+    line: String,
+    command: Command,
+    at_ms: u64,
+    /// The state when it was given (`None`: nothing observed yet).
+    before: Option<FaultState>,
+    /// When and how the state got better because of it.
+    fixed: Option<(u64, String)>,
+    /// A later command was given: a generic improvement is no longer its.
+    superseded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +130,11 @@ pub struct GameDay {
     actions: Vec<String>,
     runbooks_dir: Option<std::path::PathBuf>,
     buffer: std::collections::VecDeque<Option<String>>,
+    /// The cluster's state at the last tick.
+    state: Option<FaultState>,
+    /// When the fault's state was first fully repaired after a fix.
+    recovered_at_ms: Option<u64>,
+    issued: Vec<Issued>,
 }
 
 impl GameDay {
@@ -105,6 +178,9 @@ impl GameDay {
             actions: Vec::new(),
             runbooks_dir: runbooks_dir.map(Path::to_path_buf),
             buffer: Default::default(),
+            state: None,
+            recovered_at_ms: None,
+            issued: Vec::new(),
         }
     }
 
@@ -123,6 +199,49 @@ impl GameDay {
             step: step.to_string(),
             after_fault_ms: after,
             answer,
+            points: 0,
+            explanation: String::new(),
+        });
+    }
+
+    /// The cluster's state at a tick: judges the commands given so far.
+    pub fn observe(&mut self, now_ms: u64, state: FaultState) {
+        for c in self.issued.iter_mut().filter(|c| c.fixed.is_none()) {
+            let Some(before) = &c.before else {
+                continue;
+            };
+            let fixed = match c.command {
+                // Its node was down and answers again.
+                Command::Restart(n) => (before.down.contains(&n) && !state.down.contains(&n))
+                    .then(|| format!("node {n} was down and answers again")),
+                // Generic: things got better before the next command.
+                Command::Transfer(_) | Command::ResumeAutomation => (!c.superseded
+                    && state.problems() < before.problems())
+                .then(|| format!("{} became {}", before.words(), state.words())),
+                Command::Heal => None,
+            };
+            if let Some(why) = fixed {
+                c.fixed = Some((now_ms, why));
+            }
+        }
+        let any_fix = self.issued.iter().any(|c| c.fixed.is_some());
+        if any_fix && self.recovered_at_ms.is_none() && state.problems() == 0 {
+            self.recovered_at_ms = Some(now_ms);
+        }
+        self.state = Some(state);
+    }
+
+    fn issue(&mut self, line: &str, command: Command, now_ms: u64) {
+        for c in &mut self.issued {
+            c.superseded = true;
+        }
+        self.issued.push(Issued {
+            line: line.trim().to_string(),
+            command,
+            at_ms: now_ms,
+            before: self.state.clone(),
+            fixed: None,
+            superseded: false,
         });
     }
 
@@ -183,6 +302,7 @@ impl GameDay {
                 Step::Mitigate => match parse_command(&line) {
                     Ok(Some(c)) => {
                         self.actions.push(line.trim().to_string());
+                        self.issue(&line, c.clone(), now_ms);
                         out.push(c);
                     }
                     Ok(None) => {
@@ -203,11 +323,14 @@ impl GameDay {
         (out, false)
     }
 
-    /// The record for the report. Scoring: detection ≤ 30 s 40 points (≤ 120 s
-    /// 20, later 5); a runbook that exists 20; mitigation ≤ 120 s 40 points
-    /// (≤ 300 s 20, later 5).
+    /// The record for the report. Scoring, per step: detection ≤ 30 s 40
+    /// points (≤ 120 s 20, later 5); a runbook that exists 20; recovery
+    /// (every node answers and a leader serves, after a fix) ≤ 120 s 40
+    /// points (≤ 300 s 20, later 5). Commands earn nothing themselves but one
+    /// must have fixed the fault, or every step's points are void: a `done`
+    /// with no working action scores 0.
     pub fn finish(self, automation_resumed: bool) -> GameDayRecord {
-        let scoring = "detection ≤30 s: 40 (≤120 s: 20, later: 5); an existing runbook: 20; mitigation ≤120 s: 40 (≤300 s: 20, later: 5)".to_string();
+        let scoring = "only if an operator command fixed the fault (a restart whose node answers again, a transfer or resume after which the cluster got better; heal never counts): detection ≤30 s: 40 (≤120 s: 20, later: 5); an existing runbook: 20; recovery ≤120 s after the fault: 40 (≤300 s: 20, later: 5)".to_string();
         if !self.present {
             return GameDayRecord {
                 operator_present: false,
@@ -224,40 +347,112 @@ impl GameDay {
                 scoring,
             };
         }
-        let at = |name: &str| {
-            self.steps
+        let after = |ms: u64| self.fault_at_ms.map(|f| ms.saturating_sub(f));
+        let tiered = |t: Option<u64>, good: u64, ok: u64| match t {
+            Some(ms) if ms <= good * 1000 => (40, format!("≤{good} s: 40")),
+            Some(ms) if ms <= ok * 1000 => (20, format!("≤{ok} s: 20")),
+            Some(_) => (5, format!("after {ok} s: 5")),
+            None => (0, "not done: 0".to_string()),
+        };
+        let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+        let mut steps = Vec::new();
+        for name in ["detected", "runbook chosen"] {
+            let mut st = self
+                .steps
                 .iter()
                 .find(|s| s.step == name)
-                .and_then(|s| s.after_fault_ms)
-        };
-        let tiered = |t: Option<u64>, good: u64, ok: u64| match t {
-            Some(ms) if ms <= good * 1000 => 40,
-            Some(ms) if ms <= ok * 1000 => 20,
-            Some(_) => 5,
-            None => 0,
-        };
-        let runbook_ok = self.steps.iter().any(|s| {
-            s.step == "runbook chosen"
-                && s.answer
-                    .as_deref()
-                    .is_some_and(|a| !a.ends_with("(no such runbook)"))
-        });
-        let score = tiered(at("detected"), 30, 120)
-            + if runbook_ok { 20 } else { 0 }
-            + tiered(at("mitigated"), 120, 300);
-        let mut steps = self.steps;
-        for name in ["detected", "runbook chosen", "mitigated"] {
-            if !steps.iter().any(|s| s.step == name) {
-                steps.push(GameDayStep {
+                .cloned()
+                .unwrap_or(GameDayStep {
                     step: name.to_string(),
                     after_fault_ms: None,
                     answer: None,
+                    points: 0,
+                    explanation: String::new(),
                 });
+            (st.points, st.explanation) = if name == "detected" {
+                let (p, rule) = tiered(st.after_fault_ms, 30, 120);
+                let when = st
+                    .after_fault_ms
+                    .map_or_else(|| "never".to_string(), |t| format!("in {}", secs(t)));
+                (p, format!("detected {when}: {rule}"))
+            } else {
+                match st.answer.as_deref() {
+                    Some(a) if !a.ends_with("(no such runbook)") => {
+                        (20, "the runbook exists: 20".to_string())
+                    }
+                    Some(_) => (0, "no such runbook: 0".to_string()),
+                    None => (0, "no runbook named: 0".to_string()),
+                }
+            };
+            steps.push(st);
+        }
+        for c in &self.issued {
+            let explanation = match (&c.command, &c.fixed, &c.before) {
+                (Command::Heal, _, _) => {
+                    "heal ends the drill's faults by fiat: not a mitigation".to_string()
+                }
+                (_, _, None) => "given before the cluster was observed: not judged".to_string(),
+                (_, Some((at, why)), _) => format!(
+                    "changed the fault's state: {why} ({} later)",
+                    secs(at.saturating_sub(c.at_ms))
+                ),
+                (Command::Restart(n), None, Some(b)) if !b.down.contains(n) => {
+                    format!("node {n} was not down: the restart only disrupted it")
+                }
+                (_, None, Some(b)) => format!("changed nothing: {} stayed so", b.words()),
+            };
+            steps.push(GameDayStep {
+                step: "command".to_string(),
+                after_fault_ms: after(c.at_ms),
+                answer: Some(c.line.clone()),
+                points: 0,
+                explanation,
+            });
+        }
+        let mitigated = self.steps.iter().find(|s| s.step == "mitigated").cloned();
+        steps.push(mitigated.unwrap_or(GameDayStep {
+            step: "mitigated".to_string(),
+            after_fault_ms: None,
+            answer: None,
+            points: 0,
+            explanation: "`done` never given".to_string(),
+        }));
+        let fixed = self.issued.iter().any(|c| c.fixed.is_some());
+        let recovery = self.recovered_at_ms.and_then(after);
+        let (points, rule) = tiered(recovery, 120, 300);
+        steps.push(GameDayStep {
+            step: "recovered".to_string(),
+            after_fault_ms: recovery,
+            answer: self.state.as_ref().map(FaultState::words),
+            points,
+            explanation: match recovery {
+                Some(t) => format!(
+                    "every node answers and a leader serves {} after the fault: {rule}",
+                    secs(t)
+                ),
+                None if fixed => {
+                    "a command helped, but the cluster never fully recovered: 0".to_string()
+                }
+                None => "not recovered by an operator action: 0".to_string(),
+            },
+        });
+        if !fixed {
+            for st in &mut steps {
+                if st.points > 0 {
+                    st.explanation
+                        .push_str(" — void: no operator command fixed the fault");
+                    st.points = 0;
+                }
             }
         }
+        let score = steps.iter().map(|s| s.points).sum();
         GameDayRecord {
             operator_present: true,
-            note: "operator present".to_string(),
+            note: if fixed {
+                "operator present; the fault was fixed by an operator command".to_string()
+            } else {
+                "operator present; no operator command fixed the fault: score 0".to_string()
+            },
             steps,
             score,
             scoring,
@@ -277,11 +472,30 @@ mod tests {
         GameDay::with_input(rx, runbooks)
     }
 
-    #[test]
-    fn a_scripted_operator_is_timed_and_scored() {
+    fn down(ids: &[u64]) -> FaultState {
+        FaultState {
+            down: ids.iter().copied().collect(),
+            has_leader: true,
+        }
+    }
+
+    fn step<'a>(r: &'a GameDayRecord, name: &str) -> &'a GameDayStep {
+        r.steps
+            .iter()
+            .find(|s| s.step == name)
+            .unwrap_or_else(|| panic!("no step {name} in {r:?}"))
+    }
+
+    fn runbooks() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("rk-gd-runbooks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("tier-t1-heal.md"), "# heal").expect("runbook");
+        dir
+    }
+
+    #[test]
+    fn a_restart_that_brings_the_node_back_scores_and_says_why() {
+        let dir = runbooks();
         let mut g = fed(
             &[
                 Some(""),
@@ -294,27 +508,120 @@ mod tests {
             Some(&dir),
         );
         // Input typed before the fault waits for the first prompt.
+        g.observe(400, down(&[]));
         assert_eq!(g.poll(500), (vec![], false));
         g.fault_started(1_000);
+        g.observe(21_000, down(&[3]));
         let (cmds, absent) = g.poll(21_000);
         assert_eq!(cmds, vec![Command::Restart(3)]);
         assert!(!absent);
+        g.observe(22_000, down(&[3]));
+        g.observe(24_000, down(&[]));
         let r = g.finish(false);
         assert!(r.operator_present);
         assert_eq!(r.score, 100, "{r:?}");
-        let detected = r
-            .steps
-            .iter()
-            .find(|s| s.step == "detected")
-            .expect("detected");
+        let detected = step(&r, "detected");
         assert_eq!(detected.after_fault_ms, Some(20_000));
-        let mitigated = r
-            .steps
-            .iter()
-            .find(|s| s.step == "mitigated")
-            .expect("mitigated");
-        assert_eq!(mitigated.answer.as_deref(), Some("restart 3"));
+        assert_eq!(detected.points, 40);
+        assert!(detected.explanation.contains("20.0 s"), "{detected:?}");
+        let cmd = step(&r, "command");
+        assert_eq!(cmd.answer.as_deref(), Some("restart 3"));
+        assert!(
+            cmd.explanation
+                .contains("node 3 was down and answers again (3.0 s later)"),
+            "{cmd:?}"
+        );
+        let recovered = step(&r, "recovered");
+        assert_eq!(
+            (recovered.after_fault_ms, recovered.points),
+            (Some(23_000), 40)
+        );
+        assert_eq!(step(&r, "mitigated").answer.as_deref(), Some("restart 3"));
+        assert_eq!(r.score, r.steps.iter().map(|s| s.points).sum::<u32>());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn done_alone_scores_zero_even_when_detected_fast() {
+        let dir = runbooks();
+        let mut g = fed(
+            &[Some(""), Some("runbooks/tier-t1-heal.md"), Some("done")],
+            Some(&dir),
+        );
+        g.fault_started(0);
+        g.observe(2_000, down(&[3]));
+        let _ = g.poll(2_000);
+        // The node even comes back by itself: nobody fixed it.
+        g.observe(30_000, down(&[]));
+        let r = g.finish(false);
+        assert_eq!(r.score, 0, "{r:?}");
+        assert!(
+            r.note.contains("no operator command fixed the fault"),
+            "{}",
+            r.note
+        );
+        let detected = step(&r, "detected");
+        assert_eq!(detected.points, 0);
+        assert!(detected.explanation.contains("void"), "{detected:?}");
+        assert_eq!(step(&r, "mitigated").answer.as_deref(), Some("no action"));
+        assert_eq!(step(&r, "recovered").points, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn useless_commands_earn_nothing() {
+        let dir = runbooks();
+        let mut g = fed(
+            &[
+                Some(""),
+                Some("runbooks/tier-t1-heal.md"),
+                Some("transfer 1"),
+                Some("restart 2"),
+                Some("heal"),
+                Some("done"),
+            ],
+            Some(&dir),
+        );
+        g.fault_started(0);
+        g.observe(5_000, down(&[3]));
+        let (cmds, _) = g.poll(5_000);
+        assert_eq!(cmds.len(), 3);
+        // heal ends the fault: the state recovers, but by fiat.
+        g.observe(8_000, down(&[]));
+        let r = g.finish(false);
+        assert_eq!(r.score, 0, "{r:?}");
+        let cmds: Vec<&GameDayStep> = r.steps.iter().filter(|s| s.step == "command").collect();
+        assert_eq!(cmds.len(), 3);
+        assert!(
+            cmds[0].explanation.starts_with("changed nothing"),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds[1].explanation.contains("node 2 was not down"),
+            "{cmds:?}"
+        );
+        assert!(cmds[2].explanation.contains("by fiat"), "{cmds:?}");
+        assert!(cmds.iter().all(|c| c.points == 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn resuming_automation_that_then_recovers_counts() {
+        let mut g = fed(
+            &[Some(""), Some("notes.md"), Some("resume"), Some("done")],
+            None,
+        );
+        g.fault_started(0);
+        g.observe(100_000, down(&[3]));
+        let _ = g.poll(100_000);
+        g.observe(104_000, down(&[]));
+        let r = g.finish(true);
+        // Detection at 100 s: 20; no runbook: 0; recovery at 104 s: 40.
+        assert_eq!(r.score, 60, "{r:?}");
+        assert_eq!(step(&r, "runbook chosen").points, 0);
+        assert!(step(&r, "command")
+            .explanation
+            .contains("node(s) 3 down became healthy"));
     }
 
     #[test]
@@ -329,23 +636,6 @@ mod tests {
         assert_eq!(r.score, 0);
         assert!(r.note.contains("no operator present"), "{}", r.note);
         assert!(r.note.contains("automation handed back"), "{}", r.note);
-    }
-
-    #[test]
-    fn a_slow_operator_with_an_unknown_runbook_scores_less() {
-        let mut g = fed(
-            &[Some(""), Some("my-notes.md"), Some("done")],
-            Some(Path::new("/nonexistent")),
-        );
-        g.fault_started(0);
-        let _ = g.poll(200_000);
-        let r = g.finish(false);
-        // Detection after 200 s: 5; no such runbook: 0; mitigation at 200 s: 20.
-        assert_eq!(r.score, 25, "{r:?}");
-        assert!(r
-            .steps
-            .iter()
-            .any(|s| s.answer.as_deref() == Some("my-notes.md (no such runbook)")));
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct World {
     /// A game day's human, if this is one.
     pub game_day: Option<super::gameday::GameDay>,
     pub automation_resumed: bool,
+    /// A fault was injected after this tick's observation was taken: the
+    /// game day waits for the next one before judging commands against it.
+    pub observation_predates_fault: bool,
 }
 
 impl World {

@@ -22,7 +22,7 @@ use roomkeeper_local::sale::{node_signals, refresh_endpoints, traffic_map};
 use roomkeeper_local::{LocalActuator, LocalCluster, LocalClusterConfig, RegionSpec};
 use serde_json::json;
 
-use super::gameday::{Command as GdCommand, GameDay};
+use super::gameday::{Command as GdCommand, FaultState, GameDay};
 use super::inject::{Injector, World};
 use roomkeeper_control::recorded_load::Storm;
 
@@ -104,6 +104,7 @@ pub async fn run_drill(m: &DrillManifest, opts: &RunOptions) -> anyhow::Result<D
         endpoints: Arc::new(Default::default()),
         game_day: game_day.then(|| GameDay::start(opts.runbooks_dir.as_deref())),
         automation_resumed: false,
+        observation_predates_fault: false,
     };
     let run = RunConfig {
         name: m.metadata.name.clone(),
@@ -228,7 +229,18 @@ impl DrillTarget for World {
     }
 
     async fn tick(&mut self, obs: &ClusterObservation, start_unix_ms: u64, now_ms: u64) -> Tick {
-        let (mut events, heal_all_faults) = self.game_day_poll(now_ms).await;
+        // The runner observes, injects due faults, then ticks with that
+        // observation: on the fault's own tick it shows the cluster before
+        // the fault, so the human's commands wait for the next tick.
+        let (mut events, heal_all_faults) = if std::mem::take(&mut self.observation_predates_fault)
+        {
+            (Vec::new(), false)
+        } else {
+            if let Some(g) = self.game_day.as_mut() {
+                g.observe(now_ms, FaultState::of(obs));
+            }
+            self.game_day_poll(now_ms).await
+        };
         let mut decisions = Vec::new();
         if let Some(control) = self.control.as_mut() {
             let signals = node_signals(&self.cluster, &self.endpoints);
@@ -321,6 +333,7 @@ impl DrillTarget for World {
     fn fault_started(&mut self, at_ms: u64) {
         if let Some(g) = self.game_day.as_mut() {
             g.fault_started(at_ms);
+            self.observation_predates_fault = true;
         }
     }
 
