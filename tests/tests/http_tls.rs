@@ -30,17 +30,26 @@ fn replace(dir: &Path, from: &Path, name: &str) {
     std::fs::rename(&tmp, dir.join(name)).expect("rename");
 }
 
-/// `roomkeeper_http_tls_reloads_total{result}` of node 1.
-fn reloads(c: &Cluster, result: &str) -> u64 {
+/// The value of node 1's series `name` whose labels include every one of
+/// `labels` (the node's registry adds its own: node id, region, zone).
+fn metric(c: &Cluster, name: &str, labels: &[&str]) -> u64 {
     let r = c.admin("GET", 1, "/metrics", None).expect("metrics");
     assert_eq!(r.status, 200, "{:?}", r.body);
     let text = r.body.as_str().unwrap_or_default().to_string();
-    // The node's registry adds its own labels (node id, region, zone).
-    let label = format!("result=\"{result}\"");
+    let prefix = format!("{name}{{");
     text.lines()
-        .filter(|l| l.starts_with("roomkeeper_http_tls_reloads_total{") && l.contains(&label))
+        .filter(|l| l.starts_with(&prefix) && labels.iter().all(|want| l.contains(want)))
         .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse().ok()))
         .unwrap_or(0)
+}
+
+/// `roomkeeper_http_tls_reloads_total{result}` of node 1.
+fn reloads(c: &Cluster, result: &str) -> u64 {
+    metric(
+        c,
+        "roomkeeper_http_tls_reloads_total",
+        &[&format!("result=\"{result}\"")],
+    )
 }
 
 #[test]
@@ -148,6 +157,16 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
     }
     let ok = c.admin("GET", 1, "/admin/status", None).expect("operator");
     assert_eq!(ok.status, 200, "{:?}", ok.body);
+    // Each refusal (the plain request and the four strangers) is counted.
+    let refused_handshakes = metric(
+        &c,
+        "roomkeeper_http_connection_errors_total",
+        &["listener=\"admin\"", "kind=\"tls_handshake\""],
+    );
+    assert!(
+        refused_handshakes >= 5,
+        "{refused_handshakes} refused admin handshakes counted"
+    );
     // A client that trusts another CA does not take the node's certificate.
     let wrong_trust = Tls::from_files(&other_ca.join("ca.crt"), None).expect("tls");
     let r = http_via(
