@@ -9,6 +9,16 @@ use crate::admin::NodeId;
 /// Suffix of every node name, after the cluster id.
 pub const NAME_SUFFIX: &str = "raft.roomkeeper";
 
+/// Suffix of the operator's client identity on the admin API, after the cluster id.
+pub const OPERATOR_SUFFIX: &str = "operator.roomkeeper";
+
+/// The DNS name in the client certificate of the operator (and the control
+/// loops and drill runners acting for it) of cluster `cluster`: the only
+/// identity the admin API accepts when it runs TLS.
+pub fn operator_name(cluster: &str) -> String {
+    format!("{cluster}.{OPERATOR_SUFFIX}")
+}
+
 /// A cluster id that cannot be part of a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cluster id {0:?} is not a DNS name (lowercase letters, digits, '-' and '.')")]
@@ -83,7 +93,7 @@ mod issue {
         IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
 
-    use super::{check_cluster_id, node_name, CertError};
+    use super::{check_cluster_id, node_name, operator_name, CertError};
     use crate::admin::NodeId;
 
     fn issue_err(e: rcgen::Error) -> CertError {
@@ -181,6 +191,61 @@ mod issue {
             })
         }
 
+        /// A server certificate for a node's client and admin HTTP listeners,
+        /// naming `names` (DNS names or IP addresses, as clients dial them).
+        pub fn server_cert(&self, names: &[String]) -> Result<NodeCert, CertError> {
+            self.leaf(names.to_vec(), vec![ExtendedKeyUsagePurpose::ServerAuth])
+        }
+
+        /// The client certificate of the operator of this CA's cluster
+        /// (`operator_name`): the identity the admin API accepts.
+        pub fn operator_cert(&self) -> Result<NodeCert, CertError> {
+            self.operator_cert_named(&self.cluster)
+        }
+
+        /// An operator certificate naming the operator of `cluster`, which
+        /// may be another cluster than the CA's: for tests of the refusal.
+        pub fn operator_cert_named(&self, cluster: &str) -> Result<NodeCert, CertError> {
+            self.leaf(
+                vec![operator_name(cluster)],
+                vec![ExtendedKeyUsagePurpose::ClientAuth],
+            )
+        }
+
+        fn leaf(
+            &self,
+            names: Vec<String>,
+            usages: Vec<ExtendedKeyUsagePurpose>,
+        ) -> Result<NodeCert, CertError> {
+            let ca_key = KeyPair::from_pem(&self.key_pem).map_err(issue_err)?;
+            let issuer = Issuer::new(ca_params(&self.cluster)?, ca_key);
+            let key = KeyPair::generate().map_err(issue_err)?;
+            let first = names
+                .first()
+                .cloned()
+                .ok_or_else(|| CertError::Issue("a certificate needs a name".into()))?;
+            let mut p = CertificateParams::new(names).map_err(issue_err)?;
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name.push(DnType::CommonName, first);
+            p.extended_key_usages = usages;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+            let cert = p.signed_by(&key, &issuer).map_err(issue_err)?;
+            Ok(NodeCert {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            })
+        }
+
+        /// Writes `cert` with this CA into `dir` in the cert-manager layout
+        /// (`ca.crt`, `tls.crt`, `tls.key`).
+        pub fn write_dir(&self, cert: &NodeCert, dir: &Path) -> Result<(), CertError> {
+            write_file(dir, "ca.crt", &self.cert_pem, false)?;
+            write_file(dir, "tls.crt", &cert.cert_pem, false)?;
+            write_file(dir, "tls.key", &cert.key_pem, true)
+        }
+
         /// Loads a CA written by `write` (or `generate`d and kept elsewhere).
         pub fn read(dir: &Path, cluster: &str) -> Result<Self, CertError> {
             let read = |name: &str| {
@@ -255,5 +320,11 @@ mod tests {
         assert!(check_cluster_id("eu-1.shop").is_ok());
         assert!(check_cluster_id("Shop").is_err());
         assert!(check_cluster_id("a..b").is_err());
+    }
+
+    #[test]
+    fn the_operator_name_is_not_a_node_name() {
+        assert_eq!(operator_name("shop"), "shop.operator.roomkeeper");
+        assert_eq!(node_of(&operator_name("shop"), "shop"), None);
     }
 }

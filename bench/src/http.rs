@@ -45,8 +45,31 @@ impl Response {
     }
 }
 
+/// TLS to the nodes' client and admin APIs (`--http-tls`), set once when the
+/// bench starts nodes with TLS.
+pub struct BenchTls {
+    /// Trusts the bench's CA.
+    pub client: tokio_rustls::TlsConnector,
+    /// Also presents the operator's certificate (the admin API's only identity).
+    pub admin: tokio_rustls::TlsConnector,
+}
+
+static TLS: std::sync::RwLock<Option<std::sync::Arc<BenchTls>>> = std::sync::RwLock::new(None);
+
+/// Makes every later connection TLS with `tls` (each cluster the bench
+/// starts has its own CA).
+pub fn use_tls(tls: BenchTls) {
+    *TLS.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(tls));
+}
+
+fn current_tls() -> Option<std::sync::Arc<BenchTls>> {
+    TLS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 pub struct HttpConn {
     addr: SocketAddr,
+    /// Present the operator's certificate (admin API) under TLS.
+    admin: bool,
     host: HeaderValue,
     auth: Option<HeaderValue>,
     sender: Option<SendRequest<Full<Bytes>>>,
@@ -65,11 +88,19 @@ impl HttpConn {
         };
         Ok(Self {
             addr,
+            admin: false,
             host,
             auth,
             sender: None,
             timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// A connection to an admin API (under TLS: with the operator's certificate).
+    pub fn new_admin(addr: SocketAddr, bearer: Option<&str>) -> Result<Self> {
+        let mut c = Self::new(addr, bearer)?;
+        c.admin = true;
+        Ok(c)
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -98,15 +129,44 @@ impl HttpConn {
                 .await
                 .with_context(|| format!("connect {}", self.addr))?;
             stream.set_nodelay(true).context("TCP_NODELAY")?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .with_context(|| format!("HTTP handshake with {}", self.addr))?;
             let addr = self.addr;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "bench HTTP connection closed");
+            let sender = match current_tls() {
+                None => {
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .with_context(|| format!("HTTP handshake with {addr}"))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%addr, error = %e, "bench HTTP connection closed");
+                        }
+                    });
+                    sender
                 }
-            });
+                Some(tls) => {
+                    let connector = if self.admin {
+                        tls.admin.clone()
+                    } else {
+                        tls.client.clone()
+                    };
+                    let name =
+                        tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                    let stream = connector
+                        .connect(name, stream)
+                        .await
+                        .with_context(|| format!("TLS handshake with {addr}"))?;
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .with_context(|| format!("HTTP handshake with {addr}"))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%addr, error = %e, "bench HTTPS connection closed");
+                        }
+                    });
+                    sender
+                }
+            };
             self.sender = Some(sender);
         }
         self.sender

@@ -168,6 +168,11 @@ pub struct BenchArgs {
     /// Keep the scratch directories (data, logs) of the started servers.
     #[arg(long)]
     pub keep_dir: bool,
+    /// Start roomkeeper's nodes with TLS on the client and admin APIs (a
+    /// throwaway CA) and speak TLS to them; default plain HTTP, as etcd and
+    /// Redis run here without TLS.
+    #[arg(long)]
+    pub http_tls: bool,
 }
 
 /// Why `roomkeeper bench` failed. Missed performance targets are not
@@ -228,6 +233,7 @@ pub(crate) struct Ctx {
     pub admin_token: Option<String>,
     pub node_log: String,
     pub node_bin: Option<PathBuf>,
+    pub http_tls: bool,
 }
 
 impl Ctx {
@@ -432,6 +438,7 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
         client_token: args.client_token.clone(),
         admin_token: args.admin_token.clone(),
         node_log: args.node_log.clone(),
+        http_tls: args.http_tls,
         node_bin: args.node_bin.clone(),
     };
     let targets: Vec<TargetSel> = match (args.target, args.scenario) {

@@ -248,7 +248,8 @@ impl Routing {
 }
 
 async fn status_of(admin: SocketAddr, token: Option<String>) -> Result<NodeStatus> {
-    let mut c = HttpConn::new(admin, token.as_deref())?.with_timeout(Duration::from_millis(500));
+    let mut c =
+        HttpConn::new_admin(admin, token.as_deref())?.with_timeout(Duration::from_millis(500));
     let resp = c.get("/admin/status").await?;
     if !resp.is_success() {
         bail!(
@@ -385,6 +386,55 @@ impl Driver for RkDriver {
 
 // ------------------------------------------------------------------ cluster
 
+/// `--http-tls`: a throwaway CA in `dir`, a server certificate per node
+/// (`<dir>/http-<id>`), and the bench's connections switched to TLS (the admin
+/// ones with the operator's certificate). Returns `dir`.
+fn bench_tls(dir: &std::path::Path) -> Result<PathBuf> {
+    use roomkeeper_api::raft_identity::ClusterCa;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // The nodes' default cluster id: the operator identity names it.
+    let ca = ClusterCa::generate("local").context("making the bench's CA")?;
+    for id in 1..=3u64 {
+        let cert = ca.server_cert(&["127.0.0.1".to_string()])?;
+        ca.write_dir(&cert, &dir.join(format!("http-{id}")))?;
+    }
+    let op = ca.operator_cert()?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes())?)?;
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let admin = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(op.cert_pem.as_bytes())?],
+            PrivateKeyDer::from_pem_slice(op.key_pem.as_bytes())?,
+        )?;
+    crate::http::use_tls(crate::http::BenchTls {
+        client: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        admin: tokio_rustls::TlsConnector::from(Arc::new(admin)),
+    });
+    Ok(dir.to_path_buf())
+}
+
+/// The node flags of the HTTP edges: TLS from `<dir>/http-<id>`, or plain.
+fn http_args(tls_dir: &Option<PathBuf>, id: u64) -> Result<Vec<String>> {
+    Ok(match tls_dir {
+        Some(dir) => vec![
+            "--http-tls-dir".into(),
+            dir.join(format!("http-{id}")).display().to_string(),
+        ],
+        // Compared with etcd and Redis, which the bench runs without TLS.
+        None => vec!["--insecure-plaintext-http".into()],
+    })
+}
+
 struct Node {
     id: u64,
     addrs: NodeAddrs,
@@ -408,6 +458,11 @@ impl RkCluster {
         std::fs::write(&key_file, format!("0 {}\n", procs::random_hex(32)?))
             .with_context(|| format!("writing {}", key_file.display()))?;
         let ports = free_ports(9)?;
+        let tls_dir = if ctx.http_tls {
+            Some(bench_tls(dir.path())?)
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
         for i in 0..3usize {
             let id = i as u64 + 1;
@@ -442,7 +497,10 @@ impl RkCluster {
                     // Compared with etcd and Redis, which the bench runs
                     // without TLS either.
                     "--insecure-plaintext-raft".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(http_args(&tls_dir, id)?)
+                .collect(),
                 env: vec![
                     ("ROOMKEEPER_CLIENT_TOKEN".into(), client_token.into()),
                     ("ROOMKEEPER_ADMIN_TOKEN".into(), admin_token.into()),
@@ -466,7 +524,7 @@ impl RkCluster {
         loop {
             let node = &mut self.nodes[idx];
             node.proc.check_alive()?;
-            let mut c = HttpConn::new(node.addrs.admin, Some(admin_token))?
+            let mut c = HttpConn::new_admin(node.addrs.admin, Some(admin_token))?
                 .with_timeout(Duration::from_millis(500));
             if let Ok(r) = c.get("/healthz").await {
                 if r.is_success() {
@@ -490,7 +548,7 @@ impl RkCluster {
         }
         let members: Vec<(u64, NodeAddrs)> =
             self.nodes.iter().map(|n| (n.id, n.addrs.clone())).collect();
-        let mut c = HttpConn::new(self.nodes[0].addrs.admin, Some(admin_token))?
+        let mut c = HttpConn::new_admin(self.nodes[0].addrs.admin, Some(admin_token))?
             .with_timeout(Duration::from_secs(10));
         let resp = c
             .post_json("/admin/init", &init_body(&members))

@@ -283,6 +283,9 @@ impl LocalCluster {
             .args(["--cluster-id", CLUSTER_ID])
             .arg("--raft-tls-dir")
             .arg(&tls_dir)
+            // The local binding's clients (demo load, control loop probes,
+            // drill runner) speak plain HTTP on loopback: not yet TLS.
+            .arg("--insecure-plaintext-http")
             .arg("--enable-test-faults")
             .env("ROOMKEEPER_LOG", "warn,openraft::raft::stream_append=off")
             .stdin(Stdio::null())

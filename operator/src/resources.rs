@@ -411,6 +411,9 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         // Not yet: the operator does not issue Raft certificates (issue 16,
         // docs/security.md), so its pods talk plaintext between themselves.
         "--insecure-plaintext-raft",
+        // Not yet either: no HTTP server certificates from the operator, and
+        // its node client speaks plain HTTP (docs/security.md).
+        "--insecure-plaintext-http",
     ]
     .iter()
     .map(|s| s.to_string())

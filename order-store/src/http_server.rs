@@ -37,6 +37,8 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::http_tls::{Edge, HttpTls};
+
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
@@ -68,6 +70,8 @@ pub struct EdgeMetrics {
     pub open_connections: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
     pub connection_errors_total: IntCounterVec,
+    /// Certificate reloads of the TLS listeners, by result (`loaded`, `refused`).
+    pub tls_reloads_total: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -91,14 +95,24 @@ impl EdgeMetrics {
                 Opts::new(
                     "roomkeeper_http_connection_errors_total",
                     "HTTP connections ended by an error: header_timeout, body_timeout, \
-                     malformed (hyper answered 400/414/431), io",
+                     malformed (hyper answered 400/414/431), tls_handshake (no TLS, a \
+                     refused or missing client certificate), io",
                 ),
                 &["listener", "kind"],
+            )?,
+            tls_reloads_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_http_tls_reloads_total",
+                    "Changed TLS certificate files of the client and admin listeners, \
+                     by result: loaded, refused (the previous pair stays in use)",
+                ),
+                &["result"],
             )?,
         };
         registry.register(Box::new(m.open_connections.clone()))?;
         registry.register(Box::new(m.connections_refused_total.clone()))?;
         registry.register(Box::new(m.connection_errors_total.clone()))?;
+        registry.register(Box::new(m.tls_reloads_total.clone()))?;
         Ok(m)
     }
 }
@@ -112,7 +126,9 @@ content-length: 81\r\n\r\n\
 {\"code\":\"too_many_connections\",\"message\":\"connection limit reached, retry later\"}";
 
 /// Serves `router` on `listener` until the process ends. `name` labels metrics
-/// and logs (`client`, `admin`).
+/// and logs (`client`, `admin`). With `tls`, every connection is a TLS one
+/// (the handshake must finish within the head timeout), made with the
+/// certificate in use when it was accepted; without, plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     name: &'static str,
@@ -120,6 +136,7 @@ pub async fn serve(
     limits: HttpLimits,
     max_body_bytes: usize,
     metrics: EdgeMetrics,
+    tls: Option<(HttpTls, Edge)>,
 ) {
     let body_limits = BodyLimits {
         timeout: limits.body_timeout,
@@ -143,12 +160,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let plain = tls.is_none();
         let Ok(permit) = total.clone().try_acquire_owned() else {
-            refuse(stream, name, "max_connections", &metrics);
+            refuse(stream, name, "max_connections", &metrics, plain);
             continue;
         };
         let Some(peer_slot) = peers.acquire(peer.ip(), limits.max_connections_per_peer) else {
-            refuse(stream, name, "max_connections_per_peer", &metrics);
+            refuse(stream, name, "max_connections_per_peer", &metrics, plain);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -156,22 +174,37 @@ pub async fn serve(
         let header_timeout = limits.header_read_timeout;
         let open = open.clone();
         let errors = metrics.connection_errors_total.clone();
+        // The acceptor is taken now: a connection accepted after a reload
+        // gets the new certificate.
+        let acceptor = tls.as_ref().map(|(t, edge)| t.acceptor(*edge));
         open.inc();
         tokio::spawn(async move {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                let kind = if e.is_timeout() {
-                    "header_timeout"
-                } else if e.is_parse() || e.is_parse_too_large() {
-                    "malformed"
-                } else {
-                    "io"
-                };
-                errors.with_label_values(&[name, kind]).inc();
-                tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended");
+            match acceptor {
+                None => {
+                    serve_connection(stream, service, header_timeout, name, peer, &errors).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(
+                                tls_stream,
+                                service,
+                                header_timeout,
+                                name,
+                                peer,
+                                &errors,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            errors.with_label_values(&[name, "tls_handshake"]).inc();
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            errors.with_label_values(&[name, "header_timeout"]).inc();
+                        }
+                    }
+                }
             }
             open.dec();
             drop(peer_slot);
@@ -180,14 +213,51 @@ pub async fn serve(
     }
 }
 
-fn refuse(stream: TcpStream, name: &'static str, reason: &'static str, metrics: &EdgeMetrics) {
+/// Serves one connection (plain or TLS) with hyper's http1 until it ends.
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<Router>,
+    header_timeout: Duration,
+    name: &'static str,
+    peer: std::net::SocketAddr,
+    errors: &IntCounterVec,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        let kind = if e.is_timeout() {
+            "header_timeout"
+        } else if e.is_parse() || e.is_parse_too_large() {
+            "malformed"
+        } else {
+            "io"
+        };
+        errors.with_label_values(&[name, kind]).inc();
+        tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended");
+    }
+}
+
+fn refuse(
+    stream: TcpStream,
+    name: &'static str,
+    reason: &'static str,
+    metrics: &EdgeMetrics,
+    plain: bool,
+) {
     metrics
         .connections_refused_total
         .with_label_values(&[name, reason])
         .inc();
     // A fresh socket's send buffer is empty: this never blocks, and a peer that
-    // does not read is not waited for.
-    let _ = stream.try_write(OVER_CAPACITY.as_bytes());
+    // does not read is not waited for. A TLS client could not read a plain
+    // answer: it is only closed.
+    if plain {
+        let _ = stream.try_write(OVER_CAPACITY.as_bytes());
+    }
 }
 
 /// Open connections per peer address.

@@ -21,6 +21,7 @@ pub mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http_server;
+pub mod http_tls;
 pub mod log_store;
 pub mod metrics;
 pub mod node;

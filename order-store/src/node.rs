@@ -15,6 +15,7 @@ use crate::auth::TokenTable;
 use crate::contact::{ContactKeyring, ContactKeys};
 use crate::faults::Faults;
 use crate::http_server::HttpLimits;
+use crate::http_tls::{Edge, HttpSecurity, HttpTls, HttpTlsError};
 use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
 use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
@@ -72,6 +73,8 @@ pub struct NodeConfig {
     pub raft_security: RaftSecurity,
     /// Timeouts and connection caps of the client and admin listeners.
     pub http_limits: HttpLimits,
+    /// TLS (or, explicitly, plaintext) on the client and admin listeners.
+    pub http_security: HttpSecurity,
 }
 
 /// How peers are authenticated on the Raft transport.
@@ -115,6 +118,7 @@ impl NodeConfig {
             cluster_id: "local".into(),
             raft_security: RaftSecurity::InsecurePlaintext,
             http_limits: HttpLimits::default(),
+            http_security: HttpSecurity::InsecurePlaintext,
         }
     }
 }
@@ -142,6 +146,8 @@ pub enum NodeError {
     Join(String),
     #[error("raft TLS: {0}")]
     Tls(#[from] RaftTlsError),
+    #[error("HTTP TLS: {0}")]
+    HttpTls(#[from] HttpTlsError),
     #[error("client tokens: {0}")]
     Tokens(String),
 }
@@ -201,6 +207,15 @@ impl NodeHandle {
                 crate::raft_tls::check_cluster_id(&cfg.cluster_id).map_err(RaftTlsError::from)?;
                 tracing::warn!(
                     "raft transport is PLAINTEXT and unauthenticated: anyone who reaches the raft port can write"
+                );
+                None
+            }
+        };
+        let http_tls = match &cfg.http_security {
+            HttpSecurity::Tls { dir, .. } => Some(HttpTls::load(dir, &cfg.cluster_id)?),
+            HttpSecurity::InsecurePlaintext => {
+                tracing::warn!(
+                    "client and admin APIs are PLAINTEXT: tokens and buyer contacts cross the network readable"
                 );
                 None
             }
@@ -328,6 +343,9 @@ impl NodeHandle {
         });
         tokio::spawn(server.serve(raft_listener));
         let edges = metrics.http_edges.clone();
+        if let (Some(t), HttpSecurity::Tls { reload_every, .. }) = (&http_tls, &cfg.http_security) {
+            t.spawn_reloader(*reload_every, edges.tls_reloads_total.clone());
+        }
         tokio::spawn(crate::http_server::serve(
             api_listener,
             "client",
@@ -335,6 +353,7 @@ impl NodeHandle {
             cfg.http_limits.clone(),
             crate::api::MAX_BODY_BYTES,
             edges.clone(),
+            http_tls.clone().map(|t| (t, Edge::Client)),
         ));
         tokio::spawn(crate::http_server::serve(
             admin_listener,
@@ -343,6 +362,7 @@ impl NodeHandle {
             cfg.http_limits,
             crate::admin::MAX_BODY_BYTES,
             edges,
+            http_tls.map(|t| (t, Edge::Admin)),
         ));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tokio::spawn(audit_invariants(ctx.clone()));

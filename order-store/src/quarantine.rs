@@ -56,6 +56,7 @@ pub async fn serve_wiped(
     node_id: NodeId,
     message: String,
     admin_token: Option<String>,
+    tls: Option<(crate::http_tls::HttpTls, std::time::Duration)>,
 ) -> std::io::Result<()> {
     let metrics_body = metrics_text(node_id).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot render quarantine metrics");
@@ -80,6 +81,10 @@ pub async fn serve_wiped(
     // go to a registry of their own (the quarantine `/metrics` is fixed text).
     let edges = crate::http_server::EdgeMetrics::new(&prometheus::Registry::new())
         .map_err(std::io::Error::other)?;
+    let tls = tls.map(|(t, every)| {
+        t.spawn_reloader(every, edges.tls_reloads_total.clone());
+        (t, crate::http_tls::Edge::Admin)
+    });
     crate::http_server::serve(
         listener,
         "admin",
@@ -87,6 +92,7 @@ pub async fn serve_wiped(
         crate::http_server::HttpLimits::default(),
         crate::admin::MAX_BODY_BYTES,
         edges,
+        tls,
     )
     .await;
     Ok(())

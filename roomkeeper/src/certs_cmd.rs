@@ -1,6 +1,6 @@
-//! `roomkeeper raft-certs`: a CA per cluster and node certificates for the
-//! Raft transport's mutual TLS, for local clusters and tests. (The operator
-//! makes its own, kept in Secrets.)
+//! `roomkeeper raft-certs`: a CA per cluster, node certificates for the Raft
+//! transport's mutual TLS, server certificates for the client and admin APIs
+//! and the operator's client certificate, for local clusters and tests.
 
 use std::path::PathBuf;
 
@@ -40,6 +40,34 @@ pub enum CertsCmd {
         #[arg(long, hide = true)]
         name_cluster: Option<String>,
     },
+    /// Issue a server certificate for a node's client and admin APIs naming
+    /// every `--name` (DNS names or IP addresses, as clients dial the node):
+    /// writes `ca.crt`, `tls.crt`, `tls.key` into `--out` (give it to
+    /// `--http-tls-dir`).
+    Http {
+        #[arg(long)]
+        cluster_id: String,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue the operator's client certificate (`<cluster-id>.operator.roomkeeper`),
+    /// the only identity a TLS admin API accepts: writes `ca.crt`, `tls.crt`,
+    /// `tls.key` into `--out`.
+    Operator {
+        #[arg(long)]
+        cluster_id: String,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Name the operator of this cluster instead (security tests).
+        #[arg(long, hide = true)]
+        name_cluster: Option<String>,
+    },
 }
 
 pub fn run(args: CertsArgs) -> anyhow::Result<()> {
@@ -60,6 +88,29 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
             let named = name_cluster.unwrap_or(cluster_id);
             ca.write_node_dir_named(&named, id, &out).with_context(|| {
                 format!("writing node {id}'s certificate into {}", out.display())
+            })?;
+        }
+        CertsCmd::Http {
+            cluster_id,
+            ca_dir,
+            names,
+            out,
+        } => {
+            let ca = ClusterCa::read(&ca_dir, &cluster_id)?;
+            let cert = ca.server_cert(&names)?;
+            ca.write_dir(&cert, &out)
+                .with_context(|| format!("writing the HTTP certificate into {}", out.display()))?;
+        }
+        CertsCmd::Operator {
+            cluster_id,
+            ca_dir,
+            out,
+            name_cluster,
+        } => {
+            let ca = ClusterCa::read(&ca_dir, &cluster_id)?;
+            let cert = ca.operator_cert_named(name_cluster.as_deref().unwrap_or(&cluster_id))?;
+            ca.write_dir(&cert, &out).with_context(|| {
+                format!("writing the operator certificate into {}", out.display())
             })?;
         }
     }

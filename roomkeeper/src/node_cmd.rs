@@ -9,6 +9,7 @@ use clap::Args;
 use roomkeeper_order_store::auth::TokenTable;
 use roomkeeper_order_store::contact::ContactKeyring;
 use roomkeeper_order_store::http_server::HttpLimits;
+use roomkeeper_order_store::http_tls::{HttpSecurity, HttpTls};
 use roomkeeper_order_store::quarantine::parse_joined_ids;
 use roomkeeper_order_store::rate_limit::{Rate, RateLimits};
 use roomkeeper_order_store::transport::ListenerLimits;
@@ -21,6 +22,11 @@ use roomkeeper_order_store::{NodeConfig, NodeHandle, RaftSecurity};
     clap::ArgGroup::new("raft_security")
         .required(true)
         .args(["raft_tls_dir", "insecure_plaintext_raft"])
+))]
+#[command(group(
+    clap::ArgGroup::new("http_security")
+        .required(true)
+        .args(["http_tls_dir", "insecure_plaintext_http"])
 ))]
 pub struct NodeArgs {
     /// Raft node id: unique in the shard and never reused.
@@ -120,6 +126,21 @@ pub struct NodeArgs {
     /// anyone who reaches the Raft port can write orders. Local experiments only.
     #[arg(long)]
     pub insecure_plaintext_raft: bool,
+    /// Directory holding `tls.crt`, `tls.key` (this node's server certificate)
+    /// and `ca.crt` (the cluster CA; the cert-manager layout): TLS on the
+    /// client and admin APIs. The admin API then accepts only a client
+    /// certificate of this CA naming `<cluster-id>.operator.roomkeeper`. The
+    /// files are reloaded when they change (`--http-tls-reload-ms`).
+    #[arg(long)]
+    pub http_tls_dir: Option<PathBuf>,
+    /// DANGEROUS: client and admin APIs in plain HTTP; tokens and buyer
+    /// contacts cross the network readable. Local experiments and benchmarks.
+    #[arg(long)]
+    pub insecure_plaintext_http: bool,
+    /// How often `--http-tls-dir` is checked for a new certificate; a pair
+    /// that does not load is refused (logged) and the old one kept.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub http_tls_reload_ms: u64,
     /// Raft listener: open peer connections beyond this are closed at once.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_max_connections: u64,
@@ -209,6 +230,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let _lock = lock_data_dir(&args.data_dir)?;
     let fresh_data_dir = pin_node_id(&args.data_dir, id)?;
+    let http = http_security(&args);
     let mut cfg = NodeConfig::with_defaults(id, args.data_dir.clone(), keyring);
     cfg.contact_key_file = Some(args.contact_key_file.clone());
     cfg.contact_key_reload = std::time::Duration::from_millis(args.contact_key_reload_ms);
@@ -242,6 +264,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.keep_entries_after_snapshot = args.keep_entries_after_snapshot;
     cfg.max_inflight_writes = usize::try_from(args.max_inflight_writes).unwrap_or(usize::MAX);
     cfg.max_inflight_entries = usize::try_from(args.max_inflight_entries).unwrap_or(1024);
+    cfg.http_security = http;
     cfg.cluster_id = args.cluster_id;
     cfg.raft_security = match args.raft_tls_dir {
         Some(dir) => RaftSecurity::Tls(dir),
@@ -274,6 +297,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// TLS on the client and admin APIs, or the explicit plaintext.
+fn http_security(args: &NodeArgs) -> HttpSecurity {
+    match &args.http_tls_dir {
+        Some(dir) => HttpSecurity::Tls {
+            dir: dir.clone(),
+            reload_every: Duration::from_millis(args.http_tls_reload_ms),
+        },
+        None => HttpSecurity::InsecurePlaintext,
+    }
 }
 
 /// A rate limit from its flags: finite, not negative, a burst of at least
@@ -354,11 +388,20 @@ async fn serve_quarantined(args: &NodeArgs, id: u64) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on admin address {}", args.admin_addr))?;
+    let tls = match http_security(args) {
+        HttpSecurity::Tls { dir, reload_every } => {
+            let tls = HttpTls::load(&dir, &args.cluster_id)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            Some((tls, reload_every))
+        }
+        HttpSecurity::InsecurePlaintext => None,
+    };
     let server = roomkeeper_order_store::quarantine::serve_wiped(
         listener,
         id,
         message,
         args.admin_token.clone(),
+        tls,
     );
     tokio::select! {
         r = server => r.context("quarantine admin server stopped")?,
@@ -475,6 +518,7 @@ mod tests {
             "d",
             "--contact-key-file",
             "k",
+            "--insecure-plaintext-http",
         ];
         let err = Cli::try_parse_from(base).expect_err("neither flag");
         let msg = err.to_string();
@@ -491,6 +535,46 @@ mod tests {
             "--raft-tls-dir",
             "t",
             "--insecure-plaintext-raft",
+        ]))
+        .expect_err("both");
+    }
+
+    #[test]
+    fn the_http_apis_are_tls_or_explicitly_plaintext_never_by_default() {
+        use clap::Parser;
+        let base = [
+            "x",
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+            "--contact-key-file",
+            "k",
+            "--insecure-plaintext-raft",
+        ];
+        let msg = Cli::try_parse_from(base)
+            .expect_err("neither flag")
+            .to_string();
+        assert!(
+            msg.contains("--http-tls-dir") && msg.contains("--insecure-plaintext-http"),
+            "{msg}"
+        );
+        let tls = Cli::try_parse_from(base.iter().chain(&["--http-tls-dir", "h"])).expect("tls");
+        assert!(matches!(
+            http_security(&tls.node),
+            HttpSecurity::Tls { ref dir, reload_every }
+                if dir == &PathBuf::from("h") && reload_every == Duration::from_secs(5)
+        ));
+        let plain =
+            Cli::try_parse_from(base.iter().chain(&["--insecure-plaintext-http"])).expect("plain");
+        assert!(matches!(
+            http_security(&plain.node),
+            HttpSecurity::InsecurePlaintext
+        ));
+        Cli::try_parse_from(base.iter().chain(&[
+            "--http-tls-dir",
+            "h",
+            "--insecure-plaintext-http",
         ]))
         .expect_err("both");
     }

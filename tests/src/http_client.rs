@@ -110,6 +110,119 @@ pub async fn request(
     }
 }
 
+/// TLS to a node's client or admin API: the CA to trust and, for the admin
+/// API, the client certificate to present (the operator's).
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Trusts the `ca.crt` of `dir`; presents its `tls.crt`/`tls.key` when
+    /// `with_cert` (a directory in the cert-manager layout).
+    pub fn from_dir(dir: &std::path::Path, with_cert: bool) -> io::Result<Self> {
+        Self::from_files(
+            &dir.join("ca.crt"),
+            with_cert.then(|| (dir.join("tls.crt"), dir.join("tls.key"))),
+        )
+    }
+
+    /// Trusts the CA in `ca`; presents the certificate and key in `cert`.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> io::Result<Self> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad =
+            |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+            roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_root_certificates(roots);
+        let config = match cert {
+            None => builder.with_no_client_auth(),
+            Some((crt, key)) => {
+                let chain = CertificateDer::pem_file_iter(&crt)
+                    .map_err(|e| bad(&e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(&e))?;
+                let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| bad(&e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad(&e))?
+            }
+        };
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        })
+    }
+
+    /// Connects and completes the handshake with the host of `addr`
+    /// (`ip:port`) as the server name.
+    pub async fn connect(
+        &self,
+        addr: &str,
+    ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {addr}: {e}")))?;
+        self.connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS to {addr}: {e}")))
+    }
+
+    /// The DER of the certificate `addr` presents to a new connection.
+    pub async fn peer_certificate(&self, addr: &str) -> io::Result<Vec<u8>> {
+        let s = self.connect(addr).await?;
+        s.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or_else(|| io::Error::other(format!("{addr} presented no certificate")))
+    }
+}
+
+/// [`request`] over TLS.
+pub async fn request_tls(
+    addr: &str,
+    tls: &Tls,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> io::Result<Response> {
+    let what = format!("{} https://{addr}{}", req.method(), req.uri());
+    let work = async {
+        let stream = tls.connect(addr).await?;
+        exchange(TokioIo::new(stream), req).await
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("{what}: {e}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what}: no full answer within {timeout:?}"),
+        )),
+    }
+}
+
 /// Runs an I/O future to completion from synchronous code.
 pub fn block_on<F, T>(fut: F) -> io::Result<T>
 where

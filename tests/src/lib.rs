@@ -69,8 +69,24 @@ pub fn http(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
+    http_via(None, method, addr, path, body, token, timeout)
+}
+
+/// [`http`], over TLS when `tls` is given.
+pub fn http_via(
+    tls: Option<&http_client::Tls>,
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
     let req = http_client::build(method, addr, path, body, token)?;
-    let res = http_client::block_on(http_client::request(addr, req, timeout))?;
+    let res = match tls {
+        None => http_client::block_on(http_client::request(addr, req, timeout))?,
+        Some(t) => http_client::block_on(http_client::request_tls(addr, t, req, timeout))?,
+    };
     let text = res.text();
     Ok(Reply {
         status: res.status,
@@ -142,6 +158,10 @@ pub struct ClusterOptions {
     pub keep_entries_after_snapshot: u64,
     /// Extra flags for every node.
     pub extra_args: Vec<String>,
+    /// TLS on the client and admin APIs (server certificates from the
+    /// cluster's CA, the harness presents the operator's certificate to the
+    /// admin API); otherwise `--insecure-plaintext-http`.
+    pub http_tls: bool,
 }
 
 impl ClusterOptions {
@@ -151,6 +171,7 @@ impl ClusterOptions {
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 2_000,
             extra_args: Vec::new(),
+            http_tls: false,
         }
     }
 }
@@ -161,6 +182,10 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub opts: ClusterOptions,
     key_file: PathBuf,
+    /// With `http_tls`: trusts the cluster CA (client API) …
+    pub client_tls: Option<http_client::Tls>,
+    /// … and presents the operator's certificate (admin API).
+    pub admin_tls: Option<http_client::Tls>,
 }
 
 static CLUSTER_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -206,11 +231,31 @@ impl Cluster {
                 }
             })
             .collect();
+        let (client_tls, admin_tls) = if opts.http_tls {
+            let op = dir.join("operator-tls");
+            raft_certs(&[
+                "operator",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--ca-dir",
+                &dir.join("raft-ca").display().to_string(),
+                "--out",
+                &op.display().to_string(),
+            ]);
+            (
+                Some(http_client::Tls::from_dir(&op, false).expect("client TLS")),
+                Some(http_client::Tls::from_dir(&op, true).expect("operator TLS")),
+            )
+        } else {
+            (None, None)
+        };
         let mut c = Self {
             dir,
             nodes,
             opts,
             key_file,
+            client_tls,
+            admin_tls,
         };
         for id in c.ids() {
             c.spawn(id);
@@ -275,6 +320,35 @@ impl Cluster {
                 out,
             ]
         };
+        let http_args: Vec<String> = if opts.http_tls {
+            let out = self.http_tls_dir(id);
+            raft_certs(&[
+                "http",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--ca-dir",
+                &self.dir.join("raft-ca").display().to_string(),
+                "--name",
+                "127.0.0.1",
+                "--name",
+                "localhost",
+                "--out",
+                &out.display().to_string(),
+            ]);
+            let mut args: Vec<String> = Vec::new();
+            if tls_args.is_empty() {
+                args.extend(["--cluster-id".into(), CLUSTER_ID.into()]);
+            }
+            args.extend([
+                "--http-tls-dir".into(),
+                out.display().to_string(),
+                "--http-tls-reload-ms".into(),
+                "200".into(),
+            ]);
+            args
+        } else {
+            vec!["--insecure-plaintext-http".into()]
+        };
         let n = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -312,6 +386,7 @@ impl Cluster {
                 &opts.keep_entries_after_snapshot.to_string(),
             ])
             .args(&tls_args)
+            .args(&http_args)
             .args(&opts.extra_args)
             .env("ROOMKEEPER_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -328,7 +403,8 @@ impl Cluster {
             Duration::from_secs(15),
             &format!("node {id} healthy"),
             || {
-                http(
+                http_via(
+                    self.admin_tls.as_ref(),
                     "GET",
                     &addr,
                     "/healthz",
@@ -357,6 +433,11 @@ impl Cluster {
         self.wait_leader(Duration::from_secs(15));
     }
 
+    /// The directory of node `id`'s HTTP certificate (with `http_tls`).
+    pub fn http_tls_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}-http-tls"))
+    }
+
     pub fn admin(
         &self,
         method: &str,
@@ -364,7 +445,8 @@ impl Cluster {
         path: &str,
         body: Option<&str>,
     ) -> std::io::Result<Reply> {
-        http(
+        http_via(
+            self.admin_tls.as_ref(),
             method,
             &self.node(id).admin_addr,
             path,
@@ -381,7 +463,8 @@ impl Cluster {
         path: &str,
         body: Option<&str>,
     ) -> std::io::Result<Reply> {
-        http(
+        http_via(
+            self.client_tls.as_ref(),
             method,
             &self.node(id).api_addr,
             path,

@@ -298,6 +298,7 @@ fn statefulset() -> serde_json::Value {
                             "--contact-key-file", "/etc/roomkeeper/keys/contact.key",
                             // The harness checks pod lifecycle, not peer authentication.
                             "--insecure-plaintext-raft",
+                            "--insecure-plaintext-http",
                         ],
                         "env": [
                             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},

@@ -161,6 +161,7 @@ fn node_pod(name: &str, id: u32, labels: serde_json::Value) -> Pod {
                     "--contact-key-file", "/etc/roomkeeper/keys/contact.key",
                     // These pods test NetworkPolicy flows, not peer auth.
                     "--insecure-plaintext-raft",
+                    "--insecure-plaintext-http",
                 ],
                 "env": [
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
