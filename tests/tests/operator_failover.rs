@@ -11,15 +11,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::Client;
 use roomkeeper_e2e::gateway::{httproute_crd_or_skip, install_httproute_crd};
 use roomkeeper_e2e::http_client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::{apply_file, apply_yaml, OperatorProcess};
+use roomkeeper_e2e::operator::{
+    apply_file, apply_yaml, form_example_cluster, lrc_resource, OperatorEnv, OperatorProcess,
+};
 use roomkeeper_operator::traffic::{HttpRouteRouter, TrafficRouter, FULL_WEIGHT};
 use serde_json::{json, Value};
 
@@ -29,37 +30,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const NS: &str = "shop";
 const LRC: &str = "flash-sale";
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
-
-fn lrc_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "LiveRoomCluster"),
-        "liveroomclusters",
-    )
-}
-
-async fn ensure_namespace(client: &Client, ns: &str) -> Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn install_roomkeeper_crds(client: &Client) -> Result<()> {
-    for file in [
-        "crds/liveroomclusters.roomkeeper.dev.yaml",
-        "crds/failoverplaybooks.roomkeeper.dev.yaml",
-        "crds/chaosdrills.roomkeeper.dev.yaml",
-        "crds/chaosdrillschedules.roomkeeper.dev.yaml",
-    ] {
-        apply_file(client, file, "default").await?;
-    }
-    // Established within a second on this API server; discovery follows.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(())
-}
 
 /// The route's weights by backend Service name.
 async fn route_weights(client: &Client) -> Result<BTreeMap<String, u64>> {
@@ -103,14 +73,9 @@ async fn traffic_weights_live_in_an_httproute_and_a_missing_crd_is_named() {
 }
 
 async fn traffic_weights(h: &KubeHarness, crd: &str) -> Result<()> {
-    let admin = h.admin_client();
-    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
-    ensure_namespace(&admin, NS).await?;
-    let sa = client_from_kubeconfig(
-        &h.service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
-            .await?,
-    )
-    .await?;
+    let env = OperatorEnv::prepare(h, &roomkeeper_e2e::binary(), NS, &[]).await?;
+    let admin = env.admin.clone();
+    let sa = client_from_kubeconfig(&env.sa_kubeconfig).await?;
 
     let missing = router(&sa)
         .set_weight("us-east", 0)
@@ -175,11 +140,7 @@ async fn traffic_weights(h: &KubeHarness, crd: &str) -> Result<()> {
 }
 
 async fn lrc_status(api: &Api<DynamicObject>) -> Value {
-    api.get(LRC)
-        .await
-        .ok()
-        .and_then(|o| o.data.get("status").cloned())
-        .unwrap_or(Value::Null)
+    roomkeeper_e2e::operator::lrc_status(api, LRC).await
 }
 
 /// One order on one pod: the HTTP status and the error code (or the order id).
@@ -316,22 +277,11 @@ async fn form_cluster(
     crd: &str,
     ops: &mut Vec<OperatorProcess>,
     playbook: Option<Value>,
-) -> Result<(Client, Api<DynamicObject>)> {
-    let admin = h.admin_client();
-    install_roomkeeper_crds(&admin).await?;
+) -> Result<(OperatorEnv, Api<DynamicObject>)> {
+    let env = OperatorEnv::prepare(h, bin, NS, &[]).await?;
+    let admin = env.admin.clone();
     install_httproute_crd(&admin, crd).await?;
-    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
-    let sa_kubeconfig = h
-        .service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
-        .await?;
-    ops.push(OperatorProcess::start(
-        bin,
-        &sa_kubeconfig,
-        h.dir(),
-        "op-a",
-        6,
-    )?);
-    ensure_namespace(&admin, NS).await?;
+    env.start_operator("op-a", ops)?;
     match playbook {
         None => {
             apply_file(&admin, "examples/default-playbook.yaml", NS).await?;
@@ -340,17 +290,7 @@ async fn form_cluster(
             apply_yaml(&admin, &serde_json::to_string(&p)?, NS).await?;
         }
     }
-    let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        roomkeeper_e2e::operator::repo_root().join("examples/three-region-cluster.yaml"),
-    )?)?;
-    example["spec"]["image"] = json!("roomkeeper:e2e");
-    apply_yaml(&admin, &serde_yaml::to_string(&example)?, NS).await?;
-    let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &lrc_resource());
-    eventually(Duration::from_secs(150), "5/5 voters, Running", || async {
-        let s = lrc_status(&lrcs).await;
-        s["readyVoters"] == json!("5/5") && s["phase"] == json!("Running")
-    })
-    .await?;
+    let (lrcs, _) = form_example_cluster(&admin, NS, Duration::from_secs(150)).await?;
     eventually(
         Duration::from_secs(30),
         "trafficWeight 100 in status",
@@ -365,7 +305,7 @@ async fn form_cluster(
         weights.len() == 3 && weights.values().all(|w| *w == 100),
         "HTTPRoute {LRC}-buyers: {weights:?}"
     );
-    Ok((admin, lrcs))
+    Ok((env, lrcs))
 }
 
 /// `status.regions[].trafficWeight` by region (empty until all three show one).
@@ -396,7 +336,8 @@ async fn quorum_loss(
     crd: &str,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
-    let (admin, lrcs) = form_cluster(h, bin, crd, ops, None).await?;
+    let (env, lrcs) = form_cluster(h, bin, crd, ops, None).await?;
+    let admin = env.admin.clone();
     let token = Api::<Secret>::namespaced(admin.clone(), NS)
         .get(&format!("{LRC}-tokens"))
         .await?
@@ -666,7 +607,8 @@ async fn region_drain(
     crd: &str,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
-    let (admin, lrcs) = form_cluster(h, bin, crd, ops, Some(drain_playbook())).await?;
+    let (env, lrcs) = form_cluster(h, bin, crd, ops, Some(drain_playbook())).await?;
+    let admin = env.admin.clone();
     let pod = format!("{LRC}-ap-south-0");
     ensure!(
         bridge.signal_pod_process(NS, &pod, nix::sys::signal::Signal::SIGSTOP),
