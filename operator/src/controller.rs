@@ -486,7 +486,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
 
     if !moves.moves.is_empty() {
         let leader = plan::leader(&views).map(|(_, s)| s);
-        crate::evacuate::settle_recorded(ctx, spec_lrc, &mut moves, leader).await;
+        crate::evacuate::settle_recorded(ctx, spec_lrc, &mut moves, leader, &ids).await;
     }
 
     let slot_ids: Vec<(resources::Slot, u64)> = slots

@@ -253,10 +253,21 @@ pub fn new_voter_slot(lrc: &LiveRoomCluster, moves: &VoterMoves, into: &str) -> 
 }
 
 /// Marks the steps the membership shows done for every unfinished move
-/// (`how` = found); whether anything changed. Pure.
-pub fn settle(moves: &mut VoterMoves, leader: &NodeStatus, at_ms: u64) -> bool {
+/// (`how` = found), and the new node's id when the identity map gave its
+/// slot one after the move was recorded (the operator stopped in between);
+/// whether anything changed. Pure.
+pub fn settle(
+    moves: &mut VoterMoves,
+    leader: &NodeStatus,
+    id_of: &dyn Fn(&str) -> Option<u64>,
+    at_ms: u64,
+) -> bool {
     let mut changed = false;
     for (old, m) in moves.moves.iter_mut().filter(|(_, m)| !m.done()) {
+        if m.new_id.is_none() {
+            m.new_id = id_of(&m.pod);
+            changed |= m.new_id.is_some();
+        }
         let Some(new) = m.new_id else { continue };
         let voter = leader.voters.contains(&new);
         let member = voter || leader.learners.contains(&new);
@@ -289,6 +300,10 @@ pub struct Evacuation<'a> {
     pub lrc: &'a LiveRoomCluster,
     pub ns: &'a str,
     pub admin: &'a NodeAdmin,
+    /// Pods whose node answered at the start of this reconcile: the only
+    /// ones asked for the leader's view (a lost region's pods would hold
+    /// every probe for the admin timeout).
+    pub answering: Vec<String>,
 }
 
 /// Every pod of the cluster with its IP and, when it answered, its status.
@@ -313,14 +328,19 @@ impl Fresh {
 }
 
 impl Evacuation<'_> {
-    async fn fresh(&self) -> Result<Fresh, String> {
+    /// The answering pods' statuses now, and `also`'s.
+    async fn fresh(&self, also: Option<&str>) -> Result<Fresh, String> {
         let name = cluster_name(self.lrc);
         let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), self.ns)
             .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
             .await
             .map_err(|e| format!("listing pods: {e}"))?
             .items;
-        let probes = pods.iter().map(|p| {
+        let asked = |p: &Pod| {
+            let n = p.name_any();
+            self.answering.contains(&n) || also == Some(n.as_str())
+        };
+        let probes = pods.iter().filter(|p| asked(p)).map(|p| {
             let pod = p.name_any();
             let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
             let admin = self.admin.clone();
@@ -399,14 +419,21 @@ impl Evacuation<'_> {
             moves.save(self.ctx, self.lrc).await?;
         }
         if !m.has(MoveStep::Scaled) {
-            let words = self.scale(&eff, &into).await?;
-            self.step(&mut moves, old, MoveStep::Scaled, "done").await?;
-            self.event(format!("voter {old} → {into}: {words}")).await;
+            match self.scale(&eff, &into).await? {
+                Some(words) => {
+                    self.step(&mut moves, old, MoveStep::Scaled, "done").await?;
+                    self.event(format!("voter {old} → {into}: {words}")).await;
+                }
+                None => {
+                    self.step(&mut moves, old, MoveStep::Scaled, "found")
+                        .await?
+                }
+            }
         }
 
         // 3. Wait for the new node, then add it as a learner (unless it is one).
         let node = self.wait_node(&m.pod, new_id).await?;
-        let fresh = self.fresh().await?;
+        let fresh = self.fresh(None).await?;
         let (leader_ip, leader) = fresh
             .leader()
             .map(|(ip, s)| (ip.to_string(), s.clone()))
@@ -450,7 +477,7 @@ impl Evacuation<'_> {
         }
 
         // 5. Remove the old voter.
-        let fresh = self.fresh().await?;
+        let fresh = self.fresh(None).await?;
         let (leader_ip, leader) = fresh
             .leader()
             .map(|(ip, s)| (ip.to_string(), s.clone()))
@@ -529,7 +556,7 @@ impl Evacuation<'_> {
         if let Some(id) = ids.id_of(pod) {
             return Ok(id);
         }
-        let fresh = self.fresh().await?;
+        let fresh = self.fresh(None).await?;
         let floor = fresh
             .pods
             .iter()
@@ -582,7 +609,8 @@ impl Evacuation<'_> {
 
     /// Grows the region's StatefulSet to the effective replica count (never
     /// shrinks it here: the controller shrinks behind departed members).
-    async fn scale(&self, eff: &LiveRoomCluster, region: &str) -> Result<String, String> {
+    /// What it did, or `None` when the StatefulSet had the replica already.
+    async fn scale(&self, eff: &LiveRoomCluster, region: &str) -> Result<Option<String>, String> {
         let r = eff
             .spec
             .regions
@@ -600,9 +628,7 @@ impl Evacuation<'_> {
             .and_then(|s| s.spec.replicas)
             .unwrap_or(0);
         if have >= want {
-            return Ok(format!(
-                "StatefulSet {sts_name} already has {have} replicas"
-            ));
+            return Ok(None);
         }
         api.patch(
             &sts_name,
@@ -611,7 +637,9 @@ impl Evacuation<'_> {
         )
         .await
         .map_err(|e| format!("scaling StatefulSet {sts_name}: {e}"))?;
-        Ok(format!("StatefulSet {sts_name} scaled {have} → {want}"))
+        Ok(Some(format!(
+            "StatefulSet {sts_name} scaled {have} → {want}"
+        )))
     }
 
     /// Waits until the slot's pod answers as node `id`; its addresses.
@@ -619,7 +647,7 @@ impl Evacuation<'_> {
         let started = std::time::Instant::now();
         let region_zone = self.region_zone(pod).await?;
         loop {
-            let fresh = self.fresh().await?;
+            let fresh = self.fresh(Some(pod)).await?;
             if let Some((_, Some(ip), Some(s))) = fresh.pod(pod) {
                 if s.node_id == id {
                     return Ok(node_info(ip, &region_zone.0, &region_zone.1));
@@ -661,7 +689,7 @@ impl Evacuation<'_> {
     async fn caught_up(&self, id: u64) -> Result<(String, NodeStatus), String> {
         let started = std::time::Instant::now();
         loop {
-            let fresh = self.fresh().await?;
+            let fresh = self.fresh(None).await?;
             if let Some((ip, s)) = fresh.leader() {
                 let ready = s.voters.contains(&id)
                     || s.progress_of(id).is_some_and(|p| {
@@ -689,9 +717,10 @@ pub async fn settle_recorded(
     lrc: &LiveRoomCluster,
     moves: &mut VoterMoves,
     leader: Option<&NodeStatus>,
+    ids: &Identities,
 ) {
     let Some(leader) = leader else { return };
-    if settle(moves, leader, now_ms()) {
+    if settle(moves, leader, &|pod| ids.id_of(pod), now_ms()) {
         if let Err(e) = moves.save(ctx, lrc).await {
             tracing::warn!(cluster = %cluster_name(lrc), error = %e, "could not record settled voter moves");
         }
@@ -828,9 +857,10 @@ mod tests {
             learners: vec![],
             ..NodeStatus::default()
         };
-        assert!(!settle(&mut moves, &leader, 2), "nothing done yet");
+        let no_ids = |_: &str| None;
+        assert!(!settle(&mut moves, &leader, &no_ids, 2), "nothing done yet");
         leader.learners = vec![9];
-        assert!(settle(&mut moves, &leader, 3));
+        assert!(settle(&mut moves, &leader, &no_ids, 3));
         let steps: Vec<MoveStep> = moves.moves[&5].steps.iter().map(|s| s.step).collect();
         assert_eq!(
             steps,
@@ -838,16 +868,36 @@ mod tests {
         );
         leader.learners.clear();
         leader.voters = vec![1, 2, 3, 4, 5, 9];
-        assert!(settle(&mut moves, &leader, 4));
+        assert!(settle(&mut moves, &leader, &no_ids, 4));
         assert!(!moves.moves[&5].done(), "5 still votes");
         leader.voters = vec![1, 2, 3, 4, 9];
-        assert!(settle(&mut moves, &leader, 5));
+        assert!(settle(&mut moves, &leader, &no_ids, 5));
         assert!(moves.moves[&5].done());
-        assert!(!settle(&mut moves, &leader, 6), "a done move is left alone");
+        assert!(
+            !settle(&mut moves, &leader, &no_ids, 6),
+            "a done move is left alone"
+        );
         assert!(moves.moves[&5]
             .steps
             .iter()
             .skip(1)
             .all(|s| s.how == "found"));
+    }
+
+    #[test]
+    fn a_move_recorded_before_its_id_was_given_learns_it_from_the_identity_map() {
+        let mut moves = VoterMoves::default();
+        let mut m = moved("ap", "eu", "shop-eu-2");
+        m.mark(MoveStep::Recorded, "done", 1);
+        moves.moves.insert(5, m);
+        let leader = NodeStatus {
+            node_id: 1,
+            voters: vec![1, 2, 3, 4, 9],
+            ..NodeStatus::default()
+        };
+        let ids = |pod: &str| (pod == "shop-eu-2").then_some(9);
+        assert!(settle(&mut moves, &leader, &ids, 2));
+        assert_eq!(moves.moves[&5].new_id, Some(9));
+        assert!(moves.moves[&5].done(), "9 votes and 5 left: done");
     }
 }

@@ -297,6 +297,12 @@ impl Actuate for KubeActuator<'_> {
             lrc: self.lrc,
             ns: &self.ns,
             admin: self.admin,
+            answering: self
+                .views
+                .iter()
+                .filter(|v| v.status.is_some() && !v.deleting)
+                .map(|v| v.pod.clone())
+                .collect(),
         }
         .replace_voter(old, into, &region)
         .await
