@@ -698,14 +698,15 @@ fn evacuate_playbook() -> Value {
     })
 }
 
-/// Hold-down of the evacuate tier, plus the 10 s the issue allows, plus the
-/// 3 s status timeout that first shows the region's node silent.
-const EVACUATED_WITHIN: Duration = Duration::from_secs(5 + 10 + 3);
-/// The lease of a killed operator replica runs out before its standby acts.
-const LEASE: Duration = Duration::from_secs(6);
+/// Hold-down of the evacuate tier plus the 10 s the issue allows.
+const EVACUATED_WITHIN: Duration = Duration::from_secs(5 + 10);
+/// What an operator killed mid-move adds: its lease runs out (6 s) before
+/// the standby acts, which then takes the remaining membership steps one
+/// reconcile at a time (2 s apart) after the new pod starts.
+const TAKEOVER: Duration = Duration::from_secs(6 + 10);
 
-/// A region lost during a sale on Kubernetes: every node of ap-south hangs
-/// for good (SIGSTOP, and no tier restarts it). Within hold-down + 10 s its
+/// A region lost during a sale on Kubernetes: every node of ap-south stops
+/// for good (the kubelet bridge kills its processes and never restarts them). Within hold-down + 10 s its
 /// HTTPRoute weight is 0 and its voter is replaced in a surviving region
 /// (membership has no ap-south voter, the ap-south StatefulSet shrinks);
 /// status and Events say why; the drills' history checker finds no
@@ -795,6 +796,44 @@ async fn voters_by_region(lrcs: &Api<DynamicObject>) -> BTreeMap<String, Vec<i64
         if let (Some(r), Some(id)) = (m["region"].as_str(), m["nodeId"].as_i64()) {
             out.entry(r.to_string()).or_default().push(id);
         }
+    }
+    out
+}
+
+/// Voters by region as the Raft leader reports them (`/admin/status` of
+/// every pod that answers within a second; regions from its membership).
+async fn raft_voters(
+    admin: &Client,
+    bridge: &KubeletBridge,
+    admin_token: &str,
+) -> BTreeMap<String, Vec<u64>> {
+    let Ok(pods) = pod_ips(admin, bridge).await else {
+        return BTreeMap::new();
+    };
+    let calls = pods.iter().map(|(_, ip)| async move {
+        let addr = format!("{ip}:7301");
+        let req =
+            http_client::build("GET", &addr, "/admin/status", None, Some(admin_token)).ok()?;
+        let r = http_client::request(&addr, req, Duration::from_secs(1))
+            .await
+            .ok()?;
+        serde_json::from_slice::<roomkeeper_api::NodeStatus>(&r.body).ok()
+    });
+    let statuses: Vec<roomkeeper_api::NodeStatus> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let Some(leader) = roomkeeper_api::leader_of(statuses.iter()) else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for id in &leader.voters {
+        let region = leader
+            .members
+            .get(&id.to_string())
+            .map_or_else(|| "?".to_string(), |m| m.region.clone());
+        out.entry(region).or_default().push(*id);
     }
     out
 }
@@ -916,6 +955,13 @@ async fn region_kill(
         .and_then(|d| d.get("client-token").cloned())
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .context("client token")?;
+    let admin_token = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-tokens"))
+        .await?
+        .data
+        .and_then(|d| d.get("admin-token").cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .context("admin token")?;
     let ids_before = node_ids(&admin).await?;
     let voters_before = voters_by_region(&lrcs).await;
     ensure!(
@@ -923,7 +969,9 @@ async fn region_kill(
         "ap-south holds one voter: {voters_before:?}"
     );
     let old = voters_before["ap-south"][0];
-    let (room, sku, stock) = ("evac-room", "hot", 100u32);
+    // Enough stock to sell through the fault and the evacuation, and to
+    // sell out before the end (so overselling would show).
+    let (room, sku, stock) = ("evac-room", "hot", 300u32);
     let targets = buyer_targets(&admin, bridge).await;
     ensure!(targets.len() == 5, "buyers reach every pod: {targets:?}");
     client_call(
@@ -1030,7 +1078,7 @@ async fn region_kill(
         tokio::time::sleep(Duration::from_secs(3)).await;
         ensure!(rec.acked() > 0, "no order acknowledged before the fault");
 
-        // Every node of ap-south hangs for good.
+        // Every node of ap-south stops for good (the bridge never restarts it).
         let lost: Vec<String> = ids_before
             .keys()
             .filter(|p| p.starts_with(&format!("{LRC}-ap-south-")))
@@ -1038,12 +1086,13 @@ async fn region_kill(
             .collect();
         for pod in &lost {
             ensure!(
-                bridge.signal_pod_process(NS, pod, nix::sys::signal::Signal::SIGSTOP),
+                bridge.stop_pod_for_good(NS, pod),
                 "{pod} is not running here"
             );
         }
         let lost_at = Instant::now();
-        eprintln!("region-kill: ap-south ({lost:?}, voter {old}) hangs");
+        let lost_ms = rec.now_ms();
+        eprintln!("region-kill: ap-south ({lost:?}, voter {old}) stopped for good");
 
         let mut killed_at_steps = None;
         if restart {
@@ -1088,18 +1137,19 @@ async fn region_kill(
             drained_after <= EVACUATED_WITHIN,
             "drained {drained_after:?} after the region was lost: later than hold-down + 10 s"
         );
+        // The Raft membership itself (the status follows a reconcile later).
         eventually(
             Duration::from_secs(90),
-            "5 voters, none in ap-south",
+            "5 Raft voters, none in ap-south",
             || async {
-                let v = voters_by_region(&lrcs).await;
+                let v = raft_voters(&admin, bridge, &admin_token).await;
                 !v.contains_key("ap-south") && v.values().map(Vec::len).sum::<usize>() == 5
             },
         )
         .await?;
         let replaced_after = lost_at.elapsed();
         let budget = if restart {
-            EVACUATED_WITHIN + LEASE
+            EVACUATED_WITHIN + TAKEOVER
         } else {
             EVACUATED_WITHIN
         };
@@ -1107,6 +1157,15 @@ async fn region_kill(
             replaced_after <= budget,
             "voters replaced {replaced_after:?} after the region was lost: later than {budget:?}"
         );
+        eventually(
+            Duration::from_secs(30),
+            "status members: 5 voters, none in ap-south",
+            || async {
+                let v = voters_by_region(&lrcs).await;
+                !v.contains_key("ap-south") && v.values().map(Vec::len).sum::<usize>() == 5
+            },
+        )
+        .await?;
         let voters_after = voters_by_region(&lrcs).await;
         eprintln!(
             "region-kill: ap-south drained after {:.1} s, its voter replaced after {:.1} s: voters {voters_before:?} → {voters_after:?}",
@@ -1235,23 +1294,34 @@ async fn region_kill(
                 !ops[0].is_running() && ops[1].is_running(),
                 "op-a was killed, op-b finished"
             );
+            let before_kill = killed_at_steps.unwrap_or_default();
             ensure!(
-                m.steps.iter().any(|s| s.how == "found")
-                    || !killed_at_steps.as_ref().is_some_and(|k| k.len() >= 2),
-                "steps after the restart were checked against the membership: {m:?}"
+                steps.starts_with(&before_kill) && before_kill.len() < steps.len(),
+                "op-b went on from where op-a stopped ({before_kill:?}): {m:?}"
             );
         }
         eprintln!(
             "region-kill: move {:?}; events: {learner:?} {promoted:?} {removed:?}",
             m.steps
         );
-        // Buyers keep buying in the surviving regions.
+        // Buyers kept buying through the loss and the evacuation.
+        let after_loss = rec
+            .ops()
+            .iter()
+            .filter(|o| matches!(o.result, roomkeeper_chaos::history::OpResult::Placed { .. }))
+            .filter(|o| o.complete_ms.is_some_and(|c| c > lost_ms))
+            .count();
+        ensure!(
+            after_loss > 0,
+            "no order acknowledged after the region was lost"
+        );
         let acked = rec.acked();
         tokio::time::sleep(Duration::from_secs(3)).await;
         ensure!(
             rec.acked() > acked || rec.acked() >= u64::from(stock),
             "no order acknowledged after the evacuation"
         );
+        eprintln!("region-kill: {after_loss} orders acknowledged after the loss");
         Ok(())
     };
     let outcome = tokio::select! {
