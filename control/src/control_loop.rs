@@ -1,7 +1,7 @@
 //! The control loop, written once: observation → health snapshot → playbook
 //! engine → actuator, with every decision and outcome written to a journal
-//! and the engine's memory saved after each tick, so a restarted controller
-//! carries on where it stopped. Generic over the binding's seams
+//! and the engine's memory saved after each tick (and before any decision
+//! is carried out), so a restarted controller carries on where it stopped. Generic over the binding's seams
 //! ([`Actuate`], [`MemoryStore`], [`Journal`]); the local processes and the
 //! operator run this same code.
 
@@ -189,6 +189,14 @@ impl ControlLoop {
             .count();
         self.history.drain(..expired);
         let decisions = Engine::decide(&self.playbook, &self.history, now, &mut self.memory);
+        // The decisions are durable before any is carried out: a controller
+        // that stops in the middle of an action (an evacuation takes
+        // seconds) leaves the tier active and the action open, which the
+        // next one closes as failed and retries where the binding resumes,
+        // instead of forgetting that the tier acted at all.
+        if decisions.iter().any(|d| d.disposition.is_execute()) {
+            self.save(store).await?;
+        }
         for d in &decisions {
             journal.decided(d).await?;
             self.remember(d);
@@ -558,6 +566,69 @@ mod tests {
         assert!(
             !log.contains("at_ms"),
             "one casing in the decision log: {log}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Looks at the saved memory whenever it is asked to act.
+    struct Peek {
+        dir: std::path::PathBuf,
+        open_when_acting: Vec<usize>,
+    }
+
+    impl Actuate for Peek {
+        fn binding(&self) -> &'static str {
+            "test"
+        }
+        async fn restart_node(&mut self, id: NodeId) -> Result<String, ActError> {
+            let mut saved =
+                FileStore::open(&self.dir).map_err(|e| ActError::Failed(e.to_string()))?;
+            let memory = saved
+                .load()
+                .await
+                .map_err(|e| ActError::Failed(e.to_string()))?
+                .unwrap_or_default();
+            self.open_when_acting.push(memory.open_actions().len());
+            Ok(format!("node {id} restarted"))
+        }
+        async fn transfer_leadership(&mut self, _: NodeId, to: NodeId) -> Result<String, ActError> {
+            Ok(format!("to {to}"))
+        }
+        async fn set_traffic_weight(&mut self, r: &str, w: u32) -> Result<String, ActError> {
+            Ok(format!("{r} at {w}"))
+        }
+        async fn replace_voter(&mut self, old: NodeId, _: &str) -> Result<NodeId, ActError> {
+            Ok(old + 100)
+        }
+        async fn set_sales_paused(&mut self, p: bool) -> Result<String, ActError> {
+            Ok(format!("paused {p}"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decision_is_saved_open_before_it_is_carried_out() {
+        let dir = temp_dir("open-first");
+        let mut store = FileStore::open(&dir).expect("store");
+        let mut journal = store.clone();
+        let mut ctl = ControlLoop::open(&mut store, default_playbook(), 3)
+            .await
+            .expect("open");
+        let mut act = Peek {
+            dir: dir.clone(),
+            open_when_acting: Vec::new(),
+        };
+        for i in 0..=40 {
+            let obs = observation(1_000_000 + i * 500, 3);
+            ctl.tick(&obs, &BTreeMap::new(), &mut act, &mut store, &mut journal)
+                .await
+                .expect("tick");
+        }
+        // A controller that stopped inside the restart would find it open
+        // (and close it as failed) rather than no trace of the tier acting.
+        assert!(
+            act.open_when_acting.first().is_some_and(|n| *n >= 1),
+            "the restart was saved open before it ran: {:?}",
+            act.open_when_acting
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

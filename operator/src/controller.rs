@@ -55,6 +55,8 @@ pub enum Error {
     NoNamespace,
     #[error("playbook: {0}")]
     Playbook(#[from] roomkeeper_control::ControlError),
+    #[error("voter moves: {0}")]
+    Moves(#[from] crate::evacuate::MovesError),
 }
 
 impl Error {
@@ -69,6 +71,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "shape",
             Error::Playbook(_) => "playbook",
+            Error::Moves(_) => "moves",
         }
     }
 }
@@ -236,7 +239,7 @@ async fn reconcile(lrc: Arc<LiveRoomCluster>, ctx: Arc<Context>) -> Result<Actio
 
 /// Applies `obj` by server-side apply unless the live object already carries
 /// the same desired-state hash: a reconcile that changes nothing writes nothing.
-async fn apply_if_changed<K>(ctx: &Context, ns: &str, obj: K) -> Result<bool, Error>
+pub(crate) async fn apply_if_changed<K>(ctx: &Context, ns: &str, obj: K) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -412,16 +415,26 @@ struct NodeReplies {
 /// One reconcile of a cluster that is not being deleted. Each step below makes
 /// its API calls in this order: validate, secrets, pods, nodes, identities,
 /// workload, (paused?), membership step, playbook, status.
-async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
-    let ns = lrc.namespace().ok_or(Error::NoNamespace)?;
-    let name = lrc.name_any();
+///
+/// Everything but the playbook works on the effective spec: the spec with
+/// the voter moves of evacuations applied (evacuate.rs), so a voter moved to
+/// another region stays there.
+async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = spec_lrc.namespace().ok_or(Error::NoNamespace)?;
+    let name = spec_lrc.name_any();
     let names = Names { cluster: &name };
-    ctx.metrics.set_slo(&ns, &name, &lrc.spec.slo);
-    let base = lrc.status.clone().unwrap_or_default();
+    ctx.metrics.set_slo(&ns, &name, &spec_lrc.spec.slo);
+    let base = spec_lrc.status.clone().unwrap_or_default();
 
-    if let Err(problems) = validate_spec(&lrc.spec) {
-        return report_invalid_spec(ctx, lrc, &base, problems).await;
+    if let Err(problems) = validate_spec(&spec_lrc.spec) {
+        return report_invalid_spec(ctx, spec_lrc, &base, problems).await;
     }
+    let mut moves = crate::evacuate::VoterMoves::load(ctx, spec_lrc).await?;
+    let (effective, skipped) = crate::evacuate::effective(spec_lrc, &moves);
+    if !skipped.is_empty() {
+        tracing::warn!(cluster = %name, old_voters = ?skipped, "voter moves that no longer fit the spec are not applied");
+    }
+    let lrc = &effective;
 
     // Credentials first: pods mount them.
     tracing::debug!(cluster = %name, phase = "secrets", "reconcile");
@@ -462,13 +475,18 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     if lrc.spec.paused {
         // No membership step; the playbook still decides, with every action
         // suppressed by the pause guard, so what it would do is recorded.
-        if let Err(why) = crate::tier::run(lrc, ctx, &views, &admin).await? {
+        if let Err(why) = crate::tier::run(spec_lrc, ctx, &views, &admin).await? {
             tracing::debug!(cluster = %name, %why, "playbook not run while paused");
         }
         if let Some(h) = crate::tier::history(ctx, lrc) {
             status.decisions = h;
         }
         return report_paused(ctx, lrc, status).await;
+    }
+
+    if !moves.moves.is_empty() {
+        let leader = plan::leader(&views).map(|(_, s)| s);
+        crate::evacuate::settle_recorded(ctx, spec_lrc, &mut moves, leader, &ids).await;
     }
 
     let slot_ids: Vec<(resources::Slot, u64)> = slots
@@ -493,7 +511,7 @@ async fn apply(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> {
     .await?;
 
     tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
-    let tier = run_playbook(ctx, lrc, &base, &views, &admin, &step).await?;
+    let tier = run_playbook(ctx, spec_lrc, &base, &views, &admin, &step).await?;
     let progressing = taken.progressing;
     // A node that does not answer, or a tier in force, is a hold-down the
     // playbook is timing: tick it every 2 s, not every 15 s, so it acts
@@ -1358,6 +1376,8 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         pvcs.delete_collection(&dp, &by_cluster).await?;
         delete_if_present::<ConfigMap>(ctx, &ns, &names.identities(), &dp).await?;
+        delete_if_present::<ConfigMap>(ctx, &ns, &crate::evacuate::configmap_name(&name), &dp)
+            .await?;
         delete_if_present::<Secret>(ctx, &ns, &names.tokens(), &dp).await?;
         delete_if_present::<Secret>(ctx, &ns, &names.contact_keys(), &dp).await?;
     }

@@ -656,6 +656,7 @@ fn p(s: &str) -> String {
 /// The reads every reconcile of this one-region cluster starts with.
 fn reads_before_the_step() -> Vec<String> {
     [
+        "GET /api/v1/namespaces/{NS}/configmaps/shop-voter-moves",
         "GET /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "GET /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
         "GET /api/v1/namespaces/{NS}/pods",
@@ -1391,6 +1392,7 @@ async fn deleting_a_cluster_under_the_delete_policy_also_removes_volumes_ids_and
     want.extend([
         "DELETE /api/v1/namespaces/{NS}/persistentvolumeclaims",
         "DELETE /api/v1/namespaces/{NS}/configmaps/shop-identities",
+        "DELETE /api/v1/namespaces/{NS}/configmaps/shop-voter-moves",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
         "PATCH /apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/liveroomclusters/shop",

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod controller;
 pub mod crd;
 pub mod drill;
+pub mod evacuate;
 pub mod history;
 pub mod metrics;
 pub mod nodes;

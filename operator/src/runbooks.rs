@@ -33,6 +33,7 @@ pub const WARNING_EVENT_RUNBOOKS: &[(&str, &str)] = &[
     ("SwitchoverFailed", "manual-command-refused.md"),
     ("SwitchoverPending", "manual-command-refused.md"),
     ("SwitchoverRefused", "manual-command-refused.md"),
+    ("VoterMove", "tier-t3-evacuate.md"),
     ("WipedVolume", "wiped-volume.md"),
 ];
 

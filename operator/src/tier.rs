@@ -241,19 +241,12 @@ impl Journal for EventJournal<'_> {
 /// The Kubernetes binding of [`Actuate`].
 struct KubeActuator<'a> {
     ctx: &'a Context,
+    /// The cluster as its spec says (moves are applied on top, evacuate.rs).
+    lrc: &'a LiveRoomCluster,
     ns: String,
     views: &'a [PodView],
     admin: &'a NodeAdmin,
     router: &'a HttpRouteRouter,
-}
-
-/// The runbook a human follows for an action this binding does not carry out yet.
-fn unsupported(action: ActionKind, runbook: &'static str) -> ActError {
-    ActError::Unsupported {
-        action: action.name(),
-        binding: "Kubernetes",
-        runbook,
-    }
 }
 
 impl Actuate for KubeActuator<'_> {
@@ -296,11 +289,32 @@ impl Actuate for KubeActuator<'_> {
             .map_err(|e| ActError::Failed(e.to_string()))
     }
 
-    async fn replace_voter(&mut self, _old: NodeId, _into: &str) -> Result<NodeId, ActError> {
-        Err(unsupported(
-            ActionKind::ReplaceVotersElsewhere,
-            "runbooks/tier-t3-evacuate.md",
-        ))
+    /// Adds a learner in `into` (its StatefulSet grows by one), promotes it,
+    /// removes `old`: one membership change at a time, each step recorded in
+    /// the cluster's voter-moves ConfigMap and resumed after a restart
+    /// (evacuate.rs).
+    async fn replace_voter(&mut self, old: NodeId, into: &str) -> Result<NodeId, ActError> {
+        let region = self
+            .views
+            .iter()
+            .find(|v| v.id == Some(old))
+            .map(|v| v.region.clone())
+            .ok_or_else(|| ActError::NoCandidate(format!("no pod holds voter {old}")))?;
+        crate::evacuate::Evacuation {
+            ctx: self.ctx,
+            lrc: self.lrc,
+            ns: &self.ns,
+            admin: self.admin,
+            answering: self
+                .views
+                .iter()
+                .filter(|v| v.status.is_some() && !v.deleting)
+                .map(|v| v.pod.clone())
+                .collect(),
+        }
+        .replace_voter(old, into, &region)
+        .await
+        .map_err(ActError::Failed)
     }
 
     async fn set_sales_paused(&mut self, paused: bool) -> Result<String, ActError> {
@@ -416,6 +430,7 @@ pub async fn run(
     let obs = observation(views, now_ms());
     let mut actuator = KubeActuator {
         ctx,
+        lrc,
         ns: ns.clone(),
         views,
         admin,

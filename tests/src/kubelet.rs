@@ -152,6 +152,9 @@ struct Shared {
     policy: Mutex<PolicyState>,
     /// Wakes the policy task when a pod gets an IP.
     policy_notify: Arc<Notify>,
+    /// Pods (`namespace/name`) whose containers stay stopped: a node that is
+    /// gone for good (see [`KubeletBridge::stop_pod_for_good`]).
+    stopped_for_good: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -291,6 +294,7 @@ impl KubeletBridge {
             netns: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             finalizing: Mutex::new(HashSet::new()),
+            stopped_for_good: Mutex::new(HashSet::new()),
             policy: Mutex::new(PolicyState::default()),
             policy_notify: policy_notify.clone(),
         });
@@ -469,6 +473,15 @@ impl KubeletBridge {
             }
         }
         killed
+    }
+
+    /// SIGKILLs the processes of pod `namespace/name` and never starts them
+    /// again, whatever the restartPolicy (nor those of a pod recreated under
+    /// that name): the machine is gone. The pod stays in the API, its IP
+    /// refuses connections. False when not running here.
+    pub fn stop_pod_for_good(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.shared.stopped_for_good).insert(format!("{namespace}/{name}"));
+        self.kill_pod_process(namespace, name)
     }
 
     /// Sends `signal` to the processes of pod `namespace/name` (SIGSTOP: a
@@ -1181,6 +1194,9 @@ impl PodWorker {
     }
 
     async fn start_due(&mut self) {
+        if lock(&self.shared.stopped_for_good).contains(&self.key()) {
+            return;
+        }
         let now = Instant::now();
         for i in 0..self.containers.len() {
             let c = &self.containers[i];

@@ -8,10 +8,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{pinned_kind, Scope};
 use kube::Client;
+use serde_json::{json, Value};
+
+use crate::k8s::{eventually, KubeHarness};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -77,6 +82,167 @@ pub async fn apply_file(
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     apply_yaml(client, &text, default_ns).await
+}
+
+/// Every roomkeeper CRD, by plural (`crds/<plural>.roomkeeper.dev.yaml`).
+pub const CRD_PLURALS: [&str; 7] = [
+    "liveroomclusters",
+    "failoverplaybooks",
+    "chaosdrills",
+    "chaosdrillschedules",
+    "failoverapprovals",
+    "switchovers",
+    "failovers",
+];
+
+/// Applies every roomkeeper CRD and waits until each is Established (and a
+/// second more: discovery of a new group lags behind Established).
+pub async fn install_crds(client: &Client) -> Result<()> {
+    for plural in CRD_PLURALS {
+        apply_file(
+            client,
+            &format!("crds/{plural}.roomkeeper.dev.yaml"),
+            "default",
+        )
+        .await?;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for plural in CRD_PLURALS {
+        let name = format!("{plural}.roomkeeper.dev");
+        eventually(
+            Duration::from_secs(30),
+            &format!("CRD {name} established"),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    crds.get(&name)
+                        .await
+                        .ok()
+                        .and_then(|c| c.status)
+                        .is_some_and(|s| {
+                            s.conditions
+                                .unwrap_or_default()
+                                .iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                }
+            },
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// Creates the namespace unless it exists.
+pub async fn ensure_namespace(client: &Client, ns: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What every operator end-to-end test starts from: the CRDs Established,
+/// the operator's RBAC (`deploy/rbac.yaml`, plus `extra_rbac` files), the
+/// test's namespace, and a kubeconfig of the operator's ServiceAccount.
+pub struct OperatorEnv {
+    pub admin: Client,
+    pub sa_kubeconfig: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl OperatorEnv {
+    pub async fn prepare(
+        h: &KubeHarness,
+        bin: &Path,
+        ns: &str,
+        extra_rbac: &[&str],
+    ) -> Result<OperatorEnv> {
+        let admin = h.admin_client();
+        install_crds(&admin).await?;
+        apply_file(&admin, "deploy/rbac.yaml", "default").await?;
+        for file in extra_rbac {
+            apply_file(&admin, file, "default").await?;
+        }
+        ensure_namespace(&admin, ns).await?;
+        let sa_kubeconfig = h
+            .service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
+            .await?;
+        Ok(OperatorEnv {
+            admin,
+            sa_kubeconfig,
+            dir: h.dir().to_path_buf(),
+            bin: bin.to_path_buf(),
+        })
+    }
+
+    /// Starts one operator replica (lease of 6 s) under the ServiceAccount
+    /// and keeps it in `ops` (killed when dropped).
+    pub fn start_operator(&self, identity: &str, ops: &mut Vec<OperatorProcess>) -> Result<()> {
+        ops.push(OperatorProcess::start(
+            &self.bin,
+            &self.sa_kubeconfig,
+            &self.dir,
+            identity,
+            6,
+        )?);
+        Ok(())
+    }
+}
+
+/// The `LiveRoomCluster` resource, for dynamic APIs.
+pub fn lrc_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "LiveRoomCluster"),
+        "liveroomclusters",
+    )
+}
+
+/// A cluster's status (`Null` while it has none or cannot be read).
+pub async fn lrc_status(api: &Api<DynamicObject>, name: &str) -> Value {
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|o| o.data.get("status").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// `examples/three-region-cluster.yaml` with the bridge's image.
+pub fn example_cluster() -> Result<Value> {
+    let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("examples/three-region-cluster.yaml"),
+    )?)?;
+    example["spec"]["image"] = json!("roomkeeper:e2e");
+    Ok(example)
+}
+
+/// Applies `examples/three-region-cluster.yaml` (5 voters, 2+2+1) in `ns`
+/// with the bridge's image, and waits until it reports 5/5 voters and
+/// Running; returns its API and status.
+pub async fn form_example_cluster(
+    admin: &Client,
+    ns: &str,
+    within: Duration,
+) -> Result<(Api<DynamicObject>, Value)> {
+    let example = example_cluster()?;
+    let name = example["metadata"]["name"]
+        .as_str()
+        .context("the example has a name")?
+        .to_string();
+    apply_yaml(admin, &serde_yaml::to_string(&example)?, ns).await?;
+    let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &lrc_resource());
+    eventually(within, "5/5 voters, Running", || async {
+        let s = lrc_status(&lrcs, &name).await;
+        s["readyVoters"] == json!("5/5") && s["phase"] == json!("Running")
+    })
+    .await?;
+    let status = lrc_status(&lrcs, &name).await;
+    Ok((lrcs, status))
 }
 
 /// One `roomkeeper operator run` process.

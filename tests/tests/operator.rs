@@ -11,28 +11,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::{apply_file, apply_yaml, OperatorProcess};
+use roomkeeper_e2e::operator::{
+    apply_file, apply_yaml, form_example_cluster, install_crds, lrc_resource, OperatorEnv,
+    OperatorProcess,
+};
 use serde_json::{json, Value};
 
 const NS: &str = "shop";
 const LRC: &str = "flash-sale";
-
-fn lrc_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "LiveRoomCluster"),
-        "liveroomclusters",
-    )
-}
 
 fn drill_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -46,64 +41,6 @@ fn fpb_resource() -> ApiResource {
         &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "FailoverPlaybook"),
         "failoverplaybooks",
     )
-}
-
-async fn install_crds(client: &Client) -> Result<()> {
-    for file in [
-        "crds/liveroomclusters.roomkeeper.dev.yaml",
-        "crds/failoverplaybooks.roomkeeper.dev.yaml",
-        "crds/chaosdrills.roomkeeper.dev.yaml",
-        "crds/chaosdrillschedules.roomkeeper.dev.yaml",
-        "crds/failoverapprovals.roomkeeper.dev.yaml",
-        "crds/switchovers.roomkeeper.dev.yaml",
-        "crds/failovers.roomkeeper.dev.yaml",
-    ] {
-        apply_file(client, file, "default").await?;
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in [
-        "liveroomclusters.roomkeeper.dev",
-        "failoverplaybooks.roomkeeper.dev",
-        "chaosdrills.roomkeeper.dev",
-        "chaosdrillschedules.roomkeeper.dev",
-        "failoverapprovals.roomkeeper.dev",
-        "switchovers.roomkeeper.dev",
-        "failovers.roomkeeper.dev",
-    ] {
-        eventually(
-            Duration::from_secs(30),
-            &format!("CRD {name} established"),
-            || {
-                let crds = crds.clone();
-                async move {
-                    crds.get(name)
-                        .await
-                        .ok()
-                        .and_then(|c| c.status)
-                        .is_some_and(|s| {
-                            s.conditions
-                                .unwrap_or_default()
-                                .iter()
-                                .any(|c| c.type_ == "Established" && c.status == "True")
-                        })
-                }
-            },
-        )
-        .await?;
-    }
-    // Discovery of the new group can lag behind Established.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(())
-}
-
-async fn ensure_namespace(client: &Client, ns: &str) -> Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn base_cluster() -> Value {
@@ -372,11 +309,7 @@ async fn operator_runs_a_three_region_cluster_end_to_end() {
 }
 
 async fn lrc_status(api: &Api<DynamicObject>) -> Value {
-    api.get(LRC)
-        .await
-        .ok()
-        .and_then(|o| o.data.get("status").cloned())
-        .unwrap_or(Value::Null)
+    roomkeeper_e2e::operator::lrc_status(api, LRC).await
 }
 
 async fn wait_ready_voters(api: &Api<DynamicObject>, want: &str, secs: u64) -> Result<Value> {
@@ -477,12 +410,8 @@ async fn lifecycle(
     bin: &std::path::Path,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
-    let admin = h.admin_client();
-    install_crds(&admin).await?;
-    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
-    let sa_kubeconfig = h
-        .service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
-        .await?;
+    let env = OperatorEnv::prepare(h, bin, NS, &[]).await?;
+    let (admin, sa_kubeconfig) = (env.admin.clone(), env.sa_kubeconfig.clone());
     // The operator's own credentials really are least-privilege: it cannot read Secrets in bulk.
     let sa = client_from_kubeconfig(&sa_kubeconfig).await?;
     ensure!(
@@ -494,24 +423,12 @@ async fn lifecycle(
     );
 
     // Two replicas: exactly one holds the Lease and reconciles.
-    ops.push(OperatorProcess::start(
-        bin,
-        &sa_kubeconfig,
-        h.dir(),
-        "op-a",
-        6,
-    )?);
+    env.start_operator("op-a", ops)?;
     eventually(Duration::from_secs(20), "op-a holds the Lease", || async {
         lease_holder(&admin).await.as_deref() == Some("op-a")
     })
     .await?;
-    ops.push(OperatorProcess::start(
-        bin,
-        &sa_kubeconfig,
-        h.dir(),
-        "op-b",
-        6,
-    )?);
+    env.start_operator("op-b", ops)?;
     eventually(
         Duration::from_secs(20),
         "op-b answers /readyz as standby",
@@ -531,17 +448,10 @@ async fn lifecycle(
         "op-b leader metric"
     );
 
-    ensure_namespace(&admin, NS).await?;
     apply_file(&admin, "examples/default-playbook.yaml", NS).await?;
-    let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        roomkeeper_e2e::operator::repo_root().join("examples/three-region-cluster.yaml"),
-    )?)?;
-    // The bridge runs images naming roomkeeper; drop resource requests it ignores anyway.
-    example["spec"]["image"] = json!("roomkeeper:e2e");
-    apply_yaml(&admin, &serde_yaml::to_string(&example)?, NS).await?;
-
-    let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &lrc_resource());
-    let status = wait_ready_voters(&lrcs, "5/5", 120).await?;
+    let (lrcs, _) = form_example_cluster(&admin, NS, Duration::from_secs(120)).await?;
+    let example = roomkeeper_e2e::operator::example_cluster()?;
+    let status = wait_ready_voters(&lrcs, "5/5", 20).await?;
     eprintln!(
         "cluster formed: leader {} term {} tier {}",
         status["leader"], status["term"], status["activeTier"]
@@ -908,13 +818,7 @@ async fn lifecycle(
     );
 
     // Scale back down to 5 voters: members leave before their pods go.
-    ops.push(OperatorProcess::start(
-        bin,
-        &sa_kubeconfig,
-        h.dir(),
-        "op-a2",
-        6,
-    )?);
+    env.start_operator("op-a2", ops)?;
     let down = json!({"spec": {"regions": [
         {"name": "us-east", "voters": 2, "zones": ["us-east-1a", "us-east-1b"], "storage": {"size": "20Gi"}},
         {"name": "eu-west", "voters": 2, "zones": ["eu-west-1a", "eu-west-1b"], "storage": {"size": "20Gi"}},

@@ -22,16 +22,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::{apply_file, apply_yaml, OperatorProcess};
+use roomkeeper_e2e::operator::{apply_yaml, OperatorEnv, OperatorProcess};
 use roomkeeper_e2e::Signal;
 use serde_json::{json, Value};
 
@@ -49,49 +48,6 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
 
 fn api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), NS, &resource(kind, plural))
-}
-
-const CRDS: [&str; 6] = [
-    "liveroomclusters",
-    "failoverplaybooks",
-    "chaosdrills",
-    "failoverapprovals",
-    "switchovers",
-    "failovers",
-];
-
-async fn install_crds(client: &Client) -> Result<()> {
-    for plural in CRDS {
-        apply_file(
-            client,
-            &format!("crds/{plural}.roomkeeper.dev.yaml"),
-            "default",
-        )
-        .await?;
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for plural in CRDS {
-        let name = format!("{plural}.roomkeeper.dev");
-        eventually(Duration::from_secs(30), &format!("CRD {name}"), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .is_some_and(|s| {
-                        s.conditions
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await?;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(())
 }
 
 /// The test playbook: T1 restarts an unhealthy node, but only with a
@@ -176,28 +132,9 @@ async fn scenario(
     bin: &std::path::Path,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
-    let admin = h.admin_client();
-    install_crds(&admin).await?;
-    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
-    apply_file(&admin, "deploy/approver-rbac.yaml", "default").await?;
-    let sa_kubeconfig = h
-        .service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
-        .await?;
-    ops.push(OperatorProcess::start(
-        bin,
-        &sa_kubeconfig,
-        h.dir(),
-        "op-a",
-        6,
-    )?);
-
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
-        )
-        .await?;
+    let env = OperatorEnv::prepare(h, bin, NS, &["deploy/approver-rbac.yaml"]).await?;
+    let admin = env.admin.clone();
+    env.start_operator("op-a", ops)?;
     // On-call may approve (bound to roomkeeper-approver); a viewer may only read.
     let (oncall, viewer) = people(h, &admin).await?;
 
@@ -214,12 +151,7 @@ async fn scenario(
     )
     .await?;
     approval_timeout_applies_the_declared_default_across_an_operator_restart(
-        &admin,
-        bridge,
-        &lrcs,
-        restarted,
-        (bin, &sa_kubeconfig, h),
-        ops,
+        &admin, bridge, &lrcs, restarted, &env, ops,
     )
     .await?;
     switchover_to_a_named_node_moves_leadership_and_is_recorded(&admin, &lrcs, &oncall).await?;
@@ -563,7 +495,7 @@ async fn approval_timeout_applies_the_declared_default_across_an_operator_restar
     bridge: &KubeletBridge,
     lrcs: &Api<DynamicObject>,
     not: i64,
-    (bin, sa_kubeconfig, h): (&std::path::Path, &std::path::Path, &KubeHarness),
+    env: &OperatorEnv,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
     let (pod, node) = follower(lrcs, &[not]).await?;
@@ -577,13 +509,7 @@ async fn approval_timeout_applies_the_declared_default_across_an_operator_restar
     // The operator restarts while the request is pending: the new one reuses
     // the same object (memory in the ConfigMap), never a second one.
     ops[0].kill();
-    ops.push(OperatorProcess::start(
-        bin,
-        sa_kubeconfig,
-        h.dir(),
-        "op-b",
-        6,
-    )?);
+    env.start_operator("op-b", ops)?;
     eprintln!("[timeout] operator op-a killed, op-b started");
     tokio::time::sleep(Duration::from_secs(12)).await;
     ensure!(

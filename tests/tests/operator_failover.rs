@@ -11,15 +11,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::Client;
 use roomkeeper_e2e::gateway::{httproute_crd_or_skip, install_httproute_crd};
 use roomkeeper_e2e::http_client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::{apply_file, apply_yaml, OperatorProcess};
+use roomkeeper_e2e::operator::{
+    apply_file, apply_yaml, form_example_cluster, lrc_resource, OperatorEnv, OperatorProcess,
+};
 use roomkeeper_operator::traffic::{HttpRouteRouter, TrafficRouter, FULL_WEIGHT};
 use serde_json::{json, Value};
 
@@ -29,37 +30,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const NS: &str = "shop";
 const LRC: &str = "flash-sale";
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
-
-fn lrc_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "LiveRoomCluster"),
-        "liveroomclusters",
-    )
-}
-
-async fn ensure_namespace(client: &Client, ns: &str) -> Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn install_roomkeeper_crds(client: &Client) -> Result<()> {
-    for file in [
-        "crds/liveroomclusters.roomkeeper.dev.yaml",
-        "crds/failoverplaybooks.roomkeeper.dev.yaml",
-        "crds/chaosdrills.roomkeeper.dev.yaml",
-        "crds/chaosdrillschedules.roomkeeper.dev.yaml",
-    ] {
-        apply_file(client, file, "default").await?;
-    }
-    // Established within a second on this API server; discovery follows.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(())
-}
 
 /// The route's weights by backend Service name.
 async fn route_weights(client: &Client) -> Result<BTreeMap<String, u64>> {
@@ -103,14 +73,9 @@ async fn traffic_weights_live_in_an_httproute_and_a_missing_crd_is_named() {
 }
 
 async fn traffic_weights(h: &KubeHarness, crd: &str) -> Result<()> {
-    let admin = h.admin_client();
-    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
-    ensure_namespace(&admin, NS).await?;
-    let sa = client_from_kubeconfig(
-        &h.service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
-            .await?,
-    )
-    .await?;
+    let env = OperatorEnv::prepare(h, &roomkeeper_e2e::binary(), NS, &[]).await?;
+    let admin = env.admin.clone();
+    let sa = client_from_kubeconfig(&env.sa_kubeconfig).await?;
 
     let missing = router(&sa)
         .set_weight("us-east", 0)
@@ -175,11 +140,7 @@ async fn traffic_weights(h: &KubeHarness, crd: &str) -> Result<()> {
 }
 
 async fn lrc_status(api: &Api<DynamicObject>) -> Value {
-    api.get(LRC)
-        .await
-        .ok()
-        .and_then(|o| o.data.get("status").cloned())
-        .unwrap_or(Value::Null)
+    roomkeeper_e2e::operator::lrc_status(api, LRC).await
 }
 
 /// One order on one pod: the HTTP status and the error code (or the order id).
@@ -316,22 +277,11 @@ async fn form_cluster(
     crd: &str,
     ops: &mut Vec<OperatorProcess>,
     playbook: Option<Value>,
-) -> Result<(Client, Api<DynamicObject>)> {
-    let admin = h.admin_client();
-    install_roomkeeper_crds(&admin).await?;
+) -> Result<(OperatorEnv, Api<DynamicObject>)> {
+    let env = OperatorEnv::prepare(h, bin, NS, &[]).await?;
+    let admin = env.admin.clone();
     install_httproute_crd(&admin, crd).await?;
-    apply_file(&admin, "deploy/rbac.yaml", "default").await?;
-    let sa_kubeconfig = h
-        .service_account_kubeconfig("roomkeeper-system", "roomkeeper-operator")
-        .await?;
-    ops.push(OperatorProcess::start(
-        bin,
-        &sa_kubeconfig,
-        h.dir(),
-        "op-a",
-        6,
-    )?);
-    ensure_namespace(&admin, NS).await?;
+    env.start_operator("op-a", ops)?;
     match playbook {
         None => {
             apply_file(&admin, "examples/default-playbook.yaml", NS).await?;
@@ -340,17 +290,7 @@ async fn form_cluster(
             apply_yaml(&admin, &serde_json::to_string(&p)?, NS).await?;
         }
     }
-    let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        roomkeeper_e2e::operator::repo_root().join("examples/three-region-cluster.yaml"),
-    )?)?;
-    example["spec"]["image"] = json!("roomkeeper:e2e");
-    apply_yaml(&admin, &serde_yaml::to_string(&example)?, NS).await?;
-    let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &lrc_resource());
-    eventually(Duration::from_secs(150), "5/5 voters, Running", || async {
-        let s = lrc_status(&lrcs).await;
-        s["readyVoters"] == json!("5/5") && s["phase"] == json!("Running")
-    })
-    .await?;
+    let (lrcs, _) = form_example_cluster(&admin, NS, Duration::from_secs(150)).await?;
     eventually(
         Duration::from_secs(30),
         "trafficWeight 100 in status",
@@ -365,7 +305,7 @@ async fn form_cluster(
         weights.len() == 3 && weights.values().all(|w| *w == 100),
         "HTTPRoute {LRC}-buyers: {weights:?}"
     );
-    Ok((admin, lrcs))
+    Ok((env, lrcs))
 }
 
 /// `status.regions[].trafficWeight` by region (empty until all three show one).
@@ -396,7 +336,8 @@ async fn quorum_loss(
     crd: &str,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
-    let (admin, lrcs) = form_cluster(h, bin, crd, ops, None).await?;
+    let (env, lrcs) = form_cluster(h, bin, crd, ops, None).await?;
+    let admin = env.admin.clone();
     let token = Api::<Secret>::namespaced(admin.clone(), NS)
         .get(&format!("{LRC}-tokens"))
         .await?
@@ -666,7 +607,8 @@ async fn region_drain(
     crd: &str,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
-    let (admin, lrcs) = form_cluster(h, bin, crd, ops, Some(drain_playbook())).await?;
+    let (env, lrcs) = form_cluster(h, bin, crd, ops, Some(drain_playbook())).await?;
+    let admin = env.admin.clone();
     let pod = format!("{LRC}-ap-south-0");
     ensure!(
         bridge.signal_pod_process(NS, &pod, nix::sys::signal::Signal::SIGSTOP),
@@ -757,6 +699,724 @@ async fn region_drain(
     eprintln!(
         "ap-south restored {:.1} s after its node went on (clear-for 10 s)",
         back_at.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The evacuate tier alone: a region lost for 5 s is drained and its
+/// voters are replaced in the other regions; it stands down with an event.
+/// A failed attempt (an operator restart) is retried after 2 s.
+fn evacuate_playbook() -> Value {
+    json!({
+        "apiVersion": "roomkeeper.dev/v1alpha1",
+        "kind": "FailoverPlaybook",
+        "metadata": {"name": "default"},
+        "spec": {
+            "guards": {"cooldownMs": 1000, "failureBudget": {"retryAfterMs": 2000}},
+            "tiers": [{
+                "name": "evacuate",
+                "level": 3,
+                "trigger": {"condition": {"type": "regionLost"}, "forMs": 5000, "clearForMs": 60000},
+                "actions": ["setTrafficWeightZero", "replaceVotersElsewhere", "recordEvent"],
+                "standDownActions": ["recordEvent"]
+            }]
+        }
+    })
+}
+
+/// Hold-down of the evacuate tier plus the 10 s the issue allows.
+const EVACUATED_WITHIN: Duration = Duration::from_secs(5 + 10);
+/// What an operator killed mid-move adds: its lease runs out (6 s) before
+/// the standby acts, which then takes the remaining membership steps one
+/// reconcile at a time (2 s apart) after the new pod starts.
+const TAKEOVER: Duration = Duration::from_secs(6 + 10);
+
+/// A region lost during a sale on Kubernetes: every node of ap-south stops
+/// for good (the kubelet bridge kills its processes and never restarts them). Within hold-down + 10 s its
+/// HTTPRoute weight is 0 and its voter is replaced in a surviving region
+/// (membership has no ap-south voter, the ap-south StatefulSet shrinks);
+/// status and Events say why; the drills' history checker finds no
+/// acknowledged order lost and nothing oversold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_region_is_evacuated_and_its_voters_replaced_elsewhere() {
+    run_region_kill("operator_region_kill", false).await;
+}
+
+/// The same, with the acting operator killed between two steps of the voter
+/// move (after the move is recorded, before the new node is a learner): the
+/// standby takes over and finishes the move; no step is taken twice (one new
+/// pod, one new id, one learner addition, one promotion, one removal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarted_mid_evacuation_resumes_it_without_repeating_a_step() {
+    run_region_kill("operator_evacuate_restart", true).await;
+}
+
+async fn run_region_kill(name: &str, restart: bool) {
+    let _serial = SERIAL.lock().await;
+    init_test_tracing();
+    let started = Instant::now();
+    let Some(crd) = httproute_crd_or_skip("region kill on Kubernetes") else {
+        return;
+    };
+    let Some(h) = KubeHarness::start_or_skip(name).await else {
+        return;
+    };
+    let bin = roomkeeper_e2e::binary();
+    let bridge = KubeletBridge::start(h.admin_client(), h.dir(), &bin)
+        .await
+        .expect("kubelet bridge");
+    let mut ops: Vec<OperatorProcess> = Vec::new();
+    if let Err(e) = region_kill(&h, &bridge, &bin, &crd, &mut ops, restart).await {
+        eprintln!("{}", h.dump_logs(30));
+        let admin = h.admin_client();
+        let lrcs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &lrc_resource());
+        eprintln!(
+            "--- LiveRoomCluster status ---\n{:#}",
+            lrc_status(&lrcs).await
+        );
+        eprintln!("--- voter moves ---\n{:?}", voter_moves(&admin).await);
+        for (reason, note) in all_events(&admin).await.unwrap_or_default() {
+            eprintln!("event {reason}: {note}");
+        }
+        for op in &ops {
+            eprintln!("--- operator {} ---\n{}", op.identity, op.log_tail(80));
+        }
+        panic!(
+            "{name} failed after {:.0}s: {e:#}",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!("{name} passed in {:.0}s", started.elapsed().as_secs_f64());
+}
+
+async fn all_events(client: &Client) -> Result<Vec<(String, String)>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let mut items = events.list(&ListParams::default()).await?.items;
+    items.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    Ok(items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+async fn voter_moves(client: &Client) -> Result<roomkeeper_operator::evacuate::VoterMoves> {
+    let name = roomkeeper_operator::evacuate::configmap_name(LRC);
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get_opt(&name)
+        .await?;
+    Ok(roomkeeper_operator::evacuate::VoterMoves::parse(
+        &name,
+        cm.as_ref(),
+    )?)
+}
+
+/// Voters by region, from the status the operator writes (the leader's view).
+async fn voters_by_region(lrcs: &Api<DynamicObject>) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in lrc_status(lrcs).await["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "voter")
+    {
+        if let (Some(r), Some(id)) = (m["region"].as_str(), m["nodeId"].as_i64()) {
+            out.entry(r.to_string()).or_default().push(id);
+        }
+    }
+    out
+}
+
+/// Voters by region as the Raft leader reports them (`/admin/status` of
+/// every pod that answers within a second; regions from its membership).
+async fn raft_voters(
+    admin: &Client,
+    bridge: &KubeletBridge,
+    admin_token: &str,
+) -> BTreeMap<String, Vec<u64>> {
+    let Ok(pods) = pod_ips(admin, bridge).await else {
+        return BTreeMap::new();
+    };
+    let calls = pods.iter().map(|(_, ip)| async move {
+        let addr = format!("{ip}:7301");
+        let req =
+            http_client::build("GET", &addr, "/admin/status", None, Some(admin_token)).ok()?;
+        let r = http_client::request(&addr, req, Duration::from_secs(1))
+            .await
+            .ok()?;
+        serde_json::from_slice::<roomkeeper_api::NodeStatus>(&r.body).ok()
+    });
+    let statuses: Vec<roomkeeper_api::NodeStatus> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let Some(leader) = roomkeeper_api::leader_of(statuses.iter()) else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for id in &leader.voters {
+        let region = leader
+            .members
+            .get(&id.to_string())
+            .map_or_else(|| "?".to_string(), |m| m.region.clone());
+        out.entry(region).or_default().push(*id);
+    }
+    out
+}
+
+async fn node_ids(client: &Client) -> Result<BTreeMap<String, i64>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get(&format!("{LRC}-identities"))
+        .await?;
+    Ok(cm
+        .data
+        .and_then(|d| d.get("nodes").cloned())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((p.next()?.to_string(), p.next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Where buyers may go now: pods with an IP in regions the HTTPRoute still
+/// weighs above 0 (a storefront following the route).
+async fn buyer_targets(admin: &Client, bridge: &KubeletBridge) -> Vec<String> {
+    let Ok(weights) = route_weights(admin).await else {
+        return Vec::new();
+    };
+    let Ok(pods) = Api::<Pod>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={LRC}")))
+        .await
+    else {
+        return Vec::new();
+    };
+    pods.items
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("roomkeeper.dev/region"))
+                .is_some_and(|r| weights.get(&format!("{LRC}-{r}")).is_some_and(|w| *w > 0))
+        })
+        .filter_map(|p| {
+            let name = p.metadata.name.as_deref()?;
+            Some(bridge.pod_ip(NS, name)?.to_string())
+        })
+        .collect()
+}
+
+/// What an order's answer means to the history checker.
+fn order_result(status: u16, body: &Value) -> roomkeeper_chaos::history::OpResult {
+    use roomkeeper_chaos::history::OpResult;
+    let code = body["code"].as_str().unwrap_or_default().to_string();
+    match status {
+        200..=299 => match body["order_id"].as_u64() {
+            Some(id) => OpResult::Placed {
+                order_id: id.to_string(),
+            },
+            None => OpResult::Unknown,
+        },
+        // A definite refusal: the store did not act.
+        400..=499 if !code.is_empty() => OpResult::Rejected { code },
+        503 if [
+            "no_leader",
+            "no_quorum",
+            "overloaded",
+            "not_leader",
+            "sales_paused",
+        ]
+        .contains(&code.as_str()) =>
+        {
+            OpResult::Rejected { code }
+        }
+        _ => OpResult::Unknown,
+    }
+}
+
+/// GET on the first pod that answers 200.
+async fn read_any(ips: &[String], token: &str, path: &str) -> Result<Value> {
+    let mut last = String::new();
+    for _ in 0..10 {
+        for ip in ips {
+            let addr = format!("{ip}:7201");
+            let req = http_client::build("GET", &addr, path, None, Some(token))?;
+            match http_client::request(&addr, req, Duration::from_secs(3)).await {
+                Ok(r) if r.status == 200 => return Ok(serde_json::from_slice(&r.body)?),
+                Ok(r) => last = format!("{addr}: HTTP {} {}", r.status, r.text()),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    anyhow::bail!("GET {path}: {last}")
+}
+
+async fn region_kill(
+    h: &KubeHarness,
+    bridge: &KubeletBridge,
+    bin: &std::path::Path,
+    crd: &str,
+    ops: &mut Vec<OperatorProcess>,
+    restart: bool,
+) -> Result<()> {
+    use roomkeeper_chaos::history::{FinalOrder, History, OpKind};
+    use roomkeeper_chaos::recorder::Recorder;
+    use roomkeeper_operator::evacuate::MoveStep;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (env, lrcs) = form_cluster(h, bin, crd, ops, Some(evacuate_playbook())).await?;
+    let admin = env.admin.clone();
+    if restart {
+        env.start_operator("op-b", ops)?;
+    }
+    let token = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-tokens"))
+        .await?
+        .data
+        .and_then(|d| d.get("client-token").cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .context("client token")?;
+    let admin_token = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-tokens"))
+        .await?
+        .data
+        .and_then(|d| d.get("admin-token").cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .context("admin token")?;
+    let ids_before = node_ids(&admin).await?;
+    let voters_before = voters_by_region(&lrcs).await;
+    ensure!(
+        voters_before.get("ap-south").map(Vec::len) == Some(1),
+        "ap-south holds one voter: {voters_before:?}"
+    );
+    let old = voters_before["ap-south"][0];
+    // Enough stock to sell through the fault and the evacuation, and to
+    // sell out before the end (so overselling would show).
+    let (room, sku, stock) = ("evac-room", "hot", 300u32);
+    let targets = buyer_targets(&admin, bridge).await;
+    ensure!(targets.len() == 5, "buyers reach every pod: {targets:?}");
+    client_call(
+        &targets[0],
+        &token,
+        "PUT",
+        &format!("/v1/rooms/{room}"),
+        json!({"title": "evacuate", "home_region": "us-east", "state": "live"}),
+    )
+    .await?;
+    client_call(
+        &targets[0],
+        &token,
+        "PUT",
+        &format!("/v1/rooms/{room}/listings/{sku}"),
+        json!({"price_cents": 100, "stock": stock, "per_buyer_limit": 1, "state": "open"}),
+    )
+    .await?;
+
+    // Steady load: three buyers' clients, one order each 150 ms, each order
+    // its own buyer and key, to the pods the route still sends buyers to.
+    let rec = Arc::new(Recorder::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared_targets = Arc::new(std::sync::Mutex::new(targets.clone()));
+    let mut clients = Vec::new();
+    for client in 0..3u32 {
+        let (rec, stop, shared, token) = (
+            rec.clone(),
+            stop.clone(),
+            shared_targets.clone(),
+            token.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut buyers = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let ip = {
+                    let t = shared.lock().map(|t| t.clone()).unwrap_or_default();
+                    if t.is_empty() {
+                        None
+                    } else {
+                        Some(t[(n + client as usize) % t.len()].clone())
+                    }
+                };
+                let Some(ip) = ip else {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    continue;
+                };
+                let (buyer, key) = (format!("b{client}-{n}"), format!("k{client}-{n}"));
+                let pending = rec.invoke(
+                    client,
+                    OpKind::PlaceOrder {
+                        sku: sku.into(),
+                        buyer: buyer.clone(),
+                        qty: 1,
+                        key: key.clone(),
+                    },
+                );
+                let body = json!({
+                    "sku": sku, "buyer": buyer, "qty": 1, "idempotency_key": key,
+                    "contact": "+1-555-0000",
+                })
+                .to_string();
+                let addr = format!("{ip}:7201");
+                let path = format!("/v1/rooms/{room}/orders");
+                let result = match http_client::build(
+                    "POST",
+                    &addr,
+                    &path,
+                    Some(body.as_bytes()),
+                    Some(&token),
+                ) {
+                    Ok(req) => match http_client::request(&addr, req, Duration::from_secs(2)).await
+                    {
+                        Ok(r) => order_result(
+                            r.status,
+                            &serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+                        ),
+                        Err(_) => roomkeeper_chaos::history::OpResult::Unknown,
+                    },
+                    Err(_) => roomkeeper_chaos::history::OpResult::Unknown,
+                };
+                rec.complete(pending, result);
+                buyers.push((buyer, key));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            buyers
+        }));
+    }
+    // The storefront follows the route: refreshed every half second.
+    let follow = async {
+        loop {
+            let t = buyer_targets(&admin, bridge).await;
+            if !t.is_empty() {
+                if let Ok(mut s) = shared_targets.lock() {
+                    *s = t;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let scenario = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(rec.acked() > 0, "no order acknowledged before the fault");
+
+        // Every node of ap-south stops for good (the bridge never restarts it).
+        let lost: Vec<String> = ids_before
+            .keys()
+            .filter(|p| p.starts_with(&format!("{LRC}-ap-south-")))
+            .cloned()
+            .collect();
+        for pod in &lost {
+            ensure!(
+                bridge.stop_pod_for_good(NS, pod),
+                "{pod} is not running here"
+            );
+        }
+        let lost_at = Instant::now();
+        let lost_ms = rec.now_ms();
+        eprintln!("region-kill: ap-south ({lost:?}, voter {old}) stopped for good");
+
+        let mut killed_at_steps = None;
+        if restart {
+            // Between two steps: the move is recorded, its learner not yet added.
+            let mut last = None;
+            loop {
+                ensure!(
+                    lost_at.elapsed() < Duration::from_secs(40),
+                    "the move of voter {old} was never recorded: {last:?}"
+                );
+                let moves = voter_moves(&admin).await?;
+                if let Some(m) = moves.moves.get(&(old as u64)) {
+                    ensure!(
+                        !m.has(MoveStep::LearnerAdded),
+                        "the move went past its learner before the operator could be killed: {m:?}"
+                    );
+                    killed_at_steps = Some(m.steps.iter().map(|s| s.step).collect::<Vec<_>>());
+                    ops[0].kill();
+                    break;
+                }
+                last = Some(moves);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            eprintln!(
+                "region-kill: operator op-a killed {:.1} s after the loss, the move at {killed_at_steps:?}; op-b takes over",
+                lost_at.elapsed().as_secs_f64()
+            );
+        }
+
+        eventually(
+            Duration::from_secs(60),
+            "ap-south at weight 0 in the HTTPRoute",
+            || async {
+                route_weights(&admin)
+                    .await
+                    .is_ok_and(|w| w.get(&format!("{LRC}-ap-south")) == Some(&0))
+            },
+        )
+        .await?;
+        let drained_after = lost_at.elapsed();
+        ensure!(
+            drained_after <= EVACUATED_WITHIN,
+            "drained {drained_after:?} after the region was lost: later than hold-down + 10 s"
+        );
+        // The Raft membership itself (the status follows a reconcile later).
+        eventually(
+            Duration::from_secs(90),
+            "5 Raft voters, none in ap-south",
+            || async {
+                let v = raft_voters(&admin, bridge, &admin_token).await;
+                !v.contains_key("ap-south") && v.values().map(Vec::len).sum::<usize>() == 5
+            },
+        )
+        .await?;
+        let replaced_after = lost_at.elapsed();
+        let budget = if restart {
+            EVACUATED_WITHIN + TAKEOVER
+        } else {
+            EVACUATED_WITHIN
+        };
+        ensure!(
+            replaced_after <= budget,
+            "voters replaced {replaced_after:?} after the region was lost: later than {budget:?}"
+        );
+        eventually(
+            Duration::from_secs(30),
+            "status members: 5 voters, none in ap-south",
+            || async {
+                let v = voters_by_region(&lrcs).await;
+                !v.contains_key("ap-south") && v.values().map(Vec::len).sum::<usize>() == 5
+            },
+        )
+        .await?;
+        let voters_after = voters_by_region(&lrcs).await;
+        eprintln!(
+            "region-kill: ap-south drained after {:.1} s, its voter replaced after {:.1} s: voters {voters_before:?} → {voters_after:?}",
+            drained_after.as_secs_f64(),
+            replaced_after.as_secs_f64()
+        );
+
+        // The move, durable and done; every step once.
+        let moves = voter_moves(&admin).await?;
+        ensure!(moves.moves.len() == 1, "one move: {moves:?}");
+        let m = moves
+            .moves
+            .get(&(old as u64))
+            .context("the move of the ap-south voter")?;
+        eventually(
+            Duration::from_secs(10),
+            "the move recorded done",
+            || async {
+                voter_moves(&admin)
+                    .await
+                    .is_ok_and(|ms| ms.moves.values().all(|m| m.done()))
+            },
+        )
+        .await?;
+        let m = voter_moves(&admin)
+            .await?
+            .moves
+            .get(&(old as u64))
+            .cloned()
+            .unwrap_or_else(|| m.clone());
+        let steps: Vec<MoveStep> = m.steps.iter().map(|s| s.step).collect();
+        ensure!(
+            steps
+                == [
+                    MoveStep::Recorded,
+                    MoveStep::Scaled,
+                    MoveStep::LearnerAdded,
+                    MoveStep::Promoted,
+                    MoveStep::OldRemoved
+                ],
+            "each step once, in order: {m:?}"
+        );
+        let new = m.new_id.context("the move names its new node")?;
+        ensure!(
+            voters_after
+                .get(&m.into)
+                .is_some_and(|v| v.contains(&(new as i64))),
+            "node {new} votes in {}: {voters_after:?}",
+            m.into
+        );
+        // One new pod and one new id, nothing more; the lost region's
+        // StatefulSet shrinks behind its departed voter.
+        let ids_after = node_ids(&admin).await?;
+        let added: Vec<(&String, &i64)> = ids_after
+            .iter()
+            .filter(|(p, _)| !ids_before.contains_key(*p))
+            .collect();
+        ensure!(
+            added.len() == 1 && *added[0].0 == m.pod && *added[0].1 == new as i64,
+            "one new node id, for {}: {ids_before:?} → {ids_after:?}",
+            m.pod
+        );
+        eventually(
+            Duration::from_secs(30),
+            "StatefulSets: ap-south 0, the target region one more",
+            || async {
+                let sets =
+                    Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(admin.clone(), NS);
+                let replicas = |r: String| {
+                    let sets = sets.clone();
+                    async move {
+                        sets.get(&format!("{LRC}-{r}"))
+                            .await
+                            .ok()
+                            .and_then(|s| s.spec.replicas)
+                    }
+                };
+                replicas("ap-south".into()).await == Some(0)
+                    && replicas(m.into.clone()).await == Some(3)
+            },
+        )
+        .await?;
+        // Status and Events say why; each membership change happened once.
+        let status = lrc_status(&lrcs).await;
+        ensure!(
+            status["activeTier"]
+                .as_str()
+                .is_some_and(|t| t.contains("evacuate")),
+            "activeTier: {}",
+            status["activeTier"]
+        );
+        let history = status["decisions"].to_string();
+        ensure!(
+            history.contains("ap-south"),
+            "status decisions explain the evacuation: {history}"
+        );
+        let events = all_events(&admin).await?;
+        let notes = |pred: &dyn Fn(&str, &str) -> bool| {
+            events
+                .iter()
+                .filter(|(r, n)| pred(r, n))
+                .map(|(_, n)| n.clone())
+                .collect::<Vec<_>>()
+        };
+        let decided = notes(&|r, n| r == "PlaybookDecision" && n.contains("ap-south"));
+        ensure!(
+            !decided.is_empty(),
+            "a PlaybookDecision Event names ap-south: {events:?}"
+        );
+        let pod = &m.pod;
+        let learner = notes(&|_, n| n.contains(pod.as_str()) && n.contains("learner"));
+        let promoted = notes(&|_, n| n.contains(pod.as_str()) && n.contains("promoted"));
+        let removed = notes(&|_, n| {
+            n.contains(&format!("removed node {old} "))
+                || n.contains(&format!("voter {old} of ap-south removed"))
+        });
+        // A step taken just before the kill may have no Event (the operator
+        // died before publishing it); none is ever taken twice.
+        let once = |n: usize| if restart { n <= 1 } else { n == 1 };
+        ensure!(
+            once(learner.len()) && once(promoted.len()) && once(removed.len()),
+            "one learner addition, one promotion, one removal: {learner:?} {promoted:?} {removed:?}"
+        );
+        if restart {
+            ensure!(
+                !ops[0].is_running() && ops[1].is_running(),
+                "op-a was killed, op-b finished"
+            );
+            let before_kill = killed_at_steps.unwrap_or_default();
+            ensure!(
+                steps.starts_with(&before_kill) && before_kill.len() < steps.len(),
+                "op-b went on from where op-a stopped ({before_kill:?}): {m:?}"
+            );
+        }
+        eprintln!(
+            "region-kill: move {:?}; events: {learner:?} {promoted:?} {removed:?}",
+            m.steps
+        );
+        // Buyers kept buying through the loss and the evacuation.
+        let after_loss = rec
+            .ops()
+            .iter()
+            .filter(|o| matches!(o.result, roomkeeper_chaos::history::OpResult::Placed { .. }))
+            .filter(|o| o.complete_ms.is_some_and(|c| c > lost_ms))
+            .count();
+        ensure!(
+            after_loss > 0,
+            "no order acknowledged after the region was lost"
+        );
+        let acked = rec.acked();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(
+            rec.acked() > acked || rec.acked() >= u64::from(stock),
+            "no order acknowledged after the evacuation"
+        );
+        eprintln!("region-kill: {after_loss} orders acknowledged after the loss");
+        Ok(())
+    };
+    let outcome = tokio::select! {
+        r = scenario => r,
+        () = follow => unreachable!("the route follower never ends"),
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut buyers = Vec::new();
+    for c in clients {
+        buyers.extend(c.await?);
+    }
+    outcome?;
+
+    // The history, judged by the drills' checker on the healed cluster.
+    let live = buyer_targets(&admin, bridge).await;
+    let mut history = History {
+        ops: rec.ops(),
+        ..History::default()
+    };
+    let listing = read_any(
+        &live,
+        &token,
+        &format!("/v1/rooms/{room}/listings/{sku}?consistency=linearizable"),
+    )
+    .await?;
+    history.listings.insert(sku.into(), stock);
+    history.final_stock_left.insert(
+        sku.into(),
+        u32::try_from(listing["stock_left"].as_u64().context("stock_left")?)?,
+    );
+    for (buyer, key) in &buyers {
+        let orders = read_any(
+            &live,
+            &token,
+            &format!("/v1/buyers/{buyer}/orders?consistency=linearizable"),
+        )
+        .await?;
+        for o in orders.as_array().into_iter().flatten() {
+            if o["status"] == "cancelled" || o["room"] != room {
+                continue;
+            }
+            if let Some(id) = o["order_id"].as_u64() {
+                history.final_orders.insert(
+                    id.to_string(),
+                    FinalOrder {
+                        sku: sku.into(),
+                        buyer: buyer.clone(),
+                        qty: 1,
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+    }
+    let report = roomkeeper_chaos::checker::check(&history);
+    eprintln!(
+        "region-kill history: {} orders sent, {} acknowledged, {} unknown, {} lost, valid {}, longest gap between acknowledgements {} ms",
+        history.ops.len(),
+        report.acknowledged,
+        rec.unknown(),
+        report.lost.len(),
+        report.valid,
+        report.rto_ms
+    );
+    ensure!(report.acknowledged > 0, "nothing acknowledged");
+    ensure!(
+        report.valid && report.lost.is_empty(),
+        "the history checker: {:?}",
+        report.violations
     );
     Ok(())
 }
