@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod resources;
+pub mod risk;
 pub mod runtime;
 pub mod schedule;
 pub mod switchover;
