@@ -111,7 +111,9 @@ fn main() -> anyhow::Result<()> {
                 if kubectl::invoked_as_plugin()
                     || std::env::args().nth(1).is_some_and(|a| a == "kubectl")
                 {
-                    EnvFilter::new("warn")
+                    // kube's client logs every failed request at ERROR;
+                    // the plugin reports (or records) each failure itself.
+                    EnvFilter::new("warn,kube_client::client::builder=off")
                 } else {
                     EnvFilter::new("info,openraft=warn,openraft::raft::stream_append=off")
                 }

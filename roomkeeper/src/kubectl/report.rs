@@ -75,7 +75,10 @@ pub fn redact(text: &str) -> String {
             let bare = word.trim_end_matches(':');
             let lower = bare.to_ascii_lowercase();
             let is_key = SECRET_KEYS.iter().any(|k| lower.ends_with(k));
-            if *after_key && !is_key {
+            if bare.is_empty() {
+                // A lone `:` between a quoted key and its value.
+                out.push_str(word);
+            } else if *after_key && !is_key {
                 out.push_str(REDACTED);
                 *after_key = false;
             } else if looks_like_token(bare) || looks_like_email(bare) {
