@@ -1288,15 +1288,8 @@ fn observed_status(
                             .and_then(|i| i64::try_from(i).ok())
                     }
                 }),
-                millis_since_ack: leader.and_then(|(_, s)| {
-                    if s.node_id == id {
-                        Some(0)
-                    } else {
-                        s.progress_of(id)
-                            .and_then(|r| r.millis_since_ack)
-                            .and_then(|ms| i64::try_from(ms).ok())
-                    }
-                }),
+                replicating: leader
+                    .map(|(_, s)| s.acked_within(id, crate::risk::REPLICATING_ACK_MS)),
             }
         })
         .collect();

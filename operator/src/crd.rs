@@ -343,9 +343,11 @@ pub struct MemberStatus {
     /// The highest log index the leader knows this node holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_index: Option<i64>,
-    /// Milliseconds since the node last acknowledged the leader (0 for the leader).
+    /// The leader heard from this node within the last 2 s (true for the
+    /// leader itself). A yes/no rather than the milliseconds, so that an idle
+    /// cluster's status does not change at every reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub millis_since_ack: Option<i64>,
+    pub replicating: Option<bool>,
 }
 
 /// A failover playbook: the tiers of the playbook engine, the same types the

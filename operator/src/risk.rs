@@ -12,6 +12,11 @@
 //!   the regions that have voters. Losing those regions together loses them.
 //!   Zero while every region keeps up.
 
+/// A follower the leader heard from within this long counts as replicating
+/// in `status.members[].replicating` (the playbook's default
+/// `health.replicatingAckMs`).
+pub const REPLICATING_ACK_MS: u64 = 2_000;
+
 /// The highest log index that nodes in a majority of the regions hold:
 /// `held` is (region, index) per voter (the leader with its last log index,
 /// followers with their matched index as the leader reports it).

@@ -198,10 +198,9 @@ async fn wait_running(admin: &Client, secs: u64) -> Result<Value> {
             s["readyVoters"] == json!("3/3")
                 && s["phase"] == json!("Running")
                 && s["leader"].is_string()
-                && s["members"].as_array().is_some_and(|m| {
-                    m.iter()
-                        .all(|m| m["millisSinceAck"].as_i64().is_some_and(|ms| ms < 2_000))
-                })
+                && s["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().all(|m| m["replicating"] == json!(true)))
         },
     )
     .await?;
@@ -439,7 +438,9 @@ async fn scenario(
         v["ordersAtRisk"]["belowRegionMajorityEntries"] == json!(0),
         "{v}"
     );
-    ensure!(plugin.ok(&["status", "-o", "wide"])?.contains("ACK-MS"));
+    ensure!(plugin
+        .ok(&["status", "-o", "wide"])?
+        .contains("REPLICATING"));
     ensure!(plugin
         .ok(&["status", "-o", "yaml"])?
         .contains("ordersAtRisk:"));

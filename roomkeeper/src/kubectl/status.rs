@@ -11,9 +11,6 @@ use serde::Serialize;
 
 use super::{print_structured, Format, Kube, KubeContext, PluginError};
 
-/// A follower the leader has not heard from within this long is shown as
-/// silent (the playbook's default `health.replicatingAckMs`).
-const ACK_MS: i64 = 2_000;
 /// A follower further behind than this many entries is shown as lagging.
 const LAGGING_ENTRIES: i64 = 1_000;
 /// Decisions shown (status.decisions holds the newest 20).
@@ -70,7 +67,8 @@ pub struct NodeRow {
     pub leads: bool,
     pub lag: Option<i64>,
     pub matched_index: Option<i64>,
-    pub millis_since_ack: Option<i64>,
+    /// The leader heard from it within 2 s (status.members[].replicating).
+    pub replicating: Option<bool>,
     pub health: String,
 }
 
@@ -101,13 +99,13 @@ pub struct ApprovalRow {
 
 const RISK_MEANING: &str = "log entries (batches of orders): in flight = in the leader's log, not yet on a quorum (buyers not answered yet); below region majority = acknowledged but held in fewer than a majority of regions";
 
-fn node_health(leads: bool, lag: Option<i64>, ack: Option<i64>) -> String {
+fn node_health(leads: bool, lag: Option<i64>, replicating: Option<bool>) -> String {
     if leads {
         return "ok".into();
     }
-    match (ack, lag) {
+    match (replicating, lag) {
         (None, _) => "not replicating".into(),
-        (Some(ms), _) if ms > ACK_MS => format!("silent {}s", ms / 1000),
+        (Some(false), _) => "silent (leader has not heard from it for 2 s)".into(),
         (_, Some(l)) if l > LAGGING_ENTRIES => format!("lagging {l}"),
         _ => "ok".into(),
     }
@@ -155,8 +153,8 @@ pub fn view(lrc: &LiveRoomCluster, approvals: &[FailoverApproval]) -> StatusView
                 leads,
                 lag: m.lag,
                 matched_index: m.matched_index,
-                millis_since_ack: m.millis_since_ack,
-                health: node_health(leads, m.lag, m.millis_since_ack),
+                replicating: m.replicating,
+                health: node_health(leads, m.lag, m.replicating),
             }
         })
         .collect();
@@ -343,7 +341,7 @@ pub fn render(v: &StatusView, wide: bool) -> String {
         "HEALTH".into(),
     ];
     if wide {
-        head.extend(["MATCHED".to_string(), "ACK-MS".into()]);
+        head.extend(["MATCHED".to_string(), "REPLICATING".into()]);
     }
     let mut rows = vec![head];
     for n in &v.nodes {
@@ -360,7 +358,7 @@ pub fn render(v: &StatusView, wide: bool) -> String {
             n.health.clone(),
         ];
         if wide {
-            r.extend([opt(n.matched_index), opt(n.millis_since_ack)]);
+            r.extend([opt(n.matched_index), opt(n.replicating)]);
         }
         rows.push(r);
     }
@@ -463,7 +461,7 @@ mod tests {
             role: "voter".into(),
             lag: Some(lag),
             matched_index: Some(100 - lag),
-            millis_since_ack: Some(ack),
+            replicating: Some(ack),
         };
         lrc.status = Some(LiveRoomClusterStatus {
             phase: Some("Running".into()),
@@ -475,9 +473,9 @@ mod tests {
             entries_below_region_majority: Some(0),
             active_tier: Some("T0 watch".into()),
             members: vec![
-                member(1, "a", 0, 0),
-                member(2, "b", 0, 40),
-                member(3, "c", 0, 9_000),
+                member(1, "a", 0, true),
+                member(2, "b", 0, true),
+                member(3, "c", 0, false),
             ],
             regions: ["a", "b", "c"]
                 .iter()
@@ -506,7 +504,7 @@ mod tests {
         assert!(v
             .concerns
             .iter()
-            .any(|c| c.contains("node 3") && c.contains("silent 9s")));
+            .any(|c| c.contains("node 3") && c.contains("silent")));
         let text = render(&v, true);
         assert!(text.contains("AT RISK"), "{text}");
         assert!(
@@ -514,15 +512,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("voter (leader)"), "{text}");
-        assert!(text.contains("ACK-MS"), "{text}");
-        assert!(!render(&v, false).contains("ACK-MS"));
+        assert!(text.contains("REPLICATING"), "{text}");
+        assert!(!render(&v, false).contains("REPLICATING"));
     }
 
     #[test]
     fn a_healthy_cluster_is_safe() {
         let mut lrc = cluster();
         let st = lrc.status.as_mut().unwrap();
-        st.members[2].millis_since_ack = Some(10);
+        st.members[2].replicating = Some(true);
         st.regions[2].ready_voters = 1;
         st.regions[2].traffic_weight = Some(100);
         let v = view(&lrc, &[]);
