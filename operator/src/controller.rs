@@ -1297,9 +1297,41 @@ fn observed_status(
                             .and_then(|r| i64::try_from(r.lag).ok())
                     }
                 }),
+                matched_index: leader.and_then(|(_, s)| {
+                    if s.node_id == id {
+                        i64::try_from(s.last_log_index).ok()
+                    } else {
+                        s.progress_of(id)
+                            .and_then(|r| r.matched_index)
+                            .and_then(|i| i64::try_from(i).ok())
+                    }
+                }),
+                replicating: leader
+                    .map(|(_, s)| s.acked_within(id, crate::risk::REPLICATING_ACK_MS)),
             }
         })
         .collect();
+    // Orders at risk (operator/src/risk.rs): in flight on the leader, and
+    // committed but on a minority of regions.
+    status.last_log_index = leader.and_then(|(_, s)| i64::try_from(s.last_log_index).ok());
+    status.uncommitted_entries = leader
+        .and_then(|(_, s)| i64::try_from(s.last_log_index.saturating_sub(s.committed_index)).ok());
+    status.entries_below_region_majority = leader.and_then(|(_, s)| {
+        let held = status
+            .members
+            .iter()
+            .filter(|m| m.role == "voter")
+            .map(|m| {
+                let idx = m.matched_index.and_then(|i| u64::try_from(i).ok());
+                (m.region.as_str(), idx.unwrap_or(0))
+            });
+        let majority = crate::risk::region_majority_index(held)?;
+        i64::try_from(crate::risk::entries_below_region_majority(
+            s.committed_index,
+            majority,
+        ))
+        .ok()
+    });
     status.regions =
         lrc.spec
             .regions

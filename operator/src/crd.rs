@@ -305,6 +305,17 @@ pub struct LiveRoomClusterStatus {
     /// Largest follower lag behind the leader, in log entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_lag: Option<i64>,
+    /// The leader's last log index (committed or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_log_index: Option<i64>,
+    /// Orders at risk, in log entries: in the leader's log, not yet
+    /// acknowledged by a quorum (their buyers have no answer yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncommitted_entries: Option<i64>,
+    /// Orders at risk, in log entries: committed, but held in fewer than a
+    /// majority of the regions (losing those regions together loses them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_below_region_majority: Option<i64>,
     /// The playbook tier in force (`T0 watch` when healthy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_tier: Option<String>,
@@ -354,6 +365,14 @@ pub struct MemberStatus {
     /// Entries behind the leader, as the leader sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The highest log index the leader knows this node holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_index: Option<i64>,
+    /// The leader heard from this node within the last 2 s (true for the
+    /// leader itself). A yes/no rather than the milliseconds, so that an idle
+    /// cluster's status does not change at every reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicating: Option<bool>,
 }
 
 /// A failover playbook: the tiers of the playbook engine, the same types the

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod resources;
+pub mod risk;
 pub mod runbooks;
 pub mod runtime;
 pub mod schedule;

@@ -13,6 +13,7 @@ mod certs_cmd;
 mod contact_keys_cmd;
 mod demo;
 mod drill;
+mod kubectl;
 mod node_cmd;
 mod operator_cmd;
 
@@ -50,6 +51,8 @@ enum Cmd {
     Drill(drill::DrillArgs),
     /// The Kubernetes operator: run it, or render its CustomResourceDefinitions.
     Operator(operator_cmd::OperatorArgs),
+    /// The kubectl plugin's verbs (`kubectl roomkeeper …` when installed as `kubectl-roomkeeper`).
+    Kubectl(kubectl::KubectlArgs),
     /// Flash-sale load bench: roomkeeper against etcd and Redis in the same run.
     #[cfg(feature = "bench")]
     Bench(roomkeeper_bench::BenchArgs),
@@ -89,6 +92,16 @@ fn limit_malloc_arenas_for_nodes() {
     eprintln!("roomkeeper: could not re-execute with MALLOC_ARENA_MAX=2 ({err}); continuing");
 }
 
+/// The plugin's verbs, on a small runtime, exiting with the plugin's codes
+/// (`kubectl::EXIT_CODES`).
+fn run_plugin(args: kubectl::KubectlArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = rt.block_on(kubectl::main(args));
+    std::process::exit(code)
+}
+
 fn main() -> anyhow::Result<()> {
     #[cfg(unix)]
     limit_malloc_arenas_for_nodes();
@@ -98,13 +111,29 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("ROOMKEEPER_LOG").unwrap_or_else(|_| {
-                EnvFilter::new("info,openraft=warn,openraft::raft::stream_append=off")
+                // The plugin's output is its answer: only warnings besides.
+                if kubectl::invoked_as_plugin()
+                    || std::env::args().nth(1).is_some_and(|a| a == "kubectl")
+                {
+                    // kube's client logs every failed request at ERROR;
+                    // the plugin reports (or records) each failure itself.
+                    EnvFilter::new("warn,kube_client::client::builder=off")
+                } else {
+                    EnvFilter::new("info,openraft=warn,openraft::raft::stream_append=off")
+                }
             }),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if kubectl::invoked_as_plugin() {
+        let cli = kubectl::PluginCli::parse();
+        return run_plugin(cli.args);
+    }
     let cli = Cli::parse();
+    if let Cmd::Kubectl(args) = cli.command {
+        return run_plugin(args);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -134,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 "this roomkeeper was built without the benchmark: run scripts/bench.sh, or build with `cargo build --release -p roomkeeper --features bench` (its etcd client needs protoc: apt-get install protobuf-compiler libprotobuf-dev)"
             ),
             Cmd::Operator(args) => operator_cmd::run(args).await,
+            Cmd::Kubectl(_) => unreachable!("run before the runtime of the other commands"),
         }
     })
 }
