@@ -18,8 +18,7 @@ use roomkeeper_control::{
     ActError, Actuate, ControlError, ControlLoop, Journal, MemoryStore, StoreError,
 };
 use roomkeeper_playbook::{
-    default_playbook, ActionKind, ActionOutcome, ActivationPhase, Decision, Disposition,
-    EngineMemory, Playbook,
+    default_playbook, ActionOutcome, ActivationPhase, Decision, Disposition, EngineMemory, Playbook,
 };
 
 use crate::controller::{Context, Error};
