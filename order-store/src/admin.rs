@@ -130,10 +130,17 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
         applied_index: m.last_applied.map_or(0, |l| l.index),
         snapshot_index: m.snapshot.map_or(0, |l| l.index),
         purged_index: m.purged.map_or(0, |l| l.index),
-        millis_since_quorum_ack: m
-            .last_quorum_acked
-            .as_ref()
-            .map(|t| t.elapsed().as_millis() as u64),
+        // A sole voter leading is its own quorum at every instant (openraft
+        // moves its quorum-ack clock only on writes).
+        millis_since_quorum_ack: if m.current_leader == Some(m.id)
+            && crate::proposer::is_sole_voter(&m)
+        {
+            Some(0)
+        } else {
+            m.last_quorum_acked
+                .as_ref()
+                .map(|t| t.elapsed().as_millis() as u64)
+        },
         voters,
         learners,
         members,

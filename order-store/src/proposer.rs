@@ -192,17 +192,30 @@ enum Route {
     NoLeader,
 }
 
+/// Whether this node is the only voter (then it is its own quorum).
+pub(crate) fn is_sole_voter(m: &openraft::RaftMetrics<crate::raft_types::TypeConfig>) -> bool {
+    let mut voters = m.membership_config.membership().voter_ids();
+    voters.next() == Some(m.id) && voters.next().is_none()
+}
+
 impl Inner {
     fn where_to(&self) -> Route {
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
         match m.current_leader {
-            Some(l) if l == m.id => Route::Here {
-                quorum_stale: m
-                    .last_quorum_acked
-                    .as_ref()
-                    .is_some_and(|acked| acked.elapsed() > self.cfg.quorum_timeout),
-            },
+            Some(l) if l == m.id => {
+                // A sole voter is its own quorum. openraft sends it no
+                // heartbeats, so its quorum-ack clock moves only on writes:
+                // without this an idle one-node cluster would refuse every
+                // order for ever once the clock went stale.
+                let sole_voter = is_sole_voter(&m);
+                Route::Here {
+                    quorum_stale: !sole_voter
+                        && m.last_quorum_acked
+                            .as_ref()
+                            .is_some_and(|acked| acked.elapsed() > self.cfg.quorum_timeout),
+                }
+            }
             Some(l) => Route::Forward {
                 leader: l,
                 addr: m

@@ -963,3 +963,26 @@ fn overload_is_refused_fast_with_429_and_retry_after() {
     assert_eq!(c.status(leader).expect("status")["orders"], json!(accepted));
     c.assert_invariants();
 }
+
+/// A one-voter cluster is its own quorum: after an idle spell longer than the
+/// quorum timeout (no heartbeats go anywhere, so openraft's quorum-ack clock
+/// only moves on writes) it must still take orders, not answer `no_quorum`
+/// for ever.
+#[test]
+fn a_single_voter_cluster_takes_orders_after_idling() {
+    let c = Cluster::start_initialized(ClusterOptions::nodes(1));
+    c.create_room("room-solo", &[("sku-1", 10, 5)]);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    for (i, idle) in [0u64, 2_500, 2_500].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(idle));
+        let body = order_body("sku-1", &format!("solo-{i}"), 1, &format!("solo-k{i}"));
+        let r = c
+            .client("POST", leader, "/v1/rooms/room-solo/orders", Some(&body))
+            .expect("order");
+        assert_eq!(
+            r.status, 201,
+            "order {i} after {idle} ms idle: {:?}",
+            r.body
+        );
+    }
+}
