@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use roomkeeper_order_state::LiveWindowOfRoom;
 use serde::{Deserialize, Serialize};
 
 /// A Raft node id. Handed out once per cluster and never reused.
@@ -72,7 +73,7 @@ pub struct NodeStatus {
     /// each with its room and home region, so a control loop reads them with
     /// the status call it already makes (no request per room).
     #[serde(default)]
-    pub live_windows: Vec<roomkeeper_order_state::LiveWindowOfRoom>,
+    pub live_windows: Vec<LiveWindowOfRoom>,
 }
 
 /// How far ahead `NodeStatus::live_windows` looks: 30 minutes.
