@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use roomkeeper_order_state::LiveWindowOfRoom;
 use serde::{Deserialize, Serialize};
 
 /// A Raft node id. Handed out once per cluster and never reused.
@@ -67,7 +68,16 @@ pub struct NodeStatus {
     /// `sales_paused` before any Raft work (`POST /admin/sales`).
     #[serde(default)]
     pub edge_sales_paused: bool,
+    /// Live windows of this shard's rooms that are on air now or start within
+    /// [`LIVE_WINDOW_HORIZON_MS`] (by this node's clock and applied state),
+    /// each with its room and home region, so a control loop reads them with
+    /// the status call it already makes (no request per room).
+    #[serde(default)]
+    pub live_windows: Vec<LiveWindowOfRoom>,
 }
+
+/// How far ahead `NodeStatus::live_windows` looks: 30 minutes.
+pub const LIVE_WINDOW_HORIZON_MS: u64 = 30 * 60 * 1000;
 
 impl NodeStatus {
     /// The node says it leads, and names itself as the leader.

@@ -2,7 +2,7 @@
 //! what a storefront sends to place orders and manage rooms and listings, and
 //! what every refusal looks like.
 
-use roomkeeper_order_state::{ListingState, OrderView, RoomState};
+use roomkeeper_order_state::{ListingState, LiveWindow, OrderView, RoomState};
 use serde::{Deserialize, Serialize};
 
 /// `PUT /v1/rooms/{room}`.
@@ -13,6 +13,12 @@ pub struct PutRoom {
     pub title: String,
     pub home_region: String,
     pub state: RoomState,
+    /// The room's live windows (`[{start_ms, end_ms, expected_peak_orders_per_s}]`,
+    /// Unix ms, end exclusive). Absent: the room keeps the windows it has;
+    /// `[]` clears them. At most `MAX_LIVE_WINDOWS`, each `start_ms < end_ms`
+    /// and at most 7 days long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_windows: Option<Vec<LiveWindow>>,
 }
 
 /// `PUT /v1/rooms/{room}/listings/{sku}`.

@@ -16,3 +16,4 @@ pub use admin::{
     SalesGateReply,
 };
 pub use leader::{leader_of, membership_of};
+pub use roomkeeper_order_state::{LiveWindow, LiveWindowOfRoom};

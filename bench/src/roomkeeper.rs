@@ -620,6 +620,7 @@ async fn setup_catalog(routing: &Routing, ctx: &Ctx) -> Result<()> {
             title: "roomkeeper bench flash sale".into(),
             home_region: REGION.into(),
             state: RoomState::Live,
+            live_windows: None,
         })?),
     )
     .await?;

@@ -21,6 +21,7 @@ pub struct ControlMetrics {
     shard_has_leader: IntGauge,
     shard_voters: IntGauge,
     decisions_total: IntCounterVec,
+    guard_blocked_total: IntCounterVec,
     action_failures_total: IntCounterVec,
     tier_active: IntGaugeVec,
     sales_paused: IntGauge,
@@ -61,6 +62,13 @@ impl ControlMetrics {
             decisions_total: IntCounterVec::new(
                 Opts::new("roomkeeper_playbook_decisions_total", "Playbook decisions by tier, action and disposition"),
                 &["tier", "action", "disposition"],
+            )?,
+            guard_blocked_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_guard_blocked_total",
+                    "Decisions a guard held back, by guard (snake_case: live_window, cooldown, never_below_quorum, …)",
+                ),
+                &["reason"],
             )?,
             action_failures_total: IntCounterVec::new(
                 Opts::new("roomkeeper_playbook_action_failures_total", "Executed playbook actions that failed"),
@@ -130,6 +138,8 @@ impl ControlMetrics {
         m.registry.register(Box::new(m.shard_voters.clone()))?;
         m.registry.register(Box::new(m.decisions_total.clone()))?;
         m.registry
+            .register(Box::new(m.guard_blocked_total.clone()))?;
+        m.registry
             .register(Box::new(m.action_failures_total.clone()))?;
         m.registry.register(Box::new(m.tier_active.clone()))?;
         Ok(m)
@@ -189,6 +199,11 @@ impl ControlMetrics {
         self.decisions_total
             .with_label_values(&[&d.tier, &action, &disposition])
             .inc();
+        if let Disposition::Suppressed { guard, .. } = &d.disposition {
+            self.guard_blocked_total
+                .with_label_values(&[&snake_case(guard.name())])
+                .inc();
+        }
     }
 
     /// Counts a failed action.
@@ -275,5 +290,53 @@ impl ControlMetrics {
             tracing::warn!(error = %e, "control metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `liveWindow` → `live_window`.
+fn snake_case(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomkeeper_playbook::{ActionKind, Guard, Phase, Target};
+
+    #[test]
+    fn guard_blocks_are_counted_by_snake_case_reason() {
+        let m = ControlMetrics::new().unwrap();
+        let d = Decision {
+            id: 1,
+            at_ms: 0,
+            tier: "move".into(),
+            level: Some(2),
+            phase: Phase::Escalate,
+            action: ActionKind::SetTrafficWeightZero,
+            target: Target::Region("ap".into()),
+            reason: String::new(),
+            evidence: Vec::new(),
+            disposition: Disposition::Suppressed {
+                guard: Guard::LiveWindow,
+                why: "deferred".into(),
+            },
+            follows: None,
+        };
+        m.decided(&d);
+        m.decided(&d);
+        let text = m.render();
+        assert!(
+            text.contains("roomkeeper_guard_blocked_total{reason=\"live_window\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use roomkeeper_api::NodeId;
 use roomkeeper_playbook::{
-    ControllerView, HealthSnapshot, NodeHealth, Playbook, Role, ShardHealth,
+    ControllerView, HealthSnapshot, NodeHealth, Playbook, Role, RoomLiveWindow, ShardHealth,
 };
 
 use crate::load::EndpointSignal;
@@ -96,7 +96,36 @@ pub fn build(
             voters: obs.voters.clone(),
             learners: obs.learners.clone(),
         },
+        live_windows: live_windows(obs),
     }
+}
+
+/// The rooms' live windows every answering node reported, once each (nodes
+/// a little behind may not know a new window yet: the union counts).
+fn live_windows(obs: &ClusterObservation) -> Vec<RoomLiveWindow> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &obs.nodes {
+        for w in n.status.iter().flat_map(|s| &s.live_windows) {
+            seen.insert((
+                w.window.start_ms,
+                w.window.end_ms,
+                w.room.clone(),
+                w.home_region.clone(),
+                w.window.expected_peak_orders_per_s,
+            ));
+        }
+    }
+    seen.into_iter()
+        .map(
+            |(start_ms, end_ms, room, home_region, expected_peak_orders_per_s)| RoomLiveWindow {
+                room,
+                home_region,
+                start_ms,
+                end_ms,
+                expected_peak_orders_per_s,
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]
@@ -145,6 +174,35 @@ mod tests {
                 .collect(),
             ..NodeStatus::default()
         }
+    }
+
+    #[test]
+    fn live_windows_are_the_union_of_what_nodes_report() {
+        let w = |room: &str, start_ms| roomkeeper_api::LiveWindowOfRoom {
+            room: room.into(),
+            home_region: "ap".into(),
+            window: roomkeeper_api::LiveWindow {
+                start_ms,
+                end_ms: start_ms + 10,
+                expected_peak_orders_per_s: 900,
+            },
+        };
+        let mut a = leader(&[1, 2], &[(2, 10)]);
+        a.live_windows = vec![w("r1", 5), w("r2", 1)];
+        let mut b = leader(&[1, 2], &[]);
+        b.node_id = 2;
+        b.live_windows = vec![w("r1", 5)];
+        let obs =
+            ClusterObservation::new(1_000, vec![node(1, "ap", Some(a)), node(2, "eu", Some(b))]);
+        let snap = build(&obs, &BTreeMap::new(), rules());
+        let rooms: Vec<(&str, u64)> = snap
+            .live_windows
+            .iter()
+            .map(|w| (w.room.as_str(), w.start_ms))
+            .collect();
+        assert_eq!(rooms, vec![("r2", 1), ("r1", 5)]);
+        assert_eq!(snap.live_windows[0].home_region, "ap");
+        assert_eq!(snap.live_windows[0].expected_peak_orders_per_s, 900);
     }
 
     #[test]

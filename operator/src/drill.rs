@@ -334,7 +334,7 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
 }
 
 /// The cluster's pods.
-async fn pods_of(client: &Client, ns: &str, cluster: &str) -> Result<Vec<Pod>, String> {
+pub(crate) async fn pods_of(client: &Client, ns: &str, cluster: &str) -> Result<Vec<Pod>, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}")))
         .await
@@ -342,7 +342,7 @@ async fn pods_of(client: &Client, ns: &str, cluster: &str) -> Result<Vec<Pod>, S
         .map_err(|e| format!("listing pods: {e}"))
 }
 
-fn pod_ip(p: &Pod) -> Option<String> {
+pub(crate) fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone()
 }
 

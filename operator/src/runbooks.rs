@@ -78,7 +78,8 @@ pub fn annotate(reason: &str, warning: bool, note: String) -> String {
 
 /// Guards whose block needs a person rather than time: the controller's view,
 /// quorum safety, budgets spent. Pacing guards (cooldown, rate limit, back-off,
-/// one region at a time, approval gate) and a deliberate pause do not.
+/// one region at a time, approval gate), a deliberate pause and a room on air
+/// (live window) do not.
 fn guard_runbook(guard: Guard) -> Option<&'static str> {
     match guard {
         Guard::Quarantined | Guard::RestartBudget => Some("tier-t1-heal.md"),
@@ -94,7 +95,8 @@ fn guard_runbook(guard: Guard) -> Option<&'static str> {
         | Guard::OneRegionAtATime
         | Guard::ApprovalGate
         | Guard::OperatorCommand
-        | Guard::RestartBackOff => None,
+        | Guard::RestartBackOff
+        | Guard::LiveWindow => None,
     }
 }
 

@@ -1,7 +1,9 @@
 //! `ChaosDrillSchedule`: regular practice runs. Every `intervalSecs` the
 //! operator creates a ChaosDrill from the template (owned by the schedule),
 //! never while an earlier run is still Pending or Running, and keeps only the
-//! last `historyLimit` finished runs.
+//! last `historyLimit` finished runs. A run that would overlap a room's live
+//! window (read from the nodes' `/admin/status`) is skipped with an Event, and
+//! the next one is due an interval later, as if it had run.
 
 // kube's `printcolumn(name = …, type_ = …)` repeats key names by design.
 #![allow(clippy::duplicated_attributes)]
@@ -10,16 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, Resource, ResourceExt};
+use roomkeeper_api::LiveWindowOfRoom;
 use roomkeeper_chaos::drill::DrillSpec;
+use roomkeeper_control::http::JsonClient;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::drill::{ChaosDrill, ChaosDrillSpec};
+use crate::controller::secret_value;
+use crate::drill::{pod_ip, pods_of, ChaosDrill, ChaosDrillSpec};
+use crate::nodes::NodeAdmin;
+use crate::resources::Names;
 
 pub const SCHEDULE_LABEL: &str = "roomkeeper.dev/schedule";
 
@@ -80,6 +89,10 @@ pub struct ChaosDrillScheduleStatus {
     /// Why no run was created at the last check, if none was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Unix seconds of the latest run skipped for a live window (the next run
+    /// is due an interval after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped_unix: Option<i64>,
 }
 
 /// One existing run, as the planner sees it.
@@ -101,13 +114,17 @@ pub struct Plan {
     /// When to look again, in seconds.
     pub recheck_secs: i64,
     pub why: String,
+    /// The run was due but would overlap a live window: skipped, in words.
+    pub skipped: Option<String>,
 }
 
-/// Pure: given the runs that exist, decide what to do at `now_unix`.
+/// Pure: given the runs that exist, the latest run or skip, and the rooms'
+/// live windows (on air now or soon), decide what to do at `now_unix`.
 pub fn plan(
     spec: &ChaosDrillScheduleSpec,
     runs: &[Run],
     last_run_unix: Option<i64>,
+    windows: &[LiveWindowOfRoom],
     now_unix: i64,
 ) -> Plan {
     let interval = spec.interval_secs.max(30);
@@ -128,6 +145,23 @@ pub fn plan(
             false,
             format!("{} is still running: runs never overlap", active.name),
         )
+    } else if let (true, Some(w)) = (now_unix >= due_at, overlapping(spec, windows, now_unix)) {
+        let why = format!(
+            "skipped the run due now: for its {} s it would overlap the live window of room {} in {} ({} to {}, expected peak {} orders/s); next run in {interval} s",
+            spec.drill.duration_secs,
+            w.room,
+            w.home_region,
+            roomkeeper_playbook::words::utc(w.window.start_ms),
+            roomkeeper_playbook::words::utc(w.window.end_ms),
+            w.window.expected_peak_orders_per_s,
+        );
+        return Plan {
+            create: false,
+            prune,
+            recheck_secs: interval,
+            why: why.clone(),
+            skipped: Some(why),
+        };
     } else if now_unix >= due_at {
         (true, "due".to_string())
     } else {
@@ -143,7 +177,51 @@ pub fn plan(
         prune,
         recheck_secs,
         why,
+        skipped: None,
     }
+}
+
+/// The earliest-starting live window a run starting at `now_unix` would overlap.
+fn overlapping<'a>(
+    spec: &ChaosDrillScheduleSpec,
+    windows: &'a [LiveWindowOfRoom],
+    now_unix: i64,
+) -> Option<&'a LiveWindowOfRoom> {
+    let from = u64::try_from(now_unix).unwrap_or(0).saturating_mul(1000);
+    let to = from.saturating_add(spec.drill.duration_secs.max(1).saturating_mul(1000));
+    windows
+        .iter()
+        .filter(|w| w.window.overlaps(from, to))
+        .min_by_key(|w| (w.window.start_ms, &w.room))
+}
+
+/// The live windows the cluster's nodes report (on air now or within 30
+/// minutes), the union over every pod that answers.
+async fn live_windows(client: &Client, ns: &str, cluster: &str) -> Vec<LiveWindowOfRoom> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let token = match secrets.get(&Names { cluster }.tokens()).await {
+        Ok(s) => secret_value(&s, "admin-token"),
+        Err(e) => {
+            tracing::warn!(cluster, error = %e, "schedule: cannot read the tokens Secret; live windows unknown");
+            None
+        }
+    };
+    let admin = NodeAdmin::new(JsonClient::new(), token);
+    let ips: Vec<String> = match pods_of(client, ns, cluster).await {
+        Ok(pods) => pods.iter().filter_map(pod_ip).collect(),
+        Err(e) => {
+            tracing::warn!(cluster, error = %e, "schedule: cannot list pods; live windows unknown");
+            return Vec::new();
+        }
+    };
+    let statuses = futures::future::join_all(ips.iter().map(|ip| admin.status(ip))).await;
+    let mut out: Vec<LiveWindowOfRoom> = Vec::new();
+    for w in statuses.into_iter().flatten().flat_map(|s| s.live_windows) {
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
 }
 
 fn now_unix() -> i64 {
@@ -201,7 +279,13 @@ async fn reconcile(
         .collect();
     let status = sched.status.clone().unwrap_or_default();
     let now = now_unix();
-    let p = plan(&sched.spec, &runs, status.last_run_unix, now);
+    let last = status.last_run_unix.max(status.last_skipped_unix);
+    let mut p = plan(&sched.spec, &runs, last, &[], now);
+    if p.create {
+        // Due: ask the nodes for live windows only now, not on every check.
+        let windows = live_windows(&client, &ns, &sched.spec.drill.target.cluster).await;
+        p = plan(&sched.spec, &runs, last, &windows, now);
+    }
     for old in &p.prune {
         drills.delete(old, &DeleteParams::default()).await?;
     }
@@ -212,6 +296,27 @@ async fn reconcile(
         .max_by_key(|d| d.metadata.creation_timestamp.as_ref().map(|t| t.0));
     new_status.last_verdict = latest_finished.and_then(|d| d.status.as_ref()?.verdict.clone());
     new_status.message = (!p.create).then(|| p.why.clone());
+    if let Some(why) = &p.skipped {
+        tracing::info!(schedule = %name, namespace = %ns, "{why}");
+        new_status.last_skipped_unix = Some(now);
+        let ev = KubeEvent {
+            type_: EventType::Normal,
+            reason: "SkippedForLiveWindow".into(),
+            note: Some(why.chars().take(1000).collect()),
+            action: "SkipRun".into(),
+            secondary: None,
+        };
+        let reporter = Reporter {
+            controller: "roomkeeper-operator".into(),
+            instance: None,
+        };
+        if let Err(e) = Recorder::new((*client).clone(), reporter)
+            .publish(&ev, &sched.object_ref(&()))
+            .await
+        {
+            tracing::warn!(error = %e, "could not publish event");
+        }
+    }
     if p.create {
         let run_name = format!("{name}-{now}");
         let mut drill = ChaosDrill::new(&run_name, ChaosDrillSpec(sched.spec.drill.clone()));
@@ -266,16 +371,16 @@ mod tests {
     #[test]
     fn the_first_run_starts_at_once_then_every_interval() {
         let s = spec(600, 3);
-        assert!(plan(&s, &[], None, 1_000).create);
-        let p = plan(&s, &[run("a", 1_000, true)], Some(1_000), 1_300);
+        assert!(plan(&s, &[], None, &[], 1_000).create);
+        let p = plan(&s, &[run("a", 1_000, true)], Some(1_000), &[], 1_300);
         assert!(!p.create && p.why.contains("300"), "{p:?}");
-        assert!(plan(&s, &[run("a", 1_000, true)], Some(1_000), 1_600).create);
+        assert!(plan(&s, &[run("a", 1_000, true)], Some(1_000), &[], 1_600).create);
     }
 
     #[test]
     fn runs_never_overlap() {
         let s = spec(60, 3);
-        let p = plan(&s, &[run("a", 0, false)], Some(0), 10_000);
+        let p = plan(&s, &[run("a", 0, false)], Some(0), &[], 10_000);
         assert!(!p.create && p.why.contains("never overlap"), "{p:?}");
     }
 
@@ -288,13 +393,54 @@ mod tests {
             run("c", 3, true),
             run("d", 4, false),
         ];
-        assert_eq!(plan(&s, &runs, Some(4), 5).prune, vec!["a".to_string()]);
+        assert_eq!(
+            plan(&s, &runs, Some(4), &[], 5).prune,
+            vec!["a".to_string()]
+        );
+    }
+
+    fn live(room: &str, start_unix: i64, end_unix: i64) -> LiveWindowOfRoom {
+        LiveWindowOfRoom {
+            room: room.into(),
+            home_region: "ap-south".into(),
+            window: roomkeeper_api::LiveWindow {
+                start_ms: start_unix as u64 * 1000,
+                end_ms: end_unix as u64 * 1000,
+                expected_peak_orders_per_s: 900,
+            },
+        }
+    }
+
+    #[test]
+    fn a_run_that_would_overlap_a_live_window_is_skipped_and_the_next_is_an_interval_later() {
+        let s = spec(600, 3);
+        let dur = s.drill.duration_secs as i64;
+        let runs = [run("a", 1_000, true)];
+        // Due at 1_600; a window starts before the run would end.
+        let windows = [live("r1", 1_600 + dur - 1, 5_000)];
+        let p = plan(&s, &runs, Some(1_000), &windows, 1_600);
+        assert!(!p.create, "{p:?}");
+        let why = p.skipped.expect("skipped");
+        assert!(why.contains("room r1 in ap-south"), "{why}");
+        assert!(why.contains("expected peak 900 orders/s"), "{why}");
+        assert_eq!(p.recheck_secs, 600);
+        // A window that ends before the run starts, or starts after it ends, is no reason.
+        for w in [live("r0", 100, 1_600), live("r2", 1_600 + dur, 5_000)] {
+            assert!(plan(&s, &runs, Some(1_000), &[w], 1_600).create);
+        }
+        // The skip counts as the latest slot: nothing until an interval later.
+        let p = plan(&s, &runs, Some(1_600), &[], 1_700);
+        assert!(!p.create && p.why.contains("next run in 500 s"), "{p:?}");
+        assert!(plan(&s, &runs, Some(1_600), &[], 2_200).create);
+        // Not due: windows are not even a reason to say anything.
+        let p = plan(&s, &runs, Some(1_000), &windows, 1_300);
+        assert!(p.skipped.is_none());
     }
 
     #[test]
     fn a_suspended_schedule_creates_nothing() {
         let mut s = spec(60, 2);
         s.suspend = true;
-        assert!(!plan(&s, &[], None, 100).create);
+        assert!(!plan(&s, &[], None, &[], 100).create);
     }
 }

@@ -28,6 +28,64 @@ pub const MAX_TITLE_LEN: usize = 512;
 /// Raft entry: ≤ 256 × ~1 KiB, and orders keep flowing between batches).
 pub const MAX_RESEAL_BATCH: usize = 256;
 
+/// Most live windows one room carries.
+pub const MAX_LIVE_WINDOWS: usize = 64;
+/// Longest live window, in milliseconds (7 days).
+pub const MAX_LIVE_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Largest expected peak a live window may declare, in orders per second.
+pub const MAX_EXPECTED_PEAK_ORDERS_PER_S: u32 = 10_000_000;
+
+/// A live window of a room: a streamer is on air from `start_ms` to `end_ms`
+/// (Unix milliseconds, end exclusive), with the peak order rate the seller
+/// expects. The control plane defers disruptive, non-protective actions in
+/// the room's home region during it (docs/decisions.md, "Live windows").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveWindow {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub expected_peak_orders_per_s: u32,
+}
+
+impl LiveWindow {
+    /// True when `[from_ms, to_ms)` overlaps the window.
+    pub fn overlaps(&self, from_ms: u64, to_ms: u64) -> bool {
+        self.start_ms < to_ms && from_ms < self.end_ms
+    }
+}
+
+/// Checks a room's live windows: bounded count, each `start < end`, at most
+/// [`MAX_LIVE_WINDOW_MS`] long, ends JSON-safe, peaks bounded.
+pub fn check_live_windows(windows: &[LiveWindow]) -> Result<(), InvalidField> {
+    let bad = |reason: String| InvalidField {
+        field: "live_windows",
+        reason,
+    };
+    if windows.len() > MAX_LIVE_WINDOWS {
+        return Err(bad(format!("at most {MAX_LIVE_WINDOWS} windows per room")));
+    }
+    for (i, w) in windows.iter().enumerate() {
+        if w.start_ms >= w.end_ms {
+            return Err(bad(format!("window {i}: start_ms must be before end_ms")));
+        }
+        if w.end_ms > MAX_JSON_SAFE_INTEGER {
+            return Err(bad(format!(
+                "window {i}: end_ms must be at most {MAX_JSON_SAFE_INTEGER}"
+            )));
+        }
+        if w.end_ms - w.start_ms > MAX_LIVE_WINDOW_MS {
+            return Err(bad(format!(
+                "window {i}: at most {MAX_LIVE_WINDOW_MS} ms (7 days) long"
+            )));
+        }
+        if w.expected_peak_orders_per_s > MAX_EXPECTED_PEAK_ORDERS_PER_S {
+            return Err(bad(format!(
+                "window {i}: expected_peak_orders_per_s must be at most {MAX_EXPECTED_PEAK_ORDERS_PER_S}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The key id of a sealed contact: its second byte (`[version][key id][nonce]
 /// [ciphertext]`, order-store/src/contact.rs). `None` for an order placed
 /// without contact data or a blob too short to name a key.
@@ -125,6 +183,17 @@ pub enum Command {
     /// key rotation"). Only the admin API's re-seal proposes it.
     ResealContacts {
         contacts: Vec<ResealedContact>,
+    },
+    /// `UpsertRoom` that also replaces the room's live windows (an empty list
+    /// clears them). A new variant, appended last, so log entries written
+    /// before it (postcard numbers variants by position) still decode;
+    /// `UpsertRoom` keeps whatever windows the room had.
+    UpsertRoomWithWindows {
+        room: String,
+        title: String,
+        home_region: String,
+        state: RoomState,
+        live_windows: Vec<LiveWindow>,
     },
 }
 
@@ -253,6 +322,22 @@ impl Command {
     /// malformed entry already in the log is rejected instead of corrupting state.
     pub fn validate(&self) -> Result<(), InvalidField> {
         match self {
+            Command::UpsertRoomWithWindows {
+                room,
+                title,
+                home_region,
+                state,
+                live_windows,
+            } => {
+                check_live_windows(live_windows)?;
+                Command::UpsertRoom {
+                    room: room.clone(),
+                    title: title.clone(),
+                    home_region: home_region.clone(),
+                    state: *state,
+                }
+                .validate()
+            }
             Command::UpsertRoom {
                 room,
                 title,
@@ -360,7 +445,7 @@ impl Command {
     /// Short name for metrics labels and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Command::UpsertRoom { .. } => "upsert_room",
+            Command::UpsertRoom { .. } | Command::UpsertRoomWithWindows { .. } => "upsert_room",
             Command::UpsertListing { .. } => "upsert_listing",
             Command::PlaceOrder { .. } => "place_order",
             Command::CancelOrder { .. } => "cancel_order",
@@ -378,6 +463,9 @@ pub struct RoomView {
     pub title: String,
     pub home_region: String,
     pub state: RoomState,
+    /// The room's live windows, oldest start first (empty: none declared).
+    #[serde(default)]
+    pub live_windows: Vec<LiveWindow>,
 }
 
 /// A listing as clients see it.
@@ -490,6 +578,65 @@ mod tests {
             listing(1, 0).validate().unwrap_err().field,
             "per_buyer_limit"
         );
+    }
+
+    fn windowed(windows: Vec<LiveWindow>) -> Command {
+        Command::UpsertRoomWithWindows {
+            room: "r".into(),
+            title: String::new(),
+            home_region: "eu".into(),
+            state: RoomState::Live,
+            live_windows: windows,
+        }
+    }
+
+    fn w(start_ms: u64, end_ms: u64, peak: u32) -> LiveWindow {
+        LiveWindow {
+            start_ms,
+            end_ms,
+            expected_peak_orders_per_s: peak,
+        }
+    }
+
+    #[test]
+    fn live_windows_are_validated() {
+        assert!(windowed(vec![w(1, 2, 900)]).validate().is_ok());
+        assert!(windowed(vec![]).validate().is_ok());
+        for bad in [
+            vec![w(2, 2, 1)],
+            vec![w(3, 2, 1)],
+            vec![w(0, MAX_LIVE_WINDOW_MS + 1, 1)],
+            vec![w(MAX_JSON_SAFE_INTEGER, MAX_JSON_SAFE_INTEGER + 1, 1)],
+            vec![w(1, 2, MAX_EXPECTED_PEAK_ORDERS_PER_S + 1)],
+            vec![w(1, 2, 1); MAX_LIVE_WINDOWS + 1],
+        ] {
+            let e = windowed(bad.clone()).validate().unwrap_err();
+            assert_eq!(e.field, "live_windows", "{bad:?}");
+        }
+        // The room's own fields are still checked.
+        let mut c = windowed(vec![w(1, 2, 1)]);
+        if let Command::UpsertRoomWithWindows { room, .. } = &mut c {
+            *room = "..".into();
+        }
+        assert_eq!(c.validate().unwrap_err().field, "room");
+    }
+
+    #[test]
+    fn log_entries_written_before_live_windows_still_decode() {
+        // Variant indexes are positions: the old variants keep theirs.
+        let old = Stamped {
+            at_ms: 7,
+            command: room("r"),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert_eq!(bytes[1], 0, "UpsertRoom stays variant 0");
+        assert_eq!(postcard::from_bytes::<Stamped>(&bytes).unwrap(), old);
+        let new = Stamped {
+            at_ms: 7,
+            command: windowed(vec![w(1, 2, 3)]),
+        };
+        let bytes = postcard::to_allocvec(&new).unwrap();
+        assert_eq!(postcard::from_bytes::<Stamped>(&bytes).unwrap(), new);
     }
 
     #[test]

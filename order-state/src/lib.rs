@@ -11,7 +11,8 @@ pub mod fuzzing;
 pub mod state;
 
 pub use command::{
-    contact_key_id, Command, InvalidField, ListingState, ListingView, OrderStatus, OrderView,
-    Outcome, RejectCode, ResealedContact, RoomState, RoomView, Stamped,
+    check_live_windows, contact_key_id, Command, InvalidField, ListingState, ListingView,
+    LiveWindow, OrderStatus, OrderView, Outcome, RejectCode, ResealedContact, RoomState, RoomView,
+    Stamped,
 };
-pub use state::{InvariantViolation, ShardState, StateSummary};
+pub use state::{InvariantViolation, LiveWindowOfRoom, ShardState, ShardStateV1, StateSummary};

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    contact_key_id, Command, ListingState, ListingView, OrderStatus, OrderView, Outcome,
-    RejectCode, ResealedContact, RoomState, RoomView, Stamped,
+    contact_key_id, Command, ListingState, ListingView, LiveWindow, OrderStatus, OrderView,
+    Outcome, RejectCode, ResealedContact, RoomState, RoomView, Stamped,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +132,10 @@ pub struct ShardState {
     idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
     sales_paused: bool,
     pause_reason: String,
+    /// Live windows by room (rooms without any are absent). Last, and new in
+    /// snapshot format 2: format-1 snapshots decode through [`ShardStateV1`].
+    #[serde(with = "as_pairs")]
+    live_windows: HashMap<String, Vec<LiveWindow>>,
     #[serde(skip)]
     buyer_index: HashMap<Arc<str>, u32>,
     /// `listing_index` by room, then sku: looked up with borrowed names (the
@@ -166,6 +170,59 @@ struct PersistedShard {
     idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
     sales_paused: bool,
     pause_reason: String,
+    #[serde(with = "as_pairs")]
+    live_windows: HashMap<String, Vec<LiveWindow>>,
+}
+
+/// The serialized form of a state written before rooms had live windows
+/// (snapshot format 1): `PersistedShard` without `live_windows`.
+#[derive(Deserialize)]
+struct PersistedShardV1 {
+    rooms: HashMap<String, Room>,
+    listings: Vec<Listing>,
+    #[serde(with = "as_pairs")]
+    listing_index: HashMap<(String, String), u32>,
+    buyers: Vec<Buyer>,
+    orders: Vec<Order>,
+    #[serde(with = "as_pairs")]
+    held: HashMap<(u32, u32), u32>,
+    #[serde(with = "as_pairs")]
+    idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
+    sales_paused: bool,
+    pause_reason: String,
+}
+
+/// A [`ShardState`] decoded from the format written before live windows
+/// existed (postcard is not self-describing, so a missing trailing field
+/// cannot default). Its rooms have no live windows.
+#[derive(Deserialize)]
+#[serde(from = "PersistedShardV1")]
+pub struct ShardStateV1(pub ShardState);
+
+impl From<PersistedShardV1> for ShardStateV1 {
+    fn from(p: PersistedShardV1) -> Self {
+        ShardStateV1(ShardState::from(PersistedShard {
+            rooms: p.rooms,
+            listings: p.listings,
+            listing_index: p.listing_index,
+            buyers: p.buyers,
+            orders: p.orders,
+            held: p.held,
+            idempotency: p.idempotency,
+            sales_paused: p.sales_paused,
+            pause_reason: p.pause_reason,
+            live_windows: HashMap::new(),
+        }))
+    }
+}
+
+/// One live window with the room it belongs to (the node's `/status` summary).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveWindowOfRoom {
+    pub room: String,
+    pub home_region: String,
+    #[serde(flatten)]
+    pub window: LiveWindow,
 }
 
 impl From<PersistedShard> for ShardState {
@@ -180,6 +237,7 @@ impl From<PersistedShard> for ShardState {
             idempotency: p.idempotency,
             sales_paused: p.sales_paused,
             pause_reason: p.pause_reason,
+            live_windows: p.live_windows,
             buyer_index: HashMap::new(),
             listing_lookup: HashMap::new(),
         };
@@ -284,21 +342,14 @@ impl ShardState {
                 title,
                 home_region,
                 state,
-            } => {
-                let r = Room {
-                    title: title.clone(),
-                    home_region: home_region.clone(),
-                    state: *state,
-                };
-                let view = RoomView {
-                    room: room.clone(),
-                    title: r.title.clone(),
-                    home_region: r.home_region.clone(),
-                    state: r.state,
-                };
-                self.rooms.insert(room.clone(), r);
-                Outcome::Room(view)
-            }
+            } => self.upsert_room(room, title, home_region, *state, None),
+            Command::UpsertRoomWithWindows {
+                room,
+                title,
+                home_region,
+                state,
+                live_windows,
+            } => self.upsert_room(room, title, home_region, *state, Some(live_windows)),
             Command::UpsertListing {
                 room,
                 sku,
@@ -597,13 +648,70 @@ impl ShardState {
         }
     }
 
+    /// Inserts or replaces a room; `windows` replaces its live windows
+    /// (`None`: keep them).
+    fn upsert_room(
+        &mut self,
+        room: &str,
+        title: &str,
+        home_region: &str,
+        state: RoomState,
+        windows: Option<&Vec<LiveWindow>>,
+    ) -> Outcome {
+        self.rooms.insert(
+            room.to_string(),
+            Room {
+                title: title.to_string(),
+                home_region: home_region.to_string(),
+                state,
+            },
+        );
+        if let Some(w) = windows {
+            let mut w = w.clone();
+            w.sort_by_key(|w| (w.start_ms, w.end_ms));
+            if w.is_empty() {
+                self.live_windows.remove(room);
+            } else {
+                self.live_windows.insert(room.to_string(), w);
+            }
+        }
+        match self.room(room) {
+            Some(view) => Outcome::Room(view),
+            None => rejected(RejectCode::RoomNotFound),
+        }
+    }
+
     pub fn room(&self, room: &str) -> Option<RoomView> {
         self.rooms.get(room).map(|r| RoomView {
             room: room.to_string(),
             title: r.title.clone(),
             home_region: r.home_region.clone(),
             state: r.state,
+            live_windows: self.live_windows.get(room).cloned().unwrap_or_default(),
         })
+    }
+
+    /// Live windows that overlap `[from_ms, to_ms)`, with their rooms and
+    /// home regions, ordered by start then room. Windows of ended rooms are
+    /// left out: nobody is on air in them.
+    pub fn live_windows_between(&self, from_ms: u64, to_ms: u64) -> Vec<LiveWindowOfRoom> {
+        let mut out: Vec<LiveWindowOfRoom> = self
+            .live_windows
+            .iter()
+            .filter_map(|(room, ws)| Some((room, ws, self.rooms.get(room)?)))
+            .filter(|(_, _, r)| r.state != RoomState::Ended)
+            .flat_map(|(room, ws, r)| {
+                ws.iter()
+                    .filter(|w| w.overlaps(from_ms, to_ms))
+                    .map(|w| LiveWindowOfRoom {
+                        room: room.clone(),
+                        home_region: r.home_region.clone(),
+                        window: *w,
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.window.start_ms, &a.room).cmp(&(b.window.start_ms, &b.room)));
+        out
     }
 
     pub fn listing(&self, room: &str, sku: &str) -> Option<ListingView> {
@@ -1020,6 +1128,80 @@ mod tests {
             }
         );
         back.check_invariants().expect("invariants");
+    }
+
+    fn upsert(windows: Option<Vec<LiveWindow>>) -> Command {
+        match windows {
+            None => Command::UpsertRoom {
+                room: "r1".into(),
+                title: "t".into(),
+                home_region: "ap-south".into(),
+                state: RoomState::Live,
+            },
+            Some(live_windows) => Command::UpsertRoomWithWindows {
+                room: "r1".into(),
+                title: "t".into(),
+                home_region: "ap-south".into(),
+                state: RoomState::Live,
+                live_windows,
+            },
+        }
+    }
+
+    fn lw(start_ms: u64, end_ms: u64) -> LiveWindow {
+        LiveWindow {
+            start_ms,
+            end_ms,
+            expected_peak_orders_per_s: 900,
+        }
+    }
+
+    #[test]
+    fn rooms_keep_their_live_windows_until_replaced() {
+        let mut s = ShardState::new();
+        let at = |command| Stamped { at_ms: 1, command };
+        let Outcome::Room(v) = s.apply(&at(upsert(Some(vec![lw(50, 60), lw(10, 20)])))) else {
+            panic!("room not created")
+        };
+        assert_eq!(
+            v.live_windows,
+            vec![lw(10, 20), lw(50, 60)],
+            "sorted by start"
+        );
+        // A plain upsert (the old command) keeps them.
+        s.apply(&at(upsert(None)));
+        assert_eq!(s.room("r1").unwrap().live_windows.len(), 2);
+        let between = s.live_windows_between(15, 55);
+        assert_eq!(between.len(), 2);
+        assert_eq!(between[0].home_region, "ap-south");
+        assert!(
+            s.live_windows_between(20, 50).is_empty(),
+            "end is exclusive"
+        );
+        // An invalid list changes nothing.
+        s.apply(&at(upsert(Some(vec![lw(5, 5)]))));
+        assert_eq!(s.room("r1").unwrap().live_windows.len(), 2);
+        s.apply(&at(upsert(Some(vec![]))));
+        assert!(s.room("r1").unwrap().live_windows.is_empty());
+        s.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn states_written_before_live_windows_decode_as_format_1() {
+        let mut s = ShardState::new();
+        s.apply(&Stamped {
+            at_ms: 1,
+            command: upsert(None),
+        });
+        let v2 = postcard::to_allocvec(&s).unwrap();
+        // Format 1 is format 2 without the trailing `live_windows` (an empty
+        // sequence: one zero byte).
+        assert_eq!(v2.last(), Some(&0));
+        let v1 = &v2[..v2.len() - 1];
+        assert!(postcard::from_bytes::<ShardState>(v1).is_err());
+        let ShardStateV1(back) = postcard::from_bytes(v1).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(postcard::from_bytes::<ShardState>(&v2).unwrap(), s);
     }
 
     #[test]

@@ -117,7 +117,19 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
                 .collect()
         })
         .unwrap_or_default();
-    let (orders, sales_paused) = ctx.sm.read(|s| (s.order_count(), s.sales_paused()));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (orders, sales_paused, live_windows) = ctx.sm.read(|s| {
+        (
+            s.order_count(),
+            s.sales_paused(),
+            s.live_windows_between(
+                now_ms,
+                now_ms.saturating_add(roomkeeper_api::admin::LIVE_WINDOW_HORIZON_MS),
+            ),
+        )
+    });
     NodeStatus {
         node_id: m.id,
         region: ctx.info.region.clone(),
@@ -150,6 +162,7 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
         test_faults_enabled: ctx.test_faults_enabled,
         fresh_data_dir: ctx.fresh_data_dir,
         edge_sales_paused: ctx.edge_sales_paused.load(Ordering::Relaxed),
+        live_windows,
     }
 }
 

@@ -370,11 +370,20 @@ async fn put_room(
 ) -> ApiResult<Json<RoomView>> {
     caller.require(Verb::ManageListings, &room)?;
     let Json(b) = body?;
-    let cmd = Command::UpsertRoom {
-        room,
-        title: b.title,
-        home_region: b.home_region,
-        state: b.state,
+    let cmd = match b.live_windows {
+        None => Command::UpsertRoom {
+            room,
+            title: b.title,
+            home_region: b.home_region,
+            state: b.state,
+        },
+        Some(live_windows) => Command::UpsertRoomWithWindows {
+            room,
+            title: b.title,
+            home_region: b.home_region,
+            state: b.state,
+            live_windows,
+        },
     };
     match write(&ctx, &caller, cmd).await? {
         Outcome::Room(v) => Ok(Json(v)),

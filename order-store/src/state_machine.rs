@@ -15,7 +15,9 @@ use std::time::Instant;
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use roomkeeper_order_state::{Command, InvariantViolation, Outcome, ShardState, StateSummary};
+use roomkeeper_order_state::{
+    Command, InvariantViolation, Outcome, ShardState, ShardStateV1, StateSummary,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -24,13 +26,22 @@ use crate::raft_types::{
     BatchOutcome, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"RKSNAP01";
+/// Format 2: the state carries rooms' live windows. Format 1 (before them)
+/// is still read, through `ShardStateV1`.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RKSNAP02";
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"RKSNAP01";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 #[derive(Deserialize)]
 struct SnapshotBody {
     meta: SnapshotMeta,
     state: ShardState,
+}
+
+#[derive(Deserialize)]
+struct SnapshotBodyV1 {
+    meta: SnapshotMeta,
+    state: ShardStateV1,
 }
 
 /// The same shape as `SnapshotBody`, borrowed, so a snapshot is encoded straight
@@ -86,7 +97,8 @@ fn encode_snapshot(body: &SnapshotBodyRef<'_>) -> io::Result<Vec<u8>> {
 }
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
-    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+    let v1 = bytes.get(..8) == Some(SNAPSHOT_MAGIC_V1.as_slice());
+    if bytes.len() < 20 || (&bytes[..8] != SNAPSHOT_MAGIC && !v1) {
         return Err(SnapshotError::Damaged("bad magic or too short".into()));
     }
     let crc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -101,6 +113,14 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
         })?;
     if crc32fast::hash(payload) != crc {
         return Err(SnapshotError::Damaged("checksum mismatch".into()));
+    }
+    if v1 {
+        let b: SnapshotBodyV1 =
+            postcard::from_bytes(payload).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
+        return Ok(SnapshotBody {
+            meta: b.meta,
+            state: b.state.0,
+        });
     }
     postcard::from_bytes(payload).map_err(|e| SnapshotError::Damaged(e.to_string()))
 }
@@ -408,5 +428,39 @@ mod tests {
         ));
         assert!(decode_snapshot(&good[..good.len() - 1]).is_err());
         assert!(decode_snapshot(b"garbage").is_err());
+    }
+
+    #[test]
+    fn format_1_snapshots_are_still_read() {
+        let mut state = ShardState::new();
+        state.apply(&roomkeeper_order_state::Stamped {
+            at_ms: 1,
+            command: Command::UpsertRoom {
+                room: "r1".into(),
+                title: String::new(),
+                home_region: "eu".into(),
+                state: roomkeeper_order_state::RoomState::Live,
+            },
+        });
+        let meta = SnapshotMeta::default();
+        let v2 = encode_snapshot(&SnapshotBodyRef {
+            meta: &meta,
+            state: &state,
+        })
+        .expect("encode");
+        // A format-1 file: the same body without the trailing (empty) live
+        // windows, under the old magic, with its own length and checksum.
+        let payload = &v2[20..v2.len() - 1];
+        let mut v1 = SNAPSHOT_MAGIC_V1.to_vec();
+        v1.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        v1.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        v1.extend_from_slice(payload);
+        let back = decode_snapshot(&v1).expect("format 1 decodes");
+        assert_eq!(back.state, state);
+        assert!(back.state.room("r1").expect("room").live_windows.is_empty());
+        // The format-1 body read as format 2 is refused, not misread.
+        let mut wrong = v1.clone();
+        wrong[..8].copy_from_slice(SNAPSHOT_MAGIC);
+        assert!(decode_snapshot(&wrong).is_err());
     }
 }

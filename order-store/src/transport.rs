@@ -121,9 +121,9 @@ impl ForwardBatch {
 fn needs<'a>(state: &'a ShardState, cmd: &'a Command) -> Option<(Verb, Option<&'a str>)> {
     match cmd {
         Command::PlaceOrder { room, .. } => Some((Verb::Order, Some(room))),
-        Command::UpsertRoom { room, .. } | Command::UpsertListing { room, .. } => {
-            Some((Verb::ManageListings, Some(room)))
-        }
+        Command::UpsertRoom { room, .. }
+        | Command::UpsertRoomWithWindows { room, .. }
+        | Command::UpsertListing { room, .. } => Some((Verb::ManageListings, Some(room))),
         Command::CancelOrder { order_id } | Command::PayOrder { order_id } => {
             Some((Verb::Order, state.order_room(*order_id)))
         }

@@ -140,6 +140,10 @@ pub enum Guard {
     /// `guards.failureBudget.maxFailures` failures of this action on this
     /// target within the window: no retry until the window passes; a human is paged.
     FailureBudget,
+    /// A room homed in the target's region is live (a streamer is on air):
+    /// a disruptive action that is not protective waits for the window to
+    /// end, or for approval (`guards.liveWindow`).
+    LiveWindow,
 }
 
 impl Guard {
@@ -161,6 +165,7 @@ impl Guard {
             Guard::RestartBackOff => "restartBackOff",
             Guard::RestartBudget => "restartBudget",
             Guard::FailureBudget => "failureBudget",
+            Guard::LiveWindow => "liveWindow",
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::memory::{
     Activation, ActivationPhase, Converging, EffectOwner, EngineMemory, FailureBlock, Quarantine,
     Step, StepState,
 };
-use crate::playbook::{ActionKind, Condition, OnTimeout, Playbook, Tier};
+use crate::playbook::{ActionKind, Condition, LiveWindowPolicy, OnTimeout, Playbook, Tier};
 use crate::validate::validate;
 use crate::words;
 
@@ -718,7 +718,24 @@ fn attempt(
         memory.activations[idx].steps[j].state = StepState::Finished { decision_id: None };
         return;
     }
-    if let Some((guard, why)) = check_guards(tick, memory, action, &target) {
+    let (mut needs_approval, mut reason) = (needs_approval, reason);
+    let mut guarded = check_guards(tick, memory, action, &target);
+    // `liveWindow: requireApproval`: a human may let it go during the window;
+    // unanswered, it goes when the window ends (or as the tier's own gate says).
+    let mut live_until = None;
+    if tick.playbook.guards.live_window == LiveWindowPolicy::RequireApproval {
+        if let Some((Guard::LiveWindow, why)) = &guarded {
+            let held = live_window_hold(tick.latest, tick.now, action, &target);
+            live_until = held.map(|(_, end)| end);
+            reason = format!(
+                "{reason} Live window: {}; guards.liveWindow is requireApproval, so a human is asked.",
+                why.trim_start_matches("deferred: ")
+            );
+            needs_approval = true;
+            guarded = None;
+        }
+    }
+    if let Some((guard, why)) = guarded {
         if guard == Guard::RestartBudget && step.last_suppressed_by != Some(guard) {
             // The node's restart budget is spent: quarantine it and page a
             // human instead of restarting it again.
@@ -809,11 +826,11 @@ fn attempt(
     let (disposition, state) = if tick.playbook.dry_run {
         (Disposition::DryRun, None)
     } else if needs_approval {
-        let timeout = tier
-            .approval
-            .as_ref()
-            .map_or(0, |a| a.timeout_ms.max(0) as u64);
-        let expires_at_ms = tick.now.saturating_add(timeout);
+        let expires_at_ms = match (&tier.approval, live_until) {
+            (Some(a), _) => tick.now.saturating_add(a.timeout_ms.max(0) as u64),
+            (None, Some(end)) => end,
+            (None, None) => tick.now,
+        };
         (
             Disposition::AwaitingApproval { expires_at_ms },
             Some(expires_at_ms),
@@ -1078,6 +1095,9 @@ fn check_guards(
             ),
         ));
     }
+    if let Some((why, _)) = live_window_hold(tick.latest, tick.now, action, target) {
+        return Some((Guard::LiveWindow, why));
+    }
     if g.never_below_quorum {
         if let Some(why) = quorum_risk(tick.latest, action, target) {
             return Some((Guard::NeverBelowQuorum, why));
@@ -1214,6 +1234,82 @@ fn restart_budget_check(
         )),
         _ => None,
     }
+}
+
+/// Why a disruptive action that is not protective waits for a live window,
+/// if it does. Held: draining or evacuating a region that is degraded but not
+/// lost, and moving leadership away from a node or region that is still up
+/// (Raft leadership is shard-wide, so any live room holds it). Never held:
+/// restarts (T1), pausing or resuming sales (T4), restoring traffic,
+/// anything aimed at a lost region or a node down by two views, notifications.
+/// Returns the words and when the earliest-ending live window ends.
+fn live_window_hold(
+    latest: &HealthSnapshot,
+    now: u64,
+    action: ActionKind,
+    target: &Target,
+) -> Option<(String, u64)> {
+    let in_region = |region: &str| -> Vec<&health::RoomLiveWindow> {
+        latest
+            .live_windows
+            .iter()
+            .filter(|w| w.is_live_at(now) && w.home_region == region)
+            .collect()
+    };
+    let live: Vec<&health::RoomLiveWindow> = match (action, target) {
+        (
+            ActionKind::SetTrafficWeightZero | ActionKind::ReplaceVotersElsewhere,
+            Target::Region(r),
+        ) => {
+            if health::region_lost(latest, r) {
+                return None;
+            }
+            in_region(r)
+        }
+        (ActionKind::TransferLeadershipAway, t) => {
+            let down = match t {
+                Target::Region(r) => health::region_lost(latest, r),
+                Target::Node(id) => latest
+                    .nodes
+                    .iter()
+                    .find(|n| n.node_id == *id)
+                    .is_some_and(|n| health::node_liveness(latest, n) == Liveness::Down),
+                Target::Shard => false,
+            };
+            if down {
+                return None;
+            }
+            latest
+                .live_windows
+                .iter()
+                .filter(|w| w.is_live_at(now))
+                .collect()
+        }
+        _ => return None,
+    };
+    let first = live.iter().min_by_key(|w| (w.end_ms, &w.room))?;
+    let others = match live.len() {
+        1 => String::new(),
+        n => format!(
+            " ({} more live room{} too)",
+            n - 1,
+            if n == 2 { "" } else { "s" }
+        ),
+    };
+    let what = match target {
+        Target::Node(id) => format!("node {id}"),
+        Target::Region(r) => format!("region {r}"),
+        Target::Shard => "the shard".to_string(),
+    };
+    let why = format!(
+        "deferred: room {} is live in {} until {}, expected peak {} orders/s{others}; {what} is degraded, not lost, so {} is not protective and waits for the window to end",
+        first.room,
+        first.home_region,
+        words::utc(first.end_ms),
+        first.expected_peak_orders_per_s,
+        action.name(),
+    );
+    Some((why, first.end_ms))
 }
 
 /// Why an action could leave fewer live voters than a quorum, if it could.
@@ -1478,6 +1574,19 @@ fn operator_refusal(
         };
     }
     let latest = latest?;
+    if let Some((why, _)) = live_window_hold(latest, latest.at_ms, command.action, &command.target)
+    {
+        let approved = approved_by.is_some_and(|a| a != command.requested_by);
+        if !(approved && playbook.guards.live_window == LiveWindowPolicy::RequireApproval) {
+            let how = match playbook.guards.live_window {
+                LiveWindowPolicy::Defer => "ask again after the window",
+                LiveWindowPolicy::RequireApproval => {
+                    "or have someone other than the requester approve it (approvedBy)"
+                }
+            };
+            return Some((Guard::LiveWindow, format!("{why}; {how}")));
+        }
+    }
     if playbook.guards.never_below_quorum {
         if let Some(why) = quorum_risk(latest, command.action, &command.target) {
             return Some((Guard::NeverBelowQuorum, why));

@@ -49,6 +49,29 @@ pub struct HealthSnapshot {
     pub nodes: Vec<NodeHealth>,
     /// The shard's Raft state, as the best-informed node reported it.
     pub shard: ShardHealth,
+    /// Live windows of the shard's rooms on air now or soon, as the nodes
+    /// report them (`/admin/status`). During one, disruptive actions that are
+    /// not protective wait in the room's home region (`guards.liveWindow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live_windows: Vec<RoomLiveWindow>,
+}
+
+/// A room's live window: a streamer is on air in `[startMs, endMs)` (Unix ms).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomLiveWindow {
+    pub room: String,
+    pub home_region: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub expected_peak_orders_per_s: u32,
+}
+
+impl RoomLiveWindow {
+    /// On air at `now_ms`.
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        self.start_ms <= now_ms && now_ms < self.end_ms
+    }
 }
 
 /// The controller's own reachability of regions (the split-brain guard reads it).
@@ -552,6 +575,7 @@ mod tests {
                 voters: vec![1, 2, 3, 4, 5],
                 learners: vec![],
             },
+            live_windows: Vec::new(),
         }
     }
 

@@ -35,7 +35,7 @@ pub use decision::{
 pub use engine::{action_phrase, Engine, OperatorCommand, CONVERGE};
 pub use health::{
     assess, Assessment, ControllerView, HealthSnapshot, Liveness, NodeHealth, NodeId, QuorumState,
-    RegionHealth, Role, ShardHealth, SignalThresholds,
+    RegionHealth, Role, RoomLiveWindow, ShardHealth, SignalThresholds,
 };
 pub use memory::{
     Activation, ActivationPhase, DecisionRecord, EffectOwner, EngineMemory, MemoryError,
@@ -43,6 +43,6 @@ pub use memory::{
 };
 pub use playbook::{
     default_playbook, ActionKind, Approval, Condition, FailureBudget, Guards, HealthRules, LagSpec,
-    OnTimeout, Playbook, RestartBudget, SignalThresholdSpec, Tier, Trigger,
+    LiveWindowPolicy, OnTimeout, Playbook, RestartBudget, SignalThresholdSpec, Tier, Trigger,
 };
 pub use validate::{validate, validate_for_regions, FieldError, InvalidPlaybook};

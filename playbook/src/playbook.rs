@@ -346,6 +346,23 @@ pub struct Guards {
     /// How often one action on one target may fail before the engine stops
     /// retrying it, pages a human, and waits for the window to pass.
     pub failure_budget: FailureBudget,
+    /// What a disruptive action that is not protective (a voluntary
+    /// evacuation or drain of a degraded region, a leadership move from a
+    /// live leader, a planned switchover) does while a room homed in the
+    /// affected region is live: `defer` (wait for the window to end) or
+    /// `requireApproval` (on tiers with an `approval` block: ask a human;
+    /// elsewhere: defer). Protective actions (restarts, pausing sales,
+    /// evacuating a lost region) are never held.
+    pub live_window: LiveWindowPolicy,
+}
+
+/// `guards.liveWindow`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LiveWindowPolicy {
+    #[default]
+    Defer,
+    RequireApproval,
 }
 
 impl Default for Guards {
@@ -360,6 +377,7 @@ impl Default for Guards {
             max_snapshot_age_ms: Some(15_000),
             restart_budget: RestartBudget::default(),
             failure_budget: FailureBudget::default(),
+            live_window: LiveWindowPolicy::Defer,
         }
     }
 }

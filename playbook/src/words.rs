@@ -66,9 +66,37 @@ pub fn capitalize(s: &str) -> String {
     }
 }
 
+/// A Unix time in milliseconds as `HH:MM UTC (YYYY-MM-DD)`.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{h:02}:{m:02} UTC ({y:04}-{mo:02}-{d:02})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_read_as_clock_and_date() {
+        assert_eq!(utc(0), "00:00 UTC (1970-01-01)");
+        assert_eq!(
+            utc(1_772_323_200_000 + 20 * 3_600_000),
+            "20:00 UTC (2026-03-01)"
+        );
+        assert_eq!(utc(951_825_600_000), "12:00 UTC (2000-02-29)");
+    }
 
     #[test]
     fn durations_read_naturally() {

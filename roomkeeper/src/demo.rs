@@ -41,6 +41,9 @@ pub enum Scenario {
     QuorumLoss,
     /// Cut the controller off from two of the three regions (the cluster is fine).
     ControllerPartition,
+    /// Slow one region (`--lose-region`): its nodes reach the others only
+    /// after 600 ms, so orders through them are slow (degraded, not lost).
+    RegionSlow,
 }
 
 impl Scenario {
@@ -53,6 +56,7 @@ impl Scenario {
             Scenario::NodeFlap => "node-flap",
             Scenario::QuorumLoss => "quorum-loss",
             Scenario::ControllerPartition => "controller-partition",
+            Scenario::RegionSlow => "region-slow",
         }
     }
 }
@@ -122,6 +126,13 @@ pub struct DemoArgs {
     /// Pause automation: decisions are recorded as suppressed by the global pause.
     #[arg(long)]
     pub pause_automation: bool,
+    /// Home region of the sale's room.
+    #[arg(long, default_value = "eu-west")]
+    pub room_home_region: String,
+    /// Give the room a live window from when the sale opens to this many
+    /// seconds later (expected peak 900 orders/s); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub live_window_secs: u64,
 }
 
 /// What the status view and endpoint show.
@@ -301,7 +312,58 @@ async fn run_inner(
             per_buyer_limit: 5,
         })
         .collect();
-    create_sale(cluster, ROOM, "Midnight flash sale", "eu-west", &listings).await?;
+    anyhow::ensure!(
+        REGIONS.iter().any(|(r, _)| *r == args.room_home_region),
+        "--room-home-region must be one of {:?}, got {:?}",
+        REGIONS.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        args.room_home_region
+    );
+    create_sale(
+        cluster,
+        ROOM,
+        "Midnight flash sale",
+        &args.room_home_region,
+        &listings,
+    )
+    .await?;
+    if args.live_window_secs > 0 {
+        let start_ms = now_ms();
+        let end_ms = start_ms + args.live_window_secs * 1000;
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
+        let api = cluster
+            .info(leader)
+            .map(|i| i.api_addr.clone())
+            .context("the leader has no address")?;
+        let r = cluster
+            .http
+            .put(
+                &api,
+                &format!("/v1/rooms/{ROOM}"),
+                &json!({
+                    "title": "Midnight flash sale",
+                    "home_region": args.room_home_region,
+                    "state": "live",
+                    "live_windows": [{
+                        "start_ms": start_ms,
+                        "end_ms": end_ms,
+                        "expected_peak_orders_per_s": 900,
+                    }],
+                }),
+                Some(&client_token),
+                Duration::from_secs(5),
+            )
+            .await
+            .context("setting the room's live window")?;
+        anyhow::ensure!(r.status == 200, "setting the live window: {}", r.body);
+        event(
+            &status,
+            started,
+            format!(
+                "room {ROOM} is live in {} for {} s (expected peak 900 orders/s; window ends at unix ms {end_ms})",
+                args.room_home_region, args.live_window_secs
+            ),
+        );
+    }
     let traffic = Arc::new(traffic_map(cluster));
     let stats = Arc::new(LoadStats::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,6 +500,36 @@ async fn run_inner(
                         &status,
                         started,
                         "FAULT: the controller is cut off from eu-west and us-east (the cluster itself is healthy)",
+                    );
+                }
+                Scenario::RegionSlow => {
+                    let slow: Vec<u64> = cluster
+                        .nodes
+                        .values()
+                        .filter(|n| n.info.region == args.lose_region)
+                        .map(|n| n.id)
+                        .collect();
+                    let others: Vec<u64> = cluster
+                        .nodes
+                        .keys()
+                        .copied()
+                        .filter(|id| !slow.contains(id))
+                        .collect();
+                    for v in &slow {
+                        let mut f = cluster.faults(*v);
+                        for o in &others {
+                            f.peer_delay_ms.insert(*o, 600);
+                        }
+                        cluster.set_faults(*v, f).await?;
+                    }
+                    event(
+                        &status,
+                        started,
+                        format!(
+                            "FAULT: region {} slow (nodes {} reach the others after 600 ms)",
+                            args.lose_region,
+                            ids(&slow)
+                        ),
                     );
                 }
                 Scenario::None => {}

@@ -546,6 +546,7 @@ impl Cluster {
             title: "flash sale".into(),
             home_region: "region-1".into(),
             state: RoomState::Live,
+            live_windows: None,
         });
         let r = self
             .client("PUT", via, &format!("/v1/rooms/{room}"), Some(&body))

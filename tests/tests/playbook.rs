@@ -656,3 +656,88 @@ fn an_invalid_playbook_is_refused_naming_the_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A live window: the room is homed in us-east and on air for 25 s when
+/// us-east turns slow. The `move` tier wants to drain us-east; the drain is
+/// deferred, in words, and us-east keeps its traffic while the window lasts.
+/// Once the window ends, the drain goes ahead on the next tick.
+#[test]
+fn a_live_window_defers_draining_a_slow_region_until_it_ends() {
+    let run = run_demo(
+        "live-window",
+        9,
+        &[
+            "--scenario",
+            "region-slow",
+            "--lose-region",
+            "us-east",
+            "--room-home-region",
+            "us-east",
+            "--live-window-secs",
+            "25",
+            "--fault-after-secs",
+            "6",
+        ],
+        45,
+    );
+    assert_clean_end(&run);
+    let window_end: u64 = run
+        .statuses
+        .iter()
+        .rev()
+        .flat_map(|s| s["events"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| {
+            e.as_str()?
+                .split("window ends at unix ms ")
+                .nth(1)?
+                .trim_end_matches(')')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no live window shown\n{}", run.context()));
+    let drains: Vec<&Value> = run
+        .decisions
+        .iter()
+        .filter(|d| d["action"] == "setTrafficWeightZero" && d["target"]["region"] == "us-east")
+        .collect();
+    let deferred = drains
+        .iter()
+        .find(|d| d["disposition"]["suppressed"]["guard"] == "liveWindow")
+        .unwrap_or_else(|| panic!("no deferral recorded\n{}", run.context()));
+    let why = deferred["disposition"]["suppressed"]["why"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.starts_with("deferred: room live-1 is live in us-east until ")
+            && why.contains("expected peak 900 orders/s"),
+        "{why}"
+    );
+    assert!(deferred["atMs"].as_u64().unwrap_or(u64::MAX) < window_end);
+    // Nothing moved during the window.
+    assert!(
+        drains
+            .iter()
+            .filter(|d| d["disposition"] == "execute")
+            .all(|d| d["atMs"].as_u64().unwrap_or(0) >= window_end),
+        "drained during the window\n{}",
+        run.context()
+    );
+    let drained = run.executed("setTrafficWeightZero");
+    let after = drained
+        .iter()
+        .find(|d| d["target"]["region"] == "us-east")
+        .unwrap_or_else(|| panic!("never drained after the window\n{}", run.context()));
+    assert!(run.succeeded(after), "{}", run.context());
+    assert!(
+        run.metrics_seen
+            .iter()
+            .any(|m| m.contains("roomkeeper_guard_blocked_total{reason=\"live_window\"}")),
+        "the deferral is counted"
+    );
+    assert_eq!(
+        run.last_status()["traffic_weights"]["us-east"],
+        0,
+        "{}",
+        run.context()
+    );
+}

@@ -5,7 +5,7 @@
 
 use roomkeeper_playbook::{
     ActionKind, ActionOutcome, ControllerView, Decision, Disposition, Engine, EngineMemory,
-    HealthSnapshot, NodeHealth, Playbook, Role, ShardHealth, Target,
+    HealthSnapshot, NodeHealth, Playbook, Role, RoomLiveWindow, ShardHealth, Target,
 };
 
 /// One node's simulated state.
@@ -45,6 +45,8 @@ pub struct Sim {
     pub unrestartable: Vec<String>,
     pub sales_paused: bool,
     pub drained: Vec<String>,
+    /// Rooms' live windows, as the nodes would report them.
+    pub live_windows: Vec<RoomLiveWindow>,
     next_new_node: u64,
 }
 
@@ -88,6 +90,7 @@ impl Sim {
             unrestartable: Vec::new(),
             sales_paused: false,
             drained: Vec::new(),
+            live_windows: Vec::new(),
             next_new_node: 100,
         }
     }
@@ -214,6 +217,7 @@ impl Sim {
                 voters: self.voters.clone(),
                 learners: vec![],
             },
+            live_windows: self.live_windows.clone(),
         }
     }
 
