@@ -221,6 +221,11 @@ pub struct OrderStoreSpec {
     /// Writes a node accepts in flight before answering 429.
     #[schemars(range(min = 1))]
     pub max_inflight_writes: i64,
+    /// Start the nodes with their drill fault hooks on (`--enable-test-faults`):
+    /// ChaosDrills of kind `diskStall` and `wanLatency` slow a node's fsync or
+    /// its Raft links through them, and are refused against a cluster without
+    /// them. Off by default: with them on, the admin token can slow a node.
+    pub fault_hooks: bool,
 }
 
 impl Default for OrderStoreSpec {
@@ -231,6 +236,7 @@ impl Default for OrderStoreSpec {
             election_timeout_max_ms: 500,
             snapshot_every_entries: 10_000,
             max_inflight_writes: 4096,
+            fault_hooks: false,
         }
     }
 }

@@ -124,7 +124,7 @@ pub struct ChaosDrillStatus {
 }
 
 /// Fault kinds this runner carries out on Kubernetes.
-pub const SUPPORTED_FAULTS: [FaultKind; 8] = [
+pub const SUPPORTED_FAULTS: [FaultKind; 10] = [
     FaultKind::KillLeader,
     FaultKind::KillNode,
     FaultKind::RollingRestart,
@@ -133,7 +133,36 @@ pub const SUPPORTED_FAULTS: [FaultKind; 8] = [
     FaultKind::PartitionNode,
     FaultKind::PartitionRegion,
     FaultKind::QuorumLoss,
+    FaultKind::DiskStall,
+    FaultKind::WanLatency,
 ];
+
+/// Fault kinds carried out through the nodes' own fault hooks
+/// (`POST /admin/faults`): they need the LiveRoomCluster's
+/// `spec.orderStore.faultHooks`.
+pub const HOOK_FAULTS: [FaultKind; 2] = [FaultKind::DiskStall, FaultKind::WanLatency];
+
+/// Why the spec cannot run against a cluster whose nodes have (or lack)
+/// their fault hooks, naming the field.
+pub fn needs_fault_hooks(spec: &DrillSpec, cluster: &str, hooks_on: bool) -> Option<String> {
+    if hooks_on {
+        return None;
+    }
+    let bad: Vec<String> = spec
+        .faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| HOOK_FAULTS.contains(&f.kind))
+        .map(|(i, f)| {
+            format!(
+                "spec.faults[{i}].kind: {} slows nodes through their fault hooks, which \
+                 LiveRoomCluster {cluster} has off (set spec.orderStore.faultHooks: true)",
+                f.kind
+            )
+        })
+        .collect();
+    (!bad.is_empty()).then(|| bad.join("; "))
+}
 
 /// Why the spec cannot run on Kubernetes, if it cannot: each problem names
 /// its field.
@@ -266,9 +295,21 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
     }
     let lrcs: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let target = &drill.spec.0.target.cluster;
-    let ready = lrcs
-        .get_opt(target)
-        .await?
+    let lrc = lrcs.get_opt(target).await?;
+    if let Some(why) = lrc
+        .as_ref()
+        .and_then(|l| needs_fault_hooks(&drill.spec.0, target, l.spec.order_store.fault_hooks))
+    {
+        let s = ChaosDrillStatus {
+            phase: Some("Invalid".into()),
+            message: Some(why.clone()),
+            conditions: vec![condition("Completed", false, "Invalid", &why)],
+            ..ChaosDrillStatus::default()
+        };
+        patch_status(&api, &name, &s).await?;
+        return Ok(Action::await_change());
+    }
+    let ready = lrc
         .and_then(|l| l.status)
         .is_some_and(|s| s.phase.as_deref() == Some("Running"));
     if !ready {
@@ -743,6 +784,82 @@ enum PodFault {
         prefix: String,
     },
     Storm,
+    /// A contribution to the nodes' fault hooks (`hooks`), merged with the
+    /// others in effect and pushed to every pod.
+    Hooks,
+}
+
+/// What one hook fault asks of the nodes, as the local injector merges it:
+/// the largest delay and loss win where faults overlap.
+#[derive(Debug, Clone, PartialEq)]
+enum HookContribution {
+    /// Every log fsync of these nodes takes `delay_ms` longer.
+    Disk { nodes: BTreeSet<u64>, delay_ms: u64 },
+    /// Raft traffic between regions (only to and from `region` when named)
+    /// is delayed and lossy.
+    Wan {
+        region: Option<String>,
+        delay_ms: u64,
+        loss: u8,
+    },
+}
+
+/// Each node's fault settings (the `/admin/faults` body) under the hook
+/// contributions in effect; nodes are `(id, region)`.
+fn merged_hook_settings(
+    nodes: &[(u64, String)],
+    contributions: &[&HookContribution],
+) -> BTreeMap<u64, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for (id, region) in nodes {
+        let mut fsync_delay_ms = 0u64;
+        let mut delays: BTreeMap<String, u64> = BTreeMap::new();
+        let mut losses: BTreeMap<String, u8> = BTreeMap::new();
+        for c in contributions {
+            match c {
+                HookContribution::Disk {
+                    nodes: on,
+                    delay_ms,
+                } => {
+                    if on.contains(id) {
+                        fsync_delay_ms = fsync_delay_ms.max(*delay_ms);
+                    }
+                }
+                HookContribution::Wan {
+                    region: only,
+                    delay_ms,
+                    loss,
+                } => {
+                    for (o, oregion) in nodes {
+                        if o == id || oregion == region {
+                            continue;
+                        }
+                        if only.as_ref().is_some_and(|r| r != region && r != oregion) {
+                            continue;
+                        }
+                        let d = delays.entry(o.to_string()).or_insert(0);
+                        *d = (*d).max(*delay_ms);
+                        if *loss > 0 {
+                            let l = losses.entry(o.to_string()).or_insert(0);
+                            *l = (*l).max(*loss);
+                        }
+                    }
+                }
+            }
+        }
+        let mut v = json!({});
+        if fsync_delay_ms > 0 {
+            v["fsync_delay_ms"] = json!(fsync_delay_ms);
+        }
+        if !delays.is_empty() {
+            v["peer_delay_ms"] = json!(delays);
+        }
+        if !losses.is_empty() {
+            v["peer_loss_percent"] = json!(losses);
+        }
+        out.insert(*id, v);
+    }
+    out
 }
 
 /// The Kubernetes `FaultInjector`: pod deletion, NetworkPolicy partitions,
@@ -757,6 +874,8 @@ struct PodFaults<'a> {
     owner: Option<OwnerReference>,
     storm: Arc<Storm>,
     active: BTreeMap<usize, PodFault>,
+    /// The hook faults in effect, by fault index.
+    hooks: BTreeMap<usize, HookContribution>,
 }
 
 /// A pod is back: the same name, a new object, Ready.
@@ -883,6 +1002,45 @@ impl PodFaults<'_> {
         round_robin.into_iter().map(|p| vec![p]).collect()
     }
 
+    /// Pushes every node its merged hook settings (`{}` once nothing is
+    /// left); an answer other than 2xx is the fault's error, naming the pod.
+    async fn push_hooks(&self, target: &mut KubeTarget<'_>) -> Result<Vec<String>, String> {
+        let views = target.views().await;
+        let live: Vec<(String, String, u64, String)> = views
+            .into_iter()
+            .filter(|v| !v.deleting)
+            .filter_map(|v| Some((v.pod, v.ip?, v.id?, v.region)))
+            .collect();
+        let nodes: Vec<(u64, String)> = live.iter().map(|(_, _, id, r)| (*id, r.clone())).collect();
+        let contributions: Vec<&HookContribution> = self.hooks.values().collect();
+        let settings = merged_hook_settings(&nodes, &contributions);
+        let admin = &target.admin;
+        let pushes = live.iter().map(|(pod, ip, id, _)| {
+            let body = settings.get(id).cloned().unwrap_or_else(|| json!({}));
+            async move {
+                admin
+                    .set_faults(ip, body.clone())
+                    .await
+                    .map(|()| format!("{pod}: {body}"))
+                    .map_err(|e| format!("setting the fault hooks of pod {pod}: {e}"))
+            }
+        });
+        let results = futures::future::join_all(pushes).await;
+        let mut lines = Vec::new();
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(l) => lines.push(l),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(lines)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
     /// Cuts each group of pods off from every other pod of the cluster
     /// (NetworkPolicy: a side policy per group, then the pods labelled into it).
     async fn partition(
@@ -1002,13 +1160,89 @@ impl<'t> FaultInjector<KubeTarget<'t>> for PodFaults<'_> {
             }
             FaultKind::QuorumLoss => self.partition(index, Self::majority(&pods)).await?,
             FaultKind::RetryStorm => (roomkeeper_drill::storm_on(&self.storm, f), PodFault::Storm),
+            FaultKind::DiskStall => {
+                let views = target.views().await;
+                let region = f.select.as_ref().and_then(|s| s.region.clone());
+                let one = f.select.as_ref().is_some_and(|s| s.role.is_some());
+                let chosen: BTreeSet<u64> = if one {
+                    let pod = Self::select(f, &pods, leader.as_ref())?;
+                    views
+                        .iter()
+                        .filter(|v| v.pod == pod)
+                        .filter_map(|v| v.id)
+                        .collect()
+                } else {
+                    views
+                        .iter()
+                        .filter(|v| !v.deleting)
+                        .filter(|v| region.as_ref().is_none_or(|r| *r == v.region))
+                        .filter_map(|v| v.id)
+                        .collect()
+                };
+                if chosen.is_empty() {
+                    return Err("no pod matched the selector".into());
+                }
+                let delay_ms = f.delay_ms.unwrap_or(0);
+                self.hooks.insert(
+                    index,
+                    HookContribution::Disk {
+                        nodes: chosen.clone(),
+                        delay_ms,
+                    },
+                );
+                if let Err(e) = self.push_hooks(target).await {
+                    self.hooks.remove(&index);
+                    let _ = self.push_hooks(target).await;
+                    return Err(e);
+                }
+                (
+                    format!("every log fsync of node(s) {chosen:?} takes {delay_ms} ms longer (fault hooks)"),
+                    PodFault::Hooks,
+                )
+            }
+            FaultKind::WanLatency => {
+                let sel = f.select.clone().unwrap_or_default();
+                let region = match (sel.region, sel.region_of) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(_)) => Some(
+                        Self::region_pods(f, &pods, leader.as_ref())?
+                            .first()
+                            .and_then(|p| pods.iter().find(|(n, _)| n == p))
+                            .map(|(_, r)| r.clone())
+                            .ok_or("no region matched the selector")?,
+                    ),
+                    (None, None) => None,
+                };
+                let delay_ms = f.delay_ms.unwrap_or(0);
+                let loss = f.loss_percent.unwrap_or(0).min(100) as u8;
+                self.hooks.insert(
+                    index,
+                    HookContribution::Wan {
+                        region: region.clone(),
+                        delay_ms,
+                        loss,
+                    },
+                );
+                if let Err(e) = self.push_hooks(target).await {
+                    self.hooks.remove(&index);
+                    let _ = self.push_hooks(target).await;
+                    return Err(e);
+                }
+                let between = region.map_or("between every pair of regions".to_string(), |r| {
+                    format!("between region {r} and the others")
+                });
+                (
+                    format!("Raft traffic {between}: +{delay_ms} ms, {loss}% lost (fault hooks)"),
+                    PodFault::Hooks,
+                )
+            }
             other => return Err(format!("{other} is not run on Kubernetes")),
         };
         self.active.insert(index, state);
         Ok(detail)
     }
 
-    async fn heal(&mut self, _target: &mut KubeTarget<'t>, index: usize) -> Result<String, String> {
+    async fn heal(&mut self, target: &mut KubeTarget<'t>, index: usize) -> Result<String, String> {
         let Some(state) = self.active.remove(&index) else {
             return Ok(String::new());
         };
@@ -1036,6 +1270,18 @@ impl<'t> FaultInjector<KubeTarget<'t>> for PodFaults<'_> {
                 format!("partition removed: {}", healed.join(", "))
             }
             PodFault::Storm => roomkeeper_drill::storm_off(&self.storm),
+            PodFault::Hooks => {
+                self.hooks.remove(&index);
+                let left = if self.hooks.is_empty() {
+                    "cleared"
+                } else {
+                    "narrowed to the faults still in effect"
+                };
+                match self.push_hooks(target).await {
+                    Ok(_) => format!("fault hooks {left} on every pod"),
+                    Err(e) => return Err(e),
+                }
+            }
         })
     }
 
@@ -1256,6 +1502,7 @@ async fn execute(
         owner: owner.clone(),
         storm: storm.clone(),
         active: BTreeMap::new(),
+        hooks: BTreeMap::new(),
     };
     let cm_name = format!("{}-report", drill.name_any());
     let mut sink = ConfigMapSink {
@@ -1391,15 +1638,75 @@ mod tests {
             "partition-minority-region",
             "partition-leader-region",
             "quorum-loss",
+            "disk-stall",
+            "wan-latency-loss",
+            "ambiguous-retry-storm",
         ] {
             assert_eq!(unsupported(&library(name)), None, "{name}");
         }
-        // The ambiguous-retry drill also stalls disks, which needs the node's test hook.
-        let why = unsupported(&library("ambiguous-retry-storm")).unwrap();
-        assert!(
-            why.contains("diskStall") && !why.contains("retryStorm is not"),
-            "{why}"
+    }
+
+    #[test]
+    fn hook_drills_need_the_clusters_fault_hooks_and_say_which_field() {
+        for name in ["disk-stall", "wan-latency-loss", "ambiguous-retry-storm"] {
+            let why = needs_fault_hooks(&library(name), "shop", false).unwrap();
+            assert!(
+                why.contains("spec.faults[0].kind")
+                    && why.contains("spec.orderStore.faultHooks: true")
+                    && why.contains("shop"),
+                "{name}: {why}"
+            );
+            assert_eq!(needs_fault_hooks(&library(name), "shop", true), None);
+        }
+        assert_eq!(
+            needs_fault_hooks(&library("leader-kill"), "shop", false),
+            None
         );
+    }
+
+    #[test]
+    fn hook_settings_merge_as_the_local_injector_does() {
+        let nodes = vec![
+            (1, "a".to_string()),
+            (2, "a".to_string()),
+            (3, "b".to_string()),
+            (4, "c".to_string()),
+        ];
+        let disk = HookContribution::Disk {
+            nodes: [1, 3].into(),
+            delay_ms: 200,
+        };
+        let slower_disk = HookContribution::Disk {
+            nodes: [3].into(),
+            delay_ms: 500,
+        };
+        let wan_c = HookContribution::Wan {
+            region: Some("c".into()),
+            delay_ms: 80,
+            loss: 10,
+        };
+        let s = merged_hook_settings(&nodes, &[&disk, &slower_disk, &wan_c]);
+        assert_eq!(
+            s[&1],
+            json!({"fsync_delay_ms": 200, "peer_delay_ms": {"4": 80}, "peer_loss_percent": {"4": 10}})
+        );
+        // The largest delay wins; node 2 has no disk fault.
+        assert_eq!(s[&3]["fsync_delay_ms"], json!(500));
+        assert_eq!(s[&2].get("fsync_delay_ms"), None);
+        // Region c's node is slowed towards every other region, not itself.
+        assert_eq!(s[&4]["peer_delay_ms"], json!({"1": 80, "2": 80, "3": 80}));
+        // Traffic inside a region and between a and b is untouched by wan_c.
+        assert_eq!(s[&3]["peer_delay_ms"], json!({"4": 80}));
+        let every = HookContribution::Wan {
+            region: None,
+            delay_ms: 30,
+            loss: 0,
+        };
+        let s = merged_hook_settings(&nodes, &[&every]);
+        assert_eq!(s[&1], json!({"peer_delay_ms": {"3": 30, "4": 30}}));
+        // Nothing in effect: every node is sent `{}`, which clears its hooks.
+        let s = merged_hook_settings(&nodes, &[]);
+        assert!(s.values().all(|v| *v == json!({})), "{s:?}");
     }
 
     #[test]

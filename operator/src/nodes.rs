@@ -119,6 +119,15 @@ impl NodeAdmin {
         })
     }
 
+    /// Replaces the node's drill fault settings (`POST /admin/faults`; the
+    /// node must run with `--enable-test-faults`, else it answers 409
+    /// `faults_disabled`). `{}` clears them.
+    pub async fn set_faults(&self, pod_ip: &str, settings: Value) -> Result<(), NodeError> {
+        self.post(pod_ip, "/admin/faults", settings, TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
     /// The node's own audit of the order invariants: `(ok, detail)`.
     pub async fn invariants(&self, pod_ip: &str) -> Result<(bool, String), NodeError> {
         let body = self

@@ -417,6 +417,7 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(os.fault_hooks.then(|| "--enable-test-faults".to_string()))
     .collect();
     let container = Container {
         name: "node".to_string(),

@@ -856,6 +856,7 @@ async fn lifecycle(
     region_added_and_removed(&admin, &lrcs, &down).await?;
     wiped_volume_rejoins_under_a_new_id(&admin, &lrcs, bridge).await?;
     recreated_pod_is_reached_at_its_new_ip(&admin, &lrcs, bridge).await?;
+    hook_drills_need_and_use_fault_hooks(&admin, &lrcs).await?;
 
     // Delete (deletionPolicy Retain, the default): the finalizer removes the
     // workload, then the cluster goes.
@@ -1140,6 +1141,95 @@ async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
     ensure!(ds["verdict"] == json!("PASS"), "drill {name} verdict: {ds}");
     ensure!(ds["lost"] == json!(0) && ds["oversold"] == json!(0), "{ds}");
     Ok(ds)
+}
+
+/// A drill that slows nodes through their fault hooks is refused, naming the
+/// field, while the cluster has them off; once `spec.orderStore.faultHooks`
+/// rolls the pods onto `--enable-test-faults`, the library's disk-stall drill
+/// runs and passes, and every pod's hooks are cleared when it heals.
+async fn hook_drills_need_and_use_fault_hooks(
+    admin: &Client,
+    lrcs: &Api<DynamicObject>,
+) -> Result<()> {
+    let drills: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &drill_resource());
+    let mut refused = library_drill("disk-stall")?;
+    refused["metadata"]["name"] = json!("disk-stall-hooks-off");
+    apply_yaml(admin, &serde_yaml::to_string(&refused)?, NS).await?;
+    eventually(
+        Duration::from_secs(30),
+        "a disk-stall drill against a cluster without fault hooks is Invalid",
+        || async {
+            drills
+                .get("disk-stall-hooks-off")
+                .await
+                .ok()
+                .and_then(|d| d.data.get("status").cloned())
+                .is_some_and(|s| s["phase"] == json!("Invalid"))
+        },
+    )
+    .await?;
+    let status = drills.get("disk-stall-hooks-off").await?.data["status"].clone();
+    let message = status["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("spec.faults[0].kind")
+            && message.contains("spec.orderStore.faultHooks: true"),
+        "{message}"
+    );
+
+    lrcs.patch(
+        LRC,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"orderStore": {"faultHooks": true}}})),
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let hooked = |p: &Pod| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers.iter().any(|c| {
+                c.args
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|a| a == "--enable-test-faults"))
+            })
+        })
+    };
+    eventually(
+        Duration::from_secs(180),
+        "every pod rolled onto --enable-test-faults",
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            !list.is_empty()
+                && list.iter().all(|p| {
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    hooked(p) && p.metadata.deletion_timestamp.is_none() && ready
+                })
+        },
+    )
+    .await?;
+    wait_ready_voters(lrcs, "5/5", 60).await?;
+
+    let ds = run_library_drill(admin, "disk-stall").await?;
+    let lines: Vec<&str> = ds["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        lines.iter().any(|l| l.contains("takes 200 ms longer"))
+            && lines.iter().any(|l| l.contains("fault hooks cleared")),
+        "{ds}"
+    );
+    Ok(())
 }
 
 /// A learner-only region joins, then leaves the spec: its learner leaves the
