@@ -61,6 +61,14 @@ if command -v go >/dev/null 2>&1; then
 else
   echo "==> go is missing: the Helm chart tests will be SKIPPED loudly (and fail under CI)"
 fi
+echo "==> krew (installs the release archive as a kubectl plugin, tests/tests/release.rs)"
+if command -v go >/dev/null 2>&1; then
+  # Built once from the pinned Go module in tests/krew-bin (about a minute), then cached.
+  ROOMKEEPER_KREW_BIN="$(bash scripts/krew-bin.sh | tee /dev/stderr | tail -n 1)"
+  export ROOMKEEPER_KREW_BIN
+else
+  echo "==> go is missing: the release test will be SKIPPED loudly (and fail under CI)"
+fi
 echo "==> cargo test"
 ROOMKEEPER_BIN="$PWD/target/release/roomkeeper" cargo test --workspace --locked -- --test-threads=2
 # Fuzzing last: installing cargo-fuzz and building the targets (their own
