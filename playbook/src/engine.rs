@@ -719,11 +719,16 @@ fn attempt(
         return;
     }
     let (mut needs_approval, mut reason) = (needs_approval, reason);
-    let mut guarded = check_guards(tick, memory, action, &target);
-    // `liveWindow: requireApproval`: a human may let it go during the window;
-    // unanswered, it goes when the window ends (or as the tier's own gate says).
+    // `liveWindow: requireApproval`: a human may let it go during the window
+    // (an answered request — `follows` — is that answer, or the tier's
+    // declared default at its timeout); unanswered, it goes when the window
+    // ends (or as the tier's own gate says). Every other guard still applies.
+    let window_may_be_approved =
+        tick.playbook.guards.live_window == LiveWindowPolicy::RequireApproval;
+    let window_approved = window_may_be_approved && follows.is_some();
+    let mut guarded = check_guards(tick, memory, action, &target, window_approved);
     let mut live_until = None;
-    if tick.playbook.guards.live_window == LiveWindowPolicy::RequireApproval {
+    if window_may_be_approved {
         if let Some((Guard::LiveWindow, why)) = &guarded {
             let held = live_window_hold(tick.latest, tick.now, action, &target);
             live_until = held.map(|(_, end)| end);
@@ -731,8 +736,9 @@ fn attempt(
                 "{reason} Live window: {}; guards.liveWindow is requireApproval, so a human is asked.",
                 why.trim_start_matches("deferred: ")
             );
-            needs_approval = true;
-            guarded = None;
+            // Ask only for what the other guards would let through now.
+            guarded = check_guards(tick, memory, action, &target, true);
+            needs_approval = guarded.is_none();
         }
     }
     if let Some((guard, why)) = guarded {
@@ -1079,6 +1085,7 @@ fn check_guards(
     memory: &EngineMemory,
     action: ActionKind,
     target: &Target,
+    live_window_approved: bool,
 ) -> Option<(Guard, String)> {
     if let Some(x) = notification_guards(tick) {
         return Some(x);
@@ -1095,8 +1102,10 @@ fn check_guards(
             ),
         ));
     }
-    if let Some((why, _)) = live_window_hold(tick.latest, tick.now, action, target) {
-        return Some((Guard::LiveWindow, why));
+    if !live_window_approved {
+        if let Some((why, _)) = live_window_hold(tick.latest, tick.now, action, target) {
+            return Some((Guard::LiveWindow, why));
+        }
     }
     if g.never_below_quorum {
         if let Some(why) = quorum_risk(tick.latest, action, target) {

@@ -350,9 +350,10 @@ pub struct Guards {
     /// evacuation or drain of a degraded region, a leadership move from a
     /// live leader, a planned switchover) does while a room homed in the
     /// affected region is live: `defer` (wait for the window to end) or
-    /// `requireApproval` (on tiers with an `approval` block: ask a human;
-    /// elsewhere: defer). Protective actions (restarts, pausing sales,
-    /// evacuating a lost region) are never held.
+    /// `requireApproval` (ask a human on any tier; unanswered, it goes when
+    /// the window ends, or as a tier's own `approval` block says). Protective
+    /// actions (restarts, pausing sales, evacuating a lost region) are never
+    /// held.
     pub live_window: LiveWindowPolicy,
 }
 

@@ -166,6 +166,41 @@ fn require_approval_asks_a_human_and_unanswered_goes_when_the_window_ends() {
 }
 
 #[test]
+fn an_approved_live_window_request_is_carried_out_during_the_window() {
+    let mut pb = default_playbook();
+    pb.guards.live_window = LiveWindowPolicy::RequireApproval;
+    let mut sim = Sim::three_regions(pb);
+    sim.secs(5);
+    let end = sim.now + 600_000;
+    sim.live_windows = vec![window("r1", "b", 0, end)];
+    degrade_b(&mut sim);
+    let d = sim.secs(30);
+    let request = about(&d, SetTrafficWeightZero, &region("b"));
+    assert!(
+        matches!(request[0].disposition, Disposition::AwaitingApproval { .. }),
+        "{d:#?}"
+    );
+    sim.memory
+        .approve(request[0].id, "alice", sim.now)
+        .expect("approve");
+    // Well inside the window: the approval is the human's word that it may go.
+    let d = sim.secs(5);
+    let drain = about(&d, SetTrafficWeightZero, &region("b"));
+    assert!(
+        drain.iter().any(|x| x.disposition.is_execute()),
+        "approved, so carried out, not asked again: {d:#?}"
+    );
+    assert!(
+        drain
+            .iter()
+            .all(|x| !matches!(x.disposition, Disposition::AwaitingApproval { .. })),
+        "no second request: {d:#?}"
+    );
+    assert!(sim.now < end);
+    assert_eq!(sim.drained, vec!["b".to_string()]);
+}
+
+#[test]
 fn a_planned_switchover_is_refused_during_a_live_window() {
     let mut sim = Sim::three_regions(default_playbook());
     sim.live_windows = vec![window("r1", "c", 0, sim.now + 3_600_000)];
