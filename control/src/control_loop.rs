@@ -188,6 +188,7 @@ impl ControlLoop {
             .take_while(|s| now.saturating_sub(s.at_ms) > keep)
             .count();
         self.history.drain(..expired);
+        let before = self.memory.clone();
         let decisions = Engine::decide(&self.playbook, &self.history, now, &mut self.memory);
         // The decisions are durable before any is carried out: a controller
         // that stops in the middle of an action (an evacuation takes
@@ -195,7 +196,13 @@ impl ControlLoop {
         // next one closes as failed and retries where the binding resumes,
         // instead of forgetting that the tier acted at all.
         if decisions.iter().any(|d| d.disposition.is_execute()) {
-            self.save(store).await?;
+            if let Err(e) = self.save(store).await {
+                // Nothing was carried out: forget this tick's decisions, so
+                // the next tick decides again instead of finding steps marked
+                // executed that never ran (only a restart would close them).
+                self.memory = before;
+                return Err(e);
+            }
         }
         for d in &decisions {
             journal.decided(d).await?;
@@ -566,6 +573,70 @@ mod tests {
         assert!(
             !log.contains("at_ms"),
             "one casing in the decision log: {log}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store whose saves fail while `failing` (a ConfigMap write refused).
+    struct FlakyStore {
+        inner: FileStore,
+        failing: bool,
+    }
+
+    impl MemoryStore for FlakyStore {
+        async fn load(&mut self) -> Result<Option<EngineMemory>, StoreError> {
+            self.inner.load().await
+        }
+        async fn save(&mut self, json: &str) -> Result<(), StoreError> {
+            if self.failing {
+                return Err(StoreError::Backend(
+                    "the API server refused the write".into(),
+                ));
+            }
+            self.inner.save(json).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decision_whose_save_failed_is_not_left_executed_and_runs_once_saves_work() {
+        let dir = temp_dir("flaky");
+        let mut journal = FileStore::open(&dir).expect("journal");
+        let mut store = FlakyStore {
+            inner: FileStore::open(&dir).expect("store"),
+            failing: true,
+        };
+        let mut ctl = ControlLoop::open(&mut store, default_playbook(), 3)
+            .await
+            .expect("open");
+        let mut act = Recorder::default();
+        let mut refused = 0;
+        for i in 0..=40 {
+            let obs = observation(1_000_000 + i * 500, 3);
+            if ctl
+                .tick(&obs, &BTreeMap::new(), &mut act, &mut store, &mut journal)
+                .await
+                .is_err()
+            {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "T1 wanted to act, so a save was tried");
+        assert!(act.restarts.is_empty(), "nothing is carried out unsaved");
+        assert!(
+            ctl.memory().open_actions().is_empty(),
+            "no step is left executed without having run"
+        );
+        store.failing = false;
+        for i in 41..=60 {
+            let obs = observation(1_000_000 + i * 500, 3);
+            ctl.tick(&obs, &BTreeMap::new(), &mut act, &mut store, &mut journal)
+                .await
+                .expect("tick");
+        }
+        assert_eq!(
+            act.restarts.first(),
+            Some(&3),
+            "once saves work, the restart the engine wanted goes ahead"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
