@@ -509,15 +509,17 @@ pub enum Outcome {
     SalesPaused {
         paused: bool,
     },
-    /// A `ResealContacts` applied: `resealed` contacts replaced, `skipped`
-    /// left as they were (no such order, or no longer under `from_key`).
-    Resealed {
-        resealed: u32,
-        skipped: u32,
-    },
     Rejected {
         code: RejectCode,
         replayed: bool,
+    },
+    /// A `ResealContacts` applied: `resealed` contacts replaced, `skipped`
+    /// left as they were (no such order, or no longer under `from_key`).
+    /// Last, so the variants before it keep their postcard index (replies
+    /// to forwarded writes carry outcomes).
+    Resealed {
+        resealed: u32,
+        skipped: u32,
     },
 }
 
