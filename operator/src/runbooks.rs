@@ -295,24 +295,7 @@ mod tests {
     /// blocks are Normal Events here.
     #[test]
     fn the_guard_alert_and_the_warning_events_split_guards_alike() {
-        use Guard::*;
-        let all = [
-            Paused,
-            StaleObservation,
-            MajorityVisible,
-            Cooldown,
-            RateLimit,
-            NeverBelowQuorum,
-            OneRegionAtATime,
-            ApprovalGate,
-            InvalidPlaybook,
-            OperatorCommand,
-            NoLeader,
-            Quarantined,
-            RestartBackOff,
-            RestartBudget,
-            FailureBudget,
-        ];
+        let all = Guard::ALL;
         let mut pacing: Vec<&str> = all
             .iter()
             .filter(|g| guard_runbook(**g).is_none())

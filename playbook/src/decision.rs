@@ -147,6 +147,50 @@ pub enum Guard {
 }
 
 impl Guard {
+    /// Every guard, in declaration order. [`Guard::position`] matches
+    /// exhaustively, so a new variant does not compile until it is here too
+    /// (tests that must cover every guard iterate this).
+    pub const ALL: [Guard; 16] = [
+        Guard::Paused,
+        Guard::StaleObservation,
+        Guard::MajorityVisible,
+        Guard::Cooldown,
+        Guard::RateLimit,
+        Guard::NeverBelowQuorum,
+        Guard::OneRegionAtATime,
+        Guard::ApprovalGate,
+        Guard::InvalidPlaybook,
+        Guard::OperatorCommand,
+        Guard::NoLeader,
+        Guard::Quarantined,
+        Guard::RestartBackOff,
+        Guard::RestartBudget,
+        Guard::FailureBudget,
+        Guard::LiveWindow,
+    ];
+
+    /// This guard's index in [`Guard::ALL`].
+    pub fn position(self) -> usize {
+        match self {
+            Guard::Paused => 0,
+            Guard::StaleObservation => 1,
+            Guard::MajorityVisible => 2,
+            Guard::Cooldown => 3,
+            Guard::RateLimit => 4,
+            Guard::NeverBelowQuorum => 5,
+            Guard::OneRegionAtATime => 6,
+            Guard::ApprovalGate => 7,
+            Guard::InvalidPlaybook => 8,
+            Guard::OperatorCommand => 9,
+            Guard::NoLeader => 10,
+            Guard::Quarantined => 11,
+            Guard::RestartBackOff => 12,
+            Guard::RestartBudget => 13,
+            Guard::FailureBudget => 14,
+            Guard::LiveWindow => 15,
+        }
+    }
+
     /// The camelCase name used in records and metrics labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -292,4 +336,16 @@ pub struct ApprovalVerdict {
     pub at_ms: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Guard;
+
+    #[test]
+    fn guard_all_lists_every_guard_once_in_order() {
+        for (i, g) in Guard::ALL.iter().enumerate() {
+            assert_eq!(g.position(), i, "{g}");
+        }
+    }
 }
