@@ -197,32 +197,57 @@ fn overlapping<'a>(
 
 /// The live windows the cluster's nodes report (on air now or within 30
 /// minutes), the union over every pod that answers.
-async fn live_windows(client: &Client, ns: &str, cluster: &str) -> Vec<LiveWindowOfRoom> {
+/// The live windows the cluster's nodes report (on air or soon), or why they
+/// cannot be known: a due run is held rather than started into a window
+/// nobody could read.
+async fn live_windows(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+) -> Result<Vec<LiveWindowOfRoom>, String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let token = match secrets.get(&Names { cluster }.tokens()).await {
         Ok(s) => secret_value(&s, "admin-token"),
-        Err(e) => {
-            tracing::warn!(cluster, error = %e, "schedule: cannot read the tokens Secret; live windows unknown");
-            None
-        }
+        Err(e) => return Err(format!("cannot read the tokens Secret: {e}")),
     };
     let admin = NodeAdmin::new(JsonClient::new(), token);
     let ips: Vec<String> = match pods_of(client, ns, cluster).await {
         Ok(pods) => pods.iter().filter_map(pod_ip).collect(),
-        Err(e) => {
-            tracing::warn!(cluster, error = %e, "schedule: cannot list pods; live windows unknown");
-            return Vec::new();
-        }
+        Err(e) => return Err(format!("cannot list the pods: {e}")),
     };
+    if ips.is_empty() {
+        // No node runs: no room can be on air here, and the drill itself
+        // waits for the cluster to be Running.
+        return Ok(Vec::new());
+    }
     let statuses = futures::future::join_all(ips.iter().map(|ip| admin.status(ip))).await;
+    let mut answered = 0usize;
+    let mut last_error = String::new();
     let mut out: Vec<LiveWindowOfRoom> = Vec::new();
-    for w in statuses.into_iter().flatten().flat_map(|s| s.live_windows) {
-        if !out.contains(&w) {
-            out.push(w);
+    for s in statuses {
+        match s {
+            Ok(s) => {
+                answered += 1;
+                for w in s.live_windows {
+                    if !out.contains(&w) {
+                        out.push(w);
+                    }
+                }
+            }
+            Err(e) => last_error = e.to_string(),
         }
     }
-    out
+    if answered == 0 {
+        return Err(format!(
+            "none of the {} nodes answered ({last_error})",
+            ips.len()
+        ));
+    }
+    Ok(out)
 }
+
+/// How soon a run held for unknown live windows is looked at again.
+const HELD_RECHECK_SECS: i64 = 30;
 
 fn now_unix() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_second()
@@ -283,8 +308,18 @@ async fn reconcile(
     let mut p = plan(&sched.spec, &runs, last, &[], now);
     if p.create {
         // Due: ask the nodes for live windows only now, not on every check.
-        let windows = live_windows(&client, &ns, &sched.spec.drill.target.cluster).await;
-        p = plan(&sched.spec, &runs, last, &windows, now);
+        let target = &sched.spec.drill.target.cluster;
+        match live_windows(&client, &ns, target).await {
+            Ok(windows) => p = plan(&sched.spec, &runs, last, &windows, now),
+            Err(why) => {
+                tracing::warn!(schedule = %name, namespace = %ns, "run held: {why}");
+                p.create = false;
+                p.why = format!(
+                    "a run is due but held: the live windows of {target} cannot be read ({why}), and a drill must not start into one; checking again in {HELD_RECHECK_SECS} s"
+                );
+                p.recheck_secs = HELD_RECHECK_SECS;
+            }
+        }
     }
     for old in &p.prune {
         drills.delete(old, &DeleteParams::default()).await?;
