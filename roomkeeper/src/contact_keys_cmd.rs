@@ -48,12 +48,27 @@ pub struct Target {
     /// How long one request may take (a re-seal of many contacts takes a while).
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Speak TLS to nodes run with `--http-tls-dir`: a directory with the
+    /// cluster's `ca.crt` and the operator's `tls.crt`/`tls.key` (`roomkeeper
+    /// raft-certs operator`), the only identity their admin API accepts.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    fn client(&self) -> anyhow::Result<JsonClient> {
+        match &self.tls_dir {
+            None => Ok(JsonClient::new()),
+            Some(dir) => JsonClient::with_tls(dir, true)
+                .with_context(|| format!("--tls-dir {}", dir.display())),
+        }
+    }
 }
 
 pub async fn run(args: ContactKeysArgs) -> anyhow::Result<()> {
-    let http = JsonClient::new();
     match args.command {
         ContactKeysCmd::Reseal { target, batch } => {
+            let http = target.client()?;
             let timeout = Duration::from_secs(target.timeout_secs);
             let body = json!({ "batch": batch });
             let mut refusals = Vec::new();
@@ -82,6 +97,7 @@ pub async fn run(args: ContactKeysArgs) -> anyhow::Result<()> {
             anyhow::bail!("no node among --admin is the leader: {refusals:?}")
         }
         ContactKeysCmd::Check { target } => {
+            let http = target.client()?;
             let timeout = Duration::from_secs(target.timeout_secs);
             let mut failed = Vec::new();
             for addr in &target.admins {

@@ -157,6 +157,40 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
     }
     let ok = c.admin("GET", 1, "/admin/status", None).expect("operator");
     assert_eq!(ok.status, 200, "{:?}", ok.body);
+    // The key-rotation CLI reaches a TLS admin API with the operator's
+    // certificate (`--tls-dir`), and not without it or with a stranger's.
+    let keys_check = |tls_dir: Option<&Path>| {
+        let mut cmd = std::process::Command::new(roomkeeper_e2e::binary());
+        cmd.args([
+            "contact-keys",
+            "check",
+            "--admin",
+            &admin,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--timeout-secs",
+            "5",
+        ]);
+        if let Some(d) = tls_dir {
+            cmd.arg("--tls-dir").arg(d);
+        }
+        cmd.output().expect("run roomkeeper contact-keys check")
+    };
+    let out = keys_check(Some(&c.dir.join("operator-tls")));
+    assert!(
+        out.status.success(),
+        "contact-keys check over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\":true"));
+    assert!(
+        !keys_check(None).status.success(),
+        "plain HTTP to a TLS admin API"
+    );
+    assert!(
+        !keys_check(Some(&stranger)).status.success(),
+        "another CA's operator certificate"
+    );
     // Each refusal (the plain request and the four strangers) is counted.
     let refused_handshakes = metric(
         &c,
