@@ -74,6 +74,12 @@ pub struct NodeStatus {
     /// the status call it already makes (no request per room).
     #[serde(default)]
     pub live_windows: Vec<LiveWindowOfRoom>,
+    /// The node's plain-HTTP listener for `/metrics`, `/healthz` and
+    /// `/readyz` (`--metrics-addr`), when it has one: what Prometheus and
+    /// kubelet probes reach while the admin API demands the operator's
+    /// certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 /// How far ahead `NodeStatus::live_windows` looks: 30 minutes.

@@ -163,6 +163,7 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
         fresh_data_dir: ctx.fresh_data_dir,
         edge_sales_paused: ctx.edge_sales_paused.load(Ordering::Relaxed),
         live_windows,
+        metrics_addr: ctx.metrics_addr.clone(),
     }
 }
 
@@ -185,11 +186,24 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/admin/contact-keys", get(get_contact_keys))
         .route("/admin/contact-keys/reseal", post(reseal_contacts))
         .layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
+    open_routes()
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
+}
+
+/// What anyone who reaches the admin port may read without a token: health,
+/// readiness, metrics.
+fn open_routes() -> Router<Arc<NodeContext>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(protected)
+}
+
+/// The `--metrics-addr` listener: only the open routes, never a change.
+pub fn probe_router(ctx: Arc<NodeContext>) -> Router {
+    open_routes()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }

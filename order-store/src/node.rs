@@ -35,6 +35,10 @@ pub struct NodeConfig {
     pub raft_addr: String,
     pub api_addr: String,
     pub admin_addr: String,
+    /// A plain-HTTP listener serving only `/metrics`, `/healthz` and
+    /// `/readyz` (nothing that changes the node), for scrapers and probes
+    /// that cannot present the operator's certificate.
+    pub metrics_addr: Option<String>,
     pub region: String,
     pub zone: String,
     pub keyring: ContactKeyring,
@@ -96,6 +100,7 @@ impl NodeConfig {
             raft_addr: "127.0.0.1:0".into(),
             api_addr: "127.0.0.1:0".into(),
             admin_addr: "127.0.0.1:0".into(),
+            metrics_addr: None,
             region: "local".into(),
             zone: "local-a".into(),
             keyring,
@@ -167,6 +172,8 @@ pub struct NodeContext {
     pub faults: Arc<Faults>,
     pub test_faults_enabled: bool,
     pub fresh_data_dir: bool,
+    /// The bound address of the metrics-and-probes listener, if any.
+    pub metrics_addr: Option<String>,
     /// Client tokens and their scopes (open when none is configured).
     pub clients: Arc<TokenTable>,
     /// Per-token and per-buyer buckets.
@@ -237,6 +244,10 @@ impl NodeHandle {
         let raft_listener = bind("raft", &cfg.raft_addr).await?;
         let api_listener = bind("client API", &cfg.api_addr).await?;
         let admin_listener = bind("admin API", &cfg.admin_addr).await?;
+        let metrics_listener = match &cfg.metrics_addr {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
         let local = |l: &TcpListener, fallback: &str| {
             l.local_addr()
                 .map(|a| a.to_string())
@@ -319,6 +330,10 @@ impl NodeHandle {
             contact: contact.clone(),
             faults: faults.clone(),
             test_faults_enabled: cfg.test_faults_enabled,
+            metrics_addr: metrics_listener
+                .as_ref()
+                .zip(cfg.metrics_addr.as_deref())
+                .map(|(l, fallback)| local(l, fallback)),
             fresh_data_dir: cfg.fresh_data_dir,
             limiter: RateLimiter::new(cfg.rate_limits, clients.names()),
             clients: clients.clone(),
@@ -355,6 +370,19 @@ impl NodeHandle {
             edges.clone(),
             http_tls.clone().map(|t| (t, Edge::Client)),
         ));
+        if let Some(listener) = metrics_listener {
+            // Plain HTTP by design: read-only, no secrets, and reachable by
+            // kubelet probes and Prometheus without a client certificate.
+            tokio::spawn(crate::http_server::serve(
+                listener,
+                "metrics",
+                crate::admin::probe_router(ctx.clone()),
+                cfg.http_limits.clone(),
+                crate::admin::MAX_BODY_BYTES,
+                edges.clone(),
+                None,
+            ));
+        }
         tokio::spawn(crate::http_server::serve(
             admin_listener,
             "admin",
@@ -383,6 +411,7 @@ impl NodeHandle {
             raft = %info.raft_addr,
             api = %info.api_addr,
             admin = %info.admin_addr,
+            metrics = ctx.metrics_addr.as_deref().unwrap_or("-"),
             "order-store node started"
         );
         Ok(Self { ctx })

@@ -61,6 +61,11 @@ pub struct NodeArgs {
     /// Listen address for the admin API (status, membership, metrics).
     #[arg(long, default_value = "127.0.0.1:7301")]
     pub admin_addr: String,
+    /// Also serve `/metrics`, `/healthz` and `/readyz` (read-only) in plain
+    /// HTTP on this address: for Prometheus and kubelet probes when the admin
+    /// API takes only the operator's certificate (`--http-tls-dir`).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Region (failure domain) this node runs in.
     #[arg(long, default_value = "local")]
     pub region: String,
@@ -237,6 +242,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.raft_addr = args.raft_addr;
     cfg.api_addr = args.api_addr;
     cfg.admin_addr = args.admin_addr;
+    cfg.metrics_addr = args.metrics_addr;
     cfg.region = args.region;
     cfg.zone = zone;
     cfg.client_token = args.client_token;

@@ -58,6 +58,8 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
     // writes, so after an idle second it refuses orders as `no_quorum`.
     let mut opts = ClusterOptions::nodes(3);
     opts.http_tls = true;
+    opts.extra_args
+        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
     // Started and initialized through the TLS admin API with the operator's
     // certificate: the harness's own calls are the first accepted case.
     let c = Cluster::start_initialized(opts);
@@ -157,6 +159,44 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
     }
     let ok = c.admin("GET", 1, "/admin/status", None).expect("operator");
     assert_eq!(ok.status, 200, "{:?}", ok.body);
+    // Scrapers and kubelet probes have a plain listener of their own
+    // (`--metrics-addr`, reported in the status): metrics, health and
+    // readiness only — nothing there reads orders or changes the node.
+    let metrics_addr = ok.body["metrics_addr"]
+        .as_str()
+        .expect("the status names the metrics listener")
+        .to_string();
+    let plain = |method: &str, path: &str| {
+        http(
+            method,
+            &metrics_addr,
+            path,
+            None,
+            None,
+            Duration::from_secs(3),
+        )
+        .expect("the metrics listener answers plain HTTP")
+    };
+    let scraped = plain("GET", "/metrics");
+    assert_eq!(scraped.status, 200);
+    assert!(
+        scraped
+            .body
+            .as_str()
+            .is_some_and(|t| t.contains("roomkeeper_raft_term")),
+        "{:?}",
+        scraped.body
+    );
+    assert_eq!(plain("GET", "/healthz").status, 200);
+    assert_eq!(plain("GET", "/readyz").status, 200);
+    for (method, path) in [
+        ("GET", "/admin/status"),
+        ("POST", "/admin/sales"),
+        ("POST", "/admin/transfer-leader"),
+        ("GET", "/v1/rooms/room-a"),
+    ] {
+        assert_eq!(plain(method, path).status, 404, "{method} {path}");
+    }
     // The key-rotation CLI reaches a TLS admin API with the operator's
     // certificate (`--tls-dir`), and not without it or with a stranger's.
     let keys_check = |tls_dir: Option<&Path>| {
