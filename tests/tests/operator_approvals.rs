@@ -36,6 +36,9 @@ use serde_json::{json, Value};
 
 const NS: &str = "humans";
 const LRC: &str = "desk";
+/// The `oncall` ServiceAccount's user name: what the admission policies
+/// require in `requestedBy` and `approvedBy`.
+const ONCALL: &str = "system:serviceaccount:humans:oncall";
 /// The approval deadline of the test playbook.
 const APPROVAL_TIMEOUT_MS: u64 = 30_000;
 
@@ -587,6 +590,28 @@ async fn switchover_to_a_named_node_moves_leadership_and_is_recorded(
     oncall: &Client,
 ) -> Result<()> {
     let (_, to) = follower(lrcs, &[]).await?;
+    // Nobody asks in someone else's name: the API server refuses it.
+    let spoofed = create(
+        oncall,
+        "Switchover",
+        "switchovers",
+        json!({
+            "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Switchover",
+            "metadata": {"name": "in-alices-name"},
+            "spec": {"cluster": LRC, "toNode": to, "requestedBy": "alice", "reason": "not me"}
+        }),
+    )
+    .await;
+    let why = format!(
+        "{:#}",
+        spoofed
+            .err()
+            .context("a spoofed requestedBy was accepted")?
+    );
+    ensure!(
+        why.contains("spec.requestedBy must be your own user name") && why.contains(ONCALL),
+        "{why}"
+    );
     create(
         oncall,
         "Switchover",
@@ -594,7 +619,7 @@ async fn switchover_to_a_named_node_moves_leadership_and_is_recorded(
         json!({
             "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Switchover",
             "metadata": {"name": "to-follower"},
-            "spec": {"cluster": LRC, "toNode": to, "requestedBy": "oncall", "reason": "host maintenance"}
+            "spec": {"cluster": LRC, "toNode": to, "requestedBy": ONCALL, "reason": "host maintenance"}
         }),
     )
     .await?;
@@ -658,7 +683,7 @@ async fn forbidden_switchover_and_failover_are_refused_with_the_reason(
         json!({
             "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Switchover",
             "metadata": {"name": "to-a-hung-node"},
-            "spec": {"cluster": LRC, "toNode": down, "requestedBy": "oncall"}
+            "spec": {"cluster": LRC, "toNode": down, "requestedBy": ONCALL}
         }),
     )
     .await?;
@@ -669,7 +694,7 @@ async fn forbidden_switchover_and_failover_are_refused_with_the_reason(
         json!({
             "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Failover",
             "metadata": {"name": "away-from-leader"},
-            "spec": {"cluster": LRC, "fromRegion": leader_region, "requestedBy": "oncall", "reason": "drill"}
+            "spec": {"cluster": LRC, "fromRegion": leader_region, "requestedBy": ONCALL, "reason": "drill"}
         }),
     )
     .await?;
