@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -250,7 +250,21 @@ async fn readyz(State(ctx): State<Arc<NodeContext>>) -> Response {
     }
 }
 
-async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
+async fn metrics(State(ctx): State<Arc<NodeContext>>, headers: HeaderMap) -> Response {
+    if ctx.metrics_require_token {
+        // Refuse when no token is configured too: never open by accident.
+        let ok = ctx
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| crate::api::bearer_matches(&headers, t));
+        if !ok {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/metrics needs the admin bearer token (--metrics-require-token)",
+            );
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -93,6 +93,12 @@ pub struct NodeArgs {
     /// Bearer token required by the admin API (unset: open, with a warning).
     #[arg(long, env = "ROOMKEEPER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// `/metrics` (on the admin listener and on `--metrics-addr`) answers only
+    /// requests bearing the admin token (Prometheus: `authorization`
+    /// credentials); `/healthz` and `/readyz` stay open for probes. Needs
+    /// `--admin-token`.
+    #[arg(long)]
+    pub metrics_require_token: bool,
     /// Turns on the fault-injection hook of the admin API. For tests and drills only.
     #[arg(long)]
     pub enable_test_faults: bool,
@@ -210,6 +216,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         tracing::warn!("client API has no token: anyone who reaches it can order");
     }
     if args.admin_token.is_none() {
+        anyhow::ensure!(
+            !args.metrics_require_token,
+            "--metrics-require-token needs --admin-token (or ROOMKEEPER_ADMIN_TOKEN): /metrics would take no token at all"
+        );
         tracing::warn!("admin API has no token: anyone who reaches it can change membership");
     }
     if args.enable_test_faults {
@@ -261,6 +271,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         max_tracked_buyers: args.rate_limit_max_buyers,
     };
     cfg.admin_token = args.admin_token;
+    cfg.metrics_require_token = args.metrics_require_token;
     cfg.test_faults_enabled = args.enable_test_faults;
     cfg.fresh_data_dir = fresh_data_dir;
     cfg.heartbeat_ms = args.heartbeat_ms;

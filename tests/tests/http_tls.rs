@@ -59,7 +59,7 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
     let mut opts = ClusterOptions::nodes(3);
     opts.http_tls = true;
     opts.extra_args
-        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+        .extend(["--metrics-addr", "127.0.0.1:0", "--metrics-require-token"].map(String::from));
     // Started and initialized through the TLS admin API with the operator's
     // certificate: the harness's own calls are the first accepted case.
     let c = Cluster::start_initialized(opts);
@@ -177,7 +177,20 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
         )
         .expect("the metrics listener answers plain HTTP")
     };
-    let scraped = plain("GET", "/metrics");
+    // `--metrics-require-token`: the scrape needs the admin token, the
+    // probes do not.
+    let refused = plain("GET", "/metrics");
+    assert_eq!(refused.status, 401, "{:?}", refused.body);
+    assert_eq!(refused.code(), "unauthorized");
+    let scraped = http(
+        "GET",
+        &metrics_addr,
+        "/metrics",
+        None,
+        Some(ADMIN_TOKEN),
+        Duration::from_secs(3),
+    )
+    .expect("scrape with the token");
     assert_eq!(scraped.status, 200);
     assert!(
         scraped
