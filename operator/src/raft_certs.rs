@@ -95,6 +95,13 @@ pub fn region_ids(ids: &Identities, cluster: &str, region: &str) -> BTreeSet<u64
         .collect()
 }
 
+/// `node-<id>.crt` or `node-<id>.key`.
+fn is_pair_key(k: &str) -> bool {
+    k.strip_prefix("node-")
+        .and_then(|r| r.strip_suffix(".crt").or_else(|| r.strip_suffix(".key")))
+        .is_some_and(|id| id.parse::<u64>().is_ok())
+}
+
 fn crt_key(id: u64) -> String {
     format!("node-{id}.crt")
 }
@@ -150,7 +157,14 @@ pub fn plan_region(
         .filter_map(|k| k.strip_prefix("node-")?.strip_suffix(".crt")?.parse().ok())
         .filter(|id| !want.contains(id))
         .collect();
-    if !new_ca && &data == existing {
+    // Keys someone else put there are not ours to judge (server-side apply
+    // leaves them alone): comparing them would rewrite on every reconcile.
+    let ours: BTreeMap<String, String> = existing
+        .iter()
+        .filter(|(k, _)| *k == CA_CRT || is_pair_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !new_ca && data == ours {
         return Ok(None);
     }
     Ok(Some(RegionCerts {
@@ -325,6 +339,13 @@ mod tests {
         assert_eq!(next.data["node-1.key"], first.data["node-1.key"]);
         assert!(!next.data.contains_key("node-2.crt"));
         assert!(!next.new_ca);
+        // A key someone else added is left alone, and does not make every
+        // reconcile write.
+        let mut extra = next.data.clone();
+        extra.insert("README".into(), "hands off".into());
+        assert!(plan_region(&ca, &extra, &BTreeSet::from([1, 3]))
+            .expect("plan")
+            .is_none());
         // A pair missing its key is issued again.
         let mut torn = next.data.clone();
         torn.remove("node-3.key");
