@@ -36,6 +36,7 @@ use crate::resources::{
     self, cluster_name, Identities, Names, CLUSTER_LABEL, HASH_ANNOTATION, REGION_LABEL,
 };
 use crate::validate::validate_spec;
+use roomkeeper_api::raft_identity::ClusterCa;
 
 pub const MANAGER: &str = "roomkeeper-operator";
 
@@ -57,6 +58,8 @@ pub enum Error {
     Playbook(#[from] roomkeeper_control::ControlError),
     #[error("voter moves: {0}")]
     Moves(#[from] crate::evacuate::MovesError),
+    #[error("Raft certificates: {0}")]
+    RaftCerts(#[from] crate::raft_certs::RaftCertsError),
 }
 
 impl Error {
@@ -72,6 +75,7 @@ impl Error {
             Error::NoNamespace => "shape",
             Error::Playbook(_) => "playbook",
             Error::Moves(_) => "moves",
+            Error::RaftCerts(_) => "raft_certs",
         }
     }
 }
@@ -274,18 +278,20 @@ fn random_hex(bytes: usize) -> Result<String, Error> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Creates a Secret once; never rewrites it (rotating keys is a deliberate act).
+/// Creates a Secret once, with the data `data` makes only then; never
+/// rewrites it (rotating keys is a deliberate act).
 async fn ensure_secret(
     ctx: &Context,
     lrc: &LiveRoomCluster,
     ns: &str,
     name: String,
-    data: BTreeMap<String, String>,
+    data: impl FnOnce() -> Result<BTreeMap<String, String>, Error>,
 ) -> Result<Secret, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(s) = api.get_opt(&name).await? {
         return Ok(s);
     }
+    let data = data()?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.clone()),
@@ -438,7 +444,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
 
     // Credentials first: pods mount them.
     tracing::debug!(cluster = %name, phase = "secrets", "reconcile");
-    let admin = ensure_secrets(ctx, lrc, &ns, &names).await?;
+    let (admin, ca) = ensure_secrets(ctx, lrc, &ns, &names).await?;
 
     // Pods and what their nodes say, before ids: the membership raises the id floor.
     tracing::debug!(cluster = %name, phase = "list pods", "reconcile");
@@ -459,6 +465,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
         lrc,
         &ns,
         &names,
+        &ca,
         floor,
         &members_now,
         replies.quarantined,
@@ -506,6 +513,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
         views: &views,
         slots: &slots,
         floor,
+        ca: &ca,
     }
     .take(&step, &mut ids, &mut status)
     .await?;
@@ -560,36 +568,37 @@ async fn report_invalid_spec(
     Ok(Action::await_change())
 }
 
-/// The tokens and contact-key Secrets, created once; returns the admin client
-/// that carries the admin token.
+/// The tokens, contact-key and Raft CA Secrets, created once; returns the
+/// admin client that carries the admin token, and the cluster's Raft CA.
 async fn ensure_secrets(
     ctx: &Context,
     lrc: &LiveRoomCluster,
     ns: &str,
     names: &Names<'_>,
-) -> Result<NodeAdmin, Error> {
-    let tokens = ensure_secret(
-        ctx,
-        lrc,
-        ns,
-        names.tokens(),
-        BTreeMap::from([
+) -> Result<(NodeAdmin, ClusterCa), Error> {
+    let tokens = ensure_secret(ctx, lrc, ns, names.tokens(), || {
+        Ok(BTreeMap::from([
             ("client-token".to_string(), random_hex(24)?),
             ("admin-token".to_string(), random_hex(24)?),
-        ]),
-    )
+        ]))
+    })
     .await?;
-    ensure_secret(
-        ctx,
-        lrc,
-        ns,
-        names.contact_keys(),
-        BTreeMap::from([("keys".to_string(), format!("1 {}\n", random_hex(32)?))]),
-    )
+    ensure_secret(ctx, lrc, ns, names.contact_keys(), || {
+        Ok(BTreeMap::from([(
+            "keys".to_string(),
+            format!("1 {}\n", random_hex(32)?),
+        )]))
+    })
     .await?;
-    Ok(NodeAdmin::new(
-        ctx.http.clone(),
-        secret_value(&tokens, "admin-token"),
+    let ca = ensure_secret(ctx, lrc, ns, names.raft_ca(), || {
+        crate::raft_certs::new_ca_data()
+            .map_err(|e| Error::RaftCerts(crate::raft_certs::RaftCertsError::Cert(e)))
+    })
+    .await?;
+    let ca = crate::raft_certs::ca_from_secret(&ca)?;
+    Ok((
+        NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token")),
+        ca,
     ))
 }
 
@@ -665,13 +674,17 @@ fn members_now(
 }
 
 /// Reads the identity map, gives new slots ids, records current members as
-/// joined and writes the map back if it changed. Returns the map and the
-/// quarantine replies that count (pod to wiped id).
+/// joined and writes the map back if it changed; then every id has its Raft
+/// certificate in its region's Secret, before the workload that starts its
+/// pod is applied. Returns the map and the quarantine replies that count
+/// (pod to wiped id).
+#[allow(clippy::too_many_arguments)]
 async fn ensure_identities(
     ctx: &Context,
     lrc: &LiveRoomCluster,
     ns: &str,
     names: &Names<'_>,
+    ca: &ClusterCa,
     floor: u64,
     members_now: &[u64],
     quarantined: BTreeMap<String, u64>,
@@ -693,6 +706,7 @@ async fn ensure_identities(
     // above all): from then on, its node refuses to rejoin on an empty volume.
     ids.mark_joined(members_now.iter().copied());
     apply_if_changed(ctx, ns, resources::identities_configmap(lrc, &ids)).await?;
+    crate::raft_certs::ensure_node_certs(ctx, lrc, ns, ca, &ids).await?;
     // A quarantine reply counts only for the id the map gives that pod, or an
     // id no pod holds any more (retired, its pod not yet restarted): never
     // for another pod's id, whatever a stale mount or IP made the node say.
@@ -807,11 +821,12 @@ async fn apply_workload(
         delete_if_present::<Service>(ctx, ns, &names.peers_service(&region), &dp).await?;
         delete_if_present::<Service>(ctx, ns, &names.client_service(&region), &dp).await?;
         delete_if_present::<PodDisruptionBudget>(ctx, ns, &sts_name, &dp).await?;
+        delete_if_present::<Secret>(ctx, ns, &names.raft_certs(&region), &dp).await?;
         ctx.event_for(
             lrc,
             false,
             "RegionRemoved",
-            format!("region {region} removed: its members left the group, its StatefulSet, Services and budget are gone"),
+            format!("region {region} removed: its members left the group, its StatefulSet, Services, budget and Raft certificates are gone"),
         )
         .await;
     }
@@ -896,6 +911,7 @@ struct MembershipStep<'a> {
     views: &'a [PodView],
     slots: &'a [resources::Slot],
     floor: u64,
+    ca: &'a ClusterCa,
 }
 
 impl MembershipStep<'_> {
@@ -916,6 +932,7 @@ impl MembershipStep<'_> {
             views,
             slots,
             floor,
+            ca,
         } = *self;
         let name = lrc.name_any();
         let leader_ip = plan::leader(views).and_then(|(p, _)| p.ip.clone());
@@ -1056,6 +1073,9 @@ impl MembershipStep<'_> {
                     ids.retire(pod);
                     ids.assign(slots, floor);
                     apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                    // The new id's certificate is in the region's Secret
+                    // before the pod restarts to use it.
+                    crate::raft_certs::ensure_node_certs(ctx, lrc, ns, ca, ids).await?;
                     let new = ids
                         .id_of(pod)
                         .map_or_else(|| "none (no longer wanted)".to_string(), |n| n.to_string());
@@ -1399,7 +1419,8 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
     // Kept on purpose: the PVCs (StatefulSet retention whenDeleted: Retain),
     // the identity map and the Secrets. Without the contact keys the sealed
     // contacts in the retained logs are unreadable; without the identity map a
-    // recreated cluster would hand the retained volumes other ids.
+    // recreated cluster would hand the retained volumes other ids; with the
+    // Raft CA and certificates it resumes under the same trust.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let by_cluster = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
     pods.delete_collection(&dp, &by_cluster).await?;
@@ -1412,6 +1433,10 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
             .await?;
         delete_if_present::<Secret>(ctx, &ns, &names.tokens(), &dp).await?;
         delete_if_present::<Secret>(ctx, &ns, &names.contact_keys(), &dp).await?;
+        delete_if_present::<Secret>(ctx, &ns, &names.raft_ca(), &dp).await?;
+        for region in &lrc.spec.regions {
+            delete_if_present::<Secret>(ctx, &ns, &names.raft_certs(&region.name), &dp).await?;
+        }
     }
     Ok(Action::await_change())
 }

@@ -273,6 +273,27 @@ impl Scenario {
                 json!({"keys": "MSBhYmM="}),
             ),
         );
+        // The Raft CA, and the region's certificates for every id in the map.
+        let ca = test_ca();
+        put(
+            format!("/api/v1/namespaces/{NS}/secrets/{CLUSTER}-raft-ca"),
+            secret(
+                &format!("{CLUSTER}-raft-ca"),
+                json!({"ca.crt": b64(&ca.cert_pem), "ca.key": b64(&ca.key_pem)}),
+            ),
+        );
+        let want = crate::raft_certs::region_ids(&self.identities(&lrc), CLUSTER, REGION);
+        let certs = crate::raft_certs::plan_region(ca, &BTreeMap::new(), &want)
+            .unwrap()
+            .unwrap();
+        let mut certs =
+            serde_json::to_value(crate::raft_certs::region_secret(&lrc, REGION, certs.data))
+                .unwrap();
+        certs["metadata"]["namespace"] = json!(NS);
+        put(
+            format!("/api/v1/namespaces/{NS}/secrets/{CLUSTER}-{REGION}-raft-certs"),
+            certs,
+        );
         put(
             format!("/api/v1/namespaces/{NS}/pods"),
             json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
@@ -357,6 +378,24 @@ impl Scenario {
         put(lrc_path(), serde_json::to_value(&lrc).unwrap());
         world
     }
+}
+
+/// One CA for every scenario (issuing is the slow part of a world).
+fn test_ca() -> &'static roomkeeper_api::raft_identity::ClusterCa {
+    static CA: std::sync::OnceLock<roomkeeper_api::raft_identity::ClusterCa> =
+        std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        roomkeeper_api::raft_identity::ClusterCa::generate(resources::NODE_CLUSTER_ID).unwrap()
+    })
+}
+
+/// Base64 of a Secret value, as the API server serves it.
+fn b64(text: &str) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn lrc_path() -> String {
@@ -659,9 +698,11 @@ fn reads_before_the_step() -> Vec<String> {
         "GET /api/v1/namespaces/{NS}/configmaps/shop-voter-moves",
         "GET /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "GET /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
+        "GET /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
         "GET /api/v1/namespaces/{NS}/pods",
         "GET /api/v1/namespaces/{NS}/configmaps/shop-identities",
         "GET /api/v1/namespaces/{NS}/configmaps/shop-identities",
+        "GET /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
         "GET /apis/apps/v1/namespaces/{NS}/statefulsets/shop-r",
         "GET /api/v1/namespaces/{NS}/services/shop-r-peers",
         "GET /api/v1/namespaces/{NS}/services/shop-r",
@@ -893,6 +934,75 @@ async fn a_converged_cluster_is_left_alone_and_a_second_reconcile_writes_nothing
 }
 
 #[tokio::test]
+async fn the_raft_ca_and_each_ids_certificate_exist_before_the_workload_and_stay_put() {
+    // A cluster whose Raft CA and certificates are not there yet (the
+    // operator issued none before).
+    let s = three_voters(16);
+    let nodes = FakeNodes::start(&s).await;
+    let ca_path = p("/api/v1/namespaces/{NS}/secrets/shop-raft-ca");
+    let certs_path = p("/api/v1/namespaces/{NS}/secrets/shop-r-raft-certs");
+    let mut world = s.world();
+    world.remove(&ca_path);
+    world.remove(&certs_path);
+    let first = reconcile_once(s.lrc(), world).await;
+    let at = |call: &str| {
+        first
+            .calls
+            .iter()
+            .position(|c| *c == p(call))
+            .unwrap_or_else(|| panic!("no {call} in {:#?}", first.calls))
+    };
+    let ca_created = at("POST /api/v1/namespaces/{NS}/secrets");
+    let certs_written = at("PATCH /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs");
+    let workload = at("GET /apis/apps/v1/namespaces/{NS}/statefulsets/shop-r");
+    assert!(
+        ca_created < certs_written && certs_written < workload,
+        "the CA, then the certificates, then the StatefulSet: {:#?}",
+        first.calls
+    );
+    let created = first.body("POST /api/v1/namespaces/{NS}/secrets");
+    assert_eq!(created["metadata"]["name"], "shop-raft-ca");
+    assert_eq!(created["metadata"]["labels"][CLUSTER_LABEL], CLUSTER);
+    assert!(
+        created["metadata"]["ownerReferences"].is_null(),
+        "kept like the other keys"
+    );
+    let ca: k8s_openapi::api::core::v1::Secret = serde_json::from_value(created.clone()).unwrap();
+    let ca = crate::raft_certs::ca_from_secret(&ca).expect("a CA with its key");
+    let certs = first.body("PATCH /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs");
+    assert_eq!(certs["metadata"]["labels"][REGION_LABEL], REGION);
+    let data = &certs["data"];
+    assert_eq!(
+        data["ca.crt"],
+        b64(&ca.cert_pem),
+        "the new CA's certificate"
+    );
+    for id in 1..=3 {
+        assert!(
+            data[format!("node-{id}.crt")].is_string()
+                && data[format!("node-{id}.key")].is_string(),
+            "node {id}'s pair: {data}"
+        );
+    }
+    // The API server holds what was sent (the mock stores a POST's body only
+    // as the reply): a second reconcile reads both and writes neither.
+    let mut world = first.world.clone();
+    world.insert(ca_path.clone(), created.clone());
+    let second = reconcile_once(first.lrc(), world).await;
+    assert!(
+        !second
+            .calls
+            .iter()
+            .any(|c| c.contains("/secrets") && !c.starts_with("GET ")),
+        "the CA is never rewritten and the certificates are kept: {:#?}",
+        second.calls
+    );
+    assert_eq!(second.world[&ca_path], *created);
+    assert_eq!(second.world[&certs_path], first.world[&certs_path]);
+    assert_eq!(nodes.take().calls, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_member_back_on_a_new_ip_gets_its_addresses_recorded_through_the_leader() {
     // shop-r-2 (node 3) was recreated and got another IP; the group still
     // records it at the old one.
@@ -1024,6 +1134,10 @@ async fn a_wiped_member_is_removed_retired_and_rejoins_under_a_new_id_never_its_
             &[
                 "GET /api/v1/namespaces/{NS}/configmaps/shop-identities",
                 "PATCH /api/v1/namespaces/{NS}/configmaps/shop-identities",
+                // The new id's certificate, before the pod restarts to use it.
+                "GET /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
+                "PATCH /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
+                "POST /apis/events.k8s.io/v1/namespaces/{NS}/events RaftCertificatesIssued",
                 "POST /apis/events.k8s.io/v1/namespaces/{NS}/events NodeIdRetired",
                 "DELETE /api/v1/namespaces/{NS}/pods/shop-r-2",
                 "POST /apis/events.k8s.io/v1/namespaces/{NS}/events WipedPodRestarted",
@@ -1053,6 +1167,39 @@ async fn a_wiped_member_is_removed_retired_and_rejoins_under_a_new_id_never_its_
         .to_string();
     assert!(
         note.contains("retired node 3") && note.contains("new id is 4"),
+        "{note}"
+    );
+    let certs_path = p("/api/v1/namespaces/{NS}/secrets/shop-r-raft-certs");
+    let before = &first.world[&certs_path]["data"];
+    let after = &second.world[&certs_path]["data"];
+    let keys: Vec<&str> = after
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        keys,
+        [
+            "ca.crt",
+            "node-1.crt",
+            "node-1.key",
+            "node-2.crt",
+            "node-2.key",
+            "node-4.crt",
+            "node-4.key"
+        ],
+        "node 4 has its pair, retired node 3 none"
+    );
+    assert_eq!(
+        before["node-1.key"], after["node-1.key"],
+        "a running node's pair is kept"
+    );
+    let note = second
+        .body("POST /apis/events.k8s.io/v1/namespaces/{NS}/events RaftCertificatesIssued")["note"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        note.contains("issued for nodes [4]") && note.contains("dropped nodes [3]"),
         "{note}"
     );
 
@@ -1376,6 +1523,8 @@ async fn deleting_a_retained_cluster_removes_the_workload_and_keeps_volumes_ids_
         "/api/v1/namespaces/{NS}/configmaps/shop-identities",
         "/api/v1/namespaces/{NS}/secrets/shop-tokens",
         "/api/v1/namespaces/{NS}/secrets/shop-contact-keys",
+        "/api/v1/namespaces/{NS}/secrets/shop-raft-ca",
+        "/api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
     ] {
         assert!(done.world.contains_key(&p(kept)), "{kept} is kept");
     }
@@ -1395,6 +1544,8 @@ async fn deleting_a_cluster_under_the_delete_policy_also_removes_volumes_ids_and
         "DELETE /api/v1/namespaces/{NS}/configmaps/shop-voter-moves",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
+        "DELETE /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
+        "DELETE /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
         "PATCH /apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/liveroomclusters/shop",
     ]);
     assert_eq!(done.calls, with(vec![], &want));
@@ -1405,6 +1556,8 @@ async fn deleting_a_cluster_under_the_delete_policy_also_removes_volumes_ids_and
         "/api/v1/namespaces/{NS}/configmaps/shop-identities",
         "/api/v1/namespaces/{NS}/secrets/shop-tokens",
         "/api/v1/namespaces/{NS}/secrets/shop-contact-keys",
+        "/api/v1/namespaces/{NS}/secrets/shop-raft-ca",
+        "/api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
         "/apis/apps/v1/namespaces/{NS}/statefulsets/shop-r",
     ] {
         assert!(!done.world.contains_key(&p(gone)), "{gone} is deleted");

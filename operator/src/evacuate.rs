@@ -547,6 +547,14 @@ impl Evacuation<'_> {
         )
         .await
         .map_err(|e| format!("writing ConfigMap {name}: {e}"))?;
+        // A new id's Raft certificate is in its region's Secret before the
+        // StatefulSet grows to start its pod.
+        let ca = crate::raft_certs::read_ca(self.ctx, self.lrc, self.ns)
+            .await
+            .map_err(|e| format!("reading the Raft CA: {e}"))?;
+        crate::raft_certs::ensure_node_certs(self.ctx, self.lrc, self.ns, &ca, ids)
+            .await
+            .map_err(|e| format!("issuing Raft certificates: {e}"))?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod history;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
+pub mod raft_certs;
 pub mod resources;
 pub mod risk;
 pub mod runbooks;

@@ -37,6 +37,13 @@ pub const REGION_LABEL: &str = "roomkeeper.dev/region";
 pub const OPERATOR_APP: &str = "roomkeeper-operator";
 const IDENTITY_DIR: &str = "/etc/roomkeeper/identity";
 const CONTACT_DIR: &str = "/etc/roomkeeper/contact";
+/// Where a node finds its region's Raft certificates (`--raft-tls-dir`).
+pub const RAFT_TLS_DIR: &str = "/etc/roomkeeper/raft-tls";
+/// The cluster id the operator's pods run with (`--cluster-id`), and so the
+/// one their certificates name (`node-<id>.local.raft.roomkeeper`): the
+/// node's default, which every pod ran with before. Each cluster has its own
+/// CA, and that is what keeps clusters apart on the Raft port.
+pub const NODE_CLUSTER_ID: &str = "local";
 const DATA_DIR: &str = "/var/lib/roomkeeper";
 
 /// Names of everything a cluster owns, in one place.
@@ -65,6 +72,14 @@ impl Names<'_> {
     }
     pub fn contact_keys(&self) -> String {
         format!("{}-contact-keys", self.cluster)
+    }
+    /// The cluster's Raft CA (`ca.crt`, `ca.key`).
+    pub fn raft_ca(&self) -> String {
+        format!("{}-raft-ca", self.cluster)
+    }
+    /// A region's Raft certificates: `ca.crt`, `node-<id>.crt`, `node-<id>.key`.
+    pub fn raft_certs(&self, region: &str) -> String {
+        format!("{}-{region}-raft-certs", self.cluster)
     }
     pub fn network_policy(&self) -> String {
         format!("{}-peers-only", self.cluster)
@@ -408,9 +423,12 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         &os.snapshot_every_entries.to_string(),
         "--max-inflight-writes",
         &os.max_inflight_writes.to_string(),
-        // Not yet: the operator does not issue Raft certificates (issue 16,
-        // docs/security.md), so its pods talk plaintext between themselves.
-        "--insecure-plaintext-raft",
+        // Mutual TLS between nodes: the region's certificate Secret holds a
+        // pair per node id; the node loads its own (raft_certs.rs, D45).
+        "--cluster-id",
+        NODE_CLUSTER_ID,
+        "--raft-tls-dir",
+        RAFT_TLS_DIR,
         // Not yet either: no HTTP server certificates from the operator, and
         // its node client speaks plain HTTP (docs/security.md).
         "--insecure-plaintext-http",
@@ -454,6 +472,12 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
             VolumeMount {
                 name: "contact-keys".to_string(),
                 mount_path: CONTACT_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "raft-tls".to_string(),
+                mount_path: RAFT_TLS_DIR.to_string(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
@@ -529,6 +553,17 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
                             name: "contact-keys".to_string(),
                             secret: Some(SecretVolumeSource {
                                 secret_name: Some(names.contact_keys()),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "raft-tls".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(names.raft_certs(&region.name)),
+                                // Private keys: owner and the pod's fsGroup
+                                // (the node's group) only.
+                                default_mode: Some(0o440),
                                 ..SecretVolumeSource::default()
                             }),
                             ..Volume::default()
@@ -912,6 +947,57 @@ mod tests {
                 .collect();
             assert_eq!(writable, vec![DATA_DIR], "{}", c.name);
         }
+    }
+
+    #[test]
+    fn nodes_run_mutual_tls_on_raft_from_their_regions_certificate_secret() {
+        let lrc = cluster(&[("east", 3, 0), ("west", 2, 1)]);
+        for region in &lrc.spec.regions {
+            let sts = statefulset(&lrc, region);
+            let pod = sts.spec.template.spec.expect("pod spec");
+            let node = &pod.containers[0];
+            let args = node.args.clone().expect("args");
+            let after = |flag: &str| {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+                    .map(String::as_str)
+            };
+            assert!(
+                !args.iter().any(|a| a == "--insecure-plaintext-raft"),
+                "{args:?}"
+            );
+            assert_eq!(after("--raft-tls-dir"), Some(RAFT_TLS_DIR));
+            assert_eq!(after("--cluster-id"), Some(NODE_CLUSTER_ID));
+            // HTTP stays plaintext on Kubernetes for now (docs/security.md).
+            assert!(args.iter().any(|a| a == "--insecure-plaintext-http"));
+            let mount = node
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == RAFT_TLS_DIR)
+                .expect("the certificates are mounted at --raft-tls-dir");
+            assert_eq!(mount.read_only, Some(true));
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .expect("the mount's volume");
+            let secret = volume.secret.as_ref().expect("a Secret volume");
+            assert_eq!(
+                secret.secret_name.as_deref(),
+                Some(format!("shop-{}-raft-certs", region.name).as_str())
+            );
+            assert_eq!(secret.default_mode, Some(0o440), "keys not world-readable");
+            assert_eq!(
+                secret.optional, None,
+                "a pod without its certificates does not start"
+            );
+        }
+        let names = Names { cluster: "shop" };
+        assert_eq!(names.raft_ca(), "shop-raft-ca");
+        assert_eq!(names.raft_certs("east"), "shop-east-raft-certs");
     }
 
     #[test]

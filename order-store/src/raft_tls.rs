@@ -1,8 +1,11 @@
 //! Mutual TLS on the Raft transport (docs/decisions.md, "Raft peers are
 //! authenticated by mutual TLS"; docs/security.md).
 //!
-//! Every node holds, in one directory in the cert-manager layout, `ca.crt`
-//! (its cluster's CA), `tls.crt` and `tls.key` (its own certificate and key).
+//! Every node holds, in one directory, `ca.crt` (its cluster's CA) and its
+//! own certificate and key in one of two layouts: `node-<id>.crt` and
+//! `node-<id>.key` (the operator's per-region Secret, which holds the pair of
+//! every node of the region), else `tls.crt` and `tls.key` (the cert-manager
+//! layout, one node per directory).
 //! A node's identity is one DNS subject-alternative name,
 //! `node-<id>.<cluster-id>.raft.roomkeeper`: the dialing side asks for exactly
 //! that name (rustls checks it), the accepting side reads the node id from the
@@ -34,6 +37,14 @@ pub enum RaftTlsError {
     BadClusterId(#[from] BadClusterId),
     #[error("TLS configuration: {0}")]
     Config(String),
+    #[error(
+        "{dir} holds no certificate for node {node_id}: expected {per_node}.crt and {per_node}.key (one pair per node, as the operator writes them) or tls.crt and tls.key (the cert-manager layout), beside ca.crt"
+    )]
+    NoNodeCertificate {
+        dir: String,
+        node_id: NodeId,
+        per_node: String,
+    },
     #[error("certificate {path} names no node of cluster {cluster}: want {want}")]
     WrongIdentity {
         path: String,
@@ -91,14 +102,46 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RaftTlsError>
     Ok(certs)
 }
 
+/// The base name of node `id`'s pair in the per-node layout: `node-<id>`.
+pub fn per_node_stem(id: NodeId) -> String {
+    format!("node-{id}")
+}
+
+/// Where node `node_id`'s certificate and key are in `dir`: `node-<id>.crt`
+/// and `node-<id>.key` when that certificate is there, else `tls.crt` and
+/// `tls.key`; neither is an error naming both layouts.
+pub fn node_pair_paths(
+    dir: &Path,
+    node_id: NodeId,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), RaftTlsError> {
+    let stem = per_node_stem(node_id);
+    let per_node = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    if per_node.0.exists() {
+        return Ok(per_node);
+    }
+    let single = (dir.join("tls.crt"), dir.join("tls.key"));
+    if single.0.exists() {
+        return Ok(single);
+    }
+    Err(RaftTlsError::NoNodeCertificate {
+        dir: dir.display().to_string(),
+        node_id,
+        per_node: stem,
+    })
+}
+
 impl RaftTls {
-    /// Loads `ca.crt`, `tls.crt` and `tls.key` from `dir` for node `node_id`
-    /// of `cluster`. Refuses a certificate that does not name this node.
+    /// Loads `ca.crt` and this node's pair (`node-<id>.crt`/`.key`, else
+    /// `tls.crt`/`tls.key`: [`node_pair_paths`]) from `dir` for node
+    /// `node_id` of `cluster`. Refuses a certificate that does not name this
+    /// node.
     pub fn load(dir: &Path, cluster: &str, node_id: NodeId) -> Result<Self, RaftTlsError> {
         check_cluster_id(cluster)?;
         let ca_path = dir.join("ca.crt");
-        let crt_path = dir.join("tls.crt");
-        let key_path = dir.join("tls.key");
+        let (crt_path, key_path) = node_pair_paths(dir, node_id)?;
         let cas = load_certs(&ca_path)?;
         let chain = load_certs(&crt_path)?;
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| read_err(&key_path, e))?;
@@ -177,5 +220,65 @@ mod tests {
             .expect("node 5");
         let cert = load_certs(&dir.path().join("n5/tls.crt")).expect("cert");
         assert_eq!(identity_of(&cert[0], "shop"), Some(5));
+    }
+
+    /// The operator's layout: one directory with `ca.crt` and a pair per node
+    /// of the region, `node-<id>.crt` and `node-<id>.key`.
+    fn write_per_node(ca: &ClusterCa, dir: &Path, ids: &[NodeId]) {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).expect("ca.crt");
+        for id in ids {
+            let cert = ca.node_cert(*id).expect("node cert");
+            std::fs::write(dir.join(format!("node-{id}.crt")), &cert.cert_pem).expect("crt");
+            std::fs::write(dir.join(format!("node-{id}.key")), &cert.key_pem).expect("key");
+        }
+    }
+
+    #[test]
+    fn a_directory_of_per_node_pairs_gives_each_node_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate("local").expect("ca");
+        write_per_node(&ca, dir.path(), &[3, 4, 7]);
+        for id in [3, 4, 7] {
+            let tls = RaftTls::load(dir.path(), "local", id).expect("load");
+            assert_eq!(tls.node_id, id);
+            let (crt, key) = node_pair_paths(dir.path(), id).expect("paths");
+            assert_eq!(crt, dir.path().join(format!("node-{id}.crt")));
+            assert_eq!(key, dir.path().join(format!("node-{id}.key")));
+        }
+        // A node whose pair is not (yet) there is told so, with both layouts.
+        let err = RaftTls::load(dir.path(), "local", 5).expect_err("no pair for node 5");
+        assert!(
+            matches!(&err, RaftTlsError::NoNodeCertificate { node_id: 5, .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        for name in ["node-5.crt", "node-5.key", "tls.crt", "tls.key", "ca.crt"] {
+            assert!(msg.contains(name), "{msg} names {name}");
+        }
+        // Another node's pair under this node's name is refused on its name.
+        std::fs::copy(dir.path().join("node-3.crt"), dir.path().join("node-5.crt")).expect("cp");
+        std::fs::copy(dir.path().join("node-3.key"), dir.path().join("node-5.key")).expect("cp");
+        assert!(matches!(
+            RaftTls::load(dir.path(), "local", 5),
+            Err(RaftTlsError::WrongIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn a_per_node_pair_wins_over_tls_crt_and_a_missing_key_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate("local").expect("ca");
+        // tls.crt names node 2; node-3.crt names node 3: node 3 takes its own.
+        ca.write_node_dir(2, dir.path()).expect("node dir");
+        write_per_node(&ca, dir.path(), &[3]);
+        assert_eq!(RaftTls::load(dir.path(), "local", 3).expect("3").node_id, 3);
+        assert_eq!(RaftTls::load(dir.path(), "local", 2).expect("2").node_id, 2);
+        // A certificate without its key is a read error on the key file.
+        std::fs::remove_file(dir.path().join("node-3.key")).expect("rm");
+        match RaftTls::load(dir.path(), "local", 3) {
+            Err(RaftTlsError::Read { path, .. }) => assert!(path.ends_with("node-3.key"), "{path}"),
+            other => panic!("want a read error on node-3.key, got {other:?}"),
+        }
     }
 }

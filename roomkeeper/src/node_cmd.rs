@@ -128,8 +128,10 @@ pub struct NodeArgs {
     /// (`node-<id>.<cluster-id>.raft.roomkeeper`). A DNS name.
     #[arg(long, default_value = "local")]
     pub cluster_id: String,
-    /// Directory holding `ca.crt`, `tls.crt` and `tls.key` (the cert-manager
-    /// layout): mutual TLS between nodes, peers must present a certificate of
+    /// Directory holding `ca.crt` and this node's certificate and key:
+    /// `node-<id>.crt` and `node-<id>.key` when present (the operator's
+    /// per-region Secret), else `tls.crt` and `tls.key` (the cert-manager
+    /// layout). Mutual TLS between nodes: peers must present a certificate of
     /// this cluster's CA naming their node id.
     #[arg(long)]
     pub raft_tls_dir: Option<PathBuf>,

@@ -112,6 +112,39 @@ pub fn raft_certs(args: &[&str]) {
     );
 }
 
+/// Runs `roomkeeper raft-probe` (a hostile peer) against the Raft port at
+/// `addr`: `tls` is its transport flags (none: plain TCP; `--tls-no-cert`;
+/// `--tls-dir DIR` with `tls.crt`/`tls.key`), `header` the frame's cluster,
+/// sender and target. `Ok(answer)` when the node answered, `Err(why)` when it
+/// closed or refused the connection.
+pub fn raft_probe(
+    addr: &str,
+    tls: &[&str],
+    header: (&str, u64, u64),
+    request: &[&str],
+) -> Result<String, String> {
+    let (cluster, from, to) = header;
+    let out = Command::new(binary())
+        .args(["raft-probe", "--addr", addr])
+        .args(tls)
+        .args([
+            "--cluster-id",
+            cluster,
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
+        .args(request)
+        .output()
+        .expect("run raft-probe");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// A loopback address picked by the kernel, as `ip:port`, and its reservation.
 pub fn reserve_addr() -> (String, ports::Reserved) {
     let r = ports::reserve().unwrap_or_else(|e| panic!("reserving a loopback port: {e:#}"));

@@ -529,6 +529,8 @@ async fn lifecycle(
         ids_cm.metadata.owner_references.is_none(),
         "the identity map must not be garbage-collected with the cluster"
     );
+    let raft_ca =
+        pods_run_mutual_tls_on_raft(&admin, &lrcs, bridge, &h.dir().join("raft-probe")).await?;
 
     // `kubectl get lrc` columns, through the Table API kubectl uses.
     let req = http::Request::get(format!(
@@ -858,6 +860,17 @@ async fn lifecycle(
     recreated_pod_is_reached_at_its_new_ip(&admin, &lrcs, bridge).await?;
     hook_drills_need_and_use_fault_hooks(&admin, &lrcs).await?;
 
+    // The CA was never rewritten through scaling, rolling, a region added and
+    // removed, a wiped volume and a moved pod.
+    let ca_now = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-raft-ca"))
+        .await?;
+    ensure!(
+        ca_now.metadata.resource_version == raft_ca.metadata.resource_version
+            && ca_now.data == raft_ca.data,
+        "the Raft CA Secret changed"
+    );
+
     // Delete (deletionPolicy Retain, the default): the finalizer removes the
     // workload, then the cluster goes.
     let before_delete = lrc_status(&lrcs).await;
@@ -897,14 +910,29 @@ async fn lifecycle(
     .await?;
     // What holds the data is kept: the volumes, the node ids, the keys.
     let by_cluster = ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}"));
-    let secrets = Api::<Secret>::namespaced(admin.clone(), NS)
+    let mut secrets: Vec<String> = Api::<Secret>::namespaced(admin.clone(), NS)
         .list(&by_cluster)
         .await?
         .items
-        .len();
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    secrets.sort();
+    // sa-east's certificates went with the region.
+    let kept: Vec<String> = [
+        "ap-south-raft-certs",
+        "contact-keys",
+        "eu-west-raft-certs",
+        "raft-ca",
+        "tokens",
+        "us-east-raft-certs",
+    ]
+    .iter()
+    .map(|s| format!("{LRC}-{s}"))
+    .collect();
     ensure!(
-        secrets == 2,
-        "tokens and contact keys kept, found {secrets}"
+        secrets == kept,
+        "tokens, contact keys, the Raft CA and certificates kept: {secrets:?}"
     );
     Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get(&format!("{LRC}-identities"))
@@ -938,6 +966,13 @@ async fn lifecycle(
             .iter()
             .any(|n| n.starts_with("no leader and members moved")),
         "the operator seeded the new addresses"
+    );
+    let ca_resumed = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-raft-ca"))
+        .await?;
+    ensure!(
+        ca_resumed.data == raft_ca.data,
+        "the recreated cluster resumes under the same Raft CA"
     );
     let voters_resumed = voter_ids(&lrcs).await;
     ensure!(
@@ -1445,6 +1480,23 @@ async fn wiped_volume_rejoins_under_a_new_id(
         "node {old_id} is retired for good: {nodes:?} {joined:?}"
     );
     ensure!(joined.contains(&new_id), "{joined:?}");
+    let region = pod
+        .strip_prefix(&format!("{LRC}-"))
+        .and_then(|r| r.rsplit_once('-'))
+        .map(|(r, _)| r.to_string())
+        .context("the pod's region")?;
+    let certs = secret_text(admin, &format!("{LRC}-{region}-raft-certs")).await?;
+    ensure!(
+        certs.contains_key(&format!("node-{new_id}.crt"))
+            && certs.contains_key(&format!("node-{new_id}.key")),
+        "node {new_id} has its Raft certificate: {:?}",
+        certs.keys()
+    );
+    ensure!(
+        !certs.contains_key(&format!("node-{old_id}.crt")),
+        "retired node {old_id}'s certificate was dropped: {:?}",
+        certs.keys()
+    );
     let notes = event_notes(admin).await?;
     ensure!(
         notes
@@ -1474,6 +1526,152 @@ async fn wiped_volume_rejoins_under_a_new_id(
         "the quarantined node said why:\n{log}"
     );
     Ok(())
+}
+
+/// A Secret's data as text.
+async fn secret_text(admin: &Client, name: &str) -> Result<BTreeMap<String, String>> {
+    let s = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(name)
+        .await
+        .with_context(|| format!("Secret {name}"))?;
+    Ok(s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
+/// The pods run mutual TLS on Raft with certificates the operator issued:
+/// `--raft-tls-dir`, never `--insecure-plaintext-raft`; the CA Secret (kept
+/// with the data, no owner); each region's Secret holds this CA and a pair
+/// for every id of its pods. A plain TCP peer's forwarded order and read
+/// index are refused by the leader, while the same read index over TLS with
+/// a member's pair from the Secret is answered. Returns the CA Secret.
+async fn pods_run_mutual_tls_on_raft(
+    admin: &Client,
+    lrcs: &Api<DynamicObject>,
+    bridge: &KubeletBridge,
+    probe_dir: &std::path::Path,
+) -> Result<Secret> {
+    let pods = Api::<Pod>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
+        .await?
+        .items;
+    ensure!(pods.len() == 5, "{} pods", pods.len());
+    for p in &pods {
+        let spec = p.spec.as_ref().context("pod spec")?;
+        let args = spec.containers[0].args.clone().unwrap_or_default();
+        ensure!(
+            args.iter().any(|a| a == "--raft-tls-dir")
+                && !args.iter().any(|a| a == "--insecure-plaintext-raft"),
+            "{:?} runs {args:?}",
+            p.metadata.name
+        );
+    }
+    let ca = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{LRC}-raft-ca"))
+        .await
+        .context("the Raft CA Secret")?;
+    ensure!(
+        ca.metadata.owner_references.is_none(),
+        "the Raft CA outlives the cluster object, like the other keys"
+    );
+    let ca_text = secret_text(admin, &format!("{LRC}-raft-ca")).await?;
+    let ca_crt = ca_text.get("ca.crt").context("ca.crt")?;
+    ensure!(ca_text.contains_key("ca.key"), "ca.key");
+    let (nodes, _) = identity_map(admin).await?;
+    for region in ["us-east", "eu-west", "ap-south"] {
+        let certs = secret_text(admin, &format!("{LRC}-{region}-raft-certs")).await?;
+        ensure!(
+            certs.get("ca.crt") == Some(ca_crt),
+            "{region}: the CA's certificate"
+        );
+        for (pod, id) in nodes
+            .iter()
+            .filter(|(p, _)| p.starts_with(&format!("{LRC}-{region}-")))
+        {
+            ensure!(
+                certs.contains_key(&format!("node-{id}.crt"))
+                    && certs.contains_key(&format!("node-{id}.key")),
+                "{pod} (node {id}) has no pair in {region}'s Secret: {:?}",
+                certs.keys()
+            );
+        }
+    }
+
+    // A hostile peer on the Raft port (the host reaches every pod).
+    let status = lrc_status(lrcs).await;
+    let leader = status["leaderId"].as_i64().context("a leader")?;
+    let leader_pod = nodes
+        .iter()
+        .find(|(_, id)| **id == leader)
+        .map(|(p, _)| p.clone())
+        .context("the leader's pod")?;
+    let (follower_pod, follower) = follower_voter(admin, lrcs).await?;
+    let ip = bridge.pod_ip(NS, &leader_pod).context("the leader's IP")?;
+    let addr = format!("{ip}:7101");
+    let region = follower_pod
+        .strip_prefix(&format!("{LRC}-"))
+        .and_then(|r| r.rsplit_once('-'))
+        .map(|(r, _)| r.to_string())
+        .context("the follower's region")?;
+    let certs = secret_text(admin, &format!("{LRC}-{region}-raft-certs")).await?;
+    std::fs::create_dir_all(probe_dir)?;
+    std::fs::write(probe_dir.join("ca.crt"), ca_crt)?;
+    std::fs::write(
+        probe_dir.join("tls.crt"),
+        certs
+            .get(&format!("node-{follower}.crt"))
+            .context("the follower's certificate")?,
+    )?;
+    std::fs::write(
+        probe_dir.join("tls.key"),
+        certs
+            .get(&format!("node-{follower}.key"))
+            .context("the follower's key")?,
+    )?;
+    let tls_dir = probe_dir.display().to_string();
+    let (from, to) = (
+        u64::try_from(follower).context("id")?,
+        u64::try_from(leader).context("id")?,
+    );
+    let (plain_forward, plain_read, member_read) = tokio::task::spawn_blocking(move || {
+        let header = ("local", from, to);
+        let forward = [
+            "forward-order",
+            "--room",
+            "room-a",
+            "--sku",
+            "sku-1",
+            "--buyer",
+            "mallory",
+            "--contact",
+            "x",
+        ];
+        (
+            roomkeeper_e2e::raft_probe(&addr, &[], header, &forward),
+            roomkeeper_e2e::raft_probe(&addr, &[], header, &["read-index"]),
+            roomkeeper_e2e::raft_probe(&addr, &["--tls-dir", &tls_dir], header, &["read-index"]),
+        )
+    })
+    .await?;
+    ensure!(
+        plain_forward.is_err() && plain_read.is_err(),
+        "plain TCP to the leader's Raft port was answered: {plain_forward:?} {plain_read:?}"
+    );
+    let member_read = member_read.map_err(|e| {
+        anyhow::anyhow!("a member's pair from the Secret should reach the leader: {e}")
+    })?;
+    eprintln!(
+        "Raft port of {leader_pod}: plain TCP refused ({}), node {follower}'s certificate answered ({member_read})",
+        plain_forward
+            .err()
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+    );
+    Ok(ca)
 }
 
 /// Versions of everything the cluster owns (pods excluded: their status is
@@ -1531,6 +1729,14 @@ async fn owned_versions(client: &Client) -> Result<Vec<String>> {
     );
     out.extend(
         Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| rv(&o.metadata)),
+    );
+    out.extend(
+        Api::<Secret>::namespaced(client.clone(), NS)
             .list(&lp)
             .await?
             .items

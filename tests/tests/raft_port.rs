@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use roomkeeper_e2e::{wait_until, Cluster, ClusterOptions};
+use roomkeeper_e2e::{raft_probe as probe, wait_until, Cluster, ClusterOptions};
 use serde_json::json;
 
 /// A TCP connection to `to` from the loopback address `from` (Linux routes
@@ -192,36 +192,6 @@ fn hostile_raft_connections_leave_memory_and_fds_bounded_and_peers_served() {
     c.wait_converged(Duration::from_secs(10));
     c.assert_invariants();
     assert!(proc_field_kib(pid, "VmRSS:") < rss_before + 32 * 1024);
-}
-
-/// Runs `roomkeeper raft-probe` (a hostile peer); `Ok(answer)` when the node
-/// answered, `Err(why)` when it closed or refused the connection.
-fn probe(
-    addr: &str,
-    tls: &[&str],
-    header: (&str, u64, u64),
-    request: &[&str],
-) -> Result<String, String> {
-    let (cluster, from, to) = header;
-    let out = std::process::Command::new(roomkeeper_e2e::binary())
-        .args(["raft-probe", "--addr", addr])
-        .args(tls)
-        .args([
-            "--cluster-id",
-            cluster,
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-        ])
-        .args(request)
-        .output()
-        .expect("run raft-probe");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 fn stock_left(c: &Cluster, id: u64) -> serde_json::Value {
