@@ -151,12 +151,28 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|e| format!("send: {e}"))?;
     let mut r = BufReader::new(rd);
+    // A TLS node answers a plaintext frame with a TLS alert; read as a frame
+    // header its first bytes announce a huge length. Say what it is.
+    if let Ok(head) = tokio::io::AsyncBufReadExt::fill_buf(&mut r).await {
+        if looks_like_tls_record(head) {
+            return Err(
+                "the node answered with a TLS record: its Raft port requires mutual TLS \
+                 (probe with --tls-dir)"
+                    .into(),
+            );
+        }
+    }
     let mut scratch = Vec::new();
     match read_frame::<_, Envelope<RpcResponse>>(&mut r, &mut scratch).await {
         Ok(Some(env)) => Ok(env.body),
         Ok(None) => Err("connection closed without an answer".into()),
         Err(e) => Err(format!("connection failed: {e}")),
     }
+}
+
+/// A TLS record header: content type alert (21) or handshake (22), version 3.x.
+fn looks_like_tls_record(head: &[u8]) -> bool {
+    matches!(head, [21 | 22, 3, ..])
 }
 
 /// Sends one request and returns the answer (`Debug`-printed), or why none came.
@@ -231,4 +247,25 @@ pub async fn probe(
         .await
         .map_err(|_| "no answer within 10 s".to_string())??;
     Ok(format!("{answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tls_alert_is_named_not_read_as_a_frame_length() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let node = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+            // What rustls sends a peer that did not start with a ClientHello.
+            let _ =
+                tokio::io::AsyncWriteExt::write_all(&mut server, &[21, 3, 3, 0, 2, 2, 50]).await;
+        });
+        let err = exchange(client, b"plaintext frame").await.unwrap_err();
+        assert!(err.contains("requires mutual TLS"), "{err}");
+        let _ = node.await;
+        assert!(!looks_like_tls_record(&[0, 0, 1, 0]), "a real frame header");
+    }
 }
