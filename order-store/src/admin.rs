@@ -251,17 +251,12 @@ async fn readyz(State(ctx): State<Arc<NodeContext>>) -> Response {
 }
 
 async fn metrics(State(ctx): State<Arc<NodeContext>>, headers: HeaderMap) -> Response {
-    if ctx.metrics_require_token {
-        // Refuse when no token is configured too: never open by accident.
-        let ok = ctx
-            .admin_token
-            .as_deref()
-            .is_some_and(|t| crate::api::bearer_matches(&headers, t));
-        if !ok {
+    if let Some(token) = &ctx.metrics_token {
+        if !crate::api::bearer_matches(&headers, token) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "/metrics needs the admin bearer token (--metrics-require-token)",
+                "/metrics needs the metrics bearer token (--metrics-token)",
             );
         }
     }

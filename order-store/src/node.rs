@@ -53,8 +53,8 @@ pub struct NodeConfig {
     /// Per-token and per-buyer rate limits of the client API.
     pub rate_limits: RateLimits,
     pub admin_token: Option<String>,
-    /// `/metrics` takes the admin token too (`--metrics-require-token`).
-    pub metrics_require_token: bool,
+    /// `/metrics` answers only this bearer token (`--metrics-token`).
+    pub metrics_token: Option<String>,
     pub test_faults_enabled: bool,
     /// This process found no data directory and started an empty one. Reported
     /// in status so a controller can tell a restarted member from a wiped one.
@@ -112,7 +112,7 @@ impl NodeConfig {
             client_tokens: None,
             rate_limits: RateLimits::default(),
             admin_token: None,
-            metrics_require_token: false,
+            metrics_token: None,
             test_faults_enabled: false,
             fresh_data_dir: false,
             heartbeat_ms: 60,
@@ -182,8 +182,8 @@ pub struct NodeContext {
     /// Per-token and per-buyer buckets.
     pub limiter: RateLimiter,
     pub admin_token: Option<String>,
-    /// `/metrics` answers only requests bearing `admin_token`.
-    pub metrics_require_token: bool,
+    /// `/metrics` answers only requests bearing this token.
+    pub metrics_token: Option<String>,
     /// Client writes in flight beyond this are refused with 429.
     pub write_slots: Semaphore,
     /// The node-local sales gate (`POST /admin/sales`): while set, orders
@@ -343,7 +343,7 @@ impl NodeHandle {
             limiter: RateLimiter::new(cfg.rate_limits, clients.names()),
             clients: clients.clone(),
             admin_token: cfg.admin_token,
-            metrics_require_token: cfg.metrics_require_token,
+            metrics_token: cfg.metrics_token,
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),
             edge_sales_paused: std::sync::atomic::AtomicBool::new(false),
         });

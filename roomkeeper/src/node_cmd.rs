@@ -94,11 +94,12 @@ pub struct NodeArgs {
     #[arg(long, env = "ROOMKEEPER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// `/metrics` (on the admin listener and on `--metrics-addr`) answers only
-    /// requests bearing the admin token (Prometheus: `authorization`
-    /// credentials); `/healthz` and `/readyz` stay open for probes. Needs
-    /// `--admin-token`.
-    #[arg(long)]
-    pub metrics_require_token: bool,
+    /// requests bearing this token (Prometheus: `authorization` credentials).
+    /// A read-only credential of its own: the scraper never holds the admin
+    /// token, which would travel in clear on the plain metrics listener.
+    /// `/healthz` and `/readyz` stay open for probes.
+    #[arg(long, env = "ROOMKEEPER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Turns on the fault-injection hook of the admin API. For tests and drills only.
     #[arg(long)]
     pub enable_test_faults: bool,
@@ -218,10 +219,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         tracing::warn!("client API has no token: anyone who reaches it can order");
     }
     if args.admin_token.is_none() {
-        anyhow::ensure!(
-            !args.metrics_require_token,
-            "--metrics-require-token needs --admin-token (or ROOMKEEPER_ADMIN_TOKEN): /metrics would take no token at all"
-        );
         tracing::warn!("admin API has no token: anyone who reaches it can change membership");
     }
     if args.enable_test_faults {
@@ -272,8 +269,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         )?,
         max_tracked_buyers: args.rate_limit_max_buyers,
     };
+    if let (Some(m), Some(a)) = (&args.metrics_token, &args.admin_token) {
+        anyhow::ensure!(
+            m != a,
+            "--metrics-token must differ from the admin token: the scraper would hold the admin credential"
+        );
+    }
     cfg.admin_token = args.admin_token;
-    cfg.metrics_require_token = args.metrics_require_token;
+    cfg.metrics_token = args.metrics_token;
     cfg.test_faults_enabled = args.enable_test_faults;
     cfg.fresh_data_dir = fresh_data_dir;
     cfg.heartbeat_ms = args.heartbeat_ms;

@@ -32,8 +32,20 @@ fn replace(dir: &Path, from: &Path, name: &str) {
 
 /// The value of node 1's series `name` whose labels include every one of
 /// `labels` (the node's registry adds its own: node id, region, zone).
+/// The scrape credential of `--metrics-token` (a read-only token of its own).
+const METRICS_TOKEN: &str = "scrape-only-token";
+
 fn metric(c: &Cluster, name: &str, labels: &[&str]) -> u64 {
-    let r = c.admin("GET", 1, "/metrics", None).expect("metrics");
+    let r = http_via(
+        c.admin_tls.as_ref(),
+        "GET",
+        &c.node(1).admin_addr,
+        "/metrics",
+        None,
+        Some(METRICS_TOKEN),
+        Duration::from_secs(5),
+    )
+    .expect("metrics");
     assert_eq!(r.status, 200, "{:?}", r.body);
     let text = r.body.as_str().unwrap_or_default().to_string();
     let prefix = format!("{name}{{");
@@ -58,8 +70,15 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
     // writes, so after an idle second it refuses orders as `no_quorum`.
     let mut opts = ClusterOptions::nodes(3);
     opts.http_tls = true;
-    opts.extra_args
-        .extend(["--metrics-addr", "127.0.0.1:0", "--metrics-require-token"].map(String::from));
+    opts.extra_args.extend(
+        [
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--metrics-token",
+            METRICS_TOKEN,
+        ]
+        .map(String::from),
+    );
     // Started and initialized through the TLS admin API with the operator's
     // certificate: the harness's own calls are the first accepted case.
     let c = Cluster::start_initialized(opts);
@@ -177,17 +196,30 @@ fn tls_edges_refuse_plaintext_and_strangers_and_reload_certificates_without_a_re
         )
         .expect("the metrics listener answers plain HTTP")
     };
-    // `--metrics-require-token`: the scrape needs the admin token, the
-    // probes do not.
+    // `--metrics-token`: the scrape needs the metrics token (not the admin
+    // token, which the scraper never holds); the probes need none.
     let refused = plain("GET", "/metrics");
     assert_eq!(refused.status, 401, "{:?}", refused.body);
     assert_eq!(refused.code(), "unauthorized");
-    let scraped = http(
+    let with_admin_token = http(
         "GET",
         &metrics_addr,
         "/metrics",
         None,
         Some(ADMIN_TOKEN),
+        Duration::from_secs(3),
+    )
+    .expect("metrics listener");
+    assert_eq!(
+        with_admin_token.status, 401,
+        "the admin token is not a scrape credential"
+    );
+    let scraped = http(
+        "GET",
+        &metrics_addr,
+        "/metrics",
+        None,
+        Some(METRICS_TOKEN),
         Duration::from_secs(3),
     )
     .expect("scrape with the token");
