@@ -267,6 +267,16 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
             {
                 tracing::warn!(drill = %key, error = %e, "could not heal an interrupted drill's partition");
             }
+            // Hook faults live in the node processes: the dead replica's
+            // injector cannot take them back, so every pod is cleared here.
+            if uses_fault_hooks(&drill.spec.0) {
+                if let Err(e) =
+                    clear_fault_hooks(&ctx.client, &ctx.http, &ns, &drill.spec.0.target.cluster)
+                        .await
+                {
+                    tracing::warn!(drill = %key, error = %e, "could not clear an interrupted drill's fault hooks");
+                }
+            }
             let mut s = status.clone();
             s.phase = Some("Completed".into());
             s.verdict = Some("ABORTED".into());
@@ -418,6 +428,61 @@ pub fn seed_of(uid: &str) -> u64 {
 /// Takes down the partitions of run `run` on `cluster` whose group starts
 /// with `prefix` (`<run>-` for all of them): labels first (the pods fall back
 /// under the cluster's policy), then the side policies.
+/// Clears the fault hooks of every pod of `cluster` (`{}` to
+/// `/admin/faults`, three tries each): the last word on a drill with hook
+/// faults, whether it ended, failed half-way or its replica died — the
+/// settings live in the node processes, not in the operator. Returns the
+/// pods it could not clear, in words.
+async fn clear_fault_hooks(
+    client: &Client,
+    http: &JsonClient,
+    ns: &str,
+    cluster: &str,
+) -> Result<usize, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let tokens = secrets
+        .get(&Names { cluster }.tokens())
+        .await
+        .map_err(|e| format!("clearing fault hooks: reading the tokens Secret: {e}"))?;
+    let admin = NodeAdmin::new(http.clone(), secret_value(&tokens, "admin-token"));
+    let pods = pods_of(client, ns, cluster)
+        .await
+        .map_err(|e| format!("clearing fault hooks: {e}"))?;
+    let targets: Vec<(String, String)> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.name_any(), pod_ip(p)?)))
+        .collect();
+    let admin = &admin;
+    let results = futures::future::join_all(targets.iter().map(|(pod, ip)| async move {
+        let mut last = String::new();
+        for attempt in 0..3u64 {
+            match admin.set_faults(ip, json!({})).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+        }
+        Err(format!("{pod}: {last}"))
+    }))
+    .await;
+    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        Ok(targets.len())
+    } else {
+        Err(format!(
+            "fault hooks left on {} pod(s): {}",
+            failed.len(),
+            failed.join("; ")
+        ))
+    }
+}
+
+/// Whether the spec slows nodes through their fault hooks.
+fn uses_fault_hooks(spec: &DrillSpec) -> bool {
+    spec.faults.iter().any(|f| HOOK_FAULTS.contains(&f.kind))
+}
+
 async fn heal_partitions(
     client: &Client,
     ns: &str,
@@ -1527,9 +1592,20 @@ async fn execute(
     let result = roomkeeper_drill::run(&cfg, &mut target, &mut injector, &mut sink).await;
     // A fault that failed half-way may have left a partition behind.
     let leftover = heal_partitions(&ctx.client, ns, &cluster, &run_id, &format!("{run_id}-")).await;
+    // And hook settings a failed heal (or an error mid-run) left on a pod.
+    let hooks_left = if uses_fault_hooks(spec) {
+        clear_fault_hooks(&ctx.client, &ctx.http, ns, &cluster)
+            .await
+            .err()
+    } else {
+        None
+    };
     let report = result?;
     let mut status = status_of(&report, cm_name);
     if let Err(e) = leftover {
+        status.message = Some(format!("{}; {e}", status.message.unwrap_or_default()));
+    }
+    if let Some(e) = hooks_left {
         status.message = Some(format!("{}; {e}", status.message.unwrap_or_default()));
     }
     Ok(status)

@@ -120,7 +120,7 @@ impl NodeAdmin {
     }
 
     /// Replaces the node's drill fault settings (`POST /admin/faults`; the
-    /// node must run with `--enable-test-faults`, else it answers 409
+    /// node must run with `--enable-test-faults`, else it answers 404
     /// `faults_disabled`). `{}` clears them.
     pub async fn set_faults(&self, pod_ip: &str, settings: Value) -> Result<(), NodeError> {
         self.post(pod_ip, "/admin/faults", settings, TIMEOUT)

@@ -1264,6 +1264,14 @@ async fn hook_drills_need_and_use_fault_hooks(
             && lines.iter().any(|l| l.contains("fault hooks cleared")),
         "{ds}"
     );
+    // The final sweep over every pod found nothing it could not clear.
+    ensure!(
+        !ds["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fault hooks left"),
+        "{ds}"
+    );
     Ok(())
 }
 
