@@ -717,6 +717,18 @@ async fn ensure_identities(
     Ok((ids, wiped))
 }
 
+/// Whether this operator process has not yet said that `lrc` holds
+/// plaintext Raft (once per process and cluster, not every reconcile).
+fn first_notice_of_plaintext(lrc: &LiveRoomCluster) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let key = lrc.uid().unwrap_or_else(|| lrc.name_any());
+    SEEN.get_or_init(Default::default)
+        .lock()
+        .map(|mut s| s.insert(key))
+        .unwrap_or(false)
+}
+
 /// The replicas a region's StatefulSet needs to keep its highest-ordinal pod
 /// that is still a member.
 fn still_members(ids: &Identities, members_now: &[u64], sts_name: &str) -> i32 {
@@ -741,10 +753,25 @@ async fn apply_workload(
     members_now: &[u64],
     pods: &[Pod],
 ) -> Result<BTreeMap<String, String>, Error> {
+    // A cluster whose pods still talk plaintext Raft keeps that template: a
+    // pod rolled onto TLS could not reach its peers (D45).
+    let raft = resources::raft_transport(lrc, pods);
+    if raft == resources::RaftTransport::LegacyPlaintext && first_notice_of_plaintext(lrc) {
+        ctx.event_for(
+            lrc,
+            true,
+            "RaftPlaintextHeld",
+            format!(
+                "the pods run plaintext Raft (created before the operator issued certificates); their template keeps it, because a pod restarted onto mutual TLS could not reach its plaintext peers. To switch, annotate {}=enable and restart every pod at once",
+                resources::RAFT_TLS_ANNOTATION
+            ),
+        )
+        .await;
+    }
     // A StatefulSet keeps pods that are still Raft members even when the spec
     // shrank: they leave the membership first.
     for region in &lrc.spec.regions {
-        let mut sts = resources::statefulset(lrc, region);
+        let mut sts = resources::statefulset_for(lrc, region, raft);
         let wanted = region.voters + region.learners;
         sts.spec.replicas = Some(wanted.max(still_members(
             ids,

@@ -389,6 +389,97 @@ fn port(name: &str, p: i32) -> ContainerPort {
 /// The StatefulSet of one region. Pods start in parallel (a Raft group needs
 /// its peers up before any is "ready"), and are replaced only when the
 /// operator deletes them (`OnDelete`), so it can move leadership first.
+/// How a cluster's nodes talk Raft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftTransport {
+    /// Mutual TLS with the operator's certificates (D45).
+    MutualTls,
+    /// A cluster created before the operator issued certificates, still
+    /// running `--insecure-plaintext-raft`: its template keeps that, because
+    /// a pod restarted onto TLS cannot reach its plaintext peers (a rolling
+    /// restart would stall with one member down). It moves to TLS only all at
+    /// once, when a person asks (`RAFT_TLS_ANNOTATION`; runbooks/raft-tls-upgrade.md).
+    LegacyPlaintext,
+}
+
+/// Set to `enable` on a LiveRoomCluster whose pods still run plaintext Raft
+/// to have the operator write the TLS template; the person then restarts
+/// every pod at once (runbooks/raft-tls-upgrade.md).
+pub const RAFT_TLS_ANNOTATION: &str = "roomkeeper.dev/raft-tls";
+
+/// Whether any of these pods runs the node with plaintext Raft.
+pub fn pods_run_plaintext_raft(pods: &[k8s_openapi::api::core::v1::Pod]) -> bool {
+    pods.iter().any(|p| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers.iter().any(|c| {
+                c.args
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|a| a == "--insecure-plaintext-raft"))
+            })
+        })
+    })
+}
+
+/// The transport a cluster's template should carry, given its pods.
+pub fn raft_transport(
+    lrc: &LiveRoomCluster,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> RaftTransport {
+    let asked = lrc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RAFT_TLS_ANNOTATION))
+        .is_some_and(|v| v == "enable");
+    if pods_run_plaintext_raft(pods) && !asked {
+        RaftTransport::LegacyPlaintext
+    } else {
+        RaftTransport::MutualTls
+    }
+}
+
+/// [`statefulset`] for a transport: the legacy template is exactly the one
+/// such a cluster was created with (no certificate volume, no `--cluster-id`),
+/// so keeping it restarts nothing.
+pub fn statefulset_for(
+    lrc: &LiveRoomCluster,
+    region: &RegionSpec,
+    raft: RaftTransport,
+) -> StatefulSet {
+    let mut sts = statefulset(lrc, region);
+    if raft == RaftTransport::LegacyPlaintext {
+        if let Some(pod) = sts.spec.template.spec.as_mut() {
+            for c in &mut pod.containers {
+                if let Some(args) = c.args.as_mut() {
+                    let mut out = Vec::with_capacity(args.len());
+                    let mut it = args.drain(..);
+                    while let Some(a) = it.next() {
+                        match a.as_str() {
+                            "--cluster-id" => {
+                                it.next();
+                            }
+                            "--raft-tls-dir" => {
+                                it.next();
+                                out.push("--insecure-plaintext-raft".to_string());
+                            }
+                            _ => out.push(a),
+                        }
+                    }
+                    drop(it);
+                    *args = out;
+                }
+                if let Some(m) = c.volume_mounts.as_mut() {
+                    m.retain(|m| m.name != "raft-tls");
+                }
+            }
+            if let Some(v) = pod.volumes.as_mut() {
+                v.retain(|v| v.name != "raft-tls");
+            }
+        }
+    }
+    sts
+}
+
 pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
     let cluster = cluster_name(lrc);
     let names = Names { cluster: &cluster };
@@ -876,6 +967,104 @@ pub fn with_hash<T: Resource + serde::Serialize>(mut obj: T) -> (T, String) {
 mod tests {
     use super::*;
     use crate::crd::{DeletionPolicy, LiveRoomClusterSpec, OrderStoreSpec, SloSpec, StorageSpec};
+
+    fn pod_with_args(args: &[&str]) -> k8s_openapi::api::core::v1::Pod {
+        k8s_openapi::api::core::v1::Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "node".into(),
+                    args: Some(args.iter().map(|a| a.to_string()).collect()),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_whose_pods_run_plaintext_raft_keeps_its_old_template_until_asked() {
+        let mut lrc = cluster(&[("a", 3, 0)]);
+        let region = lrc.spec.regions[0].clone();
+        let old = pod_with_args(&["node", "--insecure-plaintext-raft"]);
+        let new = pod_with_args(&["node", "--raft-tls-dir", RAFT_TLS_DIR]);
+        assert_eq!(raft_transport(&lrc, &[]), RaftTransport::MutualTls);
+        assert_eq!(
+            raft_transport(&lrc, std::slice::from_ref(&new)),
+            RaftTransport::MutualTls
+        );
+        assert_eq!(
+            raft_transport(&lrc, &[new, old.clone()]),
+            RaftTransport::LegacyPlaintext,
+            "one plaintext pod is enough: a TLS pod could not reach it"
+        );
+        let legacy = statefulset_for(&lrc, &region, RaftTransport::LegacyPlaintext);
+        let spec = legacy.spec.template.spec.as_ref().expect("pod spec");
+        let args = spec.containers[0].args.clone().unwrap_or_default();
+        assert!(
+            args.contains(&"--insecure-plaintext-raft".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a == "--raft-tls-dir"
+                || a == "--cluster-id"
+                || a == RAFT_TLS_DIR
+                || a == NODE_CLUSTER_ID),
+            "{args:?}"
+        );
+        assert!(spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != "raft-tls"));
+        assert!(spec.volumes.iter().flatten().all(|v| v.name != "raft-tls"));
+        // Everything else is the TLS template's, in the same order.
+        let tls = statefulset_for(&lrc, &region, RaftTransport::MutualTls);
+        let tls_args = tls
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .expect("pod spec")
+            .containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        let strip = |a: &[String]| -> Vec<String> {
+            a.iter()
+                .filter(|a| {
+                    ![
+                        "--insecure-plaintext-raft",
+                        "--raft-tls-dir",
+                        "--cluster-id",
+                        RAFT_TLS_DIR,
+                        NODE_CLUSTER_ID,
+                    ]
+                    .contains(&a.as_str())
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(strip(&args), strip(&tls_args));
+        assert_eq!(
+            tls_args,
+            statefulset(&lrc, &region)
+                .spec
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .args
+                .clone()
+                .unwrap_or_default()
+        );
+        // The person's switch: the annotation makes the template TLS.
+        lrc.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(RAFT_TLS_ANNOTATION.into(), "enable".into());
+        assert_eq!(raft_transport(&lrc, &[old]), RaftTransport::MutualTls);
+    }
 
     fn cluster(regions: &[(&str, i32, i32)]) -> LiveRoomCluster {
         let mut lrc = LiveRoomCluster::new(

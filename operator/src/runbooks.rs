@@ -30,6 +30,7 @@ pub const WARNING_EVENT_RUNBOOKS: &[(&str, &str)] = &[
     ("PlaybookActionFailed", "playbook-action-failed.md"),
     // The default; decision_event picks the tier's or guard's page.
     ("PlaybookDecision", "playbook-page-human.md"),
+    ("RaftPlaintextHeld", "raft-tls-upgrade.md"),
     ("SwitchoverFailed", "manual-command-refused.md"),
     ("SwitchoverPending", "manual-command-refused.md"),
     ("SwitchoverRefused", "manual-command-refused.md"),
