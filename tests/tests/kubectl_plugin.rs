@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
@@ -135,45 +134,10 @@ async fn every_verb_of_the_kubectl_plugin_against_a_real_api_server() {
     );
 }
 
-const CRDS: [&str; 6] = [
-    "liveroomclusters",
-    "failoverplaybooks",
-    "chaosdrills",
-    "failoverapprovals",
-    "switchovers",
-    "failovers",
-];
-
+/// The roomkeeper CRDs (the harness's `install_crds`), then the operator's
+/// and the approvers' RBAC.
 async fn install(admin: &Client) -> Result<()> {
-    for plural in CRDS {
-        apply_file(
-            admin,
-            &format!("crds/{plural}.roomkeeper.dev.yaml"),
-            "default",
-        )
-        .await?;
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for plural in CRDS {
-        let name = format!("{plural}.roomkeeper.dev");
-        eventually(Duration::from_secs(30), &format!("CRD {name}"), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .is_some_and(|s| {
-                        s.conditions
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await?;
-    }
+    roomkeeper_e2e::operator::install_crds(admin).await?;
     apply_file(admin, "deploy/rbac.yaml", "default").await?;
     apply_file(admin, "deploy/approver-rbac.yaml", "default").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
