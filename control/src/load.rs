@@ -294,14 +294,15 @@ pub struct FlashSale {
     pub client_token: String,
 }
 
-/// Runs buyers until `stop` is set.
+/// Runs buyers until `stop` is set, over `http` (plain or TLS, as the
+/// nodes' APIs speak).
 pub fn start_buyers(
     sale: FlashSale,
+    http: JsonClient,
     traffic: Arc<TrafficMap>,
     stats: Arc<LoadStats>,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let http = JsonClient::new();
     (0..sale.buyers)
         .map(|b| {
             let (sale, traffic, stats, stop, http) = (

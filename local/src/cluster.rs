@@ -43,6 +43,12 @@ fn run_certs(bin: &std::path::Path, what: &str, args: &[&str]) -> Result<(), Loc
     }
 }
 
+/// The host part of `host:port` (`[v6]:port` keeps its brackets off).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Errors of the local binding.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -55,6 +61,8 @@ pub enum LocalError {
     Spawn { id: u64, source: std::io::Error },
     #[error("cannot make Raft certificates ({what}): {message}")]
     Certs { what: String, message: String },
+    #[error("cannot set up the TLS client of the control loop and buyers: {0}")]
+    ClientTls(#[from] roomkeeper_control::http::TlsSetupError),
     #[error("node {id} did not become healthy within {waited:?} (see {log})")]
     NotHealthy {
         id: u64,
@@ -131,6 +139,10 @@ pub struct LocalCluster {
     /// The cluster's throwaway Raft CA (`ca.crt`, `ca.key`); node
     /// certificates are issued from it into `node-<id>-tls/` at each start.
     ca_dir: PathBuf,
+    /// The operator's client certificate and the CA (`ca.crt`, `tls.crt`,
+    /// `tls.key`): what [`Self::http`] presents, and what a person's `curl`
+    /// needs to call a demo node (`--cacert`, `--cert`, `--key`).
+    pub operator_dir: PathBuf,
     /// Nodes whose host is down (a simulated outage): they cannot be started
     /// until the instant given, or ever with `None`.
     blocked: BTreeMap<u64, Option<Instant>>,
@@ -176,12 +188,31 @@ impl LocalCluster {
                 &ca_dir.display().to_string(),
             ],
         )?;
+        // The control loop, the buyers and the drill runner all call the
+        // nodes' TLS APIs as the operator would: they trust the CA and present
+        // the operator's certificate, the only one a TLS admin API accepts.
+        let operator_dir = cfg.data_dir.join("operator-tls");
+        run_certs(
+            &cfg.binary,
+            "the operator's client certificate",
+            &[
+                "operator",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--ca-dir",
+                &ca_dir.display().to_string(),
+                "--out",
+                &operator_dir.display().to_string(),
+            ],
+        )?;
+        let http = JsonClient::with_tls(&operator_dir, true)?;
         Ok(Self {
             cfg,
             ca_dir,
+            operator_dir,
             nodes: BTreeMap::new(),
             next_id: 1,
-            http: JsonClient::new(),
+            http,
             key_file,
             blocked: BTreeMap::new(),
             faults: BTreeMap::new(),
@@ -243,6 +274,7 @@ impl LocalCluster {
         let log_path = self.cfg.data_dir.join(format!("node-{id}.log"));
         let key = self.key_file.clone();
         let tls_dir = self.cfg.data_dir.join(format!("node-{id}-tls"));
+        let http_tls_dir = self.cfg.data_dir.join(format!("node-{id}-http-tls"));
         run_certs(
             &bin,
             &format!("node {id}"),
@@ -256,6 +288,27 @@ impl LocalCluster {
                 &id.to_string(),
                 "--out",
                 &tls_dir.display().to_string(),
+            ],
+        )?;
+        // The client and admin APIs' server certificate names the address
+        // both listen on, as their clients dial it.
+        let host = {
+            let info = &self.nodes.get(&id).ok_or(LocalError::UnknownNode(id))?.info;
+            host_of(&info.api_addr).to_string()
+        };
+        run_certs(
+            &bin,
+            &format!("node {id}'s API server certificate"),
+            &[
+                "http",
+                "--cluster-id",
+                CLUSTER_ID,
+                "--ca-dir",
+                &self.ca_dir.display().to_string(),
+                "--name",
+                &host,
+                "--out",
+                &http_tls_dir.display().to_string(),
             ],
         )?;
         let (ct, at) = (self.cfg.client_token.clone(), self.cfg.admin_token.clone());
@@ -283,9 +336,8 @@ impl LocalCluster {
             .args(["--cluster-id", CLUSTER_ID])
             .arg("--raft-tls-dir")
             .arg(&tls_dir)
-            // The local binding's clients (demo load, control loop probes,
-            // drill runner) speak plain HTTP on loopback: not yet TLS.
-            .arg("--insecure-plaintext-http")
+            .arg("--http-tls-dir")
+            .arg(&http_tls_dir)
             .arg("--enable-test-faults")
             .env("ROOMKEEPER_LOG", "warn,openraft::raft::stream_append=off")
             .stdin(Stdio::null())

@@ -266,6 +266,15 @@ async fn run_inner(
         .context("opening the control loop")?;
     eprintln!("starting 5 voters across {} regions …", REGIONS.len());
     cluster.start().await.context("starting the cluster")?;
+    if let Some(first) = cluster.nodes.values().next() {
+        // The nodes' APIs are TLS under the demo's throwaway CA; this is how a
+        // person calls one by hand while the demo runs.
+        let tls = cluster.operator_dir.display();
+        eprintln!(
+            "nodes serve TLS under a throwaway CA; call one with:\n  curl --cacert {tls}/ca.crt --cert {tls}/tls.crt --key {tls}/tls.key \\\n    -H 'authorization: Bearer {}' https://{}/admin/status",
+            cluster.cfg.admin_token, first.info.admin_addr
+        );
+    }
     event(
         &status,
         started,
@@ -375,6 +384,7 @@ async fn run_inner(
             think_time: Duration::from_millis(args.think_ms),
             client_token,
         },
+        cluster.http.clone(),
         traffic.clone(),
         stats.clone(),
         stop.clone(),
