@@ -19,6 +19,18 @@ pub fn operator_name(cluster: &str) -> String {
     format!("{cluster}.{OPERATOR_SUFFIX}")
 }
 
+/// Suffix of the name every API server certificate the operator issues
+/// carries, after the cluster id.
+pub const API_SUFFIX: &str = "api.roomkeeper";
+
+/// The DNS name the operator expects from a node's client and admin APIs
+/// when it dials a pod by IP: every region's API server certificate of the
+/// cluster carries it (with the Service names clients dial), and only a
+/// certificate from the cluster's own CA is trusted for it.
+pub fn api_server_name(cluster: &str) -> String {
+    format!("{cluster}.{API_SUFFIX}")
+}
+
 /// A cluster id that cannot be part of a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cluster id {0:?} is not a DNS name (lowercase letters, digits, '-' and '.')")]

@@ -1,8 +1,9 @@
 //! A small JSON-over-HTTP/1.1 client with keep-alive, timeouts and bearer tokens,
 //! used to talk to node admin and client APIs.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,11 +56,90 @@ impl JsonReply {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// Plain HTTP, or TLS to every node (`https://`).
+/// Plain HTTP, TLS to every node (`https://`), or TLS to the hosts routed
+/// to a pool and plain HTTP to the rest.
 #[derive(Clone)]
 enum Pool {
     Plain(Client<HttpConnector, Full<Bytes>>),
     Tls(Client<Https, Full<Bytes>>),
+    Routed {
+        plain: Client<HttpConnector, Full<Bytes>>,
+        routes: Arc<RwLock<HashMap<String, TlsPool>>>,
+    },
+}
+
+/// A TLS connection pool to the nodes of one cluster: trusts one CA, may
+/// present a client certificate, and may expect one fixed server name
+/// whatever address it dials (the operator dials pods by IP).
+#[derive(Clone)]
+pub struct TlsPool(Client<Https, Full<Bytes>>);
+
+impl TlsPool {
+    /// From PEM: the CA to trust, the client certificate and key to present
+    /// (if any), and the server name to expect instead of the dialled host.
+    pub fn from_pem(
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        server_name: Option<&str>,
+    ) -> Result<Self, TlsSetupError> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let bad = |what: &str, e: &dyn std::fmt::Display| TlsSetupError::Read {
+            path: what.to_string(),
+            reason: e.to_string(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(cert.map_err(|e| bad("ca.crt", &e))?)
+                .map_err(|e| bad("ca.crt", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("ca.crt", &"no certificate in it"));
+        }
+        let config = |e: rustls::Error| TlsSetupError::Config(e.to_string());
+        let builder_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(config)?
+        .with_root_certificates(roots);
+        // hyper-rustls sets ALPN (http/1.1) from `enable_http1`.
+        let tls = match identity {
+            Some((crt, key)) => {
+                let chain = CertificateDer::pem_slice_iter(crt)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("tls.crt", &e))?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("tls.key", &e))?;
+                builder_tls
+                    .with_client_auth_cert(chain, key)
+                    .map_err(config)?
+            }
+            None => builder_tls.with_no_client_auth(),
+        };
+        let mut http = tcp();
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let https = match server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.to_string())
+                    .map_err(|e| TlsSetupError::Config(format!("server name {name:?}: {e}")))?;
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => https,
+        };
+        let https = https.enable_http1().wrap_connector(http);
+        Ok(Self(builder().build(https)))
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` without its brackets).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 fn tcp() -> HttpConnector {
@@ -102,52 +182,64 @@ impl JsonClient {
     /// `tls.crt`/`tls.key` — the operator's certificate, which a node's TLS
     /// admin API requires (`roomkeeper raft-certs operator`).
     pub fn with_tls(dir: &Path, present_cert: bool) -> Result<Self, TlsSetupError> {
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let read_err = |path: &Path, e: &dyn std::fmt::Display| TlsSetupError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| TlsSetupError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
         };
-        let ca = dir.join("ca.crt");
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| read_err(&ca, &e))? {
-            roots
-                .add(cert.map_err(|e| read_err(&ca, &e))?)
-                .map_err(|e| read_err(&ca, &e))?;
-        }
-        let config = |e: rustls::Error| TlsSetupError::Config(e.to_string());
-        let builder_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(config)?
-        .with_root_certificates(roots);
-        // hyper-rustls sets ALPN (http/1.1) from `enable_http1`.
-        let tls = if present_cert {
-            let crt = dir.join("tls.crt");
-            let key = dir.join("tls.key");
-            let chain = CertificateDer::pem_file_iter(&crt)
-                .map_err(|e| read_err(&crt, &e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| read_err(&crt, &e))?;
-            let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| read_err(&key, &e))?;
-            builder_tls
-                .with_client_auth_cert(chain, key)
-                .map_err(config)?
+        let ca = read("ca.crt")?;
+        let identity = if present_cert {
+            Some((read("tls.crt")?, read("tls.key")?))
         } else {
-            builder_tls.with_no_client_auth()
+            None
         };
-        let mut http = tcp();
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
+        let pool = TlsPool::from_pem(
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            None,
+        )?;
         Ok(Self {
-            client: Pool::Tls(builder().build(https)),
+            client: Pool::Tls(pool.0),
         })
+    }
+
+    /// A client that speaks plain HTTP to every host except those given a TLS
+    /// pool with [`Self::route_tls`]: for a caller (the operator) that reaches
+    /// the nodes of many clusters, each with its own CA, and learns from each
+    /// pod's spec whether it serves TLS. Clones share the routes.
+    pub fn routed() -> Self {
+        Self {
+            client: Pool::Routed {
+                plain: builder().build(tcp()),
+                routes: Arc::default(),
+            },
+        }
+    }
+
+    /// From now on, calls to `host` (an IP or name, without the port) speak
+    /// TLS through `pool`. False (and nothing changes) unless the client is
+    /// [`Self::routed`].
+    pub fn route_tls(&self, host: &str, pool: &TlsPool) -> bool {
+        let Pool::Routed { routes, .. } = &self.client else {
+            return false;
+        };
+        if let Ok(mut r) = routes.write() {
+            r.insert(host.to_string(), pool.clone());
+        }
+        true
+    }
+
+    /// From now on, calls to `host` speak plain HTTP. False unless routed.
+    pub fn route_plain(&self, host: &str) -> bool {
+        let Pool::Routed { routes, .. } = &self.client else {
+            return false;
+        };
+        if let Ok(mut r) = routes.write() {
+            r.remove(host);
+        }
+        true
     }
 
     /// One call to `http://{addr}{path}` (`https://` with TLS).
@@ -160,9 +252,26 @@ impl JsonClient {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<JsonReply, HttpError> {
-        let scheme = match self.client {
-            Pool::Plain(_) => "http",
-            Pool::Tls(_) => "https",
+        enum Via<'a> {
+            Plain(&'a Client<HttpConnector, Full<Bytes>>),
+            Tls(&'a Client<Https, Full<Bytes>>),
+        }
+        let routed = match &self.client {
+            Pool::Routed { routes, .. } => routes
+                .read()
+                .ok()
+                .and_then(|r| r.get(host_of(addr)).map(|p| p.0.clone())),
+            _ => None,
+        };
+        let via = match (&self.client, &routed) {
+            (_, Some(c)) => Via::Tls(c),
+            (Pool::Plain(c), None) => Via::Plain(c),
+            (Pool::Tls(c), None) => Via::Tls(c),
+            (Pool::Routed { plain, .. }, None) => Via::Plain(plain),
+        };
+        let scheme = match via {
+            Via::Plain(_) => "http",
+            Via::Tls(_) => "https",
         };
         let url = format!("{scheme}://{addr}{path}");
         let transport = |message: String| HttpError::Transport {
@@ -185,9 +294,9 @@ impl JsonClient {
             .body(Full::new(payload))
             .map_err(|e| transport(e.to_string()))?;
         let fut = async {
-            let resp = match &self.client {
-                Pool::Plain(c) => c.request(req).await,
-                Pool::Tls(c) => c.request(req).await,
+            let resp = match &via {
+                Via::Plain(c) => c.request(req).await,
+                Via::Tls(c) => c.request(req).await,
             }
             .map_err(|e| transport(e.to_string()))?;
             let status = resp.status().as_u16();
@@ -259,10 +368,13 @@ mod tests {
     /// A TLS server on loopback that, like a node's admin API, requires a
     /// client certificate of `ca`, and answers every request `{}`.
     async fn server(ca: &ClusterCa) -> String {
+        server_named(ca, &["127.0.0.1".to_string()]).await
+    }
+
+    /// [`server`] with a certificate naming `names`.
+    async fn server_named(ca: &ClusterCa, names: &[String]) -> String {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cert = ca
-            .server_cert(&["127.0.0.1".to_string()])
-            .expect("server cert");
+        let cert = ca.server_cert(names).expect("server cert");
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca"))
@@ -345,5 +457,40 @@ mod tests {
             .expect("write");
         let wrong = JsonClient::with_tls(&stranger, true).expect("client");
         assert!(wrong.get(&addr, "/healthz", None, t).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_routed_client_speaks_tls_only_to_routed_hosts_and_checks_the_fixed_name() {
+        use roomkeeper_api::raft_identity::api_server_name;
+        let ca = ClusterCa::generate("local").expect("ca");
+        let op = ca.operator_cert().expect("operator");
+        // The server's certificate names the cluster's API name only, not
+        // the address it is dialled at (pods are dialled by IP).
+        let addr = server_named(&ca, &[api_server_name("local")]).await;
+        let t = Duration::from_secs(5);
+        let pool = |name: &str| {
+            TlsPool::from_pem(
+                ca.cert_pem.as_bytes(),
+                Some((op.cert_pem.as_bytes(), op.key_pem.as_bytes())),
+                Some(name),
+            )
+            .expect("pool")
+        };
+        let client = JsonClient::routed();
+        // Not routed yet: plain HTTP, which a TLS server does not answer.
+        assert!(client.get(&addr, "/healthz", None, t).await.is_err());
+        assert!(client.route_tls("127.0.0.1", &pool(&api_server_name("local"))));
+        let r = client.clone().get(&addr, "/healthz", None, t).await;
+        assert_eq!(r.expect("served over TLS").status, 200);
+        // Another name than the certificate's is refused.
+        assert!(client.route_tls("127.0.0.1", &pool(&api_server_name("other"))));
+        assert!(client.get(&addr, "/healthz", None, t).await.is_err());
+        // Back to plain: refused again.
+        assert!(client.route_plain("127.0.0.1"));
+        assert!(client.get(&addr, "/healthz", None, t).await.is_err());
+        // A client that is not routed says so instead of ignoring a route.
+        assert!(!JsonClient::new().route_tls("127.0.0.1", &pool("x")));
+        // A CA that is not PEM is a setup error, not a client that trusts nothing.
+        assert!(TlsPool::from_pem(b"not pem", None, None).is_err());
     }
 }

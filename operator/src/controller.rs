@@ -83,7 +83,10 @@ impl Error {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    /// `nodes.http`: routed per pod, TLS to pods that serve it
+    /// (crate::api_tls).
     pub http: JsonClient,
+    pub nodes: crate::api_tls::NodeRoutes,
     pub metrics: OperatorMetrics,
     /// Events are published through a fresh Recorder each time: the Recorder's
     /// series cache keys on reason and action, not the note, and would fold
@@ -453,6 +456,11 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
         .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
         .await?
         .items;
+    // Each pod is reached the way its own spec says it serves: TLS under the
+    // cluster's CA or, a pod not yet rolled, plain (crate::api_tls).
+    ctx.nodes.learn_with(&ns, &name, &ca, &pods).map_err(|e| {
+        Error::RaftCerts(crate::raft_certs::RaftCertsError::ClientTls(e.to_string()))
+    })?;
     tracing::debug!(cluster = %name, phase = "probe nodes", "reconcile");
     let replies = observe_nodes(&admin, &pods).await;
     let floor = id_floor(&replies.statuses);
@@ -596,6 +604,8 @@ async fn ensure_secrets(
     })
     .await?;
     let ca = crate::raft_certs::ca_from_secret(&ca)?;
+    // The API server certificates before any pod that mounts them.
+    crate::api_tls::ensure_api_certs(ctx, lrc, ns, &ca).await?;
     Ok((
         NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token")),
         ca,
@@ -849,6 +859,7 @@ async fn apply_workload(
         delete_if_present::<Service>(ctx, ns, &names.client_service(&region), &dp).await?;
         delete_if_present::<PodDisruptionBudget>(ctx, ns, &sts_name, &dp).await?;
         delete_if_present::<Secret>(ctx, ns, &names.raft_certs(&region), &dp).await?;
+        delete_if_present::<Secret>(ctx, ns, &names.api_certs(&region), &dp).await?;
         ctx.event_for(
             lrc,
             false,
@@ -1463,6 +1474,7 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
         delete_if_present::<Secret>(ctx, &ns, &names.raft_ca(), &dp).await?;
         for region in &lrc.spec.regions {
             delete_if_present::<Secret>(ctx, &ns, &names.raft_certs(&region.name), &dp).await?;
+            delete_if_present::<Secret>(ctx, &ns, &names.api_certs(&region.name), &dp).await?;
         }
     }
     Ok(Action::await_change())

@@ -294,6 +294,18 @@ impl Scenario {
             format!("/api/v1/namespaces/{NS}/secrets/{CLUSTER}-{REGION}-raft-certs"),
             certs,
         );
+        // The region's API server certificate, for the names it should carry.
+        let names = crate::api_tls::api_names(CLUSTER, REGION, NS);
+        let data = crate::api_tls::plan_api_secret(ca, &BTreeMap::new(), None, &names)
+            .unwrap()
+            .unwrap();
+        let mut api =
+            serde_json::to_value(crate::api_tls::api_secret(&lrc, REGION, &names, data)).unwrap();
+        api["metadata"]["namespace"] = json!(NS);
+        put(
+            format!("/api/v1/namespaces/{NS}/secrets/{CLUSTER}-{REGION}-api-tls"),
+            api,
+        );
         put(
             format!("/api/v1/namespaces/{NS}/pods"),
             json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
@@ -642,6 +654,7 @@ async fn reconcile_once(lrc: LiveRoomCluster, world: BTreeMap<String, Value>) ->
     let ctx = Arc::new(Context {
         client: Client::new(service, NS),
         http: roomkeeper_control::http::JsonClient::new(),
+        nodes: crate::api_tls::NodeRoutes::default(),
         metrics: crate::metrics::OperatorMetrics::new().unwrap(),
         reporter: kube::runtime::events::Reporter {
             controller: "roomkeeper-operator".into(),
@@ -699,6 +712,7 @@ fn reads_before_the_step() -> Vec<String> {
         "GET /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "GET /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
         "GET /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
+        "GET /api/v1/namespaces/{NS}/secrets/shop-r-api-tls",
         "GET /api/v1/namespaces/{NS}/pods",
         "GET /api/v1/namespaces/{NS}/configmaps/shop-identities",
         "GET /api/v1/namespaces/{NS}/configmaps/shop-identities",
@@ -941,9 +955,11 @@ async fn the_raft_ca_and_each_ids_certificate_exist_before_the_workload_and_stay
     let nodes = FakeNodes::start(&s).await;
     let ca_path = p("/api/v1/namespaces/{NS}/secrets/shop-raft-ca");
     let certs_path = p("/api/v1/namespaces/{NS}/secrets/shop-r-raft-certs");
+    let api_path = p("/api/v1/namespaces/{NS}/secrets/shop-r-api-tls");
     let mut world = s.world();
     world.remove(&ca_path);
     world.remove(&certs_path);
+    world.remove(&api_path);
     let first = reconcile_once(s.lrc(), world).await;
     let at = |call: &str| {
         first
@@ -955,10 +971,22 @@ async fn the_raft_ca_and_each_ids_certificate_exist_before_the_workload_and_stay
     let ca_created = at("POST /api/v1/namespaces/{NS}/secrets");
     let certs_written = at("PATCH /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs");
     let workload = at("GET /apis/apps/v1/namespaces/{NS}/statefulsets/shop-r");
+    let api_written = at("PATCH /api/v1/namespaces/{NS}/secrets/shop-r-api-tls");
     assert!(
         ca_created < certs_written && certs_written < workload,
         "the CA, then the certificates, then the StatefulSet: {:#?}",
         first.calls
+    );
+    assert!(
+        ca_created < api_written && api_written < workload,
+        "the API certificate from the new CA before the StatefulSet: {:#?}",
+        first.calls
+    );
+    let api = first.body("PATCH /api/v1/namespaces/{NS}/secrets/shop-r-api-tls");
+    assert_eq!(api["type"], "kubernetes.io/tls");
+    assert_eq!(
+        api["metadata"]["annotations"][crate::api_tls::NAMES_ANNOTATION],
+        crate::api_tls::api_names(CLUSTER, REGION, NS).join(",")
     );
     let created = first.body("POST /api/v1/namespaces/{NS}/secrets");
     assert_eq!(created["metadata"]["name"], "shop-raft-ca");
@@ -1525,6 +1553,7 @@ async fn deleting_a_retained_cluster_removes_the_workload_and_keeps_volumes_ids_
         "/api/v1/namespaces/{NS}/secrets/shop-contact-keys",
         "/api/v1/namespaces/{NS}/secrets/shop-raft-ca",
         "/api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
+        "/api/v1/namespaces/{NS}/secrets/shop-r-api-tls",
     ] {
         assert!(done.world.contains_key(&p(kept)), "{kept} is kept");
     }
@@ -1546,6 +1575,7 @@ async fn deleting_a_cluster_under_the_delete_policy_also_removes_volumes_ids_and
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
+        "DELETE /api/v1/namespaces/{NS}/secrets/shop-r-api-tls",
         "PATCH /apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/liveroomclusters/shop",
     ]);
     assert_eq!(done.calls, with(vec![], &want));

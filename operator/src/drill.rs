@@ -31,7 +31,6 @@ use kube::{Client, CustomResource, ResourceExt};
 use roomkeeper_chaos::drill::{DrillSpec, FaultKind, FaultSpec, NodeRole, RegionPick};
 use roomkeeper_chaos::history::History;
 use roomkeeper_chaos::report::{ControlState, DecisionMark, DrillReport, NodeInvariant};
-use roomkeeper_control::http::JsonClient;
 use roomkeeper_control::load::{EndpointStats, TrafficMap};
 use roomkeeper_control::recorded_load::Storm;
 use roomkeeper_control::ClusterObservation;
@@ -41,6 +40,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::api_tls::NodeRoutes;
 use crate::controller::{pod_is_ready, secret_value};
 use crate::crd::LiveRoomCluster;
 use crate::nodes::NodeAdmin;
@@ -180,7 +180,8 @@ pub fn unsupported(spec: &DrillSpec) -> Option<String> {
 
 struct DrillContext {
     client: Client,
-    http: JsonClient,
+    /// The operator's client to the nodes (shared with the cluster controller).
+    nodes: NodeRoutes,
     /// Drills this replica is running now (namespace/name).
     running: Mutex<HashSet<String>>,
 }
@@ -217,11 +218,12 @@ async fn patch_status(
 /// Runs the ChaosDrill controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
+    nodes: NodeRoutes,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(DrillContext {
         client: client.clone(),
-        http: JsonClient::new(),
+        nodes,
         running: Mutex::new(HashSet::new()),
     });
     Controller::new(Api::<ChaosDrill>::all(client), watcher::Config::default())
@@ -271,7 +273,7 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
             // injector cannot take them back, so every pod is cleared here.
             if uses_fault_hooks(&drill.spec.0) {
                 if let Err(e) =
-                    clear_fault_hooks(&ctx.client, &ctx.http, &ns, &drill.spec.0.target.cluster)
+                    clear_fault_hooks(&ctx.client, &ctx.nodes, &ns, &drill.spec.0.target.cluster)
                         .await
                 {
                     tracing::warn!(drill = %key, error = %e, "could not clear an interrupted drill's fault hooks");
@@ -435,7 +437,7 @@ pub fn seed_of(uid: &str) -> u64 {
 /// pods it could not clear, in words.
 async fn clear_fault_hooks(
     client: &Client,
-    http: &JsonClient,
+    nodes: &NodeRoutes,
     ns: &str,
     cluster: &str,
 ) -> Result<usize, String> {
@@ -444,10 +446,14 @@ async fn clear_fault_hooks(
         .get(&Names { cluster }.tokens())
         .await
         .map_err(|e| format!("clearing fault hooks: reading the tokens Secret: {e}"))?;
-    let admin = NodeAdmin::new(http.clone(), secret_value(&tokens, "admin-token"));
+    let admin = NodeAdmin::new(nodes.http.clone(), secret_value(&tokens, "admin-token"));
     let pods = pods_of(client, ns, cluster)
         .await
         .map_err(|e| format!("clearing fault hooks: {e}"))?;
+    nodes
+        .learn(client, ns, cluster, &pods)
+        .await
+        .map_err(|e| format!("clearing fault hooks: reaching the pods: {e}"))?;
     let targets: Vec<(String, String)> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -573,8 +579,15 @@ struct KubeTarget<'a> {
 }
 
 impl KubeTarget<'_> {
+    /// The cluster's pods, each routed as its spec says it serves (TLS or not).
     async fn pods(&self) -> Result<Vec<Pod>, String> {
-        pods_of(&self.ctx.client, self.ns, self.cluster).await
+        let pods = pods_of(&self.ctx.client, self.ns, self.cluster).await?;
+        self.ctx
+            .nodes
+            .learn(&self.ctx.client, self.ns, self.cluster, &pods)
+            .await
+            .map_err(|e| format!("reaching the pods: {e}"))?;
+        Ok(pods)
     }
 
     /// Every pod with an IP, with its node's answer.
@@ -693,7 +706,10 @@ impl DrillTarget for KubeTarget<'_> {
             .map_err(|e| format!("reading the tokens Secret: {e}"))?;
         self.token =
             secret_value(&tokens, "client-token").ok_or("the tokens Secret has no client-token")?;
-        self.admin = NodeAdmin::new(self.ctx.http.clone(), secret_value(&tokens, "admin-token"));
+        self.admin = NodeAdmin::new(
+            self.ctx.nodes.http.clone(),
+            secret_value(&tokens, "admin-token"),
+        );
         let views = self.views().await;
         self.refresh_endpoints(&views);
         self.home_region = views
@@ -706,7 +722,7 @@ impl DrillTarget for KubeTarget<'_> {
 
     fn client(&self) -> ClientSide {
         ClientSide {
-            http: self.ctx.http.clone(),
+            http: self.ctx.nodes.http.clone(),
             token: self.token.clone(),
             traffic: self.traffic.clone(),
             home_region: self.home_region.clone(),
@@ -1549,7 +1565,7 @@ async fn execute(
         ctx,
         ns,
         cluster: &cluster,
-        admin: NodeAdmin::new(ctx.http.clone(), None),
+        admin: NodeAdmin::new(ctx.nodes.http.clone(), None),
         token: String::new(),
         traffic: Arc::new(TrafficMap::default()),
         home_region: String::new(),
@@ -1594,7 +1610,7 @@ async fn execute(
     let leftover = heal_partitions(&ctx.client, ns, &cluster, &run_id, &format!("{run_id}-")).await;
     // And hook settings a failed heal (or an error mid-run) left on a pod.
     let hooks_left = if uses_fault_hooks(spec) {
-        clear_fault_hooks(&ctx.client, &ctx.http, ns, &cluster)
+        clear_fault_hooks(&ctx.client, &ctx.nodes, ns, &cluster)
             .await
             .err()
     } else {

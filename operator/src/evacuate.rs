@@ -336,6 +336,11 @@ impl Evacuation<'_> {
             .await
             .map_err(|e| format!("listing pods: {e}"))?
             .items;
+        self.ctx
+            .nodes
+            .learn(&self.ctx.client, self.ns, &name, &pods)
+            .await
+            .map_err(|e| format!("reaching the pods: {e}"))?;
         let asked = |p: &Pod| {
             let n = p.name_any();
             self.answering.contains(&n) || also == Some(n.as_str())

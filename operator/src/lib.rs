@@ -1,5 +1,6 @@
 //! The roomkeeper Kubernetes operator.
 #![forbid(unsafe_code)]
+pub mod api_tls;
 pub mod approval;
 pub mod audit;
 pub mod backoff;

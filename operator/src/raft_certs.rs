@@ -47,6 +47,8 @@ pub enum RaftCertsError {
     },
     #[error("issuing a Raft certificate: {0}")]
     Cert(#[from] CertError),
+    #[error("the operator's TLS client to the cluster's nodes: {0}")]
+    ClientTls(String),
 }
 
 /// The CA Secret's data for a new CA.

@@ -31,6 +31,10 @@ use crate::crd::{LiveRoomCluster, NetworkSpec, RegionSpec};
 pub const RAFT_PORT: i32 = 7101;
 pub const API_PORT: i32 = 7201;
 pub const ADMIN_PORT: i32 = 7301;
+/// The plain, read-only listener (`--metrics-addr`): `/metrics`, `/healthz`,
+/// `/readyz` for Prometheus and the kubelet's probes, which cannot present
+/// the operator's certificate the TLS admin API requires (D41).
+pub const METRICS_PORT: i32 = 7401;
 pub const HASH_ANNOTATION: &str = "roomkeeper.dev/spec-hash";
 pub const CLUSTER_LABEL: &str = "roomkeeper.dev/cluster";
 pub const REGION_LABEL: &str = "roomkeeper.dev/region";
@@ -39,6 +43,8 @@ const IDENTITY_DIR: &str = "/etc/roomkeeper/identity";
 const CONTACT_DIR: &str = "/etc/roomkeeper/contact";
 /// Where a node finds its region's Raft certificates (`--raft-tls-dir`).
 pub const RAFT_TLS_DIR: &str = "/etc/roomkeeper/raft-tls";
+/// Where a node finds its region's API server certificate (`--http-tls-dir`).
+pub const API_TLS_DIR: &str = "/etc/roomkeeper/api-tls";
 /// The cluster id the operator's pods run with (`--cluster-id`), and so the
 /// one their certificates name (`node-<id>.local.raft.roomkeeper`): the
 /// node's default, which every pod ran with before. Each cluster has its own
@@ -80,6 +86,10 @@ impl Names<'_> {
     /// A region's Raft certificates: `ca.crt`, `node-<id>.crt`, `node-<id>.key`.
     pub fn raft_certs(&self, region: &str) -> String {
         format!("{}-{region}-raft-certs", self.cluster)
+    }
+    /// A region's API server certificate (`ca.crt`, `tls.crt`, `tls.key`).
+    pub fn api_certs(&self, region: &str) -> String {
+        format!("{}-{region}-api-tls", self.cluster)
     }
     pub fn network_policy(&self) -> String {
         format!("{}-peers-only", self.cluster)
@@ -367,7 +377,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String("admin".to_string()),
+            port: IntOrString::String("metrics".to_string()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -462,6 +472,13 @@ pub fn statefulset_for(
                                 it.next();
                                 out.push("--insecure-plaintext-raft".to_string());
                             }
+                            "--http-tls-dir" => {
+                                it.next();
+                                out.push("--insecure-plaintext-http".to_string());
+                            }
+                            "--metrics-addr" => {
+                                it.next();
+                            }
                             _ => out.push(a),
                         }
                     }
@@ -469,11 +486,22 @@ pub fn statefulset_for(
                     *args = out;
                 }
                 if let Some(m) = c.volume_mounts.as_mut() {
-                    m.retain(|m| m.name != "raft-tls");
+                    m.retain(|m| m.name != "raft-tls" && m.name != "api-tls");
+                }
+                if let Some(p) = c.ports.as_mut() {
+                    p.retain(|p| p.name.as_deref() != Some("metrics"));
+                }
+                for probe in [c.readiness_probe.as_mut(), c.liveness_probe.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(get) = probe.http_get.as_mut() {
+                        get.port = IntOrString::String("admin".to_string());
+                    }
                 }
             }
             if let Some(v) = pod.volumes.as_mut() {
-                v.retain(|v| v.name != "raft-tls");
+                v.retain(|v| v.name != "raft-tls" && v.name != "api-tls");
             }
         }
     }
@@ -520,9 +548,14 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         NODE_CLUSTER_ID,
         "--raft-tls-dir",
         RAFT_TLS_DIR,
-        // Not yet either: no HTTP server certificates from the operator, and
-        // its node client speaks plain HTTP (docs/security.md).
-        "--insecure-plaintext-http",
+        // TLS on the client and admin APIs: the region's API certificate
+        // (api_tls.rs, D46); the admin API takes only the operator's
+        // certificate, so probes and scrapes use the plain, read-only
+        // metrics listener.
+        "--http-tls-dir",
+        API_TLS_DIR,
+        "--metrics-addr",
+        &format!("$(POD_IP):{METRICS_PORT}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -543,6 +576,7 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
             port("raft", RAFT_PORT),
             port("api", API_PORT),
             port("admin", ADMIN_PORT),
+            port("metrics", METRICS_PORT),
         ]),
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
@@ -569,6 +603,12 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
             VolumeMount {
                 name: "raft-tls".to_string(),
                 mount_path: RAFT_TLS_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "api-tls".to_string(),
+                mount_path: API_TLS_DIR.to_string(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
@@ -654,6 +694,15 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
                                 secret_name: Some(names.raft_certs(&region.name)),
                                 // Private keys: owner and the pod's fsGroup
                                 // (the node's group) only.
+                                default_mode: Some(0o440),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "api-tls".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(names.api_certs(&region.name)),
                                 default_mode: Some(0o440),
                                 ..SecretVolumeSource::default()
                             }),
@@ -820,12 +869,13 @@ fn side(cluster: &str, group: Option<&str>) -> LabelSelector {
     }
 }
 
-/// The ingress rules of node pods on one side: Raft only from the same side,
-/// the admin port only from the operator, the order API from anywhere.
 /// The label prometheus-operator (and the Prometheus Helm charts) put on
-/// Prometheus server pods: the scrapers the admin port admits for `/metrics`.
+/// Prometheus server pods: the scrapers the metrics port admits.
 pub const PROMETHEUS_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "prometheus");
 
+/// The ingress rules of node pods on one side: Raft only from the same side,
+/// the admin port only from the operator, the order API from the clients,
+/// the metrics port only from Prometheus.
 fn node_ingress(
     metadata: ObjectMeta,
     cluster: &str,
@@ -887,12 +937,16 @@ fn node_ingress(
                     ports: Some(vec![tcp(RAFT_PORT)]),
                 },
                 NetworkPolicyIngressRule {
-                    from: Some(vec![operator, prometheus]),
+                    from: Some(vec![operator]),
                     ports: Some(vec![tcp(ADMIN_PORT)]),
                 },
                 NetworkPolicyIngressRule {
                     from: clients,
                     ports: Some(vec![tcp(API_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![prometheus]),
+                    ports: Some(vec![tcp(METRICS_PORT)]),
                 },
             ]),
             ..NetworkPolicySpec::default()
@@ -901,8 +955,9 @@ fn node_ingress(
 }
 
 /// Raft only between the cluster's own nodes (every region); the admin port
-/// only from the operator's pods and from Prometheus pods (`/metrics`; the
-/// rest of the admin API needs the admin token); the order API from the
+/// only from the operator's pods (and its TLS handshake only with the
+/// operator's certificate); the plain metrics port (`/metrics`, `/healthz`,
+/// `/readyz`) only from Prometheus pods; the order API from the
 /// cluster's namespace and `spec.network.clientNamespaceSelector` (from
 /// anywhere when unset). Pods a drill partitioned off are neither selected
 /// nor admitted here (their side's policy is).
@@ -1016,8 +1071,31 @@ mod tests {
             .volume_mounts
             .iter()
             .flatten()
-            .all(|m| m.name != "raft-tls"));
-        assert!(spec.volumes.iter().flatten().all(|v| v.name != "raft-tls"));
+            .all(|m| m.name != "raft-tls" && m.name != "api-tls"));
+        assert!(spec
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != "raft-tls" && v.name != "api-tls"));
+        // The HTTP edges as such a cluster had them: plaintext, probed on the
+        // admin port, no metrics listener.
+        assert!(args.contains(&"--insecure-plaintext-http".to_string()));
+        assert!(!args
+            .iter()
+            .any(|a| a == "--http-tls-dir" || a == "--metrics-addr"));
+        let c = &spec.containers[0];
+        assert!(c
+            .ports
+            .iter()
+            .flatten()
+            .all(|p| p.name.as_deref() != Some("metrics")));
+        for probe in [&c.readiness_probe, &c.liveness_probe] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("httpGet");
+            assert_eq!(get.port, IntOrString::String("admin".into()));
+        }
         // Everything else is the TLS template's, in the same order.
         let tls = statefulset_for(&lrc, &region, RaftTransport::MutualTls);
         let tls_args = tls
@@ -1039,6 +1117,11 @@ mod tests {
                         "--cluster-id",
                         RAFT_TLS_DIR,
                         NODE_CLUSTER_ID,
+                        "--insecure-plaintext-http",
+                        "--http-tls-dir",
+                        API_TLS_DIR,
+                        "--metrics-addr",
+                        &format!("$(POD_IP):{METRICS_PORT}"),
                     ]
                     .contains(&a.as_str())
                 })
@@ -1158,8 +1241,26 @@ mod tests {
             );
             assert_eq!(after("--raft-tls-dir"), Some(RAFT_TLS_DIR));
             assert_eq!(after("--cluster-id"), Some(NODE_CLUSTER_ID));
-            // HTTP stays plaintext on Kubernetes for now (docs/security.md).
-            assert!(args.iter().any(|a| a == "--insecure-plaintext-http"));
+            // The client and admin APIs are TLS from the region's API
+            // certificate; probes and scrapes use the plain metrics listener.
+            assert!(!args.iter().any(|a| a == "--insecure-plaintext-http"));
+            assert_eq!(after("--http-tls-dir"), Some(API_TLS_DIR));
+            let metrics_addr = format!("$(POD_IP):{METRICS_PORT}");
+            assert_eq!(after("--metrics-addr"), Some(metrics_addr.as_str()));
+            for probe in [&node.readiness_probe, &node.liveness_probe] {
+                let get = probe
+                    .as_ref()
+                    .and_then(|p| p.http_get.as_ref())
+                    .expect("httpGet");
+                assert_eq!(get.port, IntOrString::String("metrics".into()));
+            }
+            let api_mount = node
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == API_TLS_DIR)
+                .expect("the API certificate is mounted at --http-tls-dir");
+            assert_eq!(api_mount.read_only, Some(true));
             let mount = node
                 .volume_mounts
                 .iter()
@@ -1276,7 +1377,7 @@ mod tests {
             .unwrap();
         assert!(args.contains(&"$(POD_IP):7101".to_string()), "{args:?}");
         let np = network_policy(&lrc).spec.unwrap();
-        assert_eq!(np.ingress.unwrap().len(), 3);
+        assert_eq!(np.ingress.unwrap().len(), 4);
     }
 
     #[test]
@@ -1288,10 +1389,11 @@ mod tests {
         let port_of =
             |r: &NetworkPolicyIngressRule| r.ports.as_ref().unwrap()[0].port.clone().unwrap();
         // Defaults: Raft from the cluster's pods only; admin from the
-        // operator and Prometheus pods of any namespace; the API from anyone.
+        // operator's pods of any namespace; the API from anyone; metrics from
+        // Prometheus pods of any namespace.
         let mut lrc = cluster(&[("east", 3, 0)]);
         let rules = network_policy(&lrc).spec.unwrap().ingress.unwrap();
-        assert_eq!(rules.len(), 3);
+        assert_eq!(rules.len(), 4);
         assert_eq!(port_of(&rules[0]), IntOrString::Int(RAFT_PORT));
         let raft_from = rules[0].from.as_ref().unwrap();
         assert_eq!(raft_from.len(), 1);
@@ -1314,18 +1416,20 @@ mod tests {
         let any_ns = Some(LabelSelector::default());
         assert_eq!(
             admin_from,
-            &vec![
-                NetworkPolicyPeer {
-                    namespace_selector: any_ns.clone(),
-                    pod_selector: Some(labels("app.kubernetes.io/name", OPERATOR_APP)),
-                    ..NetworkPolicyPeer::default()
-                },
-                NetworkPolicyPeer {
-                    namespace_selector: any_ns,
-                    pod_selector: Some(labels("app.kubernetes.io/name", "prometheus")),
-                    ..NetworkPolicyPeer::default()
-                },
-            ]
+            &vec![NetworkPolicyPeer {
+                namespace_selector: any_ns.clone(),
+                pod_selector: Some(labels("app.kubernetes.io/name", OPERATOR_APP)),
+                ..NetworkPolicyPeer::default()
+            }]
+        );
+        assert_eq!(port_of(&rules[3]), IntOrString::Int(METRICS_PORT));
+        assert_eq!(
+            rules[3].from.as_ref().unwrap(),
+            &vec![NetworkPolicyPeer {
+                namespace_selector: any_ns,
+                pod_selector: Some(labels("app.kubernetes.io/name", "prometheus")),
+                ..NetworkPolicyPeer::default()
+            }]
         );
         assert_eq!(port_of(&rules[2]), IntOrString::Int(API_PORT));
         assert!(rules[2].from.is_none(), "no client selector: every source");
@@ -1340,7 +1444,7 @@ mod tests {
             )),
         };
         let rules = network_policy(&lrc).spec.unwrap().ingress.unwrap();
-        let prom = &rules[1].from.as_ref().unwrap()[1];
+        let prom = &rules[3].from.as_ref().unwrap()[0];
         assert_eq!(
             prom.namespace_selector,
             Some(labels("kubernetes.io/metadata.name", "monitoring"))

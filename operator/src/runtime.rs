@@ -273,9 +273,13 @@ pub async fn run(
     metrics.leader.set(1);
     tracing::info!(identity = %cfg.identity, "holding the leader Lease; reconciling");
 
+    // One client to every cluster's nodes, shared by the controllers: TLS
+    // to each pod that serves it, under its cluster's CA (crate::api_tls).
+    let nodes = crate::api_tls::NodeRoutes::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        http: roomkeeper_control::http::JsonClient::new(),
+        http: nodes.http.clone(),
+        nodes: nodes.clone(),
         metrics: metrics.clone(),
         reporter: Reporter {
             controller: "roomkeeper-operator".into(),
@@ -296,10 +300,12 @@ pub async fn run(
     ));
     let drill_ctl = tokio::spawn(crate::drill::run(
         client.clone(),
+        nodes.clone(),
         ctl_stop(ctl_stop_rx.clone()),
     ));
     let sched_ctl = tokio::spawn(crate::schedule::run(
         client.clone(),
+        nodes.clone(),
         ctl_stop(ctl_stop_rx.clone()),
     ));
 

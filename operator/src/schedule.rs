@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api_tls::NodeRoutes;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -20,7 +21,6 @@ use kube::runtime::watcher;
 use kube::{Client, CustomResource, Resource, ResourceExt};
 use roomkeeper_api::LiveWindowOfRoom;
 use roomkeeper_chaos::drill::DrillSpec;
-use roomkeeper_control::http::JsonClient;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -202,6 +202,7 @@ fn overlapping<'a>(
 /// nobody could read.
 async fn live_windows(
     client: &Client,
+    nodes: &NodeRoutes,
     ns: &str,
     cluster: &str,
 ) -> Result<Vec<LiveWindowOfRoom>, String> {
@@ -210,11 +211,15 @@ async fn live_windows(
         Ok(s) => secret_value(&s, "admin-token"),
         Err(e) => return Err(format!("cannot read the tokens Secret: {e}")),
     };
-    let admin = NodeAdmin::new(JsonClient::new(), token);
-    let ips: Vec<String> = match pods_of(client, ns, cluster).await {
-        Ok(pods) => pods.iter().filter_map(pod_ip).collect(),
+    let admin = NodeAdmin::new(nodes.http.clone(), token);
+    let pods = match pods_of(client, ns, cluster).await {
+        Ok(pods) => pods,
         Err(e) => return Err(format!("cannot list the pods: {e}")),
     };
+    if let Err(e) = nodes.learn(client, ns, cluster, &pods).await {
+        return Err(format!("cannot reach the pods: {e}"));
+    }
+    let ips: Vec<String> = pods.iter().filter_map(pod_ip).collect();
     if ips.is_empty() {
         // No node runs: no room can be on air here, and the drill itself
         // waits for the cluster to be Running.
@@ -256,6 +261,7 @@ fn now_unix() -> i64 {
 /// Runs the schedule controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
+    nodes: NodeRoutes,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     Controller::new(
@@ -270,19 +276,27 @@ pub async fn run(
     .run(
         reconcile,
         |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(15)),
-        Arc::new(client),
+        Arc::new(ScheduleContext { client, nodes }),
     )
     .for_each(|_| async {})
     .await;
 }
 
+/// What a schedule's reconcile works with.
+struct ScheduleContext {
+    client: Client,
+    /// The operator's client to the nodes (shared with the cluster controller).
+    nodes: NodeRoutes,
+}
+
 async fn reconcile(
     sched: Arc<ChaosDrillSchedule>,
-    client: Arc<Client>,
+    sctx: Arc<ScheduleContext>,
 ) -> Result<Action, kube::Error> {
+    let client = &sctx.client;
     let ns = sched.namespace().unwrap_or_default();
     let name = sched.name_any();
-    let drills: Api<ChaosDrill> = Api::namespaced((*client).clone(), &ns);
+    let drills: Api<ChaosDrill> = Api::namespaced(client.clone(), &ns);
     let children = drills
         .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
         .await?
@@ -309,7 +323,7 @@ async fn reconcile(
     if p.create {
         // Due: ask the nodes for live windows only now, not on every check.
         let target = &sched.spec.drill.target.cluster;
-        match live_windows(&client, &ns, target).await {
+        match live_windows(client, &sctx.nodes, &ns, target).await {
             Ok(windows) => p = plan(&sched.spec, &runs, last, &windows, now),
             Err(why) => {
                 tracing::warn!(schedule = %name, namespace = %ns, "run held: {why}");
@@ -345,7 +359,7 @@ async fn reconcile(
             controller: "roomkeeper-operator".into(),
             instance: None,
         };
-        if let Err(e) = Recorder::new((*client).clone(), reporter)
+        if let Err(e) = Recorder::new(client.clone(), reporter)
             .publish(&ev, &sched.object_ref(&()))
             .await
         {
@@ -363,7 +377,7 @@ async fn reconcile(
         new_status.last_run_unix = Some(now);
     }
     if new_status != status {
-        let api: Api<ChaosDrillSchedule> = Api::namespaced((*client).clone(), &ns);
+        let api: Api<ChaosDrillSchedule> = Api::namespaced(client.clone(), &ns);
         api.patch_status(
             &name,
             &PatchParams::default(),

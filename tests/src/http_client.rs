@@ -115,6 +115,9 @@ pub async fn request(
 #[derive(Clone)]
 pub struct Tls {
     pub connector: tokio_rustls::TlsConnector,
+    /// The name to expect from the server instead of the dialled host (the
+    /// operator's pods are dialled by IP and name the cluster's API name).
+    pub server_name: Option<String>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -138,13 +141,26 @@ impl Tls {
         ca: &std::path::Path,
         cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     ) -> io::Result<Self> {
+        let ca = std::fs::read(ca)?;
+        let cert = match cert {
+            Some((crt, key)) => Some((std::fs::read(crt)?, std::fs::read(key)?)),
+            None => None,
+        };
+        Self::from_pem(
+            &ca,
+            cert.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+    }
+
+    /// The same from PEM bytes.
+    pub fn from_pem(ca: &[u8], cert: Option<(&[u8], &[u8])>) -> io::Result<Self> {
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let bad =
             |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+        for c in CertificateDer::pem_slice_iter(ca) {
             roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
         }
         let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -156,11 +172,10 @@ impl Tls {
         let config = match cert {
             None => builder.with_no_client_auth(),
             Some((crt, key)) => {
-                let chain = CertificateDer::pem_file_iter(&crt)
-                    .map_err(|e| bad(&e))?
+                let chain = CertificateDer::pem_slice_iter(crt)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| bad(&e))?;
-                let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| bad(&e))?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(&e))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| bad(&e))?
@@ -168,7 +183,14 @@ impl Tls {
         };
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            server_name: None,
         })
+    }
+
+    /// Expects `name` from every server, whatever address is dialled.
+    pub fn expecting(mut self, name: &str) -> Self {
+        self.server_name = Some(name.to_string());
+        self
     }
 
     /// Connects and completes the handshake with the host of `addr`
@@ -177,7 +199,10 @@ impl Tls {
         &self,
         addr: &str,
     ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = match &self.server_name {
+            Some(n) => n.as_str(),
+            None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
+        };
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
         let stream = tokio::net::TcpStream::connect(addr)

@@ -379,3 +379,37 @@ impl Drop for OperatorProcess {
         self.kill();
     }
 }
+
+/// TLS to the client and admin APIs of a LiveRoomCluster's pods, as the
+/// operator speaks it: trusts the cluster's CA (`<cluster>-raft-ca`),
+/// presents an operator certificate issued from it, and expects the cluster's
+/// API name from every pod (pods are dialled by IP).
+pub async fn node_tls(client: &Client, ns: &str, cluster: &str) -> Result<crate::http_client::Tls> {
+    use k8s_openapi::api::core::v1::Secret;
+    use roomkeeper_api::raft_identity::{api_server_name, ClusterCa};
+    let name = format!("{cluster}-raft-ca");
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&name)
+        .await
+        .with_context(|| format!("reading Secret {ns}/{name}"))?;
+    let field = |key: &str| -> Result<String> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .with_context(|| format!("Secret {name} has no {key}"))
+    };
+    // The operator's pods run with cluster id `local` (D45).
+    let ca = ClusterCa {
+        cluster: "local".to_string(),
+        cert_pem: field("ca.crt")?,
+        key_pem: field("ca.key")?,
+    };
+    let op = ca.operator_cert().context("an operator certificate")?;
+    Ok(crate::http_client::Tls::from_pem(
+        ca.cert_pem.as_bytes(),
+        Some((op.cert_pem.as_bytes(), op.key_pem.as_bytes())),
+    )?
+    .expecting(&api_server_name("local")))
+}

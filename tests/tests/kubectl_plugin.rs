@@ -305,14 +305,17 @@ async fn order_with_contact(admin: &Client, bridge: &KubeletBridge) -> Result<()
         .to_string();
     let ip = bridge.pod_ip(NS, &leader).context("leader ip")?;
     let addr = format!("{ip}:7201");
+    // The pods' client API is TLS under the cluster's CA.
+    let tls = roomkeeper_e2e::operator::node_tls(admin, NS, LRC).await?;
     let call = |method: &'static str, path: String, body: Value| {
         let addr = addr.clone();
         let token = token.clone();
+        let tls = tls.clone();
         async move {
             let text = body.to_string();
             let req =
                 http_client::build(method, &addr, &path, Some(text.as_bytes()), Some(&token))?;
-            let r = http_client::request(&addr, req, Duration::from_secs(5)).await?;
+            let r = http_client::request_tls(&addr, &tls, req, Duration::from_secs(5)).await?;
             ensure!(r.status < 300, "{method} {path}: {} {}", r.status, r.text());
             anyhow::Ok(())
         }

@@ -702,7 +702,7 @@ fn chart_renders_the_node_monitoring_and_its_rules_pass_promtool() {
     let out = run_ok(Command::new(&promtool).arg("check").arg("rules").arg(&path));
     assert!(out.contains("SUCCESS"), "{out}");
 
-    // The PodMonitor scrapes the node pods' admin port and names the cluster.
+    // The PodMonitor scrapes the node pods' plain metrics port and names the cluster.
     let pm = kind("PodMonitor");
     assert_eq!(pm.len(), 1, "{rendered}");
     let spec = &pm[0]["spec"];
@@ -711,7 +711,7 @@ fn chart_renders_the_node_monitoring_and_its_rules_pass_promtool() {
         "roomkeeper-node"
     );
     let ep = &spec["podMetricsEndpoints"][0];
-    assert_eq!(ep["port"], "admin");
+    assert_eq!(ep["port"], "metrics");
     assert_eq!(ep["path"], "/metrics");
     assert_eq!(ep["relabelings"][0]["targetLabel"], "roomkeeper_cluster");
 

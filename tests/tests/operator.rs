@@ -381,25 +381,28 @@ async fn network_policy_is_enforced(admin: &Client, bridge: &KubeletBridge) -> R
             .await
             .with_context(|| format!("{from} -> {to}:{port} should pass the NetworkPolicy"))?;
     }
-    let blocked = bridge
-        .connect_from_pod(NS, from, (to_ip, 7301).into(), timeout)
-        .await;
-    let timed_out = blocked.as_ref().err().is_some_and(|e| {
-        e.chain()
-            .filter_map(|c| c.downcast_ref::<std::io::Error>())
-            .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    });
-    ensure!(
-        timed_out,
-        "{from} -> {to}:7301 should time out (dropped by the NetworkPolicy): {:?}",
-        blocked.map(|_| "connected")
-    );
+    // The admin port is the operator's, the metrics port Prometheus's.
+    for port in [7301, 7401] {
+        let blocked = bridge
+            .connect_from_pod(NS, from, (to_ip, port).into(), timeout)
+            .await;
+        let timed_out = blocked.as_ref().err().is_some_and(|e| {
+            e.chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        ensure!(
+            timed_out,
+            "{from} -> {to}:{port} should time out (dropped by the NetworkPolicy): {:?}",
+            blocked.map(|_| "connected")
+        );
+    }
     let addr = std::net::SocketAddr::from((to_ip, 7301));
     tokio::task::spawn_blocking(move || std::net::TcpStream::connect_timeout(&addr, timeout))
         .await?
         .with_context(|| format!("the host -> {to}:7301"))?;
     eprintln!(
-        "NetworkPolicy enforced: {from} -> {to} raft/api pass, admin blocked; host -> admin passes"
+        "NetworkPolicy enforced: {from} -> {to} raft/api pass, admin and metrics blocked; host -> admin passes"
     );
     Ok(())
 }
@@ -531,6 +534,7 @@ async fn lifecycle(
     );
     let raft_ca =
         pods_run_mutual_tls_on_raft(&admin, &lrcs, bridge, &h.dir().join("raft-probe")).await?;
+    pods_serve_tls_on_their_apis(&admin, bridge).await?;
 
     // `kubectl get lrc` columns, through the Table API kubectl uses.
     let req = http::Request::get(format!(
@@ -918,13 +922,16 @@ async fn lifecycle(
         .filter_map(|s| s.metadata.name)
         .collect();
     secrets.sort();
-    // sa-east's certificates went with the region.
+    // sa-east's certificates (Raft and API) went with the region.
     let kept: Vec<String> = [
+        "ap-south-api-tls",
         "ap-south-raft-certs",
         "contact-keys",
+        "eu-west-api-tls",
         "eu-west-raft-certs",
         "raft-ca",
         "tokens",
+        "us-east-api-tls",
         "us-east-raft-certs",
     ]
     .iter()
@@ -1680,6 +1687,92 @@ async fn pods_run_mutual_tls_on_raft(
             .unwrap_or_default()
     );
     Ok(ca)
+}
+
+/// The pods' client and admin APIs are TLS from the region's API certificate
+/// (D46): plain HTTP gets no answer, the operator's certificate is answered
+/// on the admin port, a client without it is refused there, and the plain
+/// metrics listener serves `/metrics` and nothing else.
+async fn pods_serve_tls_on_their_apis(admin: &Client, bridge: &KubeletBridge) -> Result<()> {
+    use roomkeeper_e2e::http_client;
+    let pods = Api::<Pod>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default().labels(&format!("roomkeeper.dev/cluster={LRC}")))
+        .await?
+        .items;
+    for p in &pods {
+        let args = p.spec.as_ref().context("pod spec")?.containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        ensure!(
+            args.iter().any(|a| a == "--http-tls-dir")
+                && !args.iter().any(|a| a == "--insecure-plaintext-http"),
+            "{:?} runs {args:?}",
+            p.metadata.name
+        );
+    }
+    let region = "us-east";
+    let api_tls = secret_text(admin, &format!("{LRC}-{region}-api-tls")).await?;
+    let ca = secret_text(admin, &format!("{LRC}-raft-ca")).await?;
+    ensure!(
+        api_tls.get("ca.crt") == ca.get("ca.crt")
+            && api_tls.contains_key("tls.crt")
+            && api_tls.contains_key("tls.key"),
+        "{region}'s API Secret holds a pair under the cluster's CA: {:?}",
+        api_tls.keys()
+    );
+    let pod = format!("{LRC}-{region}-0");
+    let ip = bridge.pod_ip(NS, &pod).context("the pod's IP")?;
+    let admin_addr = format!("{ip}:7301");
+    let t = Duration::from_secs(3);
+    let get = |addr: &str, path: &str| http_client::build("GET", addr, path, None, None);
+    let plain = http_client::request(&admin_addr, get(&admin_addr, "/healthz")?, t).await;
+    ensure!(
+        plain.is_err(),
+        "plain HTTP to the admin API was answered: {plain:?}"
+    );
+    let operator = roomkeeper_e2e::operator::node_tls(admin, NS, LRC).await?;
+    let r = http_client::request_tls(&admin_addr, &operator, get(&admin_addr, "/healthz")?, t)
+        .await
+        .context("the operator's certificate on the admin API")?;
+    ensure!(
+        r.status == 200,
+        "admin /healthz over TLS: {} {}",
+        r.status,
+        r.text()
+    );
+    let no_cert = http_client::Tls::from_pem(ca.get("ca.crt").context("ca.crt")?.as_bytes(), None)?
+        .expecting(&roomkeeper_api::raft_identity::api_server_name("local"));
+    let refused =
+        http_client::request_tls(&admin_addr, &no_cert, get(&admin_addr, "/healthz")?, t).await;
+    ensure!(
+        refused.is_err(),
+        "the admin API answered a client without the operator's certificate"
+    );
+    // The client API takes TLS without a client certificate.
+    let api_addr = format!("{ip}:7201");
+    let r = http_client::request_tls(&api_addr, &no_cert, get(&api_addr, "/healthz")?, t).await?;
+    ensure!(
+        r.status < 500,
+        "client API over TLS: {} {}",
+        r.status,
+        r.text()
+    );
+    let metrics_addr = format!("{ip}:7401");
+    let r = http_client::request(&metrics_addr, get(&metrics_addr, "/metrics")?, t).await?;
+    ensure!(
+        r.status == 200 && r.text().contains("roomkeeper_"),
+        "the metrics listener serves /metrics in plain HTTP: {}",
+        r.status
+    );
+    let r = http_client::request(&metrics_addr, get(&metrics_addr, "/admin/status")?, t).await?;
+    ensure!(
+        r.status == 404,
+        "the metrics listener must not serve /admin/status: {}",
+        r.status
+    );
+    eprintln!("API ports of {pod}: TLS only; the admin API answers the operator's certificate alone; metrics plain and read-only");
+    Ok(())
 }
 
 /// Versions of everything the cluster owns (pods excluded: their status is

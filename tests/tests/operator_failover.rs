@@ -143,19 +143,49 @@ async fn lrc_status(api: &Api<DynamicObject>) -> Value {
     roomkeeper_e2e::operator::lrc_status(api, LRC).await
 }
 
+/// A client's credentials on the pods' APIs: its bearer token, and TLS as
+/// the operator speaks it (the cluster's CA, an operator certificate).
+#[derive(Clone)]
+struct Auth {
+    token: String,
+    tls: http_client::Tls,
+}
+
+impl Auth {
+    async fn new(token: String, admin: &Client) -> Result<Self> {
+        let tls = roomkeeper_e2e::operator::node_tls(admin, NS, LRC).await?;
+        Ok(Self { token, tls })
+    }
+
+    /// `http_client::request` over TLS.
+    async fn request(
+        &self,
+        addr: &str,
+        req: http::Request<http_body_util::Full<bytes::Bytes>>,
+        timeout: Duration,
+    ) -> std::io::Result<http_client::Response> {
+        http_client::request_tls(addr, &self.tls, req, timeout).await
+    }
+}
+
 /// One order on one pod: the HTTP status and the error code (or the order id).
-async fn place(ip: &str, token: &str, room: &str, sku: &str, key: &str) -> (u16, String) {
+async fn place(ip: &str, token: &Auth, room: &str, sku: &str, key: &str) -> (u16, String) {
     let body = json!({
         "sku": sku, "buyer": key, "qty": 1, "idempotency_key": key, "contact": "+1-555-0000",
     })
     .to_string();
     let addr = format!("{ip}:7201");
     let path = format!("/v1/rooms/{room}/orders");
-    let Ok(req) = http_client::build("POST", &addr, &path, Some(body.as_bytes()), Some(token))
-    else {
+    let Ok(req) = http_client::build(
+        "POST",
+        &addr,
+        &path,
+        Some(body.as_bytes()),
+        Some(&token.token),
+    ) else {
         return (0, "bad request".into());
     };
-    match http_client::request(&addr, req, Duration::from_secs(2)).await {
+    match token.request(&addr, req, Duration::from_secs(2)).await {
         Ok(r) => {
             let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
             let what = v["code"]
@@ -171,15 +201,21 @@ async fn place(ip: &str, token: &str, room: &str, sku: &str, key: &str) -> (u16,
 
 async fn client_call(
     ip: &str,
-    token: &str,
+    token: &Auth,
     method: &str,
     path: &str,
     body: Value,
 ) -> Result<Value> {
     let addr = format!("{ip}:7201");
     let text = body.to_string();
-    let req = http_client::build(method, &addr, path, Some(text.as_bytes()), Some(token))?;
-    let r = http_client::request(&addr, req, Duration::from_secs(5)).await?;
+    let req = http_client::build(
+        method,
+        &addr,
+        path,
+        Some(text.as_bytes()),
+        Some(&token.token),
+    )?;
+    let r = token.request(&addr, req, Duration::from_secs(5)).await?;
     ensure!(
         r.status < 300,
         "{method} {path}: HTTP {} {}",
@@ -190,7 +226,7 @@ async fn client_call(
 }
 
 /// What every pod answers to an order now (`placed` for a 2xx).
-async fn answers(ips: &[(String, String)], token: &str, room: &str) -> BTreeMap<String, String> {
+async fn answers(ips: &[(String, String)], token: &Auth, room: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (pod, ip) in ips {
         let (status, what) =
@@ -345,6 +381,7 @@ async fn quorum_loss(
         .and_then(|d| d.get("client-token").cloned())
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .context("client token")?;
+    let token = Auth::new(token, &admin).await?;
     let ips = pod_ips(&admin, bridge).await?;
     ensure!(ips.len() == 5, "pods {ips:?}");
     let (room, sku, stock) = ("t4-room", "hot", 60u64);
@@ -486,10 +523,11 @@ async fn quorum_loss(
             &addr,
             &format!("/v1/rooms/{room}/listings/{sku}"),
             None,
-            Some(&token),
+            Some(&token.token),
         )?;
         serde_json::from_slice(
-            &http_client::request(&addr, req, Duration::from_secs(5))
+            &token
+                .request(&addr, req, Duration::from_secs(5))
                 .await?
                 .body,
         )?
@@ -507,9 +545,9 @@ async fn quorum_loss(
             &addr,
             &format!("/v1/orders/{id}"),
             None,
-            Some(&token),
+            Some(&token.token),
         )?;
-        let r = http_client::request(&addr, req, Duration::from_secs(5)).await?;
+        let r = token.request(&addr, req, Duration::from_secs(5)).await?;
         ensure!(
             r.status == 200,
             "acknowledged order {id} lost: HTTP {} {}",
@@ -831,16 +869,23 @@ async fn voters_by_region(lrcs: &Api<DynamicObject>) -> BTreeMap<String, Vec<i64
 async fn raft_voters(
     admin: &Client,
     bridge: &KubeletBridge,
-    admin_token: &str,
+    admin_token: &Auth,
 ) -> BTreeMap<String, Vec<u64>> {
     let Ok(pods) = pod_ips(admin, bridge).await else {
         return BTreeMap::new();
     };
     let calls = pods.iter().map(|(_, ip)| async move {
         let addr = format!("{ip}:7301");
-        let req =
-            http_client::build("GET", &addr, "/admin/status", None, Some(admin_token)).ok()?;
-        let r = http_client::request(&addr, req, Duration::from_secs(1))
+        let req = http_client::build(
+            "GET",
+            &addr,
+            "/admin/status",
+            None,
+            Some(&admin_token.token),
+        )
+        .ok()?;
+        let r = admin_token
+            .request(&addr, req, Duration::from_secs(1))
             .await
             .ok()?;
         serde_json::from_slice::<roomkeeper_api::NodeStatus>(&r.body).ok()
@@ -938,13 +983,13 @@ fn order_result(status: u16, body: &Value) -> roomkeeper_chaos::history::OpResul
 }
 
 /// GET on the first pod that answers 200.
-async fn read_any(ips: &[String], token: &str, path: &str) -> Result<Value> {
+async fn read_any(ips: &[String], token: &Auth, path: &str) -> Result<Value> {
     let mut last = String::new();
     for _ in 0..10 {
         for ip in ips {
             let addr = format!("{ip}:7201");
-            let req = http_client::build("GET", &addr, path, None, Some(token))?;
-            match http_client::request(&addr, req, Duration::from_secs(3)).await {
+            let req = http_client::build("GET", &addr, path, None, Some(&token.token))?;
+            match token.request(&addr, req, Duration::from_secs(3)).await {
                 Ok(r) if r.status == 200 => return Ok(serde_json::from_slice(&r.body)?),
                 Ok(r) => last = format!("{addr}: HTTP {} {}", r.status, r.text()),
                 Err(e) => last = format!("{addr}: {e}"),
@@ -988,6 +1033,8 @@ async fn region_kill(
         .and_then(|d| d.get("admin-token").cloned())
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .context("admin token")?;
+    let token = Auth::new(token, &admin).await?;
+    let admin_token = Auth::new(admin_token, &admin).await?;
     let ids_before = node_ids(&admin).await?;
     let voters_before = voters_by_region(&lrcs).await;
     ensure!(
@@ -1068,10 +1115,9 @@ async fn region_kill(
                     &addr,
                     &path,
                     Some(body.as_bytes()),
-                    Some(&token),
+                    Some(&token.token),
                 ) {
-                    Ok(req) => match http_client::request(&addr, req, Duration::from_secs(2)).await
-                    {
+                    Ok(req) => match token.request(&addr, req, Duration::from_secs(2)).await {
                         Ok(r) => order_result(
                             r.status,
                             &serde_json::from_slice(&r.body).unwrap_or(Value::Null),
