@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Fetches the upstream Gateway API CRDs the operator's traffic router needs
-# (HTTPRoute, standard channel) from the Go module sigs.k8s.io/gateway-api via
+# (HTTPRoute and BackendTLSPolicy, standard channel) from the Go module sigs.k8s.io/gateway-api via
 # the Go module proxy, and caches them like scripts/k8s-test-bins.sh caches the
 # Kubernetes binaries. No release downloads, no Docker.
 #
 # Output: ${ROOMKEEPER_GATEWAY_API_DIR:-$HOME/.cache/roomkeeper/gateway-api/<version>}
-# holding gateway.networking.k8s.io_httproutes.yaml. Already there: not fetched
+# holding gateway.networking.k8s.io_httproutes.yaml and
+# gateway.networking.k8s.io_backendtlspolicies.yaml. Already there: not fetched
 # again. The last line printed is the output directory.
 set -euo pipefail
 
 version="${ROOMKEEPER_GATEWAY_API_VERSION:-v1.6.3}"
 out="${ROOMKEEPER_GATEWAY_API_DIR:-$HOME/.cache/roomkeeper/gateway-api/${version}}"
-files=(gateway.networking.k8s.io_httproutes.yaml)
+files=(gateway.networking.k8s.io_httproutes.yaml gateway.networking.k8s.io_backendtlspolicies.yaml)
 
 have_all() {
   for f in "${files[@]}"; do [ -s "$out/$f" ] || return 1; done

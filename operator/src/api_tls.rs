@@ -109,7 +109,8 @@ pub fn api_secret(
 }
 
 /// Every region of `lrc` has its API server certificate from `ca`, before a
-/// pod that mounts it is created: one read per region when nothing changed.
+/// pod that mounts it is created, and the CA's certificate is published in
+/// the ConfigMap `<cluster>-api-ca`: one read each when nothing changed.
 pub async fn ensure_api_certs(
     ctx: &Context,
     lrc: &LiveRoomCluster,
@@ -117,6 +118,9 @@ pub async fn ensure_api_certs(
     ca: &ClusterCa,
 ) -> Result<(), Error> {
     let cluster = cluster_name(lrc);
+    // The CA's certificate where a gateway's BackendTLSPolicy can name it.
+    crate::controller::apply_if_changed(ctx, ns, resources::api_ca_configmap(lrc, &ca.cert_pem))
+        .await?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for region in &lrc.spec.regions {
         let name = Names { cluster: &cluster }.api_certs(&region.name);

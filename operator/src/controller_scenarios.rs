@@ -294,6 +294,14 @@ impl Scenario {
             format!("/api/v1/namespaces/{NS}/secrets/{CLUSTER}-{REGION}-raft-certs"),
             certs,
         );
+        let (api_ca, _) =
+            crate::resources::with_hash(crate::resources::api_ca_configmap(&lrc, &ca.cert_pem));
+        let mut api_ca = serde_json::to_value(api_ca).unwrap();
+        api_ca["metadata"]["namespace"] = json!(NS);
+        put(
+            format!("/api/v1/namespaces/{NS}/configmaps/{CLUSTER}-api-ca"),
+            api_ca,
+        );
         // The region's API server certificate, for the names it should carry.
         let names = crate::api_tls::api_names(CLUSTER, REGION, NS);
         let data = crate::api_tls::plan_api_secret(ca, &BTreeMap::new(), None, &names)
@@ -712,6 +720,7 @@ fn reads_before_the_step() -> Vec<String> {
         "GET /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "GET /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
         "GET /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
+        "GET /api/v1/namespaces/{NS}/configmaps/shop-api-ca",
         "GET /api/v1/namespaces/{NS}/secrets/shop-r-api-tls",
         "GET /api/v1/namespaces/{NS}/pods",
         "GET /api/v1/namespaces/{NS}/configmaps/shop-identities",

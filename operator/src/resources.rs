@@ -87,6 +87,11 @@ impl Names<'_> {
     pub fn raft_certs(&self, region: &str) -> String {
         format!("{}-{region}-raft-certs", self.cluster)
     }
+    /// The cluster CA's certificate (`ca.crt`) for gateways that verify the
+    /// nodes' API (the BackendTLSPolicy's `caCertificateRefs`).
+    pub fn api_ca(&self) -> String {
+        format!("{}-api-ca", self.cluster)
+    }
     /// A region's API server certificate (`ca.crt`, `tls.crt`, `tls.key`).
     pub fn api_certs(&self, region: &str) -> String {
         format!("{}-{region}-api-tls", self.cluster)
@@ -333,6 +338,18 @@ impl Identities {
 
 /// The identity map has no owner reference: like the volumes it names, it
 /// survives the deletion of the cluster object (D18).
+/// The cluster CA's certificate as a ConfigMap (`ca.crt`): public, what a
+/// gateway's BackendTLSPolicy names to verify the nodes' API. Owned by the
+/// cluster: it is derived from the CA Secret and written again if lost.
+pub fn api_ca_configmap(lrc: &LiveRoomCluster, ca_pem: &str) -> ConfigMap {
+    let cluster = cluster_name(lrc);
+    ConfigMap {
+        metadata: meta(lrc, Names { cluster: &cluster }.api_ca(), None),
+        data: Some(BTreeMap::from([("ca.crt".to_string(), ca_pem.to_string())])),
+        ..ConfigMap::default()
+    }
+}
+
 pub fn identities_configmap(lrc: &LiveRoomCluster, ids: &Identities) -> ConfigMap {
     let cluster = cluster_name(lrc);
     let mut metadata = meta(lrc, Names { cluster: &cluster }.identities(), None);

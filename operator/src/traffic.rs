@@ -20,6 +20,8 @@ use crate::resources::{labels, Names, API_PORT};
 /// The Gateway API group and the CRD the router needs.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const HTTPROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+/// The CRD of the policy telling a gateway its backends speak TLS.
+pub const BACKENDTLSPOLICY_CRD: &str = "backendtlspolicies.gateway.networking.k8s.io";
 /// The weight a region has until something sets it.
 pub const FULL_WEIGHT: u32 = 100;
 
@@ -28,6 +30,8 @@ pub const FULL_WEIGHT: u32 = 100;
 pub enum RouteError {
     #[error("the CustomResourceDefinition {HTTPROUTE_CRD} (Gateway API, v1) is not installed in this cluster: install the Gateway API standard CRDs so the operator can move traffic")]
     CrdMissing,
+    #[error("the CustomResourceDefinition {BACKENDTLSPOLICY_CRD} (Gateway API v1.4 or later, standard channel) is not installed in this cluster: the nodes' order API is TLS, and without the policy a gateway would send buyers to it in plain HTTP; install the Gateway API standard CRDs")]
+    BackendTlsCrdMissing,
     #[error("region {0:?} is not in the cluster's spec")]
     UnknownRegion(String),
     #[error("{what}: {source}")]
@@ -55,6 +59,29 @@ pub trait TrafficRouter {
         region: &str,
         weight: u32,
     ) -> impl Future<Output = Result<String, RouteError>> + Send;
+}
+
+/// The BackendTLSPolicy's spec: every region's client Service (its `api`
+/// port) is TLS, verified against the CA in the ConfigMap `ca_configmap`
+/// (`ca.crt`) by the cluster's API name, which every region's API
+/// certificate carries (crate::api_tls).
+pub fn tls_policy_spec(
+    regions: &[String],
+    services: &BTreeMap<String, String>,
+    ca_configmap: &str,
+) -> Value {
+    let targets: Vec<Value> = regions
+        .iter()
+        .filter_map(|r| services.get(r))
+        .map(|svc| json!({"group": "", "kind": "Service", "name": svc, "sectionName": "api"}))
+        .collect();
+    json!({
+        "targetRefs": targets,
+        "validation": {
+            "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": ca_configmap}],
+            "hostname": roomkeeper_api::raft_identity::api_server_name(crate::resources::NODE_CLUSTER_ID),
+        },
+    })
 }
 
 /// The weights of `backendRefs`, keyed by region through the Service names.
@@ -149,16 +176,39 @@ impl HttpRouteRouter {
         Api::namespaced_with(self.client.clone(), &self.ns, &Self::resource())
     }
 
-    /// Whether the API server serves `httproutes` in the Gateway API group
-    /// (discovery needs no RBAC beyond being authenticated).
+    pub fn tls_policy_resource() -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(GATEWAY_GROUP, "v1", "BackendTLSPolicy"),
+            "backendtlspolicies",
+        )
+    }
+
+    /// The BackendTLSPolicy's name.
+    pub fn tls_policy_name(&self) -> String {
+        format!("{}-buyers-tls", self.cluster)
+    }
+
+    /// Whether the API server serves `httproutes` and `backendtlspolicies`
+    /// in the Gateway API group (discovery needs no RBAC beyond being
+    /// authenticated).
     async fn crd_installed(&self) -> Result<(), RouteError> {
         match self
             .client
             .list_api_group_resources(&format!("{GATEWAY_GROUP}/v1"))
             .await
         {
-            Ok(list) if list.resources.iter().any(|r| r.name == "httproutes") => Ok(()),
-            Ok(_) => Err(RouteError::CrdMissing),
+            Ok(list) if !list.resources.iter().any(|r| r.name == "httproutes") => {
+                Err(RouteError::CrdMissing)
+            }
+            Ok(list)
+                if !list
+                    .resources
+                    .iter()
+                    .any(|r| r.name == "backendtlspolicies") =>
+            {
+                Err(RouteError::BackendTlsCrdMissing)
+            }
+            Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Err(RouteError::CrdMissing),
             Err(source) => Err(RouteError::Kube {
                 what: format!("discovering {GATEWAY_GROUP}/v1"),
@@ -213,6 +263,38 @@ impl HttpRouteRouter {
                 what: format!("applying HTTPRoute {name}"),
                 source,
             })?;
+        // The backends speak TLS (D46): the gateway verifies them under the
+        // cluster's CA by the name every region's certificate carries.
+        let name = self.tls_policy_name();
+        let mut meta = json!({
+            "name": name,
+            "namespace": self.ns,
+            "labels": labels(&self.cluster, None),
+        });
+        if let Some(o) = &self.owner {
+            meta["ownerReferences"] = json!([o]);
+        }
+        let policy = json!({
+            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+            "kind": "BackendTLSPolicy",
+            "metadata": meta,
+            "spec": tls_policy_spec(&self.regions, &self.services(), &Names { cluster: &self.cluster }.api_ca()),
+        });
+        Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &Self::tls_policy_resource(),
+        )
+        .patch(
+            &name,
+            &PatchParams::apply(crate::controller::MANAGER).force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .map_err(|source| RouteError::Kube {
+            what: format!("applying BackendTLSPolicy {name}"),
+            source,
+        })?;
         Ok(())
     }
 }
@@ -278,6 +360,23 @@ mod tests {
             .iter()
             .map(|r| (r.to_string(), format!("shop-{r}")))
             .collect()
+    }
+
+    #[test]
+    fn the_tls_policy_names_every_regions_api_port_and_the_clusters_ca_and_name() {
+        let regions = vec!["us".to_string(), "eu".to_string()];
+        let spec = tls_policy_spec(&regions, &services(), "shop-api-ca");
+        let targets = spec["targetRefs"].as_array().expect("targets");
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0]["name"], "shop-us");
+        assert_eq!(targets[0]["kind"], "Service");
+        assert_eq!(targets[0]["group"], "");
+        assert_eq!(targets[0]["sectionName"], "api");
+        assert_eq!(spec["validation"]["hostname"], "local.api.roomkeeper");
+        assert_eq!(
+            spec["validation"]["caCertificateRefs"],
+            json!([{"group": "", "kind": "ConfigMap", "name": "shop-api-ca"}])
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::operator::apply_yaml;
 pub const GATEWAY_API_VERSION: &str = "v1.6.3";
 /// The CRD file of HTTPRoute (standard channel) in the module.
 pub const HTTPROUTE_FILE: &str = "gateway.networking.k8s.io_httproutes.yaml";
+/// The CRD file of BackendTLSPolicy (standard channel, v1 since v1.4).
+pub const BACKENDTLSPOLICY_FILE: &str = "gateway.networking.k8s.io_backendtlspolicies.yaml";
 
 /// Where the CRDs are: `ROOMKEEPER_GATEWAY_API_DIR`, else the script's cache.
 pub fn crd_dir() -> PathBuf {
@@ -30,16 +32,31 @@ pub fn crd_dir() -> PathBuf {
         .join(GATEWAY_API_VERSION)
 }
 
-/// The HTTPRoute CRD's YAML, or `None` (skipped loudly; a panic under CI).
-pub fn httproute_crd_or_skip(test: &str) -> Option<String> {
-    let path = crd_dir().join(HTTPROUTE_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(e) => {
-            let msg = format!(
+/// The Gateway API CRDs the operator's router needs, as YAML.
+pub struct GatewayCrds {
+    /// HTTPRoute (the weights).
+    pub httproute: String,
+    /// BackendTLSPolicy (the nodes' order API is TLS).
+    pub backend_tls: String,
+}
+
+/// The Gateway API CRDs, or `None` (skipped loudly; a panic under CI).
+pub fn httproute_crd_or_skip(test: &str) -> Option<GatewayCrds> {
+    let read = |file: &str| {
+        let path = crd_dir().join(file);
+        std::fs::read_to_string(&path).map_err(|e| {
+            format!(
                 "{test}: the Gateway API CRDs are missing ({}: {e}); run `bash scripts/gateway-api-crds.sh`",
                 path.display()
-            );
+            )
+        })
+    };
+    match read(HTTPROUTE_FILE).and_then(|h| Ok((h, read(BACKENDTLSPOLICY_FILE)?))) {
+        Ok((httproute, backend_tls)) => Some(GatewayCrds {
+            httproute,
+            backend_tls,
+        }),
+        Err(msg) => {
             if in_ci() {
                 panic!("{msg}");
             }
@@ -49,19 +66,35 @@ pub fn httproute_crd_or_skip(test: &str) -> Option<String> {
     }
 }
 
-/// Installs the HTTPRoute CRD and waits until it is served.
-pub async fn install_httproute_crd(client: &Client, yaml: &str) -> Result<()> {
+/// Installs both CRDs and waits until they are served.
+pub async fn install_httproute_crd(client: &Client, crds: &GatewayCrds) -> Result<()> {
+    install_crd(
+        client,
+        &crds.httproute,
+        "httproutes.gateway.networking.k8s.io",
+    )
+    .await?;
+    install_crd(
+        client,
+        &crds.backend_tls,
+        "backendtlspolicies.gateway.networking.k8s.io",
+    )
+    .await
+}
+
+/// Installs one CRD (`yaml`, named `name`) and waits until it is served.
+pub async fn install_crd(client: &Client, yaml: &str, name: &str) -> Result<()> {
     apply_yaml(client, yaml, "default")
         .await
-        .context("applying the HTTPRoute CRD")?;
+        .with_context(|| format!("applying the CRD {name}"))?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     eventually(
         Duration::from_secs(30),
-        "CRD httproutes.gateway.networking.k8s.io established",
+        &format!("CRD {name} established"),
         || {
             let crds = crds.clone();
             async move {
-                crds.get("httproutes.gateway.networking.k8s.io")
+                crds.get(name)
                     .await
                     .ok()
                     .and_then(|c| c.status)

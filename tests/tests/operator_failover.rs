@@ -14,7 +14,9 @@ use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::Client;
-use roomkeeper_e2e::gateway::{httproute_crd_or_skip, install_httproute_crd};
+use roomkeeper_e2e::gateway::{
+    httproute_crd_or_skip, install_crd, install_httproute_crd, GatewayCrds,
+};
 use roomkeeper_e2e::http_client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
@@ -72,7 +74,7 @@ async fn traffic_weights_live_in_an_httproute_and_a_missing_crd_is_named() {
     }
 }
 
-async fn traffic_weights(h: &KubeHarness, crd: &str) -> Result<()> {
+async fn traffic_weights(h: &KubeHarness, crd: &GatewayCrds) -> Result<()> {
     let env = OperatorEnv::prepare(h, &roomkeeper_e2e::binary(), NS, &[]).await?;
     let admin = env.admin.clone();
     let sa = client_from_kubeconfig(&env.sa_kubeconfig).await?;
@@ -93,8 +95,53 @@ async fn traffic_weights(h: &KubeHarness, crd: &str) -> Result<()> {
         "ensure without the CRD must fail too"
     );
 
+    // HTTPRoute alone is not enough: the backends speak TLS, and a gateway
+    // without the BackendTLSPolicy would send buyers plain HTTP.
+    install_crd(
+        &admin,
+        &crd.httproute,
+        "httproutes.gateway.networking.k8s.io",
+    )
+    .await?;
+    let no_policy = router(&sa)
+        .ensure(&|_| FULL_WEIGHT)
+        .await
+        .err()
+        .context("ensure without the BackendTLSPolicy CRD must fail")?
+        .to_string();
+    ensure!(
+        no_policy.contains("backendtlspolicies.gateway.networking.k8s.io"),
+        "the error must name the missing CRD: {no_policy}"
+    );
     install_httproute_crd(&admin, crd).await?;
     let weights = router(&sa).ensure(&|_| FULL_WEIGHT).await?;
+    let policy = Api::<DynamicObject>::namespaced_with(
+        admin.clone(),
+        NS,
+        &HttpRouteRouter::tls_policy_resource(),
+    )
+    .get(&format!("{LRC}-buyers-tls"))
+    .await
+    .context("the BackendTLSPolicy next to the route")?;
+    let spec = &policy.data["spec"];
+    let targets: Vec<&str> = spec["targetRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    ensure!(
+        targets.len() == 3
+            && REGIONS
+                .iter()
+                .all(|r| targets.contains(&format!("{LRC}-{r}").as_str())),
+        "every region's client Service is a TLS backend: {spec}"
+    );
+    ensure!(
+        spec["validation"]["hostname"] == "local.api.roomkeeper"
+            && spec["validation"]["caCertificateRefs"][0]["name"] == format!("{LRC}-api-ca"),
+        "verified under the cluster's CA by its API name: {spec}"
+    );
     ensure!(
         weights.values().all(|w| *w == FULL_WEIGHT) && weights.len() == 3,
         "{weights:?}"
@@ -310,7 +357,7 @@ async fn pod_ips(admin: &Client, bridge: &KubeletBridge) -> Result<Vec<(String, 
 async fn form_cluster(
     h: &KubeHarness,
     bin: &std::path::Path,
-    crd: &str,
+    crd: &GatewayCrds,
     ops: &mut Vec<OperatorProcess>,
     playbook: Option<Value>,
 ) -> Result<(OperatorEnv, Api<DynamicObject>)> {
@@ -369,7 +416,7 @@ async fn quorum_loss(
     h: &KubeHarness,
     bridge: &KubeletBridge,
     bin: &std::path::Path,
-    crd: &str,
+    crd: &GatewayCrds,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
     let (env, lrcs) = form_cluster(h, bin, crd, ops, None).await?;
@@ -642,7 +689,7 @@ async fn region_drain(
     h: &KubeHarness,
     bridge: &KubeletBridge,
     bin: &std::path::Path,
-    crd: &str,
+    crd: &GatewayCrds,
     ops: &mut Vec<OperatorProcess>,
 ) -> Result<()> {
     let (env, lrcs) = form_cluster(h, bin, crd, ops, Some(drain_playbook())).await?;
@@ -1004,7 +1051,7 @@ async fn region_kill(
     h: &KubeHarness,
     bridge: &KubeletBridge,
     bin: &std::path::Path,
-    crd: &str,
+    crd: &GatewayCrds,
     ops: &mut Vec<OperatorProcess>,
     restart: bool,
 ) -> Result<()> {
