@@ -43,6 +43,9 @@ const IDENTITY_DIR: &str = "/etc/roomkeeper/identity";
 const CONTACT_DIR: &str = "/etc/roomkeeper/contact";
 /// Where a node finds its region's Raft certificates (`--raft-tls-dir`).
 pub const RAFT_TLS_DIR: &str = "/etc/roomkeeper/raft-tls";
+/// Where a node finds its bearer tokens (`--client-token-file`,
+/// `--admin-token-file`): the cluster's tokens Secret, mounted.
+pub const TOKENS_DIR: &str = "/etc/roomkeeper/tokens";
 /// Where a node finds its region's API server certificate (`--http-tls-dir`).
 pub const API_TLS_DIR: &str = "/etc/roomkeeper/api-tls";
 /// The cluster id the operator's pods run with (`--cluster-id`), and so the
@@ -465,6 +468,9 @@ pub fn raft_transport(
     }
 }
 
+/// Volumes the legacy template never had.
+const LEGACY_ABSENT_VOLUMES: [&str; 3] = ["raft-tls", "api-tls", "tokens"];
+
 /// [`statefulset`] for a transport: the legacy template is exactly the one
 /// such a cluster was created with (no certificate volume, no `--cluster-id`),
 /// so keeping it restarts nothing.
@@ -493,7 +499,7 @@ pub fn statefulset_for(
                                 it.next();
                                 out.push("--insecure-plaintext-http".to_string());
                             }
-                            "--metrics-addr" => {
+                            "--metrics-addr" | "--client-token-file" | "--admin-token-file" => {
                                 it.next();
                             }
                             _ => out.push(a),
@@ -503,8 +509,16 @@ pub fn statefulset_for(
                     *args = out;
                 }
                 if let Some(m) = c.volume_mounts.as_mut() {
-                    m.retain(|m| m.name != "raft-tls" && m.name != "api-tls");
+                    m.retain(|m| !LEGACY_ABSENT_VOLUMES.contains(&m.name.as_str()));
                 }
+                // Such a cluster took its tokens from the environment.
+                let names = Names {
+                    cluster: &cluster_name(lrc),
+                };
+                c.env.get_or_insert_with(Vec::new).extend([
+                    env_secret("ROOMKEEPER_CLIENT_TOKEN", &names.tokens(), "client-token"),
+                    env_secret("ROOMKEEPER_ADMIN_TOKEN", &names.tokens(), "admin-token"),
+                ]);
                 if let Some(p) = c.ports.as_mut() {
                     p.retain(|p| p.name.as_deref() != Some("metrics"));
                 }
@@ -518,7 +532,7 @@ pub fn statefulset_for(
                 }
             }
             if let Some(v) = pod.volumes.as_mut() {
-                v.retain(|v| v.name != "raft-tls" && v.name != "api-tls");
+                v.retain(|v| !LEGACY_ABSENT_VOLUMES.contains(&v.name.as_str()));
             }
         }
     }
@@ -571,6 +585,12 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         // metrics listener.
         "--http-tls-dir",
         API_TLS_DIR,
+        // Tokens as files from the mounted Secret: in no process listing
+        // and no environment (issue 16).
+        "--client-token-file",
+        &format!("{TOKENS_DIR}/client-token"),
+        "--admin-token-file",
+        &format!("{TOKENS_DIR}/admin-token"),
         "--metrics-addr",
         &format!("$(POD_IP):{METRICS_PORT}"),
     ]
@@ -586,8 +606,6 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
         env: Some(vec![
             env_field("POD_NAME", "metadata.name"),
             env_field("POD_IP", "status.podIP"),
-            env_secret("ROOMKEEPER_CLIENT_TOKEN", &names.tokens(), "client-token"),
-            env_secret("ROOMKEEPER_ADMIN_TOKEN", &names.tokens(), "admin-token"),
         ]),
         ports: Some(vec![
             port("raft", RAFT_PORT),
@@ -626,6 +644,12 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
             VolumeMount {
                 name: "api-tls".to_string(),
                 mount_path: API_TLS_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tokens".to_string(),
+                mount_path: TOKENS_DIR.to_string(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
@@ -720,6 +744,15 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
                             name: "api-tls".to_string(),
                             secret: Some(SecretVolumeSource {
                                 secret_name: Some(names.api_certs(&region.name)),
+                                default_mode: Some(0o440),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "tokens".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(names.tokens()),
                                 default_mode: Some(0o440),
                                 ..SecretVolumeSource::default()
                             }),
@@ -1094,6 +1127,17 @@ mod tests {
             .iter()
             .flatten()
             .all(|v| v.name != "raft-tls" && v.name != "api-tls"));
+        // Its tokens from the environment, as it was created.
+        let env: Vec<&str> = spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(
+            env.contains(&"ROOMKEEPER_CLIENT_TOKEN") && env.contains(&"ROOMKEEPER_ADMIN_TOKEN"),
+            "{env:?}"
+        );
         // The HTTP edges as such a cluster had them: plaintext, probed on the
         // admin port, no metrics listener.
         assert!(args.contains(&"--insecure-plaintext-http".to_string()));
@@ -1139,6 +1183,10 @@ mod tests {
                         API_TLS_DIR,
                         "--metrics-addr",
                         &format!("$(POD_IP):{METRICS_PORT}"),
+                        "--client-token-file",
+                        &format!("{TOKENS_DIR}/client-token"),
+                        "--admin-token-file",
+                        &format!("{TOKENS_DIR}/admin-token"),
                     ]
                     .contains(&a.as_str())
                 })
@@ -1236,6 +1284,54 @@ mod tests {
                 .collect();
             assert_eq!(writable, vec![DATA_DIR], "{}", c.name);
         }
+    }
+
+    #[test]
+    fn nodes_read_their_tokens_from_the_mounted_secret_not_the_environment() {
+        let lrc = cluster(&[("east", 3, 0)]);
+        let sts = statefulset(&lrc, &lrc.spec.regions[0]);
+        let pod = sts.spec.template.spec.unwrap();
+        let node = &pod.containers[0];
+        let args = node.args.clone().unwrap_or_default();
+        let after = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        assert_eq!(
+            after("--client-token-file"),
+            Some(format!("{TOKENS_DIR}/client-token"))
+        );
+        assert_eq!(
+            after("--admin-token-file"),
+            Some(format!("{TOKENS_DIR}/admin-token"))
+        );
+        assert!(
+            node.env.iter().flatten().all(|e| !e.name.contains("TOKEN")
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.secret_key_ref.as_ref())
+                    .is_none()),
+            "no token in the environment: {:?}",
+            node.env
+        );
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tokens")
+            .expect("the tokens volume");
+        let secret = volume.secret.as_ref().expect("a Secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("shop-tokens"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        assert!(node
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "tokens"
+                && m.mount_path == TOKENS_DIR
+                && m.read_only == Some(true)));
     }
 
     #[test]

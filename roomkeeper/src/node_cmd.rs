@@ -85,6 +85,10 @@ pub struct NodeArgs {
     /// `client-token`). Unset, and no `--client-tokens-file`: open, with a warning.
     #[arg(long, env = "ROOMKEEPER_CLIENT_TOKEN", hide_env_values = true)]
     pub client_token: Option<String>,
+    /// `--client-token` read from a file (one line; a mounted Secret key):
+    /// the token appears in no process listing or environment.
+    #[arg(long, conflicts_with = "client_token")]
+    pub client_token_file: Option<PathBuf>,
     /// Scoped client tokens: one per line, `<name> sha256:<hex> <rooms> <verbs>`
     /// (rooms `a,b,live-*` or `*`; verbs from order, manage_listings,
     /// read_contact, or `*`). `roomkeeper client-token-hash` prints the hash.
@@ -93,6 +97,9 @@ pub struct NodeArgs {
     /// Bearer token required by the admin API (unset: open, with a warning).
     #[arg(long, env = "ROOMKEEPER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// `--admin-token` read from a file (one line; a mounted Secret key).
+    #[arg(long, conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// `/metrics` (on the admin listener and on `--metrics-addr`) answers only
     /// requests bearing this token (Prometheus: `authorization` credentials).
     /// A read-only credential of its own: the scraper never holds the admin
@@ -100,6 +107,9 @@ pub struct NodeArgs {
     /// `/healthz` and `/readyz` stay open for probes.
     #[arg(long, env = "ROOMKEEPER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// `--metrics-token` read from a file (one line; a mounted Secret key).
+    #[arg(long, conflicts_with = "metrics_token")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Turns on the fault-injection hook of the admin API. For tests and drills only.
     #[arg(long)]
     pub enable_test_faults: bool,
@@ -198,7 +208,41 @@ pub struct NodeArgs {
     pub http_max_connections_per_peer: u64,
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+/// A token from a file: its one line, without surrounding whitespace; an
+/// empty file is refused (it would mean "no token", i.e. an open API).
+fn read_token_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{flag}: reading {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "{flag}: {} is empty (an empty token would leave the API open)",
+        path.display()
+    );
+    anyhow::ensure!(
+        !token.contains(['\n', '\r']),
+        "{flag}: {} holds more than one line",
+        path.display()
+    );
+    Ok(token.to_string())
+}
+
+/// Fills the tokens given as files in from those files.
+fn resolve_token_files(args: &mut NodeArgs) -> anyhow::Result<()> {
+    if let Some(p) = &args.client_token_file {
+        args.client_token = Some(read_token_file("--client-token-file", p)?);
+    }
+    if let Some(p) = &args.admin_token_file {
+        args.admin_token = Some(read_token_file("--admin-token-file", p)?);
+    }
+    if let Some(p) = &args.metrics_token_file {
+        args.metrics_token = Some(read_token_file("--metrics-token-file", p)?);
+    }
+    Ok(())
+}
+
+pub async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
+    resolve_token_files(&mut args)?;
     let keyring = ContactKeyring::from_file(&args.contact_key_file).with_context(|| {
         format!(
             "loading contact keys from {}",
@@ -559,6 +603,67 @@ mod tests {
             "--insecure-plaintext-raft",
         ]))
         .expect_err("both");
+    }
+
+    #[test]
+    fn tokens_from_files_replace_the_flags_and_an_empty_or_missing_file_is_refused() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p.display().to_string()
+        };
+        let (client, admin) = (file("client", "c-secret\n"), file("admin", "a-secret"));
+        let metrics = file("metrics", "  m-secret  \n");
+        let base = [
+            "x",
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+            "--contact-key-file",
+            "k",
+            "--insecure-plaintext-raft",
+            "--insecure-plaintext-http",
+        ];
+        let mut args = Cli::try_parse_from(base.iter().chain(&[
+            "--client-token-file",
+            client.as_str(),
+            "--admin-token-file",
+            admin.as_str(),
+            "--metrics-token-file",
+            metrics.as_str(),
+        ]))
+        .expect("files")
+        .node;
+        resolve_token_files(&mut args).expect("read");
+        assert_eq!(args.client_token.as_deref(), Some("c-secret"));
+        assert_eq!(args.admin_token.as_deref(), Some("a-secret"));
+        assert_eq!(args.metrics_token.as_deref(), Some("m-secret"));
+        // A token and its file at once: which one counts would be a guess.
+        Cli::try_parse_from(base.iter().chain(&[
+            "--admin-token",
+            "x",
+            "--admin-token-file",
+            admin.as_str(),
+        ]))
+        .expect_err("both");
+        for bad in [
+            file("empty", " \n"),
+            file("two", "a\nb\n"),
+            file("gone", ""),
+        ] {
+            let _ = std::fs::remove_file(dir.path().join("gone"));
+            let mut args =
+                Cli::try_parse_from(base.iter().chain(&["--admin-token-file", bad.as_str()]))
+                    .expect("parse")
+                    .node;
+            let err = resolve_token_files(&mut args)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("--admin-token-file"), "{err}");
+        }
     }
 
     #[test]

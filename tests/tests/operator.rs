@@ -1710,6 +1710,18 @@ async fn pods_serve_tls_on_their_apis(admin: &Client, bridge: &KubeletBridge) ->
             "{:?} runs {args:?}",
             p.metadata.name
         );
+        // Tokens from the mounted Secret, in no environment.
+        let env = p.spec.as_ref().context("pod spec")?.containers[0]
+            .env
+            .clone()
+            .unwrap_or_default();
+        ensure!(
+            args.iter().any(|a| a == "--admin-token-file")
+                && args.iter().any(|a| a == "--client-token-file")
+                && env.iter().all(|e| !e.name.contains("TOKEN")),
+            "{:?} takes its tokens from files: {args:?} {env:?}",
+            p.metadata.name
+        );
     }
     let region = "us-east";
     let api_tls = secret_text(admin, &format!("{LRC}-{region}-api-tls")).await?;
