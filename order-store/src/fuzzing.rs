@@ -157,6 +157,7 @@ mod tests {
         let env = Envelope {
             id: 1,
             cluster: "c".into(),
+            shard: crate::transport::HOSTED_SHARD,
             from: 1,
             to: 2,
             body: RpcRequest::Forward(ForwardBatch {

@@ -64,6 +64,7 @@ pub enum ProbeRequest {
 #[derive(Debug, Clone)]
 pub struct ProbeHeader {
     pub cluster: String,
+    pub shard: crate::transport::ShardId,
     pub from: NodeId,
     pub to: NodeId,
 }
@@ -221,6 +222,7 @@ pub async fn probe(
     let frame = encode_frame(&Envelope {
         id: 1,
         cluster: header.cluster,
+        shard: header.shard,
         from: header.from,
         to: header.to,
         body,

@@ -173,10 +173,20 @@ pub fn authorize_forwarded(
 pub(crate) struct Envelope<T> {
     pub(crate) id: u64,
     pub(crate) cluster: String,
+    /// The Raft group (shard) the frame is for; a node hosts
+    /// [`HOSTED_SHARD`] only until rooms are sharded (issue 13).
+    pub(crate) shard: ShardId,
     pub(crate) from: NodeId,
     pub(crate) to: NodeId,
     pub(crate) body: T,
 }
+
+/// A Raft group's id within a cluster.
+pub type ShardId = u32;
+
+/// The one shard a node hosts until rooms are sharded over many Raft groups
+/// (issue 13): frames name it, and a frame for any other is refused.
+pub const HOSTED_SHARD: ShardId = 0;
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -457,6 +467,7 @@ impl PeerPool {
         let frame = encode_frame(&Envelope {
             id,
             cluster: self.cluster.clone(),
+            shard: HOSTED_SHARD,
             from: self.self_id,
             to: target,
             body,
@@ -804,6 +815,8 @@ pub struct RaftServerParts {
 enum Refusal {
     /// The frame names another cluster.
     WrongCluster,
+    /// The frame is for a shard (Raft group) this node does not host.
+    WrongShard,
     /// The frame is for another node.
     WrongNode,
     /// `from` is not the node the TLS certificate names, or the Raft message
@@ -819,6 +832,7 @@ impl Refusal {
     fn label(self) -> &'static str {
         match self {
             Refusal::WrongCluster => "wrong_cluster",
+            Refusal::WrongShard => "wrong_shard",
             Refusal::WrongNode => "wrong_node",
             Refusal::IdentityMismatch => "identity_mismatch",
             Refusal::NotMember => "not_member",
@@ -856,6 +870,9 @@ impl RaftServer {
     fn check(&self, env: &Envelope<RpcRequest>, peer: Option<NodeId>) -> Result<(), Refusal> {
         if env.cluster != self.cluster {
             return Err(Refusal::WrongCluster);
+        }
+        if env.shard != HOSTED_SHARD {
+            return Err(Refusal::WrongShard);
         }
         if env.to != self.node_id {
             return Err(Refusal::WrongNode);
@@ -1269,6 +1286,7 @@ async fn respond(tx: &mpsc::Sender<Vec<u8>>, id: u64, body: RpcResponse) {
     let env = Envelope {
         id,
         cluster: String::new(),
+        shard: HOSTED_SHARD,
         from: 0,
         to: 0,
         body,
@@ -1473,7 +1491,7 @@ mod fuzz {
     //! fail cleanly, never panic or allocate without bound.
     use proptest::prelude::*;
 
-    use super::{Envelope, RpcRequest, RpcResponse};
+    use super::{Envelope, RpcRequest, RpcResponse, HOSTED_SHARD};
     use crate::wire::read_frame;
 
     proptest! {
@@ -1503,7 +1521,7 @@ mod fuzz {
             let who = std::sync::Arc::new(crate::auth::Principal { name: "t".into(), scope: crate::auth::Scope::all() });
             let batch = super::ForwardBatch::new(cmds.clone(), &vec![who; cmds.len()]);
             prop_assert_eq!(batch.principals.len(), 1);
-            let env = Envelope { id: 9, cluster: "c".into(), from: 2, to: 1, body: RpcRequest::Forward(batch.clone()) };
+            let env = Envelope { id: 9, cluster: "c".into(), shard: HOSTED_SHARD, from: 2, to: 1, body: RpcRequest::Forward(batch.clone()) };
             let frame = crate::wire::encode_frame(&env).expect("encode");
             let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
             let got = rt.block_on(async {

@@ -132,6 +132,9 @@ pub struct ProbeArgs {
     /// Cluster id the frame names.
     #[arg(long)]
     pub cluster_id: String,
+    /// Shard (Raft group) the frame names.
+    #[arg(long, default_value_t = 0)]
+    pub shard: u32,
     /// Sender the frame claims.
     #[arg(long)]
     pub from: u64,
@@ -222,6 +225,7 @@ pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     };
     let header = ProbeHeader {
         cluster: args.cluster_id,
+        shard: args.shard,
         from: args.from,
         to: args.to,
     };

@@ -366,6 +366,9 @@ fn only_certified_members_of_this_cluster_reach_raft_and_forwarded_contacts_stay
     let tlsm = ["--tls-dir", member_cert.as_str()];
     assert!(probe(&laddr, &tlsm, ("other", follower, leader), &forward).is_err());
     assert!(probe(&laddr, &tlsm, (CLUSTER_ID, follower, 77), &forward).is_err());
+    // Or for a shard (Raft group) the node does not host.
+    let tlsm_shard = ["--tls-dir", member_cert.as_str(), "--shard", "7"];
+    assert!(probe(&laddr, &tlsm_shard, as_member, &forward).is_err());
     // Even a member cannot forward a contact that is not sealed.
     let r = probe(&laddr, &tlsm, as_member, &forward).expect("an answer");
     assert!(r.contains("unsealed_contact"), "{r}");
@@ -382,6 +385,7 @@ fn only_certified_members_of_this_cluster_reach_raft_and_forwarded_contacts_stay
         "not_member",
         "wrong_cluster",
         "wrong_node",
+        "wrong_shard",
         "unsealed_contact",
     ] {
         let n = metric(&c, leader, "roomkeeper_raft_requests_refused_total", reason)
