@@ -7,9 +7,9 @@
 //! connection, which carries data again once the label is back; the host
 //! always reaches every pod. The operator's own policy for a cluster admits
 //! Raft only between its members, the order API only from its namespace and
-//! the ingress namespace, the admin port only from the operator's pods and
-//! the monitoring namespace's Prometheus — and refuses every other of those
-//! flows. A starting bridge removes what a dead test
+//! the ingress namespace, the admin port only from the operator's pods, the
+//! metrics port only from the monitoring namespace's Prometheus — and
+//! refuses every other of those flows. A starting bridge removes what a dead test
 //! process left behind; a dropped bridge leaves neither namespaces nor its
 //! bridge device.
 //!
@@ -32,6 +32,8 @@ use serde_json::json;
 const NS: &str = "rk-netpol";
 const ADMIN: u16 = 7301;
 const API: u16 = 7201;
+/// The plain, read-only metrics listener (`--metrics-addr`).
+const METRICS: u16 = 7401;
 /// How long a connection attempt may take before it counts as blocked.
 const BLOCKED_AFTER: Duration = Duration::from_secs(2);
 
@@ -157,6 +159,7 @@ fn node_pod(name: &str, id: u32, labels: serde_json::Value) -> Pod {
                     "--raft-addr", "$(POD_IP):7101",
                     "--api-addr", format!("$(POD_IP):{API}"),
                     "--admin-addr", format!("$(POD_IP):{ADMIN}"),
+                    "--metrics-addr", format!("$(POD_IP):{METRICS}"),
                     "--region", "harness-region", "--zone", "harness-zone-a",
                     "--contact-key-file", "/etc/roomkeeper/keys/contact.key",
                     // These pods test NetworkPolicy flows, not peer auth.
@@ -173,6 +176,7 @@ fn node_pod(name: &str, id: u32, labels: serde_json::Value) -> Pod {
                     {"name": "raft", "containerPort": 7101},
                     {"name": "api", "containerPort": API},
                     {"name": "admin", "containerPort": ADMIN},
+                    {"name": "metrics", "containerPort": METRICS},
                 ],
                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 1},
                 "volumeMounts": [
@@ -246,7 +250,7 @@ async fn reaches_from(
         .await
     {
         Ok(mut s) => {
-            if port == ADMIN {
+            if port == ADMIN || port == METRICS {
                 let code = tokio::task::spawn_blocking(move || healthz_on(&mut s, BLOCKED_AFTER))
                     .await??;
                 ensure!(
@@ -305,7 +309,7 @@ async fn host_reaches(ip: Ipv4Addr, port: u16) -> Result<()> {
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut s = TcpStream::connect_timeout(&addr(ip, port), BLOCKED_AFTER)
             .with_context(|| format!("host -> {ip}:{port}"))?;
-        if port == ADMIN {
+        if port == ADMIN || port == METRICS {
             let code = healthz_on(&mut s, BLOCKED_AFTER)?;
             ensure!(code == 200, "host -> {ip}:{port}: /healthz answered {code}");
         }
@@ -565,9 +569,14 @@ async fn operator_policy(
     expect_from(bridge, NS, "stranger", server, API, true).await?;
     expect_from(bridge, INGRESS_NS, "gateway", server, API, true).await?;
     expect_from(bridge, MONITORING_NS, "prometheus", server, API, false).await?;
-    // The admin port: Prometheus of the monitoring namespace (for /metrics);
-    // not a member, not a pod of the namespace, not Prometheus elsewhere.
-    expect_from(bridge, MONITORING_NS, "prometheus", server, ADMIN, true).await?;
+    // The metrics port: Prometheus of the monitoring namespace; not a
+    // member, not a pod of the namespace, not Prometheus elsewhere.
+    expect_from(bridge, MONITORING_NS, "prometheus", server, METRICS, true).await?;
+    expect_from(bridge, INGRESS_NS, "gateway", server, METRICS, false).await?;
+    expect_from(bridge, NS, "friend", server, METRICS, false).await?;
+    expect_from(bridge, NS, "stranger", server, METRICS, false).await?;
+    // The admin port: the operator's alone, not even Prometheus.
+    expect_from(bridge, MONITORING_NS, "prometheus", server, ADMIN, false).await?;
     expect_from(bridge, INGRESS_NS, "gateway", server, ADMIN, false).await?;
     expect_from(bridge, NS, "friend", server, ADMIN, false).await?;
     expect_from(bridge, NS, "stranger", server, ADMIN, false).await?;
@@ -582,6 +591,7 @@ async fn operator_policy(
     .await?;
     bridge.wait_synced(Duration::from_secs(20)).await?;
     expect_from(bridge, NS, "stranger", server, ADMIN, true).await?;
+    expect_from(bridge, NS, "stranger", server, METRICS, false).await?;
     expect_from(bridge, NS, "stranger", server, RAFT, false).await?;
     policies.delete(&np_name, &Default::default()).await?;
     bridge.wait_synced(Duration::from_secs(20)).await?;
