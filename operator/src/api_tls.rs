@@ -9,7 +9,7 @@
 //! - The operator's node client is [`JsonClient::routed`]: plain HTTP to a
 //!   pod whose spec says `--insecure-plaintext-http`, TLS through the
 //!   cluster's pool to a pod whose spec says `--http-tls-dir`, learnt from
-//!   the pods each time they are listed ([`learn_pods`]). A cluster rolling
+//!   the pods each time they are listed ([`NodeRoutes::learn`]). A cluster rolling
 //!   from one to the other is reached at every step.
 
 use std::collections::{BTreeMap, HashMap};

@@ -83,9 +83,11 @@ impl Error {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    /// `nodes.http`: routed per pod, TLS to pods that serve it
-    /// (crate::api_tls).
+    /// The client to the nodes: `nodes.http` in the operator, routed per pod
+    /// (TLS to pods that serve it); the scenario tests give a plain one for
+    /// their plain-HTTP fake nodes.
     pub http: JsonClient,
+    /// The routes `http` follows and the TLS pool per cluster (crate::api_tls).
     pub nodes: crate::api_tls::NodeRoutes,
     pub metrics: OperatorMetrics,
     /// Events are published through a fresh Recorder each time: the Recorder's
