@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use roomkeeper_api::raft_identity::{api_server_name, CertError, ClusterCa};
@@ -24,8 +23,8 @@ use roomkeeper_control::http::{JsonClient, TlsPool, TlsSetupError};
 
 use crate::controller::{Context, Error, MANAGER};
 use crate::crd::LiveRoomCluster;
-use crate::raft_certs::{RaftCertsError, CA_CRT};
-use crate::resources::{self, cluster_name, Names, CLUSTER_LABEL, NODE_CLUSTER_ID};
+use crate::raft_certs::{certificate_secret, read_certificate_secret, RaftCertsError, CA_CRT};
+use crate::resources::{self, cluster_name, Names, NODE_CLUSTER_ID};
 
 /// Keys of the API certificate Secret (the cert-manager layout).
 pub const TLS_CRT: &str = "tls.crt";
@@ -86,26 +85,16 @@ pub fn api_secret(
     names: &[String],
     data: BTreeMap<String, String>,
 ) -> Secret {
-    let cluster = cluster_name(lrc);
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(Names { cluster: &cluster }.api_certs(region)),
-            namespace: lrc.metadata.namespace.clone(),
-            labels: Some(resources::labels(&cluster, Some(region))),
-            annotations: Some(BTreeMap::from([(
-                NAMES_ANNOTATION.to_string(),
-                names.join(","),
-            )])),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".to_string()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Secret::default()
+    let name = Names {
+        cluster: &cluster_name(lrc),
     }
+    .api_certs(region);
+    let mut secret = certificate_secret(lrc, name, region, "kubernetes.io/tls", data);
+    secret.metadata.annotations = Some(BTreeMap::from([(
+        NAMES_ANNOTATION.to_string(),
+        names.join(","),
+    )]));
+    secret
 }
 
 /// Every region of `lrc` has its API server certificate from `ca`, before a
@@ -124,27 +113,7 @@ pub async fn ensure_api_certs(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for region in &lrc.spec.regions {
         let name = Names { cluster: &cluster }.api_certs(&region.name);
-        let live = api.get_opt(&name).await?;
-        if let Some(s) = &live {
-            let owner = s.labels().get(CLUSTER_LABEL);
-            if owner != Some(&cluster) {
-                return Err(RaftCertsError::Foreign {
-                    secret: name,
-                    owner: owner.cloned(),
-                    cluster,
-                }
-                .into());
-            }
-        }
-        let existing: BTreeMap<String, String> = live
-            .as_ref()
-            .and_then(|s| s.data.as_ref())
-            .map(|d| {
-                d.iter()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (live, existing) = read_certificate_secret(&api, &name, &cluster).await?;
         let existing_names = live
             .as_ref()
             .and_then(|s| s.annotations().get(NAMES_ANNOTATION).cloned());

@@ -184,15 +184,33 @@ pub fn region_secret(
     region: &str,
     data: BTreeMap<String, String>,
 ) -> Secret {
+    let name = Names {
+        cluster: &cluster_name(lrc),
+    }
+    .raft_certs(region);
+    certificate_secret(lrc, name, region, "Opaque", data)
+}
+
+/// A certificate Secret of one region of `lrc` (`type_`, `data` as text):
+/// labelled like the cluster's other Secrets, no owner reference (kept under
+/// `deletionPolicy: Retain`, as the CA is). The Raft certificates and the
+/// API certificate (crate::api_tls) are both written so.
+pub(crate) fn certificate_secret(
+    lrc: &LiveRoomCluster,
+    name: String,
+    region: &str,
+    type_: &str,
+    data: BTreeMap<String, String>,
+) -> Secret {
     let cluster = cluster_name(lrc);
     Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some(Names { cluster: &cluster }.raft_certs(region)),
+            name: Some(name),
             namespace: lrc.metadata.namespace.clone(),
             labels: Some(resources::labels(&cluster, Some(region))),
             ..Default::default()
         },
-        type_: Some("Opaque".to_string()),
+        type_: Some(type_.to_string()),
         data: Some(
             data.into_iter()
                 .map(|(k, v)| (k, ByteString(v.into_bytes())))
@@ -200,6 +218,38 @@ pub fn region_secret(
         ),
         ..Secret::default()
     }
+}
+
+/// The certificate Secret `name` as the API server holds it (if it exists)
+/// and its data as text; refused, with its keys left alone, when another
+/// cluster's label is on it.
+pub(crate) async fn read_certificate_secret(
+    api: &Api<Secret>,
+    name: &str,
+    cluster: &str,
+) -> Result<(Option<Secret>, BTreeMap<String, String>), Error> {
+    let live = api.get_opt(name).await?;
+    if let Some(s) = &live {
+        let owner = s.labels().get(CLUSTER_LABEL);
+        if owner.map(String::as_str) != Some(cluster) {
+            return Err(RaftCertsError::Foreign {
+                secret: name.to_string(),
+                owner: owner.cloned(),
+                cluster: cluster.to_string(),
+            }
+            .into());
+        }
+    }
+    let data = live
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .map(|d| {
+            d.iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((live, data))
 }
 
 /// Every region Secret of `lrc` holds a pair for each node id its pods have in
@@ -218,27 +268,7 @@ pub async fn ensure_node_certs(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for region in &lrc.spec.regions {
         let name = names.raft_certs(&region.name);
-        let live = api.get_opt(&name).await?;
-        if let Some(s) = &live {
-            let owner = s.labels().get(CLUSTER_LABEL);
-            if owner != Some(&cluster) {
-                return Err(RaftCertsError::Foreign {
-                    secret: name,
-                    owner: owner.cloned(),
-                    cluster,
-                }
-                .into());
-            }
-        }
-        let existing: BTreeMap<String, String> = live
-            .as_ref()
-            .and_then(|s| s.data.as_ref())
-            .map(|d| {
-                d.iter()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (live, existing) = read_certificate_secret(&api, &name, &cluster).await?;
         let want = region_ids(ids, &cluster, &region.name);
         let Some(plan) = plan_region(ca, &existing, &want).map_err(RaftCertsError::from)? else {
             continue;

@@ -237,7 +237,36 @@ impl HttpRouteRouter {
     }
 
     async fn apply(&self, weights: &BTreeMap<String, u32>) -> Result<(), RouteError> {
-        let name = self.name();
+        let services = self.services();
+        self.apply_object(
+            &Self::resource(),
+            self.name(),
+            route_spec(&self.regions, &services, weights),
+        )
+        .await?;
+        // The backends speak TLS (D46): the gateway verifies them under the
+        // cluster's CA by the name every region's certificate carries.
+        let ca = Names {
+            cluster: &self.cluster,
+        }
+        .api_ca();
+        self.apply_object(
+            &Self::tls_policy_resource(),
+            self.tls_policy_name(),
+            tls_policy_spec(&self.regions, &services, &ca),
+        )
+        .await
+    }
+
+    /// Server-side applies one Gateway API object of the cluster (`resource`,
+    /// `name`, `spec`), labelled like its other objects and owned as the
+    /// route is.
+    async fn apply_object(
+        &self,
+        resource: &ApiResource,
+        name: String,
+        spec: Value,
+    ) -> Result<(), RouteError> {
         let mut meta = json!({
             "name": name,
             "namespace": self.ns,
@@ -247,12 +276,12 @@ impl HttpRouteRouter {
             meta["ownerReferences"] = json!([o]);
         }
         let obj = json!({
-            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
-            "kind": "HTTPRoute",
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
             "metadata": meta,
-            "spec": route_spec(&self.regions, &self.services(), weights),
+            "spec": spec,
         });
-        self.api()
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), &self.ns, resource)
             .patch(
                 &name,
                 &PatchParams::apply(crate::controller::MANAGER).force(),
@@ -260,41 +289,9 @@ impl HttpRouteRouter {
             )
             .await
             .map_err(|source| RouteError::Kube {
-                what: format!("applying HTTPRoute {name}"),
+                what: format!("applying {} {name}", resource.kind),
                 source,
             })?;
-        // The backends speak TLS (D46): the gateway verifies them under the
-        // cluster's CA by the name every region's certificate carries.
-        let name = self.tls_policy_name();
-        let mut meta = json!({
-            "name": name,
-            "namespace": self.ns,
-            "labels": labels(&self.cluster, None),
-        });
-        if let Some(o) = &self.owner {
-            meta["ownerReferences"] = json!([o]);
-        }
-        let policy = json!({
-            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
-            "kind": "BackendTLSPolicy",
-            "metadata": meta,
-            "spec": tls_policy_spec(&self.regions, &self.services(), &Names { cluster: &self.cluster }.api_ca()),
-        });
-        Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            &self.ns,
-            &Self::tls_policy_resource(),
-        )
-        .patch(
-            &name,
-            &PatchParams::apply(crate::controller::MANAGER).force(),
-            &Patch::Apply(&policy),
-        )
-        .await
-        .map_err(|source| RouteError::Kube {
-            what: format!("applying BackendTLSPolicy {name}"),
-            source,
-        })?;
         Ok(())
     }
 }
