@@ -182,11 +182,17 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/admin/sales", post(sales_gate))
         .route("/admin/snapshot", post(snapshot))
         .route("/admin/invariants", get(invariants))
-        .route("/admin/faults", get(get_faults).post(set_faults))
         .route("/admin/contact-keys", get(get_contact_keys))
         .route("/admin/contact-keys/reseal", post(reseal_contacts))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            hold_while_paused,
+        ))
+        // Added after the hold: a paused node still takes the call that
+        // lifts its pause.
+        .route("/admin/faults", get(get_faults).post(set_faults))
         .layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
-    open_routes()
+    open_routes(&ctx)
         .merge(protected)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
@@ -194,16 +200,31 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
 
 /// What anyone who reaches the admin port may read without a token: health,
 /// readiness, metrics.
-fn open_routes() -> Router<Arc<NodeContext>> {
+fn open_routes(ctx: &Arc<NodeContext>) -> Router<Arc<NodeContext>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            hold_while_paused,
+        ))
+}
+
+/// A paused node (the `paused` fault hook) answers nothing, as a frozen
+/// process would: the request waits until the pause is lifted.
+pub(crate) async fn hold_while_paused(
+    State(ctx): State<Arc<NodeContext>>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    ctx.faults.wait_while_paused().await;
+    next.run(req).await
 }
 
 /// The `--metrics-addr` listener: only the open routes, never a change.
 pub fn probe_router(ctx: Arc<NodeContext>) -> Router {
-    open_routes()
+    open_routes(&ctx)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }
@@ -600,6 +621,8 @@ async fn set_faults(
     }
     tracing::warn!(?b, "fault injection changed");
     ctx.faults.set(&b);
+    // Frozen: no election or heartbeat timer fires while paused.
+    ctx.raft.runtime_config().tick(!b.paused);
     (StatusCode::OK, Json(ctx.faults.get())).into_response()
 }
 

@@ -176,6 +176,10 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
         })
         .layer(middleware::from_fn_with_state(ctx.clone(), measure))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            crate::admin::hold_while_paused,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }

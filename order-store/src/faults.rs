@@ -3,7 +3,7 @@
 //! to set them otherwise.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub struct Faults {
     peer_loss_percent: RwLock<BTreeMap<NodeId, u8>>,
     /// State of the xorshift generator that decides which messages are lost.
     loss_rng: AtomicU64,
+    /// The process acts as if frozen (SIGSTOP where no signal can reach it,
+    /// as in a pod): see [`FaultSettings::paused`].
+    paused: AtomicBool,
 }
 
 /// What happens to one Raft message under an injected loss rate.
@@ -50,6 +53,13 @@ pub struct FaultSettings {
     /// requests and half answers (a lossy WAN link); the caller times out.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub peer_loss_percent: BTreeMap<NodeId, u8>,
+    /// The node acts as a frozen process would: its Raft timers stop, Raft
+    /// traffic in and out is dropped, and every HTTP request waits (probes
+    /// included) until it is unpaused; only `/admin/faults` answers, so the
+    /// pause can be lifted. This is `pauseNode` where the drill cannot send
+    /// the process SIGSTOP (a pod).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 impl Faults {
@@ -73,6 +83,7 @@ impl Faults {
                 .map(|(k, v)| (*k, (*v).min(100)))
                 .collect();
         }
+        self.paused.store(s.paused, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> FaultSettings {
@@ -95,6 +106,19 @@ impl Faults {
                 .read()
                 .map(|l| l.clone())
                 .unwrap_or_default(),
+            paused: self.is_paused(),
+        }
+    }
+
+    /// Whether the node acts as a frozen process.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Returns once the node is not paused (at once when it is not).
+    pub async fn wait_while_paused(&self) {
+        while self.is_paused() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -138,10 +162,13 @@ impl Faults {
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
+    /// Raft traffic with `peer` is dropped: a partition, or this node paused.
     pub fn is_isolated(&self, peer: NodeId) -> bool {
-        self.isolated_peers
-            .read()
-            .map(|p| p.contains(&peer))
-            .unwrap_or(false)
+        self.is_paused()
+            || self
+                .isolated_peers
+                .read()
+                .map(|p| p.contains(&peer))
+                .unwrap_or(false)
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use roomkeeper_api::client::PlaceOrder;
 use roomkeeper_e2e::{
-    http, order_body, run_buyers, to_json, wait_until, Attempt, Cluster, ClusterOptions,
+    http, http_via, order_body, run_buyers, to_json, wait_until, Attempt, Cluster, ClusterOptions,
     CLIENT_TOKEN,
 };
 use serde_json::{json, Value};
@@ -985,4 +985,73 @@ fn a_single_voter_cluster_takes_orders_after_idling() {
             r.body
         );
     }
+}
+
+/// The `paused` fault hook is `pauseNode` where no SIGSTOP reaches the
+/// process (a pod): the paused leader answers nothing, probes included, but
+/// the one call that lifts the pause; its Raft timers stop, the others elect a
+/// leader and go on taking orders; unpaused, it follows the new leader and
+/// holds every order.
+#[test]
+fn a_paused_node_answers_nothing_until_its_pause_is_lifted() {
+    let c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-p", &[("sku-1", 1_000, 1_000)]);
+    let old = c.wait_leader(Duration::from_secs(5));
+    c.faults(old, json!({"paused": true}));
+    let quiet = Duration::from_millis(800);
+    let probe = http_via(
+        c.admin_tls.as_ref(),
+        "GET",
+        &c.node(old).admin_addr,
+        "/healthz",
+        None,
+        None,
+        quiet,
+    );
+    assert!(probe.is_err(), "a paused node answered /healthz: {probe:?}");
+    let order = http_via(
+        c.client_tls.as_ref(),
+        "POST",
+        &c.node(old).api_addr,
+        "/v1/rooms/room-p/orders",
+        Some(order_body("sku-1", "p", 1, "p-paused").as_bytes()),
+        Some(CLIENT_TOKEN),
+        quiet,
+    );
+    assert!(order.is_err(), "a paused node answered an order: {order:?}");
+    // The pause itself is still readable: the call that lifts it must work.
+    let faults = c.admin("GET", old, "/admin/faults", None).expect("faults");
+    assert_eq!(faults.body["paused"], json!(true), "{:?}", faults.body);
+
+    let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != old).collect();
+    let mut new = 0;
+    wait_until(
+        Duration::from_secs(10),
+        "a new leader among the others",
+        || {
+            new = others
+                .iter()
+                .filter_map(|&i| c.node_status(i))
+                .find(|s| s.role == "leader")
+                .map_or(0, |s| s.node_id);
+            new != 0
+        },
+    );
+    let r = c
+        .client(
+            "POST",
+            new,
+            "/v1/rooms/room-p/orders",
+            Some(&order_body("sku-1", "p", 1, "p-1")),
+        )
+        .expect("order to the new leader");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    c.faults(old, json!({}));
+    wait_until(Duration::from_secs(10), "the old leader to follow", || {
+        c.node_status(old)
+            .is_some_and(|s| s.role == "follower" && s.leader_id == Some(new))
+    });
+    c.wait_converged(Duration::from_secs(10));
+    c.assert_invariants();
 }
