@@ -498,7 +498,10 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
         if let Some(h) = crate::tier::history(ctx, lrc) {
             status.decisions = h;
         }
-        return report_paused(ctx, lrc, status).await;
+        // A node that does not answer is watched every 2 s even while paused:
+        // the people acting by hand meanwhile read the status to see it.
+        let watching = views.iter().any(|v| v.status.is_none() && !v.deleting);
+        return report_paused(ctx, lrc, status, watching).await;
     }
 
     if !moves.moves.is_empty() {
@@ -919,6 +922,7 @@ async fn report_paused(
     ctx: &Context,
     lrc: &LiveRoomCluster,
     mut status: LiveRoomClusterStatus,
+    watching: bool,
 ) -> Result<Action, Error> {
     status.phase = Some("Paused".into());
     let status = with_conditions(
@@ -932,7 +936,11 @@ async fn report_paused(
         )],
     );
     write_status(ctx, lrc, status).await?;
-    Ok(Action::requeue(Duration::from_secs(15)))
+    Ok(Action::requeue(Duration::from_secs(if watching {
+        2
+    } else {
+        15
+    })))
 }
 
 /// What taking a membership step left to report.

@@ -124,7 +124,7 @@ pub struct ChaosDrillStatus {
 }
 
 /// Fault kinds this runner carries out on Kubernetes.
-pub const SUPPORTED_FAULTS: [FaultKind; 10] = [
+pub const SUPPORTED_FAULTS: [FaultKind; 11] = [
     FaultKind::KillLeader,
     FaultKind::KillNode,
     FaultKind::RollingRestart,
@@ -135,12 +135,19 @@ pub const SUPPORTED_FAULTS: [FaultKind; 10] = [
     FaultKind::QuorumLoss,
     FaultKind::DiskStall,
     FaultKind::WanLatency,
+    FaultKind::PauseNode,
 ];
 
 /// Fault kinds carried out through the nodes' own fault hooks
 /// (`POST /admin/faults`): they need the LiveRoomCluster's
-/// `spec.orderStore.faultHooks`.
-pub const HOOK_FAULTS: [FaultKind; 2] = [FaultKind::DiskStall, FaultKind::WanLatency];
+/// `spec.orderStore.faultHooks`. `pauseNode` is one of them because no
+/// SIGSTOP reaches a pod's process from the API server: the hook freezes the
+/// node from inside (Raft timers stopped, traffic dropped, HTTP held).
+pub const HOOK_FAULTS: [FaultKind; 3] = [
+    FaultKind::DiskStall,
+    FaultKind::WanLatency,
+    FaultKind::PauseNode,
+];
 
 /// Why the spec cannot run against a cluster whose nodes have (or lack)
 /// their fault hooks, naming the field.
@@ -155,7 +162,7 @@ pub fn needs_fault_hooks(spec: &DrillSpec, cluster: &str, hooks_on: bool) -> Opt
         .filter(|(_, f)| HOOK_FAULTS.contains(&f.kind))
         .map(|(i, f)| {
             format!(
-                "spec.faults[{i}].kind: {} slows nodes through their fault hooks, which \
+                "spec.faults[{i}].kind: {} acts through the nodes' fault hooks, which \
                  LiveRoomCluster {cluster} has off (set spec.orderStore.faultHooks: true)",
                 f.kind
             )
@@ -876,6 +883,8 @@ enum PodFault {
 enum HookContribution {
     /// Every log fsync of these nodes takes `delay_ms` longer.
     Disk { nodes: BTreeSet<u64>, delay_ms: u64 },
+    /// These nodes act as frozen processes until healed.
+    Pause { nodes: BTreeSet<u64> },
     /// Raft traffic between regions (only to and from `region` when named)
     /// is delayed and lossy.
     Wan {
@@ -894,6 +903,7 @@ fn merged_hook_settings(
     let mut out = BTreeMap::new();
     for (id, region) in nodes {
         let mut fsync_delay_ms = 0u64;
+        let mut paused = false;
         let mut delays: BTreeMap<String, u64> = BTreeMap::new();
         let mut losses: BTreeMap<String, u8> = BTreeMap::new();
         for c in contributions {
@@ -906,6 +916,7 @@ fn merged_hook_settings(
                         fsync_delay_ms = fsync_delay_ms.max(*delay_ms);
                     }
                 }
+                HookContribution::Pause { nodes: on } => paused |= on.contains(id),
                 HookContribution::Wan {
                     region: only,
                     delay_ms,
@@ -937,6 +948,9 @@ fn merged_hook_settings(
         }
         if !losses.is_empty() {
             v["peer_loss_percent"] = json!(losses);
+        }
+        if paused {
+            v["paused"] = json!(true);
         }
         out.insert(*id, v);
     }
@@ -1278,6 +1292,29 @@ impl<'t> FaultInjector<KubeTarget<'t>> for PodFaults<'_> {
                 }
                 (
                     format!("every log fsync of node(s) {chosen:?} takes {delay_ms} ms longer (fault hooks)"),
+                    PodFault::Hooks,
+                )
+            }
+            FaultKind::PauseNode => {
+                let pod = Self::select(f, &pods, leader.as_ref())?;
+                let nodes: BTreeSet<u64> = target
+                    .views()
+                    .await
+                    .iter()
+                    .filter(|v| v.pod == pod)
+                    .filter_map(|v| v.id)
+                    .collect();
+                if nodes.is_empty() {
+                    return Err(format!("pod {pod} has no node id yet"));
+                }
+                self.hooks.insert(index, HookContribution::Pause { nodes });
+                if let Err(e) = self.push_hooks(target).await {
+                    self.hooks.remove(&index);
+                    let _ = self.push_hooks(target).await;
+                    return Err(e);
+                }
+                (
+                    format!("pod {pod} frozen: Raft timers stopped, traffic dropped, HTTP held (fault hooks)"),
                     PodFault::Hooks,
                 )
             }
@@ -1796,6 +1833,14 @@ mod tests {
         };
         let s = merged_hook_settings(&nodes, &[&every]);
         assert_eq!(s[&1], json!({"peer_delay_ms": {"3": 30, "4": 30}}));
+        // A pause freezes only its node, alongside the other faults.
+        let pause = HookContribution::Pause { nodes: [2].into() };
+        let s = merged_hook_settings(&nodes, &[&every, &pause]);
+        assert_eq!(
+            s[&2],
+            json!({"peer_delay_ms": {"3": 30, "4": 30}, "paused": true})
+        );
+        assert_eq!(s[&1].get("paused"), None);
         // Nothing in effect: every node is sent `{}`, which clears its hooks.
         let s = merged_hook_settings(&nodes, &[]);
         assert!(s.values().all(|v| *v == json!({})), "{s:?}");
@@ -1812,11 +1857,13 @@ mod tests {
 
     #[test]
     fn drills_needing_node_level_injectors_are_refused_with_the_field() {
-        let why = unsupported(&library("pause-leader")).unwrap();
+        let why = unsupported(&library("membership-change-during-partition")).unwrap();
         assert!(
-            why.contains("spec.faults[0].kind") && why.contains("pauseNode"),
+            why.contains("spec.faults[0].kind") && why.contains("membershipChangeDuringPartition"),
             "{why}"
         );
+        // pauseNode runs through the fault hooks now.
+        assert_eq!(unsupported(&library("pause-leader")), None);
         let why = unsupported(&library("game-day-follower-kill")).unwrap();
         assert!(why.contains("gameDay"), "{why}");
     }

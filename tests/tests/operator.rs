@@ -1188,7 +1188,8 @@ async fn run_library_drill(admin: &Client, name: &str) -> Result<Value> {
 /// A drill that slows nodes through their fault hooks is refused, naming the
 /// field, while the cluster has them off; once `spec.orderStore.faultHooks`
 /// rolls the pods onto `--enable-test-faults`, the library's disk-stall drill
-/// runs and passes, and every pod's hooks are cleared when it heals.
+/// runs and passes, and every pod's hooks are cleared when it heals; so does
+/// the library's pause-leader drill, through the `paused` hook.
 async fn hook_drills_need_and_use_fault_hooks(
     admin: &Client,
     lrcs: &Api<DynamicObject>,
@@ -1278,6 +1279,20 @@ async fn hook_drills_need_and_use_fault_hooks(
             .unwrap_or_default()
             .contains("fault hooks left"),
         "{ds}"
+    );
+    // pauseNode: no SIGSTOP reaches a pod, so the hook freezes the leader
+    // from inside; the others elect, nothing acknowledged is lost.
+    let ps = run_library_drill(admin, "pause-leader").await?;
+    let lines: Vec<&str> = ps["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        lines.iter().any(|l| l.contains("frozen"))
+            && lines.iter().any(|l| l.contains("fault hooks cleared")),
+        "{ps}"
     );
     Ok(())
 }
