@@ -382,6 +382,7 @@ async fn scenario(
             "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "LiveRoomCluster",
             "metadata": {"name": LRC},
             "spec": {"image": "roomkeeper:e2e", "playbookRef": {"name": "ask-first"},
+                     "orderStore": {"faultHooks": true},
                      "regions": [{"name": "a", "voters": 1}, {"name": "b", "voters": 1}, {"name": "c", "voters": 1}]}
         })
         .to_string(),
@@ -579,23 +580,128 @@ async fn scenario(
         "the buyer contact is in the bundle"
     );
 
-    // gameday: automation paused, the drill created, the steps printed.
-    let gd = drill_file(h.dir(), "gameday")?;
-    let out = plugin.ok(&["gameday", gd.to_str().context("path")?, "--yes"])?;
-    ensure!(
-        out.contains("Steps:") && out.contains("kubectl roomkeeper resume"),
-        "{out}"
-    );
-    let lrc = api(&admin, "LiveRoomCluster", "liveroomclusters")
-        .get(LRC)
-        .await?;
-    ensure!(lrc.data["spec"]["paused"] == json!(true));
-    api(&admin, "ChaosDrill", "chaosdrills")
-        .get("gameday")
-        .await?;
+    // gameday: the playbook in dry-run, a follower frozen; a scripted on-call
+    // answers once the status shows the node down, restarts it, and is
+    // scored by what the restart changed. Automation comes back at the end.
+    game_day(&admin, &plugin, h.dir()).await?;
     eprintln!(
         "every verb checked {:.0}s after the cluster formed",
         formed.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The member the leader does not hear from, by the cluster's status.
+async fn silent_member(admin: &Client) -> Option<i64> {
+    let s = lrc_status(admin).await;
+    s["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["replicating"] == json!(false))
+        .and_then(|m| m["nodeId"].as_i64())
+}
+
+async fn game_day(admin: &Client, plugin: &Plugin, dir: &Path) -> Result<()> {
+    // Kubernetes heals a killed pod by itself: not a game day.
+    let kill = dir.join("gd-kill.yaml");
+    std::fs::write(
+        &kill,
+        std::fs::read_to_string(repo_root().join("chaos/drills/game-day-follower-kill.yaml"))?
+            .replace("cluster: local", &format!("cluster: {LRC}")),
+    )?;
+    let o = plugin.run(&["gameday", kill.to_str().context("path")?, "--yes"])?;
+    ensure!(
+        o.code == 3
+            && o.stderr.contains("spec.faults[0].kind: killNode")
+            && o.stderr.contains("StatefulSet"),
+        "a killNode game day must be refused: {}",
+        o.stderr
+    );
+    // The library's game day for both bindings, aimed at this cluster.
+    let file = dir.join("gd-pause.yaml");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(repo_root().join("chaos/drills/game-day-pause-follower.yaml"))?
+            .replace("cluster: local", &format!("cluster: {LRC}")),
+    )?;
+    let mut child = Command::new(&plugin.exe)
+        .args(["-n", NS, "gameday"])
+        .arg(&file)
+        .arg("--yes")
+        .arg("--runbooks")
+        .arg(repo_root().join("runbooks"))
+        .env("KUBECONFIG", &plugin.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting kubectl-roomkeeper gameday")?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut say = |line: &str| -> Result<()> {
+        use std::io::Write;
+        eprintln!("on-call> {line}");
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the status shows a member the leader does not hear from",
+        || async { silent_member(admin).await.is_some() },
+    )
+    .await?;
+    let node = silent_member(admin).await.context("silent member")?;
+    say("")?;
+    say("runbooks/tier-t1-heal.md")?;
+    say(&format!("restart {node}"))?;
+    eventually(
+        Duration::from_secs(60),
+        "the restarted member replicates again",
+        || async {
+            let s = lrc_status(admin).await;
+            s["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["nodeId"] == json!(node) && m["replicating"] == json!(true))
+        },
+    )
+    .await?;
+    say("done")?;
+    drop(stdin);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("$ kubectl roomkeeper gameday → {}\n{stdout}", out.status);
+    ensure!(out.status.success(), "gameday exited {}", out.status);
+    ensure!(stdout.contains("Game day: score"), "{stdout}");
+    ensure!(
+        stdout.contains(&format!(
+            "[restart {node}] changed the fault's state: node {node} was down and answers again"
+        )),
+        "the restart is credited with what it changed: {stdout}"
+    );
+    ensure!(!stdout.contains("score 0/100"), "{stdout}");
+    // Automation is back, and the record is kept on the drill.
+    let lrc = api(admin, "LiveRoomCluster", "liveroomclusters")
+        .get(LRC)
+        .await?;
+    ensure!(
+        lrc.data["spec"]["dryRun"] == json!(false) && lrc.data["spec"]["paused"] != json!(true),
+        "automation not handed back: {}",
+        lrc.data["spec"]
+    );
+    let r: Value = serde_json::from_str(&plugin.ok(&[
+        "drill",
+        "report",
+        "game-day-pause-follower",
+        "-o",
+        "json",
+    ])?)?;
+    ensure!(
+        r["phase"] == json!("Completed")
+            && r["lost"] == json!(0)
+            && r["gameDay"]["score"].as_u64().is_some_and(|s| s > 0),
+        "{r}"
     );
     Ok(())
 }

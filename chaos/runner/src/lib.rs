@@ -102,6 +102,9 @@ pub trait DrillTarget: Send {
     }
     /// A fault was injected at `at_ms` (game days time the human from here).
     fn fault_started(&mut self, _at_ms: u64) {}
+    /// The drill healed its last fault in force at `at_ms` (game days credit
+    /// no command with what happens after).
+    fn faults_healed(&mut self, _at_ms: u64) {}
     /// Extra words for the progress line (e.g. "SALES PAUSED").
     fn progress_note(&self) -> String {
         String::new()

@@ -361,16 +361,24 @@ where
         }
         // Faults that end now: on their schedule, or by themselves.
         let finished = injector.finished();
+        let due = |heal_at: &Option<u64>| heal_at.is_some_and(|t| rec.now_ms() >= t);
         let ending: Vec<usize> = faults
             .active
             .iter()
-            .filter(|(i, heal_at)| {
-                finished.contains(i) || heal_at.is_some_and(|t| rec.now_ms() >= t)
-            })
+            .filter(|(i, heal_at)| finished.contains(i) || due(heal_at))
             .map(|(i, _)| *i)
             .collect();
+        // Healed because their time ran out, not because something (a
+        // person, the playbook) brought their node back.
+        let on_schedule = faults
+            .active
+            .iter()
+            .any(|(i, heal_at)| !finished.contains(i) && due(heal_at));
         for i in ending {
             faults.heal(injector, target, &mut log, &rec, i).await;
+        }
+        if on_schedule && faults.active.is_empty() {
+            target.faults_healed(rec.now_ms());
         }
         for (i, e) in injector.step(target).await {
             log.event(

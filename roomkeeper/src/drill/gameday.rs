@@ -135,6 +135,9 @@ pub struct GameDay {
     /// When the fault's state was first fully repaired after a fix.
     recovered_at_ms: Option<u64>,
     issued: Vec<Issued>,
+    /// When the drill healed its faults by itself (their `durationSecs` ran
+    /// out): from then on nothing is credited to a command.
+    faults_ended_at_ms: Option<u64>,
 }
 
 impl GameDay {
@@ -181,6 +184,7 @@ impl GameDay {
             state: None,
             recovered_at_ms: None,
             issued: Vec::new(),
+            faults_ended_at_ms: None,
         }
     }
 
@@ -204,9 +208,21 @@ impl GameDay {
         });
     }
 
+    /// The drill healed its faults itself (their `durationSecs` ran out). A
+    /// command not yet seen to fix anything is not credited for what happens
+    /// next, and a recovery from here on counts only after an earlier fix.
+    pub fn faults_ended(&mut self, at_ms: u64) {
+        self.faults_ended_at_ms.get_or_insert(at_ms);
+    }
+
     /// The cluster's state at a tick: judges the commands given so far.
     pub fn observe(&mut self, now_ms: u64, state: FaultState) {
-        for c in self.issued.iter_mut().filter(|c| c.fixed.is_none()) {
+        let judging = self.faults_ended_at_ms.is_none();
+        for c in self
+            .issued
+            .iter_mut()
+            .filter(|c| judging && c.fixed.is_none())
+        {
             let Some(before) = &c.before else {
                 continue;
             };
@@ -395,6 +411,12 @@ impl GameDay {
                 (_, Some((at, why)), _) => format!(
                     "changed the fault's state: {why} ({} later)",
                     secs(at.saturating_sub(c.at_ms))
+                ),
+                (_, None, Some(_)) if self.faults_ended_at_ms.is_some() => format!(
+                    "the drill healed its faults {} after the fault began, before this command was seen to fix anything",
+                    self.faults_ended_at_ms
+                        .and_then(after)
+                        .map_or_else(|| "-".to_string(), secs)
                 ),
                 (Command::Restart(n), None, Some(b)) if !b.down.contains(n) => {
                     format!("node {n} was not down: the restart only disrupted it")
@@ -622,6 +644,29 @@ mod tests {
         assert!(step(&r, "command")
             .explanation
             .contains("node(s) 3 down became healthy"));
+    }
+
+    #[test]
+    fn what_the_drill_heals_by_itself_is_not_credited() {
+        let mut g = fed(
+            &[Some(""), Some("notes.md"), Some("restart 3"), Some("done")],
+            None,
+        );
+        g.fault_started(0);
+        g.observe(5_000, down(&[3]));
+        let _ = g.poll(5_000);
+        // The fault's durationSecs runs out before the restart took effect.
+        g.faults_ended(9_000);
+        g.observe(10_000, down(&[]));
+        let r = g.finish(false);
+        assert_eq!(r.score, 0, "{r:?}");
+        assert!(
+            step(&r, "command")
+                .explanation
+                .starts_with("the drill healed its faults 9.0 s after"),
+            "{r:?}"
+        );
+        assert_eq!(step(&r, "recovered").points, 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - `drill report RUN` prints a run's summary or writes its HTML page.
 //! - `drill validate FILE…` checks drill files without running them.
 
-mod gameday;
+pub(crate) mod gameday;
 mod inject;
 mod runner;
 

@@ -337,6 +337,12 @@ impl DrillTarget for World {
         }
     }
 
+    fn faults_healed(&mut self, at_ms: u64) {
+        if let Some(g) = self.game_day.as_mut() {
+            g.faults_ended(at_ms);
+        }
+    }
+
     fn progress_note(&self) -> String {
         if self.traffic.is_paused() {
             "SALES PAUSED".into()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use roomkeeper_chaos::drill::DrillManifest;
+use roomkeeper_chaos::report::GameDayRecord;
 use roomkeeper_operator::approval::FailoverApproval;
 use roomkeeper_operator::crd::LiveRoomCluster;
 use roomkeeper_operator::drill::{ChaosDrill, ChaosDrillSpec, ChaosDrillStatus};
@@ -18,7 +19,7 @@ use serde_json::json;
 use super::{confirm, print_structured, wait_for, Format, Globals, Kube, KubeContext, PluginError};
 
 /// The field manager of the plugin's patches.
-const MANAGER: &str = "kubectl-roomkeeper";
+pub(super) const MANAGER: &str = "kubectl-roomkeeper";
 
 fn timeout(g: &Globals) -> Duration {
     Duration::from_secs(g.timeout)
@@ -151,7 +152,7 @@ fn command_outcome(kind: &str, name: &str, st: CommandStatus) -> Result<(), Plug
     }
 }
 
-fn command_name(prefix: &str) -> String {
+pub(super) fn command_name(prefix: &str) -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -250,11 +251,14 @@ pub async fn failover(
     command_outcome("Failover", &name, st)
 }
 
-/// A drill file as a ChaosDrill object of this namespace.
-fn drill_object(
+/// The ChaosDrill of this namespace for `file`, refused when the operator cannot run it. With
+/// `game_day`, the file's `spec.gameDay` is dropped: the plugin runs the
+/// human side ([`super::gameday`]), the operator the drill.
+pub(super) fn drill_object(
     kube: &Kube,
     file: &Path,
     cluster: Option<String>,
+    game_day: bool,
 ) -> Result<ChaosDrill, PluginError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
@@ -262,6 +266,9 @@ fn drill_object(
         .map_err(|e| PluginError::Usage(format!("drill {}: {e}", file.display())))?;
     if let Some(c) = cluster {
         manifest.spec.target.cluster = c;
+    }
+    if game_day {
+        manifest.spec.game_day = None;
     }
     if let Some(why) = roomkeeper_operator::drill::unsupported(&manifest.spec) {
         return Err(PluginError::Refused(format!(
@@ -284,7 +291,7 @@ pub async fn drill_run(
     cluster: Option<String>,
     wait: bool,
 ) -> Result<(), PluginError> {
-    let obj = drill_object(kube, file, cluster)?;
+    let obj = drill_object(kube, file, cluster, false)?;
     let name = obj.name_any();
     confirm(
         g,
@@ -394,6 +401,13 @@ fn drill_text(name: &str, s: &ChaosDrillStatus) -> String {
     t
 }
 
+/// The game-day record `kubectl roomkeeper gameday` kept on the drill.
+fn game_day_record(d: &ChaosDrill) -> Option<GameDayRecord> {
+    d.annotations()
+        .get(super::gameday::RECORD_ANNOTATION)
+        .and_then(|v| serde_json::from_str(v).ok())
+}
+
 pub async fn drill_report(kube: &Kube, name: &str, f: Format) -> Result<(), PluginError> {
     let d = kube
         .api::<ChaosDrill>()
@@ -401,64 +415,27 @@ pub async fn drill_report(kube: &Kube, name: &str, f: Format) -> Result<(), Plug
         .await
         .ctx(format!("ChaosDrill {}/{name}", kube.namespace))?;
     let s = d.status.clone().unwrap_or_default();
+    let game_day = game_day_record(&d);
     match f {
-        Format::Json | Format::Yaml => print_structured(&s, f),
+        Format::Json | Format::Yaml => {
+            // The status, and the game day's record when there was one.
+            let mut v = serde_json::to_value(&s).map_err(anyhow::Error::from)?;
+            if let (Some(r), Some(o)) = (game_day, v.as_object_mut()) {
+                o.insert(
+                    "gameDay".into(),
+                    serde_json::to_value(r).map_err(anyhow::Error::from)?,
+                );
+            }
+            print_structured(&v, f)
+        }
         _ => {
             print!("{}", drill_text(name, &s));
+            if let Some(r) = game_day {
+                print!("{}", super::gameday::record_text(&r));
+            }
             Ok(())
         }
     }
-}
-
-/// A game day on Kubernetes. The operator runs no human-scored game day
-/// (`spec.gameDay` is local only), so this pauses the cluster's automation,
-/// starts the drill and prints the steps; people heal it with the plugin's
-/// verbs and resume automation at the end.
-pub async fn gameday(
-    kube: &Kube,
-    g: &Globals,
-    file: &Path,
-    cluster: Option<String>,
-) -> Result<(), PluginError> {
-    let obj = drill_object(kube, file, cluster)?;
-    let name = obj.name_any();
-    let target = obj.spec.0.target.cluster.clone();
-    confirm(
-        g,
-        &format!("game day on {target}: pause its automation and run drill {name} (real faults; people must heal it)"),
-    )?;
-    let lrcs = kube.api::<LiveRoomCluster>();
-    lrcs.patch(
-        &target,
-        &PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        },
-        &Patch::Merge(json!({"spec": {"paused": true}})),
-    )
-    .await
-    .ctx(format!("pausing {target}"))?;
-    kube.api::<ChaosDrill>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .ctx(format!("creating ChaosDrill {name}"))?;
-    println!(
-        "Game day on {}/{target}: automation paused, drill {name} started.",
-        kube.namespace
-    );
-    println!("Steps:");
-    println!(
-        "  1. Watch:    kubectl roomkeeper status {target} -n {}",
-        kube.namespace
-    );
-    println!("  2. Diagnose: kubectl roomkeeper explain {target} (what the playbook would do: decisions are recorded, suppressed by `paused`)");
-    println!(
-        "  3. Act:      kubectl roomkeeper switchover|failover {target} … (runbooks/tier-*.md)"
-    );
-    println!("  4. End:      kubectl roomkeeper resume {target}");
-    println!("  5. Review:   kubectl roomkeeper drill report {name}");
-    println!("Scoring of human answers runs locally only (`roomkeeper drill run --game-day`).");
-    Ok(())
 }
 
 #[cfg(test)]

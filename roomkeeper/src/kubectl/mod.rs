@@ -10,6 +10,7 @@
 
 mod act;
 mod explain;
+mod gameday;
 mod report;
 mod simulate;
 mod status;
@@ -225,13 +226,18 @@ pub enum Verb {
         #[command(subcommand)]
         cmd: DrillVerb,
     },
-    /// A game day on Kubernetes: pause automation, start a drill, print the steps for the humans.
+    /// A game day on Kubernetes: pause automation, run a drill, score the on-call's answers on stdin.
     Gameday {
-        /// The drill file (as for `roomkeeper drill run`).
+        /// The drill file (as for `roomkeeper drill run`; `spec.gameDay` is implied).
         file: PathBuf,
         /// The LiveRoomCluster (default: the drill's spec.target.cluster).
         #[arg(long)]
         cluster: Option<String>,
+        /// Where the runbooks are, to check the one named (default: ./runbooks).
+        #[arg(long, default_value = "runbooks")]
+        runbooks: PathBuf,
+        #[command(flatten)]
+        out: OutputFlag,
     },
     /// A redacted support bundle: specs, statuses, Events, decisions, logs if reachable.
     Report {
@@ -341,7 +347,20 @@ async fn run(args: KubectlArgs) -> Result<(), PluginError> {
                         act::drill_report(&kube, &name, out.output).await
                     }
                 },
-                Verb::Gameday { file, cluster } => act::gameday(&kube, &g, &file, cluster).await,
+                Verb::Gameday {
+                    file,
+                    cluster,
+                    runbooks,
+                    out,
+                } => gameday::run(&kube, &g, &file, cluster, Some(&runbooks))
+                    .await
+                    .and_then(|r| match out.output {
+                        Format::Json | Format::Yaml => print_structured(&r, out.output),
+                        _ => {
+                            print!("{}", gameday::record_text(&r));
+                            Ok(())
+                        }
+                    }),
                 Verb::Report { cluster, output } => report::run(&kube, cluster, output).await,
                 Verb::Simulate { .. } => unreachable!("handled above"),
             }
