@@ -23,6 +23,7 @@ pub const WARNING_EVENT_RUNBOOKS: &[(&str, &str)] = &[
     ("ApprovalRequested", "approval-requested.md"),
     ("CommittedEntriesLost", "RoomkeeperCommittedEntriesLost.md"),
     ("Deleting", "cluster-deleting.md"),
+    ("FailoverAwaitingApproval", "manual-command-refused.md"),
     ("FailoverFailed", "manual-command-refused.md"),
     ("FailoverPending", "manual-command-refused.md"),
     ("FailoverRefused", "manual-command-refused.md"),
@@ -31,6 +32,7 @@ pub const WARNING_EVENT_RUNBOOKS: &[(&str, &str)] = &[
     // The default; decision_event picks the tier's or guard's page.
     ("PlaybookDecision", "playbook-page-human.md"),
     ("RaftPlaintextHeld", "raft-tls-upgrade.md"),
+    ("SwitchoverAwaitingApproval", "manual-command-refused.md"),
     ("SwitchoverFailed", "manual-command-refused.md"),
     ("SwitchoverPending", "manual-command-refused.md"),
     ("SwitchoverRefused", "manual-command-refused.md"),

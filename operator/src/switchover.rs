@@ -8,7 +8,11 @@
 //! decision, the binding's `Actuate` carries it out. A request a guard forbids
 //! is refused before anything changes, with the guard's reason in the
 //! object's status; an action this binding does not carry out yet
-//! (`ActError::Unsupported`) refuses it with the runbook to follow.
+//! (`ActError::Unsupported`) refuses it with the runbook to follow. One that
+//! only a room's live window holds, under `guards.liveWindow:
+//! requireApproval`, waits in phase `AwaitingApproval` for a second person's
+//! `spec.approvedBy` (or the window's end) instead of being refused
+//! (docs/decisions.md D48).
 
 // kube's `printcolumn(name = …, type_ = …)` repeats key names by design.
 #![allow(clippy::duplicated_attributes)]
@@ -17,7 +21,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{CustomResource, KubeSchema, ResourceExt};
 use roomkeeper_control::observation::ClusterObservation;
 use roomkeeper_control::{ActError, Actuate, ControlLoop, Journal, MemoryStore};
-use roomkeeper_playbook::{ActionKind, Decision, Disposition, OperatorCommand, Target};
+use roomkeeper_playbook::{
+    ActionKind, Decision, Disposition, Guard, LiveWindowPolicy, OperatorCommand, Target,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -55,7 +61,7 @@ use crate::crd::LiveRoomCluster;
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.toNode) != has(self.toRegion)").message("name exactly one of spec.toNode and spec.toRegion"),
-    validation = Rule::new("self == oldSelf").message("a Switchover is carried out once and cannot be changed; create a new one")
+    validation = Rule::new("self.cluster == oldSelf.cluster && self.requestedBy == oldSelf.requestedBy && self.reason == oldSelf.reason && has(self.toNode) == has(oldSelf.toNode) && (!has(self.toNode) || self.toNode == oldSelf.toNode) && has(self.toRegion) == has(oldSelf.toRegion) && (!has(self.toRegion) || self.toRegion == oldSelf.toRegion) && (!has(oldSelf.approvedBy) || (has(self.approvedBy) && self.approvedBy == oldSelf.approvedBy))").message("a Switchover is carried out once and cannot be changed (only spec.approvedBy may be given, once); create a new one")
 )]
 pub struct SwitchoverSpec {
     /// The LiveRoomCluster (same namespace).
@@ -76,6 +82,14 @@ pub struct SwitchoverSpec {
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub reason: String,
+    /// A second person who approves it, needed only while the playbook's
+    /// `guards.liveWindow: requireApproval` holds it (a room is on air).
+    /// Given after the request with `kubectl roomkeeper approve NAME`; the
+    /// admission policy makes it the approver's own user name, never the
+    /// requester's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub approved_by: Option<String>,
 }
 
 /// An unplanned failover away from a region: leadership away, traffic weight
@@ -107,7 +121,7 @@ pub struct SwitchoverSpec {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self == oldSelf").message("a Failover is carried out once and cannot be changed; create a new one")
+    validation = Rule::new("self.cluster == oldSelf.cluster && self.fromRegion == oldSelf.fromRegion && self.requestedBy == oldSelf.requestedBy && self.reason == oldSelf.reason && (!has(oldSelf.approvedBy) || (has(self.approvedBy) && self.approvedBy == oldSelf.approvedBy))").message("a Failover is carried out once and cannot be changed (only spec.approvedBy may be given, once); create a new one")
 )]
 pub struct FailoverSpec {
     /// The LiveRoomCluster (same namespace).
@@ -123,13 +137,17 @@ pub struct FailoverSpec {
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub reason: String,
+    /// A second person who approves it; see the Switchover's `approvedBy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub approved_by: Option<String>,
 }
 
 /// What became of a Switchover or Failover.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandStatus {
-    /// Pending, Succeeded, Refused, Failed.
+    /// Pending, AwaitingApproval, Succeeded, Refused, Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// What happened, or why not, in words.
@@ -150,7 +168,43 @@ pub struct CommandStatus {
 pub fn is_pending(status: Option<&CommandStatus>) -> bool {
     status
         .and_then(|s| s.phase.as_deref())
-        .is_none_or(|p| p == "Pending")
+        .is_none_or(|p| p == "Pending" || p == AWAITING_APPROVAL)
+}
+
+/// The phase of a command the live-window guard holds for a second person.
+pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+
+/// Whether a command the engine refuses now waits for a second person
+/// instead: the live-window guard holds it, the playbook says
+/// `requireApproval`, and nobody approved it yet. Returns the status to show.
+pub fn awaiting_approval(
+    refusal: Option<&(Guard, String)>,
+    policy: LiveWindowPolicy,
+    command: &OperatorCommand,
+    kind: &str,
+    name: &str,
+) -> Option<CommandStatus> {
+    let (guard, why) = refusal?;
+    if *guard != Guard::LiveWindow
+        || policy != LiveWindowPolicy::RequireApproval
+        || command.approved_by.is_some()
+    {
+        return None;
+    }
+    // The engine's own hint ("or have someone other than the requester
+    // approve it") is said below, with the command that does it.
+    let why = why.split("; or have someone").next().unwrap_or(why);
+    Some(CommandStatus {
+        phase: Some(AWAITING_APPROVAL.into()),
+        message: Some(format!(
+            "{why}. It waits for someone other than {} to approve it \
+             (kubectl roomkeeper approve {name}, which sets the {kind}'s spec.approvedBy), \
+             or for the window to end",
+            command.requested_by
+        )),
+        guard: Some(guard.name().to_string()),
+        ..Default::default()
+    })
 }
 
 /// The operator commands a Switchover is, and where leadership goes.
@@ -179,7 +233,7 @@ pub fn switchover_command(
             action: ActionKind::TransferLeadershipAway,
             target: Target::Node(leader),
             requested_by: spec.requested_by.trim().to_string(),
-            approved_by: None,
+            approved_by: spec.approved_by.clone(),
             reason,
         },
         into,
@@ -208,7 +262,7 @@ pub fn failover_commands(spec: &FailoverSpec) -> Vec<OperatorCommand> {
         action,
         target: region.clone(),
         requested_by: spec.requested_by.trim().to_string(),
-        approved_by: None,
+        approved_by: spec.approved_by.clone(),
         reason: reason.clone(),
     })
     .collect()
@@ -321,6 +375,27 @@ where
                 ..Default::default()
             },
             Ok((cmd, into)) => {
+                let refusal = control.refusal(&cmd, obs.at_ms);
+                if let Some(waiting) = awaiting_approval(
+                    refusal.as_ref(),
+                    control.playbook().guards.live_window,
+                    &cmd,
+                    "Switchover",
+                    &s.name_any(),
+                ) {
+                    let live = s.status.as_ref();
+                    show_held(
+                        ctx,
+                        lrc,
+                        &switchovers,
+                        "Switchover",
+                        &s.name_any(),
+                        live,
+                        &waiting,
+                    )
+                    .await?;
+                    continue;
+                }
                 let (d, result) = control
                     .command(cmd, obs, Some(&into), actuator, store, journal)
                     .await?;
@@ -341,9 +416,33 @@ where
         let commands = failover_commands(&f.spec);
         // A guard that forbids any step refuses the whole failover before
         // the first one changes anything; the refused step is recorded.
-        let refused = commands
+        let refusals: Vec<Option<(Guard, String)>> = commands
             .iter()
-            .position(|c| control.refusal(c, obs.at_ms).is_some());
+            .map(|c| control.refusal(c, obs.at_ms))
+            .collect();
+        let refused = refusals.iter().position(Option::is_some);
+        if let Some(waiting) = refused.and_then(|i| {
+            awaiting_approval(
+                refusals[i].as_ref(),
+                control.playbook().guards.live_window,
+                &commands[i],
+                "Failover",
+                &f.name_any(),
+            )
+        }) {
+            let live = f.status.as_ref();
+            show_held(
+                ctx,
+                lrc,
+                &failovers,
+                "Failover",
+                &f.name_any(),
+                live,
+                &waiting,
+            )
+            .await?;
+            continue;
+        }
         let steps: Vec<OperatorCommand> = match refused {
             Some(i) => vec![commands[i].clone()],
             None => commands,
@@ -381,6 +480,26 @@ where
         write_status(ctx, &failovers, f.status.as_ref(), &f.name_any(), &status).await?;
     }
     Ok(())
+}
+
+/// A command held for a second person: its status, and an Event the first
+/// time (it is asked again at every reconcile).
+async fn show_held<K>(
+    ctx: &Context,
+    lrc: &LiveRoomCluster,
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    live: Option<&CommandStatus>,
+    waiting: &CommandStatus,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if live != Some(waiting) {
+        announce(ctx, lrc, kind, name, waiting).await;
+    }
+    write_status(ctx, api, live, name, waiting).await
 }
 
 async fn announce(ctx: &Context, lrc: &LiveRoomCluster, kind: &str, name: &str, s: &CommandStatus) {
@@ -435,6 +554,7 @@ mod tests {
             to_region: region.map(Into::into),
             requested_by: "alice".into(),
             reason: "host maintenance".into(),
+            approved_by: None,
         }
     }
 
@@ -460,6 +580,7 @@ mod tests {
             from_region: "eu".into(),
             requested_by: "bob".into(),
             reason: String::new(),
+            approved_by: Some("carol".into()),
         });
         let actions: Vec<ActionKind> = cmds.iter().map(|c| c.action).collect();
         assert_eq!(
@@ -471,6 +592,73 @@ mod tests {
             ]
         );
         assert!(cmds.iter().all(|c| c.target == Target::Region("eu".into())));
+        assert!(cmds
+            .iter()
+            .all(|c| c.approved_by.as_deref() == Some("carol")));
+    }
+
+    #[test]
+    fn a_command_the_live_window_holds_waits_for_a_second_person_under_require_approval() {
+        let (cmd, _) = switchover_command(&spec(Some(4), None), Some(1)).unwrap();
+        let window = (Guard::LiveWindow, "deferred: room r1 is live".to_string());
+        let waiting = awaiting_approval(
+            Some(&window),
+            LiveWindowPolicy::RequireApproval,
+            &cmd,
+            "Switchover",
+            "s1",
+        )
+        .expect("waits");
+        assert_eq!(waiting.phase.as_deref(), Some(AWAITING_APPROVAL));
+        assert_eq!(waiting.guard.as_deref(), Some("liveWindow"));
+        let msg = waiting.message.unwrap_or_default();
+        assert!(
+            msg.contains("room r1 is live") && msg.contains("kubectl roomkeeper approve s1"),
+            "{msg}"
+        );
+        assert!(is_pending(Some(&CommandStatus {
+            phase: Some(AWAITING_APPROVAL.into()),
+            ..Default::default()
+        })));
+        // Deferring playbooks refuse; an approved command, or another
+        // guard, is not held for approval.
+        assert!(awaiting_approval(
+            Some(&window),
+            LiveWindowPolicy::Defer,
+            &cmd,
+            "Switchover",
+            "s1"
+        )
+        .is_none());
+        let approved = OperatorCommand {
+            approved_by: Some("carol".into()),
+            ..cmd.clone()
+        };
+        assert!(awaiting_approval(
+            Some(&window),
+            LiveWindowPolicy::RequireApproval,
+            &approved,
+            "Switchover",
+            "s1"
+        )
+        .is_none());
+        let quorum = (Guard::NeverBelowQuorum, "below quorum".to_string());
+        assert!(awaiting_approval(
+            Some(&quorum),
+            LiveWindowPolicy::RequireApproval,
+            &cmd,
+            "Switchover",
+            "s1"
+        )
+        .is_none());
+        assert!(awaiting_approval(
+            None,
+            LiveWindowPolicy::RequireApproval,
+            &cmd,
+            "Switchover",
+            "s1"
+        )
+        .is_none());
     }
 
     #[test]

@@ -413,3 +413,72 @@ pub async fn node_tls(client: &Client, ns: &str, cluster: &str) -> Result<crate:
     )?
     .expecting(&api_server_name("local")))
 }
+
+/// One call to the client API of a LiveRoomCluster's leader pod, as a buyer's
+/// client makes it: TLS under the cluster's CA ([`node_tls`]) and the client
+/// token from the Secret `<cluster>-tokens`. A non-2xx answer is an error.
+pub async fn leader_client_call(
+    admin: &Client,
+    bridge: &crate::kubelet::KubeletBridge,
+    ns: &str,
+    cluster: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> Result<crate::http_client::Response> {
+    use k8s_openapi::api::core::v1::Secret;
+    let token = Api::<Secret>::namespaced(admin.clone(), ns)
+        .get(&format!("{cluster}-tokens"))
+        .await?
+        .data
+        .and_then(|d| d.get("client-token").cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .context("client token")?;
+    let lrcs: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("roomkeeper.dev", "v1alpha1", "LiveRoomCluster"),
+            "liveroomclusters",
+        ),
+    );
+    let leader = lrcs.get(cluster).await?.data["status"]["leader"]
+        .as_str()
+        .context("the cluster's status names no leader")?
+        .to_string();
+    let addr = format!("{}:7201", bridge.pod_ip(ns, &leader).context("leader ip")?);
+    let tls = node_tls(admin, ns, cluster).await?;
+    let text = body.to_string();
+    let req = crate::http_client::build(method, &addr, path, Some(text.as_bytes()), Some(&token))?;
+    let r = crate::http_client::request_tls(&addr, &tls, req, Duration::from_secs(5)).await?;
+    if r.status >= 300 {
+        bail!("{method} {path}: {} {}", r.status, r.text());
+    }
+    Ok(r)
+}
+
+/// A ServiceAccount `name` in `ns`, bound there to the `roomkeeper-approver`
+/// ClusterRole (deploy/approver-rbac.yaml): an on-call person.
+pub async fn approver_account(admin: &Client, ns: &str, name: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+        )
+        .await
+        .with_context(|| format!("creating ServiceAccount {ns}/{name}"))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": format!("{name}-approves")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "roomkeeper-approver"},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+            }))?,
+        )
+        .await
+        .with_context(|| format!("binding {ns}/{name} to roomkeeper-approver"))?;
+    Ok(())
+}

@@ -30,7 +30,9 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::{apply_yaml, OperatorEnv, OperatorProcess};
+use roomkeeper_e2e::operator::{
+    apply_yaml, approver_account, leader_client_call, OperatorEnv, OperatorProcess,
+};
 use roomkeeper_e2e::Signal;
 use serde_json::{json, Value};
 
@@ -164,6 +166,7 @@ async fn scenario(
     if bridge.network_policy_or_skip("operator_approvals: a ChaosDrill's spec.abort") {
         drill_abort_condition_stops_the_drill_on_kubernetes(&admin, &lrcs).await?;
     }
+    live_window_holds_a_switchover_for_a_second_person(h, &admin, bridge, &lrcs, &oncall).await?;
     Ok(())
 }
 
@@ -786,6 +789,186 @@ async fn paused_cluster_records_decisions_and_changes_nothing(
     eprintln!(
         "[paused] T1's restart of node {node} recorded as suppressed by paused; no pod changed"
     );
+    Ok(())
+}
+
+/// Sets the live windows of room `live`, homed in region a.
+async fn set_live_windows(admin: &Client, bridge: &KubeletBridge, windows: Value) -> Result<()> {
+    leader_client_call(
+        admin,
+        bridge,
+        NS,
+        LRC,
+        "PUT",
+        "/v1/rooms/live",
+        &json!({"title": "On air", "home_region": "a", "state": "live", "live_windows": windows}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Under `guards.liveWindow: requireApproval`, a planned switchover while a
+/// room is on air waits for a second person: the requester cannot approve
+/// it (the API server refuses), someone else can, and then it is carried
+/// out and recorded as approved by them.
+async fn live_window_holds_a_switchover_for_a_second_person(
+    h: &KubeHarness,
+    admin: &Client,
+    bridge: &KubeletBridge,
+    lrcs: &Api<DynamicObject>,
+    oncall: &Client,
+) -> Result<()> {
+    lrcs.patch(
+        LRC,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await?;
+    wait_running(lrcs, 90).await?;
+    api(admin, "FailoverPlaybook", "failoverplaybooks")
+        .patch(
+            "ask-first",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"guards": {"liveWindow": "requireApproval"}}})),
+        )
+        .await?;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    set_live_windows(
+        admin,
+        bridge,
+        json!([{"start_ms": now_ms - 1_000, "end_ms": now_ms + 600_000, "expected_peak_orders_per_s": 900}]),
+    )
+    .await?;
+    // A second on-call person, bound to the same role.
+    approver_account(admin, NS, "second").await?;
+    let second = client_from_kubeconfig(&h.service_account_kubeconfig(NS, "second").await?).await?;
+    let second_name = format!("system:serviceaccount:{NS}:second");
+
+    let (_, to) = follower(lrcs, &[]).await?;
+    // Approving at creation is not a second person's approval.
+    let early = create(
+        oncall,
+        "Switchover",
+        "switchovers",
+        json!({
+            "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Switchover",
+            "metadata": {"name": "self-approved"},
+            "spec": {"cluster": LRC, "toNode": to, "requestedBy": ONCALL, "approvedBy": ONCALL}
+        }),
+    )
+    .await;
+    let why = format!(
+        "{:#}",
+        early.err().context("approvedBy at creation was accepted")?
+    );
+    ensure!(why.contains("given after the request"), "{why}");
+    create(
+        oncall,
+        "Switchover",
+        "switchovers",
+        json!({
+            "apiVersion": "roomkeeper.dev/v1alpha1", "kind": "Switchover",
+            "metadata": {"name": "on-air"},
+            "spec": {"cluster": LRC, "toNode": to, "requestedBy": ONCALL, "reason": "planned move"}
+        }),
+    )
+    .await?;
+    let st = command_phase(admin, "Switchover", "switchovers", "on-air").await?;
+    ensure!(
+        st["phase"] == json!("AwaitingApproval")
+            && st["guard"] == json!("liveWindow")
+            && st["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("kubectl roomkeeper approve on-air")),
+        "{st}"
+    );
+    let leader_before = lrc_status(lrcs).await["leaderId"].clone();
+    ensure!(leader_before != json!(to), "moved before approval");
+    let approve = |who: &str| json!({"spec": {"approvedBy": who}});
+    // The requester cannot approve their own request.
+    let own = api(oncall, "Switchover", "switchovers")
+        .patch(
+            "on-air",
+            &PatchParams::default(),
+            &Patch::Merge(approve(ONCALL)),
+        )
+        .await;
+    let why = format!(
+        "{:#}",
+        own.err().context("the requester approved their own")?
+    );
+    ensure!(why.contains("not the requester"), "{why}");
+    // Nor can anyone approve in someone else's name.
+    let spoofed = api(&second, "Switchover", "switchovers")
+        .patch(
+            "on-air",
+            &PatchParams::default(),
+            &Patch::Merge(approve("alice")),
+        )
+        .await;
+    ensure!(
+        spoofed.is_err(),
+        "approvedBy in someone else's name was accepted"
+    );
+    api(&second, "Switchover", "switchovers")
+        .patch(
+            "on-air",
+            &PatchParams::default(),
+            &Patch::Merge(approve(&second_name)),
+        )
+        .await?;
+    eventually(
+        Duration::from_secs(40),
+        "the approved switchover succeeded",
+        || async {
+            api(admin, "Switchover", "switchovers")
+                .get("on-air")
+                .await
+                .is_ok_and(|o| o.data["status"]["phase"] == json!("Succeeded"))
+        },
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(20),
+        &format!("node {to} leads"),
+        || async { lrc_status(lrcs).await["leaderId"] == json!(to) },
+    )
+    .await?;
+    // Once approved, approvedBy stays.
+    let changed = api(admin, "Switchover", "switchovers")
+        .patch(
+            "on-air",
+            &PatchParams::default(),
+            &Patch::Merge(approve("admin")),
+        )
+        .await;
+    ensure!(changed.is_err(), "approvedBy changed after approval");
+    let st = api(admin, "Switchover", "switchovers")
+        .get("on-air")
+        .await?
+        .data["status"]
+        .clone();
+    let id = st["decisionIds"][0].as_i64().context("decision id")?;
+    let status = lrc_status(lrcs).await;
+    let entry = status["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["id"] == json!(id))
+        .with_context(|| format!("decision {id} not in status.decisions"))?;
+    ensure!(
+        entry["disposition"] == json!("execute")
+            && entry["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("approved by {second_name}"))),
+        "{entry}"
+    );
+    set_live_windows(admin, bridge, json!([])).await?;
+    eprintln!("[live window] switchover to node {to} waited for {second_name}'s approval");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use roomkeeper_operator::approval::FailoverApproval;
 use roomkeeper_operator::crd::LiveRoomCluster;
 use roomkeeper_operator::drill::{ChaosDrill, ChaosDrillSpec, ChaosDrillStatus};
 use roomkeeper_operator::switchover::{
-    CommandStatus, Failover, FailoverSpec, Switchover, SwitchoverSpec,
+    CommandStatus, Failover, FailoverSpec, Switchover, SwitchoverSpec, AWAITING_APPROVAL,
 };
 use serde_json::json;
 
@@ -35,10 +35,24 @@ pub async fn answer(
     reason: &str,
 ) -> Result<(), PluginError> {
     let api = kube.api::<FailoverApproval>();
-    let fa = api
-        .get(name)
+    let Some(fa) = api
+        .get_opt(name)
         .await
-        .ctx(format!("FailoverApproval {}/{name}", kube.namespace))?;
+        .ctx(format!("FailoverApproval {}/{name}", kube.namespace))?
+    else {
+        // A Switchover or Failover a live window holds for a second person.
+        if let Some(done) = answer_command::<Switchover>(kube, g, name, approve).await? {
+            return Ok(done);
+        }
+        if let Some(done) = answer_command::<Failover>(kube, g, name, approve).await? {
+            return Ok(done);
+        }
+        return Err(anyhow::anyhow!(
+            "no FailoverApproval, Switchover or Failover {name} in namespace {}",
+            kube.namespace
+        )
+        .into());
+    };
     if let Some(d) = fa.spec.decision {
         return Err(PluginError::Refused(format!(
             "{name} was already answered ({d:?} by {}); an answer cannot change",
@@ -80,6 +94,107 @@ pub async fn answer(
         st.message.unwrap_or_default()
     );
     Ok(())
+}
+
+/// A Switchover or Failover, as the approval of a second person sees it.
+trait ManualCommand:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    const KIND: &'static str;
+    fn requested_by(&self) -> &str;
+    fn command_status(&self) -> Option<&CommandStatus>;
+}
+
+impl ManualCommand for Switchover {
+    const KIND: &'static str = "Switchover";
+    fn requested_by(&self) -> &str {
+        &self.spec.requested_by
+    }
+    fn command_status(&self) -> Option<&CommandStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl ManualCommand for Failover {
+    const KIND: &'static str = "Failover";
+    fn requested_by(&self) -> &str {
+        &self.spec.requested_by
+    }
+    fn command_status(&self) -> Option<&CommandStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// approve on a Switchover/Failover the live-window guard holds: sets
+/// `spec.approvedBy` to the user (the admission policy insists, and refuses
+/// the requester), then waits for the operator. `None`: no such object.
+async fn answer_command<K: ManualCommand>(
+    kube: &Kube,
+    g: &Globals,
+    name: &str,
+    approve: bool,
+) -> Result<Option<()>, PluginError> {
+    let api = kube.api::<K>();
+    let Some(obj) =
+        api.get_opt(name)
+            .await
+            .ctx(format!("{} {}/{name}", K::KIND, kube.namespace))?
+    else {
+        return Ok(None);
+    };
+    let kind = K::KIND;
+    if !approve {
+        return Err(PluginError::Usage(format!(
+            "a {kind} is withdrawn by deleting it (kubectl delete {} {name}), not denied",
+            kind.to_lowercase()
+        )));
+    }
+    let phase = obj.command_status().and_then(|s| s.phase.clone());
+    if phase.as_deref() != Some(AWAITING_APPROVAL) {
+        return Err(PluginError::Refused(format!(
+            "{kind} {name} is {}: only one a live window holds for a second person \
+             (phase {AWAITING_APPROVAL}) takes an approval",
+            phase.as_deref().unwrap_or("Pending")
+        )));
+    }
+    confirm(
+        g,
+        &format!(
+            "approve {kind} {name}, requested by {}, during a live window",
+            obj.requested_by()
+        ),
+    )?;
+    let user = kube.whoami().await?;
+    if user == obj.requested_by() {
+        return Err(PluginError::Refused(format!(
+            "you requested {kind} {name}: someone else approves it"
+        )));
+    }
+    api.patch(
+        name,
+        &PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"spec": {"approvedBy": user}})),
+    )
+    .await
+    .ctx(format!("approving {kind} {name}"))?;
+    eprintln!("{kind} {name}: approved as {user}; waiting for the operator");
+    let st = wait_for(timeout(g), &format!("{kind} {name}"), || {
+        let api = api.clone();
+        async move {
+            let o = api.get(name).await.ctx(format!("reading {name}"))?;
+            Ok(o.command_status()
+                .filter(|s| !roomkeeper_operator::switchover::is_pending(Some(s)))
+                .cloned())
+        }
+    })
+    .await?;
+    command_outcome(kind, name, st).map(Some)
 }
 
 /// pause/resume: `spec.paused`, then waits until the status says so.
@@ -141,6 +256,11 @@ fn command_outcome(kind: &str, name: &str, st: CommandStatus) -> Result<(), Plug
             println!("{kind} {name}: Succeeded — {msg}");
             Ok(())
         }
+        // The request stands; a second person approves it, or the window ends.
+        Some(AWAITING_APPROVAL) => {
+            println!("{kind} {name}: {AWAITING_APPROVAL} — {msg}");
+            Ok(())
+        }
         Some("Refused") => Err(PluginError::Refused(format!(
             "{kind} {name}{}: {msg}",
             st.guard
@@ -150,6 +270,12 @@ fn command_outcome(kind: &str, name: &str, st: CommandStatus) -> Result<(), Plug
         ))),
         other => Err(anyhow::anyhow!("{kind} {name}: {} — {msg}", other.unwrap_or("?")).into()),
     }
+}
+
+/// A command's outcome is known, or it waits for a second person.
+fn settled(s: &CommandStatus) -> bool {
+    !roomkeeper_operator::switchover::is_pending(Some(s))
+        || s.phase.as_deref() == Some(AWAITING_APPROVAL)
 }
 
 pub(super) fn command_name(prefix: &str) -> String {
@@ -189,6 +315,7 @@ pub async fn switchover(
             to_region,
             requested_by: user,
             reason: reason.to_string(),
+            approved_by: None,
         },
     );
     let api = kube.api::<Switchover>();
@@ -201,8 +328,7 @@ pub async fn switchover(
         let name = name.clone();
         async move {
             let o = api.get(&name).await.ctx(format!("reading {name}"))?;
-            Ok(o.status
-                .filter(|s| !roomkeeper_operator::switchover::is_pending(Some(s))))
+            Ok(o.status.filter(settled))
         }
     })
     .await?;
@@ -231,6 +357,7 @@ pub async fn failover(
             from_region: region.to_string(),
             requested_by: user,
             reason: reason.to_string(),
+            approved_by: None,
         },
     );
     let api = kube.api::<Failover>();
@@ -243,8 +370,7 @@ pub async fn failover(
         let name = name.clone();
         async move {
             let o = api.get(&name).await.ctx(format!("reading {name}"))?;
-            Ok(o.status
-                .filter(|s| !roomkeeper_operator::switchover::is_pending(Some(s))))
+            Ok(o.status.filter(settled))
         }
     })
     .await?;

@@ -168,6 +168,7 @@ async fn carry_out(
                     to_region: None,
                     requested_by: user.to_string(),
                     reason: "game day".into(),
+                    approved_by: None,
                 },
             );
             kube.api::<Switchover>()

@@ -160,9 +160,9 @@ pub enum Verb {
         #[command(flatten)]
         out: OutputFlag,
     },
-    /// Approve a FailoverApproval as yourself (spec.approvedBy is your user name).
+    /// Approve a FailoverApproval, or a Switchover/Failover a live window holds, as yourself (spec.approvedBy is your user name).
     Approve {
-        /// The FailoverApproval (`<cluster>-approval-<id>`).
+        /// The FailoverApproval (`<cluster>-approval-<id>`), Switchover or Failover.
         name: String,
         /// Why, kept in the decision record.
         #[arg(long, default_value = "")]
