@@ -1308,6 +1308,37 @@ fn status_after_step(
 }
 
 /// The status fields that describe what is observed (not the step taken).
+/// The live windows every answering node reports, once each, soonest first.
+fn live_windows(views: &[PodView]) -> Vec<crate::crd::LiveWindowStatus> {
+    let mut all: Vec<(u64, u64, String, String, u32)> = views
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .flat_map(|s| &s.live_windows)
+        .map(|w| {
+            (
+                w.window.start_ms,
+                w.window.end_ms,
+                w.room.clone(),
+                w.home_region.clone(),
+                w.window.expected_peak_orders_per_s,
+            )
+        })
+        .collect();
+    all.sort();
+    all.dedup();
+    all.into_iter()
+        .map(
+            |(start, end, room, home_region, peak)| crate::crd::LiveWindowStatus {
+                room,
+                home_region,
+                start: crate::approval::rfc3339(start),
+                end: crate::approval::rfc3339(end),
+                expected_peak_orders_per_s: i64::from(peak),
+            },
+        )
+        .collect()
+}
+
 fn observed_status(
     lrc: &LiveRoomCluster,
     ids: &Identities,
@@ -1379,6 +1410,7 @@ fn observed_status(
             }
         })
         .collect();
+    status.live_windows = live_windows(views);
     // Orders at risk (operator/src/risk.rs): in flight on the leader, and
     // committed but on a minority of regions.
     status.last_log_index = leader.and_then(|(_, s)| i64::try_from(s.last_log_index).ok());

@@ -334,10 +334,28 @@ pub struct LiveRoomClusterStatus {
     /// True once the Raft group was initialized; never goes back.
     #[serde(default)]
     pub bootstrapped: bool,
+    /// Rooms on air now or within the next 30 minutes, as the nodes report
+    /// them: the windows the playbook's `liveWindow` guard honours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live_windows: Vec<LiveWindowStatus>,
     /// The newest playbook decisions (taken, blocked, awaiting approval,
     /// dry-run), oldest first; every decision is also an Event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<crate::history::DecisionEntry>,
+}
+
+/// A room's live window, as the status shows it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveWindowStatus {
+    pub room: String,
+    /// The region the room sells from.
+    pub home_region: String,
+    /// RFC 3339, UTC.
+    pub start: String,
+    /// RFC 3339, UTC (exclusive).
+    pub end: String,
+    pub expected_peak_orders_per_s: i64,
 }
 
 /// Counts of one region.

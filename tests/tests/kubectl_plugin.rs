@@ -29,10 +29,11 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
-use roomkeeper_e2e::http_client;
 use roomkeeper_e2e::k8s::{eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::{apply_file, apply_yaml, repo_root, OperatorProcess};
+use roomkeeper_e2e::operator::{
+    apply_file, apply_yaml, approver_account, leader_client_call, repo_root, OperatorProcess,
+};
 use roomkeeper_e2e::Signal;
 use serde_json::{json, Value};
 
@@ -292,52 +293,25 @@ spec:
 
 /// One order with the contact marker, through the leader's client port.
 async fn order_with_contact(admin: &Client, bridge: &KubeletBridge) -> Result<()> {
-    let token = Api::<Secret>::namespaced(admin.clone(), NS)
-        .get(&format!("{LRC}-tokens"))
-        .await?
-        .data
-        .and_then(|d| d.get("client-token").cloned())
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .context("client token")?;
-    let leader = lrc_status(admin).await["leader"]
-        .as_str()
-        .context("leader")?
-        .to_string();
-    let ip = bridge.pod_ip(NS, &leader).context("leader ip")?;
-    let addr = format!("{ip}:7201");
-    // The pods' client API is TLS under the cluster's CA.
-    let tls = roomkeeper_e2e::operator::node_tls(admin, NS, LRC).await?;
-    let call = |method: &'static str, path: String, body: Value| {
-        let addr = addr.clone();
-        let token = token.clone();
-        let tls = tls.clone();
-        async move {
-            let text = body.to_string();
-            let req =
-                http_client::build(method, &addr, &path, Some(text.as_bytes()), Some(&token))?;
-            let r = http_client::request_tls(&addr, &tls, req, Duration::from_secs(5)).await?;
-            ensure!(r.status < 300, "{method} {path}: {} {}", r.status, r.text());
-            anyhow::Ok(())
-        }
-    };
-    call(
-        "PUT",
-        "/v1/rooms/r1".into(),
-        json!({"title": "R", "home_region": "a", "state": "live"}),
-    )
-    .await?;
-    call(
-        "PUT",
-        "/v1/rooms/r1/listings/s1".into(),
-        json!({"price_cents": 100, "stock": 10, "per_buyer_limit": 1, "state": "open"}),
-    )
-    .await?;
-    call(
-        "POST",
-        "/v1/rooms/r1/orders".into(),
-        json!({"sku": "s1", "buyer": "b1", "qty": 1, "idempotency_key": "k1", "contact": CONTACT_MARKER}),
-    )
-    .await?;
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/v1/rooms/r1",
+            json!({"title": "R", "home_region": "a", "state": "live"}),
+        ),
+        (
+            "PUT",
+            "/v1/rooms/r1/listings/s1",
+            json!({"price_cents": 100, "stock": 10, "per_buyer_limit": 1, "state": "open"}),
+        ),
+        (
+            "POST",
+            "/v1/rooms/r1/orders",
+            json!({"sku": "s1", "buyer": "b1", "qty": 1, "idempotency_key": "k1", "contact": CONTACT_MARKER}),
+        ),
+    ] {
+        leader_client_call(admin, bridge, NS, LRC, method, path, &body).await?;
+    }
     Ok(())
 }
 
@@ -584,10 +558,107 @@ async fn scenario(
     // answers once the status shows the node down, restarts it, and is
     // scored by what the restart changed. Automation comes back at the end.
     game_day(&admin, &plugin, h.dir()).await?;
+    // approve: a switchover a live window holds waits for someone else.
+    approve_a_held_switchover(h, &admin, bridge, &plugin, bin).await?;
     eprintln!(
         "every verb checked {:.0}s after the cluster formed",
         formed.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+async fn approve_a_held_switchover(
+    h: &KubeHarness,
+    admin: &Client,
+    bridge: &KubeletBridge,
+    plugin: &Plugin,
+    bin: &Path,
+) -> Result<()> {
+    api(admin, "FailoverPlaybook", "failoverplaybooks")
+        .patch(
+            "ask-first",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"guards": {"liveWindow": "requireApproval"}}}),
+            ),
+        )
+        .await?;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let room = |windows: Value| json!({"title": "On air", "home_region": "a", "state": "live", "live_windows": windows});
+    leader_client_call(
+        admin,
+        bridge,
+        NS,
+        LRC,
+        "PUT",
+        "/v1/rooms/on-air",
+        &room(json!([{"start_ms": now_ms - 1_000, "end_ms": now_ms + 600_000, "expected_peak_orders_per_s": 500}])),
+    )
+    .await?;
+    let (_, to, _) = follower(admin, &[]).await?;
+    let out = plugin.ok(&["switchover", LRC, "--to-node", &to.to_string(), "--yes"])?;
+    let name = out
+        .split_whitespace()
+        .nth(1)
+        .map(|n| n.trim_end_matches(':').to_string())
+        .filter(|_| out.contains("AwaitingApproval"))
+        .with_context(|| format!("the switchover did not wait for approval: {out}"))?;
+    // The status screen shows the window and the command it holds.
+    eventually(
+        Duration::from_secs(30),
+        "the live window in the cluster's status",
+        || async {
+            lrc_status(admin).await["liveWindows"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["room"] == json!("on-air")))
+        },
+    )
+    .await?;
+    let screen = plugin.ok(&["status", LRC])?;
+    ensure!(
+        screen.contains("room on-air (home a):")
+            && screen.contains(&format!("Switchover {name} requested by")),
+        "{screen}"
+    );
+    // The requester cannot approve their own request.
+    let o = plugin.run(&["approve", &name, "--yes"])?;
+    ensure!(
+        o.code == 3 && o.stderr.contains("someone else approves"),
+        "self-approval: {} {}",
+        o.code,
+        o.stderr
+    );
+    // A second on-call person can.
+    approver_account(admin, NS, "second").await?;
+    let second_dir = h.dir().join("second");
+    std::fs::create_dir_all(&second_dir)?;
+    let second = Plugin::new(
+        bin,
+        &second_dir,
+        &h.service_account_kubeconfig(NS, "second").await?,
+    )?;
+    let out = second.ok(&["approve", &name, "--yes"])?;
+    ensure!(out.contains("Succeeded"), "{out}");
+    eventually(
+        Duration::from_secs(20),
+        &format!("node {to} leads after the approved switchover"),
+        || async { lrc_status(admin).await["leaderId"] == json!(to) },
+    )
+    .await?;
+    leader_client_call(
+        admin,
+        bridge,
+        NS,
+        LRC,
+        "PUT",
+        "/v1/rooms/on-air",
+        &room(json!([])),
+    )
+    .await?;
     Ok(())
 }
 

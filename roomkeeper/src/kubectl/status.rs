@@ -7,6 +7,7 @@ use kube::api::ListParams;
 use kube::ResourceExt;
 use roomkeeper_operator::approval::FailoverApproval;
 use roomkeeper_operator::crd::LiveRoomCluster;
+use roomkeeper_operator::switchover::{CommandStatus, Failover, Switchover, AWAITING_APPROVAL};
 use serde::Serialize;
 
 use super::{print_structured, Format, Kube, KubeContext, PluginError};
@@ -39,10 +40,22 @@ pub struct StatusView {
     pub nodes: Vec<NodeRow>,
     pub orders_at_risk: OrdersAtRisk,
     pub pending_approvals: Vec<ApprovalRow>,
-    /// Live windows declared in the spec (the LiveRoomCluster has no such field yet).
+    /// Switchovers and Failovers a live window holds for a second person.
+    pub commands_awaiting_approval: Vec<HeldCommand>,
+    /// Rooms on air now or within 30 minutes, as the nodes report them.
     pub live_windows: Vec<String>,
     /// The newest decisions, in words, oldest first.
     pub decisions: Vec<String>,
+}
+
+/// A manual command in phase `AwaitingApproval`.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldCommand {
+    pub kind: String,
+    pub name: String,
+    pub requested_by: String,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq)]
@@ -112,7 +125,11 @@ fn node_health(leads: bool, lag: Option<i64>, replicating: Option<bool>) -> Stri
 }
 
 /// The screen's content, from the cluster and the namespace's approvals.
-pub fn view(lrc: &LiveRoomCluster, approvals: &[FailoverApproval]) -> StatusView {
+pub fn view(
+    lrc: &LiveRoomCluster,
+    approvals: &[FailoverApproval],
+    held: &[HeldCommand],
+) -> StatusView {
     let name = lrc.name_any();
     let st = lrc.status.clone().unwrap_or_default();
     let leader_id = st.leader_id;
@@ -262,7 +279,17 @@ pub fn view(lrc: &LiveRoomCluster, approvals: &[FailoverApproval]) -> StatusView
         nodes,
         orders_at_risk: risk,
         pending_approvals: pending,
-        live_windows: Vec::new(),
+        commands_awaiting_approval: held.to_vec(),
+        live_windows: st
+            .live_windows
+            .iter()
+            .map(|w| {
+                format!(
+                    "room {} (home {}): {} → {}, expected peak {} orders/s",
+                    w.room, w.home_region, w.start, w.end, w.expected_peak_orders_per_s
+                )
+            })
+            .collect(),
         decisions,
     }
 }
@@ -383,8 +410,25 @@ pub fn render(v: &StatusView, wide: bool) -> String {
             }
         }
     }
+    if !v.commands_awaiting_approval.is_empty() {
+        line("Commands awaiting a second person (kubectl roomkeeper approve NAME):".into());
+        for c in &v.commands_awaiting_approval {
+            line(format!(
+                "  {} {} requested by {}",
+                c.kind, c.name, c.requested_by
+            ));
+            if wide {
+                line(format!("    why: {}", c.message));
+            }
+        }
+    }
     if v.live_windows.is_empty() {
         line("Live windows: none declared".into());
+    } else {
+        line("Live windows (disruptive moves wait or need approval):".into());
+        for w in &v.live_windows {
+            line(format!("  {w}"));
+        }
     }
     if v.decisions.is_empty() {
         line("Last decisions: none".into());
@@ -425,6 +469,59 @@ fn table(rows: &[Vec<String>]) -> String {
         .join("\n")
 }
 
+/// The cluster's Switchovers and Failovers a live window holds.
+async fn held_commands(kube: &Kube, cluster: &str) -> Result<Vec<HeldCommand>, PluginError> {
+    let held = |kind: &str,
+                name: String,
+                for_cluster: &str,
+                requested_by: &str,
+                status: Option<&CommandStatus>| {
+        (for_cluster == cluster
+            && status.and_then(|s| s.phase.as_deref()) == Some(AWAITING_APPROVAL))
+        .then(|| HeldCommand {
+            kind: kind.to_string(),
+            name,
+            requested_by: requested_by.to_string(),
+            message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
+        })
+    };
+    let mut out: Vec<HeldCommand> = kube
+        .api::<Switchover>()
+        .list(&ListParams::default())
+        .await
+        .ctx("listing Switchovers")?
+        .items
+        .into_iter()
+        .filter_map(|o| {
+            held(
+                "Switchover",
+                o.name_any(),
+                &o.spec.cluster,
+                &o.spec.requested_by,
+                o.status.as_ref(),
+            )
+        })
+        .collect();
+    out.extend(
+        kube.api::<Failover>()
+            .list(&ListParams::default())
+            .await
+            .ctx("listing Failovers")?
+            .items
+            .into_iter()
+            .filter_map(|o| {
+                held(
+                    "Failover",
+                    o.name_any(),
+                    &o.spec.cluster,
+                    &o.spec.requested_by,
+                    o.status.as_ref(),
+                )
+            }),
+    );
+    Ok(out)
+}
+
 pub async fn run(kube: &Kube, cluster: Option<String>, f: Format) -> Result<(), PluginError> {
     let lrc = kube.cluster(cluster).await?;
     let approvals = kube
@@ -433,7 +530,8 @@ pub async fn run(kube: &Kube, cluster: Option<String>, f: Format) -> Result<(), 
         .await
         .ctx("listing FailoverApprovals")?
         .items;
-    let v = view(&lrc, &approvals);
+    let held = held_commands(kube, &lrc.name_any()).await?;
+    let v = view(&lrc, &approvals, &held);
     match f {
         Format::Text => print!("{}", render(&v, false)),
         Format::Wide => print!("{}", render(&v, true)),
@@ -494,7 +592,7 @@ mod tests {
 
     #[test]
     fn a_silent_node_and_a_down_region_make_it_unsafe_and_say_why() {
-        let v = view(&cluster(), &[]);
+        let v = view(&cluster(), &[], &[]);
         assert!(!v.safe);
         assert!(
             v.concerns.iter().any(|c| c == "region c: down"),
@@ -523,8 +621,38 @@ mod tests {
         st.members[2].replicating = Some(true);
         st.regions[2].ready_voters = 1;
         st.regions[2].traffic_weight = Some(100);
-        let v = view(&lrc, &[]);
+        let v = view(&lrc, &[], &[]);
         assert!(v.safe, "{:?}", v.concerns);
         assert!(render(&v, false).starts_with("Cluster live/shop   phase Running   SAFE\n"));
+    }
+
+    #[test]
+    fn live_windows_and_commands_held_for_approval_are_shown() {
+        let mut lrc = cluster();
+        lrc.status.as_mut().unwrap().live_windows =
+            vec![roomkeeper_operator::crd::LiveWindowStatus {
+                room: "r1".into(),
+                home_region: "a".into(),
+                start: "2026-12-06T20:00:00Z".into(),
+                end: "2026-12-06T21:00:00Z".into(),
+                expected_peak_orders_per_s: 900,
+            }];
+        let held = HeldCommand {
+            kind: "Switchover".into(),
+            name: "shop-switchover-1".into(),
+            requested_by: "alice".into(),
+            message: "deferred: room r1 is live".into(),
+        };
+        let text = render(&view(&lrc, &[], &[held]), true);
+        assert!(
+            text.contains("room r1 (home a): 2026-12-06T20:00:00Z → 2026-12-06T21:00:00Z, expected peak 900 orders/s"),
+            "{text}"
+        );
+        assert!(!text.contains("none declared"), "{text}");
+        assert!(
+            text.contains("Switchover shop-switchover-1 requested by alice")
+                && text.contains("why: deferred: room r1 is live"),
+            "{text}"
+        );
     }
 }
