@@ -560,6 +560,8 @@ async fn scenario(
     game_day(&admin, &plugin, h.dir()).await?;
     // approve: a switchover a live window holds waits for someone else.
     approve_a_held_switchover(h, &admin, bridge, &plugin, bin).await?;
+    // Ctrl-C ends a game day and hands automation back at once.
+    interrupted_game_day(&admin, &plugin, h.dir()).await?;
     eprintln!(
         "every verb checked {:.0}s after the cluster formed",
         formed.elapsed().as_secs_f64()
@@ -659,6 +661,51 @@ async fn approve_a_held_switchover(
         &room(json!([])),
     )
     .await?;
+    Ok(())
+}
+
+async fn interrupted_game_day(admin: &Client, plugin: &Plugin, dir: &Path) -> Result<()> {
+    let file = dir.join("gd-interrupted.yaml");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(repo_root().join("chaos/drills/game-day-pause-follower.yaml"))?
+            .replace("cluster: local", &format!("cluster: {LRC}"))
+            .replace("name: game-day-pause-follower", "name: gd-interrupted"),
+    )?;
+    let child = Command::new(&plugin.exe)
+        .args(["-n", NS, "gameday"])
+        .arg(&file)
+        .arg("--yes")
+        .env("KUBECONFIG", &plugin.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting kubectl-roomkeeper gameday")?;
+    let lrcs = api(admin, "LiveRoomCluster", "liveroomclusters");
+    eventually(
+        Duration::from_secs(30),
+        "the game day put the playbook in dry-run",
+        || async {
+            lrcs.get(LRC)
+                .await
+                .is_ok_and(|l| l.data["spec"]["dryRun"] == json!(true))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    roomkeeper_e2e::signal_pid(child.id(), Signal::SIGINT)?;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    ensure!(
+        out.status.code() == Some(5),
+        "an interrupted game day exits 5 (cancelled), not {}",
+        out.status
+    );
+    let spec = lrcs.get(LRC).await?.data["spec"].clone();
+    ensure!(
+        spec["dryRun"] == json!(false),
+        "Ctrl-C left the playbook in dry-run: {spec}"
+    );
     Ok(())
 }
 

@@ -17,8 +17,8 @@
 //! Scored honestly: only a command that changed that state counts, and only
 //! while the drill's faults are still in force. Faults that delete pods are
 //! refused, because the StatefulSet brings a deleted pod back by itself: the
-//! score would be Kubernetes', not the on-call's. At the end automation is
-//! handed back, and the record is kept on the ChaosDrill
+//! score would be Kubernetes', not the on-call's. At the end (or on Ctrl-C)
+//! automation is handed back, and the record is kept on the ChaosDrill
 //! (annotation `roomkeeper.dev/game-day`, shown by `drill report`).
 
 use std::collections::BTreeSet;
@@ -259,54 +259,65 @@ pub async fn run(
     let mut last_state = String::new();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(obj.spec.0.duration_secs + 300);
+    // Ctrl-C ends the game day, not the drill: automation is handed back
+    // first, so an interrupted game day never leaves the playbook off.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let now = now_ms();
-        let drill = drills
-            .get(&name)
-            .await
-            .ctx(format!("reading ChaosDrill {name}"))?;
-        let status = drill.status.unwrap_or_default();
-        if let Some(start) = status.started_at.as_deref().and_then(unix_ms) {
-            if !fault_seen && now >= start + fault_from {
-                fault_seen = true;
-                game.fault_started(start + fault_from);
+        let mut completed = false;
+        // A failed read is retried at the next second, not the game day's end.
+        match futures_util::future::try_join(drills.get(&name), lrcs.get(&target)).await {
+            Err(e) => eprintln!(
+                "game day: could not read ChaosDrill {name} or LiveRoomCluster {target} ({e}); trying again"
+            ),
+            Ok((drill, lrc)) => {
+                let status = drill.status.unwrap_or_default();
+                if let Some(start) = status.started_at.as_deref().and_then(unix_ms) {
+                    if !fault_seen && now >= start + fault_from {
+                        fault_seen = true;
+                        game.fault_started(start + fault_from);
+                    }
+                    if now >= start + fault_to {
+                        game.faults_ended(start + fault_to);
+                    }
+                }
+                let lrc_status = lrc.status.unwrap_or_default();
+                let state = fault_state(&lrc_status);
+                if fault_seen {
+                    let words = format!("{state:?}");
+                    if words != last_state {
+                        eprintln!(
+                            "game day: {} down {:?}, leader {}",
+                            target,
+                            state.down,
+                            lrc_status.leader.as_deref().unwrap_or("none")
+                        );
+                        last_state = words;
+                    }
+                }
+                game.observe(now, state);
+                let (commands, absent) = game.poll(now);
+                if absent && !resumed {
+                    set_dry_run(kube, &target, dry_run_before).await?;
+                    resumed = true;
+                    eprintln!("game day: no operator present (stdin closed); human steps skipped, automation handed back to the playbook");
+                }
+                for c in &commands {
+                    // A command the API server refuses is said, not fatal:
+                    // it changed nothing, and the score says so.
+                    match carry_out(kube, &target, &lrc_status, c, &user, dry_run_before).await {
+                        Ok((said, resumes)) => {
+                            resumed |= resumes;
+                            eprintln!("game day: {said}");
+                        }
+                        Err(e) => eprintln!("game day: {c:?} failed: {e}"),
+                    }
+                }
+                completed = matches!(status.phase.as_deref(), Some("Completed" | "Invalid"));
             }
-            if now >= start + fault_to {
-                game.faults_ended(start + fault_to);
-            }
         }
-        let lrc = lrcs
-            .get(&target)
-            .await
-            .ctx(format!("reading LiveRoomCluster {target}"))?;
-        let lrc_status = lrc.status.unwrap_or_default();
-        let state = fault_state(&lrc_status);
-        if fault_seen {
-            let words = format!("{state:?}");
-            if words != last_state {
-                eprintln!(
-                    "game day: {} down {:?}, leader {}",
-                    target,
-                    state.down,
-                    lrc_status.leader.as_deref().unwrap_or("none")
-                );
-                last_state = words;
-            }
-        }
-        game.observe(now, state);
-        let (commands, absent) = game.poll(now);
-        if absent && !resumed {
-            set_dry_run(kube, &target, dry_run_before).await?;
-            resumed = true;
-            eprintln!("game day: no operator present (stdin closed); human steps skipped, automation handed back to the playbook");
-        }
-        for c in &commands {
-            let (said, resumes) =
-                carry_out(kube, &target, &lrc_status, c, &user, dry_run_before).await?;
-            resumed |= resumes;
-            eprintln!("game day: {said}");
-        }
-        if matches!(status.phase.as_deref(), Some("Completed" | "Invalid")) {
+        if completed {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -315,7 +326,17 @@ pub async fn run(
                 "drill {name} did not complete; automation handed back"
             )));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => {
+                set_dry_run(kube, &target, dry_run_before).await?;
+                eprintln!(
+                    "game day: interrupted; automation handed back (spec.dryRun: {dry_run_before}). \
+                     Drill {name} runs to its end (kubectl roomkeeper drill report {name}); nothing was scored"
+                );
+                return Err(PluginError::Cancelled);
+            }
+        }
     }
     if !resumed {
         set_dry_run(kube, &target, dry_run_before).await?;
