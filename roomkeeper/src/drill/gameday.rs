@@ -9,9 +9,14 @@
 //! leader), and each command is judged by what it changed. A `restart <n>`
 //! counts when node n was down and answers again afterwards; a `transfer` or
 //! `resume` when the state improves before the next command; `heal` ends the
-//! faults by fiat and never counts. Without a command that fixed the fault
+//! faults by fiat and never counts, and nothing that happens after the drill
+//! healed its faults on schedule is credited to a command. Without a command
+//! that fixed the fault
 //! the score is 0, whatever was typed; with one, detection, runbook and the
 //! time to recovery earn the points, each step saying why.
+//!
+//! The same state machine scores game days on Kubernetes
+//! (`kubectl roomkeeper gameday`, [`crate::kubectl`]).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal};
