@@ -601,15 +601,8 @@ async fn approve_a_held_switchover(
         &room(json!([{"start_ms": now_ms - 1_000, "end_ms": now_ms + 600_000, "expected_peak_orders_per_s": 500}])),
     )
     .await?;
-    let (_, to, _) = follower(admin, &[]).await?;
-    let out = plugin.ok(&["switchover", LRC, "--to-node", &to.to_string(), "--yes"])?;
-    let name = out
-        .split_whitespace()
-        .nth(1)
-        .map(|n| n.trim_end_matches(':').to_string())
-        .filter(|_| out.contains("AwaitingApproval"))
-        .with_context(|| format!("the switchover did not wait for approval: {out}"))?;
-    // The status screen shows the window and the command it holds.
+    // The operator decides on what it last observed: ask once it has seen
+    // the window (its status lists it), not in the same second as the PUT.
     eventually(
         Duration::from_secs(30),
         "the live window in the cluster's status",
@@ -620,6 +613,15 @@ async fn approve_a_held_switchover(
         },
     )
     .await?;
+    let (_, to, _) = follower(admin, &[]).await?;
+    let out = plugin.ok(&["switchover", LRC, "--to-node", &to.to_string(), "--yes"])?;
+    let name = out
+        .split_whitespace()
+        .nth(1)
+        .map(|n| n.trim_end_matches(':').to_string())
+        .filter(|_| out.contains("AwaitingApproval"))
+        .with_context(|| format!("the switchover did not wait for approval: {out}"))?;
+    // The status screen shows the window and the command it holds.
     let screen = plugin.ok(&["status", LRC])?;
     ensure!(
         screen.contains("room on-air (home a):")

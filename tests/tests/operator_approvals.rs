@@ -848,6 +848,18 @@ async fn live_window_holds_a_switchover_for_a_second_person(
     let second = client_from_kubeconfig(&h.service_account_kubeconfig(NS, "second").await?).await?;
     let second_name = format!("system:serviceaccount:{NS}:second");
 
+    // The operator decides on what it last observed: ask once it has seen
+    // the window (its status lists it), not in the same second as the PUT.
+    eventually(
+        Duration::from_secs(30),
+        "the live window in the cluster's status",
+        || async {
+            lrc_status(lrcs).await["liveWindows"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["room"] == json!("live")))
+        },
+    )
+    .await?;
     let (_, to) = follower(lrcs, &[]).await?;
     // Approving at creation is not a second person's approval.
     let early = create(
