@@ -543,9 +543,9 @@ pub fn evaluate_targets(results: &[TargetResult]) -> Vec<TargetCheck> {
         if let Some(k) = &r.leader_kill {
             checks.push(TargetCheck {
                 name: format!("leader kill ({} clients): longest gap", r.clients),
-                goal: "<= 1000 ms".into(),
+                goal: "<= 500 ms".into(),
                 measured: format!("{} ms", k.longest_gap_ms),
-                pass: k.longest_gap_ms <= 1000,
+                pass: k.longest_gap_ms <= 500,
             });
             if let Some(lost) = k.lost {
                 checks.push(TargetCheck {

@@ -9,6 +9,7 @@
 //! - `api` / `admin`: the client and admin HTTP listeners;
 //! - `auth`: scoped client tokens (token file, hashed secrets, scopes);
 //! - `http_server`: their accept loop: timeouts, connection caps, JSON refusals;
+//! - `dead_leader`: a fast, lease-safe election when the leader's process is gone;
 //! - `node`: wiring and metrics;
 //! - `quarantine`: the admin listener of a node that must not join Raft (wiped volume).
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod contact;
+pub mod dead_leader;
 pub mod faults;
 #[doc(hidden)]
 pub mod fuzzing;

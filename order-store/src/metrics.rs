@@ -28,6 +28,8 @@ pub struct NodeMetrics {
     pub raft_follower_lag_entries: IntGaugeVec,
     pub raft_voters: IntGauge,
     pub raft_leader_changes_total: IntCounter,
+    /// Elections started and votes vouched for because the leader's Raft port refused connections.
+    pub raft_dead_leader_total: IntCounterVec,
     pub log_fsync_seconds: Histogram,
     pub log_fsync_batch_entries: Histogram,
     pub apply_seconds: Histogram,
@@ -113,6 +115,14 @@ impl NodeMetrics {
             raft_leader_changes_total: IntCounter::new(
                 "roomkeeper_raft_leader_changes_total",
                 "Times this node saw the leader change",
+            )?,
+            raft_dead_leader_total: IntCounterVec::new(
+                Opts::new(
+                    "roomkeeper_raft_dead_leader_total",
+                    "Elections this node started (election_started) and votes it granted under a \
+                     lifted lease (vote_vouched) because its leader's Raft port refused connections",
+                ),
+                &["event"],
             )?,
             log_fsync_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -256,6 +266,7 @@ impl NodeMetrics {
         r.register(Box::new(self.raft_follower_lag_entries.clone()))?;
         r.register(Box::new(self.raft_voters.clone()))?;
         r.register(Box::new(self.raft_leader_changes_total.clone()))?;
+        r.register(Box::new(self.raft_dead_leader_total.clone()))?;
         r.register(Box::new(self.log_fsync_seconds.clone()))?;
         r.register(Box::new(self.log_fsync_batch_entries.clone()))?;
         r.register(Box::new(self.apply_seconds.clone()))?;

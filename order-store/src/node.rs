@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::admin::role_name;
 use crate::auth::TokenTable;
 use crate::contact::{ContactKeyring, ContactKeys};
+use crate::dead_leader::{DeadLeader, Timings};
 use crate::faults::Faults;
 use crate::http_server::HttpLimits;
 use crate::http_tls::{Edge, HttpSecurity, HttpTls, HttpTlsError};
@@ -190,6 +191,9 @@ pub struct NodeContext {
     /// are refused with `sales_paused` before any Raft work. Not persisted;
     /// the control loop sets it again while its pause lasts.
     pub edge_sales_paused: std::sync::atomic::AtomicBool,
+    /// Fast elections when the leader's process is gone; the precheck's
+    /// freshness rule (D49).
+    pub dead_leader: Arc<DeadLeader>,
 }
 
 /// A running node.
@@ -322,6 +326,11 @@ impl NodeHandle {
             Some(metrics.clone()),
         );
         let contact = LeaderContact::new();
+        let dead_leader = DeadLeader::new(
+            cfg.node_id,
+            Timings::new(cfg.election_timeout_min_ms, cfg.heartbeat_ms),
+            metrics.clone(),
+        );
 
         let ctx = Arc::new(NodeContext {
             node_id: cfg.node_id,
@@ -346,6 +355,7 @@ impl NodeHandle {
             metrics_token: cfg.metrics_token,
             write_slots: Semaphore::new(cfg.max_inflight_writes.max(1)),
             edge_sales_paused: std::sync::atomic::AtomicBool::new(false),
+            dead_leader: dead_leader.clone(),
         });
 
         let server = RaftServer::new(RaftServerParts {
@@ -361,6 +371,7 @@ impl NodeHandle {
             keyring,
             clients,
             sm: ctx.sm.clone(),
+            dead_leader: dead_leader.clone(),
         });
         tokio::spawn(server.serve(raft_listener));
         let edges = metrics.http_edges.clone();
@@ -398,6 +409,7 @@ impl NodeHandle {
             edges,
             http_tls.map(|t| (t, Edge::Admin)),
         ));
+        tokio::spawn(dead_leader.run(raft.clone()));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tokio::spawn(audit_invariants(ctx.clone()));
         if let Some(path) = cfg

@@ -13,6 +13,9 @@
 //!    have been elected) and waits until the state machine has applied
 //!    everything committed when the read began. Every order acknowledged before
 //!    this request arrived is therefore in the state.
+//!    A quorum must also have acknowledged the leader within half an election
+//!    timeout: voters lift the lease for a leader whose process is gone only
+//!    after longer silence than that (`dead_leader`, D49).
 //! 3. The check runs again on that state; its answer is the refusal.
 //!
 //! A refused order leaves no state (docs/decisions.md, "Refused orders leave no
@@ -54,6 +57,12 @@ pub async fn early_refusal(ctx: &NodeContext, command: &Command) -> Option<Rejec
     .await
     .ok()?
     .ok()?;
+    // The lease alone is not enough since voters may lift it for a leader
+    // whose process is gone (D49): a quorum must have acknowledged this
+    // leader more recently than any such voter would vote.
+    if !ctx.dead_leader.precheck_allows(&ctx.raft) {
+        return None;
+    }
     let code = judge()?;
     ctx.metrics
         .order_early_refusals_total

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Principal, TokenTable, Verb};
 use crate::contact::ContactKeys;
+use crate::dead_leader::DeadLeader;
 use crate::faults::Faults;
 use crate::metrics::NodeMetrics;
 use crate::proposer::{Proposer, WriteError};
@@ -790,6 +791,8 @@ pub struct RaftServer {
     pub clients: Arc<TokenTable>,
     /// The state forwarded cancels and pays are authorized against.
     pub sm: StateMachine,
+    /// Lifts the lease for votes when the leader's process is gone.
+    pub dead_leader: Arc<DeadLeader>,
     counts: Arc<Mutex<ConnCounts>>,
 }
 
@@ -807,6 +810,7 @@ pub struct RaftServerParts {
     pub keyring: Arc<ContactKeys>,
     pub clients: Arc<TokenTable>,
     pub sm: StateMachine,
+    pub dead_leader: Arc<DeadLeader>,
 }
 
 /// Why a request frame is refused; the label of
@@ -861,6 +865,7 @@ impl RaftServer {
             keyring: p.keyring,
             clients: p.clients,
             sm: p.sm,
+            dead_leader: p.dead_leader,
             counts: Arc::new(Mutex::new(ConnCounts::default())),
         }
     }
@@ -1146,6 +1151,7 @@ impl RaftServer {
                     }
                     let bytes = std::mem::take(&mut snapshot_buf);
                     let raft = self.raft.clone();
+                    let dead_leader = self.dead_leader.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         let snap = openraft::Snapshot {
@@ -1153,7 +1159,10 @@ impl RaftServer {
                             snapshot: Cursor::new(bytes),
                         };
                         let resp = match raft.install_full_snapshot(vote, snap).await {
-                            Ok(r) => RpcResponse::Snapshot(r),
+                            Ok(r) => {
+                                dead_leader.silence.heard();
+                                RpcResponse::Snapshot(r)
+                            }
                             Err(e) => RpcResponse::Failed(e.to_string()),
                         };
                         respond(&tx, id, resp).await;
@@ -1175,22 +1184,30 @@ impl RaftServer {
         match body {
             RpcRequest::AppendEntries(req) => {
                 let res = self.raft.append_entries(req).await;
-                if matches!(
-                    res,
+                match &res {
                     Ok(AppendEntriesResponse::Success)
-                        | Ok(AppendEntriesResponse::PartialSuccess(_))
-                ) {
-                    self.contact.touch();
+                    | Ok(AppendEntriesResponse::PartialSuccess(_)) => {
+                        self.contact.touch();
+                        self.dead_leader.silence.heard();
+                    }
+                    // The leader counts a conflict as an acknowledgement of
+                    // its term too (its lease clock moves).
+                    Ok(AppendEntriesResponse::Conflict) => self.dead_leader.silence.heard(),
+                    _ => {}
                 }
                 match res {
                     Ok(r) => RpcResponse::AppendEntries(r),
                     Err(e) => RpcResponse::Failed(e.to_string()),
                 }
             }
-            RpcRequest::Vote(req) => match self.raft.vote(req).await {
-                Ok(r) => RpcResponse::Vote(r),
-                Err(e) => RpcResponse::Failed(e.to_string()),
-            },
+            RpcRequest::Vote(req) => {
+                let candidate = vote_node(&req.vote);
+                let req = self.dead_leader.vouch(&self.raft, req, candidate).await;
+                match self.raft.vote(req).await {
+                    Ok(r) => RpcResponse::Vote(r),
+                    Err(e) => RpcResponse::Failed(e.to_string()),
+                }
+            }
             RpcRequest::PreVote(req) => match self.raft.pre_vote(req).await {
                 Ok(r) => RpcResponse::Vote(r),
                 Err(e) => RpcResponse::Failed(e.to_string()),

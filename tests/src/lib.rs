@@ -564,6 +564,19 @@ impl Cluster {
         self.wait_healthy(id);
     }
 
+    /// The sum of a metric's series whose line contains `label` (`""`: all
+    /// of them) on a node, from its `/metrics` (0 when absent).
+    pub fn metric(&self, id: u64, name: &str, label: &str) -> f64 {
+        let r = self.admin("GET", id, "/metrics", None).expect("metrics");
+        r.body
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Sets injected faults on a node (the node runs with --enable-test-faults).
     pub fn faults(&self, id: u64, body: Value) {
         let r = self

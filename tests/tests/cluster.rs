@@ -1047,6 +1047,12 @@ fn a_paused_node_answers_nothing_until_its_pause_is_lifted() {
         .expect("order to the new leader");
     assert_eq!(r.status, 201, "{:?}", r.body);
 
+    // Its port still takes connections, so nobody lifted its lease (D49).
+    for &i in &others {
+        let lifted = c.metric(i, "roomkeeper_raft_dead_leader_total", "");
+        assert_eq!(lifted, 0.0, "node {i} treated a paused leader as dead");
+    }
+
     c.faults(old, json!({}));
     wait_until(Duration::from_secs(10), "the old leader to follow", || {
         c.node_status(old)
@@ -1054,4 +1060,108 @@ fn a_paused_node_answers_nothing_until_its_pause_is_lifted() {
     });
     c.wait_converged(Duration::from_secs(10));
     c.assert_invariants();
+}
+
+/// A killed leader's port refuses connections: a follower starts an election
+/// without waiting out its lease, the other lifts the lease for that vote,
+/// and both say so in `roomkeeper_raft_dead_leader_total` (D49). Every
+/// acknowledged order survives, and the killed node follows when it returns.
+#[test]
+fn a_killed_leaders_followers_elect_without_waiting_out_its_lease() {
+    let mut c = Cluster::start_initialized(ClusterOptions::nodes(3));
+    c.create_room("room-k", &[("sku-1", 1_000, 1_000), ("sku-last", 1, 1)]);
+    let old = c.wait_leader(Duration::from_secs(5));
+    for i in 0..20 {
+        let r = c
+            .client(
+                "POST",
+                old,
+                "/v1/rooms/room-k/orders",
+                Some(&order_body("sku-1", &format!("b{i}"), 1, &format!("k-{i}"))),
+            )
+            .expect("order");
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    c.kill(old);
+    let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != old).collect();
+    let mut new = 0;
+    wait_until(Duration::from_secs(10), "a new leader", || {
+        new = others
+            .iter()
+            .filter_map(|&i| c.node_status(i))
+            .find(|s| s.role == "leader")
+            .map_or(0, |s| s.node_id);
+        new != 0
+    });
+    let follower = others.iter().copied().find(|&i| i != new).unwrap_or(0);
+    let started = c.metric(
+        new,
+        "roomkeeper_raft_dead_leader_total",
+        "event=\"election_started\"",
+    );
+    let vouched = c.metric(
+        follower,
+        "roomkeeper_raft_dead_leader_total",
+        "event=\"vote_vouched\"",
+    );
+    assert!(
+        started >= 1.0 && vouched >= 1.0,
+        "the new leader {new} started {started} dead-leader elections, node {follower} vouched {vouched} votes: \
+         the election waited out the lease"
+    );
+    let r = c
+        .client(
+            "POST",
+            new,
+            "/v1/rooms/room-k/orders",
+            Some(&order_body("sku-1", "after", 1, "k-after")),
+        )
+        .expect("order to the new leader");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // The new leader still refuses what must fail from its own state: its
+    // quorum acknowledged it recently enough (the precheck's rule, D49).
+    let early = "roomkeeper_order_early_refusals_total";
+    let before = c.metric(new, early, "");
+    let r = c
+        .client(
+            "POST",
+            new,
+            "/v1/rooms/room-k/orders",
+            Some(&order_body("sku-last", "first", 1, "k-last-1")),
+        )
+        .expect("the last unit");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = c
+        .client(
+            "POST",
+            new,
+            "/v1/rooms/room-k/orders",
+            Some(&order_body("sku-last", "second", 1, "k-last-2")),
+        )
+        .expect("an order for a sold-out listing");
+    assert_eq!(r.body["code"], "sold_out", "{:?}", r.body);
+    assert_eq!(
+        c.metric(new, early, "") - before,
+        1.0,
+        "the sold-out order went through Raft instead of the precheck"
+    );
+    c.spawn(old);
+    c.wait_healthy(old);
+    wait_until(Duration::from_secs(10), "the old leader to follow", || {
+        c.node_status(old)
+            .is_some_and(|s| s.role == "follower" && s.leader_id == Some(new))
+    });
+    c.wait_converged(Duration::from_secs(10));
+    c.assert_invariants();
+    for i in 0..20 {
+        let r = c
+            .client("GET", new, &format!("/v1/buyers/b{i}/orders"), None)
+            .expect("orders of a buyer");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(
+            r.body.to_string().contains("sku-1"),
+            "buyer b{i}'s order is gone: {:?}",
+            r.body
+        );
+    }
 }

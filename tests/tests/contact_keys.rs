@@ -31,14 +31,7 @@ fn report(c: &Cluster, id: u64) -> ContactKeysReport {
 
 /// The sum of a metric's series with `label` on a node (0 when absent).
 fn metric(c: &Cluster, id: u64, name: &str, label: &str) -> f64 {
-    let r = c.admin("GET", id, "/metrics", None).expect("metrics");
-    r.body
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    c.metric(id, name, label)
 }
 
 /// Writes the key file and waits until every node judged it: `accepted`
