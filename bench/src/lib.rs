@@ -12,6 +12,7 @@ mod etcd;
 mod http;
 mod latency;
 mod leader;
+mod plot;
 mod procs;
 mod redis;
 mod report;
@@ -107,9 +108,15 @@ pub struct BenchArgs {
     /// Warm-up seconds (load runs, nothing is counted).
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
-    /// Concurrent buyers (closed loop: one order in flight each).
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
+    /// Concurrent buyers (closed loop: one order in flight each). Several,
+    /// comma-separated, run every target at each count in turn (a sweep;
+    /// see `--plot`).
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub clients: Vec<usize>,
+    /// Write orders/s and p99 against client count, one line per target,
+    /// as an SVG to this file (most useful with several `--clients`).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// hot: 16 SKUs; wide: 10,000 SKUs.
     #[arg(long, value_enum, default_value_t = Catalog::Hot)]
     pub catalog: Catalog,
@@ -203,7 +210,7 @@ pub enum BenchError {
         acknowledged: u64,
         unknown: u64,
     },
-    /// The JSON report could not be written.
+    /// The JSON report or the plot could not be written.
     #[error("writing the results to {path}")]
     WriteResults {
         path: PathBuf,
@@ -335,7 +342,7 @@ struct JsonConfig<'a> {
     scenario: Scenario,
     catalog: Catalog,
     skus: usize,
-    clients: usize,
+    clients: &'a [usize],
     warmup_secs: u64,
     duration_secs: u64,
     target: TargetSel,
@@ -346,8 +353,14 @@ struct JsonConfig<'a> {
 
 fn validate(args: &BenchArgs) -> std::result::Result<(), BenchError> {
     let invalid = |why: &str| Err(BenchError::InvalidArgs(why.to_string()));
-    if args.clients == 0 {
-        return invalid("--clients must be at least 1");
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        return invalid("--clients must be at least 1 (each count of a sweep too)");
+    }
+    if args.clients.len() > 12 {
+        return invalid("--clients takes at most 12 counts");
+    }
+    if args.clients.len() > 1 && args.scenario == Scenario::LeaderKill {
+        return invalid("--scenario leader-kill takes one --clients count");
     }
     if args.rounds == 0 || args.rounds > 20 {
         return invalid("--rounds must be between 1 and 20");
@@ -402,57 +415,14 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Runs the benchmark. Servers the bench started are torn down on every
-/// path: normally, on error, and on Ctrl-C / SIGTERM (the run future is
-/// dropped, which SIGKILLs every child and removes the scratch directories).
-pub async fn run(args: BenchArgs) -> std::result::Result<(), BenchError> {
-    validate(&args)?;
-    tokio::select! {
-        r = run_inner(&args) => r,
-        sig = shutdown_signal() => Err(BenchError::Interrupted(sig)),
-    }
-}
-
-async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
-    let run_id = procs::random_hex(4).map_err(BenchError::Start)?;
-    let started_unix_ms = unix_ms();
-    let ctx = Ctx {
-        room: args
-            .room
-            .clone()
-            .unwrap_or_else(|| format!("bench-{run_id}")),
-        run_id,
-        catalog: args.catalog,
-        clients: args.clients,
-        warmup: Duration::from_secs(args.warmup_secs),
-        duration: Duration::from_secs(args.duration_secs),
-        scenario: args.scenario,
-        kill_at_secs: args.kill_at_secs,
-        keep_dir: args.keep_dir,
-        etcd_bin: args.etcd_bin.clone(),
-        redis_bin: args.redis_bin.clone(),
-        redis_benchmark_bin: args.redis_benchmark_bin.clone(),
-        etcd_spread: args.etcd_spread,
-        rk_api: args.roomkeeper_api.clone(),
-        rk_admin: args.roomkeeper_admin.clone(),
-        client_token: args.client_token.clone(),
-        admin_token: args.admin_token.clone(),
-        node_log: args.node_log.clone(),
-        http_tls: args.http_tls,
-        node_bin: args.node_bin.clone(),
-    };
-    let targets: Vec<TargetSel> = match (args.target, args.scenario) {
-        (TargetSel::All, Scenario::Steady) => {
-            vec![
-                TargetSel::Etcd,
-                TargetSel::Redis,
-                TargetSel::RedisBenchmark,
-                TargetSel::Roomkeeper,
-            ]
-        }
-        (TargetSel::All, Scenario::LeaderKill) => vec![TargetSel::Etcd, TargetSel::Roomkeeper],
-        (one, _) => vec![one],
-    };
+/// Runs every target `args.rounds` times at `ctx.clients`; returns the
+/// median round per target and every round.
+async fn run_targets(
+    args: &BenchArgs,
+    ctx: &Ctx,
+    targets: &[TargetSel],
+    roomkeeper_failure: &mut Option<anyhow::Error>,
+) -> (Vec<TargetResult>, Vec<TargetResult>) {
     eprintln!(
         "roomkeeper bench: run {} · {} · {} catalog ({} SKUs) · {} clients · {} s warm-up + {} s measured",
         ctx.run_id,
@@ -467,7 +437,6 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
     // Every round runs every target once, in turn; a target whose binary is
     // missing is skipped once and not retried.
     let mut rounds: Vec<Vec<TargetResult>> = vec![Vec::new(); targets.len()];
-    let mut roomkeeper_failure = None;
     for round in 1..=args.rounds {
         if args.rounds > 1 {
             eprintln!("\n##### round {round} of {}", args.rounds);
@@ -477,17 +446,17 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
                 continue;
             }
             let (name, client, outcome) = match t {
-                TargetSel::Etcd => (etcd::TARGET, etcd::CLIENT, etcd::run(&ctx).await),
-                TargetSel::Redis => (redis::TARGET, redis::CLIENT, redis::run(&ctx).await),
+                TargetSel::Etcd => (etcd::TARGET, etcd::CLIENT, etcd::run(ctx).await),
+                TargetSel::Redis => (redis::TARGET, redis::CLIENT, redis::run(ctx).await),
                 TargetSel::RedisBenchmark => (
                     redis::RB_TARGET,
                     redis::RB_CLIENT,
-                    redis::run_redis_benchmark(&ctx).await,
+                    redis::run_redis_benchmark(ctx).await,
                 ),
                 TargetSel::Roomkeeper | TargetSel::All => (
                     roomkeeper::TARGET,
                     roomkeeper::CLIENT,
-                    roomkeeper::run(&ctx).await,
+                    roomkeeper::run(ctx).await,
                 ),
             };
             let mut result = match outcome {
@@ -511,12 +480,85 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
             rounds[i].push(result);
         }
     }
-    let all_results: Vec<TargetResult> = rounds.iter().flatten().cloned().collect();
-    let results: Vec<TargetResult> = rounds
+    let every: Vec<TargetResult> = rounds.iter().flatten().cloned().collect();
+    let medians: Vec<TargetResult> = rounds
         .into_iter()
         .filter_map(report::median_round)
         .collect();
+    (medians, every)
+}
 
+/// Runs the benchmark. Servers the bench started are torn down on every
+/// path: normally, on error, and on Ctrl-C / SIGTERM (the run future is
+/// dropped, which SIGKILLs every child and removes the scratch directories).
+pub async fn run(args: BenchArgs) -> std::result::Result<(), BenchError> {
+    validate(&args)?;
+    tokio::select! {
+        r = run_inner(&args) => r,
+        sig = shutdown_signal() => Err(BenchError::Interrupted(sig)),
+    }
+}
+
+async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
+    let run_id = procs::random_hex(4).map_err(BenchError::Start)?;
+    let started_unix_ms = unix_ms();
+    let room = args
+        .room
+        .clone()
+        .unwrap_or_else(|| format!("bench-{run_id}"));
+    let targets: Vec<TargetSel> = match (args.target, args.scenario) {
+        (TargetSel::All, Scenario::Steady) => {
+            vec![
+                TargetSel::Etcd,
+                TargetSel::Redis,
+                TargetSel::RedisBenchmark,
+                TargetSel::Roomkeeper,
+            ]
+        }
+        (TargetSel::All, Scenario::LeaderKill) => vec![TargetSel::Etcd, TargetSel::Roomkeeper],
+        (one, _) => vec![one],
+    };
+    let mut results: Vec<TargetResult> = Vec::new();
+    let mut all_results: Vec<TargetResult> = Vec::new();
+    let mut roomkeeper_failure = None;
+    for (n, &clients) in args.clients.iter().enumerate() {
+        let ctx = Ctx {
+            room: if args.clients.len() > 1 {
+                format!("{room}-c{clients}")
+            } else {
+                room.clone()
+            },
+            run_id: run_id.clone(),
+            catalog: args.catalog,
+            clients,
+            warmup: Duration::from_secs(args.warmup_secs),
+            duration: Duration::from_secs(args.duration_secs),
+            scenario: args.scenario,
+            kill_at_secs: args.kill_at_secs,
+            keep_dir: args.keep_dir,
+            etcd_bin: args.etcd_bin.clone(),
+            redis_bin: args.redis_bin.clone(),
+            redis_benchmark_bin: args.redis_benchmark_bin.clone(),
+            etcd_spread: args.etcd_spread,
+            rk_api: args.roomkeeper_api.clone(),
+            rk_admin: args.roomkeeper_admin.clone(),
+            client_token: args.client_token.clone(),
+            admin_token: args.admin_token.clone(),
+            node_log: args.node_log.clone(),
+            http_tls: args.http_tls,
+            node_bin: args.node_bin.clone(),
+        };
+        if args.clients.len() > 1 {
+            eprintln!(
+                "\n======== client count {} of {}: {clients} clients",
+                n + 1,
+                args.clients.len()
+            );
+        }
+        let (medians, every) = run_targets(args, &ctx, &targets, &mut roomkeeper_failure).await;
+        results.extend(medians);
+        all_results.extend(every);
+    }
     let checks = report::evaluate_targets(&results);
     println!();
     print!("{}", report::format_table(&results));
@@ -565,7 +607,7 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
         let doc = JsonReport {
             tool: "roomkeeper bench",
             version: env!("CARGO_PKG_VERSION"),
-            run_id: &ctx.run_id,
+            run_id: &run_id,
             started_unix_ms,
             host: HostInfo {
                 cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -575,16 +617,16 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
             },
             config: JsonConfig {
                 rounds: args.rounds,
-                scenario: ctx.scenario,
-                catalog: ctx.catalog,
-                skus: ctx.catalog.skus(),
-                clients: ctx.clients,
+                scenario: args.scenario,
+                catalog: args.catalog,
+                skus: args.catalog.skus(),
+                clients: &args.clients,
                 warmup_secs: args.warmup_secs,
                 duration_secs: args.duration_secs,
                 target: args.target,
-                room: &ctx.room,
-                etcd_spread: ctx.etcd_spread,
-                external_roomkeeper: !ctx.rk_api.is_empty(),
+                room: &room,
+                etcd_spread: args.etcd_spread,
+                external_roomkeeper: !args.roomkeeper_api.is_empty(),
             },
             results: &results,
             all_rounds: if args.rounds > 1 { &all_results } else { &[] },
@@ -598,6 +640,25 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
             source,
         })?;
         eprintln!("results written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "roomkeeper bench {}: {} catalog ({} SKUs), {} s measured per point",
+            run_id,
+            args.catalog.name(),
+            args.catalog.skus(),
+            args.duration_secs
+        );
+        match plot::svg(&results, &title) {
+            Some(svg) => {
+                std::fs::write(path, svg).map_err(|source| BenchError::WriteResults {
+                    path: path.clone(),
+                    source,
+                })?;
+                eprintln!("plot written to {}", path.display());
+            }
+            None => eprintln!("no plot: no target was measured"),
+        }
     }
 
     if let Some(e) = roomkeeper_failure {
@@ -650,7 +711,7 @@ mod tests {
         let a = parse(&[]);
         assert_eq!(a.duration_secs, 10);
         assert_eq!(a.warmup_secs, 2);
-        assert_eq!(a.clients, 64);
+        assert_eq!(a.clients, vec![64]);
         assert_eq!(a.catalog, Catalog::Hot);
         assert_eq!(a.target, TargetSel::All);
         assert_eq!(a.scenario, Scenario::Steady);
@@ -672,7 +733,7 @@ mod tests {
             "127.0.0.1:1,127.0.0.1:2",
         ]);
         assert_eq!(a.catalog, Catalog::Wide);
-        assert_eq!(a.clients, 256);
+        assert_eq!(a.clients, vec![256]);
         assert_eq!(a.target, TargetSel::Etcd);
         assert_eq!(a.scenario, Scenario::LeaderKill);
         assert_eq!(a.roomkeeper_api, vec!["127.0.0.1:1", "127.0.0.1:2"]);
@@ -681,6 +742,11 @@ mod tests {
     #[test]
     fn nonsense_is_refused() {
         assert!(validate(&parse(&["--clients", "0"])).is_err());
+        assert!(validate(&parse(&["--clients", "8,0,64"])).is_err());
+        assert!(validate(&parse(&["--clients", "8,64", "--scenario", "leader-kill"])).is_err());
+        let sweep = parse(&["--clients", "8,16,64", "--plot", "/tmp/x.svg"]);
+        assert_eq!(sweep.clients, vec![8, 16, 64]);
+        assert!(validate(&sweep).is_ok());
         assert!(validate(&parse(&["--scenario", "leader-kill", "--target", "redis"])).is_err());
         assert!(validate(&parse(&[
             "--scenario",
