@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark matrix of docs/benchmarks.md: builds the release binary, then
-# runs roomkeeper against etcd and Redis in the same run for each
+# runs roomkeeper against etcd, Redis and NATS JetStream in the same run for each
 # configuration the issue sets a target for, writing one JSON file each.
 #
 #   scripts/bench.sh                 # all three runs, results in target/bench/
@@ -40,6 +40,25 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> missing ${need_apt[*]} (not root): a missing peer is SKIPPED; without protoc the build fails"
   fi
 fi
+
+# The NATS JetStream peer (issue 14) is built from its Go module, as the
+# Kubernetes test binaries are, and cached; without Go it is SKIPPED.
+NATS_VERSION=v2.15.3
+if [ -z "${ROOMKEEPER_NATS_BIN:-}" ]; then
+  if command -v nats-server >/dev/null 2>&1; then
+    ROOMKEEPER_NATS_BIN="$(command -v nats-server)"
+  elif command -v go >/dev/null 2>&1; then
+    nats_dir="${XDG_CACHE_HOME:-$HOME/.cache}/roomkeeper/nats/$NATS_VERSION"
+    if [ ! -x "$nats_dir/nats-server" ]; then
+      echo "==> go install github.com/nats-io/nats-server/v2@$NATS_VERSION"
+      GOBIN="$nats_dir" go install "github.com/nats-io/nats-server/v2@$NATS_VERSION"
+    fi
+    ROOMKEEPER_NATS_BIN="$nats_dir/nats-server"
+  else
+    echo "==> no nats-server and no Go toolchain: the nats peer is SKIPPED"
+  fi
+fi
+export ROOMKEEPER_NATS_BIN="${ROOMKEEPER_NATS_BIN:-nats-server}"
 
 echo "==> cargo build --release -p roomkeeper --features bench"
 cargo build --release --locked -p roomkeeper --features bench

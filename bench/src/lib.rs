@@ -12,6 +12,7 @@ mod etcd;
 mod http;
 mod latency;
 mod leader;
+mod nats;
 mod plot;
 mod procs;
 mod redis;
@@ -78,6 +79,8 @@ pub enum TargetSel {
     Redis,
     /// Redis driven by `redis-benchmark` instead of the bench's client.
     RedisBenchmark,
+    /// NATS JetStream, three members, KV compare-and-set.
+    Nats,
     All,
 }
 
@@ -166,6 +169,9 @@ pub struct BenchArgs {
     /// Redis's load tool (Debian: redis-tools), for the `redis-benchmark` target.
     #[arg(long, default_value = "redis-benchmark")]
     pub redis_benchmark_bin: String,
+    /// nats-server binary (scripts/bench.sh builds it from its Go module).
+    #[arg(long, env = "ROOMKEEPER_NATS_BIN", default_value = "nats-server")]
+    pub nats_bin: String,
     /// Log filter (ROOMKEEPER_LOG) of the roomkeeper nodes the bench starts.
     #[arg(long, default_value = "info,openraft=warn")]
     pub node_log: String,
@@ -233,6 +239,7 @@ pub(crate) struct Ctx {
     pub etcd_bin: String,
     pub redis_bin: String,
     pub redis_benchmark_bin: String,
+    pub nats_bin: String,
     pub etcd_spread: bool,
     pub rk_api: Vec<String>,
     pub rk_admin: Vec<String>,
@@ -372,9 +379,13 @@ fn validate(args: &BenchArgs) -> std::result::Result<(), BenchError> {
         return invalid("--duration-secs is limited to 3600 and --warmup-secs to 600");
     }
     if args.scenario == Scenario::LeaderKill {
-        if matches!(args.target, TargetSel::Redis | TargetSel::RedisBenchmark) {
+        if matches!(
+            args.target,
+            TargetSel::Redis | TargetSel::RedisBenchmark | TargetSel::Nats
+        ) {
             return invalid(
-                "--scenario leader-kill applies to roomkeeper and etcd (Redis runs one node)",
+                "--scenario leader-kill applies to roomkeeper and etcd (Redis runs one node; \
+                 the NATS peer has no kill scenario yet)",
             );
         }
         if let Some(k) = args.kill_at_secs {
@@ -453,6 +464,7 @@ async fn run_targets(
                     redis::RB_CLIENT,
                     redis::run_redis_benchmark(ctx).await,
                 ),
+                TargetSel::Nats => (nats::TARGET, nats::CLIENT, nats::run(ctx).await),
                 TargetSel::Roomkeeper | TargetSel::All => (
                     roomkeeper::TARGET,
                     roomkeeper::CLIENT,
@@ -512,6 +524,7 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
                 TargetSel::Etcd,
                 TargetSel::Redis,
                 TargetSel::RedisBenchmark,
+                TargetSel::Nats,
                 TargetSel::Roomkeeper,
             ]
         }
@@ -539,6 +552,7 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
             etcd_bin: args.etcd_bin.clone(),
             redis_bin: args.redis_bin.clone(),
             redis_benchmark_bin: args.redis_benchmark_bin.clone(),
+            nats_bin: args.nats_bin.clone(),
             etcd_spread: args.etcd_spread,
             rk_api: args.roomkeeper_api.clone(),
             rk_admin: args.roomkeeper_admin.clone(),
