@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::leader::LeaderCell;
 use crate::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
 use crate::report::TargetResult;
-use crate::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
+use crate::workload::{self, sku_name, Driver, OrderReq, Outcome};
 use crate::{Ctx, Scenario, PRICE_CENTS};
 
 pub const TARGET: &str = "etcd";
@@ -520,20 +520,12 @@ impl Driver for EtcdDriver {
 }
 
 pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
-    let scenario = ctx.scenario.name();
     let Some(bin) = procs::find_binary(&ctx.etcd_bin) else {
         let why = format!(
             "binary `{}` not found (apt-get install etcd-server)",
             ctx.etcd_bin
         );
-        eprintln!("\n!!!!! SKIPPED etcd: {why}\n");
-        return Ok(TargetResult::skipped(
-            TARGET,
-            scenario,
-            ctx.catalog.name(),
-            ctx.clients,
-            why,
-        ));
+        return Ok(ctx.skipped(TARGET, why));
     };
     eprintln!("== etcd: starting three members ({})", bin.display());
     let mut cluster = EtcdCluster::start(ctx, &bin).await?;
@@ -575,20 +567,15 @@ async fn drive(ctx: &Ctx, cluster: &mut EtcdCluster) -> Result<TargetResult> {
             cache: HashMap::new(),
         });
     }
-    let plan = Plan {
-        label: format!("etcd {} {}c", ctx.catalog.name(), ctx.clients),
-        run_id: ctx.run_id.clone(),
-        skus: ctx.catalog.skus(),
-        warmup: ctx.warmup,
-        duration: ctx.duration,
-        record_acks: false,
-        retry_grace: ctx.retry_grace(),
-        server_pids: cluster
+    let plan = ctx.plan(
+        TARGET,
+        false,
+        cluster
             .members
             .iter()
             .filter_map(|m| m.proc.pid())
             .collect(),
-    };
+    );
     let start = Instant::now();
     let scenario = ctx.scenario.name();
     match ctx.scenario {

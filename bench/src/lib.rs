@@ -258,6 +258,37 @@ impl Ctx {
         }
     }
 
+    /// The load plan of `target` in this run, measuring `server_pids`' CPU.
+    pub(crate) fn plan(
+        &self,
+        target: &str,
+        record_acks: bool,
+        server_pids: Vec<u32>,
+    ) -> workload::Plan {
+        workload::Plan {
+            label: format!("{target} {} {}c", self.catalog.name(), self.clients),
+            run_id: self.run_id.clone(),
+            skus: self.catalog.skus(),
+            warmup: self.warmup,
+            duration: self.duration,
+            record_acks,
+            retry_grace: self.retry_grace(),
+            server_pids,
+        }
+    }
+
+    /// The result of a target that cannot run here, said loudly on stderr.
+    pub(crate) fn skipped(&self, target: &str, why: String) -> report::TargetResult {
+        eprintln!("\n!!!!! SKIPPED {target}: {why}\n");
+        report::TargetResult::skipped(
+            target,
+            self.scenario.name(),
+            self.catalog.name(),
+            self.clients,
+            why,
+        )
+    }
+
     /// How long an order that was started keeps retrying after the end.
     pub(crate) fn retry_grace(&self) -> Duration {
         match self.scenario {

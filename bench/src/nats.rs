@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 use crate::procs::{self, free_ports, loopback, Proc, ProcSpec, WorkDir};
 use crate::report::TargetResult;
-use crate::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
+use crate::workload::{self, sku_name, Driver, OrderReq, Outcome};
 use crate::Ctx;
 
 pub const TARGET: &str = "nats";
@@ -459,14 +459,7 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
             "binary `{}` not found (scripts/bench.sh builds it: go install github.com/nats-io/nats-server/v2@{})",
             ctx.nats_bin, NATS_VERSION
         );
-        eprintln!("\n!!!!! SKIPPED nats: {why}\n");
-        return Ok(TargetResult::skipped(
-            TARGET,
-            scenario,
-            ctx.catalog.name(),
-            ctx.clients,
-            why,
-        ));
+        return Ok(ctx.skipped(TARGET, why));
     };
     let dir = WorkDir::create("nats", ctx.keep_dir)?;
     let ports = free_ports(6)?;
@@ -517,16 +510,11 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
                 skus: skus.clone(),
             });
         }
-        let plan = Plan {
-            label: format!("nats {} {}c", ctx.catalog.name(), ctx.clients),
-            run_id: ctx.run_id.clone(),
-            skus: ctx.catalog.skus(),
-            warmup: ctx.warmup,
-            duration: ctx.duration,
-            record_acks: false,
-            retry_grace: ctx.retry_grace(),
-            server_pids: procs.iter().filter_map(|p| p.pid()).collect(),
-        };
+        let plan = ctx.plan(
+            TARGET,
+            false,
+            procs.iter().filter_map(|p| p.pid()).collect(),
+        );
         let stats = workload::run_load(&plan, drivers, Instant::now()).await?;
         let mut r =
             TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);

@@ -14,7 +14,7 @@ use redis::{AsyncConnectionConfig, Value};
 
 use crate::procs::{self, free_ports, loopback, Proc, ProcSpec, WorkDir};
 use crate::report::TargetResult;
-use crate::workload::{self, sku_name, Driver, OrderReq, Outcome, Plan};
+use crate::workload::{self, sku_name, Driver, OrderReq, Outcome};
 use crate::{Ctx, PER_BUYER_LIMIT, PRICE_CENTS};
 
 pub const TARGET: &str = "redis";
@@ -338,14 +338,7 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
             "binary `{}` not found (apt-get install redis-server)",
             ctx.redis_bin
         );
-        eprintln!("\n!!!!! SKIPPED redis: {why}\n");
-        return Ok(TargetResult::skipped(
-            TARGET,
-            scenario,
-            ctx.catalog.name(),
-            ctx.clients,
-            why,
-        ));
+        return Ok(ctx.skipped(TARGET, why));
     };
     let (mut proc, dir, addr) = start_server(ctx, bin)?;
     let result = async {
@@ -355,16 +348,7 @@ pub async fn run(ctx: &Ctx) -> Result<TargetResult> {
         let sha = setup(&mut setup_conn, ctx).await?;
         drop(setup_conn);
         let drivers = drivers(&client, &sha, ctx).await?;
-        let plan = Plan {
-            label: format!("redis {} {}c", ctx.catalog.name(), ctx.clients),
-            run_id: ctx.run_id.clone(),
-            skus: ctx.catalog.skus(),
-            warmup: ctx.warmup,
-            duration: ctx.duration,
-            record_acks: false,
-            retry_grace: ctx.retry_grace(),
-            server_pids: proc.pid().into_iter().collect(),
-        };
+        let plan = ctx.plan(TARGET, false, proc.pid().into_iter().collect());
         let stats = workload::run_load(&plan, drivers, Instant::now()).await?;
         let mut r =
             TargetResult::from_stats(TARGET, scenario, ctx.catalog.name(), ctx.clients, &stats);

@@ -851,16 +851,11 @@ fn drivers(
 }
 
 fn plan(ctx: &Ctx, record_acks: bool, cluster: Option<&RkCluster>) -> Plan {
-    Plan {
-        label: format!("roomkeeper {} {}c", ctx.catalog.name(), ctx.clients),
-        run_id: ctx.run_id.clone(),
-        skus: ctx.catalog.skus(),
-        warmup: ctx.warmup,
-        duration: ctx.duration,
+    ctx.plan(
+        TARGET,
         record_acks,
-        retry_grace: ctx.retry_grace(),
-        server_pids: cluster.map(RkCluster::pids).unwrap_or_default(),
-    }
+        cluster.map(RkCluster::pids).unwrap_or_default(),
+    )
 }
 
 pub async fn run(ctx: &Ctx) -> Result<TargetResult> {

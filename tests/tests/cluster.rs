@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use roomkeeper_api::client::PlaceOrder;
 use roomkeeper_e2e::{
     http, http_via, order_body, run_buyers, to_json, wait_until, Attempt, Cluster, ClusterOptions,
-    CLIENT_TOKEN,
+    Reply, CLIENT_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -1024,19 +1024,7 @@ fn a_paused_node_answers_nothing_until_its_pause_is_lifted() {
     assert_eq!(faults.body["paused"], json!(true), "{:?}", faults.body);
 
     let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != old).collect();
-    let mut new = 0;
-    wait_until(
-        Duration::from_secs(10),
-        "a new leader among the others",
-        || {
-            new = others
-                .iter()
-                .filter_map(|&i| c.node_status(i))
-                .find(|s| s.role == "leader")
-                .map_or(0, |s| s.node_id);
-            new != 0
-        },
-    );
+    let new = leader_among(&c, &others);
     let r = c
         .client(
             "POST",
@@ -1072,27 +1060,12 @@ fn a_killed_leaders_followers_elect_without_waiting_out_its_lease() {
     c.create_room("room-k", &[("sku-1", 1_000, 1_000), ("sku-last", 1, 1)]);
     let old = c.wait_leader(Duration::from_secs(5));
     for i in 0..20 {
-        let r = c
-            .client(
-                "POST",
-                old,
-                "/v1/rooms/room-k/orders",
-                Some(&order_body("sku-1", &format!("b{i}"), 1, &format!("k-{i}"))),
-            )
-            .expect("order");
+        let r = place(&c, old, "sku-1", &format!("b{i}"), 1, &format!("k-{i}")).expect("order");
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
     c.kill(old);
     let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != old).collect();
-    let mut new = 0;
-    wait_until(Duration::from_secs(10), "a new leader", || {
-        new = others
-            .iter()
-            .filter_map(|&i| c.node_status(i))
-            .find(|s| s.role == "leader")
-            .map_or(0, |s| s.node_id);
-        new != 0
-    });
+    let new = leader_among(&c, &others);
     let follower = others.iter().copied().find(|&i| i != new).unwrap_or(0);
     let started = c.metric(
         new,
@@ -1109,35 +1082,15 @@ fn a_killed_leaders_followers_elect_without_waiting_out_its_lease() {
         "the new leader {new} started {started} dead-leader elections, node {follower} vouched {vouched} votes: \
          the election waited out the lease"
     );
-    let r = c
-        .client(
-            "POST",
-            new,
-            "/v1/rooms/room-k/orders",
-            Some(&order_body("sku-1", "after", 1, "k-after")),
-        )
-        .expect("order to the new leader");
+    let r = place(&c, new, "sku-1", "after", 1, "k-after").expect("order to the new leader");
     assert_eq!(r.status, 201, "{:?}", r.body);
     // The new leader still refuses what must fail from its own state: its
     // quorum acknowledged it recently enough (the precheck's rule, D49).
     let early = "roomkeeper_order_early_refusals_total";
     let before = c.metric(new, early, "");
-    let r = c
-        .client(
-            "POST",
-            new,
-            "/v1/rooms/room-k/orders",
-            Some(&order_body("sku-last", "first", 1, "k-last-1")),
-        )
-        .expect("the last unit");
+    let r = place(&c, new, "sku-last", "first", 1, "k-last-1").expect("the last unit");
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = c
-        .client(
-            "POST",
-            new,
-            "/v1/rooms/room-k/orders",
-            Some(&order_body("sku-last", "second", 1, "k-last-2")),
-        )
+    let r = place(&c, new, "sku-last", "second", 1, "k-last-2")
         .expect("an order for a sold-out listing");
     assert_eq!(r.body["code"], "sold_out", "{:?}", r.body);
     assert_eq!(
@@ -1164,4 +1117,39 @@ fn a_killed_leaders_followers_elect_without_waiting_out_its_lease() {
             r.body
         );
     }
+}
+
+/// `POST /v1/rooms/room-k/orders` to `node`.
+fn place(
+    c: &Cluster,
+    node: u64,
+    sku: &str,
+    buyer: &str,
+    qty: u32,
+    key: &str,
+) -> std::io::Result<Reply> {
+    c.client(
+        "POST",
+        node,
+        "/v1/rooms/room-k/orders",
+        Some(&order_body(sku, buyer, qty, key)),
+    )
+}
+
+/// Waits (10 s at most) for one of `nodes` to lead; its id.
+fn leader_among(c: &Cluster, nodes: &[u64]) -> u64 {
+    let mut new = 0;
+    wait_until(
+        Duration::from_secs(10),
+        "a new leader among the others",
+        || {
+            new = nodes
+                .iter()
+                .filter_map(|&i| c.node_status(i))
+                .find(|s| s.role == "leader")
+                .map_or(0, |s| s.node_id);
+            new != 0
+        },
+    );
+    new
 }
