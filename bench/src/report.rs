@@ -333,8 +333,12 @@ pub fn format_table(results: &[TargetResult]) -> String {
 /// One line per target: which client drove it.
 pub fn format_clients(results: &[TargetResult]) -> String {
     let mut out = String::new();
+    let mut seen = std::collections::BTreeSet::new();
     for r in results.iter().filter(|r| !r.client.is_empty()) {
-        let _ = writeln!(out, "  {:<15} {}", r.target, r.client);
+        // A sweep measures each target at several counts: name it once.
+        if seen.insert(&r.target) {
+            let _ = writeln!(out, "  {:<15} {}", r.target, r.client);
+        }
     }
     out
 }
@@ -728,6 +732,20 @@ mod tests {
             row("etcd", "hot", 32, 1.0, 1.0),
         ];
         assert!(evaluate_targets(&other).is_empty());
+    }
+
+    #[test]
+    fn a_sweep_names_each_targets_client_once() {
+        let mut rows = vec![
+            row("roomkeeper", "hot", 8, 1.0, 1.0),
+            row("roomkeeper", "hot", 64, 1.0, 1.0),
+            row("etcd", "hot", 8, 1.0, 1.0),
+        ];
+        for r in &mut rows {
+            r.client = format!("{} client", r.target);
+        }
+        let text = format_clients(&rows);
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]
