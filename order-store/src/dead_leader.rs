@@ -47,6 +47,10 @@ use crate::raft_types::{NodeId, Raft, TypeConfig};
 /// How long a connect to the leader's Raft port may take before its answer
 /// counts as silence (which proves nothing).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// A silent leader's port is probed at most this often by the watch (a
+/// paused or partitioned leader would otherwise collect a connection per
+/// poll in its accept queue).
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 /// The thresholds, all derived from the election timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +166,8 @@ pub struct DeadLeader {
     metrics: NodeMetrics,
     /// The (leader, term) this node already started an election for.
     started_for: Mutex<Option<(NodeId, u64)>>,
+    /// When the watch last probed a leader's port.
+    last_probe: Mutex<Option<Instant>>,
 }
 
 /// What this node's Raft state says about its leader.
@@ -181,6 +187,7 @@ impl DeadLeader {
             silence: LeaderSilence::new(),
             metrics,
             started_for: Mutex::new(None),
+            last_probe: Mutex::new(None),
         })
     }
 
@@ -262,6 +269,15 @@ impl DeadLeader {
             .position(|v| *v == self.node_id)
             .unwrap_or(f.others.len());
         let after = self.timings.candidate_after + self.timings.candidate_delay(rank);
+        if self.silence.silent_for().is_none_or(|s| s < after) {
+            return false;
+        }
+        if let Ok(mut last) = self.last_probe.lock() {
+            if last.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
         if !self.leader_gone(&f, after).await {
             return false;
         }
