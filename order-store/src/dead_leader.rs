@@ -32,7 +32,6 @@
 //! silence, a candidate starts one poll (E/20) later. The margin between E/2
 //! and 5E/8 covers clock-rate drift and the rounding of the silence clock.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,15 +143,8 @@ impl Default for LeaderSilence {
 /// Whether `addr` refuses a TCP connect: the process that listened there is
 /// gone. A connect that succeeds, times out or fails otherwise proves nothing.
 pub async fn port_refuses(addr: &str) -> bool {
-    let Ok(sock) = addr.parse::<SocketAddr>() else {
-        // A name: resolve it the way the transport does.
-        return match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
-        {
-            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-            _ => false,
-        };
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(sock)).await {
+    // An address or a name, resolved the way the transport does.
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
         Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
         _ => false,
     }
@@ -278,7 +270,7 @@ impl DeadLeader {
             }
             *last = Some(Instant::now());
         }
-        if !self.leader_gone(&f, after).await {
+        if !port_refuses(&f.leader_addr).await {
             return false;
         }
         // Still the same leader and term after the probe?
