@@ -212,6 +212,23 @@ pub async fn lrc_status(api: &Api<DynamicObject>, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Waits (30 s at most) until the status of cluster `name` lists a live
+/// window of `room`. The operator decides on what it last observed: a
+/// command meant to meet the window is made once the operator has seen it,
+/// not in the same second as the room's PUT.
+pub async fn wait_live_window(api: &Api<DynamicObject>, name: &str, room: &str) -> Result<()> {
+    eventually(
+        Duration::from_secs(30),
+        "the live window in the cluster's status",
+        || async {
+            lrc_status(api, name).await["liveWindows"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["room"] == json!(room)))
+        },
+    )
+    .await
+}
+
 /// `examples/three-region-cluster.yaml` with the bridge's image.
 pub fn example_cluster() -> Result<Value> {
     let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(

@@ -32,7 +32,8 @@ use kube::Client;
 use roomkeeper_e2e::k8s::{eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
 use roomkeeper_e2e::operator::{
-    apply_file, apply_yaml, approver_account, leader_client_call, repo_root, OperatorProcess,
+    apply_file, apply_yaml, approver_account, leader_client_call, repo_root, wait_live_window,
+    OperatorProcess,
 };
 use roomkeeper_e2e::Signal;
 use serde_json::{json, Value};
@@ -601,16 +602,10 @@ async fn approve_a_held_switchover(
         &room(json!([{"start_ms": now_ms - 1_000, "end_ms": now_ms + 600_000, "expected_peak_orders_per_s": 500}])),
     )
     .await?;
-    // The operator decides on what it last observed: ask once it has seen
-    // the window (its status lists it), not in the same second as the PUT.
-    eventually(
-        Duration::from_secs(30),
-        "the live window in the cluster's status",
-        || async {
-            lrc_status(admin).await["liveWindows"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|w| w["room"] == json!("on-air")))
-        },
+    wait_live_window(
+        &api(admin, "LiveRoomCluster", "liveroomclusters"),
+        LRC,
+        "on-air",
     )
     .await?;
     let (_, to, _) = follower(admin, &[]).await?;

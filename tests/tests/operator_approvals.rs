@@ -31,7 +31,8 @@ use kube::Client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
 use roomkeeper_e2e::operator::{
-    apply_yaml, approver_account, leader_client_call, OperatorEnv, OperatorProcess,
+    apply_yaml, approver_account, leader_client_call, wait_live_window, OperatorEnv,
+    OperatorProcess,
 };
 use roomkeeper_e2e::Signal;
 use serde_json::{json, Value};
@@ -848,18 +849,7 @@ async fn live_window_holds_a_switchover_for_a_second_person(
     let second = client_from_kubeconfig(&h.service_account_kubeconfig(NS, "second").await?).await?;
     let second_name = format!("system:serviceaccount:{NS}:second");
 
-    // The operator decides on what it last observed: ask once it has seen
-    // the window (its status lists it), not in the same second as the PUT.
-    eventually(
-        Duration::from_secs(30),
-        "the live window in the cluster's status",
-        || async {
-            lrc_status(lrcs).await["liveWindows"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|w| w["room"] == json!("live")))
-        },
-    )
-    .await?;
+    wait_live_window(lrcs, LRC, "live").await?;
     let (_, to) = follower(lrcs, &[]).await?;
     // Approving at creation is not a second person's approval.
     let early = create(
