@@ -21,8 +21,9 @@
 //!   Partitions, paused processes and lost hosts leave the port silent, not
 //!   refusing: they keep the ordinary lease and election timeout.
 //! - **The leader's reads.** The one place the store trusts its lease is the
-//!   early refusal of orders that must fail (`precheck`). It now also asks
-//!   that a quorum acknowledged it within [`Timings::precheck_fresh`], which
+//!   early refusal of orders that must fail (`precheck`). It asks that a
+//!   quorum acknowledged a message sent within [`Timings::precheck_fresh`]
+//!   before the request arrived (waiting for a heartbeat round if not), which
 //!   is shorter than `voter_after`: any voter whose acknowledgement made that
 //!   quorum waits longer than that before it votes for anyone, so no new
 //!   leader exists while an old one answers from its state.
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::VoteRequest;
-use openraft::{Instant as _, ServerState};
+use openraft::ServerState;
 
 use crate::metrics::NodeMetrics;
 use crate::raft_types::{NodeId, Raft, TypeConfig};
@@ -83,12 +84,6 @@ impl Timings {
             rank_delay: Duration::from_millis(heartbeat_ms.clamp(10, 100)),
             poll,
         }
-    }
-
-    /// Whether a leader whose quorum last acknowledged it `acked_ago` ago may
-    /// answer from its own state.
-    pub fn precheck_allows(&self, acked_ago: Option<Duration>) -> bool {
-        acked_ago.is_some_and(|a| a < self.precheck_fresh)
     }
 
     /// The delay of the candidate of `rank` (0 = first).
@@ -309,20 +304,6 @@ impl DeadLeader {
             self.check_once(&raft).await;
         }
     }
-
-    /// Whether the leader's quorum acknowledged it recently enough for the
-    /// precheck to answer from local state (`raft`'s metrics say when).
-    pub fn precheck_allows(&self, raft: &Raft) -> bool {
-        let rx = raft.metrics();
-        let m = rx.borrow_watched();
-        let mut voters = m.membership_config.membership().voter_ids();
-        if voters.next() == Some(self.node_id) && voters.next().is_none() {
-            // The only voter: no other node can be elected.
-            return m.state == ServerState::Leader;
-        }
-        let acked = m.last_quorum_acked.as_ref().map(|t| t.elapsed());
-        self.timings.precheck_allows(acked)
-    }
 }
 
 #[cfg(test)]
@@ -341,15 +322,6 @@ mod tests {
                 "{t:?}"
             );
         }
-    }
-
-    #[test]
-    fn the_precheck_needs_a_fresh_quorum_acknowledgement() {
-        let t = Timings::new(250, 60);
-        assert!(t.precheck_allows(Some(Duration::from_millis(10))));
-        assert!(!t.precheck_allows(Some(Duration::from_millis(125))));
-        assert!(!t.precheck_allows(Some(Duration::from_secs(3))));
-        assert!(!t.precheck_allows(None));
     }
 
     #[test]

@@ -1119,6 +1119,67 @@ fn a_killed_leaders_followers_elect_without_waiting_out_its_lease() {
     }
 }
 
+/// A leader whose quorum answers slower than half an election timeout (a
+/// slow WAN) cannot reuse its last quorum acknowledgement for the sold-out
+/// precheck; it confirms its leadership with one heartbeat round instead and
+/// still refuses from its own state, rather than sending every refusal of a
+/// sold-out flood through the log (D49, "What it costs").
+#[test]
+fn a_leader_a_slow_wan_from_its_quorum_still_refuses_sold_out_orders_early() {
+    // Heartbeats time out after one interval, so the interval must outlast
+    // the delay below for followers to hear the leader at all.
+    let mut opts = ClusterOptions::nodes(3);
+    opts.extra_args = [
+        "--heartbeat-ms=200",
+        "--election-timeout-min-ms=300",
+        "--election-timeout-max-ms=600",
+    ]
+    .map(String::from)
+    .to_vec();
+    let c = Cluster::start_initialized(opts);
+    c.create_room("room-k", &[("sku-last", 1, 1)]);
+    let leader = c.wait_leader(Duration::from_secs(5));
+    // 160 ms before every Raft message leaves the leader: a quorum
+    // acknowledgement is always older than E/2 = 150 ms, yet heartbeats
+    // arrive inside the election timeout.
+    let delays: serde_json::Map<String, serde_json::Value> = c
+        .ids()
+        .into_iter()
+        .filter(|&i| i != leader)
+        .map(|i| (i.to_string(), json!(160)))
+        .collect();
+    c.faults(leader, json!({ "peer_delay_ms": delays }));
+    let r = place(&c, leader, "sku-last", "first", 1, "k-1").expect("the last unit");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let early = "roomkeeper_order_early_refusals_total";
+    let before = c.metric(leader, early, "");
+    for i in 0..5 {
+        let r = place(
+            &c,
+            leader,
+            "sku-last",
+            &format!("late-{i}"),
+            1,
+            &format!("k-late-{i}"),
+        )
+        .expect("an order for a sold-out listing");
+        assert_eq!(r.body["code"], "sold_out", "{:?}", r.body);
+    }
+    assert_eq!(
+        c.metric(leader, early, "") - before,
+        5.0,
+        "sold-out orders went through Raft: the precheck gave up on a slow quorum"
+    );
+    assert_eq!(
+        c.wait_leader(Duration::from_secs(5)),
+        leader,
+        "the delay cost the leadership"
+    );
+    c.faults(leader, json!({}));
+    c.wait_converged(Duration::from_secs(10));
+    c.assert_invariants();
+}
+
 /// `POST /v1/rooms/room-k/orders` to `node`.
 fn place(
     c: &Cluster,
