@@ -206,9 +206,10 @@ impl Default for StorageSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OrderStoreSpec {
-    /// Leader heartbeat interval. Raft appends time out after 3/4 of it and
-    /// heartbeats after all of it, so keep it above 4/3 of the slowest
-    /// round trip between regions (docs/decisions.md, D49).
+    /// Leader heartbeat interval. A heartbeat's answer counts only within
+    /// one interval: keep it above the slowest round trip between regions,
+    /// or an idle leader's lease lapses and it refuses writes until the
+    /// link is faster (docs/decisions.md, D49).
     #[schemars(range(min = 10, max = 5000))]
     pub heartbeat_ms: i64,
     /// Lower bound of the randomized election timeout.

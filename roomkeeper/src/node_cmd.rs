@@ -113,8 +113,9 @@ pub struct NodeArgs {
     /// Turns on the fault-injection hook of the admin API. For tests and drills only.
     #[arg(long)]
     pub enable_test_faults: bool,
-    /// Raft heartbeat interval. Appends time out after 3/4 of it: keep it
-    /// above 4/3 of the slowest round trip to a peer.
+    /// Raft heartbeat interval. A heartbeat's answer counts only within one
+    /// interval: keep it above the slowest round trip to a peer, or an idle
+    /// leader's lease lapses and it refuses writes.
     #[arg(long, default_value_t = 60)]
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.

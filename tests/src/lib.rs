@@ -421,7 +421,13 @@ impl Cluster {
             .args(&tls_args)
             .args(&http_args)
             .args(&opts.extra_args)
-            .env("ROOMKEEPER_LOG", "info,openraft=warn")
+            // ROOMKEEPER_E2E_NODE_LOG overrides the nodes' log filter when a
+            // failing test needs more than the default.
+            .env(
+                "ROOMKEEPER_LOG",
+                std::env::var("ROOMKEEPER_E2E_NODE_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
