@@ -1086,15 +1086,10 @@ fn a_killed_leaders_followers_elect_without_waiting_out_its_lease() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     // The new leader still refuses what must fail from its own state: its
     // quorum acknowledged it recently enough (the precheck's rule, D49).
-    let early = "roomkeeper_order_early_refusals_total";
-    let before = c.metric(new, early, "");
     let r = place(&c, new, "sku-last", "first", 1, "k-last-1").expect("the last unit");
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = place(&c, new, "sku-last", "second", 1, "k-last-2")
-        .expect("an order for a sold-out listing");
-    assert_eq!(r.body["code"], "sold_out", "{:?}", r.body);
     assert_eq!(
-        c.metric(new, early, "") - before,
+        sold_out_refused_early(&c, new, 1),
         1.0,
         "the sold-out order went through Raft instead of the precheck"
     );
@@ -1151,22 +1146,8 @@ fn a_leader_a_slow_wan_from_its_quorum_still_refuses_sold_out_orders_early() {
     c.faults(leader, json!({ "peer_delay_ms": delays }));
     let r = place(&c, leader, "sku-last", "first", 1, "k-1").expect("the last unit");
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let early = "roomkeeper_order_early_refusals_total";
-    let before = c.metric(leader, early, "");
-    for i in 0..5 {
-        let r = place(
-            &c,
-            leader,
-            "sku-last",
-            &format!("late-{i}"),
-            1,
-            &format!("k-late-{i}"),
-        )
-        .expect("an order for a sold-out listing");
-        assert_eq!(r.body["code"], "sold_out", "{:?}", r.body);
-    }
     assert_eq!(
-        c.metric(leader, early, "") - before,
+        sold_out_refused_early(&c, leader, 5),
         5.0,
         "sold-out orders went through Raft: the precheck gave up on a slow quorum"
     );
@@ -1178,6 +1159,27 @@ fn a_leader_a_slow_wan_from_its_quorum_still_refuses_sold_out_orders_early() {
     c.faults(leader, json!({}));
     c.wait_converged(Duration::from_secs(10));
     c.assert_invariants();
+}
+
+/// Places `n` orders for the sold-out `sku-last` on `node`, checks each is
+/// refused `sold_out`, and returns how many of them the precheck answered
+/// (`roomkeeper_order_early_refusals_total` before and after).
+fn sold_out_refused_early(c: &Cluster, node: u64, n: usize) -> f64 {
+    let early = "roomkeeper_order_early_refusals_total";
+    let before = c.metric(node, early, "");
+    for i in 0..n {
+        let r = place(
+            c,
+            node,
+            "sku-last",
+            &format!("late-{i}"),
+            1,
+            &format!("k-late-{i}"),
+        )
+        .expect("an order for a sold-out listing");
+        assert_eq!(r.body["code"], "sold_out", "{:?}", r.body);
+    }
+    c.metric(node, early, "") - before
 }
 
 /// `POST /v1/rooms/room-k/orders` to `node`.
