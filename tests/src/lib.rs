@@ -591,18 +591,15 @@ impl Cluster {
         assert_eq!(r.status, 200, "faults: {:?}", r.body);
     }
 
-    /// Creates a live room with listings, through any node.
+    /// Creates a live room with listings, through the leader.
     pub fn create_room(&self, room: &str, skus: &[(&str, u32, u32)]) {
-        let via = self.wait_leader(Duration::from_secs(10));
         let body = to_json(&PutRoom {
             title: "flash sale".into(),
             home_region: "region-1".into(),
             state: RoomState::Live,
             live_windows: None,
         });
-        let r = self
-            .client("PUT", via, &format!("/v1/rooms/{room}"), Some(&body))
-            .expect("put room");
+        let r = self.put_as_told(&format!("/v1/rooms/{room}"), &body);
         assert_eq!(r.status, 200, "put room: {:?}", r.body);
         for (sku, stock, limit) in skus {
             let body = to_json(&PutListing {
@@ -611,15 +608,24 @@ impl Cluster {
                 per_buyer_limit: *limit,
                 state: ListingState::Open,
             });
-            let r = self
-                .client(
-                    "PUT",
-                    via,
-                    &format!("/v1/rooms/{room}/listings/{sku}"),
-                    Some(&body),
-                )
-                .expect("put listing");
+            let r = self.put_as_told(&format!("/v1/rooms/{room}/listings/{sku}"), &body);
             assert_eq!(r.status, 200, "put listing: {:?}", r.body);
+        }
+    }
+
+    /// `PUT path` (idempotent) to the leader, retried as a client is told to
+    /// when leadership moves under it (`not_leader`, `no_leader`: a young
+    /// cluster's first election can still settle), for up to 10 s.
+    fn put_as_told(&self, path: &str, body: &str) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let via = self.wait_leader(Duration::from_secs(10));
+            let r = self.client("PUT", via, path, Some(body)).expect("PUT");
+            let moved = r.status == 503 && matches!(r.code(), "not_leader" | "no_leader");
+            if !moved || Instant::now() >= deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
