@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod framed;
 pub mod leader;
 pub mod metrics;
 pub mod raft_identity;
