@@ -80,6 +80,10 @@ pub struct NodeStatus {
     /// certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    /// The node's framed order protocol listener (`--framed-api-addr`,
+    /// docs/framed-api.md), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framed_api_addr: Option<String>,
 }
 
 /// How far ahead `NodeStatus::live_windows` looks: 30 minutes.

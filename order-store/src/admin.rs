@@ -164,6 +164,7 @@ pub fn status(ctx: &NodeContext) -> NodeStatus {
         edge_sales_paused: ctx.edge_sales_paused.load(Ordering::Relaxed),
         live_windows,
         metrics_addr: ctx.metrics_addr.clone(),
+        framed_api_addr: ctx.framed_api_addr.clone(),
     }
 }
 

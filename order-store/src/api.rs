@@ -45,7 +45,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -57,7 +57,7 @@ impl ApiError {
     }
 
     /// 429 `rate_limited`: over the per-token or per-buyer limit; counted.
-    fn rate_limited(ctx: &NodeContext, limit: &'static str, wait: Duration) -> Self {
+    pub(crate) fn rate_limited(ctx: &NodeContext, limit: &'static str, wait: Duration) -> Self {
         ctx.metrics
             .rate_limited_requests_total
             .with_label_values(&[limit])
@@ -132,8 +132,19 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The HTTP status (the framed protocol's status too).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The JSON error body, the same on every edge.
+    pub fn body(&self) -> serde_json::Value {
         let mut body = json!({"code": self.code, "message": self.message});
         if let Some(f) = self.field {
             body["field"] = json!(f);
@@ -144,7 +155,13 @@ impl IntoResponse for ApiError {
         if let Some(m) = self.missing_scope {
             body["missing_scope"] = json!(m);
         }
-        let mut resp = (self.status, Json(body)).into_response();
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body())).into_response();
         if let Some(r) = self.retry_after {
             let secs = r.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -472,15 +489,29 @@ async fn place_order(
     body: Result<Json<PlaceOrder>, JsonRejection>,
 ) -> ApiResult<Response> {
     caller.require(Verb::Order, &room)?;
+    let Json(b) = body?;
+    let (status, answer) = place_order_for(&ctx, &caller, room, b).await?;
+    Ok((status, Json(answer)).into_response())
+}
+
+/// Places an order for an authenticated caller whose body is already read:
+/// the HTTP route and the framed protocol (`framed_api.rs`) share every check
+/// from here on. 201 for a new order, 200 for a replay of an earlier one.
+pub(crate) async fn place_order_for(
+    ctx: &NodeContext,
+    caller: &Caller,
+    room: String,
+    b: PlaceOrder,
+) -> ApiResult<(StatusCode, OrderResponse)> {
+    caller.require(Verb::Order, &room)?;
     if ctx
         .edge_sales_paused
         .load(std::sync::atomic::Ordering::Relaxed)
     {
         return Err(ApiError::rejected(RejectCode::SalesPaused));
     }
-    let Json(b) = body?;
     if let Err(wait) = ctx.limiter.check_buyer(&b.buyer, Instant::now()) {
-        return Err(ApiError::rate_limited(&ctx, "buyer", wait));
+        return Err(ApiError::rate_limited(ctx, "buyer", wait));
     }
     if b.contact.len() > 512 {
         return Err(ApiError::invalid(InvalidField {
@@ -498,7 +529,7 @@ async fn place_order(
     };
     cmd.validate().map_err(ApiError::invalid)?;
     // Orders that must fail are answered before sealing or Raft (precheck.rs).
-    if let Some(code) = early_refusal(&ctx, &cmd).await {
+    if let Some(code) = early_refusal(ctx, &cmd).await {
         return Err(ApiError::rejected(code));
     }
     let sealed = ctx.keyring.get().seal(b.contact.as_bytes()).map_err(|e| {
@@ -511,14 +542,14 @@ async fn place_order(
     if let Command::PlaceOrder { contact, .. } = &mut cmd {
         *contact = sealed;
     }
-    match write(&ctx, &caller, cmd).await? {
+    match write(ctx, caller, cmd).await? {
         Outcome::Order { order, replayed } => {
             let status = if replayed {
                 StatusCode::OK
             } else {
                 StatusCode::CREATED
             };
-            Ok((status, Json(OrderResponse { order, replayed })).into_response())
+            Ok((status, OrderResponse { order, replayed }))
         }
         other => Err(unexpected(other)),
     }

@@ -390,10 +390,16 @@ impl TokenTable {
     /// The caller a bearer token (the `Authorization` header's value)
     /// identifies, or `None`. Every entry is compared, in constant time.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Option<&Arc<Principal>> {
+        self.authenticate_secret(authorization.and_then(|h| h.strip_prefix(b"Bearer ")))
+    }
+
+    /// The caller a bare token identifies (the framed protocol's HELLO), or
+    /// `None`; with no token configured, anyone, token or not.
+    pub fn authenticate_secret(&self, secret: Option<&[u8]>) -> Option<&Arc<Principal>> {
         if let Some(anyone) = &self.anonymous {
             return Some(anyone);
         }
-        let secret = authorization?.strip_prefix(b"Bearer ")?;
+        let secret = secret?;
         let presented = hash_token(secret);
         let mut found = None;
         for e in &self.entries {

@@ -18,7 +18,8 @@
 //!   only refusals without a JSON body (documented in `api/openapi.yaml`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,12 +29,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -147,6 +150,36 @@ pub async fn serve(
     let router = router
         .layer(middleware::from_fn_with_state(body_limits, buffer_body))
         .layer(middleware::from_fn(json_refusals));
+    let server = HttpConnections {
+        router,
+        header_timeout: limits.header_read_timeout,
+        name,
+        errors: metrics.connection_errors_total.clone(),
+    };
+    let refusal = Bytes::from_static(OVER_CAPACITY.as_bytes());
+    accept_loop(listener, name, &limits, metrics, tls, refusal, server).await
+}
+
+/// What a listener does with each connection it accepted, plain or TLS.
+pub trait ConnectionServer: Clone + Send + Sync + 'static {
+    fn serve<I>(self, io: I, peer: SocketAddr) -> impl Future<Output = ()> + Send
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+/// Accepts connections on `listener` until the process ends and hands each
+/// to `server` on a task of its own, within the listener's connection caps
+/// (a connection over a cap gets `refusal`, if plain, and is closed) and, with
+/// `tls`, after a TLS handshake that must finish within the head timeout.
+pub async fn accept_loop<S: ConnectionServer>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: &HttpLimits,
+    metrics: EdgeMetrics,
+    tls: Option<(HttpTls, Edge)>,
+    refusal: Bytes,
+    server: S,
+) {
     let total = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let peers = PeerCounts::default();
     let open = metrics.open_connections.with_label_values(&[name]);
@@ -162,16 +195,23 @@ pub async fn serve(
         };
         let plain = tls.is_none();
         let Ok(permit) = total.clone().try_acquire_owned() else {
-            refuse(stream, name, "max_connections", &metrics, plain);
+            refuse(stream, name, "max_connections", &metrics, plain, &refusal);
             continue;
         };
         let Some(peer_slot) = peers.acquire(peer.ip(), limits.max_connections_per_peer) else {
-            refuse(stream, name, "max_connections_per_peer", &metrics, plain);
+            refuse(
+                stream,
+                name,
+                "max_connections_per_peer",
+                &metrics,
+                plain,
+                &refusal,
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let header_timeout = limits.header_read_timeout;
+        let server = server.clone();
+        let handshake_timeout = limits.header_read_timeout;
         let open = open.clone();
         let errors = metrics.connection_errors_total.clone();
         // The acceptor is taken now: a connection accepted after a reload
@@ -180,22 +220,10 @@ pub async fn serve(
         open.inc();
         tokio::spawn(async move {
             match acceptor {
-                None => {
-                    serve_connection(stream, service, header_timeout, name, peer, &errors).await
-                }
+                None => server.serve(stream, peer).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(
-                                tls_stream,
-                                service,
-                                header_timeout,
-                                name,
-                                peer,
-                                &errors,
-                            )
-                            .await
-                        }
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => server.serve(tls_stream, peer).await,
                         Ok(Err(e)) => {
                             errors.with_label_values(&[name, "tls_handshake"]).inc();
                             tracing::debug!(listener = name, %peer, error = %e, "TLS handshake refused");
@@ -213,31 +241,36 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection (plain or TLS) with hyper's http1 until it ends.
-async fn serve_connection<I>(
-    io: I,
-    service: TowerToHyperService<Router>,
+/// Serves each connection with hyper's http1 until it ends.
+#[derive(Clone)]
+struct HttpConnections {
+    router: Router,
     header_timeout: Duration,
     name: &'static str,
-    peer: std::net::SocketAddr,
-    errors: &IntCounterVec,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), service);
-    if let Err(e) = conn.await {
-        let kind = if e.is_timeout() {
-            "header_timeout"
-        } else if e.is_parse() || e.is_parse_too_large() {
-            "malformed"
-        } else {
-            "io"
-        };
-        errors.with_label_values(&[name, kind]).inc();
-        tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended");
+    errors: IntCounterVec,
+}
+
+impl ConnectionServer for HttpConnections {
+    async fn serve<I>(self, io: I, peer: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.router);
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .serve_connection(TokioIo::new(io), service);
+        if let Err(e) = conn.await {
+            let kind = if e.is_timeout() {
+                "header_timeout"
+            } else if e.is_parse() || e.is_parse_too_large() {
+                "malformed"
+            } else {
+                "io"
+            };
+            self.errors.with_label_values(&[self.name, kind]).inc();
+            tracing::debug!(listener = self.name, %peer, error = %e, "HTTP connection ended");
+        }
     }
 }
 
@@ -247,6 +280,7 @@ fn refuse(
     reason: &'static str,
     metrics: &EdgeMetrics,
     plain: bool,
+    refusal: &[u8],
 ) {
     metrics
         .connections_refused_total
@@ -256,7 +290,7 @@ fn refuse(
     // does not read is not waited for. A TLS client could not read a plain
     // answer: it is only closed.
     if plain {
-        let _ = stream.try_write(OVER_CAPACITY.as_bytes());
+        let _ = stream.try_write(refusal);
     }
 }
 

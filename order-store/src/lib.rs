@@ -20,6 +20,7 @@ pub mod auth;
 pub mod contact;
 pub mod dead_leader;
 pub mod faults;
+pub mod framed_api;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http_server;

@@ -37,6 +37,8 @@ pub struct NodeMetrics {
     /// Orders the leader refused from its applied state before any Raft work.
     pub order_early_refusals_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
+    /// The framed order protocol's requests (framed_api.rs).
+    pub framed_request_duration_seconds: HistogramVec,
     pub http_overload_rejections_total: IntCounterVec,
     pub http_inflight_requests: IntGauge,
     pub write_batch_commands: Histogram,
@@ -170,6 +172,14 @@ impl NodeMetrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route", "status"],
             )?,
+            framed_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "roomkeeper_framed_request_duration_seconds",
+                    "Framed order protocol latency by request kind and status class",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["kind", "status"],
+            )?,
             http_overload_rejections_total: IntCounterVec::new(
                 Opts::new(
                     "roomkeeper_http_overload_rejections_total",
@@ -273,6 +283,7 @@ impl NodeMetrics {
         r.register(Box::new(self.orders_total.clone()))?;
         r.register(Box::new(self.order_early_refusals_total.clone()))?;
         r.register(Box::new(self.http_request_duration_seconds.clone()))?;
+        r.register(Box::new(self.framed_request_duration_seconds.clone()))?;
         r.register(Box::new(self.http_overload_rejections_total.clone()))?;
         r.register(Box::new(self.http_inflight_requests.clone()))?;
         r.register(Box::new(self.write_batch_commands.clone()))?;

@@ -15,6 +15,7 @@ use crate::auth::TokenTable;
 use crate::contact::{ContactKeyring, ContactKeys};
 use crate::dead_leader::{DeadLeader, Timings};
 use crate::faults::Faults;
+use crate::framed_api::FramedLimits;
 use crate::http_server::HttpLimits;
 use crate::http_tls::{Edge, HttpSecurity, HttpTls, HttpTlsError};
 use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
@@ -40,6 +41,11 @@ pub struct NodeConfig {
     /// `/readyz` (nothing that changes the node), for scrapers and probes
     /// that cannot present the operator's certificate.
     pub metrics_addr: Option<String>,
+    /// The framed order protocol's listener (docs/framed-api.md): orders
+    /// pipelined over TCP, with the client API's tokens, TLS and caps.
+    pub framed_api_addr: Option<String>,
+    /// Deadlines and pipelining depth of framed connections.
+    pub framed_limits: FramedLimits,
     pub region: String,
     pub zone: String,
     pub keyring: ContactKeyring,
@@ -104,6 +110,8 @@ impl NodeConfig {
             api_addr: "127.0.0.1:0".into(),
             admin_addr: "127.0.0.1:0".into(),
             metrics_addr: None,
+            framed_api_addr: None,
+            framed_limits: FramedLimits::default(),
             region: "local".into(),
             zone: "local-a".into(),
             keyring,
@@ -178,6 +186,8 @@ pub struct NodeContext {
     pub fresh_data_dir: bool,
     /// The bound address of the metrics-and-probes listener, if any.
     pub metrics_addr: Option<String>,
+    /// The bound address of the framed order protocol's listener, if any.
+    pub framed_api_addr: Option<String>,
     /// Client tokens and their scopes (open when none is configured).
     pub clients: Arc<TokenTable>,
     /// Per-token and per-buyer buckets.
@@ -255,6 +265,10 @@ impl NodeHandle {
         let admin_listener = bind("admin API", &cfg.admin_addr).await?;
         let metrics_listener = match &cfg.metrics_addr {
             Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
+        let framed_listener = match &cfg.framed_api_addr {
+            Some(addr) => Some(bind("framed API", addr).await?),
             None => None,
         };
         let local = |l: &TcpListener, fallback: &str| {
@@ -348,6 +362,10 @@ impl NodeHandle {
                 .as_ref()
                 .zip(cfg.metrics_addr.as_deref())
                 .map(|(l, fallback)| local(l, fallback)),
+            framed_api_addr: framed_listener
+                .as_ref()
+                .zip(cfg.framed_api_addr.as_deref())
+                .map(|(l, fallback)| local(l, fallback)),
             fresh_data_dir: cfg.fresh_data_dir,
             limiter: RateLimiter::new(cfg.rate_limits, clients.names()),
             clients: clients.clone(),
@@ -387,6 +405,29 @@ impl NodeHandle {
             edges.clone(),
             http_tls.clone().map(|t| (t, Edge::Client)),
         ));
+        if let Some(listener) = framed_listener {
+            // The client API's caps and TLS: the same buyers, another framing.
+            let server = crate::framed_api::FramedConnections {
+                ctx: ctx.clone(),
+                limits: cfg.framed_limits.clone(),
+                errors: edges.connection_errors_total.clone(),
+            };
+            let limits = cfg.http_limits.clone();
+            let edges = edges.clone();
+            let tls = http_tls.clone().map(|t| (t, Edge::Client));
+            tokio::spawn(async move {
+                crate::http_server::accept_loop(
+                    listener,
+                    crate::framed_api::LISTENER,
+                    &limits,
+                    edges,
+                    tls,
+                    crate::framed_api::over_capacity_frame(),
+                    server,
+                )
+                .await
+            });
+        }
         if let Some(listener) = metrics_listener {
             // Plain HTTP by design: read-only, no secrets, and reachable by
             // kubelet probes and Prometheus without a client certificate.
@@ -430,6 +471,7 @@ impl NodeHandle {
             api = %info.api_addr,
             admin = %info.admin_addr,
             metrics = ctx.metrics_addr.as_deref().unwrap_or("-"),
+            framed = ctx.framed_api_addr.as_deref().unwrap_or("-"),
             "order-store node started"
         );
         Ok(Self { ctx })

@@ -66,6 +66,11 @@ pub struct NodeArgs {
     /// API takes only the operator's certificate (`--http-tls-dir`).
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Also take orders over the framed protocol on this address: pipelined
+    /// over one TCP connection, with the client API's tokens, TLS and
+    /// connection caps (docs/framed-api.md). Off unless given.
+    #[arg(long)]
+    pub framed_api_addr: Option<String>,
     /// Region (failure domain) this node runs in.
     #[arg(long, default_value = "local")]
     pub region: String,
@@ -178,7 +183,8 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub raft_frame_timeout_ms: u64,
     /// Time a client of the client or admin API has to send a request head;
-    /// also how long a keep-alive connection may sit idle between requests.
+    /// also how long a keep-alive connection may sit idle between requests,
+    /// and the time a framed request has to arrive whole.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_header_timeout_ms: u64,
     /// Time a client has to send a request body once its head arrived.
@@ -298,6 +304,7 @@ pub async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     cfg.api_addr = args.api_addr;
     cfg.admin_addr = args.admin_addr;
     cfg.metrics_addr = args.metrics_addr;
+    cfg.framed_api_addr = args.framed_api_addr;
     cfg.region = args.region;
     cfg.zone = zone;
     cfg.client_token = args.client_token;
@@ -347,6 +354,9 @@ pub async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
             ..FrameDeadline::default()
         },
     };
+    // A framed request has no head and body: it must arrive whole within
+    // the head timeout, and a client must take its answers as fast.
+    cfg.framed_limits.frame_timeout = Duration::from_millis(args.http_header_timeout_ms);
     cfg.http_limits = HttpLimits {
         header_read_timeout: Duration::from_millis(args.http_header_timeout_ms),
         body_timeout: Duration::from_millis(args.http_body_timeout_ms),
