@@ -66,6 +66,11 @@ fn current_tls() -> Option<std::sync::Arc<BenchTls>> {
     TLS.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// The connector for client-API connections when the bench speaks TLS.
+pub fn client_tls() -> Option<tokio_rustls::TlsConnector> {
+    current_tls().map(|t| t.client.clone())
+}
+
 pub struct HttpConn {
     addr: SocketAddr,
     /// Present the operator's certificate (admin API) under TLS.

@@ -9,6 +9,7 @@
 
 mod cpu;
 mod etcd;
+mod framed;
 mod http;
 mod latency;
 mod leader;
@@ -186,6 +187,22 @@ pub struct BenchArgs {
     /// Redis run here without TLS.
     #[arg(long)]
     pub http_tls: bool,
+    /// How the buyers talk to roomkeeper: framed (the framed order protocol,
+    /// pipelined over a few shared connections; docs/framed-api.md) or http
+    /// (HTTP/1.1 + JSON, one connection per buyer). Use http with a
+    /// `--node-bin` older than the framed protocol.
+    #[arg(long, value_enum, default_value_t = RkClient::Framed)]
+    pub roomkeeper_client: RkClient,
+    /// Framed connections the buyers share.
+    #[arg(long, default_value_t = 2)]
+    pub framed_connections: usize,
+}
+
+/// The client that drives roomkeeper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RkClient {
+    Framed,
+    Http,
 }
 
 /// Why `roomkeeper bench` failed. Missed performance targets are not
@@ -248,6 +265,8 @@ pub(crate) struct Ctx {
     pub node_log: String,
     pub node_bin: Option<PathBuf>,
     pub http_tls: bool,
+    pub rk_client: RkClient,
+    pub framed_connections: usize,
 }
 
 impl Ctx {
@@ -488,17 +507,17 @@ async fn run_targets(
                 continue;
             }
             let (name, client, outcome) = match t {
-                TargetSel::Etcd => (etcd::TARGET, etcd::CLIENT, etcd::run(ctx).await),
-                TargetSel::Redis => (redis::TARGET, redis::CLIENT, redis::run(ctx).await),
+                TargetSel::Etcd => (etcd::TARGET, etcd::CLIENT.into(), etcd::run(ctx).await),
+                TargetSel::Redis => (redis::TARGET, redis::CLIENT.into(), redis::run(ctx).await),
                 TargetSel::RedisBenchmark => (
                     redis::RB_TARGET,
-                    redis::RB_CLIENT,
+                    redis::RB_CLIENT.into(),
                     redis::run_redis_benchmark(ctx).await,
                 ),
-                TargetSel::Nats => (nats::TARGET, nats::CLIENT, nats::run(ctx).await),
+                TargetSel::Nats => (nats::TARGET, nats::CLIENT.into(), nats::run(ctx).await),
                 TargetSel::Roomkeeper | TargetSel::All => (
                     roomkeeper::TARGET,
-                    roomkeeper::CLIENT,
+                    roomkeeper::client_name(ctx),
                     roomkeeper::run(ctx).await,
                 ),
             };
@@ -519,7 +538,7 @@ async fn run_targets(
                     r
                 }
             };
-            result.client = client.to_string();
+            result.client = client;
             rounds[i].push(result);
         }
     }
@@ -591,6 +610,8 @@ async fn run_inner(args: &BenchArgs) -> std::result::Result<(), BenchError> {
             admin_token: args.admin_token.clone(),
             node_log: args.node_log.clone(),
             http_tls: args.http_tls,
+            rk_client: args.roomkeeper_client,
+            framed_connections: args.framed_connections,
             node_bin: args.node_bin.clone(),
         };
         if args.clients.len() > 1 {

@@ -17,17 +17,29 @@ use roomkeeper_api::{leader_of, NodeInfo, NodeStatus};
 use roomkeeper_order_state::{ListingState, RoomState};
 use serde_json::{json, Value};
 
+use crate::framed::FramedConn;
 use crate::http::{HttpConn, Response};
 use crate::leader::LeaderCell;
 use crate::procs::{self, free_ports, kill_all, loopback, Proc, ProcSpec, WorkDir};
 use crate::report::{Audit, TargetResult};
 use crate::workload::{self, sku_name, Ack, Driver, LoadStats, OrderReq, Outcome, Plan};
-use crate::{Ctx, Scenario, PER_BUYER_LIMIT, PRICE_CENTS};
+use crate::{Ctx, RkClient, Scenario, PER_BUYER_LIMIT, PRICE_CENTS};
 
 pub const TARGET: &str = "roomkeeper";
 /// Which client drives this target, for the report.
-pub const CLIENT: &str =
-    "hyper, HTTP/1.1 keep-alive with JSON bodies: one connection per buyer, to the leader";
+pub fn client_name(ctx: &Ctx) -> String {
+    match ctx.rk_client {
+        RkClient::Http => {
+            "hyper, HTTP/1.1 keep-alive with JSON bodies: one connection per buyer, to the leader"
+                .into()
+        }
+        RkClient::Framed => format!(
+            "the bench's framed-protocol client (docs/framed-api.md): JSON bodies pipelined over \
+             {} TCP connections shared by the buyers, to the leader",
+            ctx.framed_connections
+        ),
+    }
+}
 const REGION: &str = "local";
 /// Parallel connections for setup, audit and read-back.
 const AUX_CONNS: usize = 32;
@@ -176,6 +188,8 @@ pub struct NodeAddrs {
     pub raft: SocketAddr,
     pub api: SocketAddr,
     pub admin: SocketAddr,
+    /// The framed order protocol's listener, when the bench drives it.
+    pub framed: Option<SocketAddr>,
     pub zone: String,
 }
 
@@ -226,6 +240,19 @@ impl Routing {
             .get(&st.node_id.to_string())
             .ok_or_else(|| anyhow!("leader {} does not list its own api_addr", st.node_id))?;
         resolve(&me.api_addr).await
+    }
+
+    /// The framed listener of the leader (its `framed_api_addr`).
+    async fn discover_framed(&self) -> Result<SocketAddr> {
+        let st = self.leader_status().await?;
+        let addr = st.framed_api_addr.as_deref().ok_or_else(|| {
+            anyhow!(
+                "leader {} has no framed listener (start it with --framed-api-addr, \
+                 or use --roomkeeper-client http)",
+                st.node_id
+            )
+        })?;
+        resolve(addr).await
     }
 
     fn uses_leader(&self) -> bool {
@@ -313,18 +340,93 @@ fn ensure_ok(resp: Response, what: &str) -> Result<Response> {
 }
 
 pub struct RkDriver {
-    conn: HttpConn,
+    transport: Transport,
     client: usize,
     seen: u64,
     rotation: usize,
     routing: Arc<Routing>,
     orders_path: String,
+    room: Arc<str>,
     skus: Arc<Vec<String>>,
     want_ids: bool,
 }
 
+enum Transport {
+    /// One HTTP/1.1 connection of the buyer's own.
+    Http(HttpConn),
+    /// A framed connection shared with other buyers.
+    Framed(Arc<FramedPool>),
+}
+
+/// The framed connections the buyers share (buyer `i` uses `i % n`), all to
+/// the leader's framed listener, found through the admin API.
+pub struct FramedPool {
+    slots: Vec<FramedSlot>,
+    leader: LeaderCell,
+    routing: Arc<Routing>,
+}
+
+#[derive(Default)]
+struct FramedSlot {
+    conn: std::sync::Mutex<Option<Arc<FramedConn>>>,
+    /// One buyer reconnects a slot; the others wait for its connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl FramedPool {
+    async fn new(routing: Arc<Routing>, connections: usize) -> Result<Self> {
+        if !routing.uses_leader() {
+            bail!(
+                "the framed client finds the leader's framed listener through the admin API: \
+                 give --roomkeeper-admin, or use --roomkeeper-client http"
+            );
+        }
+        let first = routing.discover_framed().await?;
+        Ok(Self {
+            slots: (0..connections.max(1))
+                .map(|_| FramedSlot::default())
+                .collect(),
+            leader: LeaderCell::new(first),
+            routing,
+        })
+    }
+
+    /// The buyer's connection to the current leader, opened if it has none.
+    async fn conn(&self, client: usize) -> Result<Arc<FramedConn>> {
+        let slot = &self.slots[client % self.slots.len()];
+        let (_, addr) = self.leader.get();
+        let usable = |c: &Option<Arc<FramedConn>>| {
+            c.as_ref()
+                .filter(|c| !c.is_dead() && c.addr() == addr)
+                .cloned()
+        };
+        if let Some(c) = usable(&slot.conn.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(c);
+        }
+        let _one = slot.connecting.lock().await;
+        if let Some(c) = usable(&slot.conn.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(c);
+        }
+        let token = self.routing.client_token.as_deref();
+        let fresh = Arc::new(FramedConn::connect(addr, token, crate::http::DEFAULT_TIMEOUT).await?);
+        *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn reroute(&self, seen: u64) -> u64 {
+        self.leader
+            .refresh(seen, || self.routing.discover_framed())
+            .await
+            .0
+    }
+}
+
 impl RkDriver {
     async fn reroute(&mut self) {
+        if let Transport::Framed(pool) = &self.transport {
+            self.seen = pool.reroute(self.seen).await;
+            return;
+        }
         let addr = if self.routing.uses_leader() {
             let (gen, addr) = self.routing.refresh(self.seen).await;
             self.seen = gen;
@@ -334,25 +436,37 @@ impl RkDriver {
             let apis = &self.routing.apis;
             apis[(self.client + self.rotation) % apis.len()]
         };
-        if let Err(e) = self.conn.retarget(addr) {
-            tracing::debug!(error = %e, "retarget");
+        if let Transport::Http(conn) = &mut self.transport {
+            if let Err(e) = conn.retarget(addr) {
+                tracing::debug!(error = %e, "retarget");
+            }
+        }
+    }
+
+    async fn send(&mut self, body: Vec<u8>) -> Result<Response> {
+        match &mut self.transport {
+            Transport::Http(conn) => {
+                if self.routing.uses_leader() {
+                    let (gen, addr) = self.routing.leader.get();
+                    if gen != self.seen {
+                        self.seen = gen;
+                        conn.retarget(addr)?;
+                    }
+                }
+                conn.send(hyper::Method::POST, &self.orders_path, Some(body))
+                    .await
+            }
+            Transport::Framed(pool) => {
+                self.seen = pool.leader.get().0;
+                let conn = pool.conn(self.client).await?;
+                conn.place_order(&self.room, &body).await
+            }
         }
     }
 }
 
 impl Driver for RkDriver {
     async fn place(&mut self, req: &OrderReq) -> Outcome {
-        if self.routing.uses_leader() {
-            let (gen, addr) = self.routing.leader.get();
-            if gen != self.seen {
-                self.seen = gen;
-                if let Err(e) = self.conn.retarget(addr) {
-                    return Outcome::Error {
-                        reason: format!("{e:#}"),
-                    };
-                }
-            }
-        }
         let body = match order_body(&self.skus[req.sku], req) {
             Ok(b) => b,
             Err(e) => {
@@ -361,11 +475,7 @@ impl Driver for RkDriver {
                 }
             }
         };
-        match self
-            .conn
-            .send(hyper::Method::POST, &self.orders_path, Some(body))
-            .await
-        {
+        match self.send(body).await {
             Ok(resp) => {
                 let (out, reroute) = classify(&resp, self.want_ids);
                 if reroute {
@@ -457,7 +567,7 @@ impl RkCluster {
         let key_file = dir.path().join("contact.key");
         std::fs::write(&key_file, format!("0 {}\n", procs::random_hex(32)?))
             .with_context(|| format!("writing {}", key_file.display()))?;
-        let ports = free_ports(9)?;
+        let ports = free_ports(12)?;
         let tls_dir = if ctx.http_tls {
             Some(bench_tls(dir.path())?)
         } else {
@@ -466,10 +576,12 @@ impl RkCluster {
         let mut nodes = Vec::new();
         for i in 0..3usize {
             let id = i as u64 + 1;
+            let framed = ctx.rk_client == RkClient::Framed;
             let addrs = NodeAddrs {
-                raft: loopback(ports[3 * i]),
-                api: loopback(ports[3 * i + 1]),
-                admin: loopback(ports[3 * i + 2]),
+                raft: loopback(ports[4 * i]),
+                api: loopback(ports[4 * i + 1]),
+                admin: loopback(ports[4 * i + 2]),
+                framed: framed.then(|| loopback(ports[4 * i + 3])),
                 zone: format!("{REGION}-{}", char::from(b'a' + i as u8)),
             };
             let data: PathBuf = dir.path().join(format!("node-{id}"));
@@ -500,6 +612,12 @@ impl RkCluster {
                 ]
                 .into_iter()
                 .chain(http_args(&tls_dir, id)?)
+                .chain(
+                    addrs
+                        .framed
+                        .iter()
+                        .flat_map(|a| ["--framed-api-addr".to_string(), a.to_string()]),
+                )
                 .collect(),
                 env: vec![
                     ("ROOMKEEPER_CLIENT_TOKEN".into(), client_token.into()),
@@ -826,23 +944,37 @@ async fn verify_acks(
     Ok(total)
 }
 
-fn drivers(
+async fn drivers(
     ctx: &Ctx,
     routing: &Arc<Routing>,
     skus: &Arc<Vec<String>>,
     want_ids: bool,
 ) -> Result<Vec<RkDriver>> {
     let orders_path = format!("/v1/rooms/{}/orders", path_segment(&ctx.room));
+    let pool = match ctx.rk_client {
+        RkClient::Framed => Some(Arc::new(
+            FramedPool::new(routing.clone(), ctx.framed_connections).await?,
+        )),
+        RkClient::Http => None,
+    };
+    let room: Arc<str> = ctx.room.as_str().into();
     (0..ctx.clients)
         .map(|client| {
-            let (seen, conn) = routing.conn(client)?;
+            let (seen, transport) = match &pool {
+                Some(pool) => (pool.leader.get().0, Transport::Framed(pool.clone())),
+                None => {
+                    let (seen, conn) = routing.conn(client)?;
+                    (seen, Transport::Http(conn))
+                }
+            };
             Ok(RkDriver {
-                conn,
+                transport,
                 client,
                 seen,
                 rotation: 0,
                 routing: routing.clone(),
                 orders_path: orders_path.clone(),
+                room: room.clone(),
                 skus: skus.clone(),
                 want_ids,
             })
@@ -906,7 +1038,7 @@ async fn steady(
 ) -> Result<TargetResult> {
     setup_catalog(&routing, ctx).await?;
     let skus = Arc::new((0..ctx.catalog.skus()).map(sku_name).collect::<Vec<_>>());
-    let drivers = drivers(ctx, &routing, &skus, false)?;
+    let drivers = drivers(ctx, &routing, &skus, false).await?;
     let stats = workload::run_load(&plan(ctx, false, cluster), drivers, Instant::now()).await?;
     let mut r = TargetResult::from_stats(
         TARGET,
@@ -943,7 +1075,7 @@ async fn leader_kill(
 ) -> Result<TargetResult> {
     setup_catalog(&routing, ctx).await?;
     let skus = Arc::new((0..ctx.catalog.skus()).map(sku_name).collect::<Vec<_>>());
-    let drivers = drivers(ctx, &routing, &skus, true)?;
+    let drivers = drivers(ctx, &routing, &skus, true).await?;
     let plan = plan(ctx, true, Some(&*cluster));
     let start = Instant::now();
     let kill_at = ctx.kill_at();
@@ -1151,6 +1283,7 @@ mod tests {
                     raft: a(1),
                     api: a(2),
                     admin: a(3),
+                    framed: None,
                     zone: "local-a".into(),
                 },
             ),
@@ -1160,6 +1293,7 @@ mod tests {
                     raft: a(4),
                     api: a(5),
                     admin: a(6),
+                    framed: None,
                     zone: "local-b".into(),
                 },
             ),
