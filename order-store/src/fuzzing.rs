@@ -73,6 +73,40 @@ fn forwarded(batch: &ForwardBatch) {
 /// The client API's decoders: the first byte picks one, the rest is its
 /// input — a JSON body (then validated as the command it becomes), an order
 /// id from a path, a query string's JSON form, a token file, a scope.
+/// The framed protocol's reader (framed_api.rs): `data` is what a client
+/// sends on a connection. Every whole frame is taken as the node takes it,
+/// until the first one it would refuse; an order's body is read and
+/// validated as the node would. Each payload is also read as an answer, as a
+/// client reads the node's.
+pub fn framed_stream(data: &[u8]) {
+    use roomkeeper_api::client::PlaceOrder;
+    use roomkeeper_api::framed::{decode_request, decode_response, next_frame, Request};
+    let mut rest = data;
+    while let Ok(Some((payload, used))) = next_frame(rest) {
+        let _ = decode_response(payload);
+        match decode_request(payload) {
+            Ok(Request::PlaceOrder { room, body, .. }) => {
+                if let Ok(b) = serde_json::from_slice::<PlaceOrder>(body) {
+                    let cmd = Command::PlaceOrder {
+                        room: room.to_string(),
+                        sku: b.sku,
+                        buyer: b.buyer,
+                        qty: b.qty,
+                        idempotency_key: b.idempotency_key,
+                        contact: b.contact.into_bytes(),
+                    };
+                    let _ = cmd.validate();
+                }
+            }
+            Ok(Request::Hello { token, .. }) => {
+                let _ = TokenTable::open().authenticate_secret(Some(token.as_bytes()));
+            }
+            Err(_) => return,
+        }
+        rest = &rest[used..];
+    }
+}
+
 pub fn client_request(data: &[u8]) {
     use roomkeeper_api::client::{PlaceOrder, PutListing, PutRoom, ReadParams};
     let Some((&which, rest)) = data.split_first() else {
@@ -171,5 +205,17 @@ mod tests {
         raft_frame(&[0, 0, 0, 2, 9]);
         admin_request(br#"{"members":{"1":{"raft_addr":"a","api_addr":"b","admin_addr":"c","region":"r","zone":"z"}}}"#);
         admin_request(b"\x00");
+        for seed in std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/seeds/framed_stream"
+        ))
+        .expect("framed_stream seeds")
+        {
+            let bytes = std::fs::read(seed.expect("seed").path()).expect("read seed");
+            framed_stream(&bytes);
+            framed_stream(&bytes[..bytes.len() / 2]);
+        }
+        framed_stream(&[0, 0, 0, 0]);
+        framed_stream(&[0xff; 9]);
     }
 }
