@@ -83,23 +83,26 @@ impl EdgeMetrics {
             open_connections: IntGaugeVec::new(
                 Opts::new(
                     "roomkeeper_http_open_connections",
-                    "HTTP connections open on a listener",
+                    "Client-edge connections (HTTP, and listener=framed) open on a listener",
                 ),
                 &["listener"],
             )?,
             connections_refused_total: IntCounterVec::new(
                 Opts::new(
                     "roomkeeper_http_connections_refused_total",
-                    "HTTP connections refused at accept, by listener and cap reached",
+                    "Client-edge connections (HTTP, and listener=framed) refused at \
+                     accept, by listener and cap reached",
                 ),
                 &["listener", "reason"],
             )?,
             connection_errors_total: IntCounterVec::new(
                 Opts::new(
                     "roomkeeper_http_connection_errors_total",
-                    "HTTP connections ended by an error: header_timeout, body_timeout, \
-                     malformed (hyper answered 400/414/431), tls_handshake (no TLS, a \
-                     refused or missing client certificate), io",
+                    "Client-edge connections (HTTP, and listener=framed) ended by an \
+                     error: header_timeout, body_timeout, malformed (hyper answered \
+                     400/414/431, or a frame refused), tls_handshake (no TLS, a refused \
+                     or missing client certificate), io; framed also unauthorized, \
+                     frame_timeout, idle_timeout",
                 ),
                 &["listener", "kind"],
             )?,
