@@ -229,6 +229,13 @@ pub struct OrderStoreSpec {
     /// its Raft links through them, and are refused against a cluster without
     /// them. Off by default: with them on, the admin token can slow a node.
     pub fault_hooks: bool,
+    /// Also take orders over the framed protocol (`--framed-api-addr`, port
+    /// 7501; docs/framed-api.md): orders pipelined over one TCP connection,
+    /// with the client API's tokens, TLS, connection caps and NetworkPolicy,
+    /// and a `framed` port on each region's client Service. Off by default:
+    /// turning it on rolls the nodes once. Traffic weights move HTTP
+    /// clients only (an HTTPRoute); framed clients pick a region's Service.
+    pub framed_api: bool,
 }
 
 impl Default for OrderStoreSpec {
@@ -240,6 +247,7 @@ impl Default for OrderStoreSpec {
             snapshot_every_entries: 10_000,
             max_inflight_writes: 4096,
             fault_hooks: false,
+            framed_api: false,
         }
     }
 }

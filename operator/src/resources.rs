@@ -35,6 +35,9 @@ pub const ADMIN_PORT: i32 = 7301;
 /// `/readyz` for Prometheus and the kubelet's probes, which cannot present
 /// the operator's certificate the TLS admin API requires (D41).
 pub const METRICS_PORT: i32 = 7401;
+/// The framed order protocol's listener (`--framed-api-addr`), with
+/// `spec.orderStore.framedApi`.
+pub const FRAMED_PORT: i32 = 7501;
 pub const HASH_ANNOTATION: &str = "roomkeeper.dev/spec-hash";
 pub const CLUSTER_LABEL: &str = "roomkeeper.dev/cluster";
 pub const REGION_LABEL: &str = "roomkeeper.dev/region";
@@ -499,7 +502,10 @@ pub fn statefulset_for(
                                 it.next();
                                 out.push("--insecure-plaintext-http".to_string());
                             }
-                            "--metrics-addr" | "--client-token-file" | "--admin-token-file" => {
+                            "--metrics-addr"
+                            | "--client-token-file"
+                            | "--admin-token-file"
+                            | "--framed-api-addr" => {
                                 it.next();
                             }
                             _ => out.push(a),
@@ -520,7 +526,7 @@ pub fn statefulset_for(
                     env_secret("ROOMKEEPER_ADMIN_TOKEN", &names.tokens(), "admin-token"),
                 ]);
                 if let Some(p) = c.ports.as_mut() {
-                    p.retain(|p| p.name.as_deref() != Some("metrics"));
+                    p.retain(|p| !matches!(p.name.as_deref(), Some("metrics" | "framed")));
                 }
                 for probe in [c.readiness_probe.as_mut(), c.liveness_probe.as_mut()]
                     .into_iter()
@@ -597,6 +603,17 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
     .iter()
     .map(|s| s.to_string())
     .chain(os.fault_hooks.then(|| "--enable-test-faults".to_string()))
+    .chain(
+        os.framed_api
+            .then(|| {
+                [
+                    "--framed-api-addr".to_string(),
+                    format!("$(POD_IP):{FRAMED_PORT}"),
+                ]
+            })
+            .into_iter()
+            .flatten(),
+    )
     .collect();
     let container = Container {
         name: "node".to_string(),
@@ -607,12 +624,17 @@ pub fn statefulset(lrc: &LiveRoomCluster, region: &RegionSpec) -> StatefulSet {
             env_field("POD_NAME", "metadata.name"),
             env_field("POD_IP", "status.podIP"),
         ]),
-        ports: Some(vec![
-            port("raft", RAFT_PORT),
-            port("api", API_PORT),
-            port("admin", ADMIN_PORT),
-            port("metrics", METRICS_PORT),
-        ]),
+        ports: Some(
+            [
+                port("raft", RAFT_PORT),
+                port("api", API_PORT),
+                port("admin", ADMIN_PORT),
+                port("metrics", METRICS_PORT),
+            ]
+            .into_iter()
+            .chain(os.framed_api.then(|| port("framed", FRAMED_PORT)))
+            .collect(),
+        ),
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: region.resources.clone(),
@@ -862,13 +884,23 @@ pub fn client_service(lrc: &LiveRoomCluster, region: &RegionSpec) -> Service {
         metadata: meta(lrc, names.client_service(&region.name), Some(&region.name)),
         spec: Some(ServiceSpec {
             selector: Some(selector(&cluster, Some(&region.name))),
-            ports: Some(vec![ServicePort {
-                name: Some("api".to_string()),
-                port: API_PORT,
-                target_port: Some(IntOrString::Int(API_PORT)),
-                protocol: Some("TCP".to_string()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                std::iter::once(("api", API_PORT))
+                    .chain(
+                        lrc.spec
+                            .order_store
+                            .framed_api
+                            .then_some(("framed", FRAMED_PORT)),
+                    )
+                    .map(|(name, port)| ServicePort {
+                        name: Some(name.to_string()),
+                        port,
+                        target_port: Some(IntOrString::Int(port)),
+                        protocol: Some("TCP".to_string()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -990,9 +1022,11 @@ fn node_ingress(
                     from: Some(vec![operator]),
                     ports: Some(vec![tcp(ADMIN_PORT)]),
                 },
+                // Both order APIs (HTTP, and the framed one when a cluster
+                // turns it on; nothing listens on its port otherwise).
                 NetworkPolicyIngressRule {
                     from: clients,
-                    ports: Some(vec![tcp(API_PORT)]),
+                    ports: Some(vec![tcp(API_PORT), tcp(FRAMED_PORT)]),
                 },
                 NetworkPolicyIngressRule {
                     from: Some(vec![prometheus]),
@@ -1332,6 +1366,63 @@ mod tests {
             .any(|m| m.name == "tokens"
                 && m.mount_path == TOKENS_DIR
                 && m.read_only == Some(true)));
+    }
+
+    #[test]
+    fn the_framed_api_is_served_exposed_and_admitted_only_when_asked_for() {
+        let mut lrc = cluster(&[("east", 3, 0)]);
+        let region = lrc.spec.regions[0].clone();
+        let framed_parts = |lrc: &LiveRoomCluster| {
+            let sts = statefulset(lrc, &region);
+            let node = sts.spec.template.spec.expect("pod spec").containers[0].clone();
+            let args = node.args.expect("args");
+            let arg = args
+                .iter()
+                .position(|a| a == "--framed-api-addr")
+                .and_then(|i| args.get(i + 1).cloned());
+            let container_port =
+                node.ports.iter().flatten().any(|p| {
+                    p.name.as_deref() == Some("framed") && p.container_port == FRAMED_PORT
+                });
+            let service_port = client_service(lrc, &region)
+                .spec
+                .and_then(|s| s.ports)
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some("framed") && p.port == FRAMED_PORT);
+            (arg, container_port, service_port)
+        };
+        assert_eq!(framed_parts(&lrc), (None, false, false));
+        lrc.spec.order_store.framed_api = true;
+        let addr = format!("$(POD_IP):{FRAMED_PORT}");
+        assert_eq!(framed_parts(&lrc), (Some(addr), true, true));
+        // The clients that reach the HTTP API reach the framed one.
+        let policy = network_policy(&lrc).spec.expect("spec");
+        let order_rule = policy
+            .ingress
+            .iter()
+            .flatten()
+            .find(|r| {
+                r.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(API_PORT)))
+            })
+            .expect("the order API's rule");
+        assert!(order_rule
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.port == Some(IntOrString::Int(FRAMED_PORT))));
+        // A cluster held on its plaintext template keeps that template.
+        let held = statefulset_for(&lrc, &region, RaftTransport::LegacyPlaintext);
+        let node = held.spec.template.spec.expect("pod").containers[0].clone();
+        assert!(!node.args.iter().flatten().any(|a| a.contains("framed")));
+        assert!(!node
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("framed")));
     }
 
     #[test]
