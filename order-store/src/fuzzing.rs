@@ -87,15 +87,7 @@ pub fn framed_stream(data: &[u8]) {
         match decode_request(payload) {
             Ok(Request::PlaceOrder { room, body, .. }) => {
                 if let Ok(b) = serde_json::from_slice::<PlaceOrder>(body) {
-                    let cmd = Command::PlaceOrder {
-                        room: room.to_string(),
-                        sku: b.sku,
-                        buyer: b.buyer,
-                        qty: b.qty,
-                        idempotency_key: b.idempotency_key,
-                        contact: b.contact.into_bytes(),
-                    };
-                    let _ = cmd.validate();
+                    let _ = order_command(room, b).validate();
                 }
             }
             Ok(Request::Hello { token, .. }) => {
@@ -104,6 +96,18 @@ pub fn framed_stream(data: &[u8]) {
             Err(_) => return,
         }
         rest = &rest[used..];
+    }
+}
+
+/// The command a place-order body becomes (its contact unsealed).
+fn order_command(room: &str, b: roomkeeper_api::client::PlaceOrder) -> Command {
+    Command::PlaceOrder {
+        room: room.to_string(),
+        sku: b.sku,
+        buyer: b.buyer,
+        qty: b.qty,
+        idempotency_key: b.idempotency_key,
+        contact: b.contact.into_bytes(),
     }
 }
 
@@ -116,15 +120,7 @@ pub fn client_request(data: &[u8]) {
     match which % 6 {
         0 => {
             if let Ok(b) = serde_json::from_slice::<PlaceOrder>(rest) {
-                let cmd = Command::PlaceOrder {
-                    room: "r".into(),
-                    sku: b.sku,
-                    buyer: b.buyer,
-                    qty: b.qty,
-                    idempotency_key: b.idempotency_key,
-                    contact: b.contact.into_bytes(),
-                };
-                let _ = cmd.validate();
+                let _ = order_command("r", b).validate();
             }
         }
         1 => {
