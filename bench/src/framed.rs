@@ -124,6 +124,12 @@ impl FramedConn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id, tx);
+        // The reader marks the connection dead before it drops the waiters:
+        // a waiter added after that drop would otherwise wait out the timeout.
+        if self.is_dead() {
+            lock(&self.waiters).remove(&id);
+            bail!("connection to {} is closed", self.addr);
+        }
         {
             let mut out = lock(&self.output);
             if let Err(e) = framed::encode_place_order(&mut out, id, room, body) {

@@ -183,7 +183,9 @@ impl Connection {
                 self.progress_at = Instant::now();
             }
             if self.reading_done && self.inflight.is_empty() {
-                let _ = io.shutdown().await;
+                // A TLS close writes too: a client that reads nothing does
+                // not hold the task.
+                let _ = tokio::time::timeout(self.limits.frame_timeout, io.shutdown()).await;
                 return self.ending.map_or(Ok(()), Err);
             }
             let can_read = !self.reading_done && self.inflight.len() < self.limits.max_inflight;
@@ -214,6 +216,9 @@ impl Connection {
                 () = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
                     return Err(deadline.map_or(End::Io, |(_, end)| end));
                 }
+                // Not reached: with nothing in flight the connection reads or
+                // has ended above; kept so a future change cannot panic here.
+                else => return Err(End::Io),
             }
         }
     }
