@@ -213,8 +213,8 @@ pub fn encode_response(
     })
 }
 
-/// Writes a frame in place: a length placeholder, the payload, then the
-/// length. A payload over the limit is taken back out and refused.
+/// Writes a frame in place: four zero bytes where the length goes, the
+/// payload, then the length over them. A payload over the limit is taken back out and refused.
 fn frame(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; LENGTH_BYTES]);

@@ -138,11 +138,6 @@ impl ApiError {
         self.status
     }
 
-    /// The stable error code.
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
     /// The JSON error body, the same on every edge.
     pub fn body(&self) -> serde_json::Value {
         let mut body = json!({"code": self.code, "message": self.message});
