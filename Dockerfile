@@ -1,7 +1,8 @@
 # The single roomkeeper image: one binary for `operator`, `node`, `drill`, ...
 # (the chart's Deployment and the operator's node pods run `roomkeeper` from
-# PATH). Not built in CI here (no Docker on the test machines): see
-# docs/install.md.
+# PATH). For machines without Docker, `bash scripts/image.sh` assembles the
+# same contents from the release binary and Debian packages, and
+# tests/tests/image.rs runs that image with runc (docs/install.md).
 #
 #   docker build -t ghcr.io/roomkeeper/roomkeeper:0.1.0 .
 

@@ -21,6 +21,12 @@ command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # test scrapes a local cluster with a real Prometheus: both ship in Debian's
 # prometheus package.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# The container image (scripts/image.sh) is assembled by python3 and checked
+# by real OCI tools: skopeo reads it, umoci unpacks it, runc runs it.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+command -v umoci >/dev/null 2>&1 || need_apt+=(umoci)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${need_apt[*]}"
