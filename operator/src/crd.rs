@@ -454,7 +454,7 @@ pub fn all_crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![
+    let mut crds = vec![
         LiveRoomCluster::crd(),
         FailoverPlaybook::crd(),
         crate::drill::ChaosDrill::crd(),
@@ -462,7 +462,57 @@ pub fn all_crds(
         crate::approval::FailoverApproval::crd(),
         crate::switchover::Switchover::crd(),
         crate::switchover::Failover::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                drop_unsigned_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Removes the `uint8` .. `uint64` formats schemars gives unsigned integers:
+/// the API server does not know them and warns on every apply of the CRD
+/// ("unrecognized format"); the `minimum: 0` schemars also gives them keeps
+/// the meaning.
+fn drop_unsigned_formats(
+    schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    if schema
+        .format
+        .as_deref()
+        .is_some_and(|f| f.starts_with("uint"))
+    {
+        schema.format = None;
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.not.as_deref_mut());
+    for child in children {
+        drop_unsigned_formats(child);
+    }
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => drop_unsigned_formats(s),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(drop_unsigned_formats),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
+        drop_unsigned_formats(s);
+    }
 }
 
 /// Every CRD as `(file name, YAML)`, as `roomkeeper operator crds` writes them.
@@ -526,6 +576,8 @@ mod tests {
             let json = serde_json::to_string(&crd).unwrap();
             assert!(!json.contains("\"$ref\""), "{json}");
             assert!(!json.contains("\"oneOf\""), "{json}");
+            // The API server warns on every apply about formats it does not know.
+            assert!(!json.contains("\"format\":\"uint"), "{json}");
         }
     }
 }
