@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned kube-apiserver, kube-controller-manager and etcd that the
+# Builds the pinned kube-apiserver, kube-controller-manager, kubectl and etcd that the
 # Kubernetes end-to-end tests start (tests/src/k8s.rs), from their public Go
 # modules (tests/k8s-bins/go.mod and tests/k8s-bins/etcd/go.mod, with go.sum).
 # No Docker and no release downloads: only the Go module proxy.
@@ -53,4 +53,6 @@ k8s_ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-b
 k8s_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 build "$mods" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k8s_ldflags"
 build "$mods" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$k8s_ldflags"
+# kubectl: what the install page's commands run (tests/tests/install_page.rs).
+build "$mods" k8s.io/kubernetes/cmd/kubectl kubectl "$k8s_ldflags"
 echo "$out"

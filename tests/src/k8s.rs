@@ -280,53 +280,13 @@ impl KubeHarness {
         namespace: &str,
         sa_name: &str,
     ) -> Result<PathBuf> {
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let req = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let resp: TokenRequest = sas
-            .create_subresource("token", sa_name, &PostParams::default(), &req)
-            .await
-            .with_context(|| format!("TokenRequest for {namespace}/{sa_name}"))?;
-        let token = resp
-            .status
-            .and_then(|s| s.token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{sa_name} returned no token"))?;
-
-        // Keep the admin kubeconfig's cluster entry (server and CA), swap the user.
-        let admin = Kubeconfig::read_from(&self.kubeconfig)?;
-        let cluster_name = admin
-            .current_context
-            .as_ref()
-            .and_then(|cur| admin.contexts.iter().find(|c| &c.name == cur))
-            .and_then(|c| c.context.as_ref().map(|c| c.cluster.clone()))
-            .ok_or_else(|| anyhow!("{} has no current context", self.kubeconfig.display()))?;
-        let cluster = admin
-            .clusters
-            .iter()
-            .find(|c| c.name == cluster_name)
-            .ok_or_else(|| anyhow!("cluster {cluster_name} not in the admin kubeconfig"))?;
-        let user = format!("system:serviceaccount:{namespace}:{sa_name}");
-        let kc = json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [serde_json::to_value(cluster)?],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": user, "namespace": namespace}}],
-            "current-context": "sa",
-        });
         let path = self.dir.join(format!(
             "sa-{}-{}.kubeconfig",
             sanitize(namespace),
             sanitize(sa_name)
         ));
-        fs::write(&path, serde_yaml::to_string(&kc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_service_account_kubeconfig(&self.client, &self.kubeconfig, namespace, sa_name, &path)
+            .await?;
         Ok(path)
     }
 
@@ -594,6 +554,68 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
         .await
         .with_context(|| format!("loading {}", path.display()))?;
     Client::try_from(config).context("building a kube client")
+}
+
+/// Requests a token for ServiceAccount `namespace/sa_name` through the
+/// TokenRequest API (with `client`, an admin) and writes to `out` a kubeconfig
+/// that uses it against the cluster of `admin_kubeconfig` (its server and CA),
+/// with `namespace` as the default namespace.
+pub async fn write_service_account_kubeconfig(
+    client: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+    sa_name: &str,
+    out: &Path,
+) -> Result<()> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let resp: TokenRequest = sas
+        .create_subresource("token", sa_name, &PostParams::default(), &req)
+        .await
+        .with_context(|| format!("TokenRequest for {namespace}/{sa_name}"))?;
+    let token = resp
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{sa_name} returned no token"))?;
+
+    // Keep the admin kubeconfig's cluster entry (server and CA), swap the user.
+    let admin = Kubeconfig::read_from(admin_kubeconfig)?;
+    let cluster_name = admin
+        .current_context
+        .as_ref()
+        .and_then(|cur| admin.contexts.iter().find(|c| &c.name == cur))
+        .and_then(|c| c.context.as_ref().map(|c| c.cluster.clone()))
+        .ok_or_else(|| anyhow!("{} has no current context", admin_kubeconfig.display()))?;
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .ok_or_else(|| anyhow!("cluster {cluster_name} not in the admin kubeconfig"))?;
+    let user = format!("system:serviceaccount:{namespace}:{sa_name}");
+    let kc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [serde_json::to_value(cluster)?],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": user, "namespace": namespace}}],
+        "current-context": "sa",
+    });
+    fs::write(out, serde_yaml::to_string(&kc)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// The server URL of the kubeconfig's current context.
+pub fn kubeconfig_server(path: &Path) -> Result<String> {
+    let kc = Kubeconfig::read_from(path)?;
+    current_cluster_server(&kc).ok_or_else(|| anyhow!("{} names no current server", path.display()))
 }
 
 fn current_cluster_server(kc: &Kubeconfig) -> Option<String> {

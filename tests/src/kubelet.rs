@@ -25,6 +25,11 @@
 //!   the bridge's forward hook, replaced atomically on every policy, pod or
 //!   namespace change; the subset and its limits are in [`crate::netpol`].
 //!   [`KubeletBridge::wait_synced`] waits until the table matches the API.
+//! - Gives a pod that does not opt out of its ServiceAccount token that
+//!   ServiceAccount's credentials: a kubeconfig named by `KUBECONFIG` (a
+//!   TokenRequest token, the harness's server and CA) and, in the pod's
+//!   network namespace, the API server's loopback address forwarded to the
+//!   host's, so a controller runs as a pod under its own RBAC.
 //! - Reports status (phase, IPs, container statuses, conditions) with
 //!   readiness from `readinessProbe.httpGet`/`tcpSocket`, probed from the host.
 //! - Restarts exited containers per `restartPolicy` with a backoff; on a
@@ -1020,6 +1025,9 @@ struct PodWorker {
     start_time: Value,
     conditions: BTreeMap<&'static str, (bool, Value)>,
     last_status: Option<Value>,
+    /// The kubeconfig of the pod's ServiceAccount, given to its containers
+    /// as `KUBECONFIG` (see [`PodWorker::serve_api`]).
+    api_kubeconfig: Option<PathBuf>,
 }
 
 impl PodWorker {
@@ -1072,6 +1080,7 @@ impl PodWorker {
             start_time: now_time(),
             conditions: BTreeMap::new(),
             last_status: None,
+            api_kubeconfig: None,
         }
     }
 
@@ -1092,6 +1101,8 @@ impl PodWorker {
             tracing::error!(pod = %self.key(), error = %e, "kubelet bridge: cannot create the pod dir");
         }
         self.wait_for_policy().await;
+        // Held for the pod's life: the API server's address inside its network.
+        let _api_forwarder = self.serve_api().await;
         loop {
             let requested = *terminate.borrow();
             if let Some(grace) = requested {
@@ -1108,6 +1119,60 @@ impl PodWorker {
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
+    }
+
+    /// What a kubelet gives a pod that mounts its ServiceAccount's token, so
+    /// that a controller (the operator installed by the chart) runs as a pod
+    /// under its own RBAC: a token from the TokenRequest API for the pod's
+    /// ServiceAccount, in a kubeconfig named by `KUBECONFIG` (the harness's
+    /// server and CA), and, with network namespaces, the API server's
+    /// loopback address served inside the pod's namespace by a forwarder to
+    /// the host's. Nothing when the pod opts out
+    /// (`automountServiceAccountToken: false`) or the bridge runs without the
+    /// harness's admin kubeconfig; a failure is logged and the pod runs
+    /// without API access, as a pod whose token cannot be mounted.
+    async fn serve_api(&mut self) -> Option<AbortOnDrop> {
+        let spec = self.pod.spec.as_ref()?;
+        if spec.automount_service_account_token == Some(false) {
+            return None;
+        }
+        let admin = self.shared.dir.parent()?.join("admin.kubeconfig");
+        if !admin.is_file() {
+            return None;
+        }
+        let sa = spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let out = self.dir.join("serviceaccount.kubeconfig");
+        match self.api_access(&admin, &sa, &out).await {
+            Ok(forwarder) => {
+                self.api_kubeconfig = Some(out);
+                forwarder
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "kubelet bridge: no API access for the pod");
+                None
+            }
+        }
+    }
+
+    async fn api_access(&self, admin: &Path, sa: &str, out: &Path) -> Result<Option<AbortOnDrop>> {
+        crate::k8s::write_service_account_kubeconfig(&self.shared.client, admin, &self.ns, sa, out)
+            .await?;
+        let Some(netns) = &self.netns else {
+            // Loopback mode: the pod shares the host's network.
+            return Ok(None);
+        };
+        let server = crate::k8s::kubeconfig_server(admin)?;
+        let addr: std::net::SocketAddr = server
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("the API server address {server}"))?;
+        let listener = listen_in_netns(netns.clone(), addr).await?;
+        Ok(Some(AbortOnDrop(tokio::spawn(forward_tcp(listener, addr)))))
     }
 
     /// With NetworkPolicy enforced, waits (up to 10 s) until the programmed
@@ -1448,6 +1513,12 @@ impl PodWorker {
                 (k, v)
             })
             .collect();
+        let mut env = env;
+        if let Some(kc) = &self.api_kubeconfig {
+            if !env.iter().any(|(k, _)| k == "KUBECONFIG") {
+                env.push(("KUBECONFIG".to_string(), kc.display().to_string()));
+            }
+        }
         let program = if argv[0] == "roomkeeper" || argv[0].ends_with("/roomkeeper") {
             self.shared.bin.clone()
         } else {
@@ -1754,6 +1825,63 @@ fn write_volume(
 
 /// Kubernetes `$(VAR)` expansion: defined variables are replaced, `$$` is an
 /// escaped `$`, anything else stays as written.
+/// Aborts its task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A listener on `addr` inside the network namespace `netns`: bound by a
+/// thread of its own that joins the namespace and then exits (a socket stays
+/// in the namespace it was created in), so no thread of the runtime ever
+/// changes namespace.
+async fn listen_in_netns(
+    netns: PathBuf,
+    addr: std::net::SocketAddr,
+) -> Result<std::net::TcpListener> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let bound = (|| -> Result<std::net::TcpListener> {
+            let f =
+                fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
+            setns(&f, CloneFlags::CLONE_NEWNET).context("setns into the pod's network")?;
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding {addr} in {}", netns.display()))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })();
+        let _ = tx.send(bound);
+    });
+    rx.await.context("the namespace thread died")?
+}
+
+/// Forwards every connection accepted on `listener` to `to` (in the host's
+/// network), byte for byte.
+async fn forward_tcp(listener: std::net::TcpListener, to: std::net::SocketAddr) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "kubelet bridge: API forwarder");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((mut inbound, _)) => {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 pub fn expand(s: &str, vars: &HashMap<&str, &str>) -> String {
     let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
