@@ -33,20 +33,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
-[ -n "$version" ] || die "no version in Cargo.toml's [workspace.package]"
+. scripts/lib.sh
+version="$(workspace_version)"
 out="${out:-target/image/roomkeeper-$version.oci.tar}"
 command -v python3 >/dev/null 2>&1 || die "python3 is needed to assemble the image"
 command -v ldd >/dev/null 2>&1 || die "ldd is needed to find the libraries the binary links"
 command -v dpkg >/dev/null 2>&1 || die "dpkg is needed: the image takes its libraries from Debian packages"
 
-if [ -z "$binary" ]; then
-  echo "==> cargo build --release --locked -p roomkeeper"
-  cargo build --release --locked -p roomkeeper
-  binary="target/release/roomkeeper"
-fi
-[ -x "$binary" ] || die "$binary is not an executable file"
-"$binary" --version >/dev/null 2>&1 || die "$binary does not run here (--version failed)"
+binary="$(release_binary "$binary")"
 
 revision="$(git rev-parse HEAD 2>/dev/null || true)"
 # Timestamps in the image: the commit's time, so a rebuild of the same commit

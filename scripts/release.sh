@@ -36,8 +36,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
-[ -n "$version" ] || die "no version in Cargo.toml's [workspace.package]"
+. scripts/lib.sh
+version="$(workspace_version)"
 tag="v$version"
 base_url="${base_url:-https://github.com/roomkeeper/roomkeeper/releases/download/$tag}"
 
@@ -50,13 +50,7 @@ if [ -z "$arch" ]; then
 fi
 case "$arch" in amd64|arm64) ;; *) die "--arch must be amd64 or arm64, not $arch" ;; esac
 
-if [ -z "$binary" ]; then
-  echo "==> cargo build --release --locked -p roomkeeper"
-  cargo build --release --locked -p roomkeeper
-  binary="target/release/roomkeeper"
-fi
-[ -x "$binary" ] || die "$binary is not an executable file"
-"$binary" --version >/dev/null 2>&1 || die "$binary does not run here (--version failed)"
+binary="$(release_binary "$binary")"
 [ -f LICENSE ] || die "LICENSE is missing"
 
 mkdir -p "$out/krew"
