@@ -138,6 +138,11 @@ pub const SUPPORTED_FAULTS: [FaultKind; 11] = [
     FaultKind::PauseNode,
 ];
 
+/// How long a tick waits for the status of a node the drill froze: a
+/// restarted process (no hooks) answers well within it, a frozen one not at
+/// all.
+const FROZEN_STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Fault kinds carried out through the nodes' own fault hooks
 /// (`POST /admin/faults`): they need the LiveRoomCluster's
 /// `spec.orderStore.faultHooks`. `pauseNode` is one of them because no
@@ -583,6 +588,10 @@ struct KubeTarget<'a> {
     /// What the drill's buyers feel of each pod (recorded by the load; the
     /// operator's own loop does not read it yet).
     endpoints: Arc<EndpointStats>,
+    /// Node ids this drill's fault hooks freeze now (`pauseNode`): their
+    /// status is asked with a short deadline, since a frozen node holds the
+    /// call for the whole pause and every tick would wait for it.
+    frozen: BTreeSet<u64>,
 }
 
 impl KubeTarget<'_> {
@@ -608,7 +617,20 @@ impl KubeTarget<'_> {
             .collect();
         // Every pod at once: a deleted pod's address may take the whole timeout.
         let admin = &self.admin;
-        let statuses = futures::future::join_all(pods.iter().map(|(_, ip)| admin.status(ip))).await;
+        let frozen = |p: &Pod| {
+            self.ids
+                .get(&p.name_any())
+                .is_some_and(|id| self.frozen.contains(id))
+        };
+        let statuses = futures::future::join_all(pods.iter().map(|(p, ip)| {
+            let timeout = if frozen(p) {
+                FROZEN_STATUS_TIMEOUT
+            } else {
+                crate::nodes::TIMEOUT
+            };
+            admin.status_within(ip, timeout)
+        }))
+        .await;
         let mut views = Vec::new();
         for ((p, ip), status) in pods.into_iter().zip(statuses) {
             let status = status.ok();
@@ -1109,6 +1131,11 @@ impl PodFaults<'_> {
         let nodes: Vec<(u64, String)> = live.iter().map(|(_, _, id, r)| (*id, r.clone())).collect();
         let contributions: Vec<&HookContribution> = self.hooks.values().collect();
         let settings = merged_hook_settings(&nodes, &contributions);
+        target.frozen = settings
+            .iter()
+            .filter(|(_, s)| s["paused"] == json!(true))
+            .map(|(id, _)| *id)
+            .collect();
         let admin = &target.admin;
         let pushes = live.iter().map(|(pod, ip, id, _)| {
             let body = settings.get(id).cloned().unwrap_or_else(|| json!({}));
@@ -1531,6 +1558,19 @@ impl<'t> FaultInjector<KubeTarget<'t>> for PodFaults<'_> {
         events
     }
 
+    /// The nodes a `pauseNode` hook freezes: the runner's invariant audit
+    /// skips them, as it skips SIGSTOPped processes locally.
+    fn paused(&self) -> BTreeSet<u64> {
+        self.hooks
+            .values()
+            .filter_map(|h| match h {
+                HookContribution::Pause { nodes } => Some(nodes.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     fn finished(&self) -> Vec<usize> {
         self.active
             .iter()
@@ -1611,6 +1651,7 @@ async fn execute(
         memory_unreadable: false,
         memory: None,
         endpoints: Arc::new(EndpointStats::default()),
+        frozen: BTreeSet::new(),
     };
     let mut injector = PodFaults {
         client: &ctx.client,

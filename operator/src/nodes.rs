@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use crate::resources::{ADMIN_PORT, API_PORT, RAFT_PORT};
 
-const TIMEOUT: Duration = Duration::from_secs(3);
+/// The deadline of one admin call (status, faults, invariants).
+pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// Adding a learner waits until it caught up; give it room.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -110,8 +111,18 @@ impl NodeAdmin {
     }
 
     pub async fn status(&self, pod_ip: &str) -> Result<NodeStatus, NodeError> {
+        self.status_within(pod_ip, TIMEOUT).await
+    }
+
+    /// [`NodeAdmin::status`] with its own deadline: for a node a drill has
+    /// frozen on purpose, whose answer would only come after the pause.
+    pub async fn status_within(
+        &self,
+        pod_ip: &str,
+        timeout: Duration,
+    ) -> Result<NodeStatus, NodeError> {
         let body = self
-            .call(Method::GET, pod_ip, "/admin/status", None, TIMEOUT)
+            .call(Method::GET, pod_ip, "/admin/status", None, timeout)
             .await?;
         serde_json::from_value(body).map_err(|e| NodeError::Unreachable {
             addr: format!("{pod_ip}:{ADMIN_PORT}"),

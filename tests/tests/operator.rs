@@ -1294,6 +1294,25 @@ async fn hook_drills_need_and_use_fault_hooks(
             && lines.iter().any(|l| l.contains("fault hooks cleared")),
         "{ps}"
     );
+    // The heal lands on time: a frozen node's status is not waited for on
+    // every tick (it used to stretch the 8 s pause to 15 s, long enough for
+    // T1 to restart the node and hold full recovery past the probe).
+    let at = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(what))
+            .and_then(|l| l.split(" ms:").next()?.trim().parse::<u64>().ok())
+    };
+    let (fault, heal) = (at("FAULT 0"), at("HEAL 0"));
+    tracing::info!(
+        ?fault,
+        ?heal,
+        "pause-leader: fault and heal (ms into the drill)"
+    );
+    ensure!(
+        matches!((fault, heal), (Some(f), Some(h)) if h.saturating_sub(f) <= 12_000),
+        "the 8 s pause lasted {fault:?} → {heal:?} ms: {ps}"
+    );
     Ok(())
 }
 
