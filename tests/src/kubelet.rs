@@ -1823,8 +1823,6 @@ fn write_volume(
     Ok(())
 }
 
-/// Kubernetes `$(VAR)` expansion: defined variables are replaced, `$$` is an
-/// escaped `$`, anything else stays as written.
 /// Aborts its task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -1882,6 +1880,8 @@ async fn forward_tcp(listener: std::net::TcpListener, to: std::net::SocketAddr) 
     }
 }
 
+/// Kubernetes `$(VAR)` expansion: defined variables are replaced, `$$` is an
+/// escaped `$`, anything else stays as written.
 pub fn expand(s: &str, vars: &HashMap<&str, &str>) -> String {
     let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
