@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -32,6 +32,10 @@ pub struct NodeMetrics {
     pub raft_dead_leader_total: IntCounterVec,
     pub log_fsync_seconds: Histogram,
     pub log_fsync_batch_entries: Histogram,
+    /// fsyncs of the Raft log (each serves every request queued before it).
+    pub log_fsyncs_total: IntCounter,
+    /// Time the Raft log's flush thread spent inside fsync.
+    pub log_fsync_busy_seconds_total: Counter,
     pub apply_seconds: Histogram,
     pub orders_total: IntCounterVec,
     /// Orders the leader refused from its applied state before any Raft work.
@@ -133,10 +137,19 @@ impl NodeMetrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            log_fsyncs_total: IntCounter::new(
+                "roomkeeper_log_fsyncs_total",
+                "fsyncs of the Raft log; each makes every request queued before it durable",
+            )?,
+            log_fsync_busy_seconds_total: Counter::new(
+                "roomkeeper_log_fsync_busy_seconds_total",
+                "Time the Raft log's flush thread spent inside fsync (1.0 per second: the disk is the limit)",
+            )?,
             log_fsync_batch_entries: Histogram::with_opts(
                 HistogramOpts::new(
                     "roomkeeper_log_fsync_batch_entries",
-                    "Log entries made durable by one fsync (group commit)",
+                    "Log entries per append (one flush request; requests queued while an fsync \
+                     runs share the next one: roomkeeper_log_fsyncs_total counts those)",
                 )
                 .buckets(vec![
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
@@ -279,6 +292,8 @@ impl NodeMetrics {
         r.register(Box::new(self.raft_dead_leader_total.clone()))?;
         r.register(Box::new(self.log_fsync_seconds.clone()))?;
         r.register(Box::new(self.log_fsync_batch_entries.clone()))?;
+        r.register(Box::new(self.log_fsyncs_total.clone()))?;
+        r.register(Box::new(self.log_fsync_busy_seconds_total.clone()))?;
         r.register(Box::new(self.apply_seconds.clone()))?;
         r.register(Box::new(self.orders_total.clone()))?;
         r.register(Box::new(self.order_early_refusals_total.clone()))?;

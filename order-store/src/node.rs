@@ -18,7 +18,7 @@ use crate::faults::Faults;
 use crate::framed_api::FramedLimits;
 use crate::http_server::HttpLimits;
 use crate::http_tls::{Edge, HttpSecurity, HttpTls, HttpTlsError};
-use crate::log_store::{FsyncProbe, LogOpenError, LogStore};
+use crate::log_store::{FlushTotals, FsyncProbe, LogOpenError, LogStore};
 use crate::metrics::{MetricsError, NodeMetrics};
 use crate::proposer::{Proposer, ProposerConfig};
 use crate::raft_tls::{RaftTls, RaftTlsError};
@@ -322,7 +322,7 @@ impl NodeHandle {
             cfg.node_id,
             Arc::new(raft_config),
             Network { pool: pool.clone() },
-            log_store,
+            log_store.clone(),
             sm.clone(),
         )
         .await
@@ -453,6 +453,7 @@ impl NodeHandle {
         tokio::spawn(dead_leader.run(raft.clone()));
         tokio::spawn(track_raft_metrics(raft, metrics, ctx.pool.clone()));
         tokio::spawn(audit_invariants(ctx.clone()));
+        tokio::spawn(mirror_flush_totals(log_store, ctx.metrics.clone()));
         if let Some(path) = cfg
             .contact_key_file
             .filter(|_| !cfg.contact_key_reload.is_zero())
@@ -482,6 +483,28 @@ impl NodeHandle {
         if let Err(e) = self.ctx.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown reported an error");
         }
+    }
+}
+
+/// How often the Raft log's flush totals are copied into the metrics.
+const FLUSH_TOTALS_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies raft-log's flush thread totals (fsyncs, time in fsync) into their
+/// counters, by difference, once a second.
+async fn mirror_flush_totals(log: LogStore, metrics: NodeMetrics) {
+    let mut every = tokio::time::interval(FLUSH_TOTALS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = FlushTotals::default();
+    loop {
+        every.tick().await;
+        let now = log.flush_totals().await;
+        metrics
+            .log_fsyncs_total
+            .inc_by(now.fsyncs.saturating_sub(seen.fsyncs));
+        metrics
+            .log_fsync_busy_seconds_total
+            .inc_by(now.fsync_us.saturating_sub(seen.fsync_us) as f64 / 1e6);
+        seen = now;
     }
 }
 

@@ -155,6 +155,23 @@ fn three_node_cluster_forms_serves_and_agrees() {
         assert_eq!(l.body["stock_left"], json!(3), "node {id} disagrees");
     }
     c.assert_invariants();
+    // Every node's log reports its fsyncs (mirrored once a second): at least
+    // the membership, the room, the listing and the order were made durable.
+    for id in c.ids() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let fsyncs = c.metric(id, "roomkeeper_log_fsyncs_total", "");
+            let busy = c.metric(id, "roomkeeper_log_fsync_busy_seconds_total", "");
+            if fsyncs >= 4.0 && busy > 0.0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id}: {fsyncs} fsyncs, {busy} s in fsync reported"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     // The contact never reaches disk in plain text.
     for id in c.ids() {
         for entry in roomkeeper_e2e::files_under(&c.node(id).data_dir) {
