@@ -9,8 +9,8 @@
 
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -71,6 +71,9 @@ struct Shared {
 pub struct StateMachine {
     shared: Arc<Shared>,
 }
+
+/// How often a writer looks at the state lock again while a reader holds it.
+const LOCK_RETRY: Duration = Duration::from_millis(1);
 
 /// Errors loading a persisted snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +179,25 @@ impl StateMachine {
     }
 
     /// Runs a read against the current state.
+    /// The state's write lock, waited for without blocking the async worker:
+    /// a snapshot encoding or an invariant audit holds the read lock for a
+    /// fraction of a second per million orders, and a worker blocked on the
+    /// lock meanwhile could leave the runtime with none to run the Raft core's
+    /// heartbeats (the followers then elect someone else). No writer queues on
+    /// the lock, so the readers of the order path are never held up either.
+    async fn write_data(&self) -> io::Result<RwLockWriteGuard<'_, Data>> {
+        loop {
+            match self.shared.data.try_write() {
+                Ok(d) => return Ok(d),
+                Err(TryLockError::Poisoned(_)) => {
+                    return Err(io::Error::other("state machine lock poisoned"))
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+            tokio::time::sleep(LOCK_RETRY).await;
+        }
+    }
+
     pub fn read<T>(&self, f: impl FnOnce(&ShardState) -> T) -> T {
         match self.shared.data.read() {
             Ok(d) => f(&d.state),
@@ -255,35 +277,34 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        // Encoding reads the live state under the read lock: applying waits for
-        // the encoding (a fraction of a second per million orders) instead of the
-        // node holding a second copy of the state in memory.
-        let (meta, bytes) = {
-            let d = self
-                .shared
-                .data
-                .read()
-                .map_err(|_| io::Error::other("state machine lock poisoned"))?;
-            let meta = SnapshotMeta {
-                last_log_id: d.last_applied,
-                last_membership: d.membership.clone(),
+        // Encoding reads the live state under the read lock, on a blocking
+        // thread: applying waits for the encoding (a fraction of a second per
+        // million orders, see `write_data`) instead of the node holding a
+        // second copy of the state in memory, and the async workers keep
+        // running the Raft core meanwhile.
+        let shared = self.shared.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let (meta, bytes) = {
+                let d = shared
+                    .data
+                    .read()
+                    .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+                let meta = SnapshotMeta {
+                    last_log_id: d.last_applied,
+                    last_membership: d.membership.clone(),
+                };
+                let bytes = encode_snapshot(&SnapshotBodyRef {
+                    meta: &meta,
+                    state: &d.state,
+                })?;
+                (meta, bytes)
             };
-            let bytes = encode_snapshot(&SnapshotBodyRef {
-                meta: &meta,
-                state: &d.state,
-            })?;
-            (meta, bytes)
-        };
-        let dir = self.shared.dir.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-            write_durably(&dir, SNAPSHOT_FILE, &bytes)?;
-            Ok(bytes)
+            write_durably(&shared.dir, SNAPSHOT_FILE, &bytes)?;
+            Ok((meta, bytes))
         })
         .await
         .map_err(io::Error::other)??;
-        if let Ok(mut d) = self.shared.data.write() {
-            d.snapshot_meta = Some(meta.clone());
-        }
+        self.write_data().await?.snapshot_meta = Some(meta.clone());
         if let Some(m) = &self.shared.metrics {
             m.raft_snapshot_index
                 .set(meta.last_log_id.map_or(0, |l| l.index) as i64);
@@ -318,11 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
-                let mut d = self
-                    .shared
-                    .data
-                    .write()
-                    .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+                let mut d = self.write_data().await?;
                 d.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => BatchOutcome::default(),
@@ -375,11 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(io::Error::other)??;
         let idx = meta.last_log_id.map_or(0, |l| l.index);
         {
-            let mut d = self
-                .shared
-                .data
-                .write()
-                .map_err(|_| io::Error::other("state machine lock poisoned"))?;
+            let mut d = self.write_data().await?;
             d.state = body.state;
             d.last_applied = meta.last_log_id;
             d.membership = meta.last_membership.clone();
@@ -462,5 +475,52 @@ mod tests {
         let mut wrong = v1.clone();
         wrong[..8].copy_from_slice(SNAPSHOT_MAGIC);
         assert!(decode_snapshot(&wrong).is_err());
+    }
+
+    /// A reader holding the state (a snapshot encoding, an audit) must not
+    /// take the async worker of the task that wants to apply: on a runtime
+    /// with one worker, other tasks (the Raft core's heartbeats) keep running
+    /// while the writer waits, and the writer gets the lock once it is free.
+    #[test]
+    fn a_writer_waits_for_a_long_reader_without_blocking_its_worker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = StateMachine::open(dir.path(), None).expect("open");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let shared = sm.shared.clone();
+        let reader = std::thread::spawn(move || {
+            let guard = shared.data.read().expect("read lock");
+            held_tx.send(()).expect("signal");
+            std::thread::sleep(Duration::from_millis(300));
+            drop(guard);
+        });
+        held_rx.recv().expect("the reader holds the lock");
+        let (ticks, waited) = rt.block_on(async {
+            let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let counting = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let started = Instant::now();
+            sm.write_data().await.expect("write lock").last_applied = None;
+            let waited = started.elapsed();
+            ticker.abort();
+            (ticks.load(std::sync::atomic::Ordering::Relaxed), waited)
+        });
+        reader.join().expect("reader thread");
+        assert!(
+            waited >= Duration::from_millis(250),
+            "the writer did not wait for the reader: {waited:?}"
+        );
+        assert!(
+            ticks >= 10,
+            "the runtime's only worker was blocked while the writer waited: {ticks} ticks in {waited:?}"
+        );
     }
 }
