@@ -138,10 +138,11 @@ pub const SUPPORTED_FAULTS: [FaultKind; 11] = [
     FaultKind::PauseNode,
 ];
 
-/// How long a tick waits for the status of a node the drill froze: a
-/// restarted process (no hooks) answers well within it, a frozen one not at
-/// all.
-const FROZEN_STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a tick waits for the status of a node the drill froze, or whose
+/// pod is being deleted: a live process answers well within it, a frozen one
+/// not at all, and a deleted pod's address may swallow the call until the
+/// full timeout.
+const DOUBTFUL_STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Fault kinds carried out through the nodes' own fault hooks
 /// (`POST /admin/faults`): they need the LiveRoomCluster's
@@ -623,8 +624,8 @@ impl KubeTarget<'_> {
                 .is_some_and(|id| self.frozen.contains(id))
         };
         let statuses = futures::future::join_all(pods.iter().map(|(p, ip)| {
-            let timeout = if frozen(p) {
-                FROZEN_STATUS_TIMEOUT
+            let timeout = if frozen(p) || p.metadata.deletion_timestamp.is_some() {
+                DOUBTFUL_STATUS_TIMEOUT
             } else {
                 crate::nodes::TIMEOUT
             };
