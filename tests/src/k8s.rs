@@ -80,6 +80,20 @@ pub fn in_ci() -> bool {
         .unwrap_or(false)
 }
 
+/// A test that cannot run here says so loudly and is counted as skipped by
+/// whoever reads the log; under CI (`CI` set) it fails instead: there every
+/// test must run.
+pub fn skip_or_panic(test: &str, why: &str) {
+    if in_ci() {
+        panic!("CI is set and {test} cannot run: {why}");
+    }
+    eprintln!(
+        "\n==================================================================\n\
+         SKIPPED {test}: {why}\n\
+         ==================================================================\n"
+    );
+}
+
 fn use_external_kubeconfig() -> Option<PathBuf> {
     let flag = std::env::var("ROOMKEEPER_E2E_USE_KUBECONFIG").ok()?;
     if flag != "1" {

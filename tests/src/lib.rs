@@ -919,3 +919,22 @@ pub fn place_order_with_retries(
         key: key.to_string(),
     }
 }
+
+/// Each run of ASCII digits replaced by one `#`: what golden outputs compare
+/// once times, terms, indexes and ordinals are taken out.
+pub fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last_digit = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('#');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+    }
+    out
+}

@@ -23,6 +23,34 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The Helm version `scripts/helm-bin.sh` builds (tests/helm-bin/go.mod).
+pub fn pinned_helm_version() -> String {
+    let go_mod = repo_root().join("tests/helm-bin/go.mod");
+    let text = std::fs::read_to_string(&go_mod).expect("tests/helm-bin/go.mod");
+    text.lines()
+        .map(str::split_whitespace)
+        .find_map(|mut w| match (w.next(), w.next(), w.next()) {
+            (Some("helm.sh/helm/v3"), Some(v), _)
+            | (Some("require"), Some("helm.sh/helm/v3"), Some(v)) => Some(v.to_string()),
+            _ => None,
+        })
+        .expect("tests/helm-bin/go.mod requires helm.sh/helm/v3")
+}
+
+/// `ROOMKEEPER_HELM_BIN`, else where `scripts/helm-bin.sh` caches the pinned
+/// version (which may not exist yet: callers check).
+pub fn helm_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROOMKEEPER_HELM_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/roomkeeper/helm")
+        .join(pinned_helm_version())
+        .join("helm")
+}
+
 /// Server-side applies every document of a YAML file (or string), resolving
 /// each kind through discovery. Namespaced objects without a namespace go to
 /// `default_ns`.

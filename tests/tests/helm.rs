@@ -26,8 +26,8 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, PostParams};
-use roomkeeper_e2e::k8s::{eventually, in_ci, init_test_tracing, KubeHarness};
-use roomkeeper_e2e::operator::{apply_yaml, get, repo_root};
+use roomkeeper_e2e::k8s::{eventually, init_test_tracing, skip_or_panic, KubeHarness};
+use roomkeeper_e2e::operator::{apply_yaml, get, helm_path, repo_root};
 use serde_json::{json, Value};
 
 /// The chart, relative to the repository root.
@@ -37,33 +37,6 @@ const CHART: &str = "charts/roomkeeper-operator";
 const OPERATOR_APP: &str = "roomkeeper-operator";
 
 // ---------------------------------------------------------------- helm itself
-
-/// The helm version `scripts/helm-bin.sh` builds: the one tests/helm-bin/go.mod pins.
-fn pinned_helm_version() -> String {
-    let go_mod = repo_root().join("tests/helm-bin/go.mod");
-    let text = std::fs::read_to_string(&go_mod).expect("tests/helm-bin/go.mod");
-    text.lines()
-        .map(str::split_whitespace)
-        .find_map(|mut w| match (w.next(), w.next(), w.next()) {
-            (Some("helm.sh/helm/v3"), Some(v), _)
-            | (Some("require"), Some("helm.sh/helm/v3"), Some(v)) => Some(v.to_string()),
-            _ => None,
-        })
-        .expect("tests/helm-bin/go.mod requires helm.sh/helm/v3")
-}
-
-/// `ROOMKEEPER_HELM_BIN`, else the build script's cache path.
-fn helm_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("ROOMKEEPER_HELM_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache/roomkeeper/helm")
-        .join(pinned_helm_version())
-        .join("helm")
-}
 
 struct Helm {
     bin: PathBuf,
@@ -75,17 +48,12 @@ struct Helm {
 fn helm_or_skip(test: &str) -> Option<Helm> {
     let bin = helm_path();
     if !bin.is_file() {
-        if in_ci() {
-            panic!(
-                "CI is set and helm is missing at {} (run scripts/helm-bin.sh, or set ROOMKEEPER_HELM_BIN)",
+        skip_or_panic(
+            test,
+            &format!(
+                "no helm at {} (run scripts/helm-bin.sh, or set ROOMKEEPER_HELM_BIN)",
                 bin.display()
-            );
-        }
-        eprintln!(
-            "\n==================================================================\n\
-             SKIPPED {test}: no helm at {}; run scripts/helm-bin.sh\n\
-             ==================================================================\n",
-            bin.display()
+            ),
         );
         return None;
     }

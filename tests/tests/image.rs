@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use roomkeeper_api::client::{PutListing, PutRoom};
 use roomkeeper_api::NodeInfo;
-use roomkeeper_e2e::k8s::in_ci;
+use roomkeeper_e2e::k8s::skip_or_panic;
 use roomkeeper_e2e::operator::repo_root;
 use roomkeeper_e2e::{
     binary, http, order_body, reserve_addr, to_json, wait_until, ADMIN_TOKEN, CLIENT_TOKEN,
@@ -58,14 +58,7 @@ fn tools_or_skip(test: &str) -> bool {
     } else {
         "not root (runc and the image's file owners need it)".to_string()
     };
-    if in_ci() {
-        panic!("CI is set and {test} cannot run: {why} (scripts/test.sh installs the tools)");
-    }
-    eprintln!(
-        "\n==================================================================\n\
-         SKIPPED {test}: {why}\n\
-         ==================================================================\n"
-    );
+    skip_or_panic(test, &format!("{why} (scripts/test.sh installs the tools)"));
     false
 }
 

@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use roomkeeper_e2e::binary;
-use roomkeeper_e2e::k8s::{bin_dir, in_ci, init_test_tracing, KubeHarness};
+use roomkeeper_e2e::k8s::{bin_dir, init_test_tracing, skip_or_panic, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
-use roomkeeper_e2e::operator::repo_root;
+use roomkeeper_e2e::operator::{helm_path, repo_root};
 
 const PAGE: &str = "docs/install.md";
 
@@ -115,20 +115,7 @@ fn mask(text: &str) -> String {
                 if is_age {
                     return "<age>".to_string();
                 }
-                let mut m = String::new();
-                let mut last_digit = false;
-                for c in w.chars() {
-                    if c.is_ascii_digit() {
-                        if !last_digit {
-                            m.push('#');
-                        }
-                        last_digit = true;
-                    } else {
-                        m.push(c);
-                        last_digit = false;
-                    }
-                }
-                m
+                roomkeeper_e2e::mask_digit_runs(&w)
             })
             .collect();
         out.push_str(&words.join(" "));
@@ -152,22 +139,10 @@ fn tool_dir(dir: &Path, helm: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// helm: `ROOMKEEPER_HELM_BIN`, else what `scripts/helm-bin.sh` caches.
-fn helm_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ROOMKEEPER_HELM_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let home = PathBuf::from(std::env::var_os("HOME")?);
-    std::fs::read_dir(home.join(".cache/roomkeeper/helm"))
-        .ok()?
-        .filter_map(|e| Some(e.ok()?.path().join("helm")))
-        .find(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_page_runs_as_written() {
     init_test_tracing();
-    let helm = helm_path().filter(|p| p.is_file());
+    let helm = Some(helm_path()).filter(|p| p.is_file());
     let kubectl = bin_dir().join("kubectl");
     if helm.is_none() || !kubectl.is_file() {
         let why = format!(
@@ -175,14 +150,7 @@ async fn the_install_page_runs_as_written() {
             helm.as_deref().map(|p| p.display().to_string()).unwrap_or("not found".into()),
             kubectl.display()
         );
-        if in_ci() {
-            panic!("CI is set and {why}");
-        }
-        eprintln!(
-            "\n==================================================================\n\
-             SKIPPED the_install_page_runs_as_written: {why}\n\
-             ==================================================================\n"
-        );
+        skip_or_panic("the_install_page_runs_as_written", &why);
         return;
     }
     let Some(h) = KubeHarness::start_or_skip("install-page").await else {

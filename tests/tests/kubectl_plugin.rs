@@ -227,20 +227,8 @@ fn mask(text: &str, leader_pod: &str) -> String {
             "Leader:   <leader-pod> ",
         )
         .replace(" (leader)", "");
-    let mut out = String::new();
-    let mut last_digit = false;
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            if !last_digit {
-                out.push('#');
-            }
-            last_digit = true;
-        } else {
-            out.push(c);
-            last_digit = false;
-        }
-    }
-    out.lines()
+    roomkeeper_e2e::mask_digit_runs(&text)
+        .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join("\n")

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use roomkeeper_e2e::k8s::in_ci;
+use roomkeeper_e2e::k8s::skip_or_panic;
 use roomkeeper_e2e::operator::repo_root;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -47,17 +47,6 @@ const SECTIONS: &[&str] = &[
     "Escalation",
     "Related drill",
 ];
-
-fn skip_or_panic(test: &str, what: &str) {
-    if in_ci() {
-        panic!("CI is set and {what}");
-    }
-    eprintln!(
-        "\n==================================================================\n\
-         SKIPPED {test}: {what}\n\
-         ==================================================================\n"
-    );
-}
 
 /// `promtool` on PATH (Debian's `prometheus` package).
 pub fn promtool(test: &str) -> Option<PathBuf> {

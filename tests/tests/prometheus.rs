@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use roomkeeper_e2e::k8s::in_ci;
+use roomkeeper_e2e::k8s::skip_or_panic;
 use roomkeeper_e2e::operator::repo_root;
 use roomkeeper_e2e::{http, reserve_addr, Cluster, ClusterOptions};
 use serde_json::Value;
@@ -204,10 +204,10 @@ impl Prometheus {
 #[test]
 fn alerts_fire_on_leader_kill_and_quorum_loss_and_resolve_after_heal() {
     let Some(bin) = on_path("prometheus") else {
-        if in_ci() {
-            panic!("CI is set and prometheus is missing (apt-get install prometheus)");
-        }
-        eprintln!("SKIPPED alerts_fire_on_leader_kill_and_quorum_loss_and_resolve_after_heal: no prometheus on PATH");
+        skip_or_panic(
+            "alerts_fire_on_leader_kill_and_quorum_loss_and_resolve_after_heal",
+            "no prometheus on PATH (apt-get install prometheus)",
+        );
         return;
     };
     let started = Instant::now();

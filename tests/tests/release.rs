@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use roomkeeper_e2e::k8s::in_ci;
+use roomkeeper_e2e::k8s::skip_or_panic;
 use roomkeeper_e2e::operator::repo_root;
 
 /// The krew version `scripts/krew-bin.sh` builds: the one tests/krew-bin/go.mod pins.
@@ -42,17 +42,12 @@ fn krew_or_skip(test: &str) -> Option<PathBuf> {
     if bin.is_file() {
         return Some(bin);
     }
-    if in_ci() {
-        panic!(
-            "CI is set and krew is missing at {} (run scripts/krew-bin.sh, or set ROOMKEEPER_KREW_BIN)",
+    skip_or_panic(
+        test,
+        &format!(
+            "no krew at {} (run scripts/krew-bin.sh, or set ROOMKEEPER_KREW_BIN)",
             bin.display()
-        );
-    }
-    eprintln!(
-        "\n==================================================================\n\
-         SKIPPED {test}: no krew at {}; run scripts/krew-bin.sh\n\
-         ==================================================================\n",
-        bin.display()
+        ),
     );
     None
 }
