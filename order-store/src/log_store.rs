@@ -3,9 +3,9 @@
 //! Group commit: every `append` queues its records and a flush request with the
 //! openraft callback; raft-log's flush thread writes all requests queued while
 //! its previous fsync ran and runs one fsync for the whole batch, then completes
-//! every callback in order. Each
-//! record carries a CRC32; on open, a torn final record is truncated, and any
-//! other damage refuses to open (the node will not serve a log it cannot trust).
+//! every callback in order. Each record carries a CRC32; on open, a torn final
+//! record is truncated, and any other damage refuses to open (the node will not
+//! serve a log it cannot trust).
 
 use std::fmt::Debug;
 use std::io;
@@ -177,8 +177,6 @@ pub struct FlushTotals {
     pub fsyncs: u64,
     /// Time spent in those fsyncs, in microseconds.
     pub fsync_us: u64,
-    /// Flush requests (one per append, commit or vote) the batches carried.
-    pub requests: u64,
 }
 
 impl LogStore {
@@ -188,7 +186,6 @@ impl LogStore {
         FlushTotals {
             fsyncs: m.sync_batch_count,
             fsync_us: m.sync_us,
-            requests: m.write_request_count,
         }
     }
 }

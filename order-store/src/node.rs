@@ -508,7 +508,6 @@ async fn mirror_flush_totals(log: LogStore, metrics: NodeMetrics) {
     }
 }
 
-/// Mirrors Raft metrics into Prometheus gauges as they change.
 /// How often a node audits its state machine's invariants on its own (the
 /// `roomkeeper_state_invariant_violated` alert reads the verdict). The audit
 /// holds the state's read lock, so applying waits for it: a few milliseconds
@@ -599,6 +598,7 @@ async fn watch_contact_keys(ctx: Arc<NodeContext>, path: PathBuf, every: Duratio
     }
 }
 
+/// Mirrors Raft metrics into Prometheus gauges as they change.
 async fn track_raft_metrics(raft: Raft, metrics: NodeMetrics, pool: Arc<PeerPool>) {
     let mut rx = raft.metrics();
     let mut last_leader = None;

@@ -178,7 +178,6 @@ impl StateMachine {
         })
     }
 
-    /// Runs a read against the current state.
     /// The state's write lock, waited for without blocking the async worker:
     /// a snapshot encoding or an invariant audit holds the read lock for a
     /// fraction of a second per million orders, and a worker blocked on the
@@ -198,6 +197,7 @@ impl StateMachine {
         }
     }
 
+    /// Runs a read against the current state.
     pub fn read<T>(&self, f: impl FnOnce(&ShardState) -> T) -> T {
         match self.shared.data.read() {
             Ok(d) => f(&d.state),
