@@ -22,14 +22,10 @@ pub const BACKENDTLSPOLICY_FILE: &str = "gateway.networking.k8s.io_backendtlspol
 
 /// Where the CRDs are: `ROOMKEEPER_GATEWAY_API_DIR`, else the script's cache.
 pub fn crd_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ROOMKEEPER_GATEWAY_API_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache/roomkeeper/gateway-api")
-        .join(GATEWAY_API_VERSION)
+    crate::env_or_cached(
+        "ROOMKEEPER_GATEWAY_API_DIR",
+        format!("gateway-api/{GATEWAY_API_VERSION}"),
+    )
 }
 
 /// The Gateway API CRDs the operator's router needs, as YAML.

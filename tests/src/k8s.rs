@@ -63,14 +63,10 @@ impl std::error::Error for MissingBinaries {}
 /// Where the binaries are: `ROOMKEEPER_K8S_BIN_DIR`, else the build script's
 /// default cache directory.
 pub fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ROOMKEEPER_K8S_BIN_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache/roomkeeper/k8s-bins")
-        .join(format!("{K8S_VERSION}-{ETCD_VERSION}"))
+    crate::env_or_cached(
+        "ROOMKEEPER_K8S_BIN_DIR",
+        format!("k8s-bins/{K8S_VERSION}-{ETCD_VERSION}"),
+    )
 }
 
 /// True when running under CI, where a missing prerequisite is a failure.

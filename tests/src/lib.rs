@@ -938,3 +938,17 @@ pub fn mask_digit_runs(text: &str) -> String {
     }
     out
 }
+
+/// A path a test tool lives at: the environment variable `var` when set and
+/// not empty, else `rel` under `~/.cache/roomkeeper`, where the set-up
+/// scripts (`scripts/*-bin.sh`) put what they build.
+pub fn env_or_cached(var: &str, rel: impl AsRef<Path>) -> PathBuf {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/roomkeeper")
+        .join(rel)
+}

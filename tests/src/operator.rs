@@ -40,15 +40,10 @@ pub fn pinned_helm_version() -> String {
 /// `ROOMKEEPER_HELM_BIN`, else where `scripts/helm-bin.sh` caches the pinned
 /// version (which may not exist yet: callers check).
 pub fn helm_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("ROOMKEEPER_HELM_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache/roomkeeper/helm")
-        .join(pinned_helm_version())
-        .join("helm")
+    crate::env_or_cached(
+        "ROOMKEEPER_HELM_BIN",
+        Path::new("helm").join(pinned_helm_version()).join("helm"),
+    )
 }
 
 /// Server-side applies every document of a YAML file (or string), resolving

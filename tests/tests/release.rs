@@ -30,15 +30,10 @@ fn pinned_krew_version() -> String {
 
 /// krew, or `None` after a loud SKIPPED; panics under CI.
 fn krew_or_skip(test: &str) -> Option<PathBuf> {
-    let bin = match std::env::var_os("ROOMKEEPER_KREW_BIN").filter(|p| !p.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-            .join(".cache/roomkeeper/krew")
-            .join(pinned_krew_version())
-            .join("krew"),
-    };
+    let bin = roomkeeper_e2e::env_or_cached(
+        "ROOMKEEPER_KREW_BIN",
+        Path::new("krew").join(pinned_krew_version()).join("krew"),
+    );
     if bin.is_file() {
         return Some(bin);
     }
