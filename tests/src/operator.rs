@@ -23,18 +23,26 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The Helm version `scripts/helm-bin.sh` builds (tests/helm-bin/go.mod).
-pub fn pinned_helm_version() -> String {
-    let go_mod = repo_root().join("tests/helm-bin/go.mod");
-    let text = std::fs::read_to_string(&go_mod).expect("tests/helm-bin/go.mod");
+/// The version of `module` that the go.mod at `go_mod` (relative to the
+/// repository root) requires: what the `scripts/*-bin.sh` scripts build.
+pub fn go_mod_version(go_mod: &str, module: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join(go_mod)).expect(go_mod);
     text.lines()
         .map(str::split_whitespace)
         .find_map(|mut w| match (w.next(), w.next(), w.next()) {
-            (Some("helm.sh/helm/v3"), Some(v), _)
-            | (Some("require"), Some("helm.sh/helm/v3"), Some(v)) => Some(v.to_string()),
+            (Some(m), Some(v), _) | (Some("require"), Some(m), Some(v))
+                if m == module && v.starts_with('v') =>
+            {
+                Some(v.to_string())
+            }
             _ => None,
         })
-        .expect("tests/helm-bin/go.mod requires helm.sh/helm/v3")
+        .unwrap_or_else(|| panic!("{go_mod} requires no version of {module}"))
+}
+
+/// The Helm version `scripts/helm-bin.sh` builds (tests/helm-bin/go.mod).
+pub fn pinned_helm_version() -> String {
+    go_mod_version("tests/helm-bin/go.mod", "helm.sh/helm/v3")
 }
 
 /// `ROOMKEEPER_HELM_BIN`, else where `scripts/helm-bin.sh` caches the pinned

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use roomkeeper_e2e::k8s::skip_or_panic;
-use roomkeeper_e2e::operator::repo_root;
+use roomkeeper_e2e::operator::{helm_path, repo_root};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -578,27 +578,7 @@ fn the_metric_name_extraction_skips_labels() {
 /// `ROOMKEEPER_HELM_BIN`, else the cache path of `scripts/helm-bin.sh` (the
 /// helm version tests/helm-bin/go.mod pins).
 fn helm(test: &str) -> Option<PathBuf> {
-    let bin = match std::env::var_os("ROOMKEEPER_HELM_BIN").filter(|p| !p.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let go_mod = read("tests/helm-bin/go.mod");
-            let version = go_mod
-                .lines()
-                .map(str::split_whitespace)
-                .find_map(|mut w| match (w.next(), w.next(), w.next()) {
-                    (Some("helm.sh/helm/v3"), Some(v), _)
-                    | (Some("require"), Some("helm.sh/helm/v3"), Some(v)) => Some(v.to_string()),
-                    _ => None,
-                })
-                .expect("tests/helm-bin/go.mod requires helm.sh/helm/v3");
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir);
-            home.join(".cache/roomkeeper/helm")
-                .join(version)
-                .join("helm")
-        }
-    };
+    let bin = helm_path();
     if bin.is_file() {
         Some(bin)
     } else {

@@ -13,19 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use roomkeeper_e2e::k8s::skip_or_panic;
-use roomkeeper_e2e::operator::repo_root;
+use roomkeeper_e2e::operator::{go_mod_version, repo_root};
 
 /// The krew version `scripts/krew-bin.sh` builds: the one tests/krew-bin/go.mod pins.
 fn pinned_krew_version() -> String {
-    let go_mod = repo_root().join("tests/krew-bin/go.mod");
-    let text = std::fs::read_to_string(&go_mod).expect("tests/krew-bin/go.mod");
-    text.lines()
-        .map(str::split_whitespace)
-        .find_map(|mut w| match (w.next(), w.next()) {
-            (Some("sigs.k8s.io/krew"), Some(v)) if v.starts_with('v') => Some(v.to_string()),
-            _ => None,
-        })
-        .expect("tests/krew-bin/go.mod requires sigs.k8s.io/krew")
+    go_mod_version("tests/krew-bin/go.mod", "sigs.k8s.io/krew")
 }
 
 /// krew, or `None` after a loud SKIPPED; panics under CI.
