@@ -767,8 +767,13 @@ async fn lifecycle(
         "old voters kept: {before:?} {after:?}"
     );
     ensure!(status["commitLag"].as_i64().is_some(), "{status}");
-    // Each membership action happened once, though two operators worked on it.
+    // Each membership action happened at most once, though two operators
+    // worked on it. An operator records its Event after the admin call
+    // returns, so the kill of op-a may fall between the two: then the action
+    // happened and its Event was never written. One kill loses at most one
+    // Event; a second missing one, or any duplicate, is a bug.
     let notes = event_notes(&admin).await?;
+    let mut missing = Vec::new();
     for id in after.iter().filter(|id| !before.contains(id)) {
         let added = notes
             .iter()
@@ -779,9 +784,22 @@ async fn lifecycle(
             .filter(|n| n.starts_with(&format!("promoted node {id} ")))
             .count();
         ensure!(
-            added == 1 && promoted == 1,
+            added <= 1 && promoted <= 1,
             "node {id}: added {added}×, promoted {promoted}× ({notes:?})"
         );
+        if added == 0 {
+            missing.push(format!("added node {id}"));
+        }
+        if promoted == 0 {
+            missing.push(format!("promoted node {id}"));
+        }
+    }
+    ensure!(
+        missing.len() <= 1,
+        "more Events missing than one kill can explain: {missing:?} ({notes:?})"
+    );
+    if !missing.is_empty() {
+        eprintln!("op-a died between an action and its Event: {missing:?}");
     }
     // The scale patch dropped us-east's resource requests: a template change,
     // so its pods restarted one at a time, the leader's only after it handed
