@@ -157,6 +157,14 @@ pub struct DemoStatus {
 }
 
 const REGIONS: [(&str, usize); 3] = [("eu-west", 2), ("us-east", 2), ("ap-south", 1)];
+/// `println!` that ignores a closed terminal (after SIGHUP) rather than
+/// panicking in the middle of the shutdown.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 const ROOM: &str = "live-1";
 
 fn now_ms() -> u64 {
@@ -208,14 +216,42 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         explanations: Default::default(),
         events: Vec::new(),
     }));
-    let result = run_inner(&args, &mut cluster, client_token, status).await;
+    let stop_signal = StopSignal::listen().context("listening for SIGINT, SIGTERM and SIGHUP")?;
+    let in_sale = AtomicBool::new(false);
+    let result = {
+        let sale = run_inner(
+            &args,
+            &mut cluster,
+            client_token,
+            status,
+            stop_signal.clone(),
+            &in_sale,
+        );
+        tokio::pin!(sale);
+        // Until the sale runs, a signal stops everything at once; from then on
+        // the loop handles it, checking the orders before the nodes stop.
+        let early = async {
+            let name = stop_signal.received().await;
+            if in_sale.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            name
+        };
+        tokio::select! {
+            r = &mut sale => r,
+            name = early => {
+                say!("{name} during start-up: stopping every process");
+                Ok(())
+            }
+        }
+    };
     cluster.shutdown().await;
     if args.clean {
         if let Err(e) = std::fs::remove_dir_all(&data_dir) {
             eprintln!("could not remove {}: {e}", data_dir.display());
         }
     } else {
-        println!(
+        say!(
             "data kept in {} (decisions: controller/decisions.jsonl; node logs: node-<id>.log; --clean removes it)",
             data_dir.display()
         );
@@ -234,11 +270,49 @@ fn event(status: &Mutex<DemoStatus>, started: Instant, msg: impl Into<String>) {
     }
 }
 
+/// The first of SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed),
+/// caught from the demo's first moment: whichever arrives, the demo stops its
+/// node processes before it exits instead of leaving them holding their ports.
+#[derive(Clone)]
+struct StopSignal(tokio::sync::watch::Receiver<Option<&'static str>>);
+
+impl StopSignal {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = int.recv() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+            };
+            let _ = tx.send(Some(name));
+        });
+        Ok(Self(rx))
+    }
+
+    /// Resolves with the signal's name once one has arrived.
+    async fn received(&self) -> &'static str {
+        let mut rx = self.0.clone();
+        let name = match rx.wait_for(Option::is_some).await {
+            Ok(name) => *name,
+            // The watcher is gone (the runtime is shutting down): never.
+            Err(_) => std::future::pending().await,
+        };
+        name.unwrap_or("a signal")
+    }
+}
+
 async fn run_inner(
     args: &DemoArgs,
     cluster: &mut LocalCluster,
     client_token: String,
     status: Arc<Mutex<DemoStatus>>,
+    stop_signal: StopSignal,
+    in_sale: &AtomicBool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut playbook = match &args.playbook {
@@ -408,13 +482,14 @@ async fn run_inner(
         REGIONS.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
         args.lose_region
     );
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    in_sale.store(true, Ordering::SeqCst);
+    let signalled = stop_signal.received();
+    tokio::pin!(signalled);
     let mut last_print = Instant::now() - Duration::from_secs(10);
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => {
-                event(&status, started, "Ctrl-C: stopping every process");
+            name = &mut signalled => {
+                event(&status, started, format!("{name}: stopping every process"));
                 break;
             }
             _ = tick.tick() => {}
@@ -664,14 +739,14 @@ async fn run_inner(
         let _ = tokio::time::timeout(Duration::from_secs(2), b).await;
     }
     let load = stats.summary();
-    println!(
+    say!(
         "\nsummary: {} orders acknowledged, {} refused by the store, {} errors, {} retries; longest gap between acknowledged orders {} ms",
         load.ok, load.rejected, load.errors, load.retries, load.longest_gap_ms
     );
     bring_back_stopped_nodes(cluster).await;
     let budget = Duration::from_secs(8).saturating_sub(ending.elapsed());
     let verdict = check_acknowledged(cluster, &stats.acknowledged(), budget).await;
-    println!("{verdict}");
+    say!("{verdict}");
     check_invariants(cluster).await;
     Ok(())
 }
@@ -694,7 +769,7 @@ async fn bring_back_stopped_nodes(cluster: &mut LocalCluster) {
     }
     if !started.is_empty() {
         let list: Vec<String> = started.iter().map(u64::to_string).collect();
-        println!(
+        say!(
             "started nodes {} again (their hosts' outage was still on) to check the orders",
             list.join(", ")
         );
@@ -858,12 +933,12 @@ async fn check_invariants(cluster: &mut LocalCluster) {
             )
             .await
         {
-            Ok(r) if r.body["ok"] == json!(true) => println!(
+            Ok(r) if r.body["ok"] == json!(true) => say!(
                 "node {id}: invariants hold at applied index {}",
                 r.body["applied_index"]
             ),
-            Ok(r) => println!("node {id}: INVARIANT VIOLATED: {}", r.body),
-            Err(e) => println!("node {id}: could not check invariants: {e}"),
+            Ok(r) => say!("node {id}: INVARIANT VIOLATED: {}", r.body),
+            Err(e) => say!("node {id}: could not check invariants: {e}"),
         }
     }
 }
@@ -900,7 +975,7 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
         if let Some(e) = s.events.last() {
             out.push_str(&format!("        last event: {e}\n"));
         }
-        print!("{out}");
+        let _ = write!(std::io::stdout().lock(), "{out}");
         let _ = std::io::stdout().flush();
         return;
     }
@@ -981,7 +1056,7 @@ fn render(status: &Mutex<DemoStatus>, redraw: bool) {
     for e in s.events.iter().rev().take(8).rev() {
         out.push_str(&format!("  {}\n", one_line(e)));
     }
-    print!("{out}");
+    let _ = write!(std::io::stdout().lock(), "{out}");
     let _ = std::io::stdout().flush();
 }
 

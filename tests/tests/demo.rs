@@ -199,3 +199,99 @@ fn ctrl_c_checks_every_acknowledged_order_and_exits_within_10_s() {
     );
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// A demo stopped any other way also takes its nodes with it: SIGTERM while
+/// the cluster is still starting (before the sale, when Ctrl-C used to kill
+/// the demo outright), and SIGHUP in the sale (the terminal closed, so
+/// nothing can be printed). Left behind, the nodes would hold their ports and
+/// the next demo would fail to start.
+#[test]
+fn sigterm_in_start_up_and_sighup_in_the_sale_leave_no_process_behind() {
+    for (signal, in_sale) in [(Signal::SIGTERM, false), (Signal::SIGHUP, true)] {
+        let (status_addr, _status_port) = roomkeeper_e2e::reserve_addr();
+        // Below the ephemeral range, disjoint from the other demo tests'.
+        let base_port = 18_100 + (std::process::id() % 1_900) as u16 * 3;
+        let data_dir =
+            std::env::temp_dir().join(format!("roomkeeper-demo-{signal}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let child = Command::new(binary())
+            .args(["demo", "--plain", "--clean", "--status-addr", &status_addr])
+            .args(["--base-port", &base_port.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start demo");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+        let nodes_running = || {
+            let ps = Command::new("pgrep")
+                .args([
+                    "-f",
+                    &format!("node --id .* --data-dir {}", data_dir.display()),
+                ])
+                .output()
+                .expect("pgrep");
+            String::from_utf8_lossy(&ps.stdout).lines().count()
+        };
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "{signal}: the demo never reached the point to signal"
+            );
+            let ready = if in_sale {
+                http(
+                    "GET",
+                    &status_addr,
+                    "/status",
+                    None,
+                    None,
+                    Duration::from_secs(1),
+                )
+                .is_ok_and(|r| r.body["load"]["ok"].as_u64().unwrap_or(0) >= 100)
+            } else {
+                nodes_running() > 0
+            };
+            if ready {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill(pid, signal).expect("signal the demo");
+        let signalled = Instant::now();
+        let out = child.wait_with_output().expect("demo output");
+        let took = signalled.elapsed();
+        let context = format!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{signal}: the demo did not stop cleanly\n{context}"
+        );
+        assert!(
+            took <= Duration::from_secs(10),
+            "{signal}: the demo took {took:?} to stop\n{context}"
+        );
+        let said = if in_sale {
+            "acknowledged orders present on the surviving nodes".to_string()
+        } else {
+            format!("{signal} during start-up: stopping every process")
+        };
+        assert!(
+            context.contains(&said),
+            "{signal}: expected {said:?}\n{context}"
+        );
+        assert_eq!(
+            nodes_running(),
+            0,
+            "{signal}: node processes left running\n{context}"
+        );
+        assert!(
+            !data_dir.exists(),
+            "{signal}: --clean must still remove the data directory\n{context}"
+        );
+    }
+}
