@@ -5,6 +5,7 @@
 //! every invariant of DESIGN.md after every step.
 #![forbid(unsafe_code)]
 
+mod chunked;
 pub mod command;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,13 +1,19 @@
 //! The in-memory state of one shard and the deterministic `apply`.
 //!
 //! Layout is chosen for a million orders in little memory: buyers and listings are
-//! interned to `u32` indexes, orders live in a `Vec` indexed by their id, and the
-//! idempotency table keys on (buyer index, key).
+//! interned to `u32` indexes, orders live in a `Vec` indexed by their id and
+//! carry their own idempotency key, and the idempotency index holds only order
+//! indexes (docs/decisions.md D54).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use hashbrown::HashTable;
+
+use crate::chunked::Chunked;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::command::{
     contact_key_id, Command, ListingState, ListingView, LiveWindow, OrderStatus, OrderView,
@@ -45,6 +51,10 @@ struct Order {
     /// The same buyer's previous order (0: none): a list through the orders,
     /// so listing a buyer's orders needs no per-buyer vector.
     prev_of_buyer: u64,
+    /// The idempotency key the order was placed with. Snapshots carry it in
+    /// their idempotency list, as they always did, not in the order.
+    #[serde(skip)]
+    key: Box<str>,
 }
 
 /// An interned buyer: the name is shared with the lookup index.
@@ -69,8 +79,7 @@ enum FirstOutcome {
     },
 }
 
-/// A `FirstOutcome` in eight bytes: the idempotency table has an entry per
-/// order, so its width is most of the memory a million orders take.
+/// A `FirstOutcome` in eight bytes, as snapshots write it.
 /// Bit 63 clear: an order id. Bit 63 set: a rejection, with bit 62 "has a
 /// listing", bits 24..56 the listing, bits 8..24 the quantity, bits 0..8 the code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,34 +123,156 @@ impl PackedOutcome {
 /// State of one shard: rooms, listings, orders, per-buyer counters.
 ///
 /// Serialized (snapshots) without its lookup indexes, which are rebuilt on load
-/// so that buyer names stay shared between the buyer table and its index.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// so that buyer names stay shared between the buyer table and its index. The
+/// serialized form is [`PersistedShard`]'s: written by hand below, because its
+/// idempotency list is gathered from the orders.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(from = "PersistedShard")]
 pub struct ShardState {
     rooms: HashMap<String, Room>,
     listings: Vec<Listing>,
-    #[serde(with = "as_pairs")]
     listing_index: HashMap<(String, String), u32>,
     buyers: Vec<Buyer>,
     /// Order id N is `orders[N - 1]`.
-    orders: Vec<Order>,
+    orders: Chunked<Order>,
     /// Quantity held by live orders, per (listing, buyer).
-    #[serde(with = "as_pairs")]
     held: HashMap<(u32, u32), u32>,
-    #[serde(with = "as_pairs")]
-    idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
+    /// Refusals that states written by older versions recorded under their
+    /// idempotency keys (refused orders no longer leave any). Accepted orders'
+    /// keys live in the orders, found through `key_index`.
+    legacy_keys: HashMap<(u32, Box<str>), PackedOutcome>,
     sales_paused: bool,
     pause_reason: String,
     /// Live windows by room (rooms without any are absent). Last, and new in
     /// snapshot format 2: format-1 snapshots decode through [`ShardStateV1`].
-    #[serde(with = "as_pairs")]
     live_windows: HashMap<String, Vec<LiveWindow>>,
-    #[serde(skip)]
     buyer_index: HashMap<Arc<str>, u32>,
     /// `listing_index` by room, then sku: looked up with borrowed names (the
     /// tuple key would need two owned strings per order).
-    #[serde(skip)]
     listing_lookup: HashMap<String, HashMap<String, u32>>,
+    /// Every order's index, found by its (buyer, idempotency key).
+    key_index: KeyIndex,
+}
+
+/// The idempotency index: four bytes per order (its index in `orders`), hashed
+/// by the (buyer, key) stored in the order itself. A map keyed by owned
+/// (buyer, key) pairs took 33 bytes per order besides the key (D54).
+#[derive(Clone, Debug, Default)]
+struct KeyIndex {
+    table: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl KeyIndex {
+    fn hash(&self, buyer: u32, key: &str) -> u64 {
+        self.hasher.hash_one((buyer, key))
+    }
+
+    /// The index in `orders` of the order placed by `buyer` under `key`.
+    fn find(&self, orders: &Chunked<Order>, buyer: u32, key: &str) -> Option<usize> {
+        self.table
+            .find(self.hash(buyer, key), |&i| {
+                let o = &orders[i as usize];
+                o.buyer == buyer && &*o.key == key
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// Indexes `orders[index]`; the caller has checked that its key is new.
+    fn insert(&mut self, orders: &Chunked<Order>, index: u32) {
+        let o = &orders[index as usize];
+        let hash = self.hash(o.buyer, &o.key);
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, index, |&i| {
+            let o = &orders[i as usize];
+            hasher.hash_one((o.buyer, &*o.key))
+        });
+    }
+
+    fn rebuild(orders: &Chunked<Order>) -> Self {
+        let mut index = KeyIndex::default();
+        index.table.reserve(orders.len(), |_| 0);
+        for i in 0..orders.len() {
+            index.insert(orders, i as u32);
+        }
+        index
+    }
+}
+
+/// Most orders one shard holds: the idempotency index stores order indexes
+/// as `u32`. Orders past it are refused (`invalid_request`) rather than
+/// indexed wrongly; at ~200 bytes per order the shard would need 800 GiB of
+/// memory first.
+const MAX_ORDERS: usize = u32::MAX as usize;
+
+impl PartialEq for ShardState {
+    /// Equal when everything a snapshot carries is: the lookup indexes are
+    /// rebuilt from it.
+    fn eq(&self, other: &Self) -> bool {
+        self.rooms == other.rooms
+            && self.listings == other.listings
+            && self.listing_index == other.listing_index
+            && self.buyers == other.buyers
+            && self.orders == other.orders
+            && self.held == other.held
+            && self.legacy_keys == other.legacy_keys
+            && self.sales_paused == other.sales_paused
+            && self.pause_reason == other.pause_reason
+            && self.live_windows == other.live_windows
+    }
+}
+
+impl Eq for ShardState {}
+
+impl Serialize for ShardState {
+    /// [`PersistedShard`]'s layout, field for field: the idempotency list is
+    /// every order's (buyer, key) with its id, then the legacy refusals.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("ShardState", 10)?;
+        st.serialize_field("rooms", &self.rooms)?;
+        st.serialize_field("listings", &self.listings)?;
+        st.serialize_field("listing_index", &Pairs(&self.listing_index))?;
+        st.serialize_field("buyers", &self.buyers)?;
+        st.serialize_field("orders", &self.orders)?;
+        st.serialize_field("held", &Pairs(&self.held))?;
+        st.serialize_field("idempotency", &IdempotencyList(self))?;
+        st.serialize_field("sales_paused", &self.sales_paused)?;
+        st.serialize_field("pause_reason", &self.pause_reason)?;
+        st.serialize_field("live_windows", &Pairs(&self.live_windows))?;
+        st.end()
+    }
+}
+
+/// A map written as a list of pairs (see [`as_pairs`]).
+struct Pairs<'a, K, V>(&'a HashMap<K, V>);
+
+impl<K: Serialize, V: Serialize> Serialize for Pairs<'_, K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+/// The idempotency table as snapshots have always written it: a list of
+/// ((buyer, key), first outcome), in order id order.
+struct IdempotencyList<'a>(&'a ShardState);
+
+impl Serialize for IdempotencyList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let state = self.0;
+        let orders = state.orders.iter().enumerate().map(|(i, o)| {
+            let first = PackedOutcome::pack(FirstOutcome::Order(i as u64 + 1));
+            ((o.buyer, &*o.key), first)
+        });
+        let legacy = state
+            .legacy_keys
+            .iter()
+            .map(|((b, k), first)| ((*b, &**k), *first));
+        let mut seq = s.serialize_seq(Some(state.orders.len() + state.legacy_keys.len()))?;
+        for entry in orders.chain(legacy) {
+            seq.serialize_element(&entry)?;
+        }
+        seq.end()
+    }
 }
 
 /// What applying a command did, before the answer is built (followers build none).
@@ -163,11 +294,12 @@ struct PersistedShard {
     #[serde(with = "as_pairs")]
     listing_index: HashMap<(String, String), u32>,
     buyers: Vec<Buyer>,
-    orders: Vec<Order>,
+    orders: Chunked<Order>,
     #[serde(with = "as_pairs")]
     held: HashMap<(u32, u32), u32>,
-    #[serde(with = "as_pairs")]
-    idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
+    /// Read as the list it is: a map of a million owned keys would be built
+    /// only to be taken apart.
+    idempotency: Vec<((u32, Box<str>), PackedOutcome)>,
     sales_paused: bool,
     pause_reason: String,
     #[serde(with = "as_pairs")]
@@ -183,11 +315,10 @@ struct PersistedShardV1 {
     #[serde(with = "as_pairs")]
     listing_index: HashMap<(String, String), u32>,
     buyers: Vec<Buyer>,
-    orders: Vec<Order>,
+    orders: Chunked<Order>,
     #[serde(with = "as_pairs")]
     held: HashMap<(u32, u32), u32>,
-    #[serde(with = "as_pairs")]
-    idempotency: HashMap<(u32, Box<str>), PackedOutcome>,
+    idempotency: Vec<((u32, Box<str>), PackedOutcome)>,
     sales_paused: bool,
     pause_reason: String,
 }
@@ -227,19 +358,40 @@ pub struct LiveWindowOfRoom {
 
 impl From<PersistedShard> for ShardState {
     fn from(p: PersistedShard) -> Self {
+        let mut orders = p.orders;
+        let buyers = exact(p.buyers);
+        // Each accepted order's key moves into the order; anything else (old
+        // refusals, and what a damaged state might hold: a key for a missing
+        // order, a second key for one) stays in the legacy map, where
+        // `check_invariants` reports the damage.
+        let mut legacy_keys = HashMap::new();
+        let mut keyed = vec![false; orders.len()];
+        for ((b, key), first) in p.idempotency {
+            if let FirstOutcome::Order(id) = first.unpack() {
+                if let Some(i) = order_index(id, orders.len()) {
+                    if !keyed[i] && orders[i].buyer == b {
+                        keyed[i] = true;
+                        orders[i].key = key;
+                        continue;
+                    }
+                }
+            }
+            legacy_keys.insert((b, key), first);
+        }
         let mut s = ShardState {
             rooms: p.rooms,
             listings: p.listings,
             listing_index: p.listing_index,
-            buyers: p.buyers,
-            orders: p.orders,
+            buyers,
+            orders,
             held: p.held,
-            idempotency: p.idempotency,
+            legacy_keys,
             sales_paused: p.sales_paused,
             pause_reason: p.pause_reason,
             live_windows: p.live_windows,
             buyer_index: HashMap::new(),
             listing_lookup: HashMap::new(),
+            key_index: KeyIndex::default(),
         };
         s.rebuild_indexes();
         s
@@ -315,7 +467,7 @@ impl ShardState {
         let listing_idx = self.listing_idx(room, sku);
         let buyer_idx = self.buyer_index.get(buyer).copied();
         if let Some(b) = buyer_idx {
-            if self.idempotency.contains_key(&(b, Box::<str>::from(key))) {
+            if self.first_outcome(b, key).is_some() {
                 return None;
             }
         }
@@ -413,7 +565,7 @@ impl ShardState {
     /// without contact data are not counted).
     pub fn contact_key_counts(&self) -> std::collections::BTreeMap<u8, u64> {
         let mut counts = std::collections::BTreeMap::new();
-        for o in &self.orders {
+        for o in self.orders.iter() {
             if let Some(id) = contact_key_id(&o.contact) {
                 *counts.entry(id).or_insert(0) += 1;
             }
@@ -499,9 +651,12 @@ impl ShardState {
         let listing_idx = self.listing_idx(room, sku);
         let buyer_idx = self.buyer_index.get(buyer).copied();
         if let Some(b) = buyer_idx {
-            if let Some(first) = self.idempotency.get(&(b, Box::<str>::from(key))) {
-                return self.replay(first.unpack(), listing_idx, qty);
+            if let Some(first) = self.first_outcome(b, key) {
+                return self.replay(first, listing_idx, qty);
             }
+        }
+        if self.orders.len() >= MAX_ORDERS {
+            return Effect::Outcome(rejected(RejectCode::InvalidRequest));
         }
         // A refused order leaves no trace: no buyer, no idempotency entry. A
         // retry is decided again against the state of its own turn, which is the
@@ -536,19 +691,30 @@ impl ShardState {
             updated_at_ms: at,
             contact: contact.into(),
             prev_of_buyer: self.buyers[b as usize].last_order,
+            key: key.into(),
         };
         self.orders.push(order);
         let id = self.orders.len() as u64;
+        self.key_index.insert(&self.orders, (id - 1) as u32);
         *self.held.entry((l, b)).or_insert(0) += qty;
         self.buyers[b as usize].last_order = id;
-        self.idempotency.insert(
-            (b, key.into()),
-            PackedOutcome::pack(FirstOutcome::Order(id)),
-        );
         Effect::Order {
             id,
             replayed: false,
         }
+    }
+
+    /// What (buyer, key) resolved to the first time it was used, if it was.
+    fn first_outcome(&self, buyer: u32, key: &str) -> Option<FirstOutcome> {
+        if let Some(i) = self.key_index.find(&self.orders, buyer, key) {
+            return Some(FirstOutcome::Order(i as u64 + 1));
+        }
+        if self.legacy_keys.is_empty() {
+            return None;
+        }
+        self.legacy_keys
+            .get(&(buyer, Box::<str>::from(key)))
+            .map(|first| first.unpack())
     }
 
     /// Decides a new order; returns the listing index on success.
@@ -778,6 +944,7 @@ impl ShardState {
             .enumerate()
             .map(|(i, b)| (b.name.clone(), i as u32))
             .collect();
+        self.key_index = KeyIndex::rebuild(&self.orders);
         self.listing_lookup = HashMap::new();
         for ((room, sku), &idx) in &self.listing_index {
             self.listing_lookup
@@ -790,7 +957,7 @@ impl ShardState {
     /// The order an idempotency key produced, if it produced one.
     pub fn order_for_key(&self, buyer: &str, key: &str) -> Option<OrderView> {
         let b = *self.buyer_index.get(buyer)?;
-        match self.idempotency.get(&(b, Box::<str>::from(key)))?.unpack() {
+        match self.first_outcome(b, key)? {
             FirstOutcome::Order(id) => self.order_view(id),
             FirstOutcome::Rejected { .. } => None,
         }
@@ -803,7 +970,7 @@ impl ShardState {
             orders: self.orders.len() as u64,
             live_orders: self.orders.iter().filter(|o| o.status.is_live()).count() as u64,
             buyers: self.buyers.len() as u64,
-            idempotency_keys: self.idempotency.len() as u64,
+            idempotency_keys: (self.orders.len() + self.legacy_keys.len()) as u64,
             sales_paused: self.sales_paused,
             pause_reason: self.pause_reason.clone(),
         }
@@ -883,26 +1050,52 @@ impl ShardState {
                 self.orders.len()
             )));
         }
-        let mut seen = std::collections::HashSet::new();
-        for first in self.idempotency.values() {
-            if let FirstOutcome::Order(id) = first.unpack() {
-                if !seen.insert(id) {
-                    return Err(InvariantViolation(format!(
-                        "order {id} is the outcome of two idempotency keys"
-                    )));
-                }
+        // Every order is found by its own (buyer, key), so no two share one.
+        for (i, o) in self.orders.iter().enumerate() {
+            if o.key.is_empty() {
+                return Err(InvariantViolation(format!(
+                    "order {} has no idempotency key",
+                    i + 1
+                )));
+            }
+            let found = self.key_index.find(&self.orders, o.buyer, &o.key);
+            if found != Some(i) {
+                return Err(InvariantViolation(format!(
+                    "order {} is not the outcome of its idempotency key (found {:?})",
+                    i + 1,
+                    found.map(|f| f + 1)
+                )));
             }
         }
-        let keyed_orders = seen.len();
-        if keyed_orders != self.orders.len() {
+        if self.key_index.table.len() != self.orders.len() {
             return Err(InvariantViolation(format!(
                 "{} orders but {} idempotency keys resolve to an order",
                 self.orders.len(),
-                keyed_orders
+                self.key_index.table.len()
             )));
+        }
+        for ((b, key), first) in &self.legacy_keys {
+            if let FirstOutcome::Order(id) = first.unpack() {
+                return Err(InvariantViolation(format!(
+                    "order {id} is the outcome of a second idempotency key ({key:?} of buyer {b})"
+                )));
+            }
         }
         Ok(())
     }
+}
+
+/// `v` in a buffer of its own size. serde grows a decoded list from a
+/// cautious first guess by doubling, up to 1.6x what the elements take, and
+/// `shrink_to_fit` keeps such a buffer under mimalloc (it only shrinks past
+/// half); this copies instead, once, when the slack is worth it.
+fn exact<T>(v: Vec<T>) -> Vec<T> {
+    if v.capacity() <= v.len() + v.len() / 8 {
+        return v;
+    }
+    let mut e = Vec::with_capacity(v.len());
+    e.extend(v);
+    e
 }
 
 fn order_index(order_id: u64, len: usize) -> Option<usize> {
@@ -929,22 +1122,13 @@ fn listing_view(l: &Listing) -> ListingView {
     }
 }
 
-/// Maps with composite keys are written as a list of pairs, so every serde format
-/// (JSON included) can carry a snapshot.
+/// Maps with composite keys are written as a list of pairs ([`Pairs`]), so every
+/// serde format (JSON included) can carry a snapshot; this reads them back.
 mod as_pairs {
     use std::collections::HashMap;
     use std::hash::Hash;
 
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K, V, S>(map: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
-    where
-        K: Serialize,
-        V: Serialize,
-        S: Serializer,
-    {
-        s.collect_seq(map.iter())
-    }
+    use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, K, V, D>(d: D) -> Result<HashMap<K, V>, D::Error>
     where
@@ -1091,6 +1275,102 @@ mod tests {
         assert_eq!(s, before);
     }
 
+    fn three_orders() -> ShardState {
+        let mut s = ShardState::new();
+        let at = |command| Stamped { at_ms: 1, command };
+        s.apply(&at(Command::UpsertRoom {
+            room: "r".into(),
+            title: "t".into(),
+            home_region: "eu-west".into(),
+            state: RoomState::Live,
+        }));
+        s.apply(&at(Command::UpsertListing {
+            room: "r".into(),
+            sku: "s".into(),
+            price_cents: 100,
+            stock_total: 10,
+            per_buyer_limit: 10,
+            state: ListingState::Open,
+        }));
+        for (buyer, key) in [("b1", "k1"), ("b2", "k1"), ("b1", "k2")] {
+            s.apply(&at(Command::PlaceOrder {
+                room: "r".into(),
+                sku: "s".into(),
+                buyer: buyer.into(),
+                qty: 1,
+                idempotency_key: key.into(),
+                contact: vec![],
+            }));
+        }
+        s
+    }
+
+    #[test]
+    fn snapshots_keep_the_idempotency_list_they_always_had() {
+        // Keys moved from a map into the orders (D54); what a snapshot holds
+        // must not change, or a node of the previous version could not read
+        // a snapshot this one sends.
+        let s = three_orders();
+        let bytes = postcard::to_allocvec(&s).expect("encode");
+        let persisted: PersistedShard = postcard::from_bytes(&bytes).expect("decode");
+        let mut list: Vec<(u32, String, FirstOutcome)> = persisted
+            .idempotency
+            .into_iter()
+            .map(|((b, k), first)| (b, k.to_string(), first.unpack()))
+            .collect();
+        list.sort_by_key(|(b, k, _)| (*b, k.clone()));
+        assert_eq!(
+            list,
+            vec![
+                (0, "k1".to_string(), FirstOutcome::Order(1)),
+                (0, "k2".to_string(), FirstOutcome::Order(3)),
+                (1, "k1".to_string(), FirstOutcome::Order(2)),
+            ]
+        );
+        assert!(persisted.orders.iter().all(|o| o.key.is_empty()));
+        // And it reads back into the same state, keys found again.
+        let mut back: ShardState = postcard::from_bytes(&bytes).expect("decode state");
+        assert_eq!(back, s);
+        back.check_invariants().expect("invariants");
+        let replay = back.apply(&Stamped {
+            at_ms: 2,
+            command: Command::PlaceOrder {
+                room: "r".into(),
+                sku: "s".into(),
+                buyer: "b2".into(),
+                qty: 1,
+                idempotency_key: "k1".into(),
+                contact: vec![],
+            },
+        });
+        assert!(
+            matches!(replay, Outcome::Order { ref order, replayed: true } if order.order_id == 2),
+            "{replay:?}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_with_a_lost_or_doubled_key_fails_the_invariants() {
+        let s = three_orders();
+        let bytes = serde_json::to_vec(&s).expect("encode");
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        // Order 3's key lost: the order has none.
+        let mut lost = v.clone();
+        lost["idempotency"]
+            .as_array_mut()
+            .expect("list")
+            .retain(|e| e[1] != serde_json::json!(3));
+        // Order 1 under a second key of the same buyer.
+        v["idempotency"]
+            .as_array_mut()
+            .expect("list")
+            .push(serde_json::json!([[0, "k9"], 1]));
+        for (what, damaged) in [("lost", lost), ("doubled", v)] {
+            let back: ShardState = serde_json::from_value(damaged).expect("decode");
+            assert!(back.check_invariants().is_err(), "{what} key not caught");
+        }
+    }
+
     #[test]
     fn rejections_recorded_by_older_versions_still_replay() {
         let mut s = ShardState::new();
@@ -1107,7 +1387,7 @@ mod tests {
             name: Arc::from("b"),
             last_order: 0,
         });
-        s.idempotency.insert(
+        s.legacy_keys.insert(
             (0, "k".into()),
             PackedOutcome::pack(FirstOutcome::Rejected {
                 listing: None,
