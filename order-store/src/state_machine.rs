@@ -514,21 +514,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotData,
     ) -> io::Result<()> {
         let bytes = snapshot.into_inner();
-        let body = decode_snapshot(&bytes).map_err(io_err)?;
         let dir = self.shared.dir.clone();
-        let to_write = bytes;
-        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &to_write))
-            .await
-            .map_err(io::Error::other)??;
+        // Decoding a million orders is CPU work for a while: off the async
+        // workers, like the encoding (D53). A damaged snapshot is refused
+        // before anything is written.
+        let body = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let body = decode_snapshot(&bytes).map_err(io_err)?;
+            write_durably(&dir, SNAPSHOT_FILE, &bytes)?;
+            Ok(body)
+        })
+        .await
+        .map_err(io::Error::other)??;
         let idx = meta.last_log_id.map_or(0, |l| l.index);
-        {
+        let replaced = {
             let mut d = self.write_data().await?;
-            d.state = body.state;
             d.last_applied = meta.last_log_id;
             d.membership = meta.last_membership.clone();
             d.snapshot_meta = Some(meta.clone());
-        }
+            std::mem::replace(&mut d.state, body.state)
+        };
         self.shared.applied_tx.send_replace(idx);
+        // The state replaced may be as large: freed off the workers and the lock.
+        tokio::task::spawn_blocking(move || drop(replaced));
         Ok(())
     }
 
