@@ -29,6 +29,22 @@ use serde_json::{json, Value};
 pub const CLIENT_TOKEN: &str = "client-secret-token";
 pub const ADMIN_TOKEN: &str = "admin-secret-token";
 
+/// Starts `roomkeeper demo <args>` on its own status address, node ports and
+/// data directory, its output piped for the test to read.
+pub fn spawn_demo(args: &[&str], status_addr: &str, base_port: u16, data_dir: &Path) -> Child {
+    Command::new(binary())
+        .arg("demo")
+        .args(args)
+        .args(["--status-addr", status_addr])
+        .args(["--base-port", &base_port.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start demo")
+}
+
 /// Finds the roomkeeper binary to test.
 pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("ROOMKEEPER_BIN") {

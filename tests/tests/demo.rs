@@ -1,12 +1,12 @@
 //! `roomkeeper demo` driven end to end: it starts, serves its JSON status,
 //! survives the leader-kill scenario and leaves no process behind.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use roomkeeper_e2e::{binary, http};
+use roomkeeper_e2e::{http, spawn_demo};
 
 #[test]
 fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
@@ -18,9 +18,8 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
     let data_dir =
         std::env::temp_dir().join(format!("roomkeeper-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let child = Command::new(binary())
-        .args([
-            "demo",
+    let child = spawn_demo(
+        &[
             "--scenario",
             "leader-kill",
             "--fault-after-secs",
@@ -28,19 +27,11 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
             "--duration-secs",
             "18",
             "--plain",
-        ])
-        .args([
-            "--status-addr",
-            &status_addr,
-            "--base-port",
-            &base_port.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start demo");
+        ],
+        &status_addr,
+        base_port,
+        &data_dir,
+    );
     let pid = child.id();
     let started = Instant::now();
     let mut leaders = std::collections::BTreeSet::new();
@@ -121,15 +112,7 @@ fn ctrl_c_checks_every_acknowledged_order_and_exits_within_10_s() {
     let data_dir =
         std::env::temp_dir().join(format!("roomkeeper-demo-ctrlc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let child = Command::new(binary())
-        .args(["demo", "--plain", "--status-addr", &status_addr])
-        .args(["--base-port", &base_port.to_string()])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start demo");
+    let child = spawn_demo(&["--plain"], &status_addr, base_port, &data_dir);
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
     let started = Instant::now();
     let mut ok = 0;
@@ -214,15 +197,7 @@ fn sigterm_in_start_up_and_sighup_in_the_sale_leave_no_process_behind() {
         let data_dir =
             std::env::temp_dir().join(format!("roomkeeper-demo-{signal}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
-        let child = Command::new(binary())
-            .args(["demo", "--plain", "--clean", "--status-addr", &status_addr])
-            .args(["--base-port", &base_port.to_string()])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start demo");
+        let child = spawn_demo(&["--plain", "--clean"], &status_addr, base_port, &data_dir);
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
         let nodes_running = || {
             let ps = Command::new("pgrep")

@@ -4,7 +4,7 @@
 //! and its decision log (`controller/decisions.jsonl`) afterwards.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use roomkeeper_e2e::{binary, http};
@@ -93,30 +93,18 @@ fn run_demo(name: &str, port_slot: u16, args: &[&str], duration_secs: u64) -> De
     let _ = std::fs::remove_dir_all(&data_dir);
     let base_port = 21_000 + port_slot * 10 + (std::process::id() % 50) as u16 * 200;
     let status_addr = format!("127.0.0.1:{}", base_port + 7);
-    let child = Command::new(binary())
-        .arg("demo")
-        .args(args)
-        .args([
-            "--duration-secs",
-            &duration_secs.to_string(),
-            "--plain",
-            "--buyers",
-            "8",
-            "--think-ms",
-            "30",
-        ])
-        .args([
-            "--status-addr",
-            &status_addr,
-            "--base-port",
-            &base_port.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start demo");
+    let duration = duration_secs.to_string();
+    let mut demo_args: Vec<&str> = args.to_vec();
+    demo_args.extend([
+        "--duration-secs",
+        &duration,
+        "--plain",
+        "--buyers",
+        "8",
+        "--think-ms",
+        "30",
+    ]);
+    let child = roomkeeper_e2e::spawn_demo(&demo_args, &status_addr, base_port, &data_dir);
     let started = Instant::now();
     let mut statuses = Vec::new();
     let mut metrics = String::new();
