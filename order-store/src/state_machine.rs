@@ -61,6 +61,11 @@ struct Data {
 
 struct Shared {
     data: RwLock<Data>,
+    /// Held by whoever writes or reads the snapshot file, from its temp file
+    /// to `snapshot_meta`: a snapshot being built and one being installed
+    /// (openraft runs the builder as its own task) must not share the temp
+    /// file, nor leave the file and `snapshot_meta` naming different ones.
+    snapshot_file: tokio::sync::Mutex<()>,
     dir: PathBuf,
     metrics: Option<NodeMetrics>,
     applied_tx: watch::Sender<u64>,
@@ -289,6 +294,7 @@ impl StateMachine {
         Ok(Self {
             shared: Arc::new(Shared {
                 data: RwLock::new(data),
+                snapshot_file: tokio::sync::Mutex::new(()),
                 dir: dir.to_path_buf(),
                 metrics,
                 applied_tx,
@@ -402,6 +408,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // running the Raft core meanwhile.
         // The encoding streams into the file (D55); the fsyncs come after the
         // lock is released.
+        let _file = self.shared.snapshot_file.lock().await;
         let shared = self.shared.clone();
         let meta = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let file = create_temp(&shared.dir, SNAPSHOT_FILE)?;
@@ -513,6 +520,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
+        let shared = self.shared.clone();
+        let _file = shared.snapshot_file.lock().await;
         let bytes = snapshot.into_inner();
         let dir = self.shared.dir.clone();
         // Decoding a million orders is CPU work for a while: off the async
@@ -540,6 +549,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let shared = self.shared.clone();
+        let _file = shared.snapshot_file.lock().await;
         let meta = match self.shared.data.read() {
             Ok(d) => d.snapshot_meta.clone(),
             Err(_) => return Err(io::Error::other("state machine lock poisoned")),
@@ -655,6 +666,82 @@ mod tests {
             let err = write_snapshot(&mut full, &body).expect_err("the disk is full");
             assert!(err.to_string().contains("no space left"), "{left}: {err}");
         }
+    }
+
+    fn state_with_orders(n: u32) -> ShardState {
+        let mut state = ShardState::new();
+        let at = |command| roomkeeper_order_state::Stamped { at_ms: 1, command };
+        state.apply(&at(Command::UpsertRoom {
+            room: "r".into(),
+            title: String::new(),
+            home_region: "eu".into(),
+            state: roomkeeper_order_state::RoomState::Live,
+        }));
+        state.apply(&at(Command::UpsertListing {
+            room: "r".into(),
+            sku: "s".into(),
+            price_cents: 1,
+            stock_total: 1_000_000,
+            per_buyer_limit: 1_000_000,
+            state: roomkeeper_order_state::ListingState::Open,
+        }));
+        for i in 0..n {
+            state.apply(&at(Command::PlaceOrder {
+                room: "r".into(),
+                sku: "s".into(),
+                buyer: format!("b{}", i % 97),
+                qty: 1,
+                idempotency_key: format!("k{i}"),
+                contact: vec![i as u8; 300],
+            }));
+        }
+        state
+    }
+
+    #[test]
+    fn a_snapshot_built_while_another_is_installed_leaves_file_and_meta_agreeing() {
+        // openraft builds snapshots in a task of their own, so a follower may
+        // build one while the leader's is being installed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = StateMachine::open(dir.path(), None).expect("open");
+        sm.shared.data.write().expect("lock").state = state_with_orders(6_000);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let installed = state_with_orders(5_000);
+        rt.block_on(async {
+            for i in 1..=12u64 {
+                let meta = SnapshotMeta {
+                    last_log_id: Some(LogId::new(openraft::vote::RaftLeaderId::new(1, 1), i * 100)),
+                    last_membership: StoredMembership::default(),
+                };
+                let bytes = encode_snapshot(&SnapshotBodyRef {
+                    meta: &meta,
+                    state: &installed,
+                })
+                .expect("encode");
+                let (mut builder, mut installer) = (sm.clone(), sm.clone());
+                let build = tokio::spawn(async move { builder.build_snapshot().await.map(|_| ()) });
+                let install = tokio::spawn(async move {
+                    installer.install_snapshot(&meta, Cursor::new(bytes)).await
+                });
+                build.await.expect("join").expect("build");
+                install.await.expect("join").expect("install");
+                let current = sm
+                    .clone()
+                    .get_current_snapshot()
+                    .await
+                    .expect("read")
+                    .expect("a snapshot");
+                let served = decode_snapshot(current.snapshot.get_ref()).expect("decodes");
+                assert_eq!(served.meta, current.meta, "round {i}: file and meta differ");
+                let on_disk = std::fs::read(dir.path().join(SNAPSHOT_FILE)).expect("file");
+                let on_disk = decode_snapshot(&on_disk).expect("the file decodes");
+                assert_eq!(on_disk.meta, current.meta, "round {i}");
+            }
+        });
     }
 
     #[test]
