@@ -1,20 +1,19 @@
 //! The in-memory state of one shard and the deterministic `apply`.
 //!
 //! Layout is chosen for a million orders in little memory: buyers and listings are
-//! interned to `u32` indexes, orders live in a `Vec` indexed by their id and
-//! carry their own idempotency key, and the idempotency index holds only order
-//! indexes (docs/decisions.md D54).
+//! interned to `u32` indexes, orders live in fixed-size chunks indexed by their
+//! id and carry their own idempotency key, and the idempotency index holds only
+//! order indexes (docs/decisions.md D54).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
-
-use crate::chunked::Chunked;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::chunked::Chunked;
 use crate::command::{
     contact_key_id, Command, ListingState, ListingView, LiveWindow, OrderStatus, OrderView,
     Outcome, RejectCode, ResealedContact, RoomState, RoomView, Stamped,
