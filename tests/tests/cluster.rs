@@ -172,6 +172,27 @@ fn three_node_cluster_forms_serves_and_agrees() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    // Nodes run with two glibc arenas and without transparent huge pages:
+    // `roomkeeper node` re-executes itself with both set (D56).
+    for id in c.ids() {
+        let pid = c.node(id).pid().expect("node running");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        for var in ["MALLOC_ARENA_MAX=2", "MIMALLOC_ALLOW_THP=0"] {
+            assert!(
+                environ.split(|b| *b == 0).any(|e| e == var.as_bytes()),
+                "node {id} runs without {var}"
+            );
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.contains("THP_enabled:") {
+            assert!(
+                status.contains("THP_enabled:\t0"),
+                "node {id}: transparent huge pages still enabled"
+            );
+        } else {
+            eprintln!("this kernel does not report THP_enabled: its check is skipped");
+        }
+    }
     // The contact never reaches disk in plain text.
     for id in c.ids() {
         for entry in roomkeeper_e2e::files_under(&c.node(id).data_dir) {
