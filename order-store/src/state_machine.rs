@@ -593,33 +593,8 @@ mod tests {
 
     #[test]
     fn a_snapshot_larger_than_the_stream_buffer_reads_back_and_write_errors_surface() {
-        let mut state = ShardState::new();
-        let at = |command| roomkeeper_order_state::Stamped { at_ms: 1, command };
-        state.apply(&at(Command::UpsertRoom {
-            room: "r".into(),
-            title: String::new(),
-            home_region: "eu".into(),
-            state: roomkeeper_order_state::RoomState::Live,
-        }));
-        state.apply(&at(Command::UpsertListing {
-            room: "r".into(),
-            sku: "s".into(),
-            price_cents: 1,
-            stock_total: 100_000,
-            per_buyer_limit: 100_000,
-            state: roomkeeper_order_state::ListingState::Open,
-        }));
         // Contacts of 300 bytes: the body fills the buffer many times over.
-        for i in 0..4_000u32 {
-            state.apply(&at(Command::PlaceOrder {
-                room: "r".into(),
-                sku: "s".into(),
-                buyer: format!("b{}", i % 97),
-                qty: 1,
-                idempotency_key: format!("k{i}"),
-                contact: vec![i as u8; 300],
-            }));
-        }
+        let state = state_with_orders(4_000);
         assert_eq!(state.order_count(), 4_000);
         let meta = SnapshotMeta::default();
         let body = SnapshotBodyRef {

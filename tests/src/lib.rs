@@ -88,6 +88,12 @@ pub fn http(
     http_via(None, method, addr, path, body, token, timeout)
 }
 
+/// `GET addr path` with no token and a 1 s timeout: how the tests poll a
+/// demo's status and metrics endpoints.
+pub fn get(addr: &str, path: &str) -> std::io::Result<Reply> {
+    http("GET", addr, path, None, None, Duration::from_secs(1))
+}
+
 /// [`http`], over TLS when `tls` is given.
 pub fn http_via(
     tls: Option<&http_client::Tls>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use roomkeeper_e2e::{http, spawn_demo};
+use roomkeeper_e2e::{get, spawn_demo};
 
 #[test]
 fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
@@ -38,14 +38,7 @@ fn demo_runs_the_leader_kill_scenario_and_cleans_up() {
     let mut max_ok = 0u64;
     let mut events: Vec<String> = Vec::new();
     while started.elapsed() < Duration::from_secs(16) {
-        if let Ok(r) = http(
-            "GET",
-            &status_addr,
-            "/status",
-            None,
-            None,
-            Duration::from_secs(1),
-        ) {
+        if let Ok(r) = get(&status_addr, "/status") {
             if let Some(l) = r.body["observation"]["leader"].as_u64() {
                 leaders.insert(l);
             }
@@ -117,14 +110,7 @@ fn ctrl_c_checks_every_acknowledged_order_and_exits_within_10_s() {
     let started = Instant::now();
     let mut ok = 0;
     while started.elapsed() < Duration::from_secs(40) && ok < 300 {
-        if let Ok(r) = http(
-            "GET",
-            &status_addr,
-            "/status",
-            None,
-            None,
-            Duration::from_secs(1),
-        ) {
+        if let Ok(r) = get(&status_addr, "/status") {
             ok = r.body["load"]["ok"].as_u64().unwrap_or(0);
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -216,15 +202,8 @@ fn sigterm_in_start_up_and_sighup_in_the_sale_leave_no_process_behind() {
                 "{signal}: the demo never reached the point to signal"
             );
             let ready = if in_sale {
-                http(
-                    "GET",
-                    &status_addr,
-                    "/status",
-                    None,
-                    None,
-                    Duration::from_secs(1),
-                )
-                .is_ok_and(|r| r.body["load"]["ok"].as_u64().unwrap_or(0) >= 100)
+                get(&status_addr, "/status")
+                    .is_ok_and(|r| r.body["load"]["ok"].as_u64().unwrap_or(0) >= 100)
             } else {
                 nodes_running() > 0
             };

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use roomkeeper_e2e::{binary, http};
+use roomkeeper_e2e::{binary, get};
 use serde_json::Value;
 
 struct DemoRun {
@@ -110,26 +110,12 @@ fn run_demo(name: &str, port_slot: u16, args: &[&str], duration_secs: u64) -> De
     let mut metrics = String::new();
     let mut metrics_seen = Vec::new();
     while started.elapsed() < Duration::from_secs(duration_secs.saturating_sub(1)) {
-        if let Ok(r) = http(
-            "GET",
-            &status_addr,
-            "/status",
-            None,
-            None,
-            Duration::from_secs(1),
-        ) {
+        if let Ok(r) = get(&status_addr, "/status") {
             if r.status == 200 && r.body.get("elapsed_secs").is_some() {
                 statuses.push(r.body);
             }
         }
-        if let Ok(r) = http(
-            "GET",
-            &status_addr,
-            "/metrics",
-            None,
-            None,
-            Duration::from_secs(1),
-        ) {
+        if let Ok(r) = get(&status_addr, "/metrics") {
             if let Value::String(text) = r.body {
                 if text.contains("roomkeeper_") {
                     metrics_seen.push(text.clone());
