@@ -520,8 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
-        let shared = self.shared.clone();
-        let _file = shared.snapshot_file.lock().await;
+        let _file = self.shared.snapshot_file.lock().await;
         let bytes = snapshot.into_inner();
         let dir = self.shared.dir.clone();
         // Decoding a million orders is CPU work for a while: off the async
@@ -549,8 +548,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        let shared = self.shared.clone();
-        let _file = shared.snapshot_file.lock().await;
+        let _file = self.shared.snapshot_file.lock().await;
         let meta = match self.shared.data.read() {
             Ok(d) => d.snapshot_meta.clone(),
             Err(_) => return Err(io::Error::other("state machine lock poisoned")),
