@@ -21,10 +21,18 @@
 //!   the bridge. Without root or the tools: loopback mode, loudly, with a
 //!   loopback IP 127.0.<100..199>.<1..254> per pod on the host network
 //!   ([`KubeletBridge::enforces_network_policy`] is then false).
-//! - Enforces NetworkPolicy (ingress) between pods with an nftables table on
-//!   the bridge's forward hook, replaced atomically on every policy, pod or
-//!   namespace change; the subset and its limits are in [`crate::netpol`].
-//!   [`KubeletBridge::wait_synced`] waits until the table matches the API.
+//! - Routes between bridges: several `KubeletBridge`s (one per API server,
+//!   one Kubernetes cluster per region) make one flat pod network, as a
+//!   multi-cluster CNI does; a pod reaches another bridge's pod IPs through
+//!   the host, which has IPv4 forwarding turned on (see [`crate::netns`]).
+//! - Enforces NetworkPolicy (ingress) on its pods with an nftables table on
+//!   the bridge, replaced atomically on every policy, pod or namespace
+//!   change: the forward hook judges traffic between its pods, the output
+//!   hook traffic routed in from another bridge's pods (which, unknown to
+//!   this API server, only an `ipBlock` or a rule without `from` admits);
+//!   the host's own traffic passes. The subset and its limits are in
+//!   [`crate::netpol`]. [`KubeletBridge::wait_synced`] waits until the table
+//!   matches the API.
 //! - Gives a pod that does not opt out of its ServiceAccount token that
 //!   ServiceAccount's credentials: a kubeconfig named by `KUBECONFIG` (a
 //!   TokenRequest token, the harness's server and CA) and, in the pod's
@@ -395,8 +403,8 @@ impl KubeletBridge {
 
     /// A TCP connection to `addr` made from inside pod `namespace/name`'s
     /// network namespace, so it comes from the pod IP and is subject to
-    /// NetworkPolicy as the pod's own connections are. Needs network
-    /// namespaces.
+    /// NetworkPolicy as the pod's own connections are (`addr` may be a pod of
+    /// another bridge: the host routes it there). Needs network namespaces.
     pub async fn connect_from_pod(
         &self,
         namespace: &str,
@@ -649,6 +657,8 @@ async fn policy_loop(
                         isolated = rules.isolated.len(),
                         pairs = rules.any.len(),
                         port_rules = rules.ports.len(),
+                        block_ranges = rules.blocks_any.len(),
+                        block_port_rules = rules.blocks_ports.len(),
                         table = net.table(),
                         "kubelet bridge: NetworkPolicy rules programmed"
                     );

@@ -10,6 +10,21 @@
 //! `rkh-<pid>-<idx>-<n>` and the nftables table `bridge rkh_<pid>_<idx>`.
 //! Devices carry the alias `roomkeeper-harness pid=<pid>`, so that leftovers
 //! of a process that died without cleaning up are removed by the next one.
+//!
+//! Pods of different bridges (one Kubernetes cluster per bridge, a flat pod
+//! network across them as with a multi-cluster CNI) reach each other through
+//! the host: each pod's default route is its bridge's host address, and
+//! [`PodNetwork::create`] turns IPv4 forwarding on
+//! (`net.ipv4.ip_forward=1`, logged when it changes it). Forwarding is a
+//! host-wide setting that bridges of other test processes may be relying on,
+//! so it is left on when a network is destroyed. Reverse-path filtering
+//! (`rp_filter`, strict or loose) passes the routed packets whatever its
+//! setting: a pod's address is routed through the very bridge its packets
+//! arrive on. A forward-hook chain of another firewall with a `drop` policy
+//! (Docker sets iptables' FORWARD policy to DROP) would drop them: creating
+//! a network warns when it finds one. A packet routed into a bridge leaves
+//! it through the bridge's output hook, where the policy table judges it as
+//! it judges traffic between the bridge's own pods (see [`crate::netpol`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,6 +46,11 @@ const MAX_PODS: u32 = 253;
 
 static BRIDGE_SEQ: AtomicU32 = AtomicU32::new(0);
 
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Held while turning forwarding on, so that bridges created at once log the
+/// change once.
+static FORWARDING: Mutex<()> = Mutex::new(());
+
 fn run(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -46,6 +66,119 @@ fn run(args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `nft <args>` with `script` on its stdin.
+fn nft_stdin(args: &[&str], script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running nft {}", args.join(" ")))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("nft has no stdin"))?
+        .write_all(script.as_bytes())
+        .context("writing the nft script")?;
+    let out = child.wait_with_output().context("waiting for nft")?;
+    if !out.status.success() {
+        bail!(
+            "nft {} failed ({}): {}\nscript:\n{script}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the host routes IPv4 between its interfaces
+/// (`net.ipv4.ip_forward`), which pods of different bridges need to reach
+/// each other.
+pub fn ipv4_forwarding() -> bool {
+    std::fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Turns IPv4 forwarding on for pods of different bridges to reach each
+/// other (and leaves it on: see the module docs), then reports what could
+/// still get in the way of the packets the host routes through `bridge`.
+fn route_between_bridges(bridge: &str) {
+    {
+        let _once = crate::kubelet::lock(&FORWARDING);
+        if !ipv4_forwarding() {
+            match std::fs::write(IP_FORWARD, "1") {
+                Ok(()) => tracing::info!(
+                    "pod network: turned IPv4 forwarding on (net.ipv4.ip_forward=1) so that \
+                     pods of different bridges reach each other; it stays on"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "pod network: cannot turn IPv4 forwarding on; pods of different bridges \
+                     will not reach each other"
+                ),
+            }
+        }
+    }
+    let rp_filter = |dev: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|e| format!("unreadable ({e})"))
+    };
+    // Strict or loose, it passes: a pod's address is routed through the
+    // bridge its packets come in on.
+    tracing::debug!(
+        %bridge,
+        all = %rp_filter("all"),
+        dev = %rp_filter(bridge),
+        "pod network: rp_filter (the kernel applies the higher of the two)"
+    );
+    for chain in forward_drop_chains() {
+        tracing::warn!(
+            %chain,
+            "pod network: a forward-hook chain with a drop policy may drop packets the \
+             host routes between pod bridges (pods of different clusters); accept them \
+             there, e.g. iptables -I FORWARD -i rkh+ -o rkh+ -j ACCEPT"
+        );
+    }
+}
+
+/// Forward-hook chains of the host's IPv4 firewall whose policy is drop
+/// (nftables, which includes iptables-nft, and iptables), described.
+fn forward_drop_chains() -> Vec<String> {
+    let mut found = run(&["nft", "list", "chains"])
+        .map(|list| nft_forward_drop_chains(&list))
+        .unwrap_or_default();
+    // iptables-legacy rules are not in nftables' listing.
+    if let Ok(rules) = run(&["iptables", "-S", "FORWARD"]) {
+        let drop = rules.lines().any(|l| l.trim() == "-P FORWARD DROP");
+        if drop && !found.iter().any(|c| c.ends_with("chain FORWARD")) {
+            found.push("iptables FORWARD".to_string());
+        }
+    }
+    found
+}
+
+/// The IPv4 (`ip`, `inet`) forward-hook chains with a drop policy in the
+/// output of `nft list chains`.
+fn nft_forward_drop_chains(list: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let (mut table, mut chain) = (String::new(), String::new());
+    for line in list.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("table ") {
+            table = t.trim_end_matches('{').trim().to_string();
+        } else if let Some(c) = line.strip_prefix("chain ") {
+            chain = c.trim_end_matches('{').trim().to_string();
+        } else if line.contains("hook forward")
+            && line.contains("policy drop")
+            && (table.starts_with("ip ") || table.starts_with("inet "))
+        {
+            found.push(format!("nft table {table} chain {chain}"));
+        }
+    }
+    found
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -254,6 +387,7 @@ impl PodNetwork {
             run(&["ip", "link", "set", &bridge, "up"])?;
             net.apply(&Ruleset::default())
                 .context("installing the empty policy table")?;
+            route_between_bridges(&bridge);
             if std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
                 .is_ok_and(|v| v.trim() == "1")
             {
@@ -369,28 +503,7 @@ impl PodNetwork {
             bail!("the pod network is gone");
         }
         let script = rules.nft_script(&self.table, self.host_ip);
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running nft -f -")?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("nft has no stdin"))?
-            .write_all(script.as_bytes())
-            .context("writing the nft script")?;
-        let out = child.wait_with_output().context("waiting for nft")?;
-        if !out.status.success() {
-            bail!(
-                "nft -f failed ({}): {}\nscript:\n{script}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        nft_stdin(&["-f", "-"], &script)
     }
 
     /// Removes the table, every pod namespace and veth, and the bridge
@@ -417,5 +530,88 @@ impl PodNetwork {
 impl Drop for PodNetwork {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netpol::PodInfo;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn forward_chains_that_drop_are_found() {
+        let list = "table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n\
+                    \tchain FORWARD {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n\
+                    table inet fw {\n\tchain fwd {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n\
+                    table bridge rkh_1_0001 {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy drop;\n\t}\n}\n\
+                    table inet firewalld {\n\tchain filter_FORWARD {\n\t\ttype filter hook forward priority filter + 10; policy drop;\n\t}\n}\n";
+        assert_eq!(
+            nft_forward_drop_chains(list),
+            [
+                "nft table ip filter chain FORWARD",
+                "nft table inet firewalld chain filter_FORWARD"
+            ]
+        );
+    }
+
+    /// The kernel takes the policy table with every kind of element, ipBlock
+    /// ranges that overlap across rules among them (`nft --check` sends the
+    /// transaction and aborts it: nothing is installed).
+    #[test]
+    fn policy_scripts_are_accepted_by_nft() {
+        if let Some(why) = unavailable_reason() {
+            crate::k8s::skip_or_panic("policy_scripts_are_accepted_by_nft", &why);
+            return;
+        }
+        let pod = |name: &str, last: u8, app: &str| PodInfo {
+            namespace: "a".into(),
+            name: name.into(),
+            ip: Ipv4Addr::new(10, 64, 0, last),
+            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+            ports: vec![("raft".into(), crate::netpol::Proto::Tcp, 7101)],
+        };
+        let pods = [
+            pod("server", 1, "server"),
+            pod("client", 2, "client"),
+            pod("other", 3, "other"),
+        ];
+        let policy = |v: serde_json::Value| -> k8s_openapi::api::networking::v1::NetworkPolicy {
+            serde_json::from_value(v).expect("valid policy")
+        };
+        let policies = [
+            policy(
+                serde_json::json!({"metadata": {"name": "one", "namespace": "a"},
+                "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                     "ports": [{"port": "raft"}, {"port": 80, "endPort": 90}]},
+                    {"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.64.0.0/24"]}}],
+                     "ports": [{"port": 7201}, {"port": 7301, "protocol": "UDP"}]},
+                    {"from": [{"ipBlock": {"cidr": "10.65.0.0/16"}}],
+                     "ports": [{"port": 7201, "endPort": 7210}, {"port": 7301, "protocol": "SCTP"}]},
+                    {"from": [{"ipBlock": {"cidr": "10.66.1.5/32"}}]}]}}),
+            ),
+            policy(
+                serde_json::json!({"metadata": {"name": "two", "namespace": "a"},
+                "spec": {"podSelector": {}, "ingress": [
+                    {"ports": [{"port": 7101}]},
+                    {"from": [{"podSelector": {"matchLabels": {"app": "other"}}},
+                              {"ipBlock": {"cidr": "10.66.0.0/16"}}]}]}}),
+            ),
+        ];
+        let rules = crate::netpol::Ruleset::compute(&policies, &pods, &BTreeMap::new());
+        assert!(
+            !rules.any.is_empty()
+                && !rules.ports.is_empty()
+                && !rules.blocks_any.is_empty()
+                && !rules.blocks_ports.is_empty(),
+            "every set has elements: {rules:?}"
+        );
+        let table = format!("rkh_{}_check", std::process::id());
+        let script = rules.nft_script(&table, Ipv4Addr::new(10, 64, 0, 254));
+        nft_stdin(&["--check", "-f", "-"], &script).expect("nft accepts the script");
+        let empty =
+            crate::netpol::Ruleset::default().nft_script(&table, Ipv4Addr::new(10, 64, 0, 254));
+        nft_stdin(&["--check", "-f", "-"], &empty).expect("nft accepts the empty script");
     }
 }

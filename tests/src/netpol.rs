@@ -1,6 +1,6 @@
 //! NetworkPolicy evaluation for the kubelet bridge: from the policies, pods
-//! and namespaces in the API to a [`Ruleset`] (which pod may reach which pod
-//! on which ports), and from a ruleset to an nftables table. Pure: no I/O.
+//! and namespaces in the API to a [`Ruleset`] (which source may reach which
+//! pod on which ports), and from a ruleset to an nftables table. Pure: no I/O.
 //!
 //! The enforced subset (networking.k8s.io/v1, ingress only):
 //! - A policy applies to the pods of its namespace matched by `podSelector`
@@ -11,17 +11,31 @@
 //!   not enforced.
 //! - A pod selected by no ingress policy accepts everything. A pod selected by
 //!   at least one accepts only what the union of their `ingress` rules admits.
-//! - A rule admits a source pod when `from` is absent or empty, or when one of
-//!   its peers matches: `podSelector` alone (pods of the policy's namespace),
+//! - A rule admits a source when `from` is absent or empty (every source
+//!   address, a pod of this cluster or not), or when one of its peers
+//!   matches: `podSelector` alone (pods of the policy's namespace),
 //!   `namespaceSelector` alone (every pod of the matching namespaces, matched
 //!   on the Namespace's labels), both (matching pods of matching namespaces),
-//!   or `ipBlock` (`cidr` minus `except`, against the source pod IP).
+//!   or `ipBlock` (`cidr` minus `except`: any source address in that range).
+//!   Selector peers match only pods this bridge knows from its own API
+//!   server; a pod of another cluster (another bridge, routed through the
+//!   host) is admitted only by its address, through an `ipBlock` or a rule
+//!   without `from`. IPv6 blocks admit nothing (pods are IPv4 only).
 //! - A rule admits the ports listed in `ports` (protocol TCP by default, UDP,
 //!   SCTP; a port number, a named container port of the destination pod, or a
 //!   range with `endPort`; no `port` means every port of that protocol), or
 //!   every port and protocol when `ports` is absent or empty.
 //! - The host (the bridge IP: operator, probes, test code) is never filtered,
 //!   in either direction.
+//!
+//! Where it is enforced: the bridge family's forward hook sees packets
+//! between two pods of the bridge; its output hook sees packets the host
+//! sends out through the bridge, which are either the host's own (from the
+//! bridge IP, accepted) or routed by the host from another bridge's pod (from
+//! that pod's IP, judged exactly as a pod of this bridge would be). Packets a
+//! pod sends to another bridge leave through the host (the bridge's input
+//! hook, which this table leaves alone) and are judged by the other
+//! bridge's table, on its output hook.
 //!
 //! Filtering is stateless (no conntrack): every packet of a flow the rules do
 //! not admit is dropped, so an established connection stops carrying data as
@@ -40,7 +54,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -142,19 +158,127 @@ fn is_ingress_policy(p: &NetworkPolicy) -> bool {
     }
 }
 
-fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+/// The addresses of an IPv4 CIDR as an inclusive range (host bits of the
+/// network address ignored); `None` for IPv6 or anything unparsable.
+fn ipv4_range(cidr: &str) -> Option<(u32, u32)> {
     let (net, len) = match cidr.split_once('/') {
-        Some((n, l)) => (n, l.parse::<u32>().ok()),
-        None => (cidr, Some(32)),
+        Some((n, l)) => (n, l.parse::<u32>().ok()?),
+        None => (cidr, 32),
     };
-    let (Ok(net), Some(len)) = (net.parse::<Ipv4Addr>(), len) else {
-        return false;
-    };
+    let net: Ipv4Addr = net.parse().ok()?;
     if len > 32 {
-        return false;
+        return None;
     }
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(net) & mask == u32::from(ip) & mask
+    let lo = u32::from(net) & mask;
+    Some((lo, lo | !mask))
+}
+
+fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+    ipv4_range(cidr).is_some_and(|(lo, hi)| (lo..=hi).contains(&u32::from(ip)))
+}
+
+/// `ranges` without the addresses `cut` (all inclusive ranges).
+fn subtract(ranges: Vec<(u32, u32)>, (clo, chi): (u32, u32)) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        if chi < lo || clo > hi {
+            out.push((lo, hi));
+            continue;
+        }
+        if clo > lo {
+            out.push((lo, clo - 1));
+        }
+        if chi < hi {
+            out.push((chi + 1, hi));
+        }
+    }
+    out
+}
+
+/// The source addresses an ipBlock admits: `cidr` minus every `except`, as
+/// sorted, disjoint, inclusive ranges. Empty when `cidr` is not IPv4; an
+/// `except` that is not IPv4 removes nothing (as in [`peer_matches`]).
+fn block_ranges(block: &IPBlock) -> Vec<(u32, u32)> {
+    let Some(whole) = ipv4_range(&block.cidr) else {
+        return Vec::new();
+    };
+    block
+        .except
+        .iter()
+        .flatten()
+        .filter_map(|e| ipv4_range(e))
+        .fold(vec![whole], subtract)
+}
+
+/// Sorted, disjoint inclusive ranges covering the same values as `ranges`,
+/// adjacent ones joined.
+fn merge_ranges<T>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)>
+where
+    T: Copy + Ord + Into<u64>,
+{
+    ranges.sort();
+    let mut merged: Vec<(T, T)> = Vec::new();
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if lo.into() <= last.1.into() + 1 => {
+                last.1 = last.1.max(hi);
+            }
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
+/// A source address range and a port range, both inclusive.
+type Rect = ((u32, u32), (u16, u16));
+
+/// Cuts `rects` (source address range, port range) into rectangles that do
+/// not overlap (nftables refuses overlapping elements of a concatenated
+/// interval set) and leave out the addresses of `skip`: the source axis is
+/// split at every boundary, each piece gets the merged port ranges of the
+/// rectangles covering it, and neighbouring pieces with the same ports are
+/// joined again.
+fn disjoint_rects(rects: &[Rect], skip: &[(u32, u32)]) -> Vec<Rect> {
+    let mut cuts: BTreeSet<u64> = BTreeSet::new();
+    for ((lo, hi), _) in rects {
+        cuts.insert(u64::from(*lo));
+        cuts.insert(u64::from(*hi) + 1);
+    }
+    let cuts: Vec<u64> = cuts.into_iter().collect();
+    // Source ranges, each with the merged port ranges admitted from it.
+    type Piece = ((u32, u32), Vec<(u16, u16)>);
+    let mut pieces: Vec<Piece> = Vec::new();
+    for w in cuts.windows(2) {
+        // Every address of [w[0], w[1]) is covered by the same rectangles.
+        let (lo, hi) = (w[0], w[1] - 1);
+        let (Ok(lo), Ok(hi)) = (u32::try_from(lo), u32::try_from(hi)) else {
+            continue;
+        };
+        let ports = merge_ranges(
+            rects
+                .iter()
+                .filter(|((a, b), _)| *a <= lo && hi <= *b)
+                .map(|(_, p)| *p)
+                .collect(),
+        );
+        if ports.is_empty() {
+            continue;
+        }
+        let left = skip.iter().copied().fold(vec![(lo, hi)], subtract);
+        for range in left {
+            match pieces.last_mut() {
+                Some((last, p)) if u64::from(last.1) + 1 == u64::from(range.0) && *p == ports => {
+                    last.1 = range.1;
+                }
+                _ => pieces.push((range, ports.clone())),
+            }
+        }
+    }
+    pieces
+        .into_iter()
+        .flat_map(|(range, ports)| ports.into_iter().map(move |p| (range, p)))
+        .collect()
 }
 
 fn peer_matches(
@@ -224,7 +348,7 @@ fn admitted_ports(ports: Option<&[NetworkPolicyPort]>, dst: &PodInfo) -> Admit {
     Admit::Ranges(out)
 }
 
-/// Which pod may reach which pod: the result of evaluating the policies.
+/// Which source may reach which pod: the result of evaluating the policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// The IPs of the pods the rules were computed over.
@@ -236,6 +360,15 @@ pub struct Ruleset {
     /// (source, isolated destination, protocol, first port, last port)
     /// admitted, ranges merged, never for a pair in `any`.
     pub ports: BTreeSet<(Ipv4Addr, Ipv4Addr, Proto, u16, u16)>,
+    /// Source address ranges admitted whatever pod (if any) holds the
+    /// address: `ipBlock` peers, and rules without `from` (every address).
+    /// (first source, last source, isolated destination) admitted on every
+    /// port and protocol; the ranges of one destination merged.
+    pub blocks_any: BTreeSet<(Ipv4Addr, Ipv4Addr, Ipv4Addr)>,
+    /// (first source, last source, isolated destination, protocol, first
+    /// port, last port) admitted: no two overlap (nftables requires it), and
+    /// none covers an address `blocks_any` admits to that destination.
+    pub blocks_ports: BTreeSet<(Ipv4Addr, Ipv4Addr, Ipv4Addr, Proto, u16, u16)>,
 }
 
 impl Ruleset {
@@ -251,6 +384,10 @@ impl Ruleset {
             ..Ruleset::default()
         };
         let mut ranges: BTreeMap<(Ipv4Addr, Ipv4Addr, Proto), Vec<(u16, u16)>> = BTreeMap::new();
+        // Per destination: source ranges admitted on every port, and (source
+        // range, port range) rectangles per protocol.
+        let mut block_any: BTreeMap<Ipv4Addr, Vec<(u32, u32)>> = BTreeMap::new();
+        let mut block_rects: BTreeMap<(Ipv4Addr, Proto), Vec<Rect>> = BTreeMap::new();
         for policy in policies.iter().filter(|p| is_ingress_policy(p)) {
             let Some(spec) = &policy.spec else { continue };
             let policy_ns = policy.metadata.namespace.as_deref().unwrap_or_default();
@@ -286,42 +423,94 @@ impl Ruleset {
                             }
                         }
                     }
+                    // The same rule for addresses, known pods or not.
+                    let sources: Vec<(u32, u32)> = if from.is_empty() {
+                        vec![(0, u32::MAX)]
+                    } else {
+                        from.iter()
+                            .filter_map(|peer| peer.ip_block.as_ref())
+                            .flat_map(block_ranges)
+                            .collect()
+                    };
+                    match &admit {
+                        Admit::All => block_any.entry(dst.ip).or_default().extend(sources),
+                        Admit::Ranges(r) => {
+                            for (proto, lo, hi) in r {
+                                block_rects
+                                    .entry((dst.ip, *proto))
+                                    .or_default()
+                                    .extend(sources.iter().map(|s| (*s, (*lo, *hi))));
+                            }
+                        }
+                    }
                 }
             }
         }
-        for ((src, dst, proto), mut r) in ranges {
+        for ((src, dst, proto), r) in ranges {
             if rs.any.contains(&(src, dst)) {
                 continue;
             }
-            r.sort();
-            let mut merged: Vec<(u16, u16)> = Vec::new();
-            for (lo, hi) in r {
-                match merged.last_mut() {
-                    Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => {
-                        last.1 = last.1.max(hi);
-                    }
-                    _ => merged.push((lo, hi)),
-                }
-            }
-            for (lo, hi) in merged {
+            for (lo, hi) in merge_ranges(r) {
                 rs.ports.insert((src, dst, proto, lo, hi));
+            }
+        }
+        let block_any: BTreeMap<Ipv4Addr, Vec<(u32, u32)>> = block_any
+            .into_iter()
+            .map(|(dst, r)| (dst, merge_ranges(r)))
+            .collect();
+        for (dst, r) in &block_any {
+            for (lo, hi) in r {
+                rs.blocks_any
+                    .insert((Ipv4Addr::from(*lo), Ipv4Addr::from(*hi), *dst));
+            }
+        }
+        for ((dst, proto), rects) in block_rects {
+            let skip = block_any.get(&dst).map(Vec::as_slice).unwrap_or_default();
+            for ((lo, hi), (plo, phi)) in disjoint_rects(&rects, skip) {
+                rs.blocks_ports.insert((
+                    Ipv4Addr::from(lo),
+                    Ipv4Addr::from(hi),
+                    dst,
+                    proto,
+                    plo,
+                    phi,
+                ));
             }
         }
         rs
     }
 
-    /// Whether a flow from `src` to `dst` port `port` is admitted.
-    pub fn admits_flow(&self, src: Ipv4Addr, dst: Ipv4Addr, proto: Proto, port: u16) -> bool {
+    /// Whether `src` (a pod of this bridge or any other address) may reach
+    /// `dst` on every port and protocol, ICMP among them.
+    pub fn admits_any_protocol(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
         !self.isolated.contains(&dst)
             || self.any.contains(&(src, dst))
+            || self
+                .blocks_any
+                .iter()
+                .any(|(lo, hi, d)| *d == dst && (*lo..=*hi).contains(&src))
+    }
+
+    /// Whether a flow from `src` (a pod of this bridge or any other address)
+    /// to `dst` port `port` is admitted.
+    pub fn admits_flow(&self, src: Ipv4Addr, dst: Ipv4Addr, proto: Proto, port: u16) -> bool {
+        self.admits_any_protocol(src, dst)
             || self
                 .ports
                 .range((src, dst, proto, 0, 0)..=(src, dst, proto, u16::MAX, u16::MAX))
                 .any(|(_, _, _, lo, hi)| (*lo..=*hi).contains(&port))
+            || self.blocks_ports.iter().any(|(lo, hi, d, p, plo, phi)| {
+                *d == dst
+                    && *p == proto
+                    && (*lo..=*hi).contains(&src)
+                    && (*plo..=*phi).contains(&port)
+            })
     }
 
-    /// Whether a packet between two pods passes, exactly as the nftables
-    /// table of [`Ruleset::nft_script`] decides (see the module docs).
+    /// Whether a packet between two addresses passes, exactly as the nftables
+    /// table of [`Ruleset::nft_script`] decides (see the module docs) for a
+    /// packet between two pods of the bridge, or from an address routed in
+    /// from elsewhere (another bridge's pod) to a pod of the bridge.
     pub fn admits_packet(
         &self,
         src: Ipv4Addr,
@@ -340,10 +529,15 @@ impl Ruleset {
     }
 
     /// An nftables script replacing table `bridge <table>` atomically (one
-    /// `nft -f` transaction): a forward-hook chain on the bridge that drops
-    /// packets between pods the policies do not admit. Traffic from or to
-    /// `host_ip` never reaches the forward hook (it is local to the bridge),
-    /// and is accepted explicitly besides.
+    /// `nft -f` transaction) with two base chains that judge packets by the
+    /// same rules (chain `judge`):
+    /// - `forward`: packets between two pods of the bridge. Traffic from or
+    ///   to `host_ip` never reaches this hook (it is local to the bridge),
+    ///   and is accepted explicitly besides.
+    /// - `output`: packets the host sends out through the bridge. Those from
+    ///   `host_ip` (the operator, probes, test code) pass; any other source
+    ///   is a packet the host routed in from elsewhere (a pod of another
+    ///   bridge), judged as a pod of this bridge would be.
     pub fn nft_script(&self, table: &str, host_ip: Ipv4Addr) -> String {
         let mut s = String::new();
         let elements = |items: Vec<String>| -> String {
@@ -353,17 +547,38 @@ impl Ruleset {
                 format!(" elements = {{ {} }};", items.join(", "))
             }
         };
+        let range = |lo: &dyn std::fmt::Display, hi: &dyn std::fmt::Display| {
+            let (lo, hi) = (lo.to_string(), hi.to_string());
+            if lo == hi {
+                lo
+            } else {
+                format!("{lo}-{hi}")
+            }
+        };
         let isolated = elements(self.isolated.iter().map(|ip| ip.to_string()).collect());
         let any = elements(self.any.iter().map(|(s, d)| format!("{s} . {d}")).collect());
         let ports = elements(
             self.ports
                 .iter()
-                .map(|(s, d, p, lo, hi)| {
-                    if lo == hi {
-                        format!("{s} . {d} . {} . {lo}", p.nft())
-                    } else {
-                        format!("{s} . {d} . {} . {lo}-{hi}", p.nft())
-                    }
+                .map(|(s, d, p, lo, hi)| format!("{s} . {d} . {} . {}", p.nft(), range(lo, hi)))
+                .collect(),
+        );
+        let blocks_any = elements(
+            self.blocks_any
+                .iter()
+                .map(|(lo, hi, d)| format!("{} . {d}", range(lo, hi)))
+                .collect(),
+        );
+        let blocks_ports = elements(
+            self.blocks_ports
+                .iter()
+                .map(|(lo, hi, d, p, plo, phi)| {
+                    format!(
+                        "{} . {d} . {} . {}",
+                        range(lo, hi),
+                        p.nft(),
+                        range(plo, phi)
+                    )
                 })
                 .collect(),
         );
@@ -378,11 +593,22 @@ impl Ruleset {
              \tset isolated {{ type ipv4_addr;{isolated} }}\n\
              \tset any {{ type ipv4_addr . ipv4_addr;{any} }}\n\
              \tset ports {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval;{ports} }}\n\
+             \tset blocks_any {{ type ipv4_addr . ipv4_addr; flags interval;{blocks_any} }}\n\
+             \tset blocks_ports {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval;{blocks_ports} }}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority 0; policy accept;\n\
              \t\tmeta protocol != ip accept\n\
              \t\tip saddr {host_ip} accept\n\
              \t\tip daddr {host_ip} accept\n\
+             \t\tgoto judge\n\
+             \t}}\n\
+             \tchain output {{\n\
+             \t\ttype filter hook output priority 0; policy accept;\n\
+             \t\tmeta protocol != ip accept\n\
+             \t\tip saddr {host_ip} accept\n\
+             \t\tgoto judge\n\
+             \t}}\n\
+             \tchain judge {{\n\
              \t\tmeta l4proto != {{ tcp, udp, sctp }} goto request_only\n\
              \t\tth sport < {e} th dport >= {e} goto reply_only\n\
              \t\tth sport >= {e} th dport < {e} goto request_only\n\
@@ -402,11 +628,15 @@ impl Ruleset {
              \t\tip daddr != @isolated accept\n\
              \t\tip saddr . ip daddr @any accept\n\
              \t\t{l4} ip saddr . ip daddr . meta l4proto . th dport @ports accept\n\
+             \t\tip saddr . ip daddr @blocks_any accept\n\
+             \t\t{l4} ip saddr . ip daddr . meta l4proto . th dport @blocks_ports accept\n\
              \t}}\n\
              \tchain reply_ok {{\n\
              \t\tip saddr != @isolated accept\n\
              \t\tip daddr . ip saddr @any accept\n\
              \t\t{l4} ip daddr . ip saddr . meta l4proto . th sport @ports accept\n\
+             \t\tip daddr . ip saddr @blocks_any accept\n\
+             \t\t{l4} ip daddr . ip saddr . meta l4proto . th sport @blocks_ports accept\n\
              \t}}\n\
              }}\n"
         );
@@ -645,5 +875,214 @@ mod tests {
             .contains("10.64.0.2 . 10.64.0.1 . tcp . 80-81, 10.64.0.2 . 10.64.0.1 . tcp . 7101"));
         assert!(script.contains("set any { type ipv4_addr . ipv4_addr; }"));
         assert!(script.contains("ip saddr 10.64.0.254 accept"));
+        // The rule has no `from`: every address, as a range.
+        assert!(script.contains(
+            "set blocks_ports { type ipv4_addr . ipv4_addr . inet_proto . inet_service; \
+             flags interval; elements = { 0.0.0.0-255.255.255.255 . 10.64.0.1 . tcp . 80-81, \
+             0.0.0.0-255.255.255.255 . 10.64.0.1 . tcp . 7101 }; }"
+        ));
+        assert!(script.contains("set blocks_any { type ipv4_addr . ipv4_addr; flags interval; }"));
+        // Pod to pod on the forward hook; routed in from elsewhere on the
+        // output hook, where only the host's own packets skip the rules.
+        assert!(script.contains(
+            "\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\
+             \t\tmeta protocol != ip accept\n\t\tip saddr 10.64.0.254 accept\n\
+             \t\tip daddr 10.64.0.254 accept\n\t\tgoto judge\n\t}"
+        ));
+        assert!(script.contains(
+            "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\
+             \t\tmeta protocol != ip accept\n\t\tip saddr 10.64.0.254 accept\n\
+             \t\tgoto judge\n\t}"
+        ));
+        assert!(script.contains("ip saddr . ip daddr @blocks_any accept"));
+        assert!(
+            script.contains("ip daddr . ip saddr . meta l4proto . th sport @blocks_ports accept")
+        );
+    }
+
+    fn addr(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ip_blocks_admit_addresses_the_bridge_does_not_know() {
+        let pods = [
+            pod("a", "server", 1, &[("app", "server")]),
+            pod("a", "client", 2, &[]),
+        ];
+        let p = policy(json!({"metadata": {"name": "np", "namespace": "a"},
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [
+                {"from": [{"ipBlock": {"cidr": "10.65.0.0/16",
+                                       "except": ["10.65.3.0/24", "10.65.4.7/32", "fd00::/8"]}}],
+                 "ports": [{"port": 7101}]},
+                {"from": [{"ipBlock": {"cidr": "192.168.1.9/24"}}, {"ipBlock": {"cidr": "fd00::/8"}}]}]}}));
+        let rs = Ruleset::compute(&[p], &pods, &BTreeMap::new());
+        let server = ip(1);
+        let tcp = |src: &str, port| rs.admits_flow(addr(src), server, Proto::Tcp, port);
+        // Inside the cidr, not in `except`: admitted on the rule's port only.
+        assert!(tcp("10.65.0.0", 7101) && tcp("10.65.1.9", 7101) && tcp("10.65.255.255", 7101));
+        assert!(tcp("10.65.4.6", 7101) && tcp("10.65.4.8", 7101));
+        assert!(!tcp("10.65.1.9", 7102) && !tcp("10.65.1.9", 7100));
+        assert!(!rs.admits_flow(addr("10.65.1.9"), server, Proto::Udp, 7101));
+        assert!(!rs.admits_any_protocol(addr("10.65.1.9"), server));
+        // In an `except`, or outside the cidr: refused.
+        assert!(!tcp("10.65.3.0", 7101) && !tcp("10.65.3.200", 7101));
+        assert!(!tcp("10.65.4.7", 7101));
+        assert!(!tcp("10.66.0.0", 7101) && !tcp("10.64.255.255", 7101));
+        // A rule without ports: every port and protocol; host bits of the
+        // cidr are ignored.
+        assert!(tcp("192.168.1.0", 1) && tcp("192.168.1.255", 65535));
+        assert!(rs.admits_any_protocol(addr("192.168.1.77"), server));
+        assert!(!rs.admits_any_protocol(addr("192.168.2.0"), server));
+        // The known pod outside every block is refused too.
+        assert!(!rs.admits_flow(ip(2), server, Proto::Tcp, 7101));
+        // Packets of an admitted flow pass both ways; of a refused one neither.
+        let pkt = |s: &str, d, sp, dp| rs.admits_packet(addr(s), d, Proto::Tcp, sp, dp);
+        assert!(pkt("10.65.1.9", server, 40000, 7101));
+        assert!(rs.admits_packet(server, addr("10.65.1.9"), Proto::Tcp, 7101, 40000));
+        assert!(!pkt("10.65.3.5", server, 40000, 7101));
+        assert!(!rs.admits_packet(server, addr("10.65.3.5"), Proto::Tcp, 7101, 40000));
+        // The unselected client accepts everything, from anywhere.
+        assert!(rs.admits_flow(addr("172.16.0.1"), ip(2), Proto::Tcp, 9));
+        // As sets: the ranges of cidr minus except; IPv6 is ignored.
+        let r = |lo: &str, hi: &str| (addr(lo), addr(hi), server, Proto::Tcp, 7101, 7101);
+        assert_eq!(
+            rs.blocks_ports,
+            BTreeSet::from([
+                r("10.65.0.0", "10.65.2.255"),
+                r("10.65.4.0", "10.65.4.6"),
+                r("10.65.4.8", "10.65.255.255"),
+            ])
+        );
+        assert_eq!(
+            rs.blocks_any,
+            BTreeSet::from([(addr("192.168.1.0"), addr("192.168.1.255"), server)])
+        );
+        let script = rs.nft_script("rkh_1_0001", Ipv4Addr::new(10, 64, 0, 254));
+        assert!(script.contains("10.65.4.8-10.65.255.255 . 10.64.0.1 . tcp . 7101"));
+        assert!(script.contains("192.168.1.0-192.168.1.255 . 10.64.0.1"));
+    }
+
+    #[test]
+    fn rules_without_from_admit_every_address() {
+        let pods = [pod("a", "server", 1, &[])];
+        let p = policy(json!({"metadata": {"name": "np", "namespace": "a"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "raft"}]}]}}));
+        let rs = Ruleset::compute(&[p], &pods, &BTreeMap::new());
+        assert!(rs.admits_flow(addr("203.0.113.5"), ip(1), Proto::Tcp, 7101));
+        assert!(!rs.admits_flow(addr("203.0.113.5"), ip(1), Proto::Tcp, 7201));
+        let p = policy(json!({"metadata": {"name": "np", "namespace": "a"},
+            "spec": {"podSelector": {}, "ingress": [{}]}}));
+        let rs = Ruleset::compute(&[p], &pods, &BTreeMap::new());
+        assert!(rs.admits_any_protocol(addr("0.0.0.0"), ip(1)));
+        assert!(rs.admits_any_protocol(addr("255.255.255.255"), ip(1)));
+        // No rule at all: nothing.
+        let p = policy(json!({"metadata": {"name": "np", "namespace": "a"},
+            "spec": {"podSelector": {}}}));
+        let rs = Ruleset::compute(&[p], &pods, &BTreeMap::new());
+        assert!(!rs.admits_flow(addr("203.0.113.5"), ip(1), Proto::Tcp, 7101));
+        assert!(rs.blocks_any.is_empty() && rs.blocks_ports.is_empty());
+    }
+
+    /// Overlapping blocks of several rules and policies, the way nftables
+    /// needs them: no two elements of `blocks_ports` overlap, none covers an
+    /// address `blocks_any` admits, and together they admit exactly what the
+    /// rules do.
+    #[test]
+    fn overlapping_ip_blocks_become_disjoint_elements() {
+        let pods = [pod("a", "server", 1, &[]), pod("a", "other", 2, &[])];
+        let one = policy(json!({"metadata": {"name": "one", "namespace": "a"},
+            "spec": {"podSelector": {}, "ingress": [
+                {"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 80}]},
+                {"from": [{"ipBlock": {"cidr": "10.1.0.0/16"}}], "ports": [{"port": 85, "endPort": 90}]},
+                {"from": [{"ipBlock": {"cidr": "10.1.2.0/24"}}], "ports": [{"port": 81, "endPort": 84}, {"port": 443}]}]}}));
+        let two = policy(json!({"metadata": {"name": "two", "namespace": "a"},
+            "spec": {"podSelector": {}, "ingress": [
+                {"from": [{"ipBlock": {"cidr": "10.2.0.0/16", "except": ["10.2.1.0/24"]}},
+                          {"ipBlock": {"cidr": "10.1.2.128/25"}}]}]}}));
+        let rs = Ruleset::compute(&[one, two], &pods, &BTreeMap::new());
+        let server = ip(1);
+        let mine: Vec<_> = rs.blocks_ports.iter().filter(|e| e.2 == server).collect();
+        for (i, a) in mine.iter().enumerate() {
+            for b in &mine[i + 1..] {
+                let src = a.0 <= b.1 && b.0 <= a.1;
+                let port = a.3 == b.3 && a.4 <= b.5 && b.4 <= a.5;
+                assert!(!(src && port), "{a:?} overlaps {b:?}");
+            }
+            for (lo, hi, d) in &rs.blocks_any {
+                assert!(
+                    *d != server || a.1 < *lo || *hi < a.0,
+                    "{a:?} in blocks_any"
+                );
+            }
+        }
+        let expect = |src: &str, port: u16| -> bool {
+            let s = addr(src);
+            let within = |c: &str| cidr_contains(c, s);
+            (within("10.2.0.0/16") && !within("10.2.1.0/24"))
+                || within("10.1.2.128/25")
+                || (within("10.0.0.0/8") && port == 80)
+                || (within("10.1.0.0/16") && (85..=90).contains(&port))
+                || (within("10.1.2.0/24") && ((81..=84).contains(&port) || port == 443))
+        };
+        let sources = [
+            "9.255.255.255",
+            "10.0.0.0",
+            "10.0.255.255",
+            "10.1.0.0",
+            "10.1.1.255",
+            "10.1.2.0",
+            "10.1.2.127",
+            "10.1.2.128",
+            "10.1.2.255",
+            "10.1.3.0",
+            "10.1.255.255",
+            "10.2.0.0",
+            "10.2.0.255",
+            "10.2.1.0",
+            "10.2.1.255",
+            "10.2.2.0",
+            "10.2.255.255",
+            "10.3.0.0",
+            "10.255.255.255",
+            "11.0.0.0",
+        ];
+        for src in sources {
+            for port in [1, 79, 80, 81, 84, 85, 90, 91, 443, 444] {
+                assert_eq!(
+                    rs.admits_flow(addr(src), server, Proto::Tcp, port),
+                    expect(src, port),
+                    "{src} -> :{port}"
+                );
+            }
+        }
+        assert_eq!(
+            rs.blocks_any,
+            [
+                ("10.1.2.128", "10.1.2.255"),
+                ("10.2.0.0", "10.2.0.255"),
+                ("10.2.2.0", "10.2.255.255")
+            ]
+            .iter()
+            .flat_map(|(lo, hi)| [(addr(lo), addr(hi), ip(1)), (addr(lo), addr(hi), ip(2))])
+            .collect()
+        );
+        // Joined again where the ports are the same on both sides of a cut.
+        assert!(rs.blocks_ports.contains(&(
+            addr("10.3.0.0"),
+            addr("10.255.255.255"),
+            server,
+            Proto::Tcp,
+            80,
+            80
+        )));
+        assert!(rs.blocks_ports.contains(&(
+            addr("10.1.2.0"),
+            addr("10.1.2.127"),
+            server,
+            Proto::Tcp,
+            80,
+            90
+        )));
     }
 }

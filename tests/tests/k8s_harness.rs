@@ -3,11 +3,16 @@
 //! by the controller manager and run by the kubelet bridge; pods become Ready
 //! on their pod IPs, come back after a crash and after deletion (same IP,
 //! same volume), and are garbage-collected with their owner; the namespace is
-//! deleted by the namespace controller.
+//! deleted by the namespace controller. Two API servers in one process, each
+//! with its own kubelet bridge (two clusters, one flat pod network): their
+//! pods reach each other through the host, and a NetworkPolicy of one
+//! cluster admits a pod of the other only by its address (`ipBlock`).
 //!
 //! Needs the binaries from `scripts/k8s-test-bins.sh` (skipped loudly without
 //! them, fails under CI) and a built `roomkeeper` (`ROOMKEEPER_BIN`).
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -15,10 +20,13 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
-use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
+use roomkeeper_e2e::k8s::{
+    client_from_kubeconfig, eventually, init_test_tracing, skip_or_panic, KubeHarness,
+};
 use roomkeeper_e2e::kubelet::KubeletBridge;
 use serde_json::json;
 
@@ -378,4 +386,406 @@ async fn healthz(ip: &str) -> Result<()> {
     .await??;
     ensure!(r.status == 200, "healthz answered {}", r.status);
     Ok(())
+}
+
+// ------------------------------------------------ two clusters, one network
+
+const MESH_NS: &str = "rk-mesh";
+const MESH_ADMIN: u16 = 7301;
+const MESH_API: u16 = 7201;
+/// How long a connection attempt may take before it counts as blocked.
+const BLOCKED_AFTER: Duration = Duration::from_secs(2);
+
+/// Two clusters (two API servers, two kubelet bridges) in one test process,
+/// one pod network: a pod of cluster west reaches a pod of cluster east
+/// through the host as long as no policy selects it; a NetworkPolicy of
+/// east whose only peer is an ipBlock without west's pod refuses it (the
+/// connection times out), also when the block holds it in `except`; an
+/// ipBlock with west's pod /32 admits it again, on the rule's port only; a
+/// block without ports on every port. The host reaches both pods
+/// throughout, and east's isolated pod still opens connections to west.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clusters_one_pod_network_with_ip_block_policies() {
+    const TEST: &str = "k8s_two_clusters";
+    init_test_tracing();
+    let started = Instant::now();
+    let (east, west) = tokio::join!(
+        KubeHarness::start_or_skip("k8s_two_clusters_east"),
+        KubeHarness::start_or_skip("k8s_two_clusters_west")
+    );
+    let (Some(east), Some(west)) = (east, west) else {
+        return;
+    };
+    if east.is_external() || west.is_external() {
+        skip_or_panic(
+            TEST,
+            "it needs two local API servers, and ROOMKEEPER_E2E_USE_KUBECONFIG makes both \
+             harnesses use one existing cluster",
+        );
+        return;
+    }
+    eprintln!(
+        "two control planes up in {:.1}s: east {}, west {}",
+        started.elapsed().as_secs_f64(),
+        east.server_url(),
+        west.server_url()
+    );
+    let bin = roomkeeper_e2e::binary();
+    let east_bridge = KubeletBridge::start(east.admin_client(), east.dir(), &bin)
+        .await
+        .expect("east kubelet bridge");
+    let west_bridge = KubeletBridge::start(west.admin_client(), west.dir(), &bin)
+        .await
+        .expect("west kubelet bridge");
+    if !east_bridge.network_policy_or_skip(TEST) || !west_bridge.network_policy_or_skip(TEST) {
+        return;
+    }
+    assert!(
+        roomkeeper_e2e::netns::ipv4_forwarding(),
+        "IPv4 forwarding is off after the pod networks were created (see the log): \
+         pods of the two bridges cannot reach each other"
+    );
+    let east_side = Side {
+        name: "east",
+        h: &east,
+        bridge: &east_bridge,
+        pod: "east-0",
+    };
+    let west_side = Side {
+        name: "west",
+        h: &west,
+        bridge: &west_bridge,
+        pod: "west-0",
+    };
+    if let Err(e) = two_clusters(&east_side, &west_side).await {
+        for side in [&east_side, &west_side] {
+            eprintln!(
+                "===== cluster {} =====\n{}",
+                side.name,
+                side.h.dump_logs(30)
+            );
+            eprintln!(
+                "--- container log {} ---\n{}",
+                side.pod,
+                side.bridge
+                    .container_log_tail(MESH_NS, side.pod, "node", 20)
+            );
+            eprintln!("--- rules ---\n{:?}", side.bridge.applied_rules());
+        }
+        panic!("two-cluster scenario failed: {e:#}");
+    }
+    eprintln!("scenario passed in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// One cluster of the two-cluster test.
+struct Side<'a> {
+    name: &'static str,
+    h: &'a KubeHarness,
+    bridge: &'a KubeletBridge,
+    pod: &'static str,
+}
+
+impl Side<'_> {
+    fn ip(&self) -> Result<Ipv4Addr> {
+        self.bridge
+            .pod_ip(MESH_NS, self.pod)
+            .with_context(|| format!("{} has no IP", self.pod))
+    }
+
+    /// Whether a fresh connection from this side's pod to `to:port` is
+    /// established (and, on the admin port, answers `/healthz` with 200);
+    /// false when it times out, an error otherwise.
+    async fn reaches(&self, to: Ipv4Addr, port: u16) -> Result<bool> {
+        let from = self.pod;
+        match self
+            .bridge
+            .connect_from_pod(MESH_NS, from, SocketAddr::from((to, port)), BLOCKED_AFTER)
+            .await
+        {
+            Ok(mut s) => {
+                if port == MESH_ADMIN {
+                    let code =
+                        tokio::task::spawn_blocking(move || healthz_over(&mut s, BLOCKED_AFTER))
+                            .await??;
+                    ensure!(
+                        code == 200,
+                        "{from} -> {to}:{port}: /healthz answered {code}"
+                    );
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                let timed_out = e
+                    .chain()
+                    .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                    .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                ensure!(
+                    timed_out,
+                    "{from} -> {to}:{port}: {e:#} (expected success or a timeout)"
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Waits until this side's nftables rules match its API server.
+    async fn sync(&self) -> Result<()> {
+        self.bridge.wait_synced(Duration::from_secs(20)).await
+    }
+
+    async fn expect_reaches(&self, to: &Side<'_>, port: u16, want: bool) -> Result<()> {
+        let got = self.reaches(to.ip()?, port).await?;
+        ensure!(
+            got == want,
+            "{} ({}) -> {} ({}):{port} {}, expected it {}",
+            self.pod,
+            self.name,
+            to.pod,
+            to.name,
+            if got { "connected" } else { "was blocked" },
+            if want { "to connect" } else { "to be blocked" }
+        );
+        Ok(())
+    }
+
+    /// The host (this test process) reaches this side's pod: `/healthz` on
+    /// the admin port, and a connection to the order API.
+    async fn host_reaches(&self) -> Result<()> {
+        let ip = self.ip()?;
+        let pod = self.pod;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::from((ip, MESH_ADMIN)), BLOCKED_AFTER)
+                    .with_context(|| format!("host -> {pod} {ip}:{MESH_ADMIN}"))?;
+            let code = healthz_over(&mut s, BLOCKED_AFTER)?;
+            ensure!(code == 200, "host -> {pod}: /healthz answered {code}");
+            TcpStream::connect_timeout(&SocketAddr::from((ip, MESH_API)), BLOCKED_AFTER)
+                .with_context(|| format!("host -> {pod} {ip}:{MESH_API}"))?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+async fn two_clusters(east: &Side<'_>, west: &Side<'_>) -> Result<()> {
+    let pp = PostParams::default();
+    for side in [east, west] {
+        let admin = side.h.admin_client();
+        Api::<Namespace>::all(admin.clone())
+            .create(&pp, &obj(json!({"metadata": {"name": MESH_NS}})))
+            .await?;
+        Api::<Secret>::namespaced(admin.clone(), MESH_NS)
+            .create(
+                &pp,
+                &obj(json!({"metadata": {"name": "keys"},
+                    "stringData": {"contact.key": format!("0 {}\n", "ab".repeat(32))}})),
+            )
+            .await?;
+        Api::<Pod>::namespaced(admin, MESH_NS)
+            .create(&pp, &mesh_pod(side.pod))
+            .await?;
+    }
+    for side in [east, west] {
+        let pods: Api<Pod> = Api::namespaced(side.h.admin_client(), MESH_NS);
+        wait_ready(&pods, side.pod, Duration::from_secs(90)).await?;
+    }
+    let (east_ip, west_ip) = (east.ip()?, west.ip()?);
+    ensure!(
+        east_ip.octets()[..3] != west_ip.octets()[..3],
+        "the two bridges share a subnet: {east_ip} and {west_ip}"
+    );
+    eprintln!(
+        "east-0 is {east_ip} (host {}), west-0 is {west_ip} (host {})",
+        east.bridge.host_ip(),
+        west.bridge.host_ip()
+    );
+
+    // (a) No policy: each cluster's pod reaches the other's, through the host.
+    east.sync().await?;
+    west.sync().await?;
+    west.expect_reaches(east, MESH_ADMIN, true).await?;
+    west.expect_reaches(east, MESH_API, true).await?;
+    east.expect_reaches(west, MESH_ADMIN, true).await?;
+    east.host_reaches().await?;
+    west.host_reaches().await?;
+
+    // (b) East's pod admits only an ipBlock without west's pod: east's own
+    // subnet.
+    let policies: Api<NetworkPolicy> = Api::namespaced(east.h.admin_client(), MESH_NS);
+    let [a, b, c, _] = east_ip.octets();
+    let policy = |from: serde_json::Value, ports: Option<serde_json::Value>| {
+        let mut rule = json!({"from": from});
+        if let Some(ports) = ports {
+            rule["ports"] = ports;
+        }
+        json!({
+            "metadata": {"name": "store-ingress"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "store"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [rule],
+            },
+        })
+    };
+    policies
+        .create(
+            &pp,
+            &obj(policy(
+                json!([{"ipBlock": {"cidr": format!("{a}.{b}.{c}.0/24")}}]),
+                None,
+            )),
+        )
+        .await?;
+    east.sync().await?;
+    let t = Instant::now();
+    west.expect_reaches(east, MESH_ADMIN, false).await?;
+    west.expect_reaches(east, MESH_API, false).await?;
+    eprintln!(
+        "(b) west refused by an ipBlock of east's subnet ({:?})",
+        t.elapsed()
+    );
+    // East's pod is isolated, yet still opens connections to west (the
+    // answers are judged as answers), and the host reaches both.
+    east.expect_reaches(west, MESH_ADMIN, true).await?;
+    east.host_reaches().await?;
+    west.host_reaches().await?;
+    let rules = east
+        .bridge
+        .applied_rules()
+        .context("east's rules applied")?;
+    ensure!(
+        rules.isolated.contains(&east_ip)
+            && rules.blocks_any.contains(&(
+                Ipv4Addr::new(a, b, c, 0),
+                Ipv4Addr::new(a, b, c, 255),
+                east_ip
+            )),
+        "east's rules: {rules:?}"
+    );
+
+    // ... and a block holding west's pod in `except`: the whole pod network
+    // but west-0.
+    let merge = PatchParams::default();
+    let replace = |v: serde_json::Value| Patch::Merge(json!({"spec": v["spec"].clone()}));
+    policies
+        .patch(
+            "store-ingress",
+            &merge,
+            &replace(policy(
+                json!([{"ipBlock": {"cidr": "10.64.0.0/10", "except": [format!("{west_ip}/32")]}}]),
+                None,
+            )),
+        )
+        .await?;
+    east.sync().await?;
+    west.expect_reaches(east, MESH_ADMIN, false).await?;
+
+    // (c) An ipBlock of west's pod /32 on the admin port: admitted there, not
+    // on the order API.
+    policies
+        .patch(
+            "store-ingress",
+            &merge,
+            &replace(policy(
+                json!([{"ipBlock": {"cidr": format!("{west_ip}/32")}}]),
+                Some(json!([{"protocol": "TCP", "port": MESH_ADMIN}])),
+            )),
+        )
+        .await?;
+    east.sync().await?;
+    west.expect_reaches(east, MESH_ADMIN, true).await?;
+    west.expect_reaches(east, MESH_API, false).await?;
+    east.host_reaches().await?;
+    // West's whole subnet without ports: every port.
+    let [a, b, c, _] = west_ip.octets();
+    policies
+        .patch(
+            "store-ingress",
+            &merge,
+            &replace(policy(
+                json!([{"ipBlock": {"cidr": format!("{a}.{b}.{c}.0/24")}}]),
+                None,
+            )),
+        )
+        .await?;
+    east.sync().await?;
+    west.expect_reaches(east, MESH_ADMIN, true).await?;
+    west.expect_reaches(east, MESH_API, true).await?;
+
+    // (d) The host reached both pods throughout; once more at the end.
+    east.host_reaches().await?;
+    west.host_reaches().await?;
+    Ok(())
+}
+
+/// A single-node `roomkeeper node` pod labelled `app=store`, serving
+/// `/healthz` on the admin port and the order API.
+fn mesh_pod(name: &str) -> Pod {
+    obj(json!({
+        "metadata": {"name": name, "labels": {"app": "store"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "node",
+                "image": "ghcr.io/example/roomkeeper:test",
+                "command": ["roomkeeper"],
+                "args": [
+                    "node", "--id", "1",
+                    "--data-dir", "/var/lib/roomkeeper/node",
+                    "--raft-addr", "$(POD_IP):7101",
+                    "--api-addr", format!("$(POD_IP):{MESH_API}"),
+                    "--admin-addr", format!("$(POD_IP):{MESH_ADMIN}"),
+                    "--region", "harness-region", "--zone", "harness-zone-a",
+                    "--contact-key-file", "/etc/roomkeeper/keys/contact.key",
+                    // These pods test network flows, not peer authentication.
+                    "--insecure-plaintext-raft",
+                    "--insecure-plaintext-http",
+                ],
+                "env": [
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "ROOMKEEPER_CLIENT_TOKEN", "value": roomkeeper_e2e::CLIENT_TOKEN},
+                    {"name": "ROOMKEEPER_ADMIN_TOKEN", "value": roomkeeper_e2e::ADMIN_TOKEN},
+                    {"name": "ROOMKEEPER_LOG", "value": "info,openraft=warn"},
+                ],
+                "ports": [
+                    {"name": "api", "containerPort": MESH_API},
+                    {"name": "admin", "containerPort": MESH_ADMIN},
+                ],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 1},
+                "volumeMounts": [
+                    {"name": "data", "mountPath": "/var/lib/roomkeeper"},
+                    {"name": "keys", "mountPath": "/etc/roomkeeper/keys", "readOnly": true},
+                ],
+            }],
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "keys", "secret": {"secretName": "keys"}},
+            ],
+        },
+    }))
+}
+
+/// One `GET /healthz` on an open connection: the status code, or an error
+/// when no full answer arrives within `timeout`.
+fn healthz_over(s: &mut TcpStream, timeout: Duration) -> Result<u16> {
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: pod\r\nconnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            return head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .with_context(|| format!("no status code in {head:?}"));
+        }
+        let n = s.read(&mut chunk).context("reading the answer")?;
+        if n == 0 {
+            bail!("connection closed before an answer");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
