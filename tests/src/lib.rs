@@ -5,6 +5,7 @@
 //! The binary comes from `ROOMKEEPER_BIN`, else `target/release/roomkeeper`,
 //! else `target/debug/roomkeeper` (build it first: `cargo build -p roomkeeper`).
 
+pub mod buyers;
 pub mod gateway;
 pub mod http_client;
 pub mod k8s;

@@ -530,3 +530,68 @@ pub async fn approver_account(admin: &Client, ns: &str, name: &str) -> Result<()
         .with_context(|| format!("binding {ns}/{name} to roomkeeper-approver"))?;
     Ok(())
 }
+
+/// Voters by region, from the status the operator writes (the leader's view).
+pub async fn voters_by_region(
+    lrcs: &Api<DynamicObject>,
+    name: &str,
+) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut out: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for m in lrc_status(lrcs, name).await["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "voter")
+    {
+        if let (Some(r), Some(id)) = (m["region"].as_str(), m["nodeId"].as_i64()) {
+            out.entry(r.to_string()).or_default().push(id);
+        }
+    }
+    out
+}
+
+/// A FailoverPlaybook `default` whose only tier evacuates: a region lost for
+/// 5 s is drained and its voters are replaced in the other regions; it
+/// stands down with an event. A failed attempt (an operator restart) is
+/// retried after 2 s.
+pub fn evacuate_playbook() -> Value {
+    json!({
+        "apiVersion": "roomkeeper.dev/v1alpha1",
+        "kind": "FailoverPlaybook",
+        "metadata": {"name": "default"},
+        "spec": {
+            "guards": {"cooldownMs": 1000, "failureBudget": {"retryAfterMs": 2000}},
+            "tiers": [{
+                "name": "evacuate",
+                "level": 3,
+                "trigger": {"condition": {"type": "regionLost"}, "forMs": 5000, "clearForMs": 60000},
+                "actions": ["setTrafficWeightZero", "replaceVotersElsewhere", "recordEvent"],
+                "standDownActions": ["recordEvent"]
+            }]
+        }
+    })
+}
+
+/// The backends of cluster `name`'s HTTPRoute (`<name>-buyers`): backend
+/// name to weight.
+pub async fn route_weights(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
+        ),
+    );
+    let route = routes.get(&format!("{name}-buyers")).await?;
+    Ok(route.data["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["name"].as_str()?.to_string(), r["weight"].as_u64()?)))
+        .collect())
+}

@@ -14,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::Client;
+use roomkeeper_e2e::buyers::{client_call, judge_sale, Auth, SaleLoad};
 use roomkeeper_e2e::gateway::{
     httproute_crd_or_skip, install_crd, install_httproute_crd, GatewayCrds,
 };
@@ -21,7 +22,8 @@ use roomkeeper_e2e::http_client;
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
 use roomkeeper_e2e::operator::{
-    apply_file, apply_yaml, form_example_cluster, lrc_resource, OperatorEnv, OperatorProcess,
+    apply_file, apply_yaml, evacuate_playbook, form_example_cluster, lrc_resource,
+    voters_by_region, OperatorEnv, OperatorProcess,
 };
 use roomkeeper_operator::traffic::{HttpRouteRouter, TrafficRouter, FULL_WEIGHT};
 use serde_json::{json, Value};
@@ -35,15 +37,7 @@ const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
 /// The route's weights by backend Service name.
 async fn route_weights(client: &Client) -> Result<BTreeMap<String, u64>> {
-    let routes: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NS, &HttpRouteRouter::resource());
-    let route = routes.get(&format!("{LRC}-buyers")).await?;
-    Ok(route.data["spec"]["rules"][0]["backendRefs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| Some((r["name"].as_str()?.to_string(), r["weight"].as_u64()?)))
-        .collect())
+    roomkeeper_e2e::operator::route_weights(client, NS, LRC).await
 }
 
 fn router(client: &Client) -> HttpRouteRouter {
@@ -52,6 +46,7 @@ fn router(client: &Client) -> HttpRouteRouter {
         NS,
         LRC,
         REGIONS.iter().map(|r| r.to_string()).collect(),
+        Default::default(),
         None,
     )
 }
@@ -190,31 +185,6 @@ async fn lrc_status(api: &Api<DynamicObject>) -> Value {
     roomkeeper_e2e::operator::lrc_status(api, LRC).await
 }
 
-/// A client's credentials on the pods' APIs: its bearer token, and TLS as
-/// the operator speaks it (the cluster's CA, an operator certificate).
-#[derive(Clone)]
-struct Auth {
-    token: String,
-    tls: http_client::Tls,
-}
-
-impl Auth {
-    async fn new(token: String, admin: &Client) -> Result<Self> {
-        let tls = roomkeeper_e2e::operator::node_tls(admin, NS, LRC).await?;
-        Ok(Self { token, tls })
-    }
-
-    /// `http_client::request` over TLS.
-    async fn request(
-        &self,
-        addr: &str,
-        req: http::Request<http_body_util::Full<bytes::Bytes>>,
-        timeout: Duration,
-    ) -> std::io::Result<http_client::Response> {
-        http_client::request_tls(addr, &self.tls, req, timeout).await
-    }
-}
-
 /// One order on one pod: the HTTP status and the error code (or the order id).
 async fn place(ip: &str, token: &Auth, room: &str, sku: &str, key: &str) -> (u16, String) {
     let body = json!({
@@ -244,32 +214,6 @@ async fn place(ip: &str, token: &Auth, room: &str, sku: &str, key: &str) -> (u16
         }
         Err(_) => (0, "unreachable".into()),
     }
-}
-
-async fn client_call(
-    ip: &str,
-    token: &Auth,
-    method: &str,
-    path: &str,
-    body: Value,
-) -> Result<Value> {
-    let addr = format!("{ip}:7201");
-    let text = body.to_string();
-    let req = http_client::build(
-        method,
-        &addr,
-        path,
-        Some(text.as_bytes()),
-        Some(&token.token),
-    )?;
-    let r = token.request(&addr, req, Duration::from_secs(5)).await?;
-    ensure!(
-        r.status < 300,
-        "{method} {path}: HTTP {} {}",
-        r.status,
-        r.text()
-    );
-    Ok(serde_json::from_slice(&r.body)?)
 }
 
 /// What every pod answers to an order now (`placed` for a 2xx).
@@ -428,7 +372,7 @@ async fn quorum_loss(
         .and_then(|d| d.get("client-token").cloned())
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .context("client token")?;
-    let token = Auth::new(token, &admin).await?;
+    let token = Auth::new(token, &admin, NS, LRC).await?;
     let ips = pod_ips(&admin, bridge).await?;
     ensure!(ips.len() == 5, "pods {ips:?}");
     let (room, sku, stock) = ("t4-room", "hot", 60u64);
@@ -788,27 +732,6 @@ async fn region_drain(
     Ok(())
 }
 
-/// The evacuate tier alone: a region lost for 5 s is drained and its
-/// voters are replaced in the other regions; it stands down with an event.
-/// A failed attempt (an operator restart) is retried after 2 s.
-fn evacuate_playbook() -> Value {
-    json!({
-        "apiVersion": "roomkeeper.dev/v1alpha1",
-        "kind": "FailoverPlaybook",
-        "metadata": {"name": "default"},
-        "spec": {
-            "guards": {"cooldownMs": 1000, "failureBudget": {"retryAfterMs": 2000}},
-            "tiers": [{
-                "name": "evacuate",
-                "level": 3,
-                "trigger": {"condition": {"type": "regionLost"}, "forMs": 5000, "clearForMs": 60000},
-                "actions": ["setTrafficWeightZero", "replaceVotersElsewhere", "recordEvent"],
-                "standDownActions": ["recordEvent"]
-            }]
-        }
-    })
-}
-
 /// Hold-down of the evacuate tier plus the 10 s the issue allows.
 const EVACUATED_WITHIN: Duration = Duration::from_secs(5 + 10);
 /// What an operator killed mid-move adds: its lease runs out (6 s) before
@@ -893,22 +816,6 @@ async fn voter_moves(client: &Client) -> Result<roomkeeper_operator::evacuate::V
         &name,
         cm.as_ref(),
     )?)
-}
-
-/// Voters by region, from the status the operator writes (the leader's view).
-async fn voters_by_region(lrcs: &Api<DynamicObject>) -> BTreeMap<String, Vec<i64>> {
-    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for m in lrc_status(lrcs).await["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["role"] == "voter")
-    {
-        if let (Some(r), Some(id)) = (m["region"].as_str(), m["nodeId"].as_i64()) {
-            out.entry(r.to_string()).or_default().push(id);
-        }
-    }
-    out
 }
 
 /// Voters by region as the Raft leader reports them (`/admin/status` of
@@ -1001,52 +908,6 @@ async fn buyer_targets(admin: &Client, bridge: &KubeletBridge) -> Vec<String> {
         .collect()
 }
 
-/// What an order's answer means to the history checker.
-fn order_result(status: u16, body: &Value) -> roomkeeper_chaos::history::OpResult {
-    use roomkeeper_chaos::history::OpResult;
-    let code = body["code"].as_str().unwrap_or_default().to_string();
-    match status {
-        200..=299 => match body["order_id"].as_u64() {
-            Some(id) => OpResult::Placed {
-                order_id: id.to_string(),
-            },
-            None => OpResult::Unknown,
-        },
-        // A definite refusal: the store did not act.
-        400..=499 if !code.is_empty() => OpResult::Rejected { code },
-        503 if [
-            "no_leader",
-            "no_quorum",
-            "overloaded",
-            "not_leader",
-            "sales_paused",
-        ]
-        .contains(&code.as_str()) =>
-        {
-            OpResult::Rejected { code }
-        }
-        _ => OpResult::Unknown,
-    }
-}
-
-/// GET on the first pod that answers 200.
-async fn read_any(ips: &[String], token: &Auth, path: &str) -> Result<Value> {
-    let mut last = String::new();
-    for _ in 0..10 {
-        for ip in ips {
-            let addr = format!("{ip}:7201");
-            let req = http_client::build("GET", &addr, path, None, Some(&token.token))?;
-            match token.request(&addr, req, Duration::from_secs(3)).await {
-                Ok(r) if r.status == 200 => return Ok(serde_json::from_slice(&r.body)?),
-                Ok(r) => last = format!("{addr}: HTTP {} {}", r.status, r.text()),
-                Err(e) => last = format!("{addr}: {e}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    anyhow::bail!("GET {path}: {last}")
-}
-
 async fn region_kill(
     h: &KubeHarness,
     bridge: &KubeletBridge,
@@ -1055,11 +916,7 @@ async fn region_kill(
     ops: &mut Vec<OperatorProcess>,
     restart: bool,
 ) -> Result<()> {
-    use roomkeeper_chaos::history::{FinalOrder, History, OpKind};
-    use roomkeeper_chaos::recorder::Recorder;
     use roomkeeper_operator::evacuate::MoveStep;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     let (env, lrcs) = form_cluster(h, bin, crd, ops, Some(evacuate_playbook())).await?;
     let admin = env.admin.clone();
@@ -1080,10 +937,10 @@ async fn region_kill(
         .and_then(|d| d.get("admin-token").cloned())
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .context("admin token")?;
-    let token = Auth::new(token, &admin).await?;
-    let admin_token = Auth::new(admin_token, &admin).await?;
+    let token = Auth::new(token, &admin, NS, LRC).await?;
+    let admin_token = Auth::new(admin_token, &admin, NS, LRC).await?;
     let ids_before = node_ids(&admin).await?;
-    let voters_before = voters_by_region(&lrcs).await;
+    let voters_before = voters_by_region(&lrcs, LRC).await;
     ensure!(
         voters_before.get("ap-south").map(Vec::len) == Some(1),
         "ap-south holds one voter: {voters_before:?}"
@@ -1113,82 +970,14 @@ async fn region_kill(
 
     // Steady load: three buyers' clients, one order each 150 ms, each order
     // its own buyer and key, to the pods the route still sends buyers to.
-    let rec = Arc::new(Recorder::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let shared_targets = Arc::new(std::sync::Mutex::new(targets.clone()));
-    let mut clients = Vec::new();
-    for client in 0..3u32 {
-        let (rec, stop, shared, token) = (
-            rec.clone(),
-            stop.clone(),
-            shared_targets.clone(),
-            token.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut buyers = Vec::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let ip = {
-                    let t = shared.lock().map(|t| t.clone()).unwrap_or_default();
-                    if t.is_empty() {
-                        None
-                    } else {
-                        Some(t[(n + client as usize) % t.len()].clone())
-                    }
-                };
-                let Some(ip) = ip else {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    continue;
-                };
-                let (buyer, key) = (format!("b{client}-{n}"), format!("k{client}-{n}"));
-                let pending = rec.invoke(
-                    client,
-                    OpKind::PlaceOrder {
-                        sku: sku.into(),
-                        buyer: buyer.clone(),
-                        qty: 1,
-                        key: key.clone(),
-                    },
-                );
-                let body = json!({
-                    "sku": sku, "buyer": buyer, "qty": 1, "idempotency_key": key,
-                    "contact": "+1-555-0000",
-                })
-                .to_string();
-                let addr = format!("{ip}:7201");
-                let path = format!("/v1/rooms/{room}/orders");
-                let result = match http_client::build(
-                    "POST",
-                    &addr,
-                    &path,
-                    Some(body.as_bytes()),
-                    Some(&token.token),
-                ) {
-                    Ok(req) => match token.request(&addr, req, Duration::from_secs(2)).await {
-                        Ok(r) => order_result(
-                            r.status,
-                            &serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-                        ),
-                        Err(_) => roomkeeper_chaos::history::OpResult::Unknown,
-                    },
-                    Err(_) => roomkeeper_chaos::history::OpResult::Unknown,
-                };
-                rec.complete(pending, result);
-                buyers.push((buyer, key));
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            buyers
-        }));
-    }
+    let load = SaleLoad::start(3, &token, room, sku, targets.clone());
+    let rec = load.rec.clone();
     // The storefront follows the route: refreshed every half second.
     let follow = async {
         loop {
             let t = buyer_targets(&admin, bridge).await;
             if !t.is_empty() {
-                if let Ok(mut s) = shared_targets.lock() {
-                    *s = t;
-                }
+                load.retarget(t);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -1280,12 +1069,12 @@ async fn region_kill(
             Duration::from_secs(30),
             "status members: 5 voters, none in ap-south",
             || async {
-                let v = voters_by_region(&lrcs).await;
+                let v = voters_by_region(&lrcs, LRC).await;
                 !v.contains_key("ap-south") && v.values().map(Vec::len).sum::<usize>() == 5
             },
         )
         .await?;
-        let voters_after = voters_by_region(&lrcs).await;
+        let voters_after = voters_by_region(&lrcs, LRC).await;
         eprintln!(
             "region-kill: ap-south drained after {:.1} s, its voter replaced after {:.1} s: voters {voters_before:?} → {voters_after:?}",
             drained_after.as_secs_f64(),
@@ -1447,58 +1236,15 @@ async fn region_kill(
         r = scenario => r,
         () = follow => unreachable!("the route follower never ends"),
     };
-    stop.store(true, Ordering::Relaxed);
-    let mut buyers = Vec::new();
-    for c in clients {
-        buyers.extend(c.await?);
-    }
+    let (rec, buyers) = load.stop().await?;
     outcome?;
 
     // The history, judged by the drills' checker on the healed cluster.
     let live = buyer_targets(&admin, bridge).await;
-    let mut history = History {
-        ops: rec.ops(),
-        ..History::default()
-    };
-    let listing = read_any(
-        &live,
-        &token,
-        &format!("/v1/rooms/{room}/listings/{sku}?consistency=linearizable"),
-    )
-    .await?;
-    history.listings.insert(sku.into(), stock);
-    history.final_stock_left.insert(
-        sku.into(),
-        u32::try_from(listing["stock_left"].as_u64().context("stock_left")?)?,
-    );
-    for (buyer, key) in &buyers {
-        let orders = read_any(
-            &live,
-            &token,
-            &format!("/v1/buyers/{buyer}/orders?consistency=linearizable"),
-        )
-        .await?;
-        for o in orders.as_array().into_iter().flatten() {
-            if o["status"] == "cancelled" || o["room"] != room {
-                continue;
-            }
-            if let Some(id) = o["order_id"].as_u64() {
-                history.final_orders.insert(
-                    id.to_string(),
-                    FinalOrder {
-                        sku: sku.into(),
-                        buyer: buyer.clone(),
-                        qty: 1,
-                        key: key.clone(),
-                    },
-                );
-            }
-        }
-    }
-    let report = roomkeeper_chaos::checker::check(&history);
+    let report = judge_sale(&rec, &buyers, &live, &token, (room, sku, stock)).await?;
     eprintln!(
         "region-kill history: {} orders sent, {} acknowledged, {} unknown, {} lost, valid {}, longest gap between acknowledgements {} ms",
-        history.ops.len(),
+        rec.ops().len(),
         report.acknowledged,
         rec.unknown(),
         report.lost.len(),
