@@ -102,6 +102,7 @@ pub fn api_secret(
 /// the ConfigMap `<cluster>-api-ca`: one read each when nothing changed.
 pub async fn ensure_api_certs(
     ctx: &Context,
+    apis: &crate::regions::RegionApis,
     lrc: &LiveRoomCluster,
     ns: &str,
     ca: &ClusterCa,
@@ -110,10 +111,18 @@ pub async fn ensure_api_certs(
     // The CA's certificate where a gateway's BackendTLSPolicy can name it.
     crate::controller::apply_if_changed(ctx, ns, resources::api_ca_configmap(lrc, &ca.cert_pem))
         .await?;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for region in &lrc.spec.regions {
+        // In the region's own cluster, where its pods mount it.
+        let api: Api<Secret> = Api::namespaced(apis.of(&region.name).clone(), ns);
         let name = Names { cluster: &cluster }.api_certs(&region.name);
-        let (live, existing) = read_certificate_secret(&api, &name, &cluster).await?;
+        let (live, existing) = match read_certificate_secret(&api, &name, &cluster).await {
+            Ok(read) => read,
+            Err(e) if apis.is_remote(&region.name) && crate::controller::unreachable(&e) => {
+                tracing::warn!(region = %region.name, error = %e, "region's cluster unreachable: its API certificate is not checked");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let existing_names = live
             .as_ref()
             .and_then(|s| s.annotations().get(NAMES_ANNOTATION).cloned());
@@ -126,7 +135,11 @@ pub async fn ensure_api_certs(
         api.patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&api_secret(lrc, &region.name, &names, data)),
+            &Patch::Apply(&crate::controller::for_region(
+                apis,
+                &region.name,
+                api_secret(lrc, &region.name, &names, data),
+            )),
         )
         .await?;
         ctx.metrics.writes.with_label_values(&["Secret"]).inc();

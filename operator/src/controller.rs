@@ -32,6 +32,7 @@ use crate::crd::{
 use crate::metrics::OperatorMetrics;
 use crate::nodes::{NodeAdmin, NodeError};
 use crate::plan::{self, PodView, Step};
+use crate::regions::RegionApis;
 use crate::resources::{
     self, cluster_name, Identities, Names, CLUSTER_LABEL, HASH_ANNOTATION, REGION_LABEL,
 };
@@ -60,6 +61,8 @@ pub enum Error {
     Moves(#[from] crate::evacuate::MovesError),
     #[error("Raft certificates: {0}")]
     RaftCerts(#[from] crate::raft_certs::RaftCertsError),
+    #[error("region's Kubernetes cluster: {0}")]
+    RegionApi(#[from] crate::regions::RegionApiError),
 }
 
 impl Error {
@@ -76,6 +79,7 @@ impl Error {
             Error::Playbook(_) => "playbook",
             Error::Moves(_) => "moves",
             Error::RaftCerts(_) => "raft_certs",
+            Error::RegionApi(_) => "region_api",
         }
     }
 }
@@ -95,6 +99,11 @@ pub struct Context {
     /// "added node 7" into the "added node 6" event.
     pub reporter: kube::runtime::events::Reporter,
     pub playbooks: crate::tier::PlaybookStates,
+    /// Clients of the Kubernetes clusters regions run in (crate::regions).
+    pub kubeconfigs: crate::regions::KubeconfigClients,
+    /// This operator's pod IP, admitted to the admin port of regions in
+    /// other Kubernetes clusters.
+    pub operator_ip: Option<std::net::IpAddr>,
     /// Retry delays of clusters whose reconcile failed, per `namespace/name`.
     pub backoff: crate::backoff::Backoff,
 }
@@ -155,7 +164,14 @@ pub async fn run(
         .predicate_filter(spec_or_lifecycle, Default::default());
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=roomkeeper-operator");
+    // Pods in regions' own clusters are watched by crate::regions.
+    let remote_pods = ctx
+        .kubeconfigs
+        .take_wakeups()
+        .map(futures::StreamExt::boxed)
+        .unwrap_or_else(|| futures::stream::empty().boxed());
     Controller::for_stream(trigger, reader)
+        .reconcile_on(remote_pods)
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .watches(
             Api::<Pod>::all(client.clone()),
@@ -256,7 +272,24 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    apply_in(ctx, &ctx.client, ns, obj).await
+}
+
+/// [`apply_if_changed`] in the cluster `client` reaches (a region's own).
+pub(crate) async fn apply_in<K>(
+    ctx: &Context,
+    client: &Client,
+    ns: &str,
+    obj: K,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let (obj, hash) = resources::with_hash(obj);
     let name = obj.meta().name.clone().unwrap_or_default();
     if let Some(live) = api.get_opt(&name).await? {
@@ -275,6 +308,191 @@ where
         .with_label_values(&[K::kind(&()).as_ref()])
         .inc();
     Ok(true)
+}
+
+/// Whether an API error means the cluster could not be reached (as when its
+/// region is lost), rather than an answer from its API server.
+pub(crate) fn unreachable(e: &Error) -> bool {
+    matches!(e, Error::Kube(k) if !matches!(k, kube::Error::Api(_)))
+}
+
+/// `obj` as it goes to `region`'s cluster: without owner references there
+/// when that is another cluster (an owner must be in the same one).
+pub(crate) fn for_region<K: Resource>(apis: &RegionApis, region: &str, mut obj: K) -> K {
+    if apis.is_remote(region) {
+        obj.meta_mut().owner_references = None;
+    }
+    obj
+}
+
+/// Applies a region's object in the region's cluster ([`apply_if_changed`]).
+pub(crate) async fn apply_for_region<K>(
+    ctx: &Context,
+    apis: &RegionApis,
+    ns: &str,
+    region: &str,
+    obj: K,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    apply_in(ctx, apis.of(region), ns, for_region(apis, region, obj)).await
+}
+
+/// A copy of a Secret the operator keeps in its own cluster, for the
+/// clusters of other regions: data, type and labels only.
+fn mounted_copy(original: &Secret) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: original.metadata.name.clone(),
+            namespace: original.metadata.namespace.clone(),
+            labels: original.metadata.labels.clone(),
+            ..Default::default()
+        },
+        data: original.data.clone(),
+        type_: original.type_.clone(),
+        ..Secret::default()
+    }
+}
+
+/// Applies `obj` (with no owner reference) in the cluster of every region
+/// that runs in another Kubernetes cluster. A cluster that cannot be reached
+/// is skipped with a warning: a lost region must not stop the others.
+async fn copy_to_regions<K>(ctx: &Context, apis: &RegionApis, ns: &str, obj: K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    for site in apis.sites() {
+        let Some(region) = site.region else { continue };
+        let mut copy = obj.clone();
+        copy.meta_mut().owner_references = None;
+        match apply_in(ctx, site.client, ns, copy).await {
+            Ok(_) => {}
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(%region, kind = %K::kind(&()), error = %e, "region's cluster unreachable: copy not written");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The node-id map: written in the operator's cluster (the original, which
+/// every decision reads) and copied where other regions' pods mount it.
+pub(crate) async fn write_identities(
+    ctx: &Context,
+    apis: &RegionApis,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    ids: &Identities,
+) -> Result<(), Error> {
+    let cm = resources::identities_configmap(lrc, ids);
+    apply_if_changed(ctx, ns, cm.clone()).await?;
+    copy_to_regions(ctx, apis, ns, cm).await
+}
+
+/// The cluster's pods in every region's Kubernetes cluster. A region's
+/// cluster that cannot be reached contributes the pods it listed last, not
+/// ready, or (none listed since this operator started) one address-less pod
+/// per slot of the region: its nodes then count as silent (regions.rs).
+pub(crate) async fn list_pods(
+    apis: &RegionApis,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+) -> Result<Vec<Pod>, Error> {
+    let cluster = cluster_name(lrc);
+    let cluster = cluster.as_str();
+    let lists = apis.sites().into_iter().map(|site| async move {
+        let api: Api<Pod> = Api::namespaced(site.client.clone(), ns);
+        let lp = ListParams::default().labels(&RegionApis::selector(&site, cluster));
+        (site.region, api.list(&lp).await)
+    });
+    let mut pods: Vec<Pod> = Vec::new();
+    for (region, listed) in futures::future::join_all(lists).await {
+        match (region, listed) {
+            (Some(region), Ok(list)) => {
+                apis.remember_pods(ns, cluster, region, &list.items);
+                pods.extend(list.items);
+            }
+            (None, Ok(list)) => pods.extend(list.items),
+            (Some(region), Err(e)) if !matches!(e, kube::Error::Api(_)) => {
+                let mut last = apis.last_pods(ns, cluster, region);
+                if last.is_empty() {
+                    last = resources::slots(lrc)
+                        .into_iter()
+                        .filter(|s| s.region == region)
+                        .map(|s| Pod {
+                            metadata: kube::api::ObjectMeta {
+                                name: Some(s.pod),
+                                namespace: Some(ns.to_string()),
+                                labels: Some(resources::labels(cluster, Some(region))),
+                                ..Default::default()
+                            },
+                            ..Pod::default()
+                        })
+                        .collect();
+                }
+                tracing::warn!(%region, error = %e, pods = last.len(), "region's cluster unreachable: its pods as last seen, not ready");
+                pods.extend(last);
+            }
+            (_, Err(e)) => return Err(e.into()),
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    pods.retain(|p| seen.insert(p.name_any()));
+    Ok(pods)
+}
+
+/// The cluster's NetworkPolicy in every Kubernetes cluster that runs a
+/// region: with the addresses of the nodes elsewhere when regions run in
+/// several (resources::network_policy_across_clusters).
+async fn apply_network_policies(
+    ctx: &Context,
+    apis: &RegionApis,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    pods: &[Pod],
+) -> Result<(), Error> {
+    if !apis.any_remote() {
+        apply_if_changed(ctx, ns, resources::network_policy(lrc)).await?;
+        return Ok(());
+    }
+    for site in apis.sites() {
+        // The pods another cluster holds: a region of its own there, or
+        // (from a region's cluster) every region not in it.
+        let elsewhere: Vec<String> = pods
+            .iter()
+            .filter(|p| {
+                let region = p.labels().get(REGION_LABEL).map(String::as_str);
+                match site.region {
+                    Some(r) => region != Some(r),
+                    None => region.is_some_and(|r| apis.is_remote(r)),
+                }
+            })
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        let operator = site.region.and(ctx.operator_ip);
+        let mut policy = resources::network_policy_across_clusters(lrc, &elsewhere, operator);
+        if site.region.is_some() {
+            policy.metadata.owner_references = None;
+        }
+        match apply_in(ctx, site.client, ns, policy).await {
+            Ok(_) => {}
+            Err(e) if site.region.is_some() && unreachable(&e) => {
+                tracing::warn!(region = ?site.region, error = %e, "region's cluster unreachable: its NetworkPolicy is not updated");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn random_hex(bytes: usize) -> Result<String, Error> {
@@ -440,6 +658,15 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
     if let Err(problems) = validate_spec(&spec_lrc.spec) {
         return report_invalid_spec(ctx, spec_lrc, &base, problems).await;
     }
+    // Which Kubernetes cluster each region runs in (D57).
+    let apis = match ctx.kubeconfigs.resolve(&ctx.client, spec_lrc, &ns).await {
+        Ok(apis) => apis,
+        Err(e) if e.is_spec_problem() => {
+            return report_invalid_spec(ctx, spec_lrc, &base, vec![e.to_string()]).await
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let apis = &apis;
     let mut moves = crate::evacuate::VoterMoves::load(ctx, spec_lrc).await?;
     let (effective, skipped) = crate::evacuate::effective(spec_lrc, &moves);
     if !skipped.is_empty() {
@@ -449,15 +676,11 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
 
     // Credentials first: pods mount them.
     tracing::debug!(cluster = %name, phase = "secrets", "reconcile");
-    let (admin, ca) = ensure_secrets(ctx, lrc, &ns, &names).await?;
+    let (admin, ca) = ensure_secrets(ctx, apis, lrc, &ns, &names).await?;
 
     // Pods and what their nodes say, before ids: the membership raises the id floor.
     tracing::debug!(cluster = %name, phase = "list pods", "reconcile");
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = pods_api
-        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
-        .await?
-        .items;
+    let pods = list_pods(apis, lrc, &ns).await?;
     // Each pod is reached the way its own spec says it serves: TLS under the
     // cluster's CA or, a pod not yet rolled, plain (crate::api_tls).
     ctx.nodes.learn_with(&ns, &name, &ca, &pods).map_err(|e| {
@@ -472,6 +695,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
     tracing::debug!(cluster = %name, phase = "identities", "reconcile");
     let (mut ids, wiped) = ensure_identities(
         ctx,
+        apis,
         lrc,
         &ns,
         &names,
@@ -483,16 +707,17 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
     .await?;
     let slots = resources::slots(lrc);
 
-    let update_revision = apply_workload(ctx, lrc, &ns, &names, &ids, &members_now, &pods).await?;
+    let update_revision =
+        apply_workload(ctx, apis, lrc, &ns, &names, &ids, &members_now, &pods).await?;
     tracing::debug!(cluster = %name, phase = "network policy", "reconcile");
-    apply_if_changed(ctx, &ns, resources::network_policy(lrc)).await?;
+    apply_network_policies(ctx, apis, lrc, &ns, &pods).await?;
 
     let views = pod_views(&pods, &ids, &replies.statuses, &wiped, &update_revision);
     let mut status = observed_status(lrc, &ids, &views, base.clone());
     if lrc.spec.paused {
         // No membership step; the playbook still decides, with every action
         // suppressed by the pause guard, so what it would do is recorded.
-        if let Err(why) = crate::tier::run(spec_lrc, ctx, &views, &admin).await? {
+        if let Err(why) = crate::tier::run(spec_lrc, ctx, apis, &views, &admin).await? {
             tracing::debug!(cluster = %name, %why, "playbook not run while paused");
         }
         if let Some(h) = crate::tier::history(ctx, lrc) {
@@ -522,7 +747,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
         lrc,
         ns: &ns,
         admin: &admin,
-        pods_api: &pods_api,
+        apis,
         views: &views,
         slots: &slots,
         floor,
@@ -532,7 +757,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
     .await?;
 
     tracing::debug!(cluster = %name, phase = "playbook", "reconcile");
-    let tier = run_playbook(ctx, spec_lrc, &base, &views, &admin, &step).await?;
+    let tier = run_playbook(ctx, apis, spec_lrc, &base, &views, &admin, &step).await?;
     let progressing = taken.progressing;
     // A node that does not answer, or a tier in force, is a hold-down the
     // playbook is timing: tick it every 2 s, not every 15 s, so it acts
@@ -585,6 +810,7 @@ async fn report_invalid_spec(
 /// admin client that carries the admin token, and the cluster's Raft CA.
 async fn ensure_secrets(
     ctx: &Context,
+    apis: &RegionApis,
     lrc: &LiveRoomCluster,
     ns: &str,
     names: &Names<'_>,
@@ -596,13 +822,18 @@ async fn ensure_secrets(
         ]))
     })
     .await?;
-    ensure_secret(ctx, lrc, ns, names.contact_keys(), || {
+    let contact_keys = ensure_secret(ctx, lrc, ns, names.contact_keys(), || {
         Ok(BTreeMap::from([(
             "keys".to_string(),
             format!("1 {}\n", random_hex(32)?),
         )]))
     })
     .await?;
+    // Pods mount both: each region's own cluster holds a copy, kept equal to
+    // the original here (a rotated contact key reaches every region).
+    for original in [&tokens, &contact_keys] {
+        copy_to_regions(ctx, apis, ns, mounted_copy(original)).await?;
+    }
     let ca = ensure_secret(ctx, lrc, ns, names.raft_ca(), || {
         crate::raft_certs::new_ca_data()
             .map_err(|e| Error::RaftCerts(crate::raft_certs::RaftCertsError::Cert(e)))
@@ -610,7 +841,7 @@ async fn ensure_secrets(
     .await?;
     let ca = crate::raft_certs::ca_from_secret(&ca)?;
     // The API server certificates before any pod that mounts them.
-    crate::api_tls::ensure_api_certs(ctx, lrc, ns, &ca).await?;
+    crate::api_tls::ensure_api_certs(ctx, apis, lrc, ns, &ca).await?;
     Ok((
         NodeAdmin::new(ctx.http.clone(), secret_value(&tokens, "admin-token")),
         ca,
@@ -696,6 +927,7 @@ fn members_now(
 #[allow(clippy::too_many_arguments)]
 async fn ensure_identities(
     ctx: &Context,
+    apis: &RegionApis,
     lrc: &LiveRoomCluster,
     ns: &str,
     names: &Names<'_>,
@@ -720,8 +952,8 @@ async fn ensure_identities(
     // Every member is recorded as joined before any further step (a promotion
     // above all): from then on, its node refuses to rejoin on an empty volume.
     ids.mark_joined(members_now.iter().copied());
-    apply_if_changed(ctx, ns, resources::identities_configmap(lrc, &ids)).await?;
-    crate::raft_certs::ensure_node_certs(ctx, lrc, ns, ca, &ids).await?;
+    write_identities(ctx, apis, lrc, ns, &ids).await?;
+    crate::raft_certs::ensure_node_certs(ctx, apis, lrc, ns, ca, &ids).await?;
     // A quarantine reply counts only for the id the map gives that pod, or an
     // id no pod holds any more (retired, its pod not yet restarted): never
     // for another pod's id, whatever a stale mount or IP made the node say.
@@ -759,8 +991,10 @@ fn still_members(ids: &Identities, members_now: &[u64], sts_name: &str) -> i32 {
 
 /// Owned objects per region, and the regions that left the spec shrunk then
 /// removed. Returns each region's StatefulSet update revision.
+#[allow(clippy::too_many_arguments)]
 async fn apply_workload(
     ctx: &Context,
+    apis: &RegionApis,
     lrc: &LiveRoomCluster,
     ns: &str,
     names: &Names<'_>,
@@ -793,28 +1027,53 @@ async fn apply_workload(
             members_now,
             &names.statefulset(&region.name),
         )));
-        if apply_if_changed(ctx, ns, sts).await? {
-            ctx.event_for(
-                lrc,
-                false,
-                "StatefulSetApplied",
-                format!("applied StatefulSet {}", names.statefulset(&region.name)),
-            )
-            .await;
+        let applied = async {
+            let r = &region.name;
+            let changed = apply_for_region(ctx, apis, ns, r, sts).await?;
+            apply_for_region(ctx, apis, ns, r, resources::peers_service(lrc, region)).await?;
+            apply_for_region(ctx, apis, ns, r, resources::client_service(lrc, region)).await?;
+            apply_for_region(ctx, apis, ns, r, resources::pdb(lrc, region)).await?;
+            Ok::<bool, Error>(changed)
+        };
+        match applied.await {
+            Ok(true) => {
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "StatefulSetApplied",
+                    format!("applied StatefulSet {}", names.statefulset(&region.name)),
+                )
+                .await;
+            }
+            Ok(false) => {}
+            // A lost region's cluster: the others go on (regions.rs).
+            Err(e) if apis.is_remote(&region.name) && unreachable(&e) => {
+                tracing::warn!(region = %region.name, error = %e, "region's cluster unreachable: its workload is left as it is");
+            }
+            Err(e) => return Err(e),
         }
-        apply_if_changed(ctx, ns, resources::peers_service(lrc, region)).await?;
-        apply_if_changed(ctx, ns, resources::client_service(lrc, region)).await?;
-        apply_if_changed(ctx, ns, resources::pdb(lrc, region)).await?;
     }
     // Regions removed from the spec: their pods are in no slot, so the planner
     // takes their members out of the group; the StatefulSet shrinks behind
     // them (whenScaled: Delete drops their volumes) and goes, with its
-    // Services and budget, once no pod of it is left.
+    // Services and budget, once no pod of it is left. (Only in the
+    // operator's cluster: a region in another cluster is reached through its
+    // spec entry, so it is shrunk to zero voters there before it leaves.)
+    let mut owned_sets = Vec::new();
+    for site in apis.sites() {
+        let sts_api: Api<StatefulSet> = Api::namespaced(site.client.clone(), ns);
+        match sts_api
+            .list(&ListParams::default().labels(&RegionApis::selector(&site, names.cluster)))
+            .await
+        {
+            Ok(list) => owned_sets.extend(list.items),
+            Err(e) if site.region.is_some() && !matches!(e, kube::Error::Api(_)) => {
+                tracing::warn!(region = ?site.region, error = %e, "region's cluster unreachable: its StatefulSet is not read");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    let owned_sets = sts_api
-        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", names.cluster)))
-        .await?
-        .items;
     // Which pods run an outdated template: each set's update revision, from
     // the same list (read after the applies above).
     let update_revision: BTreeMap<String, String> = owned_sets
@@ -955,7 +1214,7 @@ struct MembershipStep<'a> {
     lrc: &'a LiveRoomCluster,
     ns: &'a str,
     admin: &'a NodeAdmin,
-    pods_api: &'a Api<Pod>,
+    apis: &'a RegionApis,
     views: &'a [PodView],
     slots: &'a [resources::Slot],
     floor: u64,
@@ -976,12 +1235,21 @@ impl MembershipStep<'_> {
             lrc,
             ns,
             admin,
-            pods_api,
+            apis,
             views,
             slots,
             floor,
             ca,
         } = *self;
+        // A pod is deleted in its region's cluster.
+        let pods_api = |pod: &str| -> Api<Pod> {
+            let region = views
+                .iter()
+                .find(|v| v.pod == pod)
+                .map(|v| v.region.as_str())
+                .unwrap_or_default();
+            Api::namespaced(apis.of(region).clone(), ns)
+        };
         let name = lrc.name_any();
         let leader_ip = plan::leader(views).and_then(|(p, _)| p.ip.clone());
         let mut progressing = true;
@@ -997,7 +1265,7 @@ impl MembershipStep<'_> {
                 // must find the node quarantined (marking early costs at most a
                 // replacement, never safety).
                 ids.mark_joined(members.keys().copied());
-                apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                write_identities(ctx, apis, lrc, ns, ids).await?;
                 admin.init(&ip, members).await?;
                 status.bootstrapped = true;
                 ctx.event_for(
@@ -1014,7 +1282,7 @@ impl MembershipStep<'_> {
             Step::AddLearner { id, pod, node } => {
                 let ip = leader_ip.clone().unwrap_or_default();
                 ids.mark_joined([*id]);
-                apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                write_identities(ctx, apis, lrc, ns, ids).await?;
                 admin.add_learner(&ip, *id, node).await?;
                 ctx.event_for(
                     lrc,
@@ -1044,8 +1312,7 @@ impl MembershipStep<'_> {
                 if let Some(pod) = leaving_pod {
                     if !slots.iter().any(|s| s.pod == pod) {
                         ids.retire(&pod);
-                        apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids))
-                            .await?;
+                        write_identities(ctx, apis, lrc, ns, ids).await?;
                     }
                 }
                 let what = if *voter {
@@ -1120,10 +1387,10 @@ impl MembershipStep<'_> {
                 if ids.id_of(pod) == Some(*id) {
                     ids.retire(pod);
                     ids.assign(slots, floor);
-                    apply_if_changed(ctx, ns, resources::identities_configmap(lrc, ids)).await?;
+                    write_identities(ctx, apis, lrc, ns, ids).await?;
                     // The new id's certificate is in the region's Secret
                     // before the pod restarts to use it.
-                    crate::raft_certs::ensure_node_certs(ctx, lrc, ns, ca, ids).await?;
+                    crate::raft_certs::ensure_node_certs(ctx, apis, lrc, ns, ca, ids).await?;
                     let new = ids
                         .id_of(pod)
                         .map_or_else(|| "none (no longer wanted)".to_string(), |n| n.to_string());
@@ -1135,7 +1402,7 @@ impl MembershipStep<'_> {
                     )
                     .await;
                 }
-                pods_api.delete(pod, &DeleteParams::default()).await?;
+                pods_api(pod).delete(pod, &DeleteParams::default()).await?;
                 ctx.event_for(
                     lrc,
                     false,
@@ -1156,7 +1423,7 @@ impl MembershipStep<'_> {
                 .await;
             }
             Step::RestartForUpdate { pod } => {
-                pods_api.delete(pod, &DeleteParams::default()).await?;
+                pods_api(pod).delete(pod, &DeleteParams::default()).await?;
                 ctx.event_for(
                     lrc,
                     false,
@@ -1188,6 +1455,7 @@ impl MembershipStep<'_> {
 /// the playbook cannot run.
 async fn run_playbook(
     ctx: &Context,
+    apis: &RegionApis,
     lrc: &LiveRoomCluster,
     base: &LiveRoomClusterStatus,
     views: &[PodView],
@@ -1195,7 +1463,7 @@ async fn run_playbook(
     step: &Step,
 ) -> Result<Result<String, crate::tier::PlaybookUnavailable>, Error> {
     if matches!(step, Step::Wait(_) | Step::Converged) {
-        crate::tier::run(lrc, ctx, views, admin).await
+        crate::tier::run(lrc, ctx, apis, views, admin).await
     } else {
         Ok(Ok(base
             .active_tier
@@ -1479,6 +1747,7 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
     let name = lrc.name_any();
     let names = Names { cluster: &name };
     ctx.metrics.remove_slo(&ns, &name);
+    ctx.kubeconfigs.forget(&ns, &name);
     let dp = DeleteParams::background();
     let destroy = lrc.spec.deletion_policy == DeletionPolicy::Delete;
     let note = if destroy {
@@ -1487,39 +1756,92 @@ async fn cleanup(lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Error> 
         "deleting the cluster's StatefulSets, pods, Services, budgets and policy; its volumes, node ids and keys are kept (deletionPolicy: Retain); create the cluster again to resume it, or delete them by label roomkeeper.dev/cluster to destroy the data"
     };
     ctx.event_for(lrc, destroy, "Deleting", note.into()).await;
-    for region in &lrc.spec.regions {
-        delete_if_present::<StatefulSet>(ctx, &ns, &names.statefulset(&region.name), &dp).await?;
-        delete_if_present::<Service>(ctx, &ns, &names.peers_service(&region.name), &dp).await?;
-        delete_if_present::<Service>(ctx, &ns, &names.client_service(&region.name), &dp).await?;
-        delete_if_present::<PodDisruptionBudget>(ctx, &ns, &names.statefulset(&region.name), &dp)
-            .await?;
+    // A kubeconfig Secret already gone must not keep the cluster object
+    // forever: its region's objects are then left, and said so.
+    let apis = match ctx.kubeconfigs.resolve(&ctx.client, lrc, &ns).await {
+        Ok(apis) => apis,
+        Err(e) => {
+            ctx.event_for(
+                lrc,
+                true,
+                "RegionCleanupSkipped",
+                format!("{e}: objects in regions' own Kubernetes clusters are left; delete them there by label {CLUSTER_LABEL}={name}"),
+            )
+            .await;
+            RegionApis::local(ctx.client.clone())
+        }
+    };
+    for site in apis.sites() {
+        let swept = cleanup_site(lrc, &ns, &names, &site, destroy, &dp).await;
+        match swept {
+            Ok(()) => {}
+            Err(e) if site.region.is_some() && unreachable(&e) => {
+                ctx.event_for(
+                    lrc,
+                    true,
+                    "RegionCleanupSkipped",
+                    format!("region {}'s Kubernetes cluster cannot be reached ({e}): its objects are left; delete them there by label {CLUSTER_LABEL}={name}", site.region.unwrap_or_default()),
+                )
+                .await;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    delete_if_present::<NetworkPolicy>(ctx, &ns, &names.network_policy(), &dp).await?;
     delete_if_present::<ConfigMap>(ctx, &ns, &format!("{name}-playbook-memory"), &dp).await?;
+    if destroy {
+        delete_if_present::<ConfigMap>(ctx, &ns, &crate::evacuate::configmap_name(&name), &dp)
+            .await?;
+        delete_if_present::<Secret>(ctx, &ns, &names.raft_ca(), &dp).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// The cluster's objects in one Kubernetes cluster that runs regions of it
+/// (see [`cleanup`]).
+async fn cleanup_site(
+    lrc: &LiveRoomCluster,
+    ns: &str,
+    names: &Names<'_>,
+    site: &crate::regions::Site<'_>,
+    destroy: bool,
+    dp: &DeleteParams,
+) -> Result<(), Error> {
+    let client = site.client;
+    let here: Vec<&str> = lrc
+        .spec
+        .regions
+        .iter()
+        .map(|r| r.name.as_str())
+        .filter(|r| site.region.is_none_or(|s| s == *r))
+        .collect();
+    for region in &here {
+        delete_in::<StatefulSet>(client, ns, &names.statefulset(region), dp).await?;
+        delete_in::<Service>(client, ns, &names.peers_service(region), dp).await?;
+        delete_in::<Service>(client, ns, &names.client_service(region), dp).await?;
+        delete_in::<PodDisruptionBudget>(client, ns, &names.statefulset(region), dp).await?;
+    }
+    delete_in::<NetworkPolicy>(client, ns, &names.network_policy(), dp).await?;
     // Kept on purpose: the PVCs (StatefulSet retention whenDeleted: Retain),
     // the identity map and the Secrets. Without the contact keys the sealed
     // contacts in the retained logs are unreadable; without the identity map a
     // recreated cluster would hand the retained volumes other ids; with the
     // Raft CA and certificates it resumes under the same trust.
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let by_cluster = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
-    pods.delete_collection(&dp, &by_cluster).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selected = ListParams::default().labels(&RegionApis::selector(site, names.cluster));
+    pods.delete_collection(dp, &selected).await?;
     if destroy {
         // The volumes go once their pods have stopped (PVC protection).
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        pvcs.delete_collection(&dp, &by_cluster).await?;
-        delete_if_present::<ConfigMap>(ctx, &ns, &names.identities(), &dp).await?;
-        delete_if_present::<ConfigMap>(ctx, &ns, &crate::evacuate::configmap_name(&name), &dp)
-            .await?;
-        delete_if_present::<Secret>(ctx, &ns, &names.tokens(), &dp).await?;
-        delete_if_present::<Secret>(ctx, &ns, &names.contact_keys(), &dp).await?;
-        delete_if_present::<Secret>(ctx, &ns, &names.raft_ca(), &dp).await?;
-        for region in &lrc.spec.regions {
-            delete_if_present::<Secret>(ctx, &ns, &names.raft_certs(&region.name), &dp).await?;
-            delete_if_present::<Secret>(ctx, &ns, &names.api_certs(&region.name), &dp).await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        pvcs.delete_collection(dp, &selected).await?;
+        delete_in::<ConfigMap>(client, ns, &names.identities(), dp).await?;
+        delete_in::<Secret>(client, ns, &names.tokens(), dp).await?;
+        delete_in::<Secret>(client, ns, &names.contact_keys(), dp).await?;
+        for region in &here {
+            delete_in::<Secret>(client, ns, &names.raft_certs(region), dp).await?;
+            delete_in::<Secret>(client, ns, &names.api_certs(region), dp).await?;
         }
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 async fn delete_if_present<K>(
@@ -1534,7 +1856,18 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    delete_in::<K>(&ctx.client, ns, name, dp).await
+}
+
+/// [`delete_if_present`] in the cluster `client` reaches.
+async fn delete_in<K>(client: &Client, ns: &str, name: &str, dp: &DeleteParams) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
     match api.delete(name, dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

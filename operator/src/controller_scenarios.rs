@@ -669,6 +669,8 @@ async fn reconcile_once(lrc: LiveRoomCluster, world: BTreeMap<String, Value>) ->
             instance: Some("test".into()),
         },
         playbooks: crate::tier::PlaybookStates::default(),
+        kubeconfigs: crate::regions::KubeconfigClients::default(),
+        operator_ip: None,
         backoff: crate::backoff::Backoff::default(),
     });
     let action = tokio::time::timeout(
@@ -1534,7 +1536,6 @@ fn workload_deletions() -> Vec<&'static str> {
         "DELETE /api/v1/namespaces/{NS}/services/shop-r",
         "DELETE /apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/shop-r",
         "DELETE /apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/shop-peers-only",
-        "DELETE /api/v1/namespaces/{NS}/configmaps/shop-playbook-memory",
         "DELETE /api/v1/namespaces/{NS}/pods",
     ]
 }
@@ -1544,6 +1545,7 @@ async fn deleting_a_retained_cluster_removes_the_workload_and_keeps_volumes_ids_
     let done = delete_cluster(13, DeletionPolicy::Retain).await;
     let mut want = vec!["POST /apis/events.k8s.io/v1/namespaces/{NS}/events Deleting"];
     want.extend(workload_deletions());
+    want.push("DELETE /api/v1/namespaces/{NS}/configmaps/shop-playbook-memory");
     want.push("PATCH /apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/liveroomclusters/shop");
     assert_eq!(done.calls, with(vec![], &want));
     let event = done.body("POST /apis/events.k8s.io/v1/namespaces/{NS}/events Deleting");
@@ -1577,14 +1579,17 @@ async fn deleting_a_cluster_under_the_delete_policy_also_removes_volumes_ids_and
     let mut want = vec!["POST /apis/events.k8s.io/v1/namespaces/{NS}/events Deleting"];
     want.extend(workload_deletions());
     want.extend([
+        // Every cluster that runs a region: volumes, the ids and keys its
+        // pods mount, its regions' certificates; then the operator's own.
         "DELETE /api/v1/namespaces/{NS}/persistentvolumeclaims",
         "DELETE /api/v1/namespaces/{NS}/configmaps/shop-identities",
-        "DELETE /api/v1/namespaces/{NS}/configmaps/shop-voter-moves",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-tokens",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-contact-keys",
-        "DELETE /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-r-raft-certs",
         "DELETE /api/v1/namespaces/{NS}/secrets/shop-r-api-tls",
+        "DELETE /api/v1/namespaces/{NS}/configmaps/shop-playbook-memory",
+        "DELETE /api/v1/namespaces/{NS}/configmaps/shop-voter-moves",
+        "DELETE /api/v1/namespaces/{NS}/secrets/shop-raft-ca",
         "PATCH /apis/roomkeeper.dev/v1alpha1/namespaces/{NS}/liveroomclusters/shop",
     ]);
     assert_eq!(done.calls, with(vec![], &want));

@@ -179,6 +179,22 @@ pub fn needs_fault_hooks(spec: &DrillSpec, cluster: &str, hooks_on: bool) -> Opt
 
 /// Why the spec cannot run on Kubernetes, if it cannot: each problem names
 /// its field.
+/// Why a drill cannot run against `lrc`: the runner injects through this
+/// Kubernetes cluster's API only, and a region of `lrc` runs in another one
+/// (D57).
+pub fn spans_clusters(lrc: &LiveRoomCluster, target: &str) -> Option<String> {
+    let (i, region) = lrc
+        .spec
+        .regions
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.kubeconfig_secret_ref.is_some())?;
+    Some(format!(
+        "spec.target.cluster: LiveRoomCluster {target} runs region {:?} in another Kubernetes cluster (spec.regions[{i}].kubeconfigSecretRef); this release injects drill faults through the operator's own cluster only, so drills against it are refused rather than run half",
+        region.name
+    ))
+}
+
 pub fn unsupported(spec: &DrillSpec) -> Option<String> {
     if let Err(why) =
         roomkeeper_drill::check_kinds(spec, &SUPPORTED_FAULTS, "the Kubernetes drill runner")
@@ -321,10 +337,10 @@ async fn reconcile(drill: Arc<ChaosDrill>, ctx: Arc<DrillContext>) -> Result<Act
     let lrcs: Api<LiveRoomCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let target = &drill.spec.0.target.cluster;
     let lrc = lrcs.get_opt(target).await?;
-    if let Some(why) = lrc
-        .as_ref()
-        .and_then(|l| needs_fault_hooks(&drill.spec.0, target, l.spec.order_store.fault_hooks))
-    {
+    if let Some(why) = lrc.as_ref().and_then(|l| {
+        needs_fault_hooks(&drill.spec.0, target, l.spec.order_store.fault_hooks)
+            .or_else(|| spans_clusters(l, target))
+    }) {
         let s = ChaosDrillStatus {
             phase: Some("Invalid".into()),
             message: Some(why.clone()),

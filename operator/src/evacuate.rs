@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
 use roomkeeper_api::NodeStatus;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ use crate::controller::{Context, MANAGER};
 use crate::crd::LiveRoomCluster;
 use crate::nodes::{node_info, NodeAdmin};
 use crate::plan::{LIVE_ACK_MS, PROMOTE_MAX_LAG};
-use crate::resources::{self, cluster_name, Identities, Names, CLUSTER_LABEL};
+use crate::resources::{self, cluster_name, Identities, Names};
 
 /// The key of the record in the ConfigMap.
 pub const MOVES_KEY: &str = "moves.json";
@@ -300,6 +300,8 @@ pub struct Evacuation<'a> {
     pub lrc: &'a LiveRoomCluster,
     pub ns: &'a str,
     pub admin: &'a NodeAdmin,
+    /// The Kubernetes cluster of each region (crate::regions).
+    pub apis: &'a crate::regions::RegionApis,
     /// Pods whose node answered at the start of this reconcile: the only
     /// ones asked for the leader's view (a lost region's pods would hold
     /// every probe for the admin timeout).
@@ -331,11 +333,9 @@ impl Evacuation<'_> {
     /// The answering pods' statuses now, and `also`'s.
     async fn fresh(&self, also: Option<&str>) -> Result<Fresh, String> {
         let name = cluster_name(self.lrc);
-        let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), self.ns)
-            .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}")))
+        let pods = crate::controller::list_pods(self.apis, self.lrc, self.ns)
             .await
-            .map_err(|e| format!("listing pods: {e}"))?
-            .items;
+            .map_err(|e| format!("listing pods: {e}"))?;
         self.ctx
             .nodes
             .learn(&self.ctx.client, self.ns, &name, &pods)
@@ -552,12 +552,16 @@ impl Evacuation<'_> {
         )
         .await
         .map_err(|e| format!("writing ConfigMap {name}: {e}"))?;
+        // Where other regions' pods mount it, too.
+        crate::controller::write_identities(self.ctx, self.apis, self.lrc, self.ns, ids)
+            .await
+            .map_err(|e| format!("copying ConfigMap {name} to the regions' clusters: {e}"))?;
         // A new id's Raft certificate is in its region's Secret before the
         // StatefulSet grows to start its pod.
         let ca = crate::raft_certs::read_ca(self.ctx, self.lrc, self.ns)
             .await
             .map_err(|e| format!("reading the Raft CA: {e}"))?;
-        crate::raft_certs::ensure_node_certs(self.ctx, self.lrc, self.ns, &ca, ids)
+        crate::raft_certs::ensure_node_certs(self.ctx, self.apis, self.lrc, self.ns, &ca, ids)
             .await
             .map_err(|e| format!("issuing Raft certificates: {e}"))?;
         Ok(())
@@ -632,7 +636,7 @@ impl Evacuation<'_> {
             .ok_or_else(|| format!("region {region} is not in the spec"))?;
         let cluster = cluster_name(self.lrc);
         let sts_name = Names { cluster: &cluster }.statefulset(region);
-        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let api: Api<StatefulSet> = Api::namespaced(self.apis.of(region).clone(), self.ns);
         let want = r.voters + r.learners;
         let have = api
             .get_opt(&sts_name)

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod raft_certs;
+pub mod regions;
 pub mod resources;
 pub mod risk;
 pub mod runbooks;

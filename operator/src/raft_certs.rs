@@ -258,6 +258,7 @@ pub(crate) async fn read_certificate_secret(
 /// changed.
 pub async fn ensure_node_certs(
     ctx: &Context,
+    apis: &crate::regions::RegionApis,
     lrc: &LiveRoomCluster,
     ns: &str,
     ca: &ClusterCa,
@@ -265,10 +266,18 @@ pub async fn ensure_node_certs(
 ) -> Result<(), Error> {
     let cluster = cluster_name(lrc);
     let names = Names { cluster: &cluster };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for region in &lrc.spec.regions {
+        // In the region's own cluster, where its pods mount it.
+        let api: Api<Secret> = Api::namespaced(apis.of(&region.name).clone(), ns);
         let name = names.raft_certs(&region.name);
-        let (live, existing) = read_certificate_secret(&api, &name, &cluster).await?;
+        let (live, existing) = match read_certificate_secret(&api, &name, &cluster).await {
+            Ok(read) => read,
+            Err(e) if apis.is_remote(&region.name) && crate::controller::unreachable(&e) => {
+                tracing::warn!(region = %region.name, error = %e, "region's cluster unreachable: its Raft certificates are not checked");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let want = region_ids(ids, &cluster, &region.name);
         let Some(plan) = plan_region(ca, &existing, &want).map_err(RaftCertsError::from)? else {
             continue;
@@ -279,7 +288,11 @@ pub async fn ensure_node_certs(
         api.patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&region_secret(lrc, &region.name, plan.data)),
+            &Patch::Apply(&crate::controller::for_region(
+                apis,
+                &region.name,
+                region_secret(lrc, &region.name, plan.data),
+            )),
         )
         .await?;
         ctx.metrics.writes.with_label_values(&["Secret"]).inc();

@@ -1056,6 +1056,42 @@ pub fn network_policy(lrc: &LiveRoomCluster) -> NetworkPolicy {
     )
 }
 
+/// [`network_policy`] for the Kubernetes cluster of some of the regions
+/// when others run elsewhere (D57): a label selector matches only this
+/// cluster's pods, so the other regions' nodes are admitted to the Raft port
+/// by address (`/32` each, refreshed every reconcile), and the operator's
+/// pod, when it runs in another cluster, to the admin port.
+pub fn network_policy_across_clusters(
+    lrc: &LiveRoomCluster,
+    other_nodes: &[String],
+    operator: Option<std::net::IpAddr>,
+) -> NetworkPolicy {
+    let mut policy = network_policy(lrc);
+    let block = |ip: &str| NetworkPolicyPeer {
+        ip_block: Some(k8s_openapi::api::networking::v1::IPBlock {
+            cidr: if ip.contains(':') {
+                format!("{ip}/128")
+            } else {
+                format!("{ip}/32")
+            },
+            except: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let mut nodes: Vec<&String> = other_nodes.iter().collect();
+    nodes.sort();
+    nodes.dedup();
+    if let Some(rules) = policy.spec.as_mut().and_then(|s| s.ingress.as_mut()) {
+        if let Some(from) = rules.get_mut(0).and_then(|r| r.from.as_mut()) {
+            from.extend(nodes.iter().map(|ip| block(ip)));
+        }
+        if let (Some(ip), Some(from)) = (operator, rules.get_mut(1).and_then(|r| r.from.as_mut())) {
+            from.push(block(&ip.to_string()));
+        }
+    }
+    policy
+}
+
 /// The policy of one side of a drill's partition: its pods take Raft traffic
 /// only from each other. `group` is the partition label value; the policy is
 /// labelled with `run` so a drill (or its clean-up after a crash) finds it.
@@ -1278,6 +1314,44 @@ mod tests {
         lrc.metadata.namespace = Some("ns".into());
         lrc.metadata.uid = Some("uid-1".into());
         lrc
+    }
+
+    #[test]
+    fn a_policy_across_clusters_admits_the_other_nodes_to_raft_and_the_operator_to_admin() {
+        let lrc = cluster(&[("us", 2, 0), ("eu", 2, 0), ("ap", 1, 0)]);
+        let nodes = vec!["10.1.0.2".to_string(), "10.1.0.1".into(), "10.1.0.2".into()];
+        let op: std::net::IpAddr = "10.9.0.7".parse().expect("ip");
+        let policy = network_policy_across_clusters(&lrc, &nodes, Some(op));
+        let rules = policy.spec.and_then(|s| s.ingress).expect("ingress");
+        let blocks = |i: usize| -> Vec<String> {
+            rules[i]
+                .from
+                .iter()
+                .flatten()
+                .filter_map(|p| Some(p.ip_block.as_ref()?.cidr.clone()))
+                .collect()
+        };
+        // Raft: this cluster's pods by label, the others' by address, each once.
+        assert_eq!(blocks(0), ["10.1.0.1/32", "10.1.0.2/32"]);
+        assert!(rules[0]
+            .from
+            .iter()
+            .flatten()
+            .any(|p| p.pod_selector.is_some()));
+        // Admin: the operator's pods by label, and the operator's address.
+        assert_eq!(blocks(1), ["10.9.0.7/32"]);
+        // The order and metrics ports are unchanged.
+        let plain = network_policy(&lrc)
+            .spec
+            .and_then(|s| s.ingress)
+            .expect("ingress");
+        assert_eq!(rules[2], plain[2]);
+        assert_eq!(rules[3], plain[3]);
+        // Without other clusters it is the plain policy.
+        assert_eq!(
+            network_policy_across_clusters(&lrc, &[], None),
+            network_policy(&lrc)
+        );
     }
 
     #[test]

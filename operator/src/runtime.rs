@@ -37,6 +37,10 @@ pub struct OperatorConfig {
     pub lease_duration: Duration,
     pub renew_every: Duration,
     pub http_addr: SocketAddr,
+    /// This replica's pod IP, when it runs as a pod: the NetworkPolicy of a
+    /// region in another Kubernetes cluster admits the admin port from it
+    /// (a label selector there cannot name this cluster's pods).
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +291,8 @@ pub async fn run(
         },
         playbooks: crate::tier::PlaybookStates::default(),
         backoff: crate::backoff::Backoff::default(),
+        kubeconfigs: crate::regions::KubeconfigClients::default(),
+        operator_ip: cfg.pod_ip,
     });
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let ctl_stop = |rx: watch::Receiver<bool>| async move {

@@ -246,6 +246,7 @@ struct KubeActuator<'a> {
     views: &'a [PodView],
     admin: &'a NodeAdmin,
     router: &'a HttpRouteRouter,
+    apis: &'a crate::regions::RegionApis,
 }
 
 impl Actuate for KubeActuator<'_> {
@@ -260,7 +261,14 @@ impl Actuate for KubeActuator<'_> {
             .find(|v| v.id == Some(id))
             .map(|v| v.pod.clone())
             .ok_or_else(|| ActError::NoCandidate(format!("no pod runs node {id}")))?;
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let region = self
+            .views
+            .iter()
+            .find(|v| v.pod == pod)
+            .map(|v| v.region.as_str())
+            .unwrap_or_default();
+        // In the pod's region's cluster.
+        let pods: Api<Pod> = Api::namespaced(self.apis.of(region).clone(), &self.ns);
         pods.delete(&pod, &DeleteParams::default())
             .await
             .map_err(|e| ActError::Failed(format!("deleting pod {pod}: {e}")))?;
@@ -304,6 +312,7 @@ impl Actuate for KubeActuator<'_> {
             lrc: self.lrc,
             ns: &self.ns,
             admin: self.admin,
+            apis: self.apis,
             answering: self
                 .views
                 .iter()
@@ -348,6 +357,7 @@ impl Actuate for KubeActuator<'_> {
 pub async fn run(
     lrc: &LiveRoomCluster,
     ctx: &Context,
+    apis: &crate::regions::RegionApis,
     views: &[PodView],
     admin: &NodeAdmin,
 ) -> Result<Result<String, PlaybookUnavailable>, Error> {
@@ -400,6 +410,12 @@ pub async fn run(
         &ns,
         &name,
         lrc.spec.regions.iter().map(|r| r.name.clone()).collect(),
+        lrc.spec
+            .regions
+            .iter()
+            .filter(|r| apis.is_remote(&r.name))
+            .map(|r| r.name.clone())
+            .collect(),
         kube::Resource::controller_owner_ref(lrc, &()),
     );
     // The route lists every region; a new one starts where the engine
@@ -434,6 +450,7 @@ pub async fn run(
         views,
         admin,
         router: &router,
+        apis,
     };
     let mut journal = EventJournal { lrc, ctx };
     // People's answers reach the engine before it decides (approval.rs).

@@ -5,8 +5,12 @@
 //! Gateway API `HTTPRoute` the operator owns per cluster: one backend per
 //! region, the region's client Service, `weight` = the region's weight. The
 //! route is the record of the weights, so they survive operator restarts.
+//! A region in another Kubernetes cluster (D57) is a `ServiceImport` backend
+//! of the same name (Gateway API GEP-1748, Multi-Cluster Services API): the
+//! region's client Service exported from its cluster by the MCS
+//! implementation the clusters share.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -101,22 +105,39 @@ pub fn weights_of(route: &Value, services: &BTreeMap<String, String>) -> BTreeMa
     weights
 }
 
-/// The route's spec for these weights (regions in spec order).
+/// The Multi-Cluster Services API group (`ServiceImport`).
+pub const MCS_GROUP: &str = "multicluster.x-k8s.io";
+
+/// The route's spec for these weights (regions in spec order); regions in
+/// `remote` run in another Kubernetes cluster and are reached through their
+/// Service's `ServiceImport`.
 pub fn route_spec(
     regions: &[String],
     services: &BTreeMap<String, String>,
     weights: &BTreeMap<String, u32>,
+    remote: &BTreeSet<String>,
 ) -> Value {
     let refs: Vec<Value> = regions
         .iter()
         .filter_map(|r| {
             let svc = services.get(r)?;
-            Some(json!({
-                "kind": "Service",
-                "name": svc,
-                "port": API_PORT,
-                "weight": weights.get(r).copied().unwrap_or(FULL_WEIGHT),
-            }))
+            let weight = weights.get(r).copied().unwrap_or(FULL_WEIGHT);
+            Some(if remote.contains(r) {
+                json!({
+                    "group": MCS_GROUP,
+                    "kind": "ServiceImport",
+                    "name": svc,
+                    "port": API_PORT,
+                    "weight": weight,
+                })
+            } else {
+                json!({
+                    "kind": "Service",
+                    "name": svc,
+                    "port": API_PORT,
+                    "weight": weight,
+                })
+            })
         })
         .collect();
     json!({ "rules": [ { "backendRefs": refs } ] })
@@ -130,6 +151,8 @@ pub struct HttpRouteRouter {
     ns: String,
     cluster: String,
     regions: Vec<String>,
+    /// Regions in another Kubernetes cluster: `ServiceImport` backends.
+    remote: BTreeSet<String>,
     owner: Option<OwnerReference>,
 }
 
@@ -139,6 +162,7 @@ impl HttpRouteRouter {
         ns: &str,
         cluster: &str,
         regions: Vec<String>,
+        remote: BTreeSet<String>,
         owner: Option<OwnerReference>,
     ) -> Self {
         HttpRouteRouter {
@@ -146,6 +170,7 @@ impl HttpRouteRouter {
             ns: ns.to_string(),
             cluster: cluster.to_string(),
             regions,
+            remote,
             owner,
         }
     }
@@ -241,7 +266,7 @@ impl HttpRouteRouter {
         self.apply_object(
             &Self::resource(),
             self.name(),
-            route_spec(&self.regions, &services, weights),
+            route_spec(&self.regions, &services, weights, &self.remote),
         )
         .await?;
         // The backends speak TLS (D46): the gateway verifies them under the
@@ -377,10 +402,26 @@ mod tests {
     }
 
     #[test]
+    fn a_region_in_another_cluster_is_a_service_import_backend_and_keeps_its_weight() {
+        let regions: Vec<String> = ["us", "eu", "ap"].iter().map(|s| s.to_string()).collect();
+        let weights = BTreeMap::from([("ap".to_string(), 0)]);
+        let remote = BTreeSet::from(["ap".to_string()]);
+        let spec = route_spec(&regions, &services(), &weights, &remote);
+        let refs = spec["rules"][0]["backendRefs"].as_array().expect("refs");
+        assert_eq!(refs[0]["kind"], "Service");
+        assert_eq!(refs[2]["kind"], "ServiceImport");
+        assert_eq!(refs[2]["group"], MCS_GROUP);
+        assert_eq!(refs[2]["name"], "shop-ap");
+        let back = weights_of(&json!({ "spec": spec }), &services());
+        assert_eq!(back["ap"], 0);
+        assert_eq!(back["us"], FULL_WEIGHT);
+    }
+
+    #[test]
     fn weights_round_trip_through_the_route_spec_in_spec_order() {
         let regions: Vec<String> = ["us", "eu", "ap"].iter().map(|s| s.to_string()).collect();
         let weights = BTreeMap::from([("us".to_string(), 0), ("eu".to_string(), 100)]);
-        let spec = route_spec(&regions, &services(), &weights);
+        let spec = route_spec(&regions, &services(), &weights, &BTreeSet::new());
         let refs = spec["rules"][0]["backendRefs"].as_array().expect("refs");
         let names: Vec<&str> = refs.iter().filter_map(|r| r["name"].as_str()).collect();
         assert_eq!(names, ["shop-us", "shop-eu", "shop-ap"]);

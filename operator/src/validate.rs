@@ -44,11 +44,6 @@ pub fn validate_spec(spec: &LiveRoomClusterSpec) -> Result<(), Vec<String>> {
                 r.name
             ));
         }
-        if r.kubeconfig_secret_ref.is_some() {
-            problems.push(format!(
-                "spec.regions[{i}].kubeconfigSecretRef: regions in another Kubernetes cluster are not reconciled by this release; run one operator per cluster for now"
-            ));
-        }
         if r.voters < 0 || r.learners < 0 {
             problems.push(format!(
                 "spec.regions[{i}]: voters and learners must not be negative"

@@ -39,6 +39,10 @@ struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// This replica's pod IP (the chart sets it): regions in other
+    /// Kubernetes clusters admit the node admin port from it.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +71,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 lease_duration,
                 renew_every: lease_duration / 3,
                 http_addr: a.http_addr,
+                pod_ip: a.pod_ip,
             };
             runtime::run(cfg, crate::node_cmd::wait_for_shutdown_signal())
                 .await

@@ -501,6 +501,11 @@ fn chart_defaults_are_the_documented_ones() {
         env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
     );
+    // Regions in other Kubernetes clusters admit the admin port from it (D57).
+    assert_eq!(
+        env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
     assert_eq!(
         c["readinessProbe"]["httpGet"],
         json!({"path": "/readyz", "port": "metrics"})
@@ -955,6 +960,8 @@ impl ChartOperator {
                 match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                     Some("metadata.name") => pod_name.to_string(),
                     Some("metadata.namespace") => NS.to_string(),
+                    // The process runs on the host: its address there.
+                    Some("status.podIP") => "127.0.0.1".to_string(),
                     _ => {
                         bail!("env {name}: {e} is not resolved by this test; extend ChartOperator")
                     }

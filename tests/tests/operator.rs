@@ -603,8 +603,9 @@ async fn lifecycle(
         "reconciles ran"
     );
 
-    // A spec the API server accepts but this release cannot carry out gets a
-    // condition and an event, and the controller keeps going.
+    // A spec the API server accepts but the operator cannot carry out (a
+    // region's kubeconfig Secret that does not exist) gets a condition and
+    // an event, and the controller keeps going.
     let mut remote = example.clone();
     remote["metadata"]["name"] = json!("remote");
     remote["spec"]["regions"][2]["kubeconfigSecretRef"] = json!({"name": "ap-south-kubeconfig"});
@@ -624,9 +625,10 @@ async fn lifecycle(
                     cs.iter().any(|c| {
                         c["type"] == json!("Ready")
                             && c["reason"] == json!("InvalidSpec")
-                            && c["message"]
-                                .as_str()
-                                .is_some_and(|m| m.contains("kubeconfigSecretRef"))
+                            && c["message"].as_str().is_some_and(|m| {
+                                m.contains("kubeconfigSecretRef")
+                                    && m.contains("\"ap-south-kubeconfig\" not found")
+                            })
                     })
                 })
         },
