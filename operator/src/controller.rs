@@ -408,6 +408,16 @@ pub(crate) async fn list_pods(
     lrc: &LiveRoomCluster,
     ns: &str,
 ) -> Result<Vec<Pod>, Error> {
+    Ok(list_pods_and_unreachable(apis, lrc, ns).await?.0)
+}
+
+/// [`list_pods`], and the regions whose cluster could not be reached, with
+/// why.
+async fn list_pods_and_unreachable(
+    apis: &RegionApis,
+    lrc: &LiveRoomCluster,
+    ns: &str,
+) -> Result<(Vec<Pod>, BTreeMap<String, String>), Error> {
     let cluster = cluster_name(lrc);
     let cluster = cluster.as_str();
     let lists = apis.sites().into_iter().map(|site| async move {
@@ -416,6 +426,7 @@ pub(crate) async fn list_pods(
         (site.region, api.list(&lp).await)
     });
     let mut pods: Vec<Pod> = Vec::new();
+    let mut unreachable = BTreeMap::new();
     for (region, listed) in futures::future::join_all(lists).await {
         match (region, listed) {
             (Some(region), Ok(list)) => {
@@ -442,13 +453,79 @@ pub(crate) async fn list_pods(
                 }
                 tracing::warn!(%region, error = %e, pods = last.len(), "region's cluster unreachable: its pods as last seen, not ready");
                 pods.extend(last);
+                unreachable.insert(region.to_string(), e.to_string());
             }
             (_, Err(e)) => return Err(e.into()),
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     pods.retain(|p| seen.insert(p.name_any()));
-    Ok(pods)
+    Ok((pods, unreachable))
+}
+
+/// `status.regions[].kubernetesApi` of a region in its own Kubernetes
+/// cluster: `Reachable` or `Unreachable`; absent for the operator's own.
+fn show_api_reachability(
+    apis: &RegionApis,
+    unreachable: &BTreeMap<String, String>,
+    status: &mut LiveRoomClusterStatus,
+) {
+    for r in &mut status.regions {
+        r.kubernetes_api = apis.is_remote(&r.name).then(|| {
+            if unreachable.contains_key(&r.name) {
+                // Its pods are only as last seen: none is known to run.
+                r.running_pods = 0;
+                "Unreachable".to_string()
+            } else {
+                "Reachable".to_string()
+            }
+        });
+    }
+}
+
+/// An Event when a region's own cluster stops or starts answering (its
+/// status said otherwise last time).
+async fn report_api_reachability(
+    ctx: &Context,
+    apis: &RegionApis,
+    lrc: &LiveRoomCluster,
+    base: &LiveRoomClusterStatus,
+    unreachable: &BTreeMap<String, String>,
+) {
+    for region in lrc.spec.regions.iter().filter(|r| apis.is_remote(&r.name)) {
+        let before = base
+            .regions
+            .iter()
+            .find(|r| r.name == region.name)
+            .and_then(|r| r.kubernetes_api.as_deref());
+        match (unreachable.get(&region.name), before) {
+            (Some(why), Some("Reachable") | None) => {
+                ctx.event_for(
+                    lrc,
+                    true,
+                    "RegionApiUnreachable",
+                    format!(
+                        "the Kubernetes API server of region {} cannot be reached ({why}): its nodes count as silent and its objects are left as they are until it answers",
+                        region.name
+                    ),
+                )
+                .await;
+            }
+            (None, Some("Unreachable")) => {
+                ctx.event_for(
+                    lrc,
+                    false,
+                    "RegionApiReachable",
+                    format!(
+                        "the Kubernetes API server of region {} answers again",
+                        region.name
+                    ),
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The cluster's NetworkPolicy in every Kubernetes cluster that runs a
@@ -680,7 +757,8 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
 
     // Pods and what their nodes say, before ids: the membership raises the id floor.
     tracing::debug!(cluster = %name, phase = "list pods", "reconcile");
-    let pods = list_pods(apis, lrc, &ns).await?;
+    let (pods, unreachable) = list_pods_and_unreachable(apis, lrc, &ns).await?;
+    report_api_reachability(ctx, apis, lrc, &base, &unreachable).await;
     // Each pod is reached the way its own spec says it serves: TLS under the
     // cluster's CA or, a pod not yet rolled, plain (crate::api_tls).
     ctx.nodes.learn_with(&ns, &name, &ca, &pods).map_err(|e| {
@@ -714,6 +792,7 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
 
     let views = pod_views(&pods, &ids, &replies.statuses, &wiped, &update_revision);
     let mut status = observed_status(lrc, &ids, &views, base.clone());
+    show_api_reachability(apis, &unreachable, &mut status);
     if lrc.spec.paused {
         // No membership step; the playbook still decides, with every action
         // suppressed by the pause guard, so what it would do is recorded.
@@ -725,7 +804,8 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
         }
         // A node that does not answer is watched every 2 s even while paused:
         // the people acting by hand meanwhile read the status to see it.
-        let watching = views.iter().any(|v| v.status.is_none() && !v.deleting);
+        let watching =
+            views.iter().any(|v| v.status.is_none() && !v.deleting) || !unreachable.is_empty();
         return report_paused(ctx, lrc, status, watching).await;
     }
 
@@ -762,8 +842,11 @@ async fn apply(spec_lrc: &LiveRoomCluster, ctx: &Context) -> Result<Action, Erro
     // A node that does not answer, or a tier in force, is a hold-down the
     // playbook is timing: tick it every 2 s, not every 15 s, so it acts
     // within its hold-down plus a tick.
+    // So is a region whose own cluster does not answer: its return is seen
+    // within 2 s.
     let watching = views.iter().any(|v| v.status.is_none() && !v.deleting)
-        || tier.as_ref().is_ok_and(|t| t != "T0 watch");
+        || tier.as_ref().is_ok_and(|t| t != "T0 watch")
+        || !unreachable.is_empty();
     let mut status = status_after_step(lrc, status, &step, taken, tier);
     crate::tier::show_weights(ctx, lrc, &mut status);
     if let Some(h) = crate::tier::history(ctx, lrc) {
@@ -1730,6 +1813,7 @@ fn observed_status(
                     )
                     .unwrap_or(0),
                     traffic_weight: None,
+                    kubernetes_api: None,
                 }
             })
             .collect();

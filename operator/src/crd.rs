@@ -386,6 +386,11 @@ pub struct RegionStatus {
     /// (the `<cluster>-buyers` HTTPRoute); 0 = drained. Absent without a router.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_weight: Option<i32>,
+    /// For a region in its own Kubernetes cluster (`kubeconfigSecretRef`):
+    /// whether its API server answered the last reconcile (`Reachable`,
+    /// `Unreachable`). Absent for regions in the operator's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_api: Option<String>,
 }
 
 /// One Raft member.

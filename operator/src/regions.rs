@@ -157,7 +157,19 @@ impl KubeconfigClients {
                         key: r.key.clone(),
                         reason,
                     };
-                    let client = client_from_kubeconfig(&text).await.map_err(bad)?;
+                    let client = match client_from_kubeconfig(&text).await {
+                        Ok(c) => c,
+                        // A running cluster is not stopped by one region's
+                        // credentials: the region counts as unreachable, and
+                        // says why, until the Secret is fixed.
+                        Err(why) if bootstrapped(lrc) => {
+                            let e = bad(why);
+                            tracing::warn!(region = %region.name, error = %e, "region's kubeconfig unusable: the region counts as unreachable");
+                            remote.insert(region.name.clone(), unreachable_client(e.to_string()));
+                            continue;
+                        }
+                        Err(why) => return Err(bad(why)),
+                    };
                     if let Ok(mut b) = self.built.lock() {
                         b.insert(cache_key, (version.clone(), client.clone()));
                     }
@@ -225,8 +237,20 @@ impl KubeconfigClients {
                 watcher(pods, watcher::Config::default().labels(&selector)).default_backoff();
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
-                if let Err(e) = &event {
-                    tracing::debug!(error = %e, "pod watch of a region's cluster failed");
+                match &event {
+                    // Answered with a refusal: the region's RBAC lacks a verb
+                    // (deploy/region-rbac.yaml); changes there are then seen
+                    // at the periodic reconcile only.
+                    Err(
+                        watcher::Error::InitialListFailed(kube::Error::Api(e))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(e)),
+                    ) => {
+                        tracing::warn!(error = %e, "the pods of a region's cluster cannot be watched");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pod watch of a region's cluster failed");
+                    }
+                    Ok(_) => {}
                 }
                 if wake.send(target.clone()).is_err() {
                     return;
@@ -250,6 +274,26 @@ impl KubeconfigClients {
             });
         }
     }
+}
+
+/// Whether the cluster's Raft group exists (its status says so).
+fn bootstrapped(lrc: &LiveRoomCluster) -> bool {
+    lrc.status.as_ref().is_some_and(|s| s.bootstrapped)
+}
+
+/// A client whose every call fails at once with `why`, as a connection
+/// would: the paths for an unreachable region then apply.
+fn unreachable_client(why: String) -> Client {
+    let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+        let why = why.clone();
+        async move {
+            Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                why,
+            ))
+        }
+    });
+    Client::new(service, "default")
 }
 
 async fn client_from_kubeconfig(text: &str) -> Result<Client, String> {
@@ -363,5 +407,30 @@ impl RegionApis {
                 crate::resources::REGION_LABEL
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_region_with_broken_credentials_fails_like_an_unreachable_one_and_says_why() {
+        let client = unreachable_client("kubeconfig unusable: no CA".into());
+        let pods: Api<Pod> = Api::namespaced(client, "shop");
+        let e = pods
+            .list(&Default::default())
+            .await
+            .expect_err("every call fails");
+        assert!(!matches!(e, kube::Error::Api(_)), "not an answer: {e:?}");
+        assert!(
+            crate::controller::unreachable(&crate::controller::Error::Kube(e)),
+            "the unreachable paths apply"
+        );
+        let e = Api::<Pod>::namespaced(unreachable_client("no CA".into()), "shop")
+            .list(&Default::default())
+            .await
+            .expect_err("fails");
+        assert!(e.to_string().contains("no CA"), "{e}");
     }
 }

@@ -32,6 +32,7 @@ pub const WARNING_EVENT_RUNBOOKS: &[(&str, &str)] = &[
     // The default; decision_event picks the tier's or guard's page.
     ("PlaybookDecision", "playbook-page-human.md"),
     ("RaftPlaintextHeld", "raft-tls-upgrade.md"),
+    ("RegionApiUnreachable", "region-api-unreachable.md"),
     ("RegionCleanupSkipped", "region-cleanup-skipped.md"),
     ("SwitchoverAwaitingApproval", "manual-command-refused.md"),
     ("SwitchoverFailed", "manual-command-refused.md"),

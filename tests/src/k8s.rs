@@ -609,10 +609,24 @@ pub async fn write_service_account_kubeconfig(
         .find(|c| c.name == cluster_name)
         .ok_or_else(|| anyhow!("cluster {cluster_name} not in the admin kubeconfig"))?;
     let user = format!("system:serviceaccount:{namespace}:{sa_name}");
+    // Self-contained, as a kubeconfig kept in a Secret must be: the CA
+    // inline, not a path on this machine.
+    let mut cluster = serde_json::to_value(cluster)?;
+    if let Some(path) = cluster["cluster"]["certificate-authority"]
+        .as_str()
+        .map(str::to_string)
+    {
+        let pem = fs::read(&path).with_context(|| format!("reading {path}"))?;
+        cluster["cluster"]["certificate-authority-data"] =
+            serde_json::to_value(k8s_openapi::ByteString(pem))?;
+        if let Some(c) = cluster["cluster"].as_object_mut() {
+            c.remove("certificate-authority");
+        }
+    }
     let kc = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [serde_json::to_value(cluster)?],
+        "clusters": [cluster],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": user, "namespace": namespace}}],
         "current-context": "sa",
