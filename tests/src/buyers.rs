@@ -70,6 +70,33 @@ pub async fn client_call(
     Ok(serde_json::from_slice(&r.body)?)
 }
 
+/// Opens a sale through the pod at `ip`: room `room` (live, homed in
+/// `home_region`) with one listing of `stock` units, one per buyer.
+pub async fn open_sale(
+    ip: &str,
+    token: &Auth,
+    (room, sku, stock): (&str, &str, u32),
+    home_region: &str,
+) -> Result<()> {
+    client_call(
+        ip,
+        token,
+        "PUT",
+        &format!("/v1/rooms/{room}"),
+        json!({"title": "evacuate", "home_region": home_region, "state": "live"}),
+    )
+    .await?;
+    client_call(
+        ip,
+        token,
+        "PUT",
+        &format!("/v1/rooms/{room}/listings/{sku}"),
+        json!({"price_cents": 100, "stock": stock, "per_buyer_limit": 1, "state": "open"}),
+    )
+    .await?;
+    Ok(())
+}
+
 /// GET on the first pod that answers 200 (ten rounds, 300 ms apart).
 pub async fn read_any(ips: &[String], token: &Auth, path: &str) -> Result<Value> {
     let mut last = String::new();
@@ -273,4 +300,30 @@ pub async fn judge_sale(
         }
     }
     Ok(roomkeeper_chaos::checker::check(&history))
+}
+
+/// Prints the checker's verdict on a sale under `label` and fails unless
+/// something was acknowledged, nothing acknowledged was lost and the history
+/// is valid (nothing oversold, no double effect).
+pub fn require_clean(
+    label: &str,
+    rec: &Recorder,
+    report: &roomkeeper_chaos::checker::Report,
+) -> Result<()> {
+    eprintln!(
+        "{label}: {} orders sent, {} acknowledged, {} unknown, {} lost, valid {}, longest gap between acknowledgements {} ms",
+        rec.ops().len(),
+        report.acknowledged,
+        rec.unknown(),
+        report.lost.len(),
+        report.valid,
+        report.rto_ms
+    );
+    ensure!(report.acknowledged > 0, "nothing acknowledged");
+    ensure!(
+        report.valid && report.lost.is_empty(),
+        "the history checker: {:?}",
+        report.violations
+    );
+    Ok(())
 }

@@ -595,3 +595,20 @@ pub async fn route_weights(
         .filter_map(|r| Some((r["name"].as_str()?.to_string(), r["weight"].as_u64()?)))
         .collect())
 }
+
+/// Cluster `name`'s voter-move record (`<name>-voter-moves`, evacuate.rs).
+pub async fn voter_moves(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<roomkeeper_operator::evacuate::VoterMoves> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cm_name = roomkeeper_operator::evacuate::configmap_name(name);
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&cm_name)
+        .await?;
+    Ok(roomkeeper_operator::evacuate::VoterMoves::parse(
+        &cm_name,
+        cm.as_ref(),
+    )?)
+}

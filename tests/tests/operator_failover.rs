@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::Client;
-use roomkeeper_e2e::buyers::{client_call, judge_sale, Auth, SaleLoad};
+use roomkeeper_e2e::buyers::{client_call, judge_sale, open_sale, require_clean, Auth, SaleLoad};
 use roomkeeper_e2e::gateway::{
     httproute_crd_or_skip, install_crd, install_httproute_crd, GatewayCrds,
 };
@@ -808,14 +808,7 @@ async fn all_events(client: &Client) -> Result<Vec<(String, String)>> {
 }
 
 async fn voter_moves(client: &Client) -> Result<roomkeeper_operator::evacuate::VoterMoves> {
-    let name = roomkeeper_operator::evacuate::configmap_name(LRC);
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .get_opt(&name)
-        .await?;
-    Ok(roomkeeper_operator::evacuate::VoterMoves::parse(
-        &name,
-        cm.as_ref(),
-    )?)
+    roomkeeper_e2e::operator::voter_moves(client, NS, LRC).await
 }
 
 /// Voters by region as the Raft leader reports them (`/admin/status` of
@@ -951,22 +944,7 @@ async fn region_kill(
     let (room, sku, stock) = ("evac-room", "hot", 300u32);
     let targets = buyer_targets(&admin, bridge).await;
     ensure!(targets.len() == 5, "buyers reach every pod: {targets:?}");
-    client_call(
-        &targets[0],
-        &token,
-        "PUT",
-        &format!("/v1/rooms/{room}"),
-        json!({"title": "evacuate", "home_region": "us-east", "state": "live"}),
-    )
-    .await?;
-    client_call(
-        &targets[0],
-        &token,
-        "PUT",
-        &format!("/v1/rooms/{room}/listings/{sku}"),
-        json!({"price_cents": 100, "stock": stock, "per_buyer_limit": 1, "state": "open"}),
-    )
-    .await?;
+    open_sale(&targets[0], &token, (room, sku, stock), "us-east").await?;
 
     // Steady load: three buyers' clients, one order each 150 ms, each order
     // its own buyer and key, to the pods the route still sends buyers to.
@@ -1242,20 +1220,5 @@ async fn region_kill(
     // The history, judged by the drills' checker on the healed cluster.
     let live = buyer_targets(&admin, bridge).await;
     let report = judge_sale(&rec, &buyers, &live, &token, (room, sku, stock)).await?;
-    eprintln!(
-        "region-kill history: {} orders sent, {} acknowledged, {} unknown, {} lost, valid {}, longest gap between acknowledgements {} ms",
-        rec.ops().len(),
-        report.acknowledged,
-        rec.unknown(),
-        report.lost.len(),
-        report.valid,
-        report.rto_ms
-    );
-    ensure!(report.acknowledged > 0, "nothing acknowledged");
-    ensure!(
-        report.valid && report.lost.is_empty(),
-        "the history checker: {:?}",
-        report.violations
-    );
-    Ok(())
+    require_clean("region-kill history", &rec, &report)
 }

@@ -20,13 +20,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use roomkeeper_e2e::buyers::{client_call, judge_sale, Auth, SaleLoad};
+use roomkeeper_e2e::buyers::{judge_sale, open_sale, require_clean, Auth, SaleLoad};
 use roomkeeper_e2e::k8s::{client_from_kubeconfig, eventually, init_test_tracing, KubeHarness};
 use roomkeeper_e2e::kubelet::KubeletBridge;
 use roomkeeper_e2e::operator::{
     apply_file, apply_yaml, ensure_namespace, evacuate_playbook, example_cluster,
-    leader_client_call, lrc_resource, lrc_status, route_weights, voters_by_region, OperatorEnv,
-    OperatorProcess,
+    leader_client_call, lrc_resource, lrc_status, route_weights, voter_moves, voters_by_region,
+    OperatorEnv, OperatorProcess,
 };
 use serde_json::{json, Value};
 
@@ -40,11 +40,19 @@ const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 struct Regions {
     harnesses: Vec<KubeHarness>,
     bridges: Vec<KubeletBridge>,
+    /// A management cluster that runs the operator and no region (D58);
+    /// without it the operator runs in us-east's cluster.
+    hub: Option<KubeHarness>,
     ops: Vec<OperatorProcess>,
 }
 
 impl Regions {
-    async fn start(test: &str) -> Option<Regions> {
+    async fn start(test: &str, with_hub: bool) -> Option<Regions> {
+        let hub = if with_hub {
+            Some(KubeHarness::start_or_skip(&format!("{test}_hub")).await?)
+        } else {
+            None
+        };
         let mut harnesses = Vec::new();
         for region in REGIONS {
             harnesses.push(KubeHarness::start_or_skip(&format!("{test}_{region}")).await?);
@@ -61,8 +69,14 @@ impl Regions {
         Some(Regions {
             harnesses,
             bridges,
+            hub,
             ops: Vec::new(),
         })
+    }
+
+    /// The cluster the operator and the LiveRoomCluster live in.
+    fn home(&self) -> &KubeHarness {
+        self.hub.as_ref().unwrap_or(&self.harnesses[0])
     }
 
     /// What a failed test leaves to read.
@@ -70,7 +84,13 @@ impl Regions {
         for (h, region) in self.harnesses.iter().zip(REGIONS) {
             eprintln!("=== API server of {region} ===\n{}", h.dump_logs(15));
         }
-        let home = self.harnesses[0].admin_client();
+        if let Some(hub) = &self.hub {
+            eprintln!(
+                "=== API server of the management cluster ===\n{}",
+                hub.dump_logs(15)
+            );
+        }
+        let home = self.home().admin_client();
         let lrcs = Api::namespaced_with(home.clone(), NS, &lrc_resource());
         eprintln!(
             "--- LiveRoomCluster status ---\n{:#}",
@@ -105,13 +125,13 @@ impl Regions {
 
 /// Runs `scenario` on three fresh region clusters; on failure prints what
 /// they hold and fails the test.
-async fn run<F>(test: &str, scenario: F)
+async fn run<F>(test: &str, with_hub: bool, scenario: F)
 where
     F: for<'a> FnOnce(&'a mut Regions) -> futures::future::LocalBoxFuture<'a, Result<()>>,
 {
     init_test_tracing();
     let started = Instant::now();
-    let Some(mut regions) = Regions::start(test).await else {
+    let Some(mut regions) = Regions::start(test, with_hub).await else {
         return;
     };
     if let Err(e) = scenario(&mut regions).await {
@@ -126,12 +146,29 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regions_in_their_own_kubernetes_clusters_form_one_cluster_and_are_cleaned_up() {
-    run("regions_form", |r| Box::pin(form_and_clean_up(r))).await;
+    run("regions_form", false, |r| Box::pin(form_and_clean_up(r))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_region_cluster_is_evacuated_into_the_other_clusters_during_a_sale() {
-    run("regions_loss", |r| Box::pin(region_cluster_loss(r))).await;
+    run("regions_loss", false, |r| {
+        Box::pin(region_cluster_loss(r, false))
+    })
+    .await;
+}
+
+/// The control plane survives a region (D58): the operator runs in a
+/// management cluster of its own, two replicas under its Lease, and every
+/// region is a cluster of its own. ap-south is lost together with the
+/// replica acting for the cluster (as if it ran there): the standby takes
+/// the Lease and carries the evacuation out, each step once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_operator_finishes_a_lost_regions_evacuation_when_the_acting_one_is_lost_with_it(
+) {
+    run("regions_takeover", true, |r| {
+        Box::pin(region_cluster_loss(r, true))
+    })
+    .await;
 }
 
 /// Makes `h` a region's cluster: the region RBAC, the namespace, and a
@@ -219,12 +256,17 @@ fn region_blocks(bridge: &KubeletBridge, region: &str, count: usize) -> Vec<Stri
 /// The operator (against the home cluster, us-east) and the example cluster
 /// with eu-west and ap-south in their own clusters, formed 5/5 Running;
 /// `playbook` as `default` (the example's own default playbook otherwise).
-async fn form(r: &mut Regions, playbook: Option<Value>) -> Result<(Client, Api<DynamicObject>)> {
+async fn form(
+    r: &mut Regions,
+    playbook: Option<Value>,
+) -> Result<(Client, Api<DynamicObject>, OperatorEnv)> {
     let bin = roomkeeper_e2e::binary();
-    let env = OperatorEnv::prepare(&r.harnesses[0], &bin, NS, &[]).await?;
+    let env = OperatorEnv::prepare(r.home(), &bin, NS, &[]).await?;
     let home = env.admin.clone();
     let mut example = example_cluster()?;
-    for (i, region) in REGIONS.iter().enumerate().skip(1) {
+    // With a management cluster every region is a cluster of its own.
+    let first_remote = if r.hub.is_some() { 0 } else { 1 };
+    for (i, region) in REGIONS.iter().enumerate().skip(first_remote) {
         let secret = enlist_region(&r.harnesses[i], &home, region).await?;
         example["spec"]["regions"][i]["kubeconfigSecretRef"] = json!({"name": secret});
     }
@@ -250,14 +292,25 @@ async fn form(r: &mut Regions, playbook: Option<Value>) -> Result<(Client, Api<D
     .await?;
     let status = lrc_status(&lrcs, LRC).await;
     eprintln!(
-        "formed across three API servers: leader {} term {}",
+        "formed across the regions' API servers: leader {} term {}",
         status["leader"], status["term"]
     );
-    Ok((home, lrcs))
+    Ok((home, lrcs, env))
 }
 
 async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
-    let (home, lrcs) = form(r, None).await?;
+    let (home, lrcs, _env) = form(r, None).await?;
+    // The region RBAC grants every call the operator makes there.
+    let log = r.ops[0].log_tail(5000);
+    ensure!(
+        !log.contains("forbidden"),
+        "the operator was refused in a region's cluster: {}",
+        log.lines()
+            .filter(|l| l.contains("forbidden"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let (harnesses, bridges) = (&r.harnesses, &r.bridges);
     // Each region's objects in its own cluster, and only there.
     let clients: Vec<Client> = harnesses.iter().map(|h| h.admin_client()).collect();
@@ -369,6 +422,61 @@ async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
     let listing: Value = serde_json::from_str(&listing.text())?;
     ensure!(listing["stock_left"] == json!(7), "3 of 10 sold: {listing}");
 
+    // A region's kubeconfig that stops working (a bad rotation) does not
+    // stop the cluster: the region counts as unreachable, saying why, and is
+    // back once the Secret is fixed.
+    let secrets = Api::<Secret>::namespaced(home.clone(), NS);
+    let good = secrets.get("eu-west-kubeconfig").await?;
+    secrets
+        .patch(
+            "eu-west-kubeconfig",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"kubeconfig": "not: [a kubeconfig"}})),
+        )
+        .await?;
+    let api_of = |status: Value| -> Option<String> {
+        status["regions"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == json!("eu-west"))?["kubernetesApi"]
+            .as_str()
+            .map(str::to_string)
+    };
+    eventually(
+        Duration::from_secs(30),
+        "eu-west shown unreachable, the cluster still Running",
+        || async {
+            let s = lrc_status(&lrcs, LRC).await;
+            s["phase"] == json!("Running") && api_of(s).as_deref() == Some("Unreachable")
+        },
+    )
+    .await?;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(home.clone(), NS)
+        .list(&ListParams::default())
+        .await?;
+    ensure!(
+        events.items.iter().any(|e| {
+            e.reason.as_deref() == Some("RegionApiUnreachable")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("eu-west") && n.contains("not a usable kubeconfig"))
+        }),
+        "a RegionApiUnreachable Event says eu-west's kubeconfig is unusable"
+    );
+    secrets
+        .patch(
+            "eu-west-kubeconfig",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"data": good.data})),
+        )
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "eu-west reachable again",
+        || async { api_of(lrc_status(&lrcs, LRC).await).as_deref() == Some("Reachable") },
+    )
+    .await?;
+
     // Deleting the cluster object empties every region's cluster.
     lrcs.delete(LRC, &DeleteParams::default()).await?;
     eventually(
@@ -398,6 +506,9 @@ async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
 
 /// Hold-down of the evacuate tier plus the 10 s the issue allows.
 const EVACUATED_WITHIN: Duration = Duration::from_secs(5 + 10);
+/// What losing the acting operator adds: its Lease (6 s) runs out before
+/// the standby acts.
+const TAKEOVER: Duration = Duration::from_secs(6);
 
 /// The pod addresses buyers may use now: every pod of a region the route
 /// still weighs above 0, as its own cluster's bridge gave them.
@@ -428,12 +539,17 @@ async fn buyer_targets(r: &Regions, home: &Client) -> Vec<String> {
 /// (a `ServiceImport` backend, as a region in another cluster is) and its
 /// voter is replaced in a surviving region's own cluster (that cluster's
 /// StatefulSet grows). The history checker finds nothing lost or oversold.
-async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
+/// With `takeover`, the operator replica acting then is lost too (a standby
+/// runs beside it): the standby finishes, and the move took each step once.
+async fn region_cluster_loss(r: &mut Regions, takeover: bool) -> Result<()> {
     let Some(crd) = roomkeeper_e2e::gateway::httproute_crd_or_skip("region cluster loss") else {
         return Ok(());
     };
-    roomkeeper_e2e::gateway::install_httproute_crd(&r.harnesses[0].admin_client(), &crd).await?;
-    let (home, lrcs) = form(r, Some(evacuate_playbook())).await?;
+    roomkeeper_e2e::gateway::install_httproute_crd(&r.home().admin_client(), &crd).await?;
+    let (home, lrcs, env) = form(r, Some(evacuate_playbook())).await?;
+    if takeover {
+        env.start_operator("op-b", &mut r.ops)?;
+    }
     let route = roomkeeper_e2e::operator::route_weights(&home, NS, LRC).await;
     eventually(
         Duration::from_secs(30),
@@ -459,8 +575,13 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
         .flatten()
         .filter_map(|b| b["kind"].as_str())
         .collect();
+    let want: &[&str] = if r.hub.is_some() {
+        &["ServiceImport", "ServiceImport", "ServiceImport"]
+    } else {
+        &["Service", "ServiceImport", "ServiceImport"]
+    };
     ensure!(
-        kinds == ["Service", "ServiceImport", "ServiceImport"],
+        kinds == want,
         "regions in other clusters are ServiceImport backends: {refs}"
     );
 
@@ -477,22 +598,22 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
     let (room, sku, stock) = ("evac-room", "hot", 300u32);
     let targets = buyer_targets(r, &home).await;
     ensure!(targets.len() == 5, "buyers reach every pod: {targets:?}");
-    client_call(
-        &targets[0],
-        &token,
-        "PUT",
-        &format!("/v1/rooms/{room}"),
-        json!({"title": "evacuate", "home_region": "us-east", "state": "live"}),
-    )
-    .await?;
-    client_call(
-        &targets[0],
-        &token,
-        "PUT",
-        &format!("/v1/rooms/{room}/listings/{sku}"),
-        json!({"price_cents": 100, "stock": stock, "per_buyer_limit": 1, "state": "open"}),
-    )
-    .await?;
+    open_sale(&targets[0], &token, (room, sku, stock), "us-east").await?;
+    let api_of = |status: &Value, region: &str| -> Option<String> {
+        status["regions"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == json!(region))?["kubernetesApi"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let status = lrc_status(&lrcs, LRC).await;
+    ensure!(
+        api_of(&status, "ap-south").as_deref() == Some("Reachable")
+            && api_of(&status, "us-east").is_none() == r.hub.is_none(),
+        "kubernetesApi shown for regions in their own clusters only: {}",
+        status["regions"]
+    );
     let load = SaleLoad::start(3, &token, room, sku, targets);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let outcome: Result<()> = async {
@@ -505,7 +626,13 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
         if let Some(mut b) = r.bridges.pop() {
             b.stop();
         }
-        eprintln!("regions: ap-south's cluster and nodes are gone");
+        if takeover {
+            r.ops[0].kill();
+        }
+        eprintln!(
+            "regions: ap-south's cluster and nodes are gone{}",
+            if takeover { ", and operator op-a with them" } else { "" }
+        );
         eventually(
             Duration::from_secs(60),
             "ap-south at weight 0 in the HTTPRoute",
@@ -521,9 +648,11 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
         )
         .await?;
         let drained_after = lost_at.elapsed();
+        // Taking over adds the Lease running out (6 s) before the standby acts.
+        let budget = EVACUATED_WITHIN + if takeover { TAKEOVER } else { Duration::ZERO };
         ensure!(
-            drained_after <= EVACUATED_WITHIN,
-            "drained {drained_after:?} after the region was lost: later than hold-down + 10 s"
+            drained_after <= budget,
+            "drained {drained_after:?} after the region was lost: later than {budget:?}"
         );
         eventually(
             Duration::from_secs(90),
@@ -543,9 +672,41 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
             replaced_after.as_secs_f64()
         );
         ensure!(
-            replaced_after <= EVACUATED_WITHIN + Duration::from_secs(15),
+            replaced_after <= budget + Duration::from_secs(15),
             "voters replaced {replaced_after:?} after the region was lost"
         );
+        if takeover {
+            ensure!(
+                !r.ops[0].is_running() && r.ops[1].is_running(),
+                "op-a was lost, op-b finished"
+            );
+            // The move is recorded in the management cluster; every step
+            // once, in order.
+            use roomkeeper_operator::evacuate::MoveStep;
+            eventually(Duration::from_secs(10), "the move recorded done", || async {
+                voter_moves(&home, NS, LRC)
+                    .await
+                    .is_ok_and(|m| m.moves.len() == 1 && m.moves.values().all(|m| m.done()))
+            })
+            .await?;
+            let moves = voter_moves(&home, NS, LRC).await?;
+            let steps: Vec<MoveStep> = moves
+                .moves
+                .values()
+                .flat_map(|m| m.steps.iter().map(|s| s.step))
+                .collect();
+            ensure!(
+                steps
+                    == [
+                        MoveStep::Recorded,
+                        MoveStep::Scaled,
+                        MoveStep::LearnerAdded,
+                        MoveStep::Promoted,
+                        MoveStep::OldRemoved
+                    ],
+                "each step of the move once, in order: {moves:?}"
+            );
+        }
         // The new voter's pod runs in its region's own cluster: that
         // StatefulSet grew there.
         let (into, _) = voters_after
@@ -574,6 +735,21 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
         ensure!(after_loss > 0, "no order acknowledged after the loss");
         let status = lrc_status(&lrcs, LRC).await;
         ensure!(
+            api_of(&status, "ap-south").as_deref() == Some("Unreachable"),
+            "ap-south's API server shown unreachable: {}",
+            status["regions"]
+        );
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(home.clone(), NS)
+            .list(&ListParams::default())
+            .await?;
+        ensure!(
+            events.items.iter().any(|e| {
+                e.reason.as_deref() == Some("RegionApiUnreachable")
+                    && e.note.as_deref().is_some_and(|n| n.contains("ap-south"))
+            }),
+            "a RegionApiUnreachable Event names ap-south"
+        );
+        ensure!(
             status["decisions"].to_string().contains("ap-south"),
             "status decisions explain the evacuation: {}",
             status["decisions"]
@@ -585,22 +761,7 @@ async fn region_cluster_loss(r: &mut Regions) -> Result<()> {
     outcome?;
     let live = buyer_targets(r, &home).await;
     let report = judge_sale(&rec, &buyers, &live, &token, (room, sku, stock)).await?;
-    eprintln!(
-        "regions: {} orders sent, {} acknowledged, {} unknown, {} lost, valid {}, longest gap {} ms",
-        rec.ops().len(),
-        report.acknowledged,
-        rec.unknown(),
-        report.lost.len(),
-        report.valid,
-        report.rto_ms
-    );
-    ensure!(report.acknowledged > 0, "nothing acknowledged");
-    ensure!(
-        report.valid && report.lost.is_empty(),
-        "the history checker: {:?}",
-        report.violations
-    );
-    Ok(())
+    require_clean("regions", &rec, &report)
 }
 
 fn secret_text(s: &Secret, key: &str) -> Result<String> {
