@@ -119,66 +119,22 @@ impl KubeconfigClients {
             let Some(r) = &region.kubeconfig_secret_ref else {
                 continue;
             };
-            let secret = secrets
-                .get_opt(&r.name)
-                .await
-                .map_err(|source| RegionApiError::Read {
-                    secret: r.name.clone(),
-                    source,
-                })?
-                .ok_or_else(|| RegionApiError::NoSecret {
-                    index,
-                    secret: r.name.clone(),
-                    namespace: ns.to_string(),
-                })?;
-            let version = secret.metadata.resource_version.clone().unwrap_or_default();
-            let cache_key = (ns.to_string(), r.name.clone(), r.key.clone());
-            let cached = self
-                .built
-                .lock()
-                .ok()
-                .and_then(|b| b.get(&cache_key).cloned())
-                .filter(|(v, _)| *v == version)
-                .map(|(_, c)| c);
-            let client = match cached {
-                Some(c) => c,
-                None => {
-                    let text =
-                        crate::controller::secret_value(&secret, &r.key).ok_or_else(|| {
-                            RegionApiError::NoKey {
-                                index,
-                                secret: r.name.clone(),
-                                key: r.key.clone(),
-                            }
-                        })?;
-                    let bad = |reason: String| RegionApiError::BadKubeconfig {
-                        index,
-                        secret: r.name.clone(),
-                        key: r.key.clone(),
-                        reason,
-                    };
-                    let client = match client_from_kubeconfig(&text).await {
-                        Ok(c) => c,
-                        // A running cluster is not stopped by one region's
-                        // credentials: the region counts as unreachable, and
-                        // says why, until the Secret is fixed.
-                        Err(why) if bootstrapped(lrc) => {
-                            let e = bad(why);
-                            tracing::warn!(region = %region.name, error = %e, "region's kubeconfig unusable: the region counts as unreachable");
-                            remote.insert(region.name.clone(), unreachable_client(e.to_string()));
-                            continue;
-                        }
-                        Err(why) => return Err(bad(why)),
-                    };
-                    if let Ok(mut b) = self.built.lock() {
-                        b.insert(cache_key, (version.clone(), client.clone()));
-                    }
-                    tracing::info!(region = %region.name, secret = %r.name, "client for the region's Kubernetes cluster built from its kubeconfig");
-                    client
+            match self.client_of(&secrets, index, r, ns).await {
+                Ok((client, version)) => {
+                    self.watch_pods(&client, &version, lrc, ns, &region.name);
+                    remote.insert(region.name.clone(), client);
                 }
-            };
-            self.watch_pods(&client, &version, lrc, ns, &region.name);
-            remote.insert(region.name.clone(), client);
+                Err(e @ RegionApiError::Read { .. }) => return Err(e),
+                // A running cluster is not stopped by one region's
+                // credentials (a Secret deleted or badly rotated): the
+                // region counts as unreachable, saying why, until it is
+                // fixed. Before the group exists it is the spec's problem.
+                Err(e) if bootstrapped(lrc) => {
+                    tracing::warn!(region = %region.name, error = %e, "region's kubeconfig unusable: the region counts as unreachable");
+                    remote.insert(region.name.clone(), unreachable_client(e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(RegionApis {
             own: own.clone(),
@@ -189,6 +145,61 @@ impl KubeconfigClients {
 }
 
 impl KubeconfigClients {
+    /// The client the Secret `r` names, built now or kept from before (while
+    /// the Secret's resourceVersion holds), with that version.
+    async fn client_of(
+        &self,
+        secrets: &Api<Secret>,
+        index: usize,
+        r: &crate::crd::SecretKeyRef,
+        ns: &str,
+    ) -> Result<(Client, String), RegionApiError> {
+        let secret = secrets
+            .get_opt(&r.name)
+            .await
+            .map_err(|source| RegionApiError::Read {
+                secret: r.name.clone(),
+                source,
+            })?
+            .ok_or_else(|| RegionApiError::NoSecret {
+                index,
+                secret: r.name.clone(),
+                namespace: ns.to_string(),
+            })?;
+        let version = secret.metadata.resource_version.clone().unwrap_or_default();
+        let cache_key = (ns.to_string(), r.name.clone(), r.key.clone());
+        let cached = self
+            .built
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&cache_key).cloned())
+            .filter(|(v, _)| *v == version)
+            .map(|(_, c)| c);
+        if let Some(c) = cached {
+            return Ok((c, version));
+        }
+        let text = crate::controller::secret_value(&secret, &r.key).ok_or_else(|| {
+            RegionApiError::NoKey {
+                index,
+                secret: r.name.clone(),
+                key: r.key.clone(),
+            }
+        })?;
+        let client = client_from_kubeconfig(&text).await.map_err(|reason| {
+            RegionApiError::BadKubeconfig {
+                index,
+                secret: r.name.clone(),
+                key: r.key.clone(),
+                reason,
+            }
+        })?;
+        if let Ok(mut b) = self.built.lock() {
+            b.insert(cache_key, (version.clone(), client.clone()));
+        }
+        tracing::info!(secret = %r.name, "client for a region's Kubernetes cluster built from its kubeconfig");
+        Ok((client, version))
+    }
+
     /// The reconciles that pod changes in regions' own clusters ask for
     /// (taken once, by the controller).
     pub fn take_wakeups(

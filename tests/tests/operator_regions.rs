@@ -476,6 +476,36 @@ async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
         || async { api_of(lrc_status(&lrcs, LRC).await).as_deref() == Some("Reachable") },
     )
     .await?;
+    // The same when the Secret is deleted by mistake.
+    let good = secrets.get("eu-west-kubeconfig").await?;
+    secrets
+        .delete("eu-west-kubeconfig", &DeleteParams::default())
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "eu-west unreachable without its Secret, the cluster still Running",
+        || async {
+            let s = lrc_status(&lrcs, LRC).await;
+            s["phase"] == json!("Running") && api_of(s).as_deref() == Some("Unreachable")
+        },
+    )
+    .await?;
+    let restored = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: good.metadata.name.clone(),
+            namespace: good.metadata.namespace.clone(),
+            ..Default::default()
+        },
+        data: good.data.clone(),
+        ..Secret::default()
+    };
+    secrets.create(&PostParams::default(), &restored).await?;
+    eventually(
+        Duration::from_secs(30),
+        "eu-west reachable once its Secret is back",
+        || async { api_of(lrc_status(&lrcs, LRC).await).as_deref() == Some("Reachable") },
+    )
+    .await?;
 
     // Deleting the cluster object empties every region's cluster.
     lrcs.delete(LRC, &DeleteParams::default()).await?;
