@@ -530,7 +530,7 @@ impl Evacuation<'_> {
         Ok(())
     }
 
-    async fn identities(&self) -> Result<(Api<ConfigMap>, Identities), String> {
+    async fn identities(&self) -> Result<Identities, String> {
         let cluster = cluster_name(self.lrc);
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), self.ns);
         let name = Names { cluster: &cluster }.identities();
@@ -538,24 +538,14 @@ impl Evacuation<'_> {
             .get_opt(&name)
             .await
             .map_err(|e| format!("reading ConfigMap {name}: {e}"))?;
-        let ids = Identities::parse(cm.as_ref()).map_err(|e| e.to_string())?;
-        Ok((api, ids))
+        Identities::parse(cm.as_ref()).map_err(|e| e.to_string())
     }
 
-    async fn write_identities(&self, api: &Api<ConfigMap>, ids: &Identities) -> Result<(), String> {
-        let cm = resources::identities_configmap(self.lrc, ids);
-        let name = cm.metadata.name.clone().unwrap_or_default();
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-        .map_err(|e| format!("writing ConfigMap {name}: {e}"))?;
-        // Where other regions' pods mount it, too.
+    async fn write_identities(&self, ids: &Identities) -> Result<(), String> {
+        // In the operator's cluster, and where other regions' pods mount it.
         crate::controller::write_identities(self.ctx, self.apis, self.lrc, self.ns, ids)
             .await
-            .map_err(|e| format!("copying ConfigMap {name} to the regions' clusters: {e}"))?;
+            .map_err(|e| format!("writing the node-id map: {e}"))?;
         // A new id's Raft certificate is in its region's Secret before the
         // StatefulSet grows to start its pod.
         let ca = crate::raft_certs::read_ca(self.ctx, self.lrc, self.ns)
@@ -569,7 +559,7 @@ impl Evacuation<'_> {
 
     /// The id of the slot's pod, assigned now if it has none.
     async fn assign_id(&self, eff: &LiveRoomCluster, pod: &str) -> Result<u64, String> {
-        let (api, mut ids) = self.identities().await?;
+        let mut ids = self.identities().await?;
         if let Some(id) = ids.id_of(pod) {
             return Ok(id);
         }
@@ -588,16 +578,16 @@ impl Evacuation<'_> {
             .max()
             .map_or(1, |m| m + 1);
         ids.assign(&resources::slots(eff), floor);
-        self.write_identities(&api, &ids).await?;
+        self.write_identities(&ids).await?;
         ids.id_of(pod)
             .ok_or_else(|| format!("no node id for {pod} after assigning"))
     }
 
     /// Recorded as joined before it can vote (D11), as the planner does.
     async fn mark_joined(&self, id: u64) -> Result<(), String> {
-        let (api, mut ids) = self.identities().await?;
+        let mut ids = self.identities().await?;
         if ids.mark_joined([id]) {
-            self.write_identities(&api, &ids).await?;
+            self.write_identities(&ids).await?;
         }
         Ok(())
     }
@@ -605,7 +595,7 @@ impl Evacuation<'_> {
     /// The old voter's pod gives up its id: if the region comes back, its
     /// pod joins under a fresh one (never as the removed member).
     async fn retire(&self, old: u64) -> Result<(), String> {
-        let (api, mut ids) = self.identities().await?;
+        let mut ids = self.identities().await?;
         let Some(pod) = ids.pod_of(old).map(str::to_string) else {
             return Ok(());
         };
@@ -619,7 +609,7 @@ impl Evacuation<'_> {
             return Ok(());
         }
         if ids.retire(&pod) {
-            self.write_identities(&api, &ids).await?;
+            self.write_identities(&ids).await?;
         }
         Ok(())
     }
@@ -681,7 +671,7 @@ impl Evacuation<'_> {
 
     /// The region and zone the identity map gives the pod.
     async fn region_zone(&self, pod: &str) -> Result<(String, String), String> {
-        let (_, ids) = self.identities().await?;
+        let ids = self.identities().await?;
         let region = self
             .lrc
             .spec
