@@ -226,6 +226,44 @@ where
     names
 }
 
+/// `status.regions[].kubernetesApi` of `region`.
+fn kubernetes_api(status: &Value, region: &str) -> Option<String> {
+    status["regions"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == json!(region))?["kubernetesApi"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Waits (30 s at most) until the cluster is Running and shows `region`'s
+/// API server as `want`.
+async fn wait_kubernetes_api(lrcs: &Api<DynamicObject>, region: &str, want: &str) -> Result<()> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{region}'s API server shown {want}, the cluster Running"),
+        || async {
+            let s = lrc_status(lrcs, LRC).await;
+            s["phase"] == json!("Running") && kubernetes_api(&s, region).as_deref() == Some(want)
+        },
+    )
+    .await
+}
+
+/// Whether an Event of the home cluster's namespace has `reason` and a note
+/// holding every one of `words`.
+async fn has_event(home: &Client, reason: &str, words: &[&str]) -> Result<bool> {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(home.clone(), NS)
+        .list(&ListParams::default())
+        .await?;
+    Ok(events.items.iter().any(|e| {
+        e.reason.as_deref() == Some(reason)
+            && e.note
+                .as_deref()
+                .is_some_and(|n| words.iter().all(|w| n.contains(w)))
+    }))
+}
+
 /// The /32 blocks a cluster's NetworkPolicy admits to the Raft port.
 async fn raft_blocks(client: &Client) -> Result<Vec<String>> {
     let np = Api::<NetworkPolicy>::namespaced(client.clone(), NS)
@@ -434,33 +472,14 @@ async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
             &kube::api::Patch::Merge(json!({"stringData": {"kubeconfig": "not: [a kubeconfig"}})),
         )
         .await?;
-    let api_of = |status: Value| -> Option<String> {
-        status["regions"]
-            .as_array()?
-            .iter()
-            .find(|r| r["name"] == json!("eu-west"))?["kubernetesApi"]
-            .as_str()
-            .map(str::to_string)
-    };
-    eventually(
-        Duration::from_secs(30),
-        "eu-west shown unreachable, the cluster still Running",
-        || async {
-            let s = lrc_status(&lrcs, LRC).await;
-            s["phase"] == json!("Running") && api_of(s).as_deref() == Some("Unreachable")
-        },
-    )
-    .await?;
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(home.clone(), NS)
-        .list(&ListParams::default())
-        .await?;
+    wait_kubernetes_api(&lrcs, "eu-west", "Unreachable").await?;
     ensure!(
-        events.items.iter().any(|e| {
-            e.reason.as_deref() == Some("RegionApiUnreachable")
-                && e.note
-                    .as_deref()
-                    .is_some_and(|n| n.contains("eu-west") && n.contains("not a usable kubeconfig"))
-        }),
+        has_event(
+            &home,
+            "RegionApiUnreachable",
+            &["eu-west", "not a usable kubeconfig"]
+        )
+        .await?,
         "a RegionApiUnreachable Event says eu-west's kubeconfig is unusable"
     );
     secrets
@@ -470,26 +489,13 @@ async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
             &kube::api::Patch::Merge(json!({"data": good.data})),
         )
         .await?;
-    eventually(
-        Duration::from_secs(30),
-        "eu-west reachable again",
-        || async { api_of(lrc_status(&lrcs, LRC).await).as_deref() == Some("Reachable") },
-    )
-    .await?;
+    wait_kubernetes_api(&lrcs, "eu-west", "Reachable").await?;
     // The same when the Secret is deleted by mistake.
     let good = secrets.get("eu-west-kubeconfig").await?;
     secrets
         .delete("eu-west-kubeconfig", &DeleteParams::default())
         .await?;
-    eventually(
-        Duration::from_secs(30),
-        "eu-west unreachable without its Secret, the cluster still Running",
-        || async {
-            let s = lrc_status(&lrcs, LRC).await;
-            s["phase"] == json!("Running") && api_of(s).as_deref() == Some("Unreachable")
-        },
-    )
-    .await?;
+    wait_kubernetes_api(&lrcs, "eu-west", "Unreachable").await?;
     let restored = Secret {
         metadata: kube::api::ObjectMeta {
             name: good.metadata.name.clone(),
@@ -500,12 +506,7 @@ async fn form_and_clean_up(r: &mut Regions) -> Result<()> {
         ..Secret::default()
     };
     secrets.create(&PostParams::default(), &restored).await?;
-    eventually(
-        Duration::from_secs(30),
-        "eu-west reachable once its Secret is back",
-        || async { api_of(lrc_status(&lrcs, LRC).await).as_deref() == Some("Reachable") },
-    )
-    .await?;
+    wait_kubernetes_api(&lrcs, "eu-west", "Reachable").await?;
 
     // Deleting the cluster object empties every region's cluster.
     lrcs.delete(LRC, &DeleteParams::default()).await?;
@@ -629,18 +630,10 @@ async fn region_cluster_loss(r: &mut Regions, takeover: bool) -> Result<()> {
     let targets = buyer_targets(r, &home).await;
     ensure!(targets.len() == 5, "buyers reach every pod: {targets:?}");
     open_sale(&targets[0], &token, (room, sku, stock), "us-east").await?;
-    let api_of = |status: &Value, region: &str| -> Option<String> {
-        status["regions"]
-            .as_array()?
-            .iter()
-            .find(|r| r["name"] == json!(region))?["kubernetesApi"]
-            .as_str()
-            .map(str::to_string)
-    };
     let status = lrc_status(&lrcs, LRC).await;
     ensure!(
-        api_of(&status, "ap-south").as_deref() == Some("Reachable")
-            && api_of(&status, "us-east").is_none() == r.hub.is_none(),
+        kubernetes_api(&status, "ap-south").as_deref() == Some("Reachable")
+            && kubernetes_api(&status, "us-east").is_none() == r.hub.is_none(),
         "kubernetesApi shown for regions in their own clusters only: {}",
         status["regions"]
     );
@@ -765,18 +758,12 @@ async fn region_cluster_loss(r: &mut Regions, takeover: bool) -> Result<()> {
         ensure!(after_loss > 0, "no order acknowledged after the loss");
         let status = lrc_status(&lrcs, LRC).await;
         ensure!(
-            api_of(&status, "ap-south").as_deref() == Some("Unreachable"),
+            kubernetes_api(&status, "ap-south").as_deref() == Some("Unreachable"),
             "ap-south's API server shown unreachable: {}",
             status["regions"]
         );
-        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(home.clone(), NS)
-            .list(&ListParams::default())
-            .await?;
         ensure!(
-            events.items.iter().any(|e| {
-                e.reason.as_deref() == Some("RegionApiUnreachable")
-                    && e.note.as_deref().is_some_and(|n| n.contains("ap-south"))
-            }),
+            has_event(&home, "RegionApiUnreachable", &["ap-south"]).await?,
             "a RegionApiUnreachable Event names ap-south"
         );
         ensure!(
